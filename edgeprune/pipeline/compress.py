@@ -1,0 +1,226 @@
+"""The compression pipeline: baseline → score → search → prune → export → measure → report.
+
+Each stage's result is saved in the run directory (`rundir.RunDir`), so an interrupted run resumes
+at the first unfinished stage. Everything a report states is measured by `TargetMeasurer` or
+counted by `counting.count`; nothing is estimated without saying so.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgeprune import atomic, environment
+from edgeprune.errors import EdgepruneError
+from edgeprune.exporters import OnnxExporter
+from edgeprune.exporters.onnx import onnx_param_count
+from edgeprune.pipeline import report as report_mod
+from edgeprune.pipeline.budget import Budget, parse_budget
+from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.loading import LoadedModel
+from edgeprune.pipeline.measure import Measurement, TargetMeasurer
+from edgeprune.pipeline.prune import space as space_mod
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.methods import get_method
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.select import plan_at_level
+from edgeprune.pipeline.rundir import RunDir
+from edgeprune.pipeline.search.level_search import LevelSearch, Step
+from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
+from edgeprune.runtime_bench import get_runtime
+
+Progress = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Settings:
+    budget: str
+    runtime: str = "ort-cpu"
+    threads: int = 1
+    method: str = "l1"
+    round_to: int = 16
+    tol: float = 0.05
+    warmup: int = 10
+    repeats: int = 50
+    max_candidates: int = 8
+    unprunable: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class CompressResult:
+    """The figures of a finished run (the same as report.json), plus the pruned module."""
+
+    model: torch.nn.Module
+    plan: Plan
+    report: dict[str, Any]
+    out_dir: Path
+
+    @property
+    def baseline_ms(self) -> float:
+        return self.report["baseline"]["latency_ms"]["median"]
+
+    @property
+    def final_ms(self) -> float:
+        return self.report["final"]["latency_ms"]["median"]
+
+    @property
+    def speedup(self) -> float:
+        return self.report["speedup"]
+
+    @property
+    def met(self) -> bool:
+        return self.report["budget"]["met"]
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.report["final"]["flops"] / self.report["baseline"]["flops"]
+
+
+def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
+    budget = parse_budget(settings.budget)
+    runtime = get_runtime(settings.runtime, threads=settings.threads)
+    ok, why = runtime.available()
+    if not ok:
+        raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
+    method = get_method(settings.method)
+    run = RunDir(out_dir, _config(loaded, settings))
+    model, inputs = loaded.model, loaded.example_inputs
+    measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        progress(f"[{name}] ...")
+        result, resumed = run.stage(name, fn)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        progress(f"[{name}] {'resumed from ' + str(run.path(name + '.json')) if resumed else 'done'} ({timings[name]:.1f}s)")
+        return result
+
+    space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
+    space = space_mod.PruningSpace.from_dict(space_d)
+    progress(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
+
+    baseline_d = stage("baseline", lambda: _describe(model, measurer, "baseline", inputs))
+    progress(f"  baseline {baseline_d['latency_ms']['median']:.3f} ms (p90 {baseline_d['latency_ms']['p90']:.3f}), "
+             f"{baseline_d['flops'] / 1e6:.1f} MFLOPs, {baseline_d['params'] / 1e6:.3f} M params")
+    baseline_value = _figure(budget, baseline_d)
+    budget = budget.resolve(baseline_value)
+    progress(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
+
+    scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs).items()})
+    scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
+
+    def search() -> dict[str, Any]:
+        if budget.met_by(baseline_value):
+            progress("  the unpruned model already meets the budget: exporting it unpruned")
+            plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
+            return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
+        objective = _objective(budget, measurer, inputs)
+        searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
+                               settings.tol, settings.max_candidates, on_step=lambda s: progress(_step_line(s, budget, settings.max_candidates)))
+        result = searcher.run(baseline_value)
+        return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
+
+    search_d = stage("search", search)
+    plan = Plan.from_dict(search_d["plan"])
+    plan.meta.update(arch=loaded.arch, num_classes=loaded.num_classes, input_shape=list(loaded.input_shape))
+
+    pruned = apply(copy.deepcopy(model), plan, inputs)
+    plan.save(run.path("plan.json"))
+    torch.save(pruned, run.path("model.pt"))
+    torch.save(pruned.state_dict(), run.path("state_dict.pt"))
+
+    final_d = stage("final", lambda: _final(model, pruned, measurer, inputs, budget))
+    met = budget.met_by(_figure(budget, final_d["final"]))
+    progress(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
+             f"(x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
+
+    rep = {
+        "edgeprune_report": 1,
+        "model": {"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape)},
+        "settings": dataclasses.asdict(settings),
+        "runtime": runtime.settings() | {"warmup": settings.warmup, "repeats": settings.repeats, "statistic": budget.statistic},
+        "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
+                   "describe": budget.describe(), "met": met},
+        "baseline": final_d["baseline"] | {k: baseline_d[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
+        "final": final_d["final"],
+        "speedup": final_d["speedup"],
+        "search": {"steps": search_d["steps"], "candidates_measured": len(search_d["steps"]), "stop_reason": search_d["stop_reason"]},
+        "groups": report_mod.group_rows(space, plan),
+        "left_whole": space_d["skipped"],
+        "timings_s": timings,
+        "environment": environment.describe(),
+    }
+    run_files = {"report.json": run.path("report.json"), "report.md": run.path("report.md")}
+    atomic.write_json(run_files["report.json"], rep)
+    atomic.write_text(run_files["report.md"], report_mod.markdown(rep))
+    run.publish({"model.onnx": run.path("model.onnx"), "model.pt": run.path("model.pt"),
+                 "state_dict.pt": run.path("state_dict.pt"), "plan.json": run.path("plan.json"), **run_files})
+    return CompressResult(pruned, plan, rep, Path(out_dir))
+
+
+def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:
+    """What the stage results depend on: a re-run with a different config starts afresh."""
+    h = hashlib.sha256()
+    for name, t in loaded.model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"model_sha256": h.hexdigest(), "input_shape": list(loaded.input_shape), "settings": dataclasses.asdict(s)}
+
+
+def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...]) -> Objective:
+    return LatencyObjective(budget, measurer) if budget.is_latency else CountObjective(budget, inputs)
+
+
+def _figure(budget: Budget, described: dict[str, Any]) -> float:
+    """The number of a described model that `budget` constrains."""
+    if budget.is_latency:
+        return described["latency_ms"]["p90" if budget.statistic == "p90" else "median"]
+    return float(described[budget.metric])
+
+
+def _describe(model: torch.nn.Module, measurer: TargetMeasurer, tag: str, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    m = measurer.measure(model, tag)
+    return _summary(model, m, inputs)
+
+
+def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    c = count(model, inputs)
+    return {
+        "latency_ms": m.stats.to_dict(with_runs=True),
+        "max_abs_diff": m.max_abs_diff,
+        "flops": c.flops,
+        "params": c.params,
+        "onnx_bytes": m.artifact.path.stat().st_size,
+        "onnx_params": onnx_param_count(m.artifact.path),
+        "onnx": m.artifact.path.name,
+        "export": m.artifact.meta,
+    }
+
+
+def _final(base: torch.nn.Module, pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
+    """Export the pruned model and time it interleaved with the baseline (A B A B ...)."""
+    base_m = measurer.measure_artifact(*measurer.export(base, measurer.work_dir / "baseline_final.onnx"))
+    final_m = measurer.measure_artifact(*measurer.export(pruned, measurer.work_dir / "model.onnx"))
+    base_s, final_s = measurer.interleaved([base_m, final_m])
+    base_m, final_m = dataclasses.replace(base_m, stats=base_s), dataclasses.replace(final_m, stats=final_s)
+    return {
+        "baseline": {"latency_ms": base_s.to_dict(with_runs=True)},
+        "final": _summary(pruned, final_m, inputs),
+        "speedup": base_s.median / final_s.median,
+    }
+
+
+def _step_line(step: Step, budget: Budget, limit: int) -> str:
+    ev = step.evaluation
+    unit = "ms" if budget.is_latency else budget.metric
+    mark = "within" if step.within_budget else "over"
+    extra = " (re-measured)" if ev.remeasured else ""
+    return (f"  candidate {step.index}/{limit}: level {step.level:.3f}, predicted {step.predicted_flops / 1e6:.1f} MFLOPs "
+            f"-> {ev.value:.4g} {unit}{extra}, {mark} budget {budget.value:.4g} ({step.seconds:.1f}s)")

@@ -1,0 +1,73 @@
+"""report.md: the human-readable side of report.json — what was cut, what it cost, how it was measured."""
+from __future__ import annotations
+
+from typing import Any
+
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.space import PruningSpace
+
+
+def group_rows(space: PruningSpace, plan: Plan) -> list[dict[str, Any]]:
+    """Per group: original and kept width, the width the level asked for, and the coupled layers."""
+    requested = plan.meta.get("requested", {})
+    rows = []
+    for g in space.groups:
+        keep = plan.groups[g.id]
+        rows.append({
+            "group": g.id,
+            "kind": g.kind,
+            "original": g.size,
+            "kept": len(keep.keep),
+            "requested": requested.get(g.id),
+            "layers": [m for m in g.members if m.endswith("(out)")],
+        })
+    return rows
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    b, f, rt = rep["baseline"], rep["final"], rep["runtime"]
+    bl, fl = b["latency_ms"], f["latency_ms"]
+    lines = [
+        "# edgeprune report",
+        "",
+        f"Model `{rep['model']['source']}` (arch {rep['model']['arch']}), input {'x'.join(map(str, rep['model']['input_shape']))}.",
+        f"Budget **{rep['budget']['describe']}** ({rep['budget']['text']}): **{'met' if rep['budget']['met'] else 'MISSED'}**.",
+        "",
+        f"Measured on `{rt['runtime']}` ({_settings(rt)}), baseline and final timed interleaved in one run, "
+        f"{fl['warmup']} warm-up, n={fl['n']} each; statistic: {rt['statistic']}.",
+        "",
+        "| | baseline | final | ratio |",
+        "|---|---:|---:|---:|",
+        f"| median latency (ms) | {bl['median']:.3f} | {fl['median']:.3f} | {fl['median'] / bl['median']:.3f} |",
+        f"| p90 latency (ms) | {bl['p90']:.3f} | {fl['p90']:.3f} | {fl['p90'] / bl['p90']:.3f} |",
+        f"| FLOPs (MACs) | {b['flops'] / 1e6:.2f} M | {f['flops'] / 1e6:.2f} M | {f['flops'] / b['flops']:.3f} |",
+        f"| parameters | {b['params'] / 1e6:.4f} M | {f['params'] / 1e6:.4f} M | {f['params'] / b['params']:.3f} |",
+        f"| ONNX file | {b['onnx_bytes'] / 1e6:.2f} MB | {f['onnx_bytes'] / 1e6:.2f} MB | {f['onnx_bytes'] / b['onnx_bytes']:.3f} |",
+        "",
+        f"Speed-up x{rep['speedup']:.2f}. ONNX output matches PyTorch within {f['max_abs_diff']:.2e} (max abs diff).",
+        "",
+        f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
+        "",
+        "| # | level | predicted MFLOPs | value | within budget |",
+        "|---:|---:|---:|---:|:---:|",
+    ]
+    for s in rep["search"]["steps"]:
+        lines.append(f"| {s['index']} | {s['level']:.3f} | {s['predicted_flops'] / 1e6:.2f} | {s['value']:.4g}"
+                     f"{' (re-measured)' if s['remeasured'] else ''} | {'yes' if s['within_budget'] else 'no'} |")
+    lines += ["", "## Widths per group", "", "| group | kind | original | kept | requested |", "|---|---|---:|---:|---:|"]
+    for r in rep["groups"]:
+        note = "" if r["requested"] is None else f"{r['requested']:g}"
+        lines.append(f"| `{r['group']}` | {r['kind']} | {r['original']} | {r['kept']} | {note} |")
+    lines += ["", "Kept widths are rounded to hardware-friendly multiples; 'requested' is what the level asked for before rounding.", ""]
+    if rep["left_whole"]:
+        lines += ["## Left whole", "", "| group | why |", "|---|---|"]
+        lines += [f"| `{s['id']}` | {s['reason']} |" for s in rep["left_whole"]]
+        lines.append("")
+    env = rep["environment"]
+    lines += ["## Environment", "", f"{env['cpu']}, {env['cores']} cores, {env['date']}; "
+              + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def _settings(rt: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in rt.items() if k not in ("runtime", "statistic", "warmup", "repeats"))

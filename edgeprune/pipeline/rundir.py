@@ -1,0 +1,57 @@
+"""The run directory: stage artifacts that make a re-run resume, and atomic publication of results.
+
+Stage results live in ``OUT/work/<stage>.json`` next to a ``config.json`` describing the settings
+they were computed with. A re-run with the same settings reuses every finished stage and resumes at
+the first missing one; different settings start the work folder afresh. The user-facing outputs in
+``OUT/`` are replaced only when a run has finished, each file atomically, so a failed run leaves the
+previous results intact.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeprune import atomic
+
+
+class RunDir:
+    def __init__(self, out: str | Path, config: dict[str, Any]) -> None:
+        self.out = Path(out)
+        self.work = self.out / "work"
+        self.config = config
+        cfg_path = self.work / "config.json"
+        if cfg_path.exists():
+            try:
+                same = json.loads(cfg_path.read_text(encoding="utf-8")) == config
+            except ValueError:
+                same = False
+            if not same:
+                shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(cfg_path, config)
+
+    def path(self, name: str) -> Path:
+        return self.work / name
+
+    def done(self, stage: str) -> bool:
+        return self.path(f"{stage}.json").exists()
+
+    def stage(self, stage: str, compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """The stage's result: loaded when a previous run finished it, else computed and saved.
+
+        Returns (result, resumed).
+        """
+        p = self.path(f"{stage}.json")
+        if p.exists():
+            return json.loads(p.read_text(encoding="utf-8")), True
+        result = compute()
+        atomic.write_json(p, result)
+        return result, False
+
+    def publish(self, files: dict[str, Path]) -> None:
+        """Copy finished work files to their user-facing names in OUT/, each atomically."""
+        for name, src in files.items():
+            with atomic.atomic_path(self.out / name) as tmp:
+                shutil.copyfile(src, tmp)

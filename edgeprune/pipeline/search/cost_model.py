@@ -1,0 +1,71 @@
+"""A fast FLOPs predictor for a plan, so the search can propose candidates without pruning a copy.
+
+One forward pass records each Conv/Linear layer's multiply-accumulates; pruning scales a layer's cost
+by the kept fraction of its input group and of its output group (a depthwise conv's input and output
+are the same channels, counted once). Norms, activations and attention's matmuls are not modelled:
+the predictor only *proposes*; what a candidate costs is always counted or measured exactly.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgeprune.pipeline.prune import graph
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.space import PruningSpace
+
+
+class CostModel:
+    def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> None:
+        self._layer_macs = _layer_macs(model, example_inputs)
+        # layer name -> (group id, the units of that group the layer's input/output carries)
+        self._in: dict[str, tuple[str, frozenset[int]]] = {}
+        self._out: dict[str, tuple[str, frozenset[int]]] = {}
+        for g in space.groups:
+            for member, segs in zip(g.members, g.member_segments):
+                name, side = member[:-1].split("(")
+                units = frozenset(u for s in segs for u in g.segments[s])
+                (self._out if side == "out" else self._in)[name] = (g.id, units)
+        self._depthwise = {
+            name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+        }
+        self.total = float(sum(self._layer_macs.values()))
+
+    def flops(self, plan: Plan) -> float:
+        kept = {gid: set(g.keep) for gid, g in plan.groups.items()}
+
+        def fraction(entry: tuple[str, frozenset[int]] | None) -> float:
+            if entry is None or entry[0] not in kept:
+                return 1.0
+            gid, units = entry
+            return len(units & kept[gid]) / len(units)
+
+        total = 0.0
+        for name, macs in self._layer_macs.items():
+            f_in = 1.0 if name in self._depthwise else fraction(self._in.get(name))
+            total += macs * f_in * fraction(self._out.get(name))
+        return total
+
+
+def _layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, float]:
+    macs: dict[str, float] = {}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if isinstance(mod, nn.Linear):
+                macs[name] = macs.get(name, 0.0) + out.numel() * mod.in_features
+            else:  # convolution: each output element costs (in/groups)·k products
+                k = mod.weight[0].numel()
+                macs[name] = macs.get(name, 0.0) + out.numel() * k
+
+        return fn
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, graph.ROOT_TYPES)]
+    try:
+        graph.run(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs

@@ -1,0 +1,174 @@
+"""Budget search over one global pruning level, with as few evaluations as possible.
+
+Every candidate is physically pruned and evaluated (latency *measured* on the target, or FLOPs /
+params counted). Between evaluations the search reasons in predicted-FLOPs space, where latency is
+close to linear once widths are hardware-aligned: it interpolates between the nearest candidates
+over and under the budget (regula falsi) to pick the next target cost, then finds the level whose
+plan predicts that cost. When interpolation proposes a plan already seen it bisects the level
+interval instead. It stops as soon as a candidate lands in [budget·(1−tol), budget], or when no
+untried plan is left between the closest candidates over and under the budget.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.methods.base import Scores
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.select import plan_at_level, widths_key
+from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.search.cost_model import CostModel
+from edgeprune.pipeline.search.objective import Evaluation, Objective
+
+MAX_LEVEL = 1.0  # every segment down to one width step
+
+
+@dataclasses.dataclass
+class Step:
+    index: int
+    level: float
+    predicted_flops: float
+    evaluation: Evaluation
+    within_budget: bool
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "level": round(self.level, 6),
+            "predicted_flops": self.predicted_flops,
+            "within_budget": self.within_budget,
+            "seconds": round(self.seconds, 3),
+            **self.evaluation.to_dict(),
+        }
+
+
+@dataclasses.dataclass
+class SearchResult:
+    plan: Plan
+    steps: list[Step]
+    evaluation: Evaluation
+    stop_reason: str
+
+
+@dataclasses.dataclass
+class _Point:
+    level: float
+    flops: float
+    value: float
+
+
+class LevelSearch:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        space: PruningSpace,
+        scores: Scores,
+        objective: Objective,
+        round_to: int,
+        method: str,
+        tol: float = 0.05,
+        max_candidates: int = 8,
+        on_step: Callable[[Step], None] = lambda step: None,
+    ) -> None:
+        self.model = model
+        self.example_inputs = tuple(example_inputs)
+        self.space = space
+        self.scores = scores
+        self.objective = objective
+        self.round_to = round_to
+        self.method = method
+        self.tol = tol
+        self.max_candidates = max_candidates
+        self.on_step = on_step
+        self.cost = CostModel(model, space, example_inputs)
+
+    def plan(self, level: float) -> Plan:
+        return plan_at_level(self.space, self.scores, level, self.round_to, self.method)
+
+    def run(self, baseline_value: float) -> SearchResult:
+        budget = self.objective.budget.value
+        floor = budget * (1.0 - self.tol)
+        over = _Point(0.0, self.cost.total, baseline_value)  # the tightest candidate known over budget
+        under: _Point | None = None  # the loosest candidate known within budget
+        best: tuple[Plan, Evaluation] | None = None
+        seen = {widths_key(self.plan(0.0))}
+        steps: list[Step] = []
+        stop = "candidate limit reached"
+        for index in range(1, self.max_candidates + 1):
+            level = self._propose(over, under, budget * (1.0 - self.tol / 2), seen)
+            if level is None:
+                stop = "no untried width configuration between the closest candidates over and under budget"
+                break
+            plan = self.plan(level)
+            seen.add(widths_key(plan))
+            t0 = time.perf_counter()
+            pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
+            ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
+            ok = ev.value <= budget
+            step = Step(index, level, self.cost.flops(plan), ev, ok, time.perf_counter() - t0)
+            steps.append(step)
+            self.on_step(step)
+            point = _Point(level, step.predicted_flops, ev.value)
+            if ok:
+                under = point
+                if best is None or ev.value > best[1].value:
+                    best = (plan, ev)
+                if ev.value >= floor:
+                    stop = f"within tolerance ({self.tol:.0%} under budget)"
+                    break
+            else:
+                over = point
+                if level >= MAX_LEVEL:
+                    raise EdgepruneError(
+                        f"budget {self.objective.budget.describe()} is infeasible: the most pruning allowed "
+                        f"reaches {ev.value:.4g} at best; relax the budget, lower --round-to or add --depth"
+                    )
+        if best is None:
+            raise EdgepruneError(
+                f"no candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
+                f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or raise --max-candidates"
+            )
+        return SearchResult(best[0], steps, best[1], stop)
+
+    def _propose(self, over: _Point, under: _Point | None, target: float, seen: set) -> float | None:
+        """The next level to try, strictly between `over` and `under`, whose plan is untried."""
+        hi_level = under.level if under else MAX_LEVEL
+        if under is None:
+            flops = over.flops * target / over.value  # cost roughly proportional to FLOPs
+        else:
+            slope = (over.value - under.value) / max(over.flops - under.flops, 1e-9)
+            flops = under.flops + (target - under.value) / slope if slope > 0 else (over.flops + under.flops) / 2
+        level = self._level_for(flops, over.level, hi_level)
+        if widths_key(self.plan(level)) not in seen:
+            return level
+        return self._untried_between(over.level, hi_level, seen, upper_inclusive=under is None)
+
+    def _level_for(self, flops: float, lo: float, hi: float) -> float:
+        """The smallest level in (lo, hi] whose predicted FLOPs are at most `flops`."""
+        if self.cost.flops(self.plan(hi)) > flops:
+            return hi
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if self.cost.flops(self.plan(mid)) <= flops:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _untried_between(self, lo: float, hi: float, seen: set, upper_inclusive: bool) -> float | None:
+        """Bisect the level interval for a plan not tried yet; None when every plan in it was tried."""
+        candidates = [lo + (hi - lo) * k / 64 for k in range(1, 65 if upper_inclusive else 64)]
+        candidates.sort(key=lambda lv: abs(lv - (lo + hi) / 2))
+        for level in candidates:
+            if widths_key(self.plan(level)) not in seen:
+                return level
+        return None

@@ -1,0 +1,123 @@
+"""The `Runtime` interface and the statistics every latency measurement returns.
+
+A runtime is one file in this package implementing `Runtime`; `registry.py` maps names such as
+``ort-cpu`` to them. Statistics follow ../shared/BENCHMARKING.md: warm-up, many repeats, median
+and p90, the spread, and how busy the rest of the machine was while we measured.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import psutil
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyStats:
+    """Per-run latencies (ms) summarised; `runs_ms` keeps the raw data for the report."""
+
+    median: float
+    p90: float
+    mean: float
+    std: float
+    n: int
+    warmup: int
+    other_cpu_s: float = 0.0  # CPU seconds other processes used during the timed loop
+    runs_ms: tuple[float, ...] = ()
+
+    @property
+    def spread(self) -> float:
+        """p90/median: 1.0 is a quiet machine; above ~1.2 the number deserves a re-measure."""
+        return self.p90 / self.median if self.median > 0 else float("inf")
+
+    @classmethod
+    def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0) -> "LatencyStats":
+        arr = np.asarray(runs_ms, dtype=np.float64)
+        return cls(
+            median=float(np.median(arr)),
+            p90=float(np.percentile(arr, 90)),
+            mean=float(arr.mean()),
+            std=float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+            n=int(arr.size),
+            warmup=warmup,
+            other_cpu_s=other_cpu_s,
+            runs_ms=tuple(float(v) for v in arr),
+        )
+
+    def merged(self, other: "LatencyStats") -> "LatencyStats":
+        """Pool the runs of two measurements of the same model (a re-measure at the budget edge)."""
+        return LatencyStats.from_runs(
+            self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s
+        )
+
+    def to_dict(self, with_runs: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["spread"] = self.spread
+        if not with_runs:
+            d.pop("runs_ms")
+        return d
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats:
+    """Time `fn` after `warmup` untimed calls; also records the CPU time other processes used.
+
+    Runtimes whose clock is not the host's (CUDA events) implement their own loop instead.
+    """
+    for _ in range(warmup):
+        fn()
+    me = psutil.Process()
+    busy0 = _busy_cpu_s()
+    own0 = sum(me.cpu_times()[:2])
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t0) * 1e3)
+    other = max(0.0, (_busy_cpu_s() - busy0) - (sum(me.cpu_times()[:2]) - own0))
+    return LatencyStats.from_runs(runs, warmup, other)
+
+
+def _busy_cpu_s() -> float:
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+
+class Runtime(abc.ABC):
+    """A way to run an exported model and time it.
+
+    Implementations are constructed with their settings (threads, precision) and must not raise on
+    construction when their backend is missing: `available()` says why instead, so callers can
+    skip with a reason.
+    """
+
+    #: registry name, e.g. "ort-cpu"
+    name: str = ""
+    #: the artifact format this runtime loads (matches `exporters` Artifact.format)
+    artifact_format: str = "onnx"
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
+    @abc.abstractmethod
+    def available(self) -> tuple[bool, str]:
+        """(True, "") when this runtime can run here, else (False, reason a user can act on)."""
+
+    @abc.abstractmethod
+    def load(self, artifact_path: str) -> Any:
+        """Load an exported model; returns a session object passed back to `run` / `measure`."""
+
+    @abc.abstractmethod
+    def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One inference; returns the outputs as NumPy arrays (used to verify against PyTorch)."""
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        """Latency of one inference: `warmup` untimed runs, then `repeats` timed ones."""
+        return time_calls(lambda: self.run(session, inputs), warmup, repeats)
+
+    def settings(self) -> dict[str, Any]:
+        """What the report records about how this runtime was configured."""
+        return {"runtime": self.name, "threads": self.threads}
+
