@@ -22,6 +22,9 @@ class Budget:
     relative: bool = False  # value is a fraction of the baseline figure
     statistic: str = "median"  # which latency statistic must be within budget
     text: str = ""
+    #: for a resolved relative budget, the fraction of the baseline it allows: such a budget is
+    #: checked on latency *ratios* timed interleaved with the baseline, robust to machine drift
+    fraction: float | None = None
 
     @property
     def is_latency(self) -> bool:
@@ -31,7 +34,7 @@ class Budget:
         """The absolute budget given the baseline's figure for this metric."""
         if not self.relative:
             return self
-        return dataclasses.replace(self, value=baseline * self.value, relative=False)
+        return dataclasses.replace(self, value=baseline * self.value, relative=False, fraction=self.value)
 
     def met_by(self, value: float) -> bool:
         if self.relative:
@@ -42,7 +45,8 @@ class Budget:
         if self.relative:
             return f"{self.value:.0%} of baseline {self.metric}"
         if self.is_latency:
-            return f"{self.statistic} <= {self.value:.3f} ms"
+            of = f" ({self.fraction:.0%} of baseline)" if self.fraction is not None else ""
+            return f"{self.statistic} <= {self.value:.3f} ms{of}"
         return f"<= {_human(self.value)} {_UNITS[self.metric]}"
 
 

@@ -16,11 +16,14 @@ from torch import nn
 from edgeprune.exporters import OnnxExporter
 from edgeprune.exporters.base import Artifact
 from edgeprune.runtime_bench import LatencyStats, Runtime
+from edgeprune.runtime_bench.base import interleave
 
 
 @dataclasses.dataclass
 class Measurement:
-    stats: LatencyStats
+    """A loaded, verified artifact and (once timed) its latency statistics."""
+
+    stats: LatencyStats | None
     max_abs_diff: float
     artifact: Artifact
     session: Any = dataclasses.field(default=None, repr=False)
@@ -54,25 +57,18 @@ class TargetMeasurer:
         artifact, diff = self.export(model, self.work_dir / f"{tag}.onnx")
         return self.measure_artifact(artifact, diff)
 
-    def measure_artifact(self, artifact: Artifact, max_abs_diff: float = float("nan")) -> Measurement:
-        session = self.runtime.load(str(artifact.path))
-        stats = self.runtime.measure(session, self.inputs_np, self.warmup, self.repeats)
-        return Measurement(stats, max_abs_diff, artifact, session)
+    def load(self, artifact: Artifact, max_abs_diff: float = float("nan")) -> Measurement:
+        return Measurement(None, max_abs_diff, artifact, self.runtime.load(str(artifact.path)))
 
-    def remeasure(self, m: Measurement) -> Measurement:
-        """Time an already-loaded model again and pool the runs (a candidate at the budget's edge)."""
+    def measure_artifact(self, artifact: Artifact, max_abs_diff: float = float("nan")) -> Measurement:
+        return self.time(self.load(artifact, max_abs_diff))
+
+    def time(self, m: Measurement) -> Measurement:
+        """Time a loaded model; runs pool with any earlier ones (a candidate at the budget's edge)."""
         more = self.runtime.measure(m.session, self.inputs_np, self.warmup, self.repeats)
-        return dataclasses.replace(m, stats=m.stats.merged(more))
+        return dataclasses.replace(m, stats=more if m.stats is None else m.stats.merged(more))
 
     def interleaved(self, measurements: Sequence[Measurement], rounds: int = 10) -> list[LatencyStats]:
         """Time several loaded models alternately (A B A B ...), the protocol for comparing them."""
-        chunk = max(1, self.repeats // rounds)
-        for m in measurements:  # warm every session before the first timed round
-            for _ in range(self.warmup):
-                self.runtime.run(m.session, self.inputs_np)
-        pooled: list[LatencyStats | None] = [None] * len(measurements)
-        for _ in range(rounds):
-            for i, m in enumerate(measurements):
-                s = self.runtime.measure(m.session, self.inputs_np, 0, chunk)
-                pooled[i] = s if pooled[i] is None else pooled[i].merged(s)
-        return [dataclasses.replace(s, warmup=self.warmup) for s in pooled if s is not None]
+        sessions = [m.session for m in measurements]
+        return interleave(self.runtime, sessions, [self.inputs_np] * len(sessions), self.warmup, self.repeats, rounds)

@@ -80,6 +80,26 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats
     return LatencyStats.from_runs(runs, warmup, other)
 
 
+def interleave(
+    runtime: "Runtime", sessions: Sequence[Any], inputs: Sequence[Sequence[np.ndarray]], warmup: int, repeats: int, rounds: int = 10
+) -> list[LatencyStats]:
+    """Time several loaded models alternately (A B A B ...) and pool each one's runs.
+
+    This is how two models are compared on a shared machine: whatever else runs slows both alike,
+    so their ratio holds even when absolute times drift between runs.
+    """
+    chunk = max(1, -(-repeats // rounds))
+    for session, x in zip(sessions, inputs):  # warm every session before the first timed round
+        for _ in range(warmup):
+            runtime.run(session, x)
+    pooled: list[LatencyStats | None] = [None] * len(sessions)
+    for _ in range(rounds):
+        for i, (session, x) in enumerate(zip(sessions, inputs)):
+            s = runtime.measure(session, x, 0, chunk)
+            pooled[i] = s if pooled[i] is None else pooled[i].merged(s)
+    return [dataclasses.replace(s, warmup=warmup) for s in pooled if s is not None]
+
+
 def _busy_cpu_s() -> float:
     t = psutil.cpu_times()
     return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)

@@ -1,0 +1,217 @@
+"""`compress`: the command line.
+
+    compress MODEL --budget 20ms [--runtime ort-cpu] [--input-shape 1x3x224x224] [--out DIR]
+    compress bench MODEL.onnx [--runtime ort-cpu] [--threads 1]
+    compress check MODEL.onnx --budget 20ms [--baseline BASE.onnx]   (exit 1 when over budget)
+    compress demo [--out DIR]
+
+Every user error is one line on stderr and exit status 2; a model over budget in `check` is exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeprune.errors import EdgepruneError, first_line
+
+SUBCOMMANDS = ("bench", "check", "demo")
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _progress(line: str) -> None:
+    err_console.print(line, markup=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return {"bench": _bench, "check": _check, "demo": _demo}[argv[0]](argv[1:])
+        return _compress(argv)
+    except EdgepruneError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume from the last finished stage")
+        return 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: never a raw traceback
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error:[/] {type(err).__name__}: {first_line(err)} "
+                          "(a bug in edgeprune; re-run with --debug for the traceback and report it)")
+        return 3
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="ort-cpu", help="target runtime (default: ort-cpu)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, see BENCHMARKING.md)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--debug", action="store_true", help="print tracebacks of internal errors")
+
+
+def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
+    from edgeprune.pipeline.prune.methods import method_names
+
+    p = argparse.ArgumentParser(prog=prog, description="Prune MODEL physically until it meets --budget, measured on the target runtime.")
+    p.add_argument("model", help="torch.save()d nn.Module, or a state dict with --arch")
+    p.add_argument("--budget", required=True, help="20ms, p90<=20ms, 2x, 50%%, 300MFLOPs, 1.5Mparams")
+    p.add_argument("--input-shape", help="e.g. 1x3x224x224 (default: the registry's shape for --arch)")
+    p.add_argument("--arch", help="registry name or package.module:factory, for state dicts")
+    p.add_argument("--num-classes", type=int, help="classifier width for --arch (default: read from the state dict)")
+    p.add_argument("--method", default="l1", choices=method_names(), help="channel importance (default: l1)")
+    p.add_argument("--round-to", type=int, default=16, help="keep widths on multiples of this (default 16 on CPU runtimes)")
+    p.add_argument("--tol", type=float, default=0.05, help="stop when within this fraction under budget (default 0.05)")
+    p.add_argument("--max-candidates", type=int, default=8)
+    p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole")
+    p.add_argument("--out", default="out", help="output directory (default: out/)")
+    _common(p)
+    return p
+
+
+def _compress(argv: list[str]) -> int:
+    from edgeprune.pipeline.compress import Settings, compress
+    from edgeprune.pipeline.loading import load_model, parse_input_shape
+
+    a = _compress_parser().parse_args(argv)
+    shape = parse_input_shape(a.input_shape) if a.input_shape else None
+    loaded = load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes)
+    settings = Settings(budget=a.budget, runtime=a.runtime, threads=a.threads, method=a.method, round_to=a.round_to,
+                        tol=a.tol, warmup=a.warmup, repeats=a.repeats, max_candidates=a.max_candidates,
+                        unprunable=tuple(n for n in a.unprunable.split(",") if n))
+    result = compress(loaded, settings, a.out, progress=_progress)
+    _summary_table(result.report)
+    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")
+    return 0 if result.met else 1
+
+
+def _summary_table(rep: dict) -> None:
+    b, f = rep["baseline"], rep["final"]
+    t = Table(title=f"edgeprune: budget {rep['budget']['describe']} -> {'MET' if rep['budget']['met'] else 'MISSED'}")
+    for col in ("", "baseline", "compressed", "ratio"):
+        t.add_column(col, justify="right")
+    for label, key, scale, fmt in (("median ms", "median", 1, ".3f"), ("p90 ms", "p90", 1, ".3f")):
+        bv, fv = b["latency_ms"][key], f["latency_ms"][key]
+        t.add_row(label, format(bv, fmt), format(fv, fmt), f"{fv / bv:.3f}")
+    for label, key, scale in (("MFLOPs", "flops", 1e6), ("M params", "params", 1e6), ("ONNX MB", "onnx_bytes", 1e6)):
+        t.add_row(label, f"{b[key] / scale:.3f}", f"{f[key] / scale:.3f}", f"{f[key] / b[key]:.3f}")
+    Console().print(t)
+    Console().print(f"speed-up x{rep['speedup']:.2f} ({rep['runtime']['runtime']}, {rep['runtime']['threads']} thread(s), "
+                    f"interleaved, n={f['latency_ms']['n']}); {rep['search']['candidates_measured']} candidates measured")
+
+
+def _load_runtime(name: str, threads: int):  # noqa: ANN202 - returns a Runtime
+    from edgeprune.runtime_bench import get_runtime
+
+    rt = get_runtime(name, threads=threads)
+    ok, why = rt.available()
+    if not ok:
+        raise EdgepruneError(f"runtime {name} cannot run here: {why}")
+    return rt
+
+
+def _bench(argv: list[str]) -> int:
+    from edgeprune.pipeline.loading import parse_input_shape
+    from edgeprune.runtime_bench.inputs import example_inputs_for
+
+    p = argparse.ArgumentParser(prog="compress bench", description="Time an exported model on a runtime.")
+    p.add_argument("model", help="a .onnx file")
+    p.add_argument("--input-shape")
+    _common(p)
+    a = p.parse_args(argv)
+    _existing(a.model)
+    rt = _load_runtime(a.runtime, a.threads)
+    inputs = example_inputs_for(a.model, parse_input_shape(a.input_shape) if a.input_shape else None)
+    s = rt.measure(rt.load(a.model), inputs, a.warmup, a.repeats)
+    t = Table(title=f"{a.model} on {rt.name}")
+    for col in ("median ms", "p90 ms", "mean ms", "std ms", "n", "warm-up", "p90/median", "other CPU s"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{s.median:.3f}", f"{s.p90:.3f}", f"{s.mean:.3f}", f"{s.std:.3f}", str(s.n), str(s.warmup), f"{s.spread:.2f}", f"{s.other_cpu_s:.2f}")
+    Console().print(t)
+    Console().print(", ".join(f"{k}={v}" for k, v in rt.settings().items()))
+    return 0
+
+
+def _check(argv: list[str]) -> int:
+    """CI gate: exit 0 within budget, 1 over it."""
+    from edgeprune.exporters.onnx import onnx_param_count
+    from edgeprune.pipeline.budget import parse_budget
+    from edgeprune.pipeline.loading import parse_input_shape
+    from edgeprune.runtime_bench.base import interleave
+    from edgeprune.runtime_bench.inputs import example_inputs_for
+
+    p = argparse.ArgumentParser(prog="compress check", description="Fail (exit 1) when MODEL.onnx is over --budget.")
+    p.add_argument("model", help="a .onnx file")
+    p.add_argument("--budget", required=True, help="20ms, p90<=20ms, 1.5Mparams; 2x / 50%% need --baseline")
+    p.add_argument("--baseline", help="the reference .onnx for relative budgets (timed interleaved with MODEL)")
+    p.add_argument("--input-shape")
+    _common(p)
+    a = p.parse_args(argv)
+    _existing(a.model)
+    budget = parse_budget(a.budget)
+    if budget.metric == "flops":
+        raise EdgepruneError("check reads FLOPs budgets from PyTorch models only; use a latency or params budget for an ONNX file")
+    if budget.metric == "params":
+        value = float(onnx_param_count(a.model))
+        ok = budget.met_by(value)
+        Console().print(f"{a.model}: {value / 1e6:.4f} M params, budget {budget.describe()}: {'OK' if ok else 'OVER BUDGET'}")
+        return 0 if ok else 1
+    rt = _load_runtime(a.runtime, a.threads)
+    shape = parse_input_shape(a.input_shape) if a.input_shape else None
+    inputs = example_inputs_for(a.model, shape)
+    stat = "p90" if budget.statistic == "p90" else "median"
+    if budget.relative:
+        if not a.baseline:
+            raise EdgepruneError(f"budget {a.budget} is relative; pass --baseline BASE.onnx to compare against")
+        _existing(a.baseline)
+        base_s, model_s = interleave(rt, [rt.load(a.baseline), rt.load(a.model)], [example_inputs_for(a.baseline, shape), inputs], a.warmup, a.repeats)
+        ratio = getattr(model_s, stat) / getattr(base_s, stat)
+        ok = ratio <= budget.value
+        Console().print(f"{a.model}: {stat} {getattr(model_s, stat):.3f} ms = {ratio:.3f} x baseline {getattr(base_s, stat):.3f} ms "
+                        f"(interleaved, n={model_s.n}); budget {budget.describe()}: {'OK' if ok else 'OVER BUDGET'}")
+        return 0 if ok else 1
+    s = rt.measure(rt.load(a.model), inputs, a.warmup, a.repeats)
+    ok = budget.met_by(getattr(s, stat))
+    Console().print(f"{a.model}: {stat} {getattr(s, stat):.3f} ms (p90 {s.p90:.3f}, n={s.n}, {rt.name}, {a.threads} thread(s)); "
+                    f"budget {budget.describe()}: {'OK' if ok else 'OVER BUDGET'}")
+    return 0 if ok else 1
+
+
+def _demo(argv: list[str]) -> int:
+    from edgeprune import models
+    from edgeprune.pipeline.compress import Settings, compress
+    from edgeprune.pipeline.loading import from_module
+
+    p = argparse.ArgumentParser(prog="compress demo", description="Compress a built-in network to 50%% of its measured latency.")
+    p.add_argument("--arch", default="resnet56", choices=models.available())
+    p.add_argument("--budget", default="50%")
+    p.add_argument("--out", default="out/demo")
+    _common(p)
+    a = p.parse_args(argv)
+    import torch
+
+    torch.manual_seed(0)
+    Console().print(f"[bold]demo:[/] {a.arch} with RANDOM weights (no trained checkpoint yet: latency, FLOPs and size "
+                    f"are real, accuracy is meaningless); budget {a.budget} of its measured baseline latency on {a.runtime}")
+    loaded = from_module(models.create(a.arch), arch=a.arch, num_classes=10, source=f"registry:{a.arch} (random init)")
+    result = compress(loaded, Settings(budget=a.budget, runtime=a.runtime, threads=a.threads, warmup=a.warmup, repeats=a.repeats),
+                      a.out, progress=_progress)
+    _summary_table(result.report)
+    Console().print(f"report: {Path(a.out).resolve() / 'report.md'}")
+    return 0 if result.met else 1
+
+
+def _existing(path: str) -> None:
+    if not Path(path).is_file():
+        raise EdgepruneError(f"{path} does not exist; pass the path of an exported .onnx model")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
