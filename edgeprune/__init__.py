@@ -1,1 +1,92 @@
-"""edgeprune."""
+"""edgeprune: physically smaller models that meet a latency budget measured on the target runtime.
+
+Python API (what the `compress` CLI calls):
+
+    pruned = edgeprune.prune(model, example_inputs, ratio=0.5, method="l1")
+    result = edgeprune.compress(model, budget="20ms", example_inputs=x, runtime="ort-cpu", out_dir="out")
+    result.final_ms, result.speedup, result.met, result.report   # the figures of report.json
+    model = edgeprune.load_pruned("resnet20", "out/plan.json", "out/state_dict.pt")
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+__version__ = "0.1.0"
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    ratio: float = 0.5,
+    method: str = "l1",
+    round_to: int = 16,
+    unprunable: Sequence[str] = (),
+) -> nn.Module:
+    """A physically pruned copy of `model`: every prunable group keeps about (1 - ratio) of its units.
+
+    No budget and no measurement: the global level is `ratio`. Groups that cannot be pruned safely
+    are left whole (see `edgeprune.pipeline.prune.space.discover` for why each one was left).
+    """
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline.loading import from_module
+    from edgeprune.pipeline.prune.apply import apply
+    from edgeprune.pipeline.prune.methods import get_method
+    from edgeprune.pipeline.prune.select import plan_at_level
+    from edgeprune.pipeline.prune.space import discover
+
+    if not 0.0 <= ratio < 1.0:
+        raise EdgepruneError(f"ratio {ratio} must be in [0, 1): the fraction of units to remove")
+    loaded = from_module(model, example_inputs)
+    space = discover(loaded.model, loaded.example_inputs, unprunable)
+    scores = get_method(method).scores(loaded.model, space, loaded.example_inputs)
+    plan = plan_at_level(space, scores, ratio, round_to, method)
+    return apply(copy.deepcopy(loaded.model), plan, loaded.example_inputs)
+
+
+def compress(
+    model: nn.Module,
+    budget: str,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    runtime: str = "ort-cpu",
+    out_dir: str | Path = "out",
+    arch: str | None = None,
+    progress: Any = None,
+    **settings: Any,
+) -> Any:
+    """Run the whole pipeline on an nn.Module; returns a `CompressResult` (report figures as attributes).
+
+    `settings` are those of `edgeprune.pipeline.compress.Settings` (threads, method, round_to, tol, ...).
+    """
+    from edgeprune.pipeline.compress import Settings
+    from edgeprune.pipeline.compress import compress as run
+    from edgeprune.pipeline.loading import from_module
+
+    loaded = from_module(model, example_inputs, arch=arch)
+    return run(loaded, Settings(budget=budget, runtime=runtime, **settings), out_dir, progress or (lambda line: None))
+
+
+def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, num_classes: int | None = None) -> nn.Module:
+    """Rebuild a pruned model from the original architecture, its plan.json and state_dict.pt.
+
+    Unlike the whole-module pickle (model.pt), this survives `weights_only` loading and code changes.
+    """
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline.loading import build_arch, from_module
+    from edgeprune.pipeline.prune.apply import apply
+    from edgeprune.pipeline.prune.plan import Plan
+
+    plan = Plan.load(plan_path)
+    num_classes = num_classes or plan.meta.get("num_classes")
+    shape = plan.meta.get("input_shape")
+    loaded = from_module(build_arch(arch, num_classes), input_shape=shape, arch=arch)
+    model = apply(loaded.model, plan, loaded.example_inputs)
+    try:
+        model.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError) as err:
+        raise EdgepruneError(f"cannot load {state_dict_path} into the pruned {arch}: {str(err).splitlines()[0]}") from None
+    return model

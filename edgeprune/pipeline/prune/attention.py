@@ -40,10 +40,10 @@ class AttentionSite:
     def head_dim(self) -> int:
         return self.qkv.out_features // (3 * self.num_heads)
 
-    def head_rows(self, head: int) -> list[int]:
-        """The qkv output rows of one head, in q, k and v."""
+    def head_rows(self, heads: Iterable[int]) -> list[int]:
+        """The qkv output rows of `heads`, in the fused layout: all q rows, then k, then v."""
         inner, d = self.qkv.out_features // 3, self.head_dim
-        return [s * inner + head * d + j for s in range(3) for j in range(d)]
+        return [s * inner + h * d + j for s in range(3) for h in heads for j in range(d)]
 
     def head_cols(self, head: int) -> list[int]:
         """The proj input columns fed by one head."""
@@ -70,7 +70,7 @@ def find_attention(model: nn.Module) -> list[AttentionSite]:
 def keep_heads(site: AttentionSite, keep: Iterable[int]) -> None:
     """Physically keep only the heads in `keep` (indices into the current heads)."""
     keep = sorted(set(int(h) for h in keep))
-    rows = [r for h in keep for r in site.head_rows(h)]
+    rows = site.head_rows(keep)
     cols = [c for h in keep for c in site.head_cols(h)]
     qkv, proj = site.qkv, site.proj
     with torch.no_grad():

@@ -40,11 +40,12 @@ def plan_at_level(space: PruningSpace, scores: Scores, level: float, round_to: i
     for g in space.groups:
         score = np.asarray(scores[g.id])
         keep: list[int] = []
+        group_carry = carry  # equal-size segments of one group (a chunk's parts) get equal widths
         for seg in g.segments:
             step = width_step(len(seg), g.kind, round_to)
-            ideal = len(seg) * (1.0 - level) / step + carry
+            ideal = len(seg) * (1.0 - level) / step + group_carry
             k = int(min(len(seg), max(step, int(np.floor(ideal + 0.5)) * step)))
-            carry = ideal - k / step
+            carry += ideal - group_carry - k / step
             order = np.argsort(-score[list(seg)], kind="stable")
             keep += [seg[i] for i in order[:k]]
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from edgeprune.errors import first_line
 from edgeprune.pipeline.prune import attention, graph
 from edgeprune.pipeline.prune.apply import HEADS_SUFFIX, apply
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
@@ -115,19 +116,20 @@ def _members(
 ) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
     """Named layers of a group, the units each one touches, and the partition those induce.
 
-    Units that every producing layer shares form one segment; a concat splits the group into one
-    segment per input, so that pruning can keep some channels of every input (an input pruned to
-    zero width would leave a layer with no channels).
+    Units touched by the same set of layers form one segment. Most groups are one segment; a concat
+    makes one per input and a split or chunk one per output, so that pruning keeps some channels of
+    every part (a part pruned to zero width leaves a layer with no channels) and, for a chunk, the
+    same number in each part (torch.chunk splits by count, so unequal parts would silently mix
+    channels).
     """
     owned: dict[str, set[int]] = {}
     for item in group:
-        name = graph.module_name(dg, item.dep.target.module)
+        module = item.dep.target.module
+        name = graph.module_name(dg, module) if isinstance(module, nn.Module) else None
         if name is not None:
             side = "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
             owned.setdefault(f"{name}({side})", set()).update(int(i) for i in item.root_idxs)
-    signature: dict[int, tuple[str, ...]] = {
-        u: tuple(n for n, idx in owned.items() if n.endswith("(out)") and u in idx) for u in range(size)
-    }
+    signature: dict[int, tuple[str, ...]] = {u: tuple(n for n, idx in owned.items() if u in idx) for u in range(size)}
     by_sig: dict[tuple[str, ...], list[int]] = {}
     for u in range(size):
         by_sig.setdefault(signature[u], []).append(u)
@@ -164,32 +166,86 @@ def _output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
 
 
 def probe_plan(groups: Sequence[Group]) -> Plan:
-    """Drop every fourth unit of each segment (at least one): scattered indices in every coupled
-    layer exercise the index mapping that a contiguous tail would not."""
+    """Drop every fourth unit of each segment (at least one), at a different offset in each segment:
+    scattered, asymmetric indices expose an index mapping that a contiguous tail, or the same
+    pattern in two halves, would not."""
     keeps = {}
     for g in groups:
-        drop = {seg[i] for seg in g.segments for i in range(1, len(seg), 4)} or {g.segments[0][0]}
+        drop = {seg[i] for j, seg in enumerate(g.segments) for i in range(1 + j % 3, len(seg), 4)} or {g.segments[0][0]}
         keeps[g.id] = GroupKeep(g.kind, g.size, tuple(u for u in range(g.size) if u not in drop))
     return Plan(keeps)
 
 
 def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], groups: list[Group]) -> list[tuple[Group, str]]:
+    """The groups whose probe fails, each with the reason.
+
+    Every group must keep the model running with its output shapes and finite outputs. Where it can
+    be checked exactly, the pruned model must also compute what the original computes with the
+    dropped units silenced: a channel whose producing filters, biases and BN affine are zeroed is
+    exactly zero downstream, and a head whose proj columns are zeroed contributes nothing. That
+    catches the silent failures: torch-pruning mapping a chunk's halves to the wrong consumers, or an
+    attention module whose reshape ignores `num_heads`. Groups through cross-channel norms
+    (LayerNorm, GroupNorm), where silencing is not removal, get the shape checks only.
+    """
     ref = graph.output_shapes(graph.run(model, example_inputs))
 
-    def trial(subset: list[Group]) -> str | None:
+    def trial(subset: list[Group], exact: bool) -> str | None:
+        plan = probe_plan(subset)
         candidate = copy.deepcopy(model)
         try:
-            apply(candidate, probe_plan(subset), example_inputs, check=False)
+            apply(candidate, plan, example_inputs, check=False)
             outs = graph.run(candidate, example_inputs)
         except Exception as err:  # noqa: BLE001 - any failure means "leave this group whole"
-            return f"pruning it breaks the model ({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})"
+            return f"pruning it breaks the model ({type(err).__name__}: {first_line(err, 160)})"
         if graph.output_shapes(outs) != ref:
             return f"pruning it changes the output shapes to {graph.output_shapes(outs)}"
         if not all(torch.isfinite(t).all() for t in outs if t.is_floating_point()):
             return "pruning it makes the outputs non-finite"
+        if exact:
+            expected = graph.run(silenced(model, plan, example_inputs), example_inputs)
+            if not all(torch.allclose(o, e, rtol=1e-3, atol=1e-4) for o, e in zip(outs, expected)):
+                return "pruning it changes what the model computes beyond the removed units (a coupling the graph mis-traces)"
         return None
 
-    return _bisect(groups, trial)
+    exact = [g for g in groups if not _through_norm(model, g)]
+    shape_only = [g for g in groups if _through_norm(model, g)]
+    return _bisect(exact, lambda sub: trial(sub, True)) + _bisect(shape_only, lambda sub: trial(sub, False))
+
+
+def _through_norm(model: nn.Module, group: Group) -> bool:
+    """Whether a group's channels pass a norm that mixes channels (silencing is then not removal)."""
+    for member in group.members:
+        m = model.get_submodule(member.split("(")[0])
+        if isinstance(m, nn.LayerNorm) or (isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels):
+            return True
+    return False
+
+
+def silenced(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor]) -> nn.Module:
+    """A copy of `model` in which every unit `plan` removes is forced to contribute nothing.
+
+    Channels: the producing layers' filters, biases and BN affine parameters are zeroed. Heads: their
+    columns of the output projection are zeroed. Physical removal must compute the same function.
+    """
+    quiet = copy.deepcopy(model)
+    channel_groups = {gid: k for gid, k in plan.groups.items() if k.kind == "channels" and k.removed}
+    with torch.no_grad():
+        if channel_groups:
+            dg = graph.build_graph(quiet, example_inputs)
+            for gid, keep in channel_groups.items():
+                for item in graph.group_of(dg, quiet.get_submodule(gid), keep.removed):
+                    layer = item.dep.target.module
+                    if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(getattr(layer, "weight", None), torch.Tensor):
+                        idx = [getattr(i, "idx", i) for i in item.idxs]
+                        layer.weight[idx] = 0
+                        if getattr(layer, "bias", None) is not None:
+                            layer.bias[idx] = 0
+        sites = {s.name + HEADS_SUFFIX: s for s in attention.find_attention(quiet)}
+        for gid, keep in plan.groups.items():
+            if keep.kind == "heads":
+                for h in keep.removed:
+                    sites[gid].proj.weight[:, sites[gid].head_cols(h)] = 0
+    return quiet
 
 
 def _bisect(groups: list[Group], trial: Callable[[list[Group]], str | None]) -> list[tuple[Group, str]]:

@@ -20,14 +20,15 @@ from edgeprune.pipeline.prune.space import PruningSpace
 class CostModel:
     def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> None:
         self._layer_macs = _layer_macs(model, example_inputs)
-        # layer name -> (group id, the units of that group the layer's input/output carries)
-        self._in: dict[str, tuple[str, frozenset[int]]] = {}
-        self._out: dict[str, tuple[str, frozenset[int]]] = {}
+        # layer name -> [(group id, the units of that group the layer's input/output carries)];
+        # a concat's consumer takes its input from several groups
+        self._in: dict[str, list[tuple[str, frozenset[int]]]] = {}
+        self._out: dict[str, list[tuple[str, frozenset[int]]]] = {}
         for g in space.groups:
             for member, segs in zip(g.members, g.member_segments):
                 name, side = member[:-1].split("(")
                 units = frozenset(u for s in segs for u in g.segments[s])
-                (self._out if side == "out" else self._in)[name] = (g.id, units)
+                (self._out if side == "out" else self._in).setdefault(name, []).append((g.id, units))
         self._depthwise = {
             name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
         }
@@ -36,11 +37,13 @@ class CostModel:
     def flops(self, plan: Plan) -> float:
         kept = {gid: set(g.keep) for gid, g in plan.groups.items()}
 
-        def fraction(entry: tuple[str, frozenset[int]] | None) -> float:
-            if entry is None or entry[0] not in kept:
+        def fraction(entries: list[tuple[str, frozenset[int]]] | None) -> float:
+            """Kept share of a layer's channels. Channels of groups outside the plan count as kept;
+            a concat's other inputs (not groups) are unknown here and ignored."""
+            if not entries:
                 return 1.0
-            gid, units = entry
-            return len(units & kept[gid]) / len(units)
+            total = sum(len(units) for _, units in entries)
+            return sum(len(units & kept[gid]) if gid in kept else len(units) for gid, units in entries) / total
 
         total = 0.0
         for name, macs in self._layer_macs.items():

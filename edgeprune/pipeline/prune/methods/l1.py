@@ -41,7 +41,7 @@ class L1Importance(Importance):
                 s = sites[g.id]
                 out[g.id] = np.array(
                     [
-                        float(s.qkv.weight[s.head_rows(h)].abs().sum() + s.proj.weight[:, s.head_cols(h)].abs().sum())
+                        float(s.qkv.weight[s.head_rows([h])].abs().sum() + s.proj.weight[:, s.head_cols(h)].abs().sum())
                         for h in range(s.num_heads)
                     ]
                 )
@@ -57,5 +57,5 @@ class L1Importance(Importance):
             w = layer.weight.detach().abs()
             norms = w.reshape(w.shape[0], -1).sum(dim=1).double()
             for hyb, root_idx in zip(item.idxs, item.root_idxs):
-                total[root_idx] += norms[hyb.idx if hasattr(hyb, "idx") else hyb]
+                total[root_idx] += norms[getattr(hyb, "idx", hyb)]
         return total.numpy()
