@@ -24,7 +24,8 @@ class RunDir:
         cfg_path = self.work / "config.json"
         if cfg_path.exists():
             try:
-                same = json.loads(cfg_path.read_text(encoding="utf-8")) == config
+                # compare as JSON: tuples in `config` (Settings.unprunable) read back as lists
+                same = json.loads(cfg_path.read_text(encoding="utf-8")) == json.loads(json.dumps(config))
             except ValueError:
                 same = False
             if not same:
