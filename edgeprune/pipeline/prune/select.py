@@ -8,10 +8,11 @@ channels) step by the largest power of two that still leaves them four widths to
 (requested vs kept) so the report can say where it pruned more or less than the level asked.
 
 Rounding every group to the nearest step in lockstep would leave a uniform level only a handful of
-distinct configurations (a ResNet-20 has four), too coarse to land near a budget. So the rounding
-error is diffused across groups (Floyd–Steinberg style, in units of steps): where one group is
-rounded down, the next is more likely rounded up, and the total width tracks the level closely
-while every group stays on its multiple.
+distinct configurations (a ResNet-20 has four), too coarse to land near a budget. So each group
+rounds with its own phase (a low-discrepancy offset in [0, 1) steps, from the golden ratio): as the
+level rises, groups drop a step one at a time instead of all at once. The configurations then
+change one group-step at a time, every group's width is non-increasing in the level (so the cost
+is monotone and bisection on the level is sound), and each group stays on its multiple.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ import numpy as np
 from edgeprune.pipeline.prune.methods.base import Scores
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.space import PruningSpace
+
+
+_GOLDEN = (5**0.5 - 1) / 2
 
 
 def width_step(size: int, kind: str, round_to: int) -> int:
@@ -36,16 +40,13 @@ def plan_at_level(space: PruningSpace, scores: Scores, level: float, round_to: i
     """Every segment of every group keeps ~(1 - level) of its units, rounded to its step, by score."""
     groups: dict[str, GroupKeep] = {}
     requested: dict[str, float] = {}
-    carry = 0.0  # rounding error so far, in steps
-    for g in space.groups:
+    for i, g in enumerate(space.groups):
         score = np.asarray(scores[g.id])
         keep: list[int] = []
-        group_carry = carry  # equal-size segments of one group (a chunk's parts) get equal widths
+        phase = ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
         for seg in g.segments:
             step = width_step(len(seg), g.kind, round_to)
-            ideal = len(seg) * (1.0 - level) / step + group_carry
-            k = int(min(len(seg), max(step, int(np.floor(ideal + 0.5)) * step)))
-            carry += ideal - group_carry - k / step
+            k = int(min(len(seg), max(step, np.floor(len(seg) * (1.0 - level) / step + phase) * step)))
             order = np.argsort(-score[list(seg)], kind="stable")
             keep += [seg[i] for i in order[:k]]
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))

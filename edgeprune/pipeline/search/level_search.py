@@ -100,7 +100,7 @@ class LevelSearch:
         over = _Point(0.0, self.cost.total, baseline_value)  # the tightest candidate known over budget
         under: _Point | None = None  # the loosest candidate known within budget
         best: tuple[Plan, Evaluation] | None = None
-        seen = {widths_key(self.plan(0.0))}
+        seen: dict[tuple[int, ...], float] = {widths_key(self.plan(0.0)): self.cost.total}
         steps: list[Step] = []
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
@@ -109,7 +109,7 @@ class LevelSearch:
                 stop = "no untried width configuration between the closest candidates over and under budget"
                 break
             plan = self.plan(level)
-            seen.add(widths_key(plan))
+            seen[widths_key(plan)] = self.cost.flops(plan)
             t0 = time.perf_counter()
             pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
             ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
@@ -139,8 +139,8 @@ class LevelSearch:
             )
         return SearchResult(best[0], steps, best[1], stop)
 
-    def _propose(self, over: _Point, under: _Point | None, target: float, seen: set) -> float | None:
-        """The next level to try, strictly between `over` and `under`, whose plan is untried."""
+    def _propose(self, over: _Point, under: _Point | None, target: float, seen: dict) -> float | None:
+        """The next level to try, strictly between `over` and `under`, whose plan is new."""
         hi_level = under.level if under else MAX_LEVEL
         if under is None:
             flops = over.flops * target / over.value  # cost roughly proportional to FLOPs
@@ -148,12 +148,22 @@ class LevelSearch:
             slope = (over.value - under.value) / max(over.flops - under.flops, 1e-9)
             flops = under.flops + (target - under.value) / slope if slope > 0 else (over.flops + under.flops) / 2
         level = self._level_for(flops, over.level, hi_level)
-        if widths_key(self.plan(level)) not in seen:
+        if self._is_new(level, seen):
             return level
         return self._untried_between(over.level, hi_level, seen, upper_inclusive=under is None)
 
+    def _is_new(self, level: float, seen: dict) -> bool:
+        """A plan is worth evaluating when its shape and its predicted cost both differ from every
+        plan evaluated so far: two shapes of the same cost would measure the same."""
+        plan = self.plan(level)
+        if widths_key(plan) in seen:
+            return False
+        flops = self.cost.flops(plan)
+        return all(abs(flops - f) > 0.002 * f for f in seen.values())
+
     def _level_for(self, flops: float, lo: float, hi: float) -> float:
-        """The smallest level in (lo, hi] whose predicted FLOPs are at most `flops`."""
+        """The smallest level in (lo, hi] whose predicted FLOPs are at most `flops` (widths are
+        non-increasing in the level, so the predicted cost is monotone and bisection is sound)."""
         if self.cost.flops(self.plan(hi)) > flops:
             return hi
         for _ in range(30):
@@ -164,11 +174,8 @@ class LevelSearch:
                 lo = mid
         return hi
 
-    def _untried_between(self, lo: float, hi: float, seen: set, upper_inclusive: bool) -> float | None:
-        """Bisect the level interval for a plan not tried yet; None when every plan in it was tried."""
-        candidates = [lo + (hi - lo) * k / 64 for k in range(1, 65 if upper_inclusive else 64)]
+    def _untried_between(self, lo: float, hi: float, seen: dict, upper_inclusive: bool) -> float | None:
+        """The new plan closest to the middle of the level interval; None when none is left."""
+        candidates = [lo + (hi - lo) * k / 256 for k in range(1, 257 if upper_inclusive else 256)]
         candidates.sort(key=lambda lv: abs(lv - (lo + hi) / 2))
-        for level in candidates:
-            if widths_key(self.plan(level)) not in seen:
-                return level
-        return None
+        return next((level for level in candidates if self._is_new(level, seen)), None)
