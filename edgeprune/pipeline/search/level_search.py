@@ -6,7 +6,9 @@ close to linear once widths are hardware-aligned: it interpolates between the ne
 over and under the budget (regula falsi) to pick the next target cost, then finds the level whose
 plan predicts that cost. When interpolation proposes a plan already seen it bisects the level
 interval instead. It stops as soon as a candidate lands in [budget·(1−tol), budget], or when no
-untried plan is left between the closest candidates over and under the budget.
+untried plan is left between the closest candidates over and under the budget. A measured latency
+must clear the budget by the objective's noise guard (2%): a candidate at 99% of the budget on one
+measurement is over it on the next about as often as not.
 """
 from __future__ import annotations
 
@@ -97,6 +99,7 @@ class LevelSearch:
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value
         floor = budget * (1.0 - self.tol)
+        ceiling = budget * (1.0 - self.objective.guard)  # a measured value must clear the noise
         over = _Point(0.0, self.cost.total, baseline_value)  # the tightest candidate known over budget
         under: _Point | None = None  # the loosest candidate known within budget
         best: tuple[Plan, Evaluation] | None = None
@@ -104,7 +107,7 @@ class LevelSearch:
         steps: list[Step] = []
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
-            level = self._propose(over, under, budget * (1.0 - self.tol / 2), seen)
+            level = self._propose(over, under, (floor + ceiling) / 2, seen)
             if level is None:
                 stop = "no untried width configuration between the closest candidates over and under budget"
                 break
@@ -113,7 +116,7 @@ class LevelSearch:
             t0 = time.perf_counter()
             pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
             ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
-            ok = ev.value <= budget
+            ok = ev.value <= ceiling
             step = Step(index, level, self.cost.flops(plan), ev, ok, time.perf_counter() - t0)
             steps.append(step)
             self.on_step(step)
@@ -123,14 +126,14 @@ class LevelSearch:
                 if best is None or ev.value > best[1].value:
                     best = (plan, ev)
                 if ev.value >= floor:
-                    stop = f"within tolerance ({self.tol:.0%} under budget)"
+                    stop = f"within tolerance ({self.objective.guard:.0%} to {self.tol:.0%} under budget)"
                     break
             else:
                 over = point
                 if level >= MAX_LEVEL:
                     raise EdgepruneError(
                         f"budget {self.objective.budget.describe()} is infeasible: the most pruning allowed "
-                        f"reaches {ev.value:.4g} at best; relax the budget, lower --round-to or add --depth"
+                        f"reaches {ev.value:.4g} at best; relax the budget or lower --round-to"
                     )
         if best is None:
             raise EdgepruneError(
