@@ -20,7 +20,7 @@ from rich.table import Table
 
 from edgeprune.errors import EdgepruneError, first_line
 
-SUBCOMMANDS = ("bench", "check", "demo")
+SUBCOMMANDS = ("bench", "check", "demo", "train")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            return {"bench": _bench, "check": _check, "demo": _demo}[argv[0]](argv[1:])
+            return {"bench": _bench, "check": _check, "demo": _demo, "train": _train}[argv[0]](argv[1:])
         return _compress(argv)
     except EdgepruneError as err:
         err_console.print(f"[bold red]error:[/] {err}")
@@ -49,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other error (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise EdgepruneError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="ort-cpu", help="target runtime (default: ort-cpu)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, see BENCHMARKING.md)")
@@ -60,7 +67,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     from edgeprune.pipeline.prune.methods import method_names
 
-    p = argparse.ArgumentParser(prog=prog, description="Prune MODEL physically until it meets --budget, measured on the target runtime.")
+    p = _Parser(prog=prog, description="Prune MODEL physically until it meets --budget, measured on the target runtime.")
     p.add_argument("model", help="torch.save()d nn.Module, or a state dict with --arch")
     p.add_argument("--budget", required=True, help="20ms, p90<=20ms, 2x, 50%%, 300MFLOPs, 1.5Mparams")
     p.add_argument("--input-shape", help="e.g. 1x3x224x224 (default: the registry's shape for --arch)")
@@ -72,8 +79,22 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--max-candidates", type=int, default=8)
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole")
     p.add_argument("--out", default="out", help="output directory (default: out/)")
+    _data_args(p)
+    p.add_argument("--recover", choices=["finetune", "distill", "scratch", "none"],
+                   help="recovery after pruning (default: finetune with --data, else none)")
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
+    p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
+    p.add_argument("--metric", help="module:function(model, val_loader) -> float, for models that are not classifiers")
     _common(p)
     return p
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data.npz (x_train, y_train, x_test, y_test), an image folder (train/, val/), or module:function")
+    p.add_argument("--epochs", type=int, help="training budget in epochs (default 1 for recovery)")
+    p.add_argument("--steps", type=int, help="training budget in optimizer steps (instead of --epochs)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the method's own)")
+    p.add_argument("--batch-size", type=int, default=128)
 
 
 def _compress(argv: list[str]) -> int:
@@ -85,7 +106,9 @@ def _compress(argv: list[str]) -> int:
     loaded = load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes)
     settings = Settings(budget=a.budget, runtime=a.runtime, threads=a.threads, method=a.method, round_to=a.round_to,
                         tol=a.tol, warmup=a.warmup, repeats=a.repeats, max_candidates=a.max_candidates,
-                        unprunable=tuple(n for n in a.unprunable.split(",") if n))
+                        unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
+                        recover=a.recover or ("finetune" if a.data else "none"), epochs=a.epochs, steps=a.steps, lr=a.lr,
+                        batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
     Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")
@@ -102,6 +125,11 @@ def _summary_table(rep: dict) -> None:
         t.add_row(label, format(bv, fmt), format(fv, fmt), f"{fv / bv:.3f}")
     for label, key, scale in (("MFLOPs", "flops", 1e6), ("M params", "params", 1e6), ("ONNX MB", "onnx_bytes", 1e6)):
         t.add_row(label, f"{b[key] / scale:.3f}", f"{f[key] / scale:.3f}", f"{f[key] / b[key]:.3f}")
+    acc = rep.get("accuracy")
+    if acc:
+        after = acc.get("recovered")
+        t.add_row(acc["metric"], f"{acc['baseline']:.4f}", f"{after if after is not None else acc['pruned']:.4f}",
+                  f"pruned {acc['pruned']:.4f}")
     Console().print(t)
     Console().print(f"speed-up x{rep['speedup']:.2f} ({rep['runtime']['runtime']}, {rep['runtime']['threads']} thread(s), "
                     f"interleaved, n={f['latency_ms']['n']}); {rep['search']['candidates_measured']} candidates measured")
@@ -121,7 +149,7 @@ def _bench(argv: list[str]) -> int:
     from edgeprune.pipeline.loading import parse_input_shape
     from edgeprune.runtime_bench.inputs import example_inputs_for
 
-    p = argparse.ArgumentParser(prog="compress bench", description="Time an exported model on a runtime.")
+    p = _Parser(prog="compress bench", description="Time an exported model on a runtime.")
     p.add_argument("model", help="a .onnx file")
     p.add_argument("--input-shape")
     _common(p)
@@ -147,7 +175,7 @@ def _check(argv: list[str]) -> int:
     from edgeprune.runtime_bench.base import interleave
     from edgeprune.runtime_bench.inputs import example_inputs_for
 
-    p = argparse.ArgumentParser(prog="compress check", description="Fail (exit 1) when MODEL.onnx is over --budget.")
+    p = _Parser(prog="compress check", description="Fail (exit 1) when MODEL.onnx is over --budget.")
     p.add_argument("model", help="a .onnx file")
     p.add_argument("--budget", required=True, help="20ms, p90<=20ms, 1.5Mparams; 2x / 50%% need --baseline")
     p.add_argument("--baseline", help="the reference .onnx for relative budgets (timed interleaved with MODEL)")
@@ -189,7 +217,7 @@ def _demo(argv: list[str]) -> int:
     from edgeprune.pipeline.compress import Settings, compress
     from edgeprune.pipeline.loading import from_module
 
-    p = argparse.ArgumentParser(prog="compress demo", description="Compress a built-in network to 50%% of its measured latency.")
+    p = _Parser(prog="compress demo", description="Compress a built-in network to 50%% of its measured latency.")
     p.add_argument("--arch", default="resnet56", choices=models.available())
     p.add_argument("--budget", default="50%")
     p.add_argument("--out", default="out/demo")
@@ -206,6 +234,31 @@ def _demo(argv: list[str]) -> int:
     _summary_table(result.report)
     Console().print(f"report: {Path(a.out).resolve() / 'report.md'}")
     return 0 if result.met else 1
+
+
+def _train(argv: list[str]) -> int:
+    """Train a registry architecture (the baselines the benchmarks and the demo start from)."""
+    from edgeprune import models
+    from edgeprune.pipeline.training import train_baseline
+
+    p = _Parser(prog="compress train", description="Train --arch on --data; writes the state dict and a recipe JSON.")
+    p.add_argument("--arch", required=True, help=f"registry name ({', '.join(models.available())}) or package.module:factory")
+    p.add_argument("--num-classes", type=int, help="default: the number of classes in the data")
+    p.add_argument("--schedule", choices=["onecycle", "cosine"], default="onecycle")
+    p.add_argument("--out", required=True, help="where the state dict goes, e.g. checkpoints/resnet20_cifar10.pt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true")
+    _data_args(p)
+    a = p.parse_args(argv)
+    if a.data is None:
+        raise EdgepruneError("compress train needs --data")
+    recipe = train_baseline(a.arch, a.data, Path(a.out), epochs=a.epochs, steps=a.steps, lr=a.lr or 0.1,
+                            schedule=a.schedule, batch_size=a.batch_size, num_classes=a.num_classes, seed=a.seed,
+                            log=_progress)
+    if recipe is not None:
+        Console().print(f"{a.arch}: test {recipe['metric']} {recipe['test_metric']:.4f} after {recipe['epochs_run']} epoch(s); "
+                        f"wrote {a.out} and {recipe['recipe_path']}")
+    return 0
 
 
 def _existing(path: str) -> None:

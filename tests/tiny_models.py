@@ -25,13 +25,19 @@ class _Block(nn.Module):
 
 
 class TinyResNet(nn.Module):
-    """A 3x32x32 -> num_classes residual CNN: stem (32) and two blocks (64 inside, 32 and 64 out)."""
+    """A 3x32x32 -> num_classes residual CNN: a 16-channel stem, a block at 32x32 (48 inside, 16 out)
+    and a stride-2 block (64 inside, 64 out).
+
+    The widths are chosen so that, on ONNX Runtime CPU, no reachable width configuration lands
+    within a few percent of 60% of the baseline latency (measured: ~0.80 and ~0.52): the CLI tests'
+    "60%" budget then has a clear answer instead of one decided by timing noise.
+    """
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.block1 = _Block(32, 64, 32)
-        self.block2 = _Block(32, 64, 64, stride=2)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block1 = _Block(16, 48, 16)
+        self.block2 = _Block(16, 64, 64, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
 

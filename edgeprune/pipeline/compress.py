@@ -21,15 +21,19 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import Artifact, OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
 from edgeprune.pipeline import report as report_mod
+from edgeprune.pipeline import distributed
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.data import DataBundle, check_fits, load_data
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
+from edgeprune.pipeline.prune import graph
 from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
+from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
@@ -50,6 +54,16 @@ class Settings:
     repeats: int = 50
     max_candidates: int = 8
     unprunable: tuple[str, ...] = ()
+    # accuracy and recovery (with --data)
+    data: str | None = None
+    recover: str = "none"  # finetune | distill | scratch | none
+    epochs: int | None = None
+    steps: int | None = None
+    lr: float | None = None  # default: the recovery method's own
+    batch_size: int = 128
+    temperature: float = 4.0
+    alpha: float = 0.9
+    metric: str | None = None  # module:function for models that are not classifiers
 
 
 @dataclasses.dataclass
@@ -81,77 +95,112 @@ class CompressResult:
     def flops_ratio(self) -> float:
         return self.report["final"]["flops"] / self.report["baseline"]["flops"]
 
+    @property
+    def accuracy(self) -> dict[str, Any] | None:
+        return self.report.get("accuracy")
+
 
 def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
+    """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py)."""
+    ctx = distributed.init_from_env()
     budget = parse_budget(settings.budget)
     runtime = get_runtime(settings.runtime, threads=settings.threads)
     ok, why = runtime.available()
     if not ok:
         raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
     method = get_method(settings.method)
-    run = RunDir(out_dir, _config(loaded, settings))
+    recovery = None if settings.recover == "none" else get_recovery(settings.recover, **_recovery_options(settings))
+    if recovery is not None and settings.data is None:
+        raise EdgepruneError(f"--recover {settings.recover} needs training data; pass --data or --recover none")
+    if settings.data is None and settings.metric is not None:
+        raise EdgepruneError("--metric needs --data to evaluate on")
+    log = progress if ctx.is_rank0 else (lambda line: None)
+    run = RunDir(out_dir, _config(loaded, settings), write=ctx.is_rank0)
     model, inputs = loaded.model, loaded.example_inputs
     measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
+    num_outputs = loaded.num_classes or int(graph.run(model, inputs)[0].shape[-1])
+    data = None
+    if settings.data is not None:
+        data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
+        check_fits(data, num_outputs, loaded.input_shape)  # before any training
+    metric_name, metric = load_metric(settings.metric)
     timings: dict[str, float] = {}
 
-    def stage(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def stage(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False) -> dict[str, Any]:
+        """A stage's result, resumed when finished before; measuring stages run on rank 0 only."""
         t0 = time.perf_counter()
-        progress(f"[{name}] ...")
-        result, resumed = run.stage(name, fn)
+        log(f"[{name}] ...")
+        if everywhere or not ctx.active:
+            result, resumed = run.stage(name, fn)
+        else:
+            result, resumed = distributed.rank0_then_broadcast(ctx, lambda: run.stage(name, fn))
         timings[name] = round(time.perf_counter() - t0, 3)
-        progress(f"[{name}] {'resumed from ' + str(run.path(name + '.json')) if resumed else 'done'} ({timings[name]:.1f}s)")
+        log(f"[{name}] {'resumed from ' + str(run.path(name + '.json')) if resumed else 'done'} ({timings[name]:.1f}s)")
         return result
 
     space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
     space = space_mod.PruningSpace.from_dict(space_d)
-    progress(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
+    log(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
 
     baseline_d = stage("baseline", lambda: _describe(model, measurer, "baseline", inputs))
-    progress(f"  baseline {baseline_d['latency_ms']['median']:.3f} ms (p90 {baseline_d['latency_ms']['p90']:.3f}), "
-             f"{baseline_d['flops'] / 1e6:.1f} MFLOPs, {baseline_d['params'] / 1e6:.3f} M params")
+    log(f"  baseline {baseline_d['latency_ms']['median']:.3f} ms (p90 {baseline_d['latency_ms']['p90']:.3f}), "
+        f"{baseline_d['flops'] / 1e6:.1f} MFLOPs, {baseline_d['params'] / 1e6:.3f} M params")
     baseline_value = _figure(budget, baseline_d)
     budget = budget.resolve(baseline_value)
     measurer.repeats = _repeats_for(baseline_d["latency_ms"]["median"], settings.repeats)
-    progress(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
+    log(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
 
     scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs).items()})
     scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
 
     def search() -> dict[str, Any]:
         if budget.met_by(baseline_value):
-            progress("  the unpruned model already meets the budget: exporting it unpruned")
+            log("  the unpruned model already meets the budget: exporting it unpruned")
             plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
         objective = _objective(budget, measurer, inputs, run.path("baseline.onnx"))
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
-                               settings.tol, settings.max_candidates, on_step=lambda s: progress(_step_line(s, budget, settings.max_candidates)))
+                               settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)))
         result = searcher.run(baseline_value)
         return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
 
     search_d = stage("search", search)
     plan = Plan.from_dict(search_d["plan"])
-    plan.meta.update(arch=loaded.arch, num_classes=loaded.num_classes, input_shape=list(loaded.input_shape))
-
+    plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
     pruned = apply(copy.deepcopy(model), plan, inputs)
+
+    accuracy: dict[str, Any] | None = None
+    recovery_d: dict[str, Any] | None = None
+    if data is not None:
+        accuracy = stage("accuracy", lambda: {"metric": metric_name, "baseline": metric(model, data.val), "pruned": metric(pruned, data.val)})
+        log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
+    if recovery is not None and data is not None:
+        recovery_d = _recover(recovery, pruned, model, data, settings, metric, run, ctx, stage, log)
+        accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
+    if not ctx.is_rank0:
+        return CompressResult(pruned, plan, {}, Path(out_dir))
+
     plan.save(run.path("plan.json"))
     torch.save(pruned, run.path("model.pt"))
     torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-
     final_d = stage("final", lambda: _final(model, pruned, measurer, inputs, budget))
     met = _met(budget, final_d)
-    progress(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
-             f"(x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
+    log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
+        f"(x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
 
     rep = {
         "edgeprune_report": 1,
         "model": {"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape)},
         "settings": dataclasses.asdict(settings),
-        "runtime": runtime.settings() | {"warmup": settings.warmup, "repeats": settings.repeats, "statistic": budget.statistic},
+        "runtime": runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats, "statistic": budget.statistic},
         "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
                    "describe": budget.describe(), "met": met},
         "baseline": final_d["baseline"] | {k: baseline_d[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
         "final": final_d["final"],
         "speedup": final_d["speedup"],
+        "accuracy": accuracy,
+        "data": data.describe() if data is not None else None,
+        "recovery": recovery_d,
         "search": {"steps": search_d["steps"], "candidates_measured": len(search_d["steps"]), "stop_reason": search_d["stop_reason"]},
         "groups": report_mod.group_rows(space, plan),
         "left_whole": space_d["skipped"],
@@ -164,6 +213,32 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     run.publish({"model.onnx": run.path("model.onnx"), "model.pt": run.path("model.pt"),
                  "state_dict.pt": run.path("state_dict.pt"), "plan.json": run.path("plan.json"), **run_files})
     return CompressResult(pruned, plan, rep, Path(out_dir))
+
+
+def _recovery_options(s: Settings) -> dict[str, Any]:
+    return {"temperature": s.temperature, "alpha": s.alpha} if s.recover == "distill" else {}
+
+
+def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Module, data: DataBundle, s: Settings,
+             metric: Any, run: RunDir, ctx: distributed.DistContext, stage: Callable[..., dict[str, Any]],
+             log: Progress) -> dict[str, Any]:
+    """Train the pruned model in place (every rank under torchrun); its weights persist in the run dir."""
+    config = TrainConfig(epochs=s.epochs if (s.epochs or s.steps) else 1, steps=s.steps, lr=s.lr or recovery.default_lr)
+    weights = run.path("recovered_state.pt")
+
+    def fit() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = recovery.fit(pruned, teacher, data, config, metric, run.path("recover_checkpoint.pt"), log)
+        if ctx.is_rank0:
+            torch.save(pruned.state_dict(), weights)
+        return {"method": recovery.name, "config": dataclasses.asdict(config), "history": result.history,
+                "final_metric": result.final_metric, "seconds": round(time.perf_counter() - t0, 2),
+                "processes": ctx.world_size}
+
+    done = distributed.rank0_then_broadcast(ctx, lambda: run.done("recover"))
+    if done:
+        pruned.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return stage("recover", fit, everywhere=True)
 
 
 def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:

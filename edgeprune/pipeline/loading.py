@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -53,10 +54,10 @@ def build_arch(arch: str, num_classes: int | None) -> nn.Module:
             factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as err:
             raise EdgepruneError(f"cannot import --arch {arch!r} ({err}); check the module is importable and names a factory") from None
-        try:
-            return factory(**kwargs)
-        except TypeError:
-            return factory()
+        accepts = "num_classes" in inspect.signature(factory).parameters or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()
+        )
+        return factory(**kwargs) if accepts else factory()
     return models.create(arch, **kwargs)
 
 

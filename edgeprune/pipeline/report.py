@@ -46,6 +46,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         f"Speed-up x{rep['speedup']:.2f}. ONNX output matches PyTorch within {f['max_abs_diff']:.2e} (max abs diff).",
         "",
+        *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
         "| # | level | predicted MFLOPs | value | within budget |",
@@ -67,6 +68,23 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += ["## Environment", "", f"{env['cpu']}, {env['cores']} cores, {env['date']}; "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _accuracy_lines(rep: dict[str, Any]) -> list[str]:
+    acc = rep.get("accuracy")
+    if not acc:
+        return ["Accuracy: not measured (no --data).", ""]
+    lines = [f"## Accuracy ({acc['metric']} on {rep['data']['source']}, validation split)", "",
+             "| baseline | pruned, before recovery | recovered |", "|---:|---:|---:|",
+             f"| {acc['baseline']:.4f} | {acc['pruned']:.4f} | {acc['recovered']:.4f} |" if acc.get("recovered") is not None
+             else f"| {acc['baseline']:.4f} | {acc['pruned']:.4f} | (no recovery) |", ""]
+    rec = rep.get("recovery")
+    if rec:
+        cfg = rec["config"]
+        budget = f"{cfg['steps']} steps" if cfg.get("steps") else f"{cfg['epochs']} epoch(s)"
+        lines += [f"Recovery: {rec['method']}, {budget}, lr {cfg['lr']}, {cfg['schedule']} schedule, "
+                  f"{rec['processes']} process(es), {rec['seconds']:.0f} s.", ""]
+    return lines
 
 
 def _settings(rt: dict[str, Any]) -> str:

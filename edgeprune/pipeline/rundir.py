@@ -17,10 +17,14 @@ from edgeprune import atomic
 
 
 class RunDir:
-    def __init__(self, out: str | Path, config: dict[str, Any]) -> None:
+    def __init__(self, out: str | Path, config: dict[str, Any], write: bool = True) -> None:
+        """`write=False` (ranks other than 0 under torchrun) computes stages without touching disk."""
         self.out = Path(out)
         self.work = self.out / "work"
         self.config = config
+        self.write = write
+        if not write:
+            return
         cfg_path = self.work / "config.json"
         if cfg_path.exists():
             try:
@@ -48,7 +52,8 @@ class RunDir:
         if p.exists():
             return json.loads(p.read_text(encoding="utf-8")), True
         result = compute()
-        atomic.write_json(p, result)
+        if self.write:
+            atomic.write_json(p, result)
         return result, False
 
     def publish(self, files: dict[str, Path]) -> None:

@@ -1,0 +1,131 @@
+"""In-memory image datasets and a fast batch loader with CIFAR-style augmentation.
+
+Images are held as one uint8 NCHW tensor; a batch is gathered, randomly cropped (zero padding)
+and flipped with tensor ops, then normalized. On 2 CPU cores that is several times faster than a
+per-sample Dataset + DataLoader, which matters when recovery runs inside the compression loop.
+Shuffling and sharding go through torch's DistributedSampler, so the same loader feeds one process
+or a DDP group.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data.distributed import DistributedSampler
+
+from edgeprune.errors import EdgepruneError
+
+
+@dataclasses.dataclass
+class ImageArrays:
+    """Labelled images: uint8 NCHW (or float NCHW, already scaled) plus int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise EdgepruneError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels; every image needs one label")
+        if self.images.shape[0] == 0:
+            raise EdgepruneError("the data set is empty; point --data at images")
+
+    @property
+    def num_classes(self) -> int:
+        return max(len(self.class_names), int(self.labels.max()) + 1)
+
+    @classmethod
+    def from_numpy(cls, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...] = (), source: str = "") -> "ImageArrays":
+        """Accept NHWC (the usual on-disk layout) or NCHW, uint8 or float."""
+        if x.ndim != 4:
+            raise EdgepruneError(f"{source}: images must be a 4-D array (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
+        if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)
+        images = torch.from_numpy(np.ascontiguousarray(x))
+        if not (images.dtype == torch.uint8 or images.is_floating_point()):
+            raise EdgepruneError(f"{source}: images must be uint8 or float, got {images.dtype}")
+        labels = torch.from_numpy(np.asarray(y).astype(np.int64).reshape(-1))
+        return cls(images, labels, tuple(str(c) for c in class_names))
+
+    def float01(self) -> torch.Tensor:
+        return self.images.float() / 255.0 if self.images.dtype == torch.uint8 else self.images.float()
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std on [0, 1] (normalization is fitted on the training split)."""
+        x = self.float01()
+        return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
+
+
+@dataclasses.dataclass
+class Normalization:
+    mean: list[float]
+    std: list[float]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+class BatchLoader:
+    """Iterates (images, labels) batches; `augment` adds random crop (padding 4) and horizontal flip."""
+
+    def __init__(
+        self,
+        data: ImageArrays,
+        batch_size: int,
+        normalize: Normalization,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad: int = 4,
+    ) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.augment = augment
+        self.pad = pad
+        self.seed = seed
+        self.sampler = DistributedSampler(
+            range(len(data.labels)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """A different shuffle and augmentation each epoch, identical on resume and across ranks."""
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        for start in range(0, len(idx), self.batch_size):
+            b = idx[start : start + self.batch_size]
+            x = self.data.images[b]
+            if self.augment:  # on uint8, before the float conversion: 4x less memory traffic
+                x = self._augment(x, gen)
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            yield self.normalize(x), self.data.labels[b]
+
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        p = self.pad
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=gen).tolist()
+        flips = (torch.rand(n, generator=gen) < 0.5).tolist()
+        crops = []
+        for (dy, dx), flip in zip(offsets, flips):
+            crop = padded[:, :, dy : dy + h, dx : dx + w][len(crops)]
+            crops.append(crop.flip(-1) if flip else crop)
+        return torch.stack(crops)

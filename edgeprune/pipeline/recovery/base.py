@@ -1,0 +1,47 @@
+"""The `Recovery` interface: bring a pruned model's accuracy back.
+
+`fit(student, teacher, data, config)` trains the pruned `student` in place; `teacher` is the
+unpruned model (used by distillation, ignored by the others). Each method is one file.
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.data import DataBundle
+from edgeprune.pipeline.recovery.evaluate import Metric, top1
+from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult
+
+
+class Recovery(abc.ABC):
+    name: ClassVar[str] = ""
+    #: the learning rate the method's paper or common practice uses when the user gives none
+    default_lr: ClassVar[float] = 0.01
+
+    @abc.abstractmethod
+    def fit(
+        self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
+        metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print,
+    ) -> TrainResult: ...
+
+
+_REGISTRY: dict[str, type[Recovery]] = {}
+
+
+def register(cls: type[Recovery]) -> type[Recovery]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_recovery(name: str, **options: Any) -> Recovery:
+    if name not in _REGISTRY:
+        raise EdgepruneError(f"unknown recovery {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}, or none")
+    return _REGISTRY[name](**options)
+
+
+def recovery_names() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,38 @@
+"""Training the pruned architecture from scratch (Liu et al., "Rethinking the Value of Network
+Pruning", ICLR 2019): the kept weights are discarded and the pruned shape is re-initialized, the
+baseline that tells whether the pruned weights were worth keeping.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgeprune.pipeline.data import DataBundle
+from edgeprune.pipeline.recovery.base import Recovery, register
+from edgeprune.pipeline.recovery.evaluate import Metric, top1
+from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, train
+
+
+def reinitialize(model: nn.Module, seed: int = 0) -> None:
+    """Every layer back to its constructor's initialization, at the pruned shape."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+
+
+@register
+class Scratch(Recovery):
+    name = "scratch"
+    default_lr = 0.1
+
+    def fit(self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
+            metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
+        if checkpoint is None or not checkpoint.exists():  # a resumed run keeps its trained weights
+            reinitialize(student, config.seed)
+        return train(student, data.train, config, val_loader=data.val, metric=metric, checkpoint=checkpoint, log=log, label=self.name)

@@ -1,0 +1,160 @@
+"""The one training loop: baseline training, fine-tuning, distillation and scratch training.
+
+SGD with momentum and weight decay under a cosine or one-cycle schedule, budgeted in epochs or
+optimizer steps. A checkpoint is written (atomically) after every epoch and an interrupted run
+resumes from it. Under `torchrun` the model is wrapped in DistributedDataParallel, each rank reads
+its shard of the data, and only rank 0 writes checkpoints and prints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from edgeprune import atomic
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.recovery.evaluate import Metric, top1
+
+#: loss(model, inputs, labels) -> (loss, logits)
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int | None = None
+    steps: int | None = None  # optimizer steps; takes precedence over epochs when given
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # "cosine" | "onecycle"
+    seed: int = 0
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.steps:
+            return self.steps
+        if self.epochs:
+            return self.epochs * steps_per_epoch
+        raise EdgepruneError("give a training budget: --epochs N or --steps N")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    resumed_from_epoch: int = 0
+
+    @property
+    def final_metric(self) -> float | None:
+        return self.history[-1].get("val_metric") if self.history else None
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(x)
+    return nn.functional.cross_entropy(logits, y), logits
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def train(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    config: TrainConfig,
+    loss_fn: LossFn = cross_entropy,
+    val_loader: Iterable[Any] | None = None,
+    metric: Metric = top1,
+    checkpoint: Path | None = None,
+    log: Callable[[str], None] = print,
+    label: str = "train",
+) -> TrainResult:
+    """Train `model` in place; returns the per-epoch history (loss, train accuracy, val metric)."""
+    torch.manual_seed(config.seed)
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    if steps_per_epoch == 0:
+        raise EdgepruneError("the training data is empty; point --data at training images")
+    total = config.total_steps(steps_per_epoch)
+    epochs = math.ceil(total / steps_per_epoch)
+    net = _wrap(model)
+    params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no decay on BN and biases
+    opt = torch.optim.SGD([{"params": params_decay, "weight_decay": config.weight_decay},
+                           {"params": params_other, "weight_decay": 0.0}], lr=config.lr, momentum=config.momentum, nesterov=True)
+    sched = _schedule(opt, config, total)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("config") == dataclasses.asdict(config) and state.get("total") == total:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history, start_epoch = state["history"], state["epoch"] + 1
+            log(f"[{label}] resumed from {checkpoint} after epoch {start_epoch}/{epochs}")
+    step = start_epoch * steps_per_epoch
+    with _progress(label) as bar:
+        task = bar.add_task(label, total=total, completed=step, loss=float("nan"), acc=float("nan"))
+        for epoch in range(start_epoch, epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            net.train()
+            t0 = time.perf_counter()
+            loss_sum = correct = seen = 0.0
+            for x, y in train_loader:
+                if step >= total:
+                    break
+                loss, logits = loss_fn(net, x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(y)
+                correct += float((logits.argmax(1) == y).sum())
+                seen += len(y)
+                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            record = {"epoch": epoch + 1, "steps": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                      "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+            if val_loader is not None:
+                record["val_metric"] = metric(model, val_loader)
+            history.append(record)
+            if is_rank0():
+                val = f", val {record['val_metric']:.4f}" if "val_metric" in record else ""
+                log(f"[{label}] epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, train acc {record['train_acc']:.4f}{val} ({record['seconds']:.0f}s)")
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total)
+    return TrainResult(history, start_epoch)
+
+
+def _wrap(model: nn.Module) -> nn.Module:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        return nn.parallel.DistributedDataParallel(model)
+    return model
+
+
+def _schedule(opt: torch.optim.Optimizer, config: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=0.25)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    raise EdgepruneError(f"unknown schedule {config.schedule!r}; use cosine or onecycle")
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, epoch: int, history: list, config: TrainConfig, total: int) -> None:
+    with atomic.atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "history": history, "config": dataclasses.asdict(config), "total": total}, tmp)
+
+
+def _progress(label: str) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), disable=not is_rank0(), transient=True,
+    )

@@ -1,0 +1,54 @@
+"""`compress train`: train a baseline with the same loop recovery uses, and record its recipe.
+
+The state dict goes to OUT and a recipe (architecture, data, schedule, epochs, accuracy on the
+full validation split, time, machine) to OUT with a .json suffix, so a committed checkpoint says
+exactly how it was obtained. Resumes from OUT.ckpt after an interruption.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from edgeprune import atomic, environment
+from edgeprune.pipeline import distributed
+from edgeprune.pipeline.data import check_fits, load_data
+from edgeprune.pipeline.loading import build_arch
+from edgeprune.pipeline.recovery import TrainConfig, top1, train
+
+
+def train_baseline(
+    arch: str, data_spec: str, out: Path, epochs: int | None, steps: int | None, lr: float, schedule: str,
+    batch_size: int, num_classes: int | None, seed: int, log: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
+    """Train and save; returns the recipe on rank 0 (None on the other ranks under torchrun)."""
+    ctx = distributed.init_from_env()
+    data = load_data(data_spec, batch_size, seed=seed, num_replicas=ctx.world_size, rank=ctx.rank)
+    torch.manual_seed(seed)
+    model = build_arch(arch, num_classes or data.num_classes)
+    shape = (1, *data.input_shape) if data.input_shape else None
+    if shape is not None:
+        check_fits(data, int(model(torch.zeros(shape)).shape[-1]), shape)
+    config = TrainConfig(epochs=epochs, steps=steps, lr=lr, schedule=schedule, seed=seed)
+    t0 = time.perf_counter()
+    result = train(model, data.train, config, val_loader=data.val, checkpoint=out.with_suffix(".ckpt"),
+                   log=log if ctx.is_rank0 else (lambda line: None), label=f"train {arch}")
+    if not ctx.is_rank0:
+        return None
+    with atomic.atomic_path(out) as tmp:
+        torch.save(model.state_dict(), tmp)
+    recipe = {
+        "arch": arch, "num_classes": num_classes or data.num_classes, "data": data.describe(),
+        "input_shape": list(shape) if shape else None,
+        "config": {"epochs": epochs, "steps": steps, "lr": lr, "schedule": schedule, "batch_size": batch_size,
+                   "optimizer": "SGD momentum 0.9 nesterov, weight decay 5e-4 (not on BN/bias)",
+                   "augmentation": "random crop (pad 4) + horizontal flip" if getattr(data.train, "augment", False) else "none",
+                   "seed": seed, "processes": ctx.world_size},
+        "metric": "top1", "test_metric": top1(model, data.val), "epochs_run": len(result.history),
+        "history": result.history, "train_seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment.describe(), "recipe_path": str(out.with_suffix(".json")),
+    }
+    atomic.write_json(out.with_suffix(".json"), recipe)
+    return recipe
