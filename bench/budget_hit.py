@@ -19,8 +19,8 @@ Run directories go to a temporary folder, removed at the end unless --keep-runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,6 +143,16 @@ def run_one(name: str, budget: str, work: Path) -> dict[str, Any]:
     return row
 
 
+def _git() -> dict[str, Any]:
+    """The code these numbers were measured with: HEAD and any uncommitted package files."""
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "HEAD"), "dirty_package_files": git("status", "--porcelain", "edgeprune").splitlines()}
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if "error" not in r]
     return {
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "budget_hit",
         "edgeprune": __version__,
         "environment": environment.describe(),
+        "git": _git(),  # taken when the package was imported, i.e. the code every run used
         "protocol": {
             "runtime": "ort-cpu", "graph_optimization": "ALL", "threads": defaults.threads,
             "inter_op_threads": 1, "execution_mode": "sequential",

@@ -9,12 +9,11 @@ import torch
 
 import edgeprune
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import graph
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import plan_at_level, width_step
-from edgeprune.pipeline.prune.space import discover, silenced
+from edgeprune.pipeline.prune.space import Group, PruningSpace, discover, silenced
 from tests import coupling_models as cm
 
 
@@ -59,9 +58,6 @@ def test_chunk_mis_traced_by_torch_pruning_is_left_whole() -> None:
 
 
 def test_equal_segments_of_a_group_keep_equal_widths() -> None:
-    model, x = cm.SplitChunk().eval(), (torch.randn(*cm.IMAGE),)
-    from edgeprune.pipeline.prune.space import Group, PruningSpace
-
     chunked = Group("stem.0", "channels", 64, ("stem.0(out)",), ((0, 1),), (tuple(range(32)), tuple(range(32, 64))))
     space = PruningSpace([chunked], [])
     scores = {"stem.0": np.random.default_rng(0).random(64)}

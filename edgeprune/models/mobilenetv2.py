@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from edgeprune.models.resnet import init_weights
 from edgeprune.models.registry import CIFAR_INPUT, register
 
 # (expansion t, output channels c, repeats n, stride s) per stage; paper Table 2 except the
@@ -84,19 +85,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming convs, identity BN, small-normal classifier (the reference initialisation)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, classifier_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))

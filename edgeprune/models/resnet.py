@@ -80,13 +80,17 @@ def make_stage(block: Block, in_ch: int, width: int, blocks: int, stride: int) -
     return nn.Sequential(*layers), in_ch
 
 
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs (He et al. 2015, matched to ReLU), BN as identity."""
+def init_weights(model: nn.Module, classifier_std: float | None = None) -> None:
+    """Kaiming-normal convs (He et al. 2015, matched to ReLU), BN as identity; with `classifier_std`,
+    Linear layers drawn from N(0, std) with zero bias (VGG's and MobileNet's reference init)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and classifier_std is not None:
+            nn.init.normal_(m.weight, 0, classifier_std)
             nn.init.zeros_(m.bias)
 
 

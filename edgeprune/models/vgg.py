@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from edgeprune.models.resnet import init_weights
 from edgeprune.models.registry import CIFAR_INPUT, register
 
 VGG16_CFG: tuple[int | str, ...] = (
@@ -36,19 +37,7 @@ class VGG(nn.Module):
                 in_ch = v
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_ch, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Kaiming convs (ReLU network), identity BN, small-normal classifier."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, classifier_std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))

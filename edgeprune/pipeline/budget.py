@@ -44,9 +44,10 @@ class Budget:
     def describe(self) -> str:
         if self.relative:
             return f"{self.value:.0%} of baseline {self.metric}"
+        if self.is_latency and self.fraction is not None:
+            return f"{self.statistic} <= {self.fraction:.0%} of baseline (~{self.value:.3f} ms at the baseline's own measurement)"
         if self.is_latency:
-            of = f" ({self.fraction:.0%} of baseline)" if self.fraction is not None else ""
-            return f"{self.statistic} <= {self.value:.3f} ms{of}"
+            return f"{self.statistic} <= {self.value:.3f} ms"
         return f"<= {_human(self.value)} {_UNITS[self.metric]}"
 
 

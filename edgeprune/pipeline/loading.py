@@ -52,7 +52,7 @@ def build_arch(arch: str, num_classes: int | None) -> nn.Module:
         mod_name, _, fn_name = arch.partition(":")
         try:
             factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError) as err:
+        except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError: ":f"; TypeError: ".relative:f"
             raise EdgepruneError(f"cannot import --arch {arch!r} ({err}); check the module is importable and names a factory") from None
         accepts = "num_classes" in inspect.signature(factory).parameters or any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()

@@ -128,7 +128,7 @@ def _custom(spec: str) -> DataBundle:
     mod_name, _, fn_name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError) as err:
+    except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError: ":fn"; TypeError: ".relative:fn"
         raise EdgepruneError(f"cannot import --data {spec} ({first_line(err)}); name a function returning (train_loader, val_loader)") from None
     result = fn()
     if not (isinstance(result, tuple) and len(result) == 2):

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import DataBundle
 from edgeprune.pipeline.recovery.evaluate import Metric, top1
 from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult
+from edgeprune.registry import Registry
 
 
 class Recovery(abc.ABC):
@@ -29,19 +29,7 @@ class Recovery(abc.ABC):
     ) -> TrainResult: ...
 
 
-_REGISTRY: dict[str, type[Recovery]] = {}
-
-
-def register(cls: type[Recovery]) -> type[Recovery]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_recovery(name: str, **options: Any) -> Recovery:
-    if name not in _REGISTRY:
-        raise EdgepruneError(f"unknown recovery {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}, or none")
-    return _REGISTRY[name](**options)
-
-
-def recovery_names() -> list[str]:
-    return sorted(_REGISTRY)
+RECOVERIES: Registry[Recovery] = Registry("recovery")
+register = RECOVERIES.register
+get_recovery = RECOVERIES.create
+recovery_names = RECOVERIES.names

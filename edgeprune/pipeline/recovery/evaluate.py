@@ -36,5 +36,5 @@ def load_metric(spec: str | None) -> tuple[str, Metric]:
     mod_name, _, fn_name = spec.partition(":")
     try:
         return spec, getattr(importlib.import_module(mod_name), fn_name)
-    except (ImportError, AttributeError, ValueError) as err:
+    except (ImportError, AttributeError, ValueError, TypeError) as err:  # TypeError: ".relative:fn"
         raise EdgepruneError(f"cannot import --metric {spec} ({first_line(err)}); name a function(model, loader) -> float") from None

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from edgeprune.pipeline.data import DataBundle
-from edgeprune.pipeline.recovery.base import Recovery, register
+from edgeprune.pipeline.recovery.base import register
 from edgeprune.pipeline.recovery.evaluate import Metric, top1
-from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, train
+from edgeprune.pipeline.recovery.finetune import FineTune
+from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult
 
 
 def reinitialize(model: nn.Module, seed: int = 0) -> None:
@@ -27,12 +28,15 @@ def reinitialize(model: nn.Module, seed: int = 0) -> None:
 
 
 @register
-class Scratch(Recovery):
+class Scratch(FineTune):
+    """Fine-tuning's loop on re-initialized weights."""
+
     name = "scratch"
     default_lr = 0.1
 
     def fit(self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
             metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
-        if checkpoint is None or not checkpoint.exists():  # a resumed run keeps its trained weights
-            reinitialize(student, config.seed)
-        return train(student, data.train, config, val_loader=data.val, metric=metric, checkpoint=checkpoint, log=log, label=self.name)
+        # always: a resumable checkpoint then overwrites every weight in train(), while a stale one
+        # (another config) is ignored there and must not leave the pruned weights in place
+        reinitialize(student, config.seed)
+        return super().fit(student, teacher, data, config, metric, checkpoint, log)

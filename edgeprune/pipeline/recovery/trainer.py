@@ -81,6 +81,7 @@ def train(
         raise EdgepruneError("the training data is empty; point --data at training images")
     total = config.total_steps(steps_per_epoch)
     epochs = math.ceil(total / steps_per_epoch)
+    was_training = model.training  # restored at the end: a model given in eval mode comes back in eval mode
     net = _wrap(model)
     params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no decay on BN and biases
@@ -121,6 +122,7 @@ def train(
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
             record = {"epoch": epoch + 1, "steps": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                       "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+            _sync_buffers(model)
             if val_loader is not None:
                 record["val_metric"] = metric(model, val_loader)
             history.append(record)
@@ -129,7 +131,16 @@ def train(
                 log(f"[{label}] epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, train acc {record['train_acc']:.4f}{val} ({record['seconds']:.0f}s)")
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total)
+    model.train(was_training)
     return TrainResult(history, start_epoch)
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """Under DDP every rank updates its own BatchNorm statistics from its own shard; rank 0's are
+    given to all after each epoch, so evaluation and checkpoints agree across ranks."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def _wrap(model: nn.Module) -> nn.Module:
@@ -140,7 +151,9 @@ def _wrap(model: nn.Module) -> nn.Module:
 
 def _schedule(opt: torch.optim.Optimizer, config: TrainConfig, total: int) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=0.25)
+        # pct_start * total == 1 (total == 4) gives torch's warm-up phase zero length: 0/0 in OneCycleLR
+        pct_start = 0.25 if 0.25 * total != 1 else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=pct_start)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     raise EdgepruneError(f"unknown schedule {config.schedule!r}; use cosine or onecycle")

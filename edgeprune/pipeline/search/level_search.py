@@ -153,7 +153,7 @@ class LevelSearch:
         level = self._level_for(flops, over.level, hi_level)
         if self._is_new(level, seen):
             return level
-        return self._untried_between(over.level, hi_level, seen, upper_inclusive=under is None)
+        return self._nearest_new(flops, over.level, hi_level, seen, upper_inclusive=under is None)
 
     def _is_new(self, level: float, seen: dict) -> bool:
         """A plan is worth evaluating when its shape and its predicted cost both differ from every
@@ -177,8 +177,9 @@ class LevelSearch:
                 lo = mid
         return hi
 
-    def _untried_between(self, lo: float, hi: float, seen: dict, upper_inclusive: bool) -> float | None:
-        """The new plan closest to the middle of the level interval; None when none is left."""
-        candidates = [lo + (hi - lo) * k / 256 for k in range(1, 257 if upper_inclusive else 256)]
-        candidates.sort(key=lambda lv: abs(lv - (lo + hi) / 2))
-        return next((level for level in candidates if self._is_new(level, seen)), None)
+    def _nearest_new(self, flops: float, lo: float, hi: float, seen: dict, upper_inclusive: bool) -> float | None:
+        """The new plan in the level interval whose predicted cost is nearest the target; None
+        when every plan in it has been tried. (Creeping in from one side wastes measurements.)"""
+        levels = [lo + (hi - lo) * k / 256 for k in range(1, 257 if upper_inclusive else 256)]
+        new = [lv for lv in levels if self._is_new(lv, seen)]
+        return min(new, key=lambda lv: abs(self.cost.flops(self.plan(lv)) - flops), default=None)

@@ -100,7 +100,7 @@ class LatencyObjective(Objective):
 
     def refine(self, ev: Evaluation) -> Evaluation:
         assert ev.measurement is not None
-        band = max(self.EDGE, min(0.1, ev.measurement.stats.spread - 1.0))
+        band = max(self.EDGE, min(0.05, ev.measurement.stats.spread - 1.0))
         decision = self.budget.value * (1.0 - self.guard)  # where the search decides over vs within
         if ev.remeasured or abs(ev.value - decision) > band * decision:
             return ev

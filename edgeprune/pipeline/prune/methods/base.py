@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.registry import Registry
 
 #: group id -> one score per unit (channel or head)
 Scores = dict[str, np.ndarray]
@@ -31,21 +32,7 @@ class Importance(abc.ABC):
         """Score every unit of every group in `space`; `data` is calibration data when a method needs it."""
 
 
-_REGISTRY: dict[str, type[Importance]] = {}
-
-
-def register(cls: type[Importance]) -> type[Importance]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_method(name: str, **options: Any) -> Importance:
-    from edgeprune.errors import EdgepruneError
-
-    if name not in _REGISTRY:
-        raise EdgepruneError(f"unknown pruning method {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
-
-
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+METHODS: Registry[Importance] = Registry("pruning method")
+register = METHODS.register
+get_method = METHODS.create
+method_names = METHODS.names

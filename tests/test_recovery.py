@@ -1,0 +1,420 @@
+"""Recovery: the metric, the training loop (fine-tune, distill, scratch), checkpoint/resume, and
+`compress train` / `compress --data --recover` end to end on small synthetic data built here."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.cli import main
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.recovery import TrainConfig, get_recovery, load_metric, recovery_names, top1, train
+from edgeprune.pipeline.recovery.distill import kd_loss
+from edgeprune.pipeline.recovery.scratch import reinitialize
+from tests.tiny_models import tiny_resnet
+
+TINY_ARCH = "tests.tiny_models:tiny_resnet"
+FAST = ["--repeats", "20", "--warmup", "3"]
+QUIET = lambda line: None  # noqa: E731
+
+
+def learnable_npz(path: Path, n_train: int = 96, n_test: int = 48, size: int = 16, classes: int = 3, seed: int = 0,
+                  label_offset: int = 0) -> Path:
+    """Class k = noise + a bright channel k (k < 3) or a bright row stripe (k >= 3): a tiny CNN learns
+    it in a few steps, and crops and flips keep the colour cue."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = np.arange(n) % classes
+        x = rng.integers(0, 90, size=(n, size, size, 3)).astype(np.int64)
+        for i, k in enumerate(y):
+            if k < 3:
+                x[i, :, :, k] += 150
+            else:
+                x[i, (2 * k) % size, :, :] += 160
+        arrays[f"x_{split}"] = np.clip(x, 0, 255).astype(np.uint8)
+        arrays[f"y_{split}"] = y + label_offset
+    np.savez(path, **arrays)
+    return path
+
+
+def small_cnn(num_classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return learnable_npz(tmp_path_factory.mktemp("data") / "learn.npz")
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, loader, fn) -> float:  # noqa: ANN001
+    was = model.training
+    model.eval()
+    total = n = 0.0
+    for x, y in loader:
+        total += float(fn(model, x, y)) * len(y)
+        n += len(y)
+    model.train(was)
+    return total / n
+
+
+def run_cli(args: list[object]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(rc: int, err: str) -> str:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ metric
+
+
+class FixedPredictions(nn.Module):
+    """Predicts the class written in x[:, 0] (one-hot logits); records the mode it was called in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return F.one_hot(x[:, 0].long(), 3).float()
+
+
+def test_top1_exact_and_restores_mode() -> None:
+    loader = [(torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([0, 1, 1])),  # 2 right
+              (torch.tensor([[2.0], [0.0]]), torch.tensor([2, 1]))]  # 1 right
+    model = FixedPredictions().train()
+    assert top1(model, loader) == pytest.approx(3 / 5)
+    assert model.training and model.modes == [False, False]
+    model.eval()
+    assert top1(model, loader) == pytest.approx(3 / 5) and not model.training
+    with pytest.raises(EdgepruneError):
+        top1(model, [])
+
+
+def test_load_metric() -> None:
+    assert load_metric(None)[0] == "top1" and load_metric(None)[1] is top1
+    name, fn = load_metric("edgeprune.pipeline.recovery.evaluate:top1")
+    assert fn is top1 and name == "edgeprune.pipeline.recovery.evaluate:top1"
+    for spec in ("no_such_module_xyz:f", "edgeprune.pipeline.recovery.evaluate:nope", ":f", ".rel:f"):
+        with pytest.raises(EdgepruneError) as err:
+            load_metric(spec)
+        assert "\n" not in str(err.value) and spec in str(err.value)
+
+
+def test_registry() -> None:
+    assert recovery_names() == ["distill", "finetune", "scratch"]
+    with pytest.raises(EdgepruneError) as err:
+        get_recovery("magic")
+    assert "distill" in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+
+def test_kd_loss_limits() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    assert torch.allclose(kd_loss(s, t, y, temperature=3.0, alpha=0.0), F.cross_entropy(s, y))
+    T = 3.0
+    p_t = torch.softmax(t / T, 1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, 1))).sum(1).mean()
+    assert torch.allclose(kd_loss(s, t, y, temperature=T, alpha=1.0), T * T * kl)
+    mix = kd_loss(s, t, y, temperature=T, alpha=0.25)
+    assert torch.allclose(mix, 0.25 * T * T * kl + 0.75 * F.cross_entropy(s, y))
+    assert float(kd_loss(t, t, y, temperature=T, alpha=1.0)) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------ fine-tune, distill
+
+
+def test_finetune_lowers_the_loss(npz: Path) -> None:
+    data = load_data(str(npz), batch_size=16)
+    model = small_cnn()
+    ce = lambda m, x, y: F.cross_entropy(m(x), y)  # noqa: E731
+    before_loss, before_acc = mean_loss(model, data.val, ce), top1(model, data.val)
+    result = get_recovery("finetune").fit(model, small_cnn(seed=1), data, TrainConfig(epochs=5, lr=0.05), log=QUIET)
+    assert len(result.history) == 5 and result.history[-1]["steps"] == 30 and result.resumed_from_epoch == 0
+    assert result.history[-1]["loss"] < 0.7 * result.history[0]["loss"]
+    after_loss = mean_loss(model, data.val, ce)
+    assert after_loss < 0.7 * before_loss
+    assert result.final_metric == top1(model, data.val) and result.final_metric > max(before_acc, 0.6)
+    assert all(0.0 <= h["train_acc"] <= 1.0 for h in result.history)
+    assert model.training  # given in train mode, left in train mode
+
+
+def test_distill_moves_toward_a_fixed_teacher(npz: Path) -> None:
+    data = load_data(str(npz), batch_size=16)
+    teacher = small_cnn(seed=7)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    student = small_cnn(seed=0)
+
+    def kd(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return kd_loss(m(x), teacher(x), y, temperature=4.0, alpha=1.0)
+
+    before = mean_loss(student, data.train, kd)
+    result = get_recovery("distill", temperature=4.0, alpha=1.0).fit(student, teacher, data, TrainConfig(steps=30, lr=0.05), log=QUIET)
+    after = mean_loss(student, data.train, kd)
+    assert result.history[-1]["steps"] == 30
+    assert after < 0.5 * before, (before, after)
+    student.eval()
+    get_recovery("distill").fit(student, teacher, data, TrainConfig(steps=1, lr=0.01), log=QUIET)
+    assert not student.training  # given in eval mode, handed back in eval mode
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())  # the teacher is not trained
+
+
+# --------------------------------------------------------------------------------------------- scratch
+
+
+def test_reinitialize_resets_weights_and_bn_stats() -> None:
+    trained = tiny_resnet(4)
+    model = copy.deepcopy(trained)
+    reinitialize(model, seed=3)
+    before, after = trained.state_dict(), model.state_dict()
+    assert before.keys() == after.keys()
+    for name, t in after.items():
+        assert t.shape == before[name].shape, name
+        if name.endswith("running_mean"):
+            assert torch.equal(t, torch.zeros_like(t))
+        elif name.endswith("running_var"):
+            assert torch.equal(t, torch.ones_like(t))
+        elif name.endswith("num_batches_tracked"):
+            assert int(t) == 0
+        else:
+            assert not torch.equal(t, before[name]), name
+    again = copy.deepcopy(trained)
+    reinitialize(again, seed=3)  # seeded: the same fresh weights every time
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.items())
+
+
+def test_scratch_reinitializes_even_with_a_stale_checkpoint(npz: Path, tmp_path: Path) -> None:
+    data = load_data(str(npz), batch_size=16)
+    ck = tmp_path / "ck.pt"
+    train(tiny_resnet(3), data.train, TrainConfig(steps=2, lr=0.5), checkpoint=ck, log=QUIET)  # another config's checkpoint
+    fresh = tiny_resnet(3)
+    reinitialize(fresh, seed=0)
+    student = tiny_resnet(3)
+    result = get_recovery("scratch").fit(student, tiny_resnet(3), data, TrainConfig(steps=1, lr=0.0), checkpoint=ck, log=QUIET)
+    assert result.resumed_from_epoch == 0
+    for (name, p), q in zip(student.named_parameters(), fresh.parameters()):  # lr 0: still the fresh weights
+        assert torch.equal(p, q), name
+
+
+def test_scratch_resume_keeps_the_trained_weights(npz: Path, tmp_path: Path) -> None:
+    data = load_data(str(npz), batch_size=32, limit_train=64)
+    config = TrainConfig(epochs=2, lr=0.1)
+    reference = tiny_resnet(3)
+    get_recovery("scratch").fit(reference, None, data, config, log=QUIET)
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):
+        get_recovery("scratch").fit(tiny_resnet(3), None, dataclasses.replace(data, train=Interrupting(data.train, epoch=1)),
+                                    config, checkpoint=ck, log=QUIET)
+    resumed = tiny_resnet(3)
+    result = get_recovery("scratch").fit(resumed, None, data, config, checkpoint=ck, log=QUIET)
+    assert result.resumed_from_epoch == 1
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in reference.state_dict().items())
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+class Interrupting:
+    """Wraps a BatchLoader and raises KeyboardInterrupt after `after_batches` batches of epoch `epoch`."""
+
+    def __init__(self, loader, epoch: int, after_batches: int = 1) -> None:  # noqa: ANN001
+        self.loader, self.stop_epoch, self.after = loader, epoch, after_batches
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator:
+        for i, batch in enumerate(self.loader):
+            if self.epoch == self.stop_epoch and i == self.after:
+                raise KeyboardInterrupt
+            yield batch
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_resume_matches_an_uninterrupted_run(npz: Path, tmp_path: Path, schedule: str) -> None:
+    data = load_data(str(npz), batch_size=32, augment=True, limit_train=64)  # 2 steps per epoch
+    config = TrainConfig(epochs=3, lr=0.05, schedule=schedule, seed=4)
+    ck = tmp_path / "ck.pt"
+
+    reference = tiny_resnet(3)
+    ref = train(reference, data.train, config, val_loader=data.val, log=QUIET)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_resnet(3), Interrupting(data.train, epoch=1), config, val_loader=data.val, checkpoint=ck, log=QUIET)
+    assert torch.load(ck, weights_only=False)["epoch"] == 0  # the checkpoint after epoch 1
+
+    resumed_model = tiny_resnet(3)  # a new process: the model is rebuilt, the checkpoint restores it
+    lines: list[str] = []
+    res = train(resumed_model, data.train, config, val_loader=data.val, checkpoint=ck, log=lines.append)
+    assert res.resumed_from_epoch == 1 and any("resumed" in line for line in lines)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
+    assert strip(res.history) == strip(ref.history)
+    for name, t in reference.state_dict().items():
+        assert torch.equal(t, resumed_model.state_dict()[name]), name
+
+
+def test_finished_run_is_not_retrained_and_a_config_change_starts_afresh(npz: Path, tmp_path: Path) -> None:
+    data = load_data(str(npz), batch_size=32, limit_train=64)
+    ck = tmp_path / "ck.pt"
+    first = tiny_resnet(3)
+    r1 = train(first, data.train, TrainConfig(epochs=2, lr=0.05), checkpoint=ck, log=QUIET)
+    assert r1.resumed_from_epoch == 0
+
+    again = tiny_resnet(3)
+    r2 = train(again, data.train, TrainConfig(epochs=2, lr=0.05), checkpoint=ck, log=QUIET)
+    assert r2.resumed_from_epoch == 2 and r2.history == r1.history
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
+
+    other = tiny_resnet(3)
+    r3 = train(other, data.train, TrainConfig(epochs=2, lr=0.01), checkpoint=ck, log=QUIET)
+    assert r3.resumed_from_epoch == 0 and len(r3.history) == 2
+    assert r3.history[0]["lr"] != r1.history[0]["lr"]
+    assert torch.load(ck, weights_only=False)["config"]["lr"] == 0.01  # the stale checkpoint is replaced
+
+    r4 = train(tiny_resnet(3), data.train, TrainConfig(steps=3, lr=0.01), checkpoint=ck, log=QUIET)  # budget change
+    assert r4.resumed_from_epoch == 0 and r4.history[-1]["steps"] == 3
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_any_short_budget_trains(npz: Path, schedule: str) -> None:
+    """Smoke-test budgets: every step count from 1 to 6 (4 once crashed OneCycleLR with 0/0)."""
+    data = load_data(str(npz), batch_size=48, augment=False)  # 2 steps per epoch
+    for steps in range(1, 7):
+        result = train(small_cnn(), data.train, TrainConfig(steps=steps, lr=0.05, schedule=schedule), log=QUIET)
+        assert result.history[-1]["steps"] == steps and len(result.history) == -(-steps // 2)
+
+
+def test_training_budget_is_required(npz: Path) -> None:
+    data = load_data(str(npz), batch_size=32)
+    with pytest.raises(EdgepruneError):
+        train(small_cnn(), data.train, TrainConfig(), log=QUIET)
+    with pytest.raises(EdgepruneError):
+        train(small_cnn(), data.train, TrainConfig(steps=1, schedule="linear"), log=QUIET)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def test_compress_train_cli(npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ckpt" / "m.pt"
+    rc, stdout, err = run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--steps", "5", "--batch-size", "32", "--out", out])
+    assert rc == 0, err
+    model = tiny_resnet(3)
+    model.load_state_dict(torch.load(out, map_location="cpu", weights_only=True))
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["arch"] == TINY_ARCH and recipe["num_classes"] == 3
+    assert 0.0 <= recipe["test_metric"] <= 1.0 and recipe["test_metric"] == pytest.approx(top1(model, load_data(str(npz)).val))
+    assert recipe["history"] and recipe["history"][-1]["steps"] == 5 and recipe["epochs_run"] == len(recipe["history"]) == 2
+    assert recipe["environment"]["versions"]["torch"] and recipe["config"]["processes"] == 1
+    assert recipe["data"]["num_classes"] == 3 and recipe["input_shape"] == [1, 3, 16, 16]
+    assert "test top1" in stdout
+
+
+def bn_after_pool(num_classes: int = 10) -> nn.Module:
+    """A factory for `--arch tests.test_recovery:bn_after_pool`: in train mode, BatchNorm on 1x1 maps
+    (like resnet18's last stage on 32x32 images), which a batch of one cannot run in train mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def test_compress_train_cli_probe_leaves_the_model_alone(npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.pt"
+    rc, _, err = run_cli(["train", "--arch", "tests.test_recovery:bn_after_pool", "--data", npz, "--steps", "3", "--batch-size", "32", "--out", out])
+    assert rc == 0, err
+    assert int(torch.load(out, weights_only=True)["2.num_batches_tracked"]) == 3  # the training steps, nothing else
+
+
+def test_compress_train_cli_errors(npz: Path, tmp_path: Path) -> None:
+    assert_one_line_error(*run_cli(["train", "--arch", TINY_ARCH, "--steps", "1", "--out", tmp_path / "m.pt"])[::2])
+    line = assert_one_line_error(*run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--num-classes", "2", "--steps", "1",
+                                           "--out", tmp_path / "m.pt"])[::2])
+    assert "3 classes" in line and not (tmp_path / "m.pt").exists()
+    for arch in ("no_such_module_xyz:f", ":f", ".relative:f"):
+        line = assert_one_line_error(*run_cli(["train", "--arch", arch, "--data", npz, "--steps", "1", "--out", tmp_path / "m.pt"])[::2])
+        assert arch in line
+
+
+@pytest.fixture(scope="module")
+def pipeline_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("pipe")
+    torch.save(tiny_resnet(), d / "tiny.pt")
+    return {"model": d / "tiny.pt", "npz": learnable_npz(d / "d32.npz", n_train=64, n_test=32, size=32, classes=10),
+            "wide": learnable_npz(d / "wide.npz", n_train=16, n_test=8, size=32, classes=12), "dir": d}
+
+
+def test_pipeline_with_data_and_distill(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data", pipeline_files["npz"],
+                               "--recover", "distill", "--steps", "3", "--out", out, *FAST])
+    assert rc in (0, 1), err
+    rep = json.loads((out / "report.json").read_text())
+    acc = rep["accuracy"]
+    assert acc["metric"] == "top1"
+    for key in ("baseline", "pruned", "recovered"):
+        assert 0.0 <= acc[key] <= 1.0, acc
+    rec = rep["recovery"]
+    assert rec["method"] == "distill" and rec["processes"] == 1 and rec["history"][-1]["steps"] == 3
+    assert rec["final_metric"] == acc["recovered"] and rec["config"]["steps"] == 3
+    assert rep["data"]["num_classes"] == 10 and rep["data"]["input_shape"] == [3, 32, 32]
+    md = (out / "report.md").read_text()
+    assert "## Accuracy" in md and "distill" in md
+    # the published model is the recovered one: its accuracy is the one reported
+    data = load_data(str(pipeline_files["npz"]))
+    pruned = torch.load(out / "model.pt", weights_only=False)
+    assert not pruned.training  # published for inference, like the model it came from
+    assert top1(pruned, data.val) == pytest.approx(acc["recovered"])
+    sd = torch.load(out / "state_dict.pt", weights_only=True)
+    assert all(torch.equal(v, sd[k]) for k, v in pruned.state_dict().items())
+
+
+def test_pipeline_recover_without_data_is_refused(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
+    line = assert_one_line_error(*run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32",
+                                           "--recover", "finetune", "--out", tmp_path / "out", *FAST])[::2])
+    assert "--data" in line
+
+
+def test_pipeline_labels_beyond_outputs_are_refused_before_training(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    line = assert_one_line_error(*run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data",
+                                           pipeline_files["wide"], "--steps", "2", "--out", out, *FAST])[::2])
+    assert "12 classes" in line and "10" in line
+    assert not (out / "work" / "baseline.json").exists() and not (out / "work" / "recover_checkpoint.pt").exists()
+    assert not (out / "report.json").exists()
+
+
+def test_pipeline_image_size_mismatch_is_refused(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
+    small = learnable_npz(tmp_path / "small.npz", n_train=8, n_test=4, size=16)
+    line = assert_one_line_error(*run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data",
+                                           small, "--steps", "2", "--out", tmp_path / "out", *FAST])[::2])
+    assert "3x16x16" in line
