@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from edgeprune import __version__, atomic, environment, models  # noqa: E402
+from bench.common import header  # noqa: E402
+from edgeprune import atomic, environment, models  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.pipeline.compress import MIN_TIMED_S, Settings, compress  # noqa: E402
 from edgeprune.pipeline.loading import from_module  # noqa: E402
@@ -143,16 +143,6 @@ def run_one(name: str, budget: str, work: Path) -> dict[str, Any]:
     return row
 
 
-def _git() -> dict[str, Any]:
-    """The code these numbers were measured with: HEAD and any uncommitted package files."""
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.rstrip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"commit": git("rev-parse", "HEAD"), "dirty_package_files": git("status", "--porcelain", "edgeprune").splitlines()}
-
-
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if "error" not in r]
     return {
@@ -187,10 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     defaults = Settings(budget="")
     result: dict[str, Any] = {
-        "benchmark": "budget_hit",
-        "edgeprune": __version__,
-        "environment": environment.describe(),
-        "git": _git(),  # taken when the package was imported, i.e. the code every run used
+        **header("budget_hit"),  # git taken when the package was imported, i.e. the code every run used
         "protocol": {
             "runtime": "ort-cpu", "graph_optimization": "ALL", "threads": defaults.threads,
             "inter_op_threads": 1, "execution_mode": "sequential",
