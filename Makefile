@@ -15,8 +15,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# CIFAR10 points at the full CIFAR-10 archive (x_train, y_train, x_test, y_test), see bench/README.md
+CIFAR10 ?= ../shared/data/cifar10/cifar10.npz
+
 bench: $(STAMP)
 	$(PY) bench/budget_hit.py
+	$(PY) bench/cifar10_recovery.py --data $(CIFAR10)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
