@@ -6,13 +6,12 @@ The TorchScript one is used first; the dynamo one only for a model the tracer ca
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -20,6 +19,7 @@ import torch
 
 from edgeprune.atomic import atomic_path
 from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.modelrun import eval_mode, flatten_outputs
 from edgeprune.exporters.base import Artifact, Exporter
 from edgeprune.exporters.registry import register
 from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
@@ -47,8 +47,8 @@ class OnnxExporter(Exporter):
         """
         inputs = tuple(example_inputs)
         out_path = Path(out_path)
-        with _eval_mode(model):
-            n_outputs = len(_flatten(_forward(model, inputs)))
+        with eval_mode(model):
+            n_outputs = len(flatten_outputs(_forward(model, inputs)))
             with atomic_path(out_path) as tmp:
                 exporter = self._torch_export(model, inputs, tmp, n_outputs)
                 proto = onnx.load(str(tmp))
@@ -114,8 +114,8 @@ class OnnxExporter(Exporter):
         """
         runtime = OrtCpuRuntime(threads=1)
         got = runtime.run(runtime.load(str(artifact.path)), [t.detach().cpu().numpy() for t in inputs])
-        with _eval_mode(model), torch.no_grad():
-            want = [t.detach().cpu().numpy() for t in _flatten(model(*inputs))]
+        with eval_mode(model), torch.no_grad():
+            want = [t.detach().cpu().numpy() for t in flatten_outputs(model(*inputs))]
         if len(got) != len(want):
             raise EdgepruneError(
                 f"{artifact.path}: the ONNX graph has {len(got)} output(s), the model {len(want)}; "
@@ -186,17 +186,6 @@ def _forward(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
         ) from e
 
 
-def _flatten(out: Any) -> list[torch.Tensor]:
-    """Output tensors in the order the ONNX exporters emit them (nested tuples/lists/dicts flattened)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for item in out for t in _flatten(item)]
-    if isinstance(out, dict):
-        return [t for item in out.values() for t in _flatten(item)]
-    raise EdgepruneError(f"the model returns a {type(out).__name__}; ONNX export needs tensors (or tuples/lists/dicts of them)")
-
-
 def _names(prefix: str, n: int) -> list[str]:
     return [prefix] if n == 1 else [f"{prefix}{i}" for i in range(n)]
 
@@ -212,16 +201,3 @@ def _max_abs_diff(got: np.ndarray, want: np.ndarray) -> float:
         same = (g == w) | (np.isnan(g) & np.isnan(w))
         d = float(np.where(same, 0.0, np.abs(g - w)).max(initial=0.0))
     return math.inf if math.isnan(d) else d
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm statistics, no dropout) for export and comparison, then every submodule's
-    own mode back, so exporting a candidate mid-training does not silently end training mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from edgeprune import atomic, environment
+from edgeprune import atomic, environment, modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import Artifact, OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
@@ -27,7 +27,6 @@ from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle, check_fits, load_data
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
-from edgeprune.pipeline.prune import graph
 from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
@@ -118,7 +117,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     run = RunDir(out_dir, _config(loaded, settings), write=ctx.is_rank0)
     model, inputs = loaded.model, loaded.example_inputs
     measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
-    num_outputs = loaded.num_classes or int(graph.run(model, inputs)[0].shape[-1])
+    num_outputs = loaded.num_classes or int(modelrun.run(model, inputs)[0].shape[-1])
     data = None
     if settings.data is not None:
         data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)

@@ -16,9 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from edgeprune import models
+from edgeprune import modelrun, models
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.pipeline.prune import graph
 
 
 @dataclasses.dataclass
@@ -120,7 +119,9 @@ def from_module(
     example_inputs = tuple(example_inputs)
     model = model.cpu().eval()
     try:
-        outs = graph.run(model, example_inputs)
+        outs = modelrun.run(model, example_inputs)
+    except EdgepruneError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here is a shape/model mismatch to report
         shapes = "x".join(str(d) for d in example_inputs[0].shape)
         raise EdgepruneError(

@@ -12,11 +12,10 @@ from typing import Any, Callable
 
 import torch
 
-from edgeprune import atomic, environment
+from edgeprune import atomic, environment, modelrun
 from edgeprune.pipeline import distributed
 from edgeprune.pipeline.data import check_fits, load_data
 from edgeprune.pipeline.loading import build_arch
-from edgeprune.pipeline.prune import graph
 from edgeprune.pipeline.recovery import TrainConfig, top1, train
 
 
@@ -33,7 +32,7 @@ def train_baseline(
     if shape is not None:
         # graph.run: eval mode and no_grad, so the probe neither moves BN statistics nor fails on
         # batch-1 BN at 1x1 (resnet18 on 32x32 images)
-        check_fits(data, int(graph.run(model, (torch.zeros(shape),))[0].shape[-1]), shape)
+        check_fits(data, int(modelrun.run(model, (torch.zeros(shape),))[0].shape[-1]), shape)
     config = TrainConfig(epochs=epochs, steps=steps, lr=lr, schedule=schedule, seed=seed)
     t0 = time.perf_counter()
     result = train(model, data.train, config, val_loader=data.val, checkpoint=out.with_suffix(".ckpt"),

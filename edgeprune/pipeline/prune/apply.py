@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import attention, graph
 from edgeprune.pipeline.prune.plan import Plan
@@ -24,7 +25,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor], 
     `check` compares output shapes before and after; it is off only inside the probe, which does its
     own checking and wants the exception rather than an error message.
     """
-    ref_shapes = graph.output_shapes(graph.run(model, example_inputs)) if check else None
+    ref_shapes = modelrun.output_shapes(modelrun.run(model, example_inputs)) if check else None
     channel_groups = {gid: g for gid, g in plan.groups.items() if g.kind == "channels" and g.removed}
     if channel_groups:
         dg = graph.build_graph(model, example_inputs)
@@ -44,7 +45,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor], 
                 raise EdgepruneError(f"plan group {gid} does not match an attention module with {g.size} heads in this model")
             attention.keep_heads(sites[gid], g.keep)
     if check:
-        shapes = graph.output_shapes(graph.run(model, example_inputs))
+        shapes = modelrun.output_shapes(modelrun.run(model, example_inputs))
         if shapes != ref_shapes:
             raise EdgepruneError(f"pruning changed the output shapes {ref_shapes} -> {shapes}; mark the output layer unprunable")
     return model

@@ -1,8 +1,4 @@
-"""Thin helpers around torch-pruning's DependencyGraph and model execution.
-
-Everything that builds a graph or runs a model on example inputs goes through here, so the rest of
-the pruning code never repeats how inputs are passed or outputs are flattened.
-"""
+"""Thin helpers around torch-pruning's DependencyGraph: building it, naming layers, getting groups."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -37,28 +33,3 @@ def group_of(graph: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) 
     """The coupled group that removing output channels `idxs` of `module` implies."""
     pruner = graph.get_pruner_of_module(module)
     return graph.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
-
-
-@torch.no_grad()
-def run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Forward in eval mode; outputs flattened to a list of tensors (tuples and dicts included)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return flatten_outputs(model(*example_inputs))
-    finally:
-        model.train(was_training)
-
-
-def flatten_outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in flatten_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in flatten_outputs(v)]
-    return []
-
-
-def output_shapes(outputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
-    return [tuple(t.shape) for t in outputs]

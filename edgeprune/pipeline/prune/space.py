@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from edgeprune import modelrun
 from edgeprune.errors import first_line
 from edgeprune.pipeline.prune import attention, graph
 from edgeprune.pipeline.prune.apply import HEADS_SUFFIX, apply
@@ -158,7 +159,7 @@ def _output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
         if isinstance(m, graph.ROOT_TYPES)
     ]
     try:
-        outs = graph.run(model, example_inputs)
+        outs = modelrun.run(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -187,22 +188,22 @@ def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], groups: l
     attention module whose reshape ignores `num_heads`. Groups through cross-channel norms
     (LayerNorm, GroupNorm), where silencing is not removal, get the shape checks only.
     """
-    ref = graph.output_shapes(graph.run(model, example_inputs))
+    ref = modelrun.output_shapes(modelrun.run(model, example_inputs))
 
     def trial(subset: list[Group], exact: bool) -> str | None:
         plan = probe_plan(subset)
         candidate = copy.deepcopy(model)
         try:
             apply(candidate, plan, example_inputs, check=False)
-            outs = graph.run(candidate, example_inputs)
+            outs = modelrun.run(candidate, example_inputs)
         except Exception as err:  # noqa: BLE001 - any failure means "leave this group whole"
             return f"pruning it breaks the model ({type(err).__name__}: {first_line(err, 160)})"
-        if graph.output_shapes(outs) != ref:
-            return f"pruning it changes the output shapes to {graph.output_shapes(outs)}"
+        if modelrun.output_shapes(outs) != ref:
+            return f"pruning it changes the output shapes to {modelrun.output_shapes(outs)}"
         if not all(torch.isfinite(t).all() for t in outs if t.is_floating_point()):
             return "pruning it makes the outputs non-finite"
         if exact:
-            expected = graph.run(silenced(model, plan, example_inputs), example_inputs)
+            expected = modelrun.run(silenced(model, plan, example_inputs), example_inputs)
             if not all(torch.allclose(o, e, rtol=1e-3, atol=1e-4) for o, e in zip(outs, expected)):
                 return "pruning it changes what the model computes beyond the removed units (a coupling the graph mis-traces)"
         return None

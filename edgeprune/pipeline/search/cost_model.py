@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from edgeprune import modelrun
 from edgeprune.pipeline.prune import graph
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
@@ -67,7 +68,7 @@ def _layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dic
 
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, graph.ROOT_TYPES)]
     try:
-        graph.run(model, example_inputs)
+        modelrun.run(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()

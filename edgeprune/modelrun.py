@@ -1,0 +1,46 @@
+"""Running a model on example inputs: the one place that knows how inputs are passed and outputs
+flattened, shared by pruning (probes, checks), export (verification) and loading."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm statistics, no dropout), then every submodule's own mode back, so running
+    a model mid-training does not silently end training mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@torch.no_grad()
+def run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Forward in eval mode without autograd; outputs flattened to a list of tensors."""
+    with eval_mode(model):
+        return flatten_outputs(model(*example_inputs))
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """Output tensors in the order the ONNX exporters emit them (nested tuples/lists/dicts flattened)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in flatten_outputs(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in flatten_outputs(item)]
+    raise EdgepruneError(f"the model returns a {type(out).__name__}; edgeprune needs tensors (or tuples/lists/dicts of them)")
+
+
+def output_shapes(outputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in outputs]
