@@ -85,8 +85,18 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
     p.add_argument("--metric", help="module:function(model, val_loader) -> float, for models that are not classifiers")
+    p.add_argument("--slimming-lambda", type=float, default=1e-4, help="slimming: L1 weight on BN scales (default 1e-4)")
+    p.add_argument("--slimming-epochs", type=int, help="slimming: sparsity-training epochs (default 1)")
+    p.add_argument("--slimming-steps", type=int, help="slimming: sparsity-training steps (instead of epochs)")
     _common(p)
     return p
+
+
+def _method_options(a: argparse.Namespace) -> dict:
+    """The options of the chosen --method, from its own flags (other methods' flags are ignored)."""
+    if a.method == "slimming":
+        return {"lam": a.slimming_lambda, "epochs": a.slimming_epochs, "steps": a.slimming_steps}
+    return {}
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +118,8 @@ def _compress(argv: list[str]) -> int:
                         tol=a.tol, warmup=a.warmup, repeats=a.repeats, max_candidates=a.max_candidates,
                         unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
                         recover=a.recover or ("finetune" if a.data else "none"), epochs=a.epochs, steps=a.steps, lr=a.lr,
-                        batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric)
+                        batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
+                        method_options=_method_options(a))
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
     Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")

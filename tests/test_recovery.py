@@ -10,7 +10,6 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ from edgeprune.pipeline.data import load_data
 from edgeprune.pipeline.recovery import TrainConfig, get_recovery, load_metric, recovery_names, top1, train
 from edgeprune.pipeline.recovery.distill import kd_loss
 from edgeprune.pipeline.recovery.scratch import reinitialize
+from tests.synthetic import learnable_npz
 from tests.tiny_models import tiny_resnet
 
 TINY_ARCH = "tests.tiny_models:tiny_resnet"
@@ -29,24 +29,6 @@ FAST = ["--repeats", "20", "--warmup", "3"]
 QUIET = lambda line: None  # noqa: E731
 
 
-def learnable_npz(path: Path, n_train: int = 96, n_test: int = 48, size: int = 16, classes: int = 3, seed: int = 0,
-                  label_offset: int = 0) -> Path:
-    """Class k = noise + a bright channel k (k < 3) or a bright row stripe (k >= 3): a tiny CNN learns
-    it in a few steps, and crops and flips keep the colour cue."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        y = np.arange(n) % classes
-        x = rng.integers(0, 90, size=(n, size, size, 3)).astype(np.int64)
-        for i, k in enumerate(y):
-            if k < 3:
-                x[i, :, :, k] += 150
-            else:
-                x[i, (2 * k) % size, :, :] += 160
-        arrays[f"x_{split}"] = np.clip(x, 0, 255).astype(np.uint8)
-        arrays[f"y_{split}"] = y + label_offset
-    np.savez(path, **arrays)
-    return path
 
 
 def small_cnn(num_classes: int = 3, seed: int = 0) -> nn.Module:

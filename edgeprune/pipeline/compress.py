@@ -29,7 +29,7 @@ from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
 from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
+from edgeprune.pipeline.prune.methods import Importance, get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
@@ -63,6 +63,7 @@ class Settings:
     temperature: float = 4.0
     alpha: float = 0.9
     metric: str | None = None  # module:function for models that are not classifiers
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
 
 
 @dataclasses.dataclass
@@ -107,7 +108,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     ok, why = runtime.available()
     if not ok:
         raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
-    method = get_method(settings.method)
+    method = get_method(settings.method, **settings.method_options)
+    if method.needs_data and settings.data is None:
+        raise EdgepruneError(f"--method {settings.method} needs training data; pass --data or use --method l1")
     recovery = None if settings.recover == "none" else get_recovery(settings.recover, **_recovery_options(settings))
     if recovery is not None and settings.data is None:
         raise EdgepruneError(f"--recover {settings.recover} needs training data; pass --data or --recover none")
@@ -149,7 +152,10 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     measurer.repeats = _repeats_for(baseline_d["latency_ms"]["median"], settings.repeats)
     log(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
 
-    scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs).items()})
+    original = model  # the teacher and the accuracy baseline
+    if type(method).prepare is not Importance.prepare:
+        model = _prepared(method, model, space, inputs, data, run, stage)
+    scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
     scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
 
     def search() -> dict[str, Any]:
@@ -159,7 +165,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
         objective = _objective(budget, measurer, inputs, run.path("baseline.onnx"))
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
-                               settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)))
+                               settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
+                               ranking=method.ranking)
         result = searcher.run(baseline_value)
         return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
 
@@ -167,14 +174,19 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     plan = Plan.from_dict(search_d["plan"])
     plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
     pruned = apply(copy.deepcopy(model), plan, inputs)
+    method.reconstruct(model, pruned, plan, inputs, data)
 
     accuracy: dict[str, Any] | None = None
     recovery_d: dict[str, Any] | None = None
     if data is not None:
-        accuracy = stage("accuracy", lambda: {"metric": metric_name, "baseline": metric(model, data.val), "pruned": metric(pruned, data.val)})
+        def evaluate() -> dict[str, Any]:
+            acc = {"metric": metric_name, "baseline": metric(original, data.val), "pruned": metric(pruned, data.val)}
+            return acc | ({"prepared": metric(model, data.val)} if model is not original else {})
+
+        accuracy = stage("accuracy", evaluate)
         log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
     if recovery is not None and data is not None:
-        recovery_d = _recover(recovery, pruned, model, data, settings, metric, run, ctx, stage, log)
+        recovery_d = _recover(recovery, pruned, original, data, settings, metric, run, ctx, stage, log)
         accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
     if not ctx.is_rank0:
         return CompressResult(pruned, plan, {}, Path(out_dir))
@@ -182,7 +194,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     plan.save(run.path("plan.json"))
     torch.save(pruned, run.path("model.pt"))
     torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-    final_d = stage("final", lambda: _final(model, pruned, measurer, inputs, budget))
+    final_d = stage("final", lambda: _final(original, pruned, measurer, inputs, budget))
     met = _met(budget, final_d)
     log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
         f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
@@ -212,6 +224,23 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     run.publish({"model.onnx": run.path("model.onnx"), "model.pt": run.path("model.pt"),
                  "state_dict.pt": run.path("state_dict.pt"), "plan.json": run.path("plan.json"), **run_files})
     return CompressResult(pruned, plan, rep, Path(out_dir))
+
+
+def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.PruningSpace, inputs: tuple[torch.Tensor, ...],
+              data: DataBundle | None, run: RunDir, stage: Callable[..., dict[str, Any]]) -> torch.nn.Module:
+    """The method's prepared copy of the model (e.g. sparsity-trained), its weights kept in the run dir."""
+    weights = run.path("prepared_state.pt")
+    prepared = copy.deepcopy(model)
+
+    def prepare() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        trained = method.prepare(prepared, space, inputs, data)
+        torch.save(trained.state_dict(), weights)
+        return {"method": method.name, "seconds": round(time.perf_counter() - t0, 2)}
+
+    stage("prepare", prepare)
+    prepared.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return prepared.eval()
 
 
 def _recovery_options(s: Settings) -> dict[str, Any]:

@@ -36,22 +36,44 @@ def width_step(size: int, kind: str, round_to: int) -> int:
     return step
 
 
-def plan_at_level(space: PruningSpace, scores: Scores, level: float, round_to: int, method: str = "") -> Plan:
-    """Every segment of every group keeps ~(1 - level) of its units, rounded to its step, by score."""
+def plan_at_level(
+    space: PruningSpace, scores: Scores, level: float, round_to: int, method: str = "", ranking: str = "uniform"
+) -> Plan:
+    """Prune `level` of the units, rounded per segment to its step, keeping the best-scored ones.
+
+    "uniform": every segment keeps ~(1 - level) of its units. "global" (scores comparable across
+    groups, e.g. BN scales): the `level` fraction of all units with the lowest scores is dropped, so
+    the per-layer widths follow from the scores.
+    """
+    dropped = _globally_dropped(space, scores, level) if ranking == "global" else None
     groups: dict[str, GroupKeep] = {}
     requested: dict[str, float] = {}
     for i, g in enumerate(space.groups):
         score = np.asarray(scores[g.id])
         keep: list[int] = []
+        wanted = 0.0
         phase = ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
         for seg in g.segments:
+            seg_scores = score[list(seg)]
+            uniform = dropped is None or g.kind == "heads"  # head scores are not on the channels' scale
+            ideal = len(seg) * (1.0 - level) if uniform else float(sum((g.id, u) not in dropped for u in seg))
             step = width_step(len(seg), g.kind, round_to)
-            k = int(min(len(seg), max(step, np.floor(len(seg) * (1.0 - level) / step + phase) * step)))
-            order = np.argsort(-score[list(seg)], kind="stable")
-            keep += [seg[i] for i in order[:k]]
+            k = int(min(len(seg), max(step, np.floor(ideal / step + phase) * step)))
+            order = np.argsort(-seg_scores, kind="stable")
+            keep += [seg[j] for j in order[:k]]
+            wanted += ideal
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))
-        requested[g.id] = round(g.size * (1.0 - level), 2)
-    return Plan(groups, meta={"level": round(level, 6), "round_to": round_to, "method": method, "requested": requested})
+        requested[g.id] = round(wanted, 2)
+    meta = {"level": round(level, 6), "round_to": round_to, "method": method, "ranking": ranking, "requested": requested}
+    return Plan(groups, meta=meta)
+
+
+def _globally_dropped(space: PruningSpace, scores: Scores, level: float) -> set[tuple[str, int]]:
+    """The `level` fraction of all channel units with the lowest scores (ties broken by position)."""
+    units = [(g.id, u) for g in space.groups if g.kind == "channels" for u in range(g.size)]
+    pooled = np.concatenate([np.asarray(scores[g.id], dtype=np.float64) for g in space.groups if g.kind == "channels"] or [np.zeros(0)])
+    order = np.argsort(pooled, kind="stable")
+    return {units[i] for i in order[: int(round(min(max(level, 0.0), 1.0) * len(units)))]}
 
 
 def widths_key(plan: Plan) -> tuple[int, ...]:

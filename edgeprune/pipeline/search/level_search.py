@@ -80,6 +80,7 @@ class LevelSearch:
         tol: float = 0.05,
         max_candidates: int = 8,
         on_step: Callable[[Step], None] = lambda step: None,
+        ranking: str = "uniform",
     ) -> None:
         self.model = model
         self.example_inputs = tuple(example_inputs)
@@ -91,10 +92,11 @@ class LevelSearch:
         self.tol = tol
         self.max_candidates = max_candidates
         self.on_step = on_step
+        self.ranking = ranking
         self.cost = CostModel(model, space, example_inputs)
 
     def plan(self, level: float) -> Plan:
-        return plan_at_level(self.space, self.scores, level, self.round_to, self.method)
+        return plan_at_level(self.space, self.scores, level, self.round_to, self.method, self.ranking)
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value
