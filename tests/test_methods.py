@@ -94,3 +94,78 @@ def test_pruned_slimming_model_applies_physically(data) -> None:
     pruned = apply(copy.deepcopy(model), plan, IMAGE)
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
     assert pruned(*IMAGE).shape == (1, 3)
+
+
+class TwoConv(nn.Module):
+    """c1 -> ReLU -> c2 -> pool -> fc, with c1's filter norms made misleading: a channel's filter
+    norm is scaled by s_c while c2 reads it with weight r_c / s_c, so what a channel contributes to
+    c2 (which ThiNet and LASSO measure) is unrelated to its L1 norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 3)
+        s = torch.rand(32, generator=g) * 4 + 0.25
+        r = torch.rand(32, generator=g) ** 3 * 4  # a few channels matter a lot, most little
+        with torch.no_grad():
+            self.c1.weight.mul_(s.view(-1, 1, 1, 1))
+            self.c1.bias.mul_(s)
+            self.c2.weight.mul_((r / s).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c2(torch.relu(self.c1(x))).mean((2, 3)))
+
+
+def _c2_error(model: nn.Module, pruned: nn.Module, images: torch.Tensor) -> float:
+    def c2_out(net: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return net.c2(torch.relu(net.c1(images)))
+    return float(((c2_out(pruned) - c2_out(model)) ** 2).mean())
+
+
+@pytest.fixture(scope="module")
+def calib_data(tmp_path_factory: pytest.TempPathFactory):
+    return load_data(str(learnable_npz(tmp_path_factory.mktemp("c") / "c.npz", n_train=128, n_test=16, size=16)), batch_size=32)
+
+
+@pytest.mark.parametrize("name", ["thinet", "lasso"])
+def test_reconstruction_methods_beat_l1_and_random_at_the_same_width(name: str, calib_data) -> None:
+    model = TwoConv().eval()
+    space = discover(model, IMAGE)
+    space.groups = [g for g in space.groups if g.id == "c1"]  # only c1's channels: c2 is the layer judged
+    held_out = calib_data.calibration(64, seed=99)  # images the method did not calibrate on
+    method = get_method(name, calibration_images=64, samples=2048)
+    plan = plan_at_level(space, method.scores(model, space, IMAGE, calib_data), 0.5, round_to=1)
+    ours = apply(copy.deepcopy(model), plan, IMAGE)
+    before = _c2_error(model, ours, held_out)
+    method.reconstruct(model, ours, space, plan, IMAGE, calib_data)
+    err = _c2_error(model, ours, held_out)
+    assert err < before  # the least-squares step helps on held-out images
+
+    l1_plan = plan_at_level(space, get_method("l1").scores(model, space, IMAGE), 0.5, round_to=1)
+    err_l1 = _c2_error(model, apply(copy.deepcopy(model), l1_plan, IMAGE), held_out)
+    rng = np.random.default_rng(0)
+    random_scores = {g.id: rng.random(g.size) for g in space.groups}
+    err_random = _c2_error(model, apply(copy.deepcopy(model), plan_at_level(space, random_scores, 0.5, round_to=1), IMAGE), held_out)
+    assert len(plan.groups["c1"].keep) == len(l1_plan.groups["c1"].keep) == 16
+    assert err < 0.5 * err_l1 and err < 0.5 * err_random
+
+
+def test_thinet_greedy_order_removes_the_silent_channel_first() -> None:
+    from edgeprune.pipeline.prune.methods.thinet import greedy_removal_order
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)) * np.array([1.0, 2.0, 0.01, 3.0, 0.5, 1.5])
+    order = greedy_removal_order(x)
+    assert order[0] == 2 and order[1] == 4 and sorted(order) == list(range(6))
+
+
+def test_lasso_path_ranks_channels_by_what_they_reconstruct() -> None:
+    from edgeprune.pipeline.prune.methods.lasso import lasso_entry_lambdas
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(800, 5)) * np.array([0.05, 1.0, 3.0, 0.2, 2.0])
+    entry = lasso_entry_lambdas(z, z.sum(1))
+    assert list(np.argsort(-entry)) == [2, 4, 1, 3, 0]

@@ -174,7 +174,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     plan = Plan.from_dict(search_d["plan"])
     plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
     pruned = apply(copy.deepcopy(model), plan, inputs)
-    method.reconstruct(model, pruned, plan, inputs, data)
+    method.reconstruct(model, pruned, space, plan, inputs, data)
 
     accuracy: dict[str, Any] | None = None
     recovery_d: dict[str, Any] | None = None

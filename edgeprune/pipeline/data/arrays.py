@@ -18,6 +18,11 @@ from torch.utils.data.distributed import DistributedSampler
 from edgeprune.errors import EdgepruneError
 
 
+def to_float01(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [0, 1]; float images are taken as already scaled."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
 @dataclasses.dataclass
 class ImageArrays:
     """Labelled images: uint8 NCHW (or float NCHW, already scaled) plus int64 labels."""
@@ -50,7 +55,7 @@ class ImageArrays:
         return cls(images, labels, tuple(str(c) for c in class_names))
 
     def float01(self) -> torch.Tensor:
-        return self.images.float() / 255.0 if self.images.dtype == torch.uint8 else self.images.float()
+        return to_float01(self.images)
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std on [0, 1] (normalization is fitted on the training split)."""
@@ -115,7 +120,7 @@ class BatchLoader:
             x = self.data.images[b]
             if self.augment:  # on uint8, before the float conversion: 4x less memory traffic
                 x = self._augment(x, gen)
-            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            x = to_float01(x)
             yield self.normalize(x), self.data.labels[b]
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

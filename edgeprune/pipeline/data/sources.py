@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.pipeline.data.arrays import BatchLoader, ImageArrays, Normalization
+from edgeprune.pipeline.data.arrays import BatchLoader, ImageArrays, Normalization, to_float01
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -30,6 +31,21 @@ class DataBundle:
     source: str
     normalization: Normalization | None = None
     train_arrays: ImageArrays | None = None  # kept for DDP re-sharding and calibration batches
+
+    def calibration(self, n: int = 256, seed: int = 0) -> torch.Tensor:
+        """`n` training inputs without augmentation, for methods that reconstruct layer outputs."""
+        if self.train_arrays is not None and self.normalization is not None:
+            idx = torch.randperm(len(self.train_arrays.labels), generator=torch.Generator().manual_seed(seed))[:n]
+            return self.normalization(to_float01(self.train_arrays.images[idx]))
+        batches, have = [], 0
+        for x, _ in self.train:  # a user's loader: take its first batches as they come
+            batches.append(x)
+            have += len(x)
+            if have >= n:
+                break
+        if not batches:
+            raise EdgepruneError(f"--data {self.source} gave no training batch to calibrate on")
+        return torch.cat(batches)[:n]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -46,7 +46,8 @@ class Importance(abc.ABC):
     ) -> Scores:
         """Score every unit of every group in `space`; `data` is the DataBundle when a method needs it."""
 
-    def reconstruct(self, model: nn.Module, pruned: nn.Module, plan: Any, example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
+    def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Any,
+                    example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
         """Adjust `pruned` (made from `model` by `plan`) in place; default: nothing."""
 
 
