@@ -11,7 +11,7 @@ stacks the samples of all of them, so the selection minimises the total reconstr
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
