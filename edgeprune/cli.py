@@ -78,6 +78,8 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.05, help="stop when within this fraction under budget (default 0.05)")
     p.add_argument("--max-candidates", type=int, default=8)
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole")
+    p.add_argument("--depth", choices=["off", "on", "only"], default="off",
+                   help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     p.add_argument("--out", default="out", help="output directory (default: out/)")
     _data_args(p)
     p.add_argument("--recover", choices=["finetune", "distill", "scratch", "none"],
@@ -119,7 +121,7 @@ def _compress(argv: list[str]) -> int:
                         unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
                         recover=a.recover or ("finetune" if a.data else "none"), epochs=a.epochs, steps=a.steps, lr=a.lr,
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
-                        method_options=_method_options(a))
+                        method_options=_method_options(a), depth=a.depth)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
     Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")

@@ -27,6 +27,7 @@ from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle, check_fits, load_data
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
+from edgeprune.pipeline.prune import blocks as blocks_mod
 from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import Importance, get_method
@@ -64,6 +65,7 @@ class Settings:
     alpha: float = 0.9
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
+    depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
 
 
 @dataclasses.dataclass
@@ -114,6 +116,10 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     recovery = None if settings.recover == "none" else get_recovery(settings.recover, **_recovery_options(settings))
     if recovery is not None and settings.data is None:
         raise EdgepruneError(f"--recover {settings.recover} needs training data; pass --data or --recover none")
+    if settings.depth not in ("off", "on", "only"):
+        raise EdgepruneError(f"--depth {settings.depth!r}: use off, on or only")
+    if settings.depth != "off" and settings.data is None:
+        raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
     if settings.data is None and settings.metric is not None:
         raise EdgepruneError("--metric needs --data to evaluate on")
     log = progress if ctx.is_rank0 else (lambda line: None)
@@ -157,6 +163,10 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         model = _prepared(method, model, space, inputs, data, run, stage)
     scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
     scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
+    block_scores: dict[str, float] = {}
+    if settings.depth != "off" and data is not None:
+        block_scores = stage("blocks", lambda: blocks_mod.block_scores(model, blocks_mod.find_blocks(model, inputs), data.calibration()))
+        log(f"  {len(block_scores)} removable residual blocks")
 
     def search() -> dict[str, Any]:
         if budget.met_by(baseline_value):
@@ -166,7 +176,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         objective = _objective(budget, measurer, inputs, run.path("baseline.onnx"))
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
                                settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
-                               ranking=method.ranking)
+                               ranking=method.ranking, depth=settings.depth, block_scores=block_scores)
         result = searcher.run(baseline_value)
         return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
 
@@ -214,6 +224,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         "recovery": recovery_d,
         "search": {"steps": search_d["steps"], "candidates_measured": len(search_d["steps"]), "stop_reason": search_d["stop_reason"]},
         "groups": report_mod.group_rows(space, plan),
+        "removed_blocks": list(plan.removed_blocks),
         "left_whole": space_d["skipped"],
         "timings_s": timings,
         "environment": environment.describe(),

@@ -12,6 +12,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeprune import modelrun
+from edgeprune.pipeline.prune import graph
+
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
@@ -28,3 +31,26 @@ def count(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Counts:
     finally:
         model.train(was_training)
     return Counts(int(flops), int(params))
+
+
+def layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Multiply-accumulates of each Conv/Linear layer on the example inputs, from one forward pass."""
+    macs: dict[str, float] = {}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            if isinstance(mod, nn.Linear):
+                macs[name] = macs.get(name, 0.0) + out.numel() * mod.in_features
+            else:  # convolution: each output element costs (in/groups)·k products
+                k = mod.weight[0].numel()
+                macs[name] = macs.get(name, 0.0) + out.numel() * k
+
+        return fn
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, graph.ROOT_TYPES)]
+    try:
+        modelrun.run(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs

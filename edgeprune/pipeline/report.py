@@ -60,6 +60,8 @@ def markdown(rep: dict[str, Any]) -> str:
         note = "" if r["requested"] is None else f"{r['requested']:g}"
         lines.append(f"| `{r['group']}` | {r['kind']} | {r['original']} | {r['kept']} | {note} |")
     lines += ["", "Kept widths are rounded to hardware-friendly multiples; 'requested' is what the level asked for before rounding.", ""]
+    if rep.get("removed_blocks"):
+        lines += ["## Residual blocks removed", "", ", ".join(f"`{b}`" for b in rep["removed_blocks"]), ""]
     if rep["left_whole"]:
         lines += ["## Left whole", "", "| group | why |", "|---|---|"]
         lines += [f"| `{s['id']}` | {s['reason']} |" for s in rep["left_whole"]]

@@ -1,7 +1,8 @@
 """`apply(model, plan)`: physically remove the units a plan drops.
 
 Channel groups are removed through torch-pruning's DependencyGraph (every coupled layer — residual
-adds, concats, depthwise convs, norms — shrinks together); attention heads through `attention.py`.
+adds, concats, depthwise convs, norms — shrinks together); attention heads through `attention.py`;
+whole residual blocks through `blocks.py`, last, so the graph is traced on the full model.
 The result is checked: it must run on the example inputs and produce outputs of the original shapes.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import attention, graph
+from edgeprune.pipeline.prune import attention, blocks, graph
 from edgeprune.pipeline.prune.plan import Plan
 
 HEADS_SUFFIX = ":heads"
@@ -44,6 +45,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor], 
             if gid not in sites or sites[gid].num_heads != g.size:
                 raise EdgepruneError(f"plan group {gid} does not match an attention module with {g.size} heads in this model")
             attention.keep_heads(sites[gid], g.keep)
+    blocks.bypass(model, plan.removed_blocks)
     if check:
         shapes = modelrun.output_shapes(modelrun.run(model, example_inputs))
         if shapes != ref_shapes:

@@ -35,20 +35,19 @@ class GroupKeep:
 class Plan:
     groups: dict[str, GroupKeep]
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: residual blocks replaced by identity (module names), see blocks.py
+    removed_blocks: tuple[str, ...] = ()
 
     def widths(self) -> dict[str, tuple[int, int]]:
         """group id -> (kept, original), for reports."""
         return {gid: (len(g.keep), g.size) for gid, g in self.groups.items()}
-
-    @property
-    def is_identity(self) -> bool:
-        return all(len(g.keep) == g.size for g in self.groups.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": PLAN_VERSION,
             "meta": self.meta,
             "groups": {gid: {"kind": g.kind, "size": g.size, "keep": list(g.keep)} for gid, g in self.groups.items()},
+            "removed_blocks": list(self.removed_blocks),
         }
 
     @classmethod
@@ -59,7 +58,7 @@ class Plan:
             gid: GroupKeep(kind=g["kind"], size=int(g["size"]), keep=tuple(int(i) for i in g["keep"]))
             for gid, g in d["groups"].items()
         }
-        return cls(groups=groups, meta=dict(d.get("meta", {})))
+        return cls(groups=groups, meta=dict(d.get("meta", {})), removed_blocks=tuple(d.get("removed_blocks", ())))
 
     def save(self, path: str | Path) -> None:
         atomic.write_json(path, self.to_dict())

@@ -37,7 +37,8 @@ def width_step(size: int, kind: str, round_to: int) -> int:
 
 
 def plan_at_level(
-    space: PruningSpace, scores: Scores, level: float, round_to: int, method: str = "", ranking: str = "uniform"
+    space: PruningSpace, scores: Scores, level: float, round_to: int, method: str = "", ranking: str = "uniform",
+    depth: str = "off", block_scores: dict[str, float] | None = None,
 ) -> Plan:
     """Prune `level` of the units, rounded per segment to its step, keeping the best-scored ones.
 
@@ -45,6 +46,9 @@ def plan_at_level(
     groups, e.g. BN scales): the `level` fraction of all units with the lowest scores is dropped, so
     the per-layer widths follow from the scores.
     """
+    removed_blocks = blocks_at_level(block_scores or {}, level) if depth != "off" else ()
+    if depth == "only":
+        level = 0.0
     dropped = _globally_dropped(space, scores, level) if ranking == "global" else None
     groups: dict[str, GroupKeep] = {}
     requested: dict[str, float] = {}
@@ -64,8 +68,15 @@ def plan_at_level(
             wanted += ideal
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))
         requested[g.id] = round(wanted, 2)
-    meta = {"level": round(level, 6), "round_to": round_to, "method": method, "ranking": ranking, "requested": requested}
-    return Plan(groups, meta=meta)
+    meta = {"level": round(level, 6), "round_to": round_to, "method": method, "ranking": ranking, "depth": depth,
+            "requested": requested}
+    return Plan(groups, meta=meta, removed_blocks=removed_blocks)
+
+
+def blocks_at_level(block_scores: dict[str, float], level: float) -> tuple[str, ...]:
+    """The floor(level x n) least important blocks (non-decreasing in the level, like the widths)."""
+    order = sorted(block_scores, key=lambda name: (block_scores[name], name))
+    return tuple(sorted(order[: int(np.floor(min(max(level, 0.0), 1.0) * len(order)))]))
 
 
 def _globally_dropped(space: PruningSpace, scores: Scores, level: float) -> set[tuple[str, int]]:
@@ -76,6 +87,6 @@ def _globally_dropped(space: PruningSpace, scores: Scores, level: float) -> set[
     return {units[i] for i in order[: int(round(min(max(level, 0.0), 1.0) * len(units)))]}
 
 
-def widths_key(plan: Plan) -> tuple[int, ...]:
+def widths_key(plan: Plan) -> tuple:
     """Two plans with the same key have the same shape (and the same cost)."""
-    return tuple(len(g.keep) for g in plan.groups.values())
+    return (*(len(g.keep) for g in plan.groups.values()), *plan.removed_blocks)

@@ -12,15 +12,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from edgeprune import modelrun
-from edgeprune.pipeline.prune import graph
+from edgeprune.pipeline.counting import layer_macs
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 
 
 class CostModel:
     def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> None:
-        self._layer_macs = _layer_macs(model, example_inputs)
+        self._layer_macs = layer_macs(model, example_inputs)
         # layer name -> [(group id, the units of that group the layer's input/output carries)];
         # a concat's consumer takes its input from several groups
         self._in: dict[str, list[tuple[str, frozenset[int]]]] = {}
@@ -47,29 +46,10 @@ class CostModel:
             return sum(len(units & kept[gid]) if gid in kept else len(units) for gid, units in entries) / total
 
         total = 0.0
+        gone = tuple(b + "." for b in plan.removed_blocks)
         for name, macs in self._layer_macs.items():
+            if name.startswith(gone) or name in plan.removed_blocks:
+                continue
             f_in = 1.0 if name in self._depthwise else fraction(self._in.get(name))
             total += macs * f_in * fraction(self._out.get(name))
         return total
-
-
-def _layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, float]:
-    macs: dict[str, float] = {}
-
-    def hook(name: str):
-        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            if isinstance(mod, nn.Linear):
-                macs[name] = macs.get(name, 0.0) + out.numel() * mod.in_features
-            else:  # convolution: each output element costs (in/groups)·k products
-                k = mod.weight[0].numel()
-                macs[name] = macs.get(name, 0.0) + out.numel() * k
-
-        return fn
-
-    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, graph.ROOT_TYPES)]
-    try:
-        modelrun.run(model, example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return macs

@@ -81,6 +81,8 @@ class LevelSearch:
         max_candidates: int = 8,
         on_step: Callable[[Step], None] = lambda step: None,
         ranking: str = "uniform",
+        depth: str = "off",
+        block_scores: dict[str, float] | None = None,
     ) -> None:
         self.model = model
         self.example_inputs = tuple(example_inputs)
@@ -93,10 +95,13 @@ class LevelSearch:
         self.max_candidates = max_candidates
         self.on_step = on_step
         self.ranking = ranking
+        self.depth = depth
+        self.block_scores = block_scores or {}
         self.cost = CostModel(model, space, example_inputs)
 
     def plan(self, level: float) -> Plan:
-        return plan_at_level(self.space, self.scores, level, self.round_to, self.method, self.ranking)
+        return plan_at_level(self.space, self.scores, level, self.round_to, self.method, self.ranking,
+                             self.depth, self.block_scores)
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value

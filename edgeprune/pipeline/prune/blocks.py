@@ -1,0 +1,104 @@
+"""Whole-block (layer) removal: residual blocks whose input and output shapes match are deleted.
+
+A candidate is a child of an `nn.Sequential` / `nn.ModuleList` that holds weighted layers, maps its
+input to an output of the same shape, and is *residual*: with every weight inside it zeroed, its
+output still follows its input (an identity path), which tells x + f(x) from a plain layer whose
+removal would cut the network. Only the outermost such modules count. Removing one replaces it with
+`nn.Identity`, so its layers disappear from the module and from the exported graph; the model must
+still run with its output shapes. A block's importance is how much bypassing it
+changes the model's outputs on calibration inputs (mean squared difference of the outputs), the
+output-reconstruction criterion; residual blocks that barely change the output go first.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from edgeprune import modelrun
+from edgeprune.pipeline.counting import layer_macs
+from edgeprune.pipeline.prune import graph
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    name: str
+    flops_share: float = 0.0  # fraction of the model's conv/linear MACs inside it (for the report)
+
+
+def find_blocks(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[Block]:
+    """Removable residual blocks, in forward order; each was checked to leave a runnable model."""
+    seen: dict[str, torch.Tensor] = {}
+    containers = {n for n, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))}
+
+    def record(name: str):
+        def hook(mod: nn.Module, args: tuple, out: object) -> None:
+            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) and args[0].shape == out.shape:
+                seen.setdefault(name, args[0].detach().clone())
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
+             if name and name.rpartition(".")[0] in containers and any(isinstance(c, graph.ROOT_TYPES) for c in m.modules())]
+    try:
+        ref = modelrun.output_shapes(modelrun.run(model, example_inputs))
+    finally:
+        for h in hooks:
+            h.remove()
+    per_layer = layer_macs(model, example_inputs)
+    total = sum(per_layer.values())
+    blocks: list[Block] = []
+    for name, x in seen.items():
+        if any(name.startswith(b.name + ".") for b in blocks) or not _is_residual(model.get_submodule(name), x):
+            continue
+        try:
+            ok = modelrun.output_shapes(modelrun.run(bypass(copy.deepcopy(model), [name]), example_inputs)) == ref
+        except Exception:  # noqa: BLE001 - a block the model cannot run without is not a candidate
+            ok = False
+        if ok:
+            inside = sum(v for k, v in per_layer.items() if k == name or k.startswith(name + "."))
+            blocks.append(Block(name, inside / total if total else 0.0))
+    return blocks
+
+
+@torch.no_grad()
+def _is_residual(block: nn.Module, x: torch.Tensor) -> bool:
+    """With all its weights zeroed, does the block still pass its input through?"""
+    hollow = copy.deepcopy(block).eval()
+    for m in hollow.modules():
+        if isinstance(m, graph.ROOT_TYPES):
+            m.weight.zero_()
+    try:
+        y = hollow(x)
+    except Exception:  # noqa: BLE001 - not runnable alone: not a block we can reason about
+        return False
+    a, b = x.flatten().double(), y.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(a.norm() * b.norm())
+    return denom > 0 and float(a @ b) / denom > 0.5
+
+
+def bypass(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Replace each named block with nn.Identity (in place)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(parent, nn.ModuleList):
+            parent[int(child)] = nn.Identity()
+        else:
+            setattr(parent, child, nn.Identity())
+    return model
+
+
+@torch.no_grad()
+def block_scores(model: nn.Module, blocks: Sequence[Block], calibration: torch.Tensor) -> dict[str, float]:
+    """Mean squared change of the outputs when each block alone is bypassed (higher = keep)."""
+    ref = [t.float() for t in modelrun.run(model, (calibration,))]
+    out = {}
+    for b in blocks:
+        trial = bypass(copy.deepcopy(model), [b.name])
+        got = modelrun.run(trial, (calibration,))
+        out[b.name] = float(sum(((g.float() - r) ** 2).mean() for g, r in zip(got, ref)))
+    return out
