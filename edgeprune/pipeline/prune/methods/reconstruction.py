@@ -19,7 +19,8 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import graph
+from edgeprune.pipeline.prune import attention, graph
+from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 
@@ -174,7 +175,12 @@ def removed_channels(model: nn.Module, plan: Plan, example_inputs: Sequence[torc
     dg = graph.build_graph(model, example_inputs)
     ins: dict[str, set[int]] = {}
     outs: dict[str, set[int]] = {}
+    sites = {s.name + HEADS_SUFFIX: s for s in attention.find_attention(model)}
     for gid, keep in plan.groups.items():
+        if keep.kind == "heads" and keep.removed:
+            site = sites[gid]
+            outs.setdefault(f"{site.name}.qkv", set()).update(site.head_rows(keep.removed))
+            ins.setdefault(f"{site.name}.proj", set()).update(c for h in keep.removed for c in site.head_cols(h))
         if keep.kind != "channels" or not keep.removed:
             continue
         for item in graph.group_of(dg, model.get_submodule(gid), keep.removed):
