@@ -26,9 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header  # noqa: E402
-from edgeprune import atomic, models  # noqa: E402
-from edgeprune.assets import asset  # noqa: E402
+from bench.common import header, latency_ratio, trained  # noqa: E402
+from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.compress import Settings, compress  # noqa: E402
 from edgeprune.pipeline.counting import count  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
@@ -38,20 +37,6 @@ from edgeprune.pipeline.recovery import TrainConfig, get_recovery, top1  # noqa:
 from edgeprune.runtime_bench import get_runtime  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_recovery.json"
-
-
-def trained_resnet20() -> torch.nn.Module:
-    model = models.create("resnet20", num_classes=10)
-    model.load_state_dict(torch.load(asset("resnet20_cifar10.pt"), map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.nn.Module, tag: str) -> dict[str, Any]:
-    """model / baseline median latency, timed interleaved in one run (BENCHMARKING.md)."""
-    pair = [measurer.load(*measurer.export(base, measurer.work_dir / f"{tag}_base.onnx")),
-            measurer.load(*measurer.export(model, measurer.work_dir / f"{tag}.onnx"))]
-    b, m = measurer.interleaved(pair)
-    return {"ratio": m.median / b.median, "baseline_ms": b.to_dict(), "model_ms": m.to_dict()}
 
 
 def tp_uniform(base: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.Module:
@@ -101,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
-    base = trained_resnet20()
+    base = trained("resnet20")
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     data = load_data(a.data, batch_size=128)
     result: dict[str, Any] = {**header("cifar10_recovery"), "budget": a.budget, "epochs": a.epochs,

@@ -10,7 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edgeprune import __version__, environment  # noqa: E402
+import torch  # noqa: E402
+
+from edgeprune import __version__, environment, models  # noqa: E402
+from edgeprune.assets import asset  # noqa: E402
+from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
 
 
 def git_info() -> dict[str, Any]:
@@ -25,3 +29,18 @@ def git_info() -> dict[str, Any]:
 
 def header(name: str) -> dict[str, Any]:
     return {"benchmark": name, "edgeprune": __version__, "environment": environment.describe(), "git": git_info()}
+
+
+def trained(arch: str) -> torch.nn.Module:
+    """A CIFAR-10 checkpoint trained by `compress train` and shipped in edgeprune/assets."""
+    model = models.create(arch, num_classes=10)
+    model.load_state_dict(torch.load(asset(f"{arch}_cifar10.pt"), map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.nn.Module, tag: str) -> dict[str, Any]:
+    """model / baseline median latency, timed interleaved in one run (BENCHMARKING.md)."""
+    pair = [measurer.load(*measurer.export(base, measurer.work_dir / f"{tag}_base.onnx")),
+            measurer.load(*measurer.export(model, measurer.work_dir / f"{tag}.onnx"))]
+    b, m = measurer.interleaved(pair)
+    return {"ratio": m.median / b.median, "baseline_ms": b.to_dict(), "model_ms": m.to_dict()}

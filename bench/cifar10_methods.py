@@ -1,0 +1,102 @@
+"""Pruning methods on CIFAR-10 at one measured latency budget, with the same recovery for every row.
+
+For each trained checkpoint in edgeprune/assets (ResNet-20 and, when trained, ResNet-56 / VGG-16):
+budget 50% of the baseline latency on ORT CPU, 1 thread; rows = L1 (width only), Network Slimming,
+ThiNet, LASSO (width only), L1 depth only, L1 width + depth. Every row is fine-tuned for the same
+number of epochs on the full training split and scored on the full 10,000-image test set.
+
+    .venv/bin/python bench/cifar10_methods.py --data PATH/cifar10.npz [--epochs 2] [--models resnet20]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import header, latency_ratio, trained  # noqa: E402
+from edgeprune import atomic  # noqa: E402
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.pipeline.compress import Settings, compress  # noqa: E402
+from edgeprune.pipeline.counting import count  # noqa: E402
+from edgeprune.pipeline.data import load_data  # noqa: E402
+from edgeprune.pipeline.loading import from_module  # noqa: E402
+from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
+from edgeprune.pipeline.recovery import top1  # noqa: E402
+from edgeprune.runtime_bench import get_runtime  # noqa: E402
+
+DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_methods.json"
+ROWS = [  # (label, method, depth, method options)
+    ("l1 width", "l1", "off", {}),
+    ("slimming width", "slimming", "off", {"epochs": 1}),
+    ("thinet width", "thinet", "off", {}),
+    ("lasso width", "lasso", "off", {}),
+    ("l1 depth only", "l1", "only", {}),
+    ("l1 width+depth", "l1", "on", {}),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the full CIFAR-10 .npz")
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "vgg16"])
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs for every row (default 2)")
+    p.add_argument("--budget", default="50%")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    a = p.parse_args(argv)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result: dict[str, Any] = {**header("cifar10_methods"), "budget": a.budget, "epochs": a.epochs,
+                              "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
+                                           "latency": "median ratio to the baseline, timed interleaved",
+                                           "accuracy": "top-1, full CIFAR-10 test set", "recovery": "finetune, same epochs every row"},
+                              "models": {}, "skipped": {}}
+    work = Path(tempfile.mkdtemp(prefix="cifar10_methods_"))
+    for arch in a.models:
+        try:
+            base = trained(arch)
+        except EdgepruneError as err:
+            result["skipped"][arch] = str(err)
+            log(f"{arch}: skipped ({err})")
+            continue
+        data = load_data(a.data, batch_size=128)
+        measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
+        entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
+        result["models"][arch] = entry
+        for label, method, depth, options in ROWS:
+            t0 = time.perf_counter()
+            settings = Settings(budget=a.budget, method=method, method_options=options, depth=depth, data=a.data,
+                                recover="finetune", epochs=a.epochs)
+            try:
+                res = compress(from_module(copy.deepcopy(base), x, arch=arch, num_classes=10), settings, work / f"{arch}_{label.replace(' ', '_')}", log)
+            except EdgepruneError as err:
+                entry["rows"].append({"label": label, "error": str(err)})
+                log(f"{arch} {label}: {err}")
+                continue
+            lat = latency_ratio(measurer, base, res.model, f"{arch}_{label.replace(' ', '_')}")
+            c = count(res.model, (x,))
+            entry["rows"].append({
+                "label": label, "method": method, "depth": depth, "top1_pruned": res.accuracy["pruned"],
+                "top1": top1(res.model, data.val), "latency_ratio": lat["ratio"], "latency": lat,
+                "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
+                "candidates_measured": res.report["search"]["candidates_measured"],
+                "search_and_prune_seconds": round(sum(v for k, v in res.report["timings_s"].items() if k != "recover"), 1),
+                "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+            })
+            log(f"{arch} {label}: top-1 {entry['rows'][-1]['top1']:.4f}, latency ratio {lat['ratio']:.3f}")
+            atomic.write_json(a.out, result)
+    atomic.write_json(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
