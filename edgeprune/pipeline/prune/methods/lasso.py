@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from edgeprune.pipeline.prune.methods import reconstruction as rec
-from edgeprune.pipeline.prune.methods.base import Importance, Scores, register
-from edgeprune.pipeline.prune.methods.l1 import L1Importance
+from edgeprune.pipeline.prune.methods.base import register
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 
@@ -60,21 +59,12 @@ def lasso_entry_lambdas(z: np.ndarray, y: np.ndarray, grid: int = 40, iters: int
 
 
 @register
-class LassoChannelPruning(Importance):
+class LassoChannelPruning(rec.NextLayerImportance):
     name = "lasso"
     reference = "He, Zhang & Sun, Channel Pruning for Accelerating Very Deep Neural Networks, ICCV 2017"
-    needs_data = True
 
-    def __init__(self, calibration_images: int = rec.CALIBRATION_IMAGES, samples: int = rec.SAMPLES_PER_CONSUMER) -> None:
-        self.calibration_images = calibration_images
-        self.samples = samples
-
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
-        calib = data.calibration(self.calibration_images)
-        samples = rec.sample_contributions(model, space, example_inputs, calib, self.samples)
-        fallback = L1Importance().scores(model, space, example_inputs)
-        return {g.id: lasso_entry_lambdas(samples[g.id].contributions, samples[g.id].target) if g.id in samples else fallback[g.id]
-                for g in space.groups}
+    def rank(self, samples: rec.GroupSamples) -> np.ndarray:
+        return lasso_entry_lambdas(samples.contributions, samples.target)
 
     def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Plan,
                     example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:

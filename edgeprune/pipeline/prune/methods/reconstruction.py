@@ -10,8 +10,9 @@ stacks the samples of all of them, so the selection minimises the total reconstr
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,8 @@ from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import attention, graph
 from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
+from edgeprune.pipeline.prune.methods.base import Importance, Scores
+from edgeprune.pipeline.prune.methods.l1 import L1Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 
@@ -221,3 +224,26 @@ def refit(model: nn.Module, pruned: nn.Module, plan: Plan, example_inputs: Seque
         solved = least_squares(design.double().numpy(), target.double().numpy())
         new = torch.from_numpy(solved.T).to(w.dtype).reshape(len(rows), len(keep), *w.shape[2:])
         pruned.get_submodule(name).weight.copy_(new)
+
+
+class NextLayerImportance(Importance):
+    """A method that judges a group's channels by the layers reading them (ThiNet, LASSO): shared
+    calibration sampling, and L1 filter norms for the rare group no Conv2d/Linear reads."""
+
+    needs_data = True
+
+    def __init__(self, calibration_images: int = CALIBRATION_IMAGES, samples: int = SAMPLES_PER_CONSUMER) -> None:
+        self.calibration_images = calibration_images
+        self.samples = samples
+
+    def sample(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any) -> dict[str, GroupSamples]:
+        return sample_contributions(model, space, example_inputs, data.calibration(self.calibration_images), self.samples)
+
+    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+        samples = self.sample(model, space, example_inputs, data)
+        fallback = L1Importance().scores(model, space, example_inputs)
+        return {g.id: self.rank(samples[g.id]) if g.id in samples else fallback[g.id] for g in space.groups}
+
+    @abc.abstractmethod
+    def rank(self, samples: GroupSamples) -> np.ndarray:
+        """One score per unit of the group from its sampled contributions (higher = keep)."""

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from edgeprune.pipeline.prune.methods import reconstruction as rec
-from edgeprune.pipeline.prune.methods.base import Importance, Scores, register
-from edgeprune.pipeline.prune.methods.l1 import L1Importance
+from edgeprune.pipeline.prune.methods.base import register
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 
@@ -39,32 +38,16 @@ def greedy_removal_order(contributions: np.ndarray) -> np.ndarray:
 
 
 @register
-class ThiNet(Importance):
+class ThiNet(rec.NextLayerImportance):
     name = "thinet"
     reference = "Luo et al., ThiNet: A Filter Level Pruning Method for Deep Neural Network Compression, ICCV 2017"
-    needs_data = True
 
-    def __init__(self, calibration_images: int = rec.CALIBRATION_IMAGES, samples: int = rec.SAMPLES_PER_CONSUMER) -> None:
-        self.calibration_images = calibration_images
-        self.samples = samples
-
-    def _sample(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any) -> dict[str, rec.GroupSamples]:
-        return rec.sample_contributions(model, space, example_inputs, data.calibration(self.calibration_images), self.samples)
-
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
-        samples = self._sample(model, space, example_inputs, data)
-        fallback = L1Importance().scores(model, space, example_inputs)
-        out: Scores = {}
-        for g in space.groups:
-            if g.id not in samples:
-                out[g.id] = fallback[g.id]
-                continue
-            order = greedy_removal_order(samples[g.id].contributions)
-            score = np.empty(g.size)
-            score[order] = np.arange(g.size)  # removed first = least important
-            out[g.id] = score
-        return out
+    def rank(self, samples: rec.GroupSamples) -> np.ndarray:
+        order = greedy_removal_order(samples.contributions)
+        score = np.empty(len(order))
+        score[order] = np.arange(len(order))  # removed first = least important
+        return score
 
     def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Plan,
                     example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
-        rec.rescale(pruned, plan, self._sample(model, space, example_inputs, data))
+        rec.rescale(pruned, plan, self.sample(model, space, example_inputs, data))
