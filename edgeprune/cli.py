@@ -75,7 +75,7 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classifier width for --arch (default: read from the state dict)")
     p.add_argument("--method", default="l1", choices=method_names(), help="channel importance (default: l1)")
     p.add_argument("--round-to", type=int, default=16, help="keep widths on multiples of this (default 16 on CPU runtimes)")
-    p.add_argument("--tol", type=float, default=0.05, help="stop when within this fraction under budget (default 0.05)")
+    p.add_argument("--tol", type=float, default=0.08, help="stop when within this fraction under budget (default 0.08)")
     p.add_argument("--max-candidates", type=int, default=8)
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole")
     p.add_argument("--depth", choices=["off", "on", "only"], default="off",
@@ -236,7 +236,7 @@ def _demo(argv: list[str]) -> int:
 
     p = _Parser(prog="compress demo", description="Compress the shipped CIFAR-10 ResNet-20 to 50%% of its measured latency.")
     p.add_argument("--budget", default="50%")
-    p.add_argument("--epochs", type=int, default=3, help="distillation epochs on the 1,000-image demo subset (default 3)")
+    p.add_argument("--epochs", type=int, default=10, help="distillation epochs on the 1,000-image demo subset (default 10)")
     p.add_argument("--out", default="out/demo")
     _common(p)
     a = p.parse_args(argv)

@@ -7,8 +7,9 @@ over and under the budget (regula falsi) to pick the next target cost, then find
 plan predicts that cost. When interpolation proposes a plan already seen it bisects the level
 interval instead. It stops as soon as a candidate lands in [budget·(1−tol), budget], or when no
 untried plan is left between the closest candidates over and under the budget. A measured latency
-must clear the budget by the objective's noise guard (2%): a candidate at 99% of the budget on one
-measurement is over it on the next about as often as not.
+must clear the budget by the objective's noise guard (3%): a candidate at 99% of the budget on one
+measurement is over it on the next about as often as not, and on the shared 2-core machines the
+ratio of two models drifts 1-3% between runs (bench/README.md).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class LevelSearch:
         objective: Objective,
         round_to: int,
         method: str,
-        tol: float = 0.05,
+        tol: float = 0.08,
         max_candidates: int = 8,
         on_step: Callable[[Step], None] = lambda step: None,
         ranking: str = "uniform",

@@ -68,7 +68,7 @@ class LatencyObjective(Objective):
     #: spread, is measured again before the search decides on which side of it it lies
     EDGE = 0.02
     #: medians of one model drift by 1-3% between interleaved runs on the shared 2-core machines
-    guard = 0.02
+    guard = 0.03
 
     def __init__(self, budget: Budget, measurer: TargetMeasurer, baseline: Measurement | None = None) -> None:
         super().__init__(budget)
