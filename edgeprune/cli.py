@@ -133,9 +133,9 @@ def _summary_table(rep: dict) -> None:
     t = Table(title=f"edgeprune: budget {rep['budget']['describe']} -> {'MET' if rep['budget']['met'] else 'MISSED'}")
     for col in ("", "baseline", "compressed", "ratio"):
         t.add_column(col, justify="right")
-    for label, key, scale, fmt in (("median ms", "median", 1, ".3f"), ("p90 ms", "p90", 1, ".3f")):
+    for label, key in (("median ms", "median"), ("p90 ms", "p90")):
         bv, fv = b["latency_ms"][key], f["latency_ms"][key]
-        t.add_row(label, format(bv, fmt), format(fv, fmt), f"{fv / bv:.3f}")
+        t.add_row(label, f"{bv:.3f}", f"{fv:.3f}", f"{fv / bv:.3f}")
     for label, key, scale in (("MFLOPs", "flops", 1e6), ("M params", "params", 1e6), ("ONNX MB", "onnx_bytes", 1e6)):
         t.add_row(label, f"{b[key] / scale:.3f}", f"{f[key] / scale:.3f}", f"{f[key] / b[key]:.3f}")
     acc = rep.get("accuracy")

@@ -204,7 +204,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     plan.save(run.path("plan.json"))
     torch.save(pruned, run.path("model.pt"))
     torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-    final_d = stage("final", lambda: _final(original, pruned, measurer, inputs, budget))
+    final_d = stage("final", lambda: _final(run.path("baseline.onnx"), pruned, measurer, inputs, budget))
     met = _met(budget, final_d)
     log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
         f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
@@ -343,10 +343,10 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
 FINAL_EDGE = 0.03
 
 
-def _final(base: torch.nn.Module, pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
-    """Export the pruned model and time it interleaved with the baseline (A B A B ...); a verdict
-    within 3% of the budget is timed once more and the runs pooled."""
-    pair = [measurer.load(*measurer.export(base, measurer.work_dir / "baseline_final.onnx")),
+def _final(baseline_onnx: Path, pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
+    """Export the pruned model and time it interleaved with the baseline stage's (already verified)
+    export, A B A B ...; a verdict within 3% of the budget is timed once more and the runs pooled."""
+    pair = [measurer.load(Artifact(baseline_onnx, "onnx")),
             measurer.load(*measurer.export(pruned, measurer.work_dir / "model.onnx"))]
     base_s, final_s = measurer.interleaved(pair)
     remeasured = budget.is_latency and abs(_latency_figure(budget, base_s, final_s) / _budget_figure(budget) - 1.0) < FINAL_EDGE

@@ -19,14 +19,12 @@ import torch
 from torch import nn
 
 from edgeprune import modelrun
-from edgeprune.pipeline.counting import layer_macs
 from edgeprune.pipeline.prune import graph
 
 
 @dataclasses.dataclass(frozen=True)
 class Block:
     name: str
-    flops_share: float = 0.0  # fraction of the model's conv/linear MACs inside it (for the report)
 
 
 def find_blocks(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[Block]:
@@ -47,8 +45,6 @@ def find_blocks(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> lis
     finally:
         for h in hooks:
             h.remove()
-    per_layer = layer_macs(model, example_inputs)
-    total = sum(per_layer.values())
     blocks: list[Block] = []
     for name, x in seen.items():
         if any(name.startswith(b.name + ".") for b in blocks) or not _is_residual(model.get_submodule(name), x):
@@ -58,8 +54,7 @@ def find_blocks(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> lis
         except Exception:  # noqa: BLE001 - a block the model cannot run without is not a candidate
             ok = False
         if ok:
-            inside = sum(v for k, v in per_layer.items() if k == name or k.startswith(name + "."))
-            blocks.append(Block(name, inside / total if total else 0.0))
+            blocks.append(Block(name))
     return blocks
 
 

@@ -38,10 +38,6 @@ class Plan:
     #: residual blocks replaced by identity (module names), see blocks.py
     removed_blocks: tuple[str, ...] = ()
 
-    def widths(self) -> dict[str, tuple[int, int]]:
-        """group id -> (kept, original), for reports."""
-        return {gid: (len(g.keep), g.size) for gid, g in self.groups.items()}
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": PLAN_VERSION,
