@@ -13,7 +13,6 @@ import argparse
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header, latency_ratio, trained  # noqa: E402
+from bench.common import header, run_row, trained  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
-from edgeprune.pipeline.compress import Settings, compress  # noqa: E402
+from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.counting import count  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
 from edgeprune.pipeline.loading import from_module  # noqa: E402
@@ -73,26 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
         result["models"][arch] = entry
         for label, method, depth, options in ROWS:
-            t0 = time.perf_counter()
             settings = Settings(budget=a.budget, method=method, method_options=options, depth=depth, data=a.data,
                                 recover="finetune", epochs=a.epochs)
-            try:
-                res = compress(from_module(copy.deepcopy(base), x, arch=arch, num_classes=10), settings, work / f"{arch}_{label.replace(' ', '_')}", log)
-            except EdgepruneError as err:
-                entry["rows"].append({"label": label, "error": str(err)})
-                log(f"{arch} {label}: {err}")
-                continue
-            lat = latency_ratio(measurer, base, res.model, f"{arch}_{label.replace(' ', '_')}")
-            c = count(res.model, (x,))
-            entry["rows"].append({
-                "label": label, "method": method, "depth": depth, "top1_pruned": res.accuracy["pruned"],
-                "top1": res.accuracy["recovered"], "latency_ratio": lat["ratio"], "latency": lat,
-                "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
-                "candidates_measured": res.report["search"]["candidates_measured"],
-                "search_and_prune_seconds": round(sum(v for k, v in res.report["timings_s"].items() if k != "recover"), 1),
-                "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
-            })
-            log(f"{arch} {label}: top-1 {entry['rows'][-1]['top1']:.4f}, latency ratio {lat['ratio']:.3f}")
+            loaded = from_module(copy.deepcopy(base), x, arch=arch, num_classes=10)
+            entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})
             atomic.write_json(a.out, result)
     atomic.write_json(a.out, result)
     return 0

@@ -44,3 +44,37 @@ def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.
             measurer.load(*measurer.export(model, measurer.work_dir / f"{tag}.onnx"))]
     b, m = measurer.interleaved(pair)
     return {"ratio": m.median / b.median, "baseline_ms": b.to_dict(), "model_ms": m.to_dict()}
+
+
+def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measurer: TargetMeasurer, x: torch.Tensor,
+            work: Path, log: Any) -> dict[str, Any]:
+    """One full `compress` run, re-timed against the unpruned `base` interleaved, as a result row
+    (an `error` row when the pipeline refuses with a user error)."""
+    import time
+
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline.compress import compress
+    from edgeprune.pipeline.counting import count
+
+    tag = label.replace(" ", "_").replace("+", "")
+    t0 = time.perf_counter()
+    try:
+        res = compress(loaded, settings, work / tag, log)
+    except EdgepruneError as err:
+        log(f"{label}: {err}")
+        return {"label": label, "error": str(err)}
+    lat = latency_ratio(measurer, base, res.model, tag)
+    c = count(res.model, (x,))
+    timings = res.report["timings_s"]
+    row = {
+        "label": label, "method": settings.method, "depth": settings.depth, "recovery": res.report["recovery"]["method"],
+        "top1_pruned": res.accuracy["pruned"], "top1": res.accuracy["recovered"], "latency_ratio": lat["ratio"], "latency": lat,
+        "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
+        "widths": {gid: len(g.keep) for gid, g in res.plan.groups.items()},
+        "candidates_measured": res.report["search"]["candidates_measured"],
+        "method_seconds": timings.get("prepare", 0.0) + timings.get("scores", 0.0),
+        "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
+        "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    log(f"{label}: top-1 {row['top1']:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
+    return row

@@ -13,7 +13,7 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -68,7 +68,8 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     from edgeprune.pipeline.prune.methods import method_names
 
     p = _Parser(prog=prog, description="Prune MODEL physically until it meets --budget, measured on the target runtime.")
-    p.add_argument("model", help="torch.save()d nn.Module, or a state dict with --arch")
+    p.add_argument("model", nargs="?", help="torch.save()d nn.Module, or a state dict with --arch "
+                   "(omit it with --method pfs and --arch to start from random weights)")
     p.add_argument("--budget", required=True, help="20ms, p90<=20ms, 2x, 50%%, 300MFLOPs, 1.5Mparams")
     p.add_argument("--input-shape", help="e.g. 1x3x224x224 (default: the registry's shape for --arch)")
     p.add_argument("--arch", help="registry name or package.module:factory, for state dicts")
@@ -83,13 +84,18 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="output directory (default: out/)")
     _data_args(p)
     p.add_argument("--recover", choices=["finetune", "distill", "scratch", "none"],
-                   help="recovery after pruning (default: finetune with --data, else none)")
+                   help="recovery after pruning (default with --data: the method's own, finetune for the criteria, "
+                        "scratch for pfs, distill for tas; none without --data)")
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
     p.add_argument("--metric", help="module:function(model, val_loader) -> float, for models that are not classifiers")
     p.add_argument("--slimming-lambda", type=float, default=1e-4, help="slimming: L1 weight on BN scales (default 1e-4)")
     p.add_argument("--slimming-epochs", type=int, help="slimming: sparsity-training epochs (default 1)")
     p.add_argument("--slimming-steps", type=int, help="slimming: sparsity-training steps (instead of epochs)")
+    p.add_argument("--pfs-lambda", type=float, default=0.5, help="pfs: L1 weight on the mean |gate| (default 0.5)")
+    p.add_argument("--tas-arch-lr", type=float, default=0.05, help="tas: Adam learning rate of the width/depth logits")
+    p.add_argument("--search-epochs", type=int, help="pfs / tas: epochs of gate learning or architecture search (default 1)")
+    p.add_argument("--search-steps", type=int, help="pfs / tas: steps of gate learning or architecture search (instead of epochs)")
     _common(p)
     return p
 
@@ -98,6 +104,10 @@ def _method_options(a: argparse.Namespace) -> dict:
     """The options of the chosen --method, from its own flags (other methods' flags are ignored)."""
     if a.method == "slimming":
         return {"lam": a.slimming_lambda, "epochs": a.slimming_epochs, "steps": a.slimming_steps}
+    if a.method == "pfs":
+        return {"lam": a.pfs_lambda, "epochs": a.search_epochs, "steps": a.search_steps}
+    if a.method == "tas":
+        return {"arch_lr": a.tas_arch_lr, "epochs": a.search_epochs, "steps": a.search_steps, "round_to": a.round_to}
     return {}
 
 
@@ -111,21 +121,40 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _compress(argv: list[str]) -> int:
     from edgeprune.pipeline.compress import Settings, compress
-    from edgeprune.pipeline.loading import load_model, parse_input_shape
+    from edgeprune.pipeline.loading import parse_input_shape
 
     a = _compress_parser().parse_args(argv)
     shape = parse_input_shape(a.input_shape) if a.input_shape else None
-    loaded = load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes)
+    loaded = _model_or_untrained(a, shape)
     settings = Settings(budget=a.budget, runtime=a.runtime, threads=a.threads, method=a.method, round_to=a.round_to,
                         tol=a.tol, warmup=a.warmup, repeats=a.repeats, max_candidates=a.max_candidates,
                         unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
-                        recover=a.recover or ("finetune" if a.data else "none"), epochs=a.epochs, steps=a.steps, lr=a.lr,
+                        recover=a.recover, epochs=a.epochs, steps=a.steps, lr=a.lr,
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
                         method_options=_method_options(a), depth=a.depth)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
     Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")
     return 0 if result.met else 1
+
+
+def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None) -> Any:
+    """MODEL, or for a method that learns from random weights (pfs), a fresh --arch."""
+    from edgeprune.pipeline.data import load_data
+    from edgeprune.pipeline.loading import load_model, untrained
+    from edgeprune.pipeline.prune.methods.base import METHODS
+
+    if a.model is not None:
+        return load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes)
+    scratch = [n for n in METHODS.names() if METHODS.get(n).from_scratch]
+    if not METHODS.get(a.method).from_scratch:
+        raise EdgepruneError(f"no MODEL given: --method {a.method} prunes a trained model; pass its file, "
+                             f"or use --method {' / '.join(scratch)} with --arch to start from random weights")
+    if a.arch is None or a.data is None:
+        raise EdgepruneError(f"no MODEL given: --method {a.method} from random weights needs --arch NAME and --data")
+    data = load_data(a.data, a.batch_size, seed=0)
+    shape = shape or ((1, *data.input_shape) if data.input_shape else None)
+    return untrained(a.arch, a.num_classes or data.num_classes, shape)
 
 
 def _summary_table(rep: dict) -> None:

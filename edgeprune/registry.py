@@ -35,11 +35,16 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._classes)
 
-    def create(self, name: str, **options: Any) -> T:
-        """A configured instance; an unknown name or option is a user error, reported as one line."""
+    def get(self, name: str) -> type[T]:
+        """The registered class itself (for its class attributes); an unknown name is a user error."""
         cls = self._classes.get(name)
         if cls is None:
             raise EdgepruneError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return cls
+
+    def create(self, name: str, **options: Any) -> T:
+        """A configured instance; an unknown name or option is a user error, reported as one line."""
+        cls = self.get(name)
         try:
             # Bind first so a mistyped option reads as a user error, not a TypeError from inside __init__.
             inspect.signature(cls).bind(**options)

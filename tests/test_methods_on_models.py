@@ -15,13 +15,16 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.models import create
 from edgeprune.pipeline.data import load_data
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
+from edgeprune.pipeline.prune.blocks import find_blocks
+from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 
 MODELS = {"resnet20": 32, "resnet56": 32, "mobilenetv2": 32, "vgg16": 32, "vit_tiny": 32, "resnet18": 64, "resnet50": 64}
 FAST = {"thinet": {"calibration_images": 8, "samples": 256}, "lasso": {"calibration_images": 8, "samples": 256},
-        "slimming": {"steps": 1}, "l1": {}}
+        "slimming": {"steps": 1}, "l1": {}, "pfs": {"steps": 1}, "tas": {"steps": 1}}
+#: methods that learn channel gates or widths; attention heads are not channels to them
+CHANNELS_ONLY = {"pfs", "tas"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, object]:
 
 #: ResNet-50's 2048-wide groups make the calibration methods take minutes: covered by ResNet-18's
 #: identical block structure (Bottleneck aside) in the unit suite
-CASES = [(a, m) for a in sorted(MODELS) for m in sorted(FAST) if not (a == "resnet50" and m in ("thinet", "lasso"))]
+CASES = [(a, m) for a in sorted(MODELS) for m in sorted(FAST) if not (a == "resnet50" and m in ("thinet", "lasso", "pfs", "tas"))]
 
 
 @pytest.mark.parametrize(("arch", "method"), CASES)
@@ -54,8 +57,16 @@ def test_method_prunes_registry_model(arch: str, method: str, datasets) -> None:
         with pytest.raises(EdgepruneError, match="no BatchNorm"):
             m.prepare(copy.deepcopy(model), space, x, data)
         return
-    prepared = m.prepare(copy.deepcopy(model), space, x, data).eval()
-    plan = plan_at_level(space, m.scores(prepared, space, x, data), 0.5, 16, ranking=m.ranking)
+    goal = Goal(cost_fraction=0.5, depth="on")
+    if method in CHANNELS_ONLY and arch == "vit_tiny":
+        with pytest.raises(EdgepruneError, match="attention-head group"):
+            m.prepare(copy.deepcopy(model), space, x, data, goal)
+        return
+    prepared = m.prepare(copy.deepcopy(model), space, x, data, goal).eval()
+    found = find_blocks(prepared, x)
+    blocks = m.block_scores(prepared, found, data) if found else {}
+    plan = plan_at_level(space, m.scores(prepared, space, x, data), 0.5, 16, ranking=m.ranking, depth="on",
+                         block_scores=blocks, blocks_by_threshold=m.blocks_on_unit_scale)
     pruned = apply(copy.deepcopy(prepared), plan, x)
     m.reconstruct(prepared, pruned, space, plan, x, data)
     assert pruned(*x).shape == (1, 10)

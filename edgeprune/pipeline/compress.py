@@ -30,7 +30,7 @@ from edgeprune.pipeline.measure import Measurement, TargetMeasurer
 from edgeprune.pipeline.prune import blocks as blocks_mod
 from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import Importance, get_method
+from edgeprune.pipeline.prune.methods import Goal, Importance, get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
@@ -56,7 +56,7 @@ class Settings:
     unprunable: tuple[str, ...] = ()
     # accuracy and recovery (with --data)
     data: str | None = None
-    recover: str = "none"  # finetune | distill | scratch | none
+    recover: str | None = None  # finetune | distill | scratch | none; None: the method's default with data
     epochs: int | None = None
     steps: int | None = None
     lr: float | None = None  # default: the recovery method's own
@@ -113,9 +113,10 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     method = get_method(settings.method, **settings.method_options)
     if method.needs_data and settings.data is None:
         raise EdgepruneError(f"--method {settings.method} needs training data; pass --data or use --method l1")
-    recovery = None if settings.recover == "none" else get_recovery(settings.recover, **_recovery_options(settings))
+    recover = settings.recover or (method.default_recovery if settings.data is not None else "none")
+    recovery = None if recover == "none" else get_recovery(recover, **_recovery_options(settings, recover))
     if recovery is not None and settings.data is None:
-        raise EdgepruneError(f"--recover {settings.recover} needs training data; pass --data or --recover none")
+        raise EdgepruneError(f"--recover {recover} needs training data; pass --data or --recover none")
     if settings.depth not in ("off", "on", "only"):
         raise EdgepruneError(f"--depth {settings.depth!r}: use off, on or only")
     if settings.depth != "off" and settings.data is None:
@@ -160,12 +161,13 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
 
     original = model  # the teacher and the accuracy baseline
     if type(method).prepare is not Importance.prepare:
-        model = _prepared(method, model, space, inputs, data, run, stage)
+        goal = Goal(cost_fraction=budget.value / baseline_value, depth=settings.depth)
+        model = _prepared(method, model, space, inputs, data, goal, run, stage)
     scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
     scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
     block_scores: dict[str, float] = {}
     if settings.depth != "off" and data is not None:
-        block_scores = stage("blocks", lambda: blocks_mod.block_scores(model, blocks_mod.find_blocks(model, inputs), data.calibration()))
+        block_scores = stage("blocks", lambda: method.block_scores(model, blocks_mod.find_blocks(model, inputs), data))
         log(f"  {len(block_scores)} removable residual blocks")
 
     def search() -> dict[str, Any]:
@@ -176,7 +178,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         objective = _objective(budget, measurer, inputs, run.path("baseline.onnx"))
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
                                settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
-                               ranking=method.ranking, depth=settings.depth, block_scores=block_scores)
+                               ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
+                               blocks_by_threshold=method.blocks_on_unit_scale)
         result = searcher.run(baseline_value)
         return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
 
@@ -238,24 +241,26 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
 
 
 def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.PruningSpace, inputs: tuple[torch.Tensor, ...],
-              data: DataBundle | None, run: RunDir, stage: Callable[..., dict[str, Any]]) -> torch.nn.Module:
-    """The method's prepared copy of the model (e.g. sparsity-trained), its weights kept in the run dir."""
+              data: DataBundle | None, goal: Goal, run: RunDir, stage: Callable[..., dict[str, Any]]) -> torch.nn.Module:
+    """The method's prepared copy of the model (e.g. sparsity-trained), its weights kept in the run
+    dir and what else it learned (gates, searched widths) in the stage's JSON."""
     weights = run.path("prepared_state.pt")
     prepared = copy.deepcopy(model)
 
     def prepare() -> dict[str, Any]:
         t0 = time.perf_counter()
-        trained = method.prepare(prepared, space, inputs, data)
+        trained = method.prepare(prepared, space, inputs, data, goal)
         torch.save(trained.state_dict(), weights)
-        return {"method": method.name, "seconds": round(time.perf_counter() - t0, 2)}
+        return {"method": method.name, "seconds": round(time.perf_counter() - t0, 2), "state": method.state()}
 
-    stage("prepare", prepare)
+    result = stage("prepare", prepare)
+    method.load_state(result["state"])
     prepared.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return prepared.eval()
 
 
-def _recovery_options(s: Settings) -> dict[str, Any]:
-    return {"temperature": s.temperature, "alpha": s.alpha} if s.recover == "distill" else {}
+def _recovery_options(s: Settings, recover: str) -> dict[str, Any]:
+    return {"temperature": s.temperature, "alpha": s.alpha} if recover == "distill" else {}
 
 
 def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Module, data: DataBundle, s: Settings,

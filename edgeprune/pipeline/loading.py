@@ -98,6 +98,13 @@ def load_model(
     return from_module(model, input_shape=input_shape, arch=arch, num_classes=num_classes, source=str(path))
 
 
+def untrained(arch: str, num_classes: int, input_shape: Sequence[int] | None = None, seed: int = 0) -> LoadedModel:
+    """A randomly initialized --arch, for methods that learn the pruned structure from scratch."""
+    torch.manual_seed(seed)
+    return from_module(build_arch(arch, num_classes), input_shape=input_shape, arch=arch, num_classes=num_classes,
+                       source=f"{arch} (random initialization, seed {seed})")
+
+
 def from_module(
     model: nn.Module,
     example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,

@@ -75,6 +75,11 @@ def _is_residual(block: nn.Module, x: torch.Tensor) -> bool:
     return denom > 0 and float(a @ b) / denom > 0.5
 
 
+def inside(layer: str, blocks: Sequence[str]) -> bool:
+    """Whether the named layer is one of `blocks` or sits inside one (and so is gone once they are removed)."""
+    return any(layer == b or layer.startswith(b + ".") for b in blocks)
+
+
 def bypass(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Replace each named block with nn.Identity (in place)."""
     for name in names:

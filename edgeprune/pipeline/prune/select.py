@@ -38,18 +38,27 @@ def width_step(size: int, kind: str, round_to: int) -> int:
 
 def plan_at_level(
     space: PruningSpace, scores: Scores, level: float, round_to: int, method: str = "", ranking: str = "uniform",
-    depth: str = "off", block_scores: dict[str, float] | None = None,
+    depth: str = "off", block_scores: dict[str, float] | None = None, blocks_by_threshold: bool = False,
 ) -> Plan:
     """Prune `level` of the units, rounded per segment to its step, keeping the best-scored ones.
 
     "uniform": every segment keeps ~(1 - level) of its units. "global" (scores comparable across
     groups, e.g. BN scales): the `level` fraction of all units with the lowest scores is dropped, so
-    the per-layer widths follow from the scores.
+    the per-layer widths follow from the scores. Blocks go by count (the floor(level x n) least
+    important), or, with `blocks_by_threshold` under global ranking (block scores on the units'
+    scale, as TAS gives them), every block scored below the units' threshold goes.
     """
-    removed_blocks = blocks_at_level(block_scores or {}, level) if depth != "off" else ()
+    dropped = _globally_dropped(space, scores, level) if ranking == "global" else None
+    if depth == "off":
+        removed_blocks: tuple[str, ...] = ()
+    elif blocks_by_threshold and dropped is not None:
+        cut = _threshold(space, scores, dropped)
+        removed_blocks = tuple(sorted(b for b, v in (block_scores or {}).items() if v < cut))
+    else:
+        removed_blocks = blocks_at_level(block_scores or {}, level)
     if depth == "only":
         level = 0.0
-    dropped = _globally_dropped(space, scores, level) if ranking == "global" else None
+        dropped = _globally_dropped(space, scores, level) if ranking == "global" else None
     groups: dict[str, GroupKeep] = {}
     requested: dict[str, float] = {}
     for i, g in enumerate(space.groups):
@@ -85,6 +94,16 @@ def _globally_dropped(space: PruningSpace, scores: Scores, level: float) -> set[
     pooled = np.concatenate([np.asarray(scores[g.id], dtype=np.float64) for g in space.groups if g.kind == "channels"] or [np.zeros(0)])
     order = np.argsort(pooled, kind="stable")
     return {units[i] for i in order[: int(round(min(max(level, 0.0), 1.0) * len(units)))]}
+
+
+def _threshold(space: PruningSpace, scores: Scores, dropped: set[tuple[str, int]]) -> float:
+    """A score between the highest dropped and the lowest kept unit (-inf when none is dropped)."""
+    if not dropped:
+        return float("-inf")
+    units = [(float(scores[g.id][u]), (g.id, u) in dropped) for g in space.groups if g.kind == "channels" for u in range(g.size)]
+    gone = max(v for v, d in units if d)
+    kept = min((v for v, d in units if not d), default=gone)
+    return (gone + kept) / 2
 
 
 def widths_key(plan: Plan) -> tuple:

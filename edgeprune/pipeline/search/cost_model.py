@@ -7,7 +7,7 @@ the predictor only *proposes*; what a candidate costs is always counted or measu
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,19 +37,33 @@ class CostModel:
     def flops(self, plan: Plan) -> float:
         kept = {gid: set(g.keep) for gid, g in plan.groups.items()}
 
-        def fraction(entries: list[tuple[str, frozenset[int]]] | None) -> float:
-            """Kept share of a layer's channels. Channels of groups outside the plan count as kept;
-            a concat's other inputs (not groups) are unknown here and ignored."""
+        def fraction(gid: str, units: frozenset[int]) -> float:
+            return len(units & kept[gid]) / len(units) if gid in kept else 1.0
+
+        return float(self._total(fraction, {b: 0.0 for b in plan.removed_blocks}))
+
+    def expected_flops(self, keep: Mapping[str, Any], block_keep: Mapping[str, Any] | None = None) -> Any:
+        """The cost when each group keeps the fraction `keep[gid]` of its units and each named block
+        is kept with probability `block_keep[name]`; differentiable when those are tensors (TAS's
+        expected cost under its width and depth distributions). Groups widths and depth are taken
+        as independent, so the expectation of each layer's product is the product of expectations."""
+        return self._total(lambda gid, units: keep.get(gid, 1.0), block_keep or {})
+
+    def _total(self, fraction: Callable[[str, frozenset[int]], Any], block_keep: Mapping[str, Any]) -> Any:
+        """Sum of layer MACs scaled by the kept shares of their input and output channels and by
+        the keep probability of the block they sit in. Channels of groups outside the plan count
+        as kept; a concat's other inputs (not groups) are unknown here and ignored."""
+
+        def share(entries: list[tuple[str, frozenset[int]]] | None) -> Any:
             if not entries:
                 return 1.0
             total = sum(len(units) for _, units in entries)
-            return sum(len(units & kept[gid]) if gid in kept else len(units) for gid, units in entries) / total
+            return sum(len(units) * fraction(gid, units) for gid, units in entries) / total
 
-        total = 0.0
-        gone = tuple(b + "." for b in plan.removed_blocks)
+        blocks = [(b + ".", p) for b, p in block_keep.items()]
+        total: Any = 0.0
         for name, macs in self._layer_macs.items():
-            if name.startswith(gone) or name in plan.removed_blocks:
-                continue
-            f_in = 1.0 if name in self._depthwise else fraction(self._in.get(name))
-            total += macs * f_in * fraction(self._out.get(name))
+            f_in = 1.0 if name in self._depthwise else share(self._in.get(name))
+            kept_block = [p for prefix, p in blocks if name.startswith(prefix) or name + "." == prefix]
+            total = total + macs * f_in * share(self._out.get(name)) * (kept_block[0] if kept_block else 1.0)
         return total

@@ -84,6 +84,7 @@ class LevelSearch:
         ranking: str = "uniform",
         depth: str = "off",
         block_scores: dict[str, float] | None = None,
+        blocks_by_threshold: bool = False,
     ) -> None:
         self.model = model
         self.example_inputs = tuple(example_inputs)
@@ -98,11 +99,12 @@ class LevelSearch:
         self.ranking = ranking
         self.depth = depth
         self.block_scores = block_scores or {}
+        self.blocks_by_threshold = blocks_by_threshold
         self.cost = CostModel(model, space, example_inputs)
 
     def plan(self, level: float) -> Plan:
         return plan_at_level(self.space, self.scores, level, self.round_to, self.method, self.ranking,
-                             self.depth, self.block_scores)
+                             self.depth, self.block_scores, self.blocks_by_threshold)
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value

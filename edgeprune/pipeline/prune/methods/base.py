@@ -10,21 +10,37 @@ sparsity training), `reconstruct` adjusts the pruned model's remaining weights (
 He et al.'s least-squares reconstruction). `ranking` says whether scores are comparable across
 groups ("global": one threshold for all units, so per-layer widths are discovered) or only within
 a group ("uniform": every group keeps the same fraction).
+
+Learned methods (Pruning from Scratch, TAS) learn something besides weights in `prepare` (gates,
+width distributions); `state` / `load_state` carry it as JSON through the run directory, so a
+resumed run does not learn it again. A method that learns depth as well scores blocks itself
+(`block_scores`); when those scores are on its unit scores' scale (`blocks_on_unit_scale`), one
+global threshold decides channels and blocks together.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.pipeline.prune import blocks
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.registry import Registry
 
 #: group id -> one score per unit (channel or head)
 Scores = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """What the budget search is after, for methods that search toward it themselves (TAS)."""
+
+    cost_fraction: float | None = None  # the budget as a fraction of the unpruned model's cost
+    depth: str = "off"  # whether whole blocks may go too ("on", "only") or not ("off")
 
 
 class Importance(abc.ABC):
@@ -35,10 +51,29 @@ class Importance(abc.ABC):
     ranking: ClassVar[str] = "uniform"
     #: whether the method needs --data (training or calibration samples)
     needs_data: ClassVar[bool] = False
+    #: whether it learns the pruned structure from random weights (no trained model needed)
+    from_scratch: ClassVar[bool] = False
+    #: the recovery its paper uses after pruning, when the user names none (and gives --data)
+    default_recovery: ClassVar[str] = "finetune"
+    #: whether `block_scores` are comparable with the unit scores under "global" ranking
+    blocks_on_unit_scale: ClassVar[bool] = False
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> nn.Module:
+    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
+                goal: Goal | None = None) -> nn.Module:
         """The model to score and prune (default: `model` itself, unchanged)."""
         return model
+
+    def state(self) -> dict[str, Any]:
+        """What `prepare` learned besides the model's weights, as JSON (default: nothing)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state` returned, when `prepare` is resumed instead of run."""
+
+    def block_scores(self, model: nn.Module, found: Sequence[blocks.Block], data: Any) -> dict[str, float]:
+        """Importance of each removable residual block (higher = keep); default: how much bypassing
+        it alone changes the outputs on calibration data (blocks.py)."""
+        return blocks.block_scores(model, found, data.calibration())
 
     @abc.abstractmethod
     def scores(

@@ -20,7 +20,7 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import attention, graph
+from edgeprune.pipeline.prune import attention, blocks, graph
 from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
 from edgeprune.pipeline.prune.methods.base import Importance, Scores
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
@@ -84,14 +84,14 @@ def sample_contributions(
     rng = np.random.default_rng(seed)
     out: dict[str, GroupSamples] = {}
     for g in space.groups:
-        blocks = []
+        parts = []
         for c in consumers.get(g.id, []):
             x = _contributions(c.module, inputs[c.name], samples, rng)  # (samples, consumer in-channels)
-            block = np.zeros((x.shape[0], g.size))
-            block[:, c.units] = x[:, c.local]
-            blocks.append(block)
-        if blocks:
-            out[g.id] = GroupSamples(np.concatenate(blocks), consumers[g.id])
+            part = np.zeros((x.shape[0], g.size))
+            part[:, c.units] = x[:, c.local]
+            parts.append(part)
+        if parts:
+            out[g.id] = GroupSamples(np.concatenate(parts), consumers[g.id])
     return out
 
 
@@ -158,6 +158,8 @@ def rescale(pruned: nn.Module, plan: Plan, samples: dict[str, GroupSamples]) -> 
         scale = least_squares(gs.contributions[:, keep], gs.target)
         factor = dict(zip(keep.tolist(), scale.tolist()))
         for c in gs.consumers:
+            if blocks.inside(c.name, plan.removed_blocks):
+                continue  # removed with its block: nothing left to rescale
             units, local = kept_local(plan, gid, c)
             layer = pruned.get_submodule(c.name)
             f = torch.tensor([factor[u] for u in units], dtype=layer.weight.dtype)
@@ -203,7 +205,8 @@ def refit(model: nn.Module, pruned: nn.Module, plan: Plan, example_inputs: Seque
     layer's (for the outputs it kept itself)."""
     removed_in, removed_out = removed_channels(model, plan, example_inputs)
     layers = {n: m for n, m in model.named_modules()
-              if n in removed_in and (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))}
+              if n in removed_in and not blocks.inside(n, plan.removed_blocks)
+              and (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))}
     inputs = _consumer_inputs(model, calibration, set(layers))
     rng = np.random.default_rng(seed)
     for name, layer in sorted(layers.items()):

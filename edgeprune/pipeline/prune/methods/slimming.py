@@ -18,7 +18,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import graph
-from edgeprune.pipeline.prune.methods.base import Importance, Scores, register
+from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, train
 
@@ -36,7 +36,8 @@ class NetworkSlimming(Importance):
         self.lam = lam
         self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> nn.Module:
+    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
+                goal: Goal | None = None) -> nn.Module:
         """Sparsity training in place (the model then gets pruned and, usually, fine-tuned)."""
         bns = [m for m in model.modules() if isinstance(m, _BN) and m.affine]
         if not bns:

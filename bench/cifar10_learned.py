@@ -1,0 +1,92 @@
+"""Learned pruning (Pruning from Scratch, TAS) on CIFAR-10 at the criteria benchmarks' latency budget.
+
+Same protocol as bench/cifar10_recovery.py: budget 50% of the baseline's measured latency (ORT CPU,
+1 thread), the same recovery budget (--epochs, default 4, of the full training split) for every
+row, top-1 on the full 10,000-image test set. Rows:
+- pfs: gates learned on a *randomly initialized* network (--search-epochs), a global gate
+  threshold searched against the measured latency, the pruned shape trained from scratch.
+- tas (width+depth): width and depth distributions searched on the trained network
+  (--search-epochs), the searched shape distilled from the unpruned network.
+- tas (width only), the same without depth.
+Each row records total compute time (method search + budget search + recovery). The L1 and
+torch-pruning rows at the same budget and epochs are in cifar10_recovery.json and quoted next to
+these in bench/README.md, not re-run.
+
+    .venv/bin/python bench/cifar10_learned.py --data PATH/cifar10.npz [--models resnet20] [--epochs 4]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import header, run_row, trained  # noqa: E402
+from edgeprune import atomic  # noqa: E402
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.pipeline.compress import Settings  # noqa: E402
+from edgeprune.pipeline.counting import count  # noqa: E402
+from edgeprune.pipeline.data import load_data  # noqa: E402
+from edgeprune.pipeline.loading import from_module, untrained  # noqa: E402
+from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
+from edgeprune.pipeline.recovery import top1  # noqa: E402
+from edgeprune.runtime_bench import get_runtime  # noqa: E402
+
+DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_learned.json"
+ROWS = [  # (label, method, depth, starts from random weights)
+    ("pfs + scratch", "pfs", "off", True),
+    ("tas width+depth + distill", "tas", "on", False),
+    ("tas width + distill", "tas", "off", False),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the full CIFAR-10 .npz")
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
+    p.add_argument("--epochs", type=int, default=4, help="recovery epochs for every row (default 4, as cifar10_recovery)")
+    p.add_argument("--search-epochs", type=int, default=1, help="gate learning / architecture search epochs (default 1)")
+    p.add_argument("--budget", default="50%")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    a = p.parse_args(argv)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget, "epochs": a.epochs, "search_epochs": a.search_epochs,
+                              "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
+                                           "latency": "median ratio to the baseline, timed interleaved",
+                                           "accuracy": "top-1, full CIFAR-10 test set",
+                                           "training": "the same recovery epochs for every row; search epochs on top"},
+                              "models": {}, "skipped": {}}
+    work = Path(tempfile.mkdtemp(prefix="cifar10_learned_"))
+    data = load_data(a.data, batch_size=128)
+    for arch in a.models:
+        try:
+            base = trained(arch)
+        except (EdgepruneError, OSError) as err:  # no committed checkpoint for this architecture yet
+            result["skipped"][arch] = f"no trained checkpoint: {err}"
+            log(f"{arch}: skipped ({err})")
+            continue
+        measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
+        entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
+        result["models"][arch] = entry
+        for label, method, depth, from_scratch in ROWS:
+            settings = Settings(budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
+                                method_options={"epochs": a.search_epochs})
+            loaded = (untrained(arch, 10, (1, 3, 32, 32)) if from_scratch
+                      else from_module(copy.deepcopy(base), x, arch=arch, num_classes=10))
+            entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})
+            atomic.write_json(a.out, result)
+    atomic.write_json(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

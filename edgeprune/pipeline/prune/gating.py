@@ -1,0 +1,96 @@
+"""Acting on a group's channels *during* the forward pass: the hook points learned methods share.
+
+Pruning from Scratch multiplies a group's channels by learned gates, TAS mixes the outputs of
+sampled widths; both need, for every prunable channel group, the places where those channels are
+produced. A group's channels leave through every layer that writes them (a residual stream is
+written by each block's last norm and by the shortcut), so an operation applied at all of them
+acts on the group's channels wherever they flow. The hook goes after a layer's BatchNorm when it
+has one (gate · BN(conv(x)) is what removing the channel removes, bias and shift included),
+otherwise on the Conv/Linear itself. Each hook point carries the map from its own channel index
+to the group's unit index, so a group that reaches a layer at an offset (a concat) is still
+addressed in the group's units.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from edgeprune.pipeline.prune import graph
+from edgeprune.pipeline.prune.space import PruningSpace
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+@dataclasses.dataclass(frozen=True)
+class HookPoint:
+    group: str
+    layer: str  # module name
+    units: torch.Tensor  # units[c] = the group unit that output channel c of the layer carries
+    dim: int  # the channel dimension of the layer's output (1 for conv/BN, -1 for Linear)
+
+    def along(self, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Per-unit `values` of the group, picked for this layer's channels and shaped to broadcast
+        over its output `out`."""
+        shape = [1] * out.dim()
+        shape[self.dim] = -1
+        return values[self.units].view(shape)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the layer's channels are exactly the group's units, in order."""
+        return bool(torch.equal(self.units, torch.arange(len(self.units))))
+
+
+#: (hook point, layer output) -> new layer output
+ChannelFn = Callable[[HookPoint, torch.Tensor], torch.Tensor]
+
+
+def hook_points(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> list[HookPoint]:
+    """Where each channel group of `space` is produced (heads groups are not channels: skipped)."""
+    dg = graph.build_graph(model, example_inputs)
+    points: list[HookPoint] = []
+    for g in space.groups:
+        if g.kind != "channels":
+            continue
+        producers: dict[nn.Module, dict[int, int]] = {}
+        for item in graph.group_of(dg, model.get_submodule(g.id), range(g.size)):
+            layer = item.dep.target.module
+            if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(layer, (*graph.ROOT_TYPES, _BN)):
+                mapping = producers.setdefault(layer, {})
+                for hyb, root in zip(item.idxs, item.root_idxs):
+                    mapping[int(getattr(hyb, "idx", hyb))] = int(root)
+        normed = {m for m in producers if isinstance(m, _BN)}
+        for layer, mapping in producers.items():
+            if isinstance(layer, graph.ROOT_TYPES) and _feeds(dg, layer, normed):
+                continue  # its BatchNorm is hooked instead
+            name = graph.module_name(dg, layer)
+            units = torch.tensor([mapping[c] for c in sorted(mapping)], dtype=torch.long)
+            points.append(HookPoint(g.id, name, units, -1 if isinstance(layer, nn.Linear) else 1))
+    return points
+
+
+def _feeds(dg: object, layer: nn.Module, normed: set[nn.Module]) -> bool:
+    """Whether `layer`'s output goes straight into one of the BatchNorms in `normed`."""
+    node = dg.module2node[layer]  # type: ignore[attr-defined]
+    return any(out.module in normed for out in node.outputs)
+
+
+@contextlib.contextmanager
+def channel_hooks(model: nn.Module, points: Sequence[HookPoint], fn: ChannelFn) -> Iterator[None]:
+    """Apply `fn` to the output of every hook point while the context is open."""
+
+    def hook(point: HookPoint):
+        def run(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            return fn(point, out)
+        return run
+
+    handles = [model.get_submodule(p.layer).register_forward_hook(hook(p)) for p in points]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
