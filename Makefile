@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
-	scripts/install.sh $(VENV) test
+	scripts/install.sh $(VENV) test,cpu-runtimes
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,7 +20,10 @@ CIFAR10 ?= ../shared/data/cifar10/cifar10.npz
 
 bench: $(STAMP)
 	$(PY) bench/budget_hit.py
+	$(PY) bench/runtimes.py
 	$(PY) bench/cifar10_recovery.py --data $(CIFAR10)
+	$(PY) bench/cifar10_methods.py --data $(CIFAR10)
+	$(PY) bench/cifar10_learned.py --data $(CIFAR10)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

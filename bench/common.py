@@ -40,8 +40,7 @@ def trained(arch: str) -> torch.nn.Module:
 
 def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.nn.Module, tag: str) -> dict[str, Any]:
     """model / baseline median latency, timed interleaved in one run (BENCHMARKING.md)."""
-    pair = [measurer.load(*measurer.export(base, measurer.work_dir / f"{tag}_base.onnx")),
-            measurer.load(*measurer.export(model, measurer.work_dir / f"{tag}.onnx"))]
+    pair = [measurer.prepare(base, f"{tag}_base"), measurer.prepare(model, tag)]
     b, m = measurer.interleaved(pair)
     return {"ratio": m.median / b.median, "baseline_ms": b.to_dict(), "model_ms": m.to_dict()}
 

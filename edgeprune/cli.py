@@ -15,12 +15,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from edgeprune.errors import EdgepruneError, first_line
 
-SUBCOMMANDS = ("bench", "check", "demo", "train")
+SUBCOMMANDS = ("agent", "bench", "check", "demo", "train")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            return {"bench": _bench, "check": _check, "demo": _demo, "train": _train}[argv[0]](argv[1:])
+            return {"agent": _agent, "bench": _bench, "check": _check, "demo": _demo, "train": _train}[argv[0]](argv[1:])
         return _compress(argv)
     except EdgepruneError as err:
         err_console.print(f"[bold red]error:[/] {err}")
@@ -57,7 +58,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", default="ort-cpu", help="target runtime (default: ort-cpu)")
+    p.add_argument("--runtime", default="ort-cpu", help="target runtime (default ort-cpu): ort-cpu, ort-mobile[:arm|amd64], "
+                   "openvino-cpu[:f32|bf16], remote:HOST:PORT/RUNTIME (a `compress agent`); `compress bench` also takes all")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1, see BENCHMARKING.md)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
@@ -188,24 +190,79 @@ def _load_runtime(name: str, threads: int):  # noqa: ANN202 - returns a Runtime
 
 
 def _bench(argv: list[str]) -> int:
+    """Time an ONNX file on one runtime, or on every runtime available here (`--runtime all`)."""
     from edgeprune.pipeline.loading import parse_input_shape
+    from edgeprune.runtime_bench import get_runtime
+    from edgeprune.runtime_bench.registry import onnx_runtimes
     from edgeprune.runtime_bench.inputs import example_inputs_for
 
-    p = _Parser(prog="compress bench", description="Time an exported model on a runtime.")
+    p = _Parser(prog="compress bench", description="Time an exported model on a runtime (or --runtime all).")
     p.add_argument("model", help="a .onnx file")
     p.add_argument("--input-shape")
     _common(p)
     a = p.parse_args(argv)
     _existing(a.model)
-    rt = _load_runtime(a.runtime, a.threads)
     inputs = example_inputs_for(a.model, parse_input_shape(a.input_shape) if a.input_shape else None)
-    s = rt.measure(rt.load(a.model), inputs, a.warmup, a.repeats)
-    t = Table(title=f"{a.model} on {rt.name}")
-    for col in ("median ms", "p90 ms", "mean ms", "std ms", "n", "warm-up", "p90/median", "other CPU s"):
+    names = onnx_runtimes() if a.runtime == "all" else [a.runtime]
+    reference = None  # ort-cpu's outputs: an ONNX file alone has no PyTorch module to compare with
+    t = Table(title=f"{a.model}, {a.threads} thread(s)")
+    t.add_column("runtime", no_wrap=True)
+    for col in ("median ms", "p90 ms", "p90/median", "n", "max diff vs ort-cpu", "note"):
         t.add_column(col, justify="right")
-    t.add_row(f"{s.median:.3f}", f"{s.p90:.3f}", f"{s.mean:.3f}", f"{s.std:.3f}", str(s.n), str(s.warmup), f"{s.spread:.2f}", f"{s.other_cpu_s:.2f}")
+    settings = []
+    for name in names:
+        rt = get_runtime(name, threads=a.threads)
+        if rt.artifact_format != "onnx":
+            raise EdgepruneError(f"compress bench times ONNX files and {name} runs {rt.artifact_format} models; "
+                                 f"measure on it with `compress MODEL.pt --runtime {name}`")
+        ok, why = rt.available()
+        if not ok:
+            if a.runtime != "all":
+                raise EdgepruneError(f"runtime {name} cannot run here: {why}")
+            t.add_row(name, "-", "-", "-", "-", "-", f"skipped: {why}")
+            continue
+        session = rt.load(a.model)
+        outs = rt.run(session, inputs)
+        if reference is None:
+            reference = outs if name == "ort-cpu" else get_runtime("ort-cpu").run(get_runtime("ort-cpu").load(a.model), inputs)
+        diff = max(float(np.max(np.abs(np.asarray(o, np.float64) - r))) for o, r in zip(outs, reference))
+        s = rt.measure(session, inputs, a.warmup, a.repeats)
+        t.add_row(name, f"{s.median:.3f}", f"{s.p90:.3f}", f"{s.spread:.2f}", str(s.n), f"{diff:.2e}", "")
+        settings.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rt.settings().items() if k not in ("runtime", "threads")))
     Console().print(t)
-    Console().print(", ".join(f"{k}={v}" for k, v in rt.settings().items()))
+    for line in settings:
+        Console().print(line, markup=False)
+    return 0
+
+
+def _agent(argv: list[str]) -> int:
+    """Serve measurements for `--runtime remote:HOST:PORT/RUNTIME` (runtime_bench/agent.py)."""
+    from edgeprune.runtime_bench.agent import MAX_UPLOAD, Agent, make_server
+    from edgeprune.runtime_bench.remote import agent_token
+
+    p = _Parser(prog="compress agent", description="Measure uploaded models on this host's runtimes, one at a time.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token-file", help="file holding the shared token (else EDGEPRUNE_AGENT_TOKEN[_FILE])")
+    p.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD / 2**20)
+    a = p.parse_args(argv)
+    if a.token_file:
+        try:
+            token = Path(a.token_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise EdgepruneError(f"cannot read --token-file {a.token_file}: {err.strerror}; write the shared token into it") from None
+    else:
+        token = agent_token()
+    agent = Agent(token, int(a.max_upload_mb * 2**20))
+    try:
+        server = make_server(agent, a.host, a.port)
+    except OSError as err:
+        raise EdgepruneError(f"cannot listen on {a.host}:{a.port} ({err.strerror}); pick another --port") from None
+    Console().print(f"edgeprune agent on http://{a.host}:{server.server_address[1]} (runtimes: {', '.join(n for n, r in agent.runtimes()['runtimes'].items() if r['available'])})")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
     return 0
 
 

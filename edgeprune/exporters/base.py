@@ -24,6 +24,8 @@ class Artifact:
 
 class Exporter(abc.ABC):
     format: str = ""
+    #: the file extension its artifacts get (without the dot)
+    suffix: str = ""
 
     @abc.abstractmethod
     def export(self, model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], out_path: Path) -> Artifact:

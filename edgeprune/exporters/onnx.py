@@ -32,6 +32,7 @@ class OnnxExporter(Exporter):
     """ONNX at a fixed opset; `atol`/`rtol` are what `check` accepts as "matches PyTorch"."""
 
     format = "onnx"
+    suffix = "onnx"
 
     def __init__(self, opset: int = 17, simplify: bool = True, atol: float = 1e-3, rtol: float = 1e-3) -> None:
         self.opset = opset

@@ -18,7 +18,7 @@ import torch
 
 from edgeprune import atomic, environment, modelrun
 from edgeprune.errors import EdgepruneError
-from edgeprune.exporters import Artifact, OnnxExporter
+from edgeprune.exporters import OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
 from edgeprune.pipeline import report as report_mod
 from edgeprune.pipeline import distributed
@@ -175,7 +175,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             log("  the unpruned model already meets the budget: exporting it unpruned")
             plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-        objective = _objective(budget, measurer, inputs, run.path("baseline.onnx"))
+        objective = _objective(budget, measurer, inputs)
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
                                settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
                                ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
@@ -207,7 +207,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     plan.save(run.path("plan.json"))
     torch.save(pruned, run.path("model.pt"))
     torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-    final_d = stage("final", lambda: _final(run.path("baseline.onnx"), pruned, measurer, inputs, budget))
+    final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget))
     met = _met(budget, final_d)
     log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
         f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
@@ -294,10 +294,10 @@ def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:
     return {"model_sha256": h.hexdigest(), "input_shape": list(loaded.input_shape), "settings": dataclasses.asdict(s)}
 
 
-def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], baseline_onnx: Path) -> Objective:
+def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...]) -> Objective:
     if not budget.is_latency:
         return CountObjective(budget, inputs)
-    reference = measurer.load(Artifact(baseline_onnx, "onnx")) if budget.fraction is not None else None
+    reference = measurer.load("baseline") if budget.fraction is not None else None
     return LatencyObjective(budget, measurer, reference)
 
 
@@ -348,11 +348,10 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
 FINAL_EDGE = 0.03
 
 
-def _final(baseline_onnx: Path, pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
+def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
     """Export the pruned model and time it interleaved with the baseline stage's (already verified)
     export, A B A B ...; a verdict within 3% of the budget is timed once more and the runs pooled."""
-    pair = [measurer.load(Artifact(baseline_onnx, "onnx")),
-            measurer.load(*measurer.export(pruned, measurer.work_dir / "model.onnx"))]
+    pair = [measurer.load("baseline"), measurer.prepare(pruned, "model")]
     base_s, final_s = measurer.interleaved(pair)
     remeasured = budget.is_latency and abs(_latency_figure(budget, base_s, final_s) / _budget_figure(budget) - 1.0) < FINAL_EDGE
     if remeasured:

@@ -10,10 +10,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.exporters import OnnxExporter
+from edgeprune import modelrun
+from edgeprune.errors import EdgepruneError
+
+from edgeprune.exporters import OnnxExporter, get_exporter
 from edgeprune.exporters.base import Artifact
 from edgeprune.runtime_bench import LatencyStats, Runtime
 from edgeprune.runtime_bench.base import interleave
@@ -46,6 +50,9 @@ class TargetMeasurer:
         self.warmup = warmup
         self.repeats = repeats
         self.exporter = exporter or OnnxExporter()
+        # a runtime that does not load ONNX (eager PyTorch, ExecuTorch) gets its own file too; the
+        # verified ONNX stays what reports describe and what compress publishes
+        self.native = None if runtime.artifact_format == "onnx" else get_exporter(runtime.artifact_format, **runtime.exporter_options())
 
     def export(self, model: nn.Module, path: Path) -> tuple[Artifact, float]:
         """Export and verify against PyTorch; a mismatch over tolerance raises."""
@@ -54,14 +61,27 @@ class TargetMeasurer:
         return artifact, diff
 
     def measure(self, model: nn.Module, tag: str) -> Measurement:
-        artifact, diff = self.export(model, self.work_dir / f"{tag}.onnx")
-        return self.measure_artifact(artifact, diff)
+        return self.time(self.prepare(model, tag))
 
-    def load(self, artifact: Artifact, max_abs_diff: float = float("nan")) -> Measurement:
-        return Measurement(None, max_abs_diff, artifact, self.runtime.load(str(artifact.path)))
+    def prepare(self, model: nn.Module, tag: str) -> Measurement:
+        """Export `model`, load it on the target and check the target computes what PyTorch does
+        (the exporter checked the file on its reference backend; a runtime can still differ: its
+        own kernels, fusions, precision). Over the runtime's tolerance raises: a latency of a model
+        that computes something else does not count."""
+        artifact, _ = self.export(model, self.work_dir / f"{tag}.onnx")
+        if self.native is not None:
+            self.native.export(model, self.example_inputs, self.target_path(tag))
+        m = self.load(tag)
+        diff = check_outputs(self.runtime, self.runtime.run(m.session, self.inputs_np), modelrun.run(model, self.example_inputs))
+        return dataclasses.replace(m, max_abs_diff=diff)
 
-    def measure_artifact(self, artifact: Artifact, max_abs_diff: float = float("nan")) -> Measurement:
-        return self.time(self.load(artifact, max_abs_diff))
+    def target_path(self, tag: str) -> Path:
+        """The file the runtime loads for `tag`: the ONNX export, or the runtime's own format."""
+        return self.work_dir / f"{tag}.{self.native.suffix if self.native else 'onnx'}"
+
+    def load(self, tag: str) -> Measurement:
+        """Load the already exported (and verified) `tag` on the runtime."""
+        return Measurement(None, float("nan"), Artifact(self.work_dir / f"{tag}.onnx", "onnx"), self.runtime.load(str(self.target_path(tag))))
 
     def time(self, m: Measurement) -> Measurement:
         """Time a loaded model; runs pool with any earlier ones (a candidate at the budget's edge)."""
@@ -72,3 +92,21 @@ class TargetMeasurer:
         """Time several loaded models alternately (A B A B ...), the protocol for comparing them."""
         sessions = [m.session for m in measurements]
         return interleave(self.runtime, sessions, [self.inputs_np] * len(sessions), self.warmup, self.repeats, rounds)
+
+
+def check_outputs(runtime: Runtime, got: Sequence[np.ndarray], expected: Sequence[torch.Tensor]) -> float:
+    """Max |runtime - PyTorch| over all outputs; raises when over the runtime's atol + rtol x max|output|."""
+    if len(got) != len(expected):
+        raise EdgepruneError(f"{runtime.name} returned {len(got)} outputs, PyTorch {len(expected)}; the exported graph is wrong")
+    diff = scale = 0.0
+    for g, e in zip(got, expected):
+        ref = e.detach().float().numpy()
+        if np.shape(g) != ref.shape:
+            raise EdgepruneError(f"{runtime.name} output shape {np.shape(g)} differs from PyTorch's {ref.shape}; the exported graph is wrong")
+        diff = max(diff, float(np.max(np.abs(np.asarray(g, dtype=np.float64) - ref))) if ref.size else 0.0)
+        scale = max(scale, float(np.max(np.abs(ref))) if ref.size else 0.0)
+    tol = runtime.atol + runtime.rtol * scale
+    if not diff <= tol:  # `not <=` so a NaN difference fails too
+        raise EdgepruneError(f"{runtime.name} output differs from PyTorch by {diff:.3g} (max abs), over its tolerance {tol:.3g} "
+                             f"(atol {runtime.atol:g} + rtol {runtime.rtol:g} x max|output| {scale:.3g}); its latency would not count")
+    return diff

@@ -9,10 +9,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import psutil
+
+from edgeprune.errors import EdgepruneError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +120,13 @@ class Runtime(abc.ABC):
     name: str = ""
     #: the artifact format this runtime loads (matches `exporters` Artifact.format)
     artifact_format: str = "onnx"
+    #: False for a runtime that measures on another machine (remote)
+    on_host: bool = True
+    #: the constructor option that `--runtime NAME:VALUE` sets (precision, platform, agent address)
+    spec_option: str | None = None
+    #: how far its outputs may be from PyTorch's (atol + rtol x max|output|) for its latency to count
+    atol: float = 1e-3
+    rtol: float = 1e-3
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
@@ -124,6 +134,22 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def available(self) -> tuple[bool, str]:
         """(True, "") when this runtime can run here, else (False, reason a user can act on)."""
+
+    def exporter_options(self) -> dict[str, Any]:
+        """Options for the exporter of `artifact_format` (e.g. TensorRT's fp16 build flag)."""
+        return {}
+
+    def checked_path(self, artifact_path: str) -> Path:
+        """The file to load, after checking this runtime can run here and the file exists
+        (one-line errors for both, before any backend gets to raise its own)."""
+        ok, why = self.available()
+        if not ok:
+            raise EdgepruneError(why)
+        path = Path(artifact_path)
+        if not path.is_file():
+            kind = "ONNX" if self.artifact_format == "onnx" else self.artifact_format
+            raise EdgepruneError(f"{path}: no such {kind} file; check the path or export the model first")
+        return path
 
     @abc.abstractmethod
     def load(self, artifact_path: str) -> Any:

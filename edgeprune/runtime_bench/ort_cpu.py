@@ -7,7 +7,6 @@ onnxruntime is imported lazily so a missing install shows up in `available()`, n
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,38 +32,46 @@ _NUMPY_DTYPES: dict[str, np.dtype] = {
 class OrtCpuRuntime(Runtime):
     name = "ort-cpu"
     artifact_format = "onnx"
+    provider = _PROVIDER
 
     def available(self) -> tuple[bool, str]:
         try:
             import onnxruntime as ort
         except ImportError as e:
             return False, f"onnxruntime is not importable ({first_line(e)}); pip install onnxruntime"
-        if _PROVIDER not in ort.get_available_providers():
-            return False, f"this onnxruntime build has no {_PROVIDER}; install the standard onnxruntime wheel"
+        if self.provider not in ort.get_available_providers():
+            return False, f"this onnxruntime build has no {self.provider}; install the onnxruntime wheel that has it"
         return True, ""
 
     def load(self, artifact_path: str) -> Any:
-        ok, why = self.available()
-        if not ok:
-            raise EdgepruneError(why)
+        path = self.checked_path(artifact_path)
         import onnxruntime as ort
 
-        path = Path(artifact_path)
-        if not path.is_file():
-            raise EdgepruneError(f"{path}: no such ONNX file; check the path or export the model first")
-        opts = ort.SessionOptions()
+        opts = self.session_options()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3  # errors only: the search loads many candidates, warnings would flood the log
         try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=[_PROVIDER])
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=[self.provider])
         except Exception as e:  # onnxruntime raises a different class per defect; all mean "bad file"
             raise EdgepruneError(
                 f"{path}: onnxruntime cannot load it as an ONNX model ({first_line(e)}); "
                 "re-export it, the file may be truncated or not ONNX"
             ) from e
+        if session.get_providers()[0] != self.provider:  # onnxruntime-gpu falls back to the CPU silently
+            raise EdgepruneError(f"onnxruntime ran {path.name} on {session.get_providers()[0]}, not {self.provider}; "
+                                 "its latency would not be the target's")
+        return session
+
+    def session_options(self) -> Any:
+        """`threads` intra-op threads, one inter-op thread, sequential execution, errors-only logging
+        (the search loads many candidates: warnings would flood the log)."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        return opts
 
     def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return session.run(None, _feed(session, inputs))
@@ -79,7 +86,7 @@ class OrtCpuRuntime(Runtime):
 
         return {
             **super().settings(),
-            "provider": _PROVIDER,
+            "provider": self.provider,
             "graph_optimization": "ALL",  # 1.4-2.4x faster than BASIC on these machines
             "inter_op_threads": 1,
             "execution_mode": "sequential",

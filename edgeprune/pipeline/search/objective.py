@@ -92,8 +92,7 @@ class LatencyObjective(Objective):
         return dataclasses.replace(m, stats=stats), dataclasses.replace(self.baseline, stats=ref_stats)
 
     def evaluate(self, model: nn.Module, tag: str) -> Evaluation:
-        artifact, diff = self.measurer.export(model, self.measurer.work_dir / f"{tag}.onnx")
-        m = self.measurer.load(artifact, diff)
+        m = self.measurer.prepare(model, tag)
         if self.baseline is None:
             m = self.measurer.time(m)
         return self._evaluation(*self._timed(m), remeasured=False)
