@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeprune.pipeline.prune.methods.base import Scores
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
-from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.prune.space import PruningSpace, Scores
 
 
 _GOLDEN = (5**0.5 - 1) / 2

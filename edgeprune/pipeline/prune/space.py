@@ -12,6 +12,7 @@ import copy
 import dataclasses
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +21,10 @@ from edgeprune.errors import first_line
 from edgeprune.pipeline.prune import attention, graph
 from edgeprune.pipeline.prune.apply import HEADS_SUFFIX, apply
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
+
+
+#: group id -> one score per unit (channel or head), higher = keep; what a pruning method produces
+Scores = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)

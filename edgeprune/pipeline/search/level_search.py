@@ -23,10 +23,9 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods.base import Scores
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level, widths_key
-from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.prune.space import PruningSpace, Scores
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Evaluation, Objective
 

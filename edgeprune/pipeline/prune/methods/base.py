@@ -23,16 +23,13 @@ import abc
 import dataclasses
 from typing import Any, ClassVar, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgeprune.pipeline.prune import blocks
-from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.prune.space import PruningSpace, Scores
 from edgeprune.registry import Registry
 
-#: group id -> one score per unit (channel or head)
-Scores = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -134,7 +134,6 @@ class _Search(nn.Module):
         self.runs = runs
         self.depth_logits = nn.ParameterList([nn.Parameter(prior * torch.tensor(r.choices, dtype=torch.float32) / len(r.blocks))
                                               for r in runs])
-        self.index = {g.id: i for i, g in enumerate(self.groups)}
         self.tau = 10.0
         self.arch_grad = False  # whether the architecture logits get gradients from this forward
         self._picked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
