@@ -171,7 +171,7 @@ def test_reading_a_non_onnx_file_is_a_user_error(tmp_path):
 def test_exporter_registry():
     exporter = get_exporter("onnx", opset=13)
     assert isinstance(exporter, OnnxExporter) and exporter.opset == 13
-    with pytest.raises(EdgepruneError, match="unknown export format .*choose one of: onnx"):
+    with pytest.raises(EdgepruneError, match="unknown export format .*choose one of: .*onnx"):
         get_exporter("tflite")
     with pytest.raises(EdgepruneError, match="does not accept"):
         get_exporter("onnx", opsett=13)
