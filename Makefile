@@ -22,7 +22,7 @@ bench: $(STAMP)
 	$(PY) bench/budget_hit.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/cifar10_recovery.py --data $(CIFAR10)
-	$(PY) bench/cifar10_methods.py --data $(CIFAR10)
+	$(PY) bench/cifar10_methods.py --data $(CIFAR10) --epochs 1
 	$(PY) bench/cifar10_learned.py --data $(CIFAR10)
 
 clean:
