@@ -203,3 +203,22 @@ def test_tas_scores_reproduce_the_searched_architecture_and_it_exports(tas_resul
     original = sum(isinstance(m, nn.Conv2d) for m in model.modules())
     assert removed and convs == original - 2 * len(removed)  # each removed block's two convs are gone
     assert count(pruned, IMAGE32).flops < count(model, IMAGE32).flops
+
+
+def test_tas_resumes_its_search_from_the_run_directory(tmp_path: Path) -> None:
+    """What TAS learned (widths, depths) lives in the prepare stage's JSON: a re-run reloads it
+    instead of searching again, and ends with the same plan."""
+    from edgeprune.pipeline.compress import Settings, compress
+    from edgeprune.pipeline.loading import from_module
+
+    npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
+    settings = Settings(budget=f"{0.6 * count(tiny_resnet(), IMAGE32).flops / 1e6:.3f}MFLOPs", method="tas", data=str(npz),
+                        recover="none", round_to=4, batch_size=16, method_options={"steps": 2, "round_to": 4})
+    runs = []
+    for _ in range(2):
+        lines: list[str] = []
+        result = compress(from_module(tiny_resnet(), IMAGE32), settings, tmp_path / "out", lines.append)
+        runs.append((lines, result.plan.to_dict()["groups"]))
+    assert not any("resumed" in line for line in runs[0][0] if line.startswith("[prepare]"))
+    assert any(line.startswith("[prepare] resumed") for line in runs[1][0])
+    assert runs[0][1] == runs[1][1]
