@@ -222,6 +222,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         "baseline": final_d["baseline"] | {k: baseline_d[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
         "final": final_d["final"],
         "speedup": final_d["speedup"],
+        "method": {"name": method.name, "reference": method.reference, "ranking": method.ranking, "depth": settings.depth,
+                   "learned": method.state()},  # what a learned method found (gates, searched widths), for review
         "accuracy": accuracy,
         "data": data.describe() if data is not None else None,
         "recovery": recovery_d,

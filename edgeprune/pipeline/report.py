@@ -32,6 +32,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         f"Model `{rep['model']['source']}` (arch {rep['model']['arch']}), input {'x'.join(map(str, rep['model']['input_shape']))}.",
         f"Budget **{rep['budget']['describe']}** ({rep['budget']['text']}): **{'met' if rep['budget']['met'] else 'MISSED'}**.",
+        f"Method `{rep['method']['name']}` ({rep['method']['reference']}), {rep['method']['ranking']} ranking, depth {rep['method']['depth']}.",
         "",
         f"Measured on `{rt['runtime']}` ({_settings(rt)}), baseline and final timed interleaved in one run, "
         f"{fl['warmup']} warm-up, n={fl['n']} each; statistic: {rt['statistic']}.",
