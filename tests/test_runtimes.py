@@ -12,6 +12,7 @@ from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.measure import TargetMeasurer, check_outputs
 from edgeprune.runtime_bench import get_runtime
+from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
 from tests.test_cli import run_cli
 from tests.tiny_models import tiny_resnet
 
@@ -127,3 +128,38 @@ def test_executorch_runtime_measures_the_lowered_program_or_says_why_not(model, 
     m = TargetMeasurer(rt, X, tmp_path, warmup=2, repeats=10).measure(model, "t")
     assert (tmp_path / "t.pte").is_file() and m.stats.n == 10
     assert 0 <= m.max_abs_diff <= 1e-3 * (1 + float(model(*X).detach().abs().max()))
+
+
+class _CoarseRuntime(OrtCpuRuntime):
+    """ORT with its logits rounded to one decimal: a stand-in for a bf16 runtime, whose accuracy
+    effect the pipeline must measure (the real bf16 path needs a CPU with bf16 units)."""
+
+    name = "test-coarse"
+    rtol = 1.0  # its verification tolerance, as openvino-cpu:bf16 has its own looser one
+
+    @property
+    def reduced_precision(self) -> bool:
+        return True
+
+    def run(self, session, inputs):
+        return [np.round(o, 1) for o in super().run(session, inputs)]
+
+
+def test_reduced_precision_runtime_reports_its_accuracy_effect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from edgeprune.runtime_bench.registry import RUNTIMES
+    from tests.synthetic import learnable_npz
+
+    monkeypatch.setitem(RUNTIMES._classes, _CoarseRuntime.name, _CoarseRuntime)  # registered for this test only
+    npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=24, size=32, classes=10)
+    torch.save(tiny_resnet(), tmp_path / "m.pt")
+    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "test-coarse",
+                          "--data", npz, "--recover", "none", "--round-to", "4", "--warmup", "1", "--repeats", "5", "--out", tmp_path / "o"])
+    assert rc in (0, 1), err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    ra = rep["runtime_accuracy"]
+    assert ra["images"] == 24  # every validation image, one inference each
+    assert ra["pytorch_top1"] == pytest.approx(rep["accuracy"]["pruned"])  # the same images as the PyTorch evaluation
+    assert ra["delta"] == pytest.approx(ra["runtime_top1"] - ra["pytorch_top1"])
+    assert "reduced precision" in (tmp_path / "o" / "report.md").read_text()

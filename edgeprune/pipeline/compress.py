@@ -209,6 +209,11 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     torch.save(pruned.state_dict(), run.path("state_dict.pt"))
     final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget))
     met = _met(budget, final_d)
+    runtime_acc = None
+    if runtime.reduced_precision and data is not None and metric_name == "top1":
+        runtime_acc = stage("runtime_accuracy", lambda: measurer.runtime_top1(measurer.load("model"), pruned, data.val))
+        log(f"  top-1 on {settings.runtime} vs PyTorch over {runtime_acc['images']} images: "
+            f"{runtime_acc['runtime_top1']:.4f} vs {runtime_acc['pytorch_top1']:.4f}")
     log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
         f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
 
@@ -225,6 +230,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         "method": {"name": method.name, "reference": method.reference, "ranking": method.ranking, "depth": settings.depth,
                    "learned": method.state()},  # what a learned method found (gates, searched widths), for review
         "accuracy": accuracy,
+        "runtime_accuracy": runtime_acc,  # a reduced-precision runtime's own top-1 (bf16 / fp16)
         "data": data.describe() if data is not None else None,
         "recovery": recovery_d,
         "search": {"steps": search_d["steps"], "candidates_measured": len(search_d["steps"]), "stop_reason": search_d["stop_reason"]},

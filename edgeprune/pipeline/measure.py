@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ class Measurement:
     max_abs_diff: float
     artifact: Artifact
     session: Any = dataclasses.field(default=None, repr=False)
+
+
+#: validation images a reduced-precision runtime's accuracy is checked on (one inference each)
+RUNTIME_EVAL_IMAGES = 1000
 
 
 class TargetMeasurer:
@@ -87,6 +91,27 @@ class TargetMeasurer:
         """Time a loaded model; runs pool with any earlier ones (a candidate at the budget's edge)."""
         more = self.runtime.measure(m.session, self.inputs_np, self.warmup, self.repeats)
         return dataclasses.replace(m, stats=more if m.stats is None else m.stats.merged(more))
+
+    def runtime_top1(self, m: Measurement, model: nn.Module, loader: Iterable[Any], limit: int = RUNTIME_EVAL_IMAGES) -> dict[str, Any]:
+        """Top-1 of the loaded model *on the runtime* next to PyTorch's, on the first `limit`
+        validation images fed one at a time (the export's batch size): the accuracy effect of a
+        reduced-precision runtime (bf16, fp16), which a max output difference does not tell."""
+        torch_hits = runtime_hits = seen = 0
+        with torch.no_grad(), modelrun.eval_mode(model):
+            for x, y in loader:
+                for i in range(len(y)):
+                    if seen == limit:
+                        break
+                    image = x[i : i + 1]
+                    torch_hits += int(model(image).argmax(1)[0] == y[i])
+                    runtime_hits += int(np.argmax(self.runtime.run(m.session, [image.numpy()])[0][0]) == int(y[i]))
+                    seen += 1
+                if seen == limit:
+                    break
+        if seen == 0:
+            raise EdgepruneError("the validation data is empty; nothing to evaluate the runtime's accuracy on")
+        return {"images": seen, "pytorch_top1": torch_hits / seen, "runtime_top1": runtime_hits / seen,
+                "delta": (runtime_hits - torch_hits) / seen}
 
     def interleaved(self, measurements: Sequence[Measurement], rounds: int = 10) -> list[LatencyStats]:
         """Time several loaded models alternately (A B A B ...), the protocol for comparing them."""

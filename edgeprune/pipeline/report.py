@@ -81,6 +81,11 @@ def _accuracy_lines(rep: dict[str, Any]) -> list[str]:
              "| baseline | pruned, before recovery | recovered |", "|---:|---:|---:|",
              f"| {acc['baseline']:.4f} | {acc['pruned']:.4f} | {acc['recovered']:.4f} |" if acc.get("recovered") is not None
              else f"| {acc['baseline']:.4f} | {acc['pruned']:.4f} | (no recovery) |", ""]
+    ra = rep.get("runtime_accuracy")
+    if ra:
+        lines += [f"On `{rep['runtime']['runtime']}` (reduced precision) the final model's top-1 over the first {ra['images']} "
+                  f"validation images is {ra['runtime_top1']:.4f}, against {ra['pytorch_top1']:.4f} in PyTorch float32 "
+                  f"({ra['delta'] * 100:+.2f} points).", ""]
     rec = rep.get("recovery")
     if rec:
         cfg = rec["config"]

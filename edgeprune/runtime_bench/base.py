@@ -135,6 +135,11 @@ class Runtime(abc.ABC):
     def available(self) -> tuple[bool, str]:
         """(True, "") when this runtime can run here, else (False, reason a user can act on)."""
 
+    @property
+    def reduced_precision(self) -> bool:
+        """Whether it computes below float32 (bf16, fp16): then its accuracy effect is measured."""
+        return False
+
     def exporter_options(self) -> dict[str, Any]:
         """Options for the exporter of `artifact_format` (e.g. TensorRT's fp16 build flag)."""
         return {}

@@ -35,6 +35,10 @@ class OpenVinoCpuRuntime(Runtime):
         # bf16 rounds activations to 8 mantissa bits: ~1e-2 relative differences are its normal
         self.rtol = 1e-3 if precision == "f32" else 5e-2
 
+    @property
+    def reduced_precision(self) -> bool:
+        return self.precision == "bf16"
+
     def available(self) -> tuple[bool, str]:
         try:
             import openvino as ov

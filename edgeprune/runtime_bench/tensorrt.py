@@ -55,6 +55,10 @@ class TensorRtRuntime(Runtime):
     def exporter_options(self) -> dict[str, Any]:
         return {"fp16": self.precision == "fp16"}
 
+    @property
+    def reduced_precision(self) -> bool:
+        return self.precision == "fp16"
+
     def available(self) -> tuple[bool, str]:
         missing = tensorrt_missing()
         return (False, missing) if missing else (True, "")
