@@ -154,6 +154,8 @@ def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None) ->
                              f"or use --method {' / '.join(scratch)} with --arch to start from random weights")
     if a.arch is None or a.data is None:
         raise EdgepruneError(f"no MODEL given: --method {a.method} from random weights needs --arch NAME and --data")
+    if a.recover == "distill":
+        raise EdgepruneError("no MODEL given, so there is no trained teacher to distill from; use --recover scratch (the default)")
     data = load_data(a.data, a.batch_size, seed=0)
     shape = shape or ((1, *data.input_shape) if data.input_shape else None)
     return untrained(a.arch, a.num_classes or data.num_classes, shape)

@@ -139,6 +139,10 @@ def test_pfs_from_random_weights_end_to_end(tmp_path: Path) -> None:
 def test_no_model_is_refused_for_methods_that_need_a_trained_one(tmp_path: Path) -> None:
     line = assert_one_line_error(*run_cli(["--arch", "resnet20", "--method", "l1", "--budget", "50%", "--out", tmp_path])[::2])
     assert "pfs" in line and "trained model" in line
+    npz = learnable_npz(tmp_path / "d.npz", n_train=8, n_test=4, size=32, classes=10)
+    line = assert_one_line_error(*run_cli(["--arch", "resnet20", "--method", "pfs", "--data", npz, "--recover", "distill",
+                                           "--budget", "50%", "--out", tmp_path / "o"])[::2])
+    assert "teacher" in line
 
 
 # ---------------------------------------------------------------------------------------------- TAS
