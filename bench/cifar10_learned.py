@@ -29,16 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header, run_row, trained  # noqa: E402
+from bench.common import header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
-from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
-from edgeprune.pipeline.counting import count  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
 from edgeprune.pipeline.loading import from_module, untrained  # noqa: E402
-from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
-from edgeprune.pipeline.recovery import top1  # noqa: E402
-from edgeprune.runtime_bench import get_runtime  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_learned.json"
 ROWS = [  # (label, method, depth, starts from random weights)
@@ -68,15 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cifar10_learned_"))
     data = load_data(a.data, batch_size=128)
     for arch in a.models:
-        try:
-            base = trained(arch)
-        except (EdgepruneError, OSError) as err:  # no committed checkpoint for this architecture yet
-            result["skipped"][arch] = f"no trained checkpoint: {err}"
-            log(f"{arch}: skipped ({err})")
+        found = model_entry(arch, data, x, work, result, log)
+        if found is None:
             continue
-        measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
-        entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
-        result["models"][arch] = entry
+        base, measurer, entry = found
         for label, method, depth, from_scratch in ROWS:
             settings = Settings(budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
                                 method_options={"epochs": a.search_epochs})

@@ -77,3 +77,24 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     }
     log(f"{label}: top-1 {row['top1']:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
     return row
+
+
+def model_entry(arch: str, data: Any, x: torch.Tensor, work: Path, result: dict[str, Any], log: Any) -> tuple[torch.nn.Module, TargetMeasurer, dict[str, Any]] | None:
+    """The trained checkpoint of `arch`, a 1-thread ort-cpu measurer and its result entry (baseline
+    top-1, FLOPs, params) registered in `result["models"]`; None, recorded under `result["skipped"]`,
+    when no checkpoint is committed for it yet."""
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline.counting import count
+    from edgeprune.pipeline.recovery import top1
+    from edgeprune.runtime_bench import get_runtime
+
+    try:
+        base = trained(arch)
+    except (EdgepruneError, OSError) as err:
+        result["skipped"][arch] = f"no trained checkpoint: {err}"
+        log(f"{arch}: skipped ({err})")
+        return None
+    measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
+    entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
+    result["models"][arch] = entry
+    return base, measurer, entry
