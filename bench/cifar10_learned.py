@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header, model_entry, run_row  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget, "epochs": a.epochs, "search_epochs": a.search_epochs,
-                              "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
-                                           "latency": "median ratio to the baseline, timed interleaved",
-                                           "accuracy": "top-1, full CIFAR-10 test set",
-                                           "training": "the same recovery epochs for every row; search epochs on top"},
+                              "protocol": CIFAR10_PROTOCOL | {"training": "the same recovery epochs for every row; search epochs on top"},
                               "models": {}, "skipped": {}}
     work = Path(tempfile.mkdtemp(prefix="cifar10_learned_"))
     data = load_data(a.data, batch_size=128)

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header, model_entry, run_row  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result: dict[str, Any] = {**header("cifar10_methods"), "budget": a.budget, "epochs": a.epochs,
-                              "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
-                                           "latency": "median ratio to the baseline, timed interleaved",
-                                           "accuracy": "top-1, full CIFAR-10 test set", "recovery": "finetune, same epochs every row"},
+                              "protocol": CIFAR10_PROTOCOL | {"recovery": "finetune, same epochs every row"},
                               "models": {}, "skipped": {}}
     work = Path(tempfile.mkdtemp(prefix="cifar10_methods_"))
     data = load_data(a.data, batch_size=128)

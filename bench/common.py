@@ -79,6 +79,11 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     return row
 
 
+#: how the CIFAR-10 benchmarks measure, recorded in each result file (each adds its training protocol)
+CIFAR10_PROTOCOL = {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
+                    "latency": "median ratio to the baseline, timed interleaved", "accuracy": "top-1, full CIFAR-10 test set"}
+
+
 def model_entry(arch: str, data: Any, x: torch.Tensor, work: Path, result: dict[str, Any], log: Any) -> tuple[torch.nn.Module, TargetMeasurer, dict[str, Any]] | None:
     """The trained checkpoint of `arch`, a 1-thread ort-cpu measurer and its result entry (baseline
     top-1, FLOPs, params) registered in `result["models"]`; None, recorded under `result["skipped"]`,
