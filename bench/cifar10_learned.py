@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import CIFAR10_PROTOCOL, header, model_entry, run_row  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, carry_over, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
@@ -49,14 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--epochs", type=int, default=4, help="recovery epochs for every row (default 4, as cifar10_recovery)")
     p.add_argument("--search-epochs", type=int, default=1, help="gate learning / architecture search epochs (default 1)")
+    p.add_argument("--search-steps", type=int, help="gate learning / architecture search steps instead of epochs (ResNet-56's TAS epoch is ~50 min here)")
+    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], default=[r[0] for r in ROWS], help="which rows to run (default all)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget, "epochs": a.epochs, "search_epochs": a.search_epochs,
-                              "protocol": CIFAR10_PROTOCOL | {"training": "the same recovery epochs for every row; search epochs on top"},
+    result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget,
+                              "protocol": CIFAR10_PROTOCOL | {"training": "the same recovery epochs for every row of a model; search on top"},
                               "models": {}, "skipped": {}}
+    carry_over(a.out, result, a.models, ("budget",))
+    search = {"steps": a.search_steps} if a.search_steps else {"epochs": a.search_epochs}
     work = Path(tempfile.mkdtemp(prefix="cifar10_learned_"))
     data = load_data(a.data, batch_size=128)
     for arch in a.models:
@@ -64,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         if found is None:
             continue
         base, measurer, entry = found
-        for label, method, depth, from_scratch in ROWS:
+        entry |= {"epochs": a.epochs, "search": search}
+        for label, method, depth, from_scratch in (r for r in ROWS if r[0] in a.rows):
             settings = Settings(budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
-                                method_options={"epochs": a.search_epochs})
+                                method_options=search)
             loaded = (untrained(arch, 10, (1, 3, 32, 32)) if from_scratch
                       else from_module(copy.deepcopy(base), x, arch=arch, num_classes=10))
             entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})

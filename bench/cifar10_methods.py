@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import CIFAR10_PROTOCOL, header, model_entry, run_row  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, carry_over, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {**header("cifar10_methods"), "budget": a.budget, "epochs": a.epochs,
                               "protocol": CIFAR10_PROTOCOL | {"recovery": "finetune, same epochs every row"},
                               "models": {}, "skipped": {}}
+    carry_over(a.out, result, a.models, ("budget", "epochs"))
     work = Path(tempfile.mkdtemp(prefix="cifar10_methods_"))
     data = load_data(a.data, batch_size=128)
     for arch in a.models:

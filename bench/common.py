@@ -31,6 +31,25 @@ def header(name: str) -> dict[str, Any]:
     return {"benchmark": name, "edgeprune": __version__, "environment": environment.describe(), "git": git_info()}
 
 
+def carry_over(out: Path, result: dict[str, Any], running: list[str], same: tuple[str, ...]) -> None:
+    """Keep the entries of models this run does not re-measure from the earlier result file at `out`,
+    so benchmarking one more model does not throw away the others' rows; only when the earlier run
+    used the same settings (`same` keys). Each kept entry records the commit it was measured at."""
+    import json
+
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return
+    if any(earlier.get(k) != result.get(k) for k in same):
+        return
+    commit = earlier.get("git", {}).get("commit", "")
+    for arch, entry in earlier.get("models", {}).items():
+        if arch not in running:
+            entry.setdefault("measured_at_commit", commit)
+            result["models"][arch] = entry
+
+
 def trained(arch: str) -> torch.nn.Module:
     """A CIFAR-10 checkpoint trained by `compress train` and shipped in edgeprune/assets."""
     model = models.create(arch, num_classes=10)
