@@ -35,6 +35,7 @@ from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
 from edgeprune.pipeline.rundir import RunDir
+from edgeprune.pipeline.search import layerwise, sensitivity
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.runtime_bench import LatencyStats, get_runtime
@@ -66,6 +67,7 @@ class Settings:
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
+    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
 
 
 @dataclasses.dataclass
@@ -121,6 +123,11 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         raise EdgepruneError(f"--depth {settings.depth!r}: use off, on or only")
     if settings.depth != "off" and settings.data is None:
         raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
+    if settings.search not in ("uniform", "layerwise"):
+        raise EdgepruneError(f"--search {settings.search!r}: use uniform or layerwise")
+    if settings.search == "layerwise" and (settings.data is None or settings.depth != "off"):
+        raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
+                             "and --depth off (blocks are not in its trade-off yet)")
     if settings.data is None and settings.metric is not None:
         raise EdgepruneError("--metric needs --data to evaluate on")
     log = progress if ctx.is_rank0 else (lambda line: None)
@@ -176,6 +183,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
         objective = _objective(budget, measurer, inputs)
+        if settings.search == "layerwise":
+            return _layerwise(model, inputs, space, scores, objective, baseline_value, data, settings, stage, log, budget)
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
                                settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
                                ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
@@ -233,7 +242,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         "runtime_accuracy": runtime_acc,  # a reduced-precision runtime's own top-1 (bf16 / fp16)
         "data": data.describe() if data is not None else None,
         "recovery": recovery_d,
-        "search": {"steps": search_d["steps"], "candidates_measured": len(search_d["steps"]), "stop_reason": search_d["stop_reason"]},
+        "search": {"strategy": settings.search, "steps": search_d["steps"], "candidates_measured": len(search_d["steps"]),
+                   "stop_reason": search_d["stop_reason"], "predictor": search_d.get("predictor")},
         "groups": report_mod.group_rows(space, plan),
         "removed_blocks": list(plan.removed_blocks),
         "left_whole": space_d["skipped"],
@@ -246,6 +256,31 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     run.publish({"model.onnx": run.path("model.onnx"), "model.pt": run.path("model.pt"),
                  "state_dict.pt": run.path("state_dict.pt"), "plan.json": run.path("plan.json"), **run_files})
     return CompressResult(pruned, plan, rep, Path(out_dir))
+
+
+def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: space_mod.PruningSpace, scores: dict[str, np.ndarray],
+               objective: Objective, baseline_value: float, data: DataBundle, s: Settings, stage: Callable[..., dict[str, Any]],
+               log: Progress, budget: Budget) -> dict[str, Any]:
+    """The layerwise search (search/layerwise.py): sensitivity and cost table as resumable stages."""
+    sens_d = stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in
+                                           sensitivity.sensitivity(model, space, scores, inputs, data.calibration(), s.round_to).items()})
+    sens = {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
+
+    def table() -> dict[str, Any]:
+        t = layerwise.build_cost_table(model, inputs, space, scores, sens, objective, baseline_value, log)
+        return {"table": t.to_dict(), "held_out": layerwise.predictor_error(model, inputs, space, scores, t, objective)}
+
+    table_d = stage("cost_table", table)
+    held = table_d["held_out"]
+    errors = ", ".join(f"{r['error']:+.1%}" for r in held)
+    log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
+    searcher = layerwise.LayerwiseSearch(model, inputs, space, scores, sens, layerwise.CostTable.from_dict(table_d["table"]), objective,
+                                         s.tol, s.max_candidates, on_step=lambda st: log(_step_line(st, budget, s.max_candidates)))
+    result = searcher.run()
+    measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
+                 "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]
+    return {"plan": result.plan.to_dict(), "steps": [st.to_dict() for st in result.steps], "stop_reason": result.stop_reason,
+            "predictor": {"held_out": held, "candidates": measured}}
 
 
 def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.PruningSpace, inputs: tuple[torch.Tensor, ...],
@@ -389,5 +424,7 @@ def _step_line(step: Step, budget: Budget, limit: int) -> str:
     unit = "ms" if budget.is_latency else budget.metric
     mark = "within" if step.within_budget else "over"
     extra = " (re-measured)" if ev.remeasured else ""
-    return (f"  candidate {step.index}/{limit}: level {step.level:.3f}, predicted {step.predicted_flops / 1e6:.1f} MFLOPs "
+    predicted = (f"{step.predicted_flops / 1e6:.1f} MFLOPs" if step.scalar == "level"
+                 else f"{step.predicted_flops:.4g} {unit}")  # the layerwise search predicts the budget's own figure
+    return (f"  candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}, predicted {predicted} "
             f"-> {ev.value:.4g} {unit}{extra}, {mark} budget {budget.value:.4g} ({step.seconds:.1f}s)")

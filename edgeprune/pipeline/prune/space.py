@@ -156,10 +156,13 @@ def _grouped_conv(model: nn.Module, members: Sequence[str]) -> str | None:
 
 
 def _output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> set[str]:
-    """Names of layers whose output tensor is returned by the model as is."""
-    produced: dict[int, str] = {}
+    """Names of layers whose output tensor is returned by the model as is.
+
+    Each layer's output is held until the comparison: once freed, a tensor's id() can be reused by
+    a later tensor (the model's own output), which would mark an inner layer as an output layer."""
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
     hooks = [
-        m.register_forward_hook(lambda mod, args, out, name=name: produced.__setitem__(id(out), name))
+        m.register_forward_hook(lambda mod, args, out, name=name: produced.__setitem__(id(out), (name, out)))
         for name, m in model.named_modules()
         if isinstance(m, graph.ROOT_TYPES)
     ]
@@ -168,7 +171,7 @@ def _output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
     finally:
         for h in hooks:
             h.remove()
-    return {produced[id(t)] for t in outs if id(t) in produced}
+    return {produced[id(t)][0] for t in outs if id(t) in produced and produced[id(t)][1] is t}
 
 
 def probe_plan(groups: Sequence[Group]) -> Plan:

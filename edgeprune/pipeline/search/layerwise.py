@@ -1,0 +1,152 @@
+"""Layerwise budget search: a width per group, trading sensitivity against *measured* cost.
+
+1. A cost table (NetAdapt / HALP style): for each group and candidate width, the objective's value
+   (latency on the target, or FLOPs / params) with only that group narrowed; its saving is the
+   baseline's value minus that. A plan's cost is predicted as the baseline minus the sum of its
+   groups' savings; the predictor's error is measured on a few held-out random plans and on every
+   candidate the search measures, and reported.
+2. Allocation by one scalar, a Lagrange multiplier: each group takes the width minimizing
+   drop(w) - lambda x saving(w) (sensitivity.py gives the drops), so a group that costs little
+   accuracy and saves much latency narrows first. The chosen savings grow with lambda, so the
+   predicted cost falls monotonically and lambda is found by bisection to hit a target cost.
+3. The plan at that lambda is pruned and *measured*. Over the budget, the target is lowered by the
+   measured/predicted ratio (the predictor's bias on this plan) and the search repeats; far under,
+   it is raised. Only measured candidates within the budget are ever returned.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.space import PruningSpace, Scores
+from edgeprune.pipeline.search.level_search import SearchResult, Step
+from edgeprune.pipeline.search.objective import Objective
+from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
+
+#: held-out random plans measured to report the predictor's error before the search
+HELD_OUT = 4
+
+
+@dataclasses.dataclass
+class CostTable:
+    baseline: float
+    savings: dict[str, dict[int, float]]  # group -> width -> baseline value - value with that group alone narrowed
+
+    def predict(self, widths: dict[str, int]) -> float:
+        return self.baseline - sum(self.savings[g].get(w, 0.0) for g, w in widths.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "savings": {g: {str(w): v for w, v in s.items()} for g, s in self.savings.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CostTable":
+        return cls(d["baseline"], {g: {int(w): v for w, v in s.items()} for g, s in d["savings"].items()})
+
+
+def plan_for(space: PruningSpace, scores: Scores, widths: dict[str, int], meta: dict[str, Any] | None = None) -> Plan:
+    return Plan({g.id: keep_top(g, scores, widths.get(g.id, g.size)) for g in space.groups}, meta=dict(meta or {}))
+
+
+def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                     sensitivity: Sensitivity, objective: Objective, baseline_value: float,
+                     on_entry: Callable[[str], None] = lambda line: None) -> CostTable:
+    """Evaluate every (group, narrower width) with the rest at full width."""
+    savings: dict[str, dict[int, float]] = {}
+    for g in space.groups:
+        savings[g.id] = {g.size: 0.0}
+        for w in sorted(sensitivity[g.id]):
+            if w == g.size:
+                continue
+            pruned = apply(copy.deepcopy(model), plan_for(space, scores, {g.id: w}), example_inputs)
+            value = objective.evaluate(pruned, f"table_{g.id.replace('.', '_').replace(':', '_')}_{w}").value
+            savings[g.id][w] = baseline_value - value
+            on_entry(f"  cost table: {g.id} at {w}/{g.size}: {value:.4g} (saves {baseline_value - value:.4g})")
+    return CostTable(baseline_value, savings)
+
+
+def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                    table: CostTable, objective: Objective, seed: int = 0) -> list[dict[str, float]]:
+    """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random width)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(HELD_OUT):
+        widths = {g: int(rng.choice(sorted(s))) for g, s in table.savings.items()}
+        pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths), example_inputs)
+        value = objective.evaluate(pruned, f"heldout_{k}").value
+        rows.append({"predicted": table.predict(widths), "measured": value, "error": table.predict(widths) / value - 1.0})
+    return rows
+
+
+class LayerwiseSearch:
+    def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                 sensitivity: Sensitivity, table: CostTable, objective: Objective, tol: float = 0.08,
+                 max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None) -> None:
+        self.model, self.example_inputs, self.space, self.scores = model, tuple(example_inputs), space, scores
+        self.sensitivity, self.table, self.objective = sensitivity, table, objective
+        self.tol, self.max_candidates, self.on_step = tol, max_candidates, on_step
+
+    def widths_at(self, lam: float) -> dict[str, int]:
+        """Each group's width minimizing drop - lam x saving (ties to the wider width)."""
+        out = {}
+        for gid, drops in self.sensitivity.items():
+            saving = self.table.savings[gid]
+            out[gid] = min(drops, key=lambda w: (drops[w] - lam * saving.get(w, 0.0), -w))
+        return out
+
+    def lam_for(self, target: float) -> float:
+        """The smallest lambda whose predicted cost is at most `target` (bisection in log space)."""
+        lo, hi = 0.0, 1.0
+        while self.table.predict(self.widths_at(hi)) > target and hi < 1e12:
+            lo, hi = hi, hi * 10
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if self.table.predict(self.widths_at(mid)) <= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def run(self) -> SearchResult:
+        budget = self.objective.budget.value
+        floor, ceiling = budget * (1.0 - self.tol), budget * (1.0 - self.objective.guard)
+        target = (floor + ceiling) / 2
+        steps: list[Step] = []
+        best = None
+        tried: set[tuple[int, ...]] = set()
+        stop = "candidate limit reached"
+        for index in range(1, self.max_candidates + 1):
+            lam = self.lam_for(target)
+            widths = self.widths_at(lam)
+            key = tuple(widths[g.id] for g in self.space.groups)
+            if key in tried:
+                stop = "the predictor proposes a plan already measured"
+                break
+            tried.add(key)
+            predicted = self.table.predict(widths)
+            plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted})
+            t0 = time.perf_counter()
+            pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
+            ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
+            ok = ev.value <= ceiling
+            step = Step(index, lam, predicted, ev, ok, time.perf_counter() - t0, scalar="lambda")
+            steps.append(step)
+            self.on_step(step)
+            if ok and (best is None or ev.value > best[1].value):
+                best = (plan, ev)
+            if ok and ev.value >= floor:
+                stop = f"within tolerance ({self.objective.guard:.0%} to {self.tol:.0%} under budget)"
+                break
+            target *= ((floor + ceiling) / 2) / ev.value  # correct for the predictor's bias on this plan
+        if best is None:
+            raise EdgepruneError(f"no layerwise candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
+                                 f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use --search uniform")
+        return SearchResult(best[0], steps, best[1], stop)

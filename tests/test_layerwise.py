@@ -1,0 +1,115 @@
+"""The layerwise search: sensitivity per layer, a cost table and its predictor, allocation by one multiplier."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.pipeline.budget import parse_budget
+from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.methods import get_method
+from edgeprune.pipeline.prune.space import discover
+from edgeprune.pipeline.search import layerwise, sensitivity
+from edgeprune.pipeline.search.objective import CountObjective
+from tests.synthetic import learnable_npz
+from tests.test_cli import run_cli
+from tests.tiny_models import tiny_resnet
+
+X = (torch.randn(1, 3, 32, 32),)
+
+
+class TwoBranches(nn.Module):
+    """Two parallel conv branches summed into the classifier: `a` carries the signal (large
+    weights), `b` almost nothing (tiny weights). Narrowing `a` must cost more than narrowing `b`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, 3, padding=1)
+        self.ha, self.hb = nn.Linear(32, 10), nn.Linear(32, 10)
+        with torch.no_grad():
+            self.b.weight.mul_(1e-3)
+            self.b.bias.mul_(1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ha(torch.relu(self.a(x)).mean((2, 3))) + self.hb(torch.relu(self.b(x)).mean((2, 3)))
+
+
+def test_sensitivity_is_monotone_and_finds_the_layer_that_matters() -> None:
+    torch.manual_seed(0)
+    model = TwoBranches().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    sens = sensitivity.sensitivity(model, space, scores, X, torch.randn(64, 3, 32, 32), round_to=8)
+    for drops in sens.values():
+        widths = sorted(drops)
+        assert all(drops[w1] >= drops[w2] for w1, w2 in zip(widths, widths[1:]))  # non-increasing in width
+        assert drops[widths[-1]] == 0.0
+    assert sens["a"][8] > 100 * sens["b"][8]
+
+
+def test_monotone_fix() -> None:
+    assert sensitivity.monotone({4: 0.5, 8: 0.7, 12: 0.1, 16: 0.0}) == {4: 0.7, 8: 0.7, 12: 0.1, 16: 0.0}
+
+
+def test_reestimated_batchnorm_matches_the_data() -> None:
+    bn_net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    images = torch.randn(128, 3, 8, 8) * 3 + 2
+    sensitivity.reestimate_bn(bn_net, images)
+    feats = bn_net[0](images)
+    assert torch.allclose(bn_net[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert not bn_net.training
+
+
+@pytest.fixture(scope="module")
+def tiny_search():
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    sens = sensitivity.sensitivity(model, space, scores, X, torch.randn(32, 3, 32, 32), round_to=4)
+    base = count(model, X).flops
+    objective = CountObjective(parse_budget(f"{0.5 * base / 1e6:.4f}MFLOPs"), X)
+    table = layerwise.build_cost_table(model, X, space, scores, sens, objective, base)
+    return model, space, scores, sens, objective, table, base
+
+
+def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_search) -> None:
+    model, space, scores, sens, objective, table, base = tiny_search
+    gid = space.groups[0].id
+    w = min(sens[gid])
+    pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {gid: w}), X)
+    assert table.predict({gid: w}) == pytest.approx(count(pruned, X).flops)  # what the table measured
+    errors = layerwise.predictor_error(model, X, space, scores, table, objective)
+    assert len(errors) == layerwise.HELD_OUT
+    assert all(abs(r["error"]) < 0.5 for r in errors)  # FLOPs of coupled layers multiply: additive is approximate
+
+
+def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> None:
+    model, space, scores, sens, objective, table, base = tiny_search
+    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, table, objective, tol=0.2)
+    costs = [table.predict(search.widths_at(lam)) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
+    assert all(c1 >= c2 for c1, c2 in zip(costs, costs[1:]))  # more weight on cost, never a costlier plan
+    result = search.run()
+    pruned = apply(copy.deepcopy(model), result.plan, X)
+    assert count(pruned, X).flops <= objective.budget.value
+    assert result.plan.meta["search"] == "layerwise"
+
+
+def test_layerwise_from_the_cli_reports_the_predictor(tmp_path: Path) -> None:
+    npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
+    torch.save(tiny_resnet(), tmp_path / "m.pt")
+    base = count(tiny_resnet(), X).flops
+    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", f"{0.55 * base / 1e6:.3f}MFLOPs", "--input-shape", "1x3x32x32",
+                          "--search", "layerwise", "--data", npz, "--recover", "none", "--round-to", "4", "--out", tmp_path / "o"])
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["search"]["strategy"] == "layerwise" and rep["final"]["flops"] <= 0.55 * base
+    assert len(rep["search"]["predictor"]["held_out"]) == layerwise.HELD_OUT
+    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--search", "layerwise",
+                          "--out", tmp_path / "o2"])
+    assert rc == 2 and "--data" in err
