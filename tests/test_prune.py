@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import edgeprune
 from edgeprune.errors import EdgepruneError
@@ -195,3 +196,22 @@ def test_plan_file_errors_are_one_line(tmp_path) -> None:
 def test_prune_api_rejects_a_bad_ratio() -> None:
     with pytest.raises(EdgepruneError, match="ratio"):
         edgeprune.prune(cm.Residual(), torch.randn(*cm.IMAGE), ratio=1.0)
+
+
+class _SummedBranches(nn.Module):
+    """Two conv branches pooled, classified and summed: the inner convs' outputs are freed before
+    the model returns, so a Python id() of one of them can be reused by the returned tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, 3, padding=1)
+        self.ha, self.hb = nn.Linear(32, 10), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ha(torch.relu(self.a(x)).mean((2, 3))) + self.hb(torch.relu(self.b(x)).mean((2, 3)))
+
+
+def test_inner_layers_are_not_mistaken_for_output_layers() -> None:
+    space = discover(_SummedBranches().eval(), (torch.randn(1, 3, 32, 32),))
+    assert {g.id for g in space.groups} == {"a", "b"}
+    assert not any("output layer" in s.reason for s in space.skipped)
