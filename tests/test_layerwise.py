@@ -15,6 +15,7 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search import layerwise, sensitivity
+from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import CountObjective
 from tests.synthetic import learnable_npz
 from tests.test_cli import run_cli
@@ -74,25 +75,29 @@ def tiny_search():
     sens = sensitivity.sensitivity(model, space, scores, X, torch.randn(32, 3, 32, 32), round_to=4)
     base = count(model, X).flops
     objective = CountObjective(parse_budget(f"{0.5 * base / 1e6:.4f}MFLOPs"), X)
-    table = layerwise.build_cost_table(model, X, space, scores, sens, objective, base)
-    return model, space, scores, sens, objective, table, base
+    cost = CostModel(model, space, X)
+    table = layerwise.build_cost_table(model, X, space, scores, sens, objective, base, cost)
+    return model, space, scores, sens, objective, table, base, cost
 
 
 def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_search) -> None:
-    model, space, scores, sens, objective, table, base = tiny_search
+    model, space, scores, sens, objective, table, base, cost = tiny_search
     gid = space.groups[0].id
     w = min(sens[gid])
     pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {gid: w}), X)
-    assert table.predict({gid: w}) == pytest.approx(count(pruned, X).flops)  # what the table measured
-    errors = layerwise.predictor_error(model, X, space, scores, table, objective)
+    assert table.predict({gid: w}, cost) == pytest.approx(count(pruned, X).flops)  # what the table measured
+    errors = layerwise.predictor_error(model, X, space, scores, table, cost, objective)
     assert len(errors) == layerwise.HELD_OUT
-    assert all(abs(r["error"]) < 0.5 for r in errors)  # FLOPs of coupled layers multiply: additive is approximate
+    # with the overlap of coupled layers counted, FLOPs are predicted closely; what the cost model
+    # leaves out (BN, pooling, biases) weighs most on the narrowest plans
+    errs = sorted(abs(r["error"]) for r in errors)
+    assert errs[len(errs) // 2] < 0.05 and errs[-1] < 0.3, errs
 
 
 def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> None:
-    model, space, scores, sens, objective, table, base = tiny_search
-    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, table, objective, tol=0.2)
-    costs = [table.predict(search.widths_at(lam)) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
+    model, space, scores, sens, objective, table, base, cost = tiny_search
+    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, table, cost, objective, tol=0.2)
+    costs = [table.predict(search.widths_at(lam), cost) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
     assert all(c1 >= c2 for c1, c2 in zip(costs, costs[1:]))  # more weight on cost, never a costlier plan
     result = search.run()
     pruned = apply(copy.deepcopy(model), result.plan, X)

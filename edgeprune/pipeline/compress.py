@@ -36,6 +36,7 @@ from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.search import layerwise, sensitivity
+from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.runtime_bench import LatencyStats, get_runtime
@@ -266,15 +267,17 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
                                            sensitivity.sensitivity(model, space, scores, inputs, data.calibration(), s.round_to).items()})
     sens = {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
 
+    cost = CostModel(model, space, inputs)
+
     def table() -> dict[str, Any]:
-        t = layerwise.build_cost_table(model, inputs, space, scores, sens, objective, baseline_value, log)
-        return {"table": t.to_dict(), "held_out": layerwise.predictor_error(model, inputs, space, scores, t, objective)}
+        t = layerwise.build_cost_table(model, inputs, space, scores, sens, objective, baseline_value, cost, log)
+        return {"table": t.to_dict(), "held_out": layerwise.predictor_error(model, inputs, space, scores, t, cost, objective)}
 
     table_d = stage("cost_table", table)
     held = table_d["held_out"]
     errors = ", ".join(f"{r['error']:+.1%}" for r in held)
     log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
-    searcher = layerwise.LayerwiseSearch(model, inputs, space, scores, sens, layerwise.CostTable.from_dict(table_d["table"]), objective,
+    searcher = layerwise.LayerwiseSearch(model, inputs, space, scores, sens, layerwise.CostTable.from_dict(table_d["table"]), cost, objective,
                                          s.tol, s.max_candidates, on_step=lambda st: log(_step_line(st, budget, s.max_candidates)))
     result = searcher.run()
     measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,

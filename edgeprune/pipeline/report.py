@@ -50,12 +50,20 @@ def markdown(rep: dict[str, Any]) -> str:
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
-        "| # | level | predicted MFLOPs | value | within budget |",
+        "| # | level / lambda | predicted | value | within budget |",
         "|---:|---:|---:|---:|:---:|",
     ]
     for s in rep["search"]["steps"]:
-        lines.append(f"| {s['index']} | {s['level']:.3f} | {s['predicted_flops'] / 1e6:.2f} | {s['value']:.4g}"
+        scalar = f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}"
+        predicted = f"{s['predicted_flops'] / 1e6:.2f} MFLOPs" if "predicted_flops" in s else f"{s['predicted']:.4g}"
+        lines.append(f"| {s['index']} | {scalar} | {predicted} | {s['value']:.4g}"
                      f"{' (re-measured)' if s['remeasured'] else ''} | {'yes' if s['within_budget'] else 'no'} |")
+    pred = rep["search"].get("predictor")
+    if pred:
+        held = ", ".join(f"{r['error']:+.1%}" for r in pred["held_out"])
+        cands = ", ".join(f"{r['error']:+.1%}" for r in pred["candidates"])
+        lines += ["", f"Layerwise cost predictor error (predicted / measured - 1): held-out random plans {held}; "
+                      f"measured candidates {cands}."]
     lines += ["", "## Widths per group", "", "| group | kind | original | kept | requested |", "|---|---|---:|---:|---:|"]
     for r in rep["groups"]:
         note = "" if r["requested"] is None else f"{r['requested']:g}"
