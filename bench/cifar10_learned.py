@@ -29,16 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header, run_row, trained  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, carry_over, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
-from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
-from edgeprune.pipeline.counting import count  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
 from edgeprune.pipeline.loading import from_module, untrained  # noqa: E402
-from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
-from edgeprune.pipeline.recovery import top1  # noqa: E402
-from edgeprune.runtime_bench import get_runtime  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_learned.json"
 ROWS = [  # (label, method, depth, starts from random weights)
@@ -54,32 +49,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
     p.add_argument("--epochs", type=int, default=4, help="recovery epochs for every row (default 4, as cifar10_recovery)")
     p.add_argument("--search-epochs", type=int, default=1, help="gate learning / architecture search epochs (default 1)")
+    p.add_argument("--search-steps", type=int, help="gate learning / architecture search steps instead of epochs (ResNet-56's TAS epoch is ~50 min here)")
+    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], default=[r[0] for r in ROWS], help="which rows to run (default all)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget, "epochs": a.epochs, "search_epochs": a.search_epochs,
-                              "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
-                                           "latency": "median ratio to the baseline, timed interleaved",
-                                           "accuracy": "top-1, full CIFAR-10 test set",
-                                           "training": "the same recovery epochs for every row; search epochs on top"},
+    result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget,
+                              "protocol": CIFAR10_PROTOCOL | {"training": "the same recovery epochs for every row of a model; search on top"},
                               "models": {}, "skipped": {}}
+    carry_over(a.out, result, a.models, ("budget",))
+    search = {"steps": a.search_steps} if a.search_steps else {"epochs": a.search_epochs}
     work = Path(tempfile.mkdtemp(prefix="cifar10_learned_"))
     data = load_data(a.data, batch_size=128)
     for arch in a.models:
-        try:
-            base = trained(arch)
-        except (EdgepruneError, OSError) as err:  # no committed checkpoint for this architecture yet
-            result["skipped"][arch] = f"no trained checkpoint: {err}"
-            log(f"{arch}: skipped ({err})")
+        found = model_entry(arch, data, x, work, result, log)
+        if found is None:
             continue
-        measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
-        entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
-        result["models"][arch] = entry
-        for label, method, depth, from_scratch in ROWS:
+        base, measurer, entry = found
+        entry |= {"epochs": a.epochs, "search": search}
+        for label, method, depth, from_scratch in (r for r in ROWS if r[0] in a.rows):
             settings = Settings(budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
-                                method_options={"epochs": a.search_epochs})
+                                method_options=search)
             loaded = (untrained(arch, 10, (1, 3, 32, 32)) if from_scratch
                       else from_module(copy.deepcopy(base), x, arch=arch, num_classes=10))
             entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})

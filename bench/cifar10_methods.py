@@ -22,16 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header, run_row, trained  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, carry_over, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
-from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
-from edgeprune.pipeline.counting import count  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
 from edgeprune.pipeline.loading import from_module  # noqa: E402
-from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
-from edgeprune.pipeline.recovery import top1  # noqa: E402
-from edgeprune.runtime_bench import get_runtime  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_methods.json"
 ROWS = [  # (label, method, depth, method options)
@@ -55,22 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     result: dict[str, Any] = {**header("cifar10_methods"), "budget": a.budget, "epochs": a.epochs,
-                              "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
-                                           "latency": "median ratio to the baseline, timed interleaved",
-                                           "accuracy": "top-1, full CIFAR-10 test set", "recovery": "finetune, same epochs every row"},
+                              "protocol": CIFAR10_PROTOCOL | {"recovery": "finetune, same epochs every row"},
                               "models": {}, "skipped": {}}
+    carry_over(a.out, result, a.models, ("budget", "epochs"))
     work = Path(tempfile.mkdtemp(prefix="cifar10_methods_"))
+    data = load_data(a.data, batch_size=128)
     for arch in a.models:
-        try:
-            base = trained(arch)
-        except EdgepruneError as err:
-            result["skipped"][arch] = str(err)
-            log(f"{arch}: skipped ({err})")
+        found = model_entry(arch, data, x, work, result, log)
+        if found is None:
             continue
-        data = load_data(a.data, batch_size=128)
-        measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
-        entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
-        result["models"][arch] = entry
+        base, measurer, entry = found
         for label, method, depth, options in ROWS:
             settings = Settings(budget=a.budget, method=method, method_options=options, depth=depth, data=a.data,
                                 recover="finetune", epochs=a.epochs)

@@ -31,6 +31,25 @@ def header(name: str) -> dict[str, Any]:
     return {"benchmark": name, "edgeprune": __version__, "environment": environment.describe(), "git": git_info()}
 
 
+def carry_over(out: Path, result: dict[str, Any], running: list[str], same: tuple[str, ...]) -> None:
+    """Keep the entries of models this run does not re-measure from the earlier result file at `out`,
+    so benchmarking one more model does not throw away the others' rows; only when the earlier run
+    used the same settings (`same` keys). Each kept entry records the commit it was measured at."""
+    import json
+
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return
+    if any(earlier.get(k) != result.get(k) for k in same):
+        return
+    commit = earlier.get("git", {}).get("commit", "")
+    for arch, entry in earlier.get("models", {}).items():
+        if arch not in running:
+            entry.setdefault("measured_at_commit", commit)
+            result["models"][arch] = entry
+
+
 def trained(arch: str) -> torch.nn.Module:
     """A CIFAR-10 checkpoint trained by `compress train` and shipped in edgeprune/assets."""
     model = models.create(arch, num_classes=10)
@@ -77,3 +96,29 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     }
     log(f"{label}: top-1 {row['top1']:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
     return row
+
+
+#: how the CIFAR-10 benchmarks measure, recorded in each result file (each adds its training protocol)
+CIFAR10_PROTOCOL = {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
+                    "latency": "median ratio to the baseline, timed interleaved", "accuracy": "top-1, full CIFAR-10 test set"}
+
+
+def model_entry(arch: str, data: Any, x: torch.Tensor, work: Path, result: dict[str, Any], log: Any) -> tuple[torch.nn.Module, TargetMeasurer, dict[str, Any]] | None:
+    """The trained checkpoint of `arch`, a 1-thread ort-cpu measurer and its result entry (baseline
+    top-1, FLOPs, params) registered in `result["models"]`; None, recorded under `result["skipped"]`,
+    when no checkpoint is committed for it yet."""
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline.counting import count
+    from edgeprune.pipeline.recovery import top1
+    from edgeprune.runtime_bench import get_runtime
+
+    try:
+        base = trained(arch)
+    except (EdgepruneError, OSError) as err:
+        result["skipped"][arch] = f"no trained checkpoint: {err}"
+        log(f"{arch}: skipped ({err})")
+        return None
+    measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
+    entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
+    result["models"][arch] = entry
+    return base, measurer, entry
