@@ -139,7 +139,7 @@ def _compress(argv: list[str]) -> int:
                         method_options=_method_options(a), depth=a.depth, search=a.search)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
-    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")
+    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, widths.svg")
     return 0 if result.met else 1
 
 

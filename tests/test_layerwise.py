@@ -5,6 +5,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_
     w = min(sens[gid])
     pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {gid: w}), X)
     assert table.predict({gid: w}, cost) == pytest.approx(count(pruned, X).flops)  # what the table measured
-    errors = layerwise.predictor_error(model, X, space, scores, table, cost, objective)
+    errors = layerwise.predictor_error(model, X, space, scores, sens, lambda w: table.predict(w, cost), objective)
     assert len(errors) == layerwise.HELD_OUT
     # with the overlap of coupled layers counted, FLOPs are predicted closely; what the cost model
     # leaves out (BN, pooling, biases) weighs most on the narrowest plans
@@ -96,7 +97,7 @@ def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_
 
 def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> None:
     model, space, scores, sens, objective, table, base, cost = tiny_search
-    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, table, cost, objective, tol=0.2)
+    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, lambda w: table.predict(w, cost), objective, tol=0.2)
     costs = [table.predict(search.widths_at(lam), cost) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
     assert all(c1 >= c2 for c1, c2 in zip(costs, costs[1:]))  # more weight on cost, never a costlier plan
     result = search.run()
@@ -115,6 +116,100 @@ def test_layerwise_from_the_cli_reports_the_predictor(tmp_path: Path) -> None:
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["search"]["strategy"] == "layerwise" and rep["final"]["flops"] <= 0.55 * base
     assert len(rep["search"]["predictor"]["held_out"]) == layerwise.HELD_OUT
+    # another budget in the same output folder reuses the sensitivity map (it does not depend on the budget)
+    rc, out, err = run_cli([tmp_path / "m.pt", "--budget", f"{0.7 * base / 1e6:.3f}MFLOPs", "--input-shape", "1x3x32x32",
+                            "--search", "layerwise", "--data", npz, "--recover", "none", "--round-to", "4", "--out", tmp_path / "o"])
+    assert rc == 0, err
+    assert "[sensitivity] resumed" in out + err and "[cost_table] done" in out + err
     rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--search", "layerwise",
                           "--out", tmp_path / "o2"])
     assert rc == 2 and "--data" in err
+
+
+class FakeRuntime:
+    """Stands in for the target: 'times' a session as its conv/gemm MACs at 1 ns each plus a fixed
+    call overhead, so the table's arithmetic (overhead removed, coupling, interpolation) can be
+    checked exactly without a noisy clock."""
+
+    name = "fake"
+    artifact_format = "onnx"
+    atol = rtol = 1e-3
+    OVERHEAD_MS = 0.05
+
+    def __init__(self) -> None:
+        from edgeprune.runtime_bench import get_runtime
+
+        self.ort = get_runtime("ort-cpu", threads=1)
+
+    def settings(self) -> dict:
+        return {"runtime": self.name}
+
+    def exporter_options(self) -> dict:
+        return {}
+
+    def load(self, path: str):
+        import onnx
+
+        proto = onnx.load(path)
+        return self.ort.load(path), macs_of(proto)
+
+    def run(self, session, inputs):
+        return self.ort.run(session[0], inputs)
+
+    def measure(self, session, inputs, warmup=10, repeats=50):
+        from edgeprune.runtime_bench.base import LatencyStats
+
+        ms = self.OVERHEAD_MS + session[1] * 1e-6
+        return LatencyStats.from_runs([ms] * repeats, warmup=warmup)
+
+
+def macs_of(proto) -> float:
+    """Conv/Gemm MACs of an ONNX graph from its weight shapes and the inferred output shapes."""
+    import onnx
+    from onnx import shape_inference
+
+    g = shape_inference.infer_shapes(proto).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*g.value_info, *g.output]}
+    inits = {t.name: list(t.dims) for t in g.initializer}
+    total = 0.0
+    for n in g.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits:
+            w = inits[n.input[1]]
+            out = dims[n.output[0]]
+            per_out = int(np.prod(w[1:])) if n.op_type == "Conv" else w[0] if n.op_type == "MatMul" else w[1]
+            total += float(np.prod(out)) * per_out
+    return total
+
+
+def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path) -> None:
+    from edgeprune.pipeline.search import latency_table
+
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    cost = CostModel(model, space, X)
+    rt = FakeRuntime()
+    baseline_ms = rt.OVERHEAD_MS + cost.total * 1e-6 + 0.01  # 0.01 ms of 'rest' outside the layers
+    table = latency_table.build(model, X, cost, rt, baseline_ms, baseline_ms, round_to=4, cache=tmp_path / "cache.json")
+    assert table.overhead_ms == pytest.approx(rt.OVERHEAD_MS, rel=1e-3)
+    sizes = {g.id: g.size for g in space.groups}
+    assert table.predict({}, sizes, cost) == pytest.approx(baseline_ms)
+    # a plan narrowing every group at grid widths: predicted = rest + overhead + the pruned model's MACs
+    widths = {g.id: min(sensitivity.candidate_widths(g, 4)) for g in space.groups}
+    pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, widths), X)
+    expected = baseline_ms - cost.total * 1e-6 + float(cost.flops(layerwise.plan_for(space, scores, widths))) * 1e-6
+    assert table.predict(widths, sizes, cost) == pytest.approx(expected, rel=1e-6)
+    assert count(pruned, X).flops < cost.total
+    # a second build measures nothing: every entry comes from the cache
+    lines: list[str] = []
+    latency_table.build(model, X, cost, rt, baseline_ms, baseline_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append)
+    assert lines and all(" 0 timed" in line for line in lines)
+
+
+def test_latency_table_grid_keeps_the_ends_and_aligned_widths() -> None:
+    from edgeprune.pipeline.search import latency_table
+
+    g = latency_table.grid(64, True, 8, points=4)
+    assert g[0] == 8 and g[-1] == 64 and len(g) == 4 and all(w % 8 == 0 for w in g)
+    assert latency_table.grid(64, False, 8) == [64]

@@ -1,17 +1,18 @@
 """Layerwise budget search: a width per group, trading sensitivity against *measured* cost.
 
-1. A cost table (NetAdapt / HALP style): for each group and candidate width, the objective's value
-   (latency on the target, or FLOPs / params) with only that group narrowed; its saving is the
-   baseline's value minus that. Savings do not simply add: a layer between two narrowed groups
-   loses macs x (1 - f_in)(1 - f_out) less than the two single-group savings claim. So a plan's
-   cost is predicted as the baseline minus the sum of its groups' savings plus that overlap,
-   counted exactly in FLOPs (cost_model.py) and converted at the table's own measured cost per
-   FLOP. The predictor's error is measured on a few held-out random plans and on every candidate
-   the search measures, and reported.
+1. A cost predictor for a whole plan. For a latency budget it is the per-layer latency table
+   (latency_table.py: each Conv/Linear timed alone on the target at a grid of input x output
+   widths). For a FLOPs / params budget it is a cost table of single-group prunings (the figure
+   with only that group narrowed) plus the overlap those savings count twice (a layer between two
+   narrowed groups loses macs x (1 - f_in)(1 - f_out) less than the two single savings claim),
+   counted exactly in FLOPs (cost_model.py) and converted at the table's cost per FLOP. Either
+   predictor's error is measured on a few held-out random plans and on every candidate the search
+   measures, and reported.
 2. Allocation by one scalar, a Lagrange multiplier: each group takes the width minimizing
-   drop(w) - lambda x saving(w) (sensitivity.py gives the drops), so a group that costs little
-   accuracy and saves much latency narrows first. The chosen savings grow with lambda, so the
-   predicted cost falls monotonically and lambda is found by bisection to hit a target cost.
+   drop(w) - lambda x saving(w) (sensitivity.py gives the drops, the predictor the saving of that
+   group alone), so a group that costs little accuracy and saves much latency narrows first. The
+   chosen savings grow with lambda, so the predicted cost falls monotonically and lambda is found
+   by bisection to hit a target cost.
 3. The plan at that lambda is pruned and *measured*. Over the budget, the target is lowered by the
    measured/predicted ratio (the predictor's bias on this plan) and the search repeats; far under,
    it is raised. Only measured candidates within the budget are ever returned.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 
 #: held-out random plans measured to report the predictor's error before the search
 HELD_OUT = 4
+
+#: a plan's predicted value on the objective's scale, from each group's kept width (absent: full)
+Predict = Callable[[Mapping[str, int]], float]
 
 
 @dataclasses.dataclass
@@ -91,43 +95,45 @@ def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], s
 
 
 def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                    table: CostTable, cost: CostModel, objective: Objective, seed: int = 0) -> list[dict[str, float]]:
-    """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random width)."""
+                    sensitivity: Sensitivity, predict: Predict, objective: Objective, seed: int = 0) -> list[dict[str, float]]:
+    """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random candidate width)."""
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(HELD_OUT):
-        widths = {g: int(rng.choice(sorted(s))) for g, s in table.savings.items()}
+        widths = {g: int(rng.choice(sorted(s))) for g, s in sensitivity.items()}
         pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths), example_inputs)
         value = objective.evaluate(pruned, f"heldout_{k}").value
-        predicted = table.predict(widths, cost)
+        predicted = predict(widths)
         rows.append({"predicted": predicted, "measured": value, "error": predicted / value - 1.0})
     return rows
 
 
 class LayerwiseSearch:
     def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                 sensitivity: Sensitivity, table: CostTable, cost: CostModel, objective: Objective, tol: float = 0.08,
+                 sensitivity: Sensitivity, predict: Predict, objective: Objective, tol: float = 0.08,
                  max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None) -> None:
-        self.model, self.example_inputs, self.space, self.scores, self.cost = model, tuple(example_inputs), space, scores, cost
-        self.sensitivity, self.table, self.objective = sensitivity, table, objective
+        self.model, self.example_inputs, self.space, self.scores = model, tuple(example_inputs), space, scores
+        self.sensitivity, self.predict, self.objective = sensitivity, predict, objective
         self.tol, self.max_candidates, self.on_step = tol, max_candidates, on_step
+        full = predict({})
+        self.savings = {g: {w: full - predict({g: w}) for w in drops} for g, drops in sensitivity.items()}
 
     def widths_at(self, lam: float) -> dict[str, int]:
         """Each group's width minimizing drop - lam x saving (ties to the wider width)."""
         out = {}
         for gid, drops in self.sensitivity.items():
-            saving = self.table.savings[gid]
+            saving = self.savings[gid]
             out[gid] = min(drops, key=lambda w: (drops[w] - lam * saving.get(w, 0.0), -w))
         return out
 
     def lam_for(self, target: float) -> float:
         """The smallest lambda whose predicted cost is at most `target` (bisection in log space)."""
         lo, hi = 0.0, 1.0
-        while self.table.predict(self.widths_at(hi), self.cost) > target and hi < 1e12:
+        while self.predict(self.widths_at(hi)) > target and hi < 1e12:
             lo, hi = hi, hi * 10
         for _ in range(60):
             mid = (lo + hi) / 2
-            if self.table.predict(self.widths_at(mid), self.cost) <= target:
+            if self.predict(self.widths_at(mid)) <= target:
                 hi = mid
             else:
                 lo = mid
@@ -149,7 +155,7 @@ class LayerwiseSearch:
                 stop = "the predictor proposes a plan already measured"
                 break
             tried.add(key)
-            predicted = self.table.predict(widths, self.cost)
+            predicted = self.predict(widths)
             plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted})
             t0 = time.perf_counter()
             pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
