@@ -87,7 +87,7 @@ def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_
     w = min(sens[gid])
     pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {gid: w}), X)
     assert table.predict({gid: w}, cost) == pytest.approx(count(pruned, X).flops)  # what the table measured
-    errors = layerwise.predictor_error(model, X, space, scores, sens, lambda w: table.predict(w, cost), objective)
+    errors = layerwise.predictor_error(model, X, space, scores, sens, lambda w, r: table.predict(w, cost, r), objective)
     assert len(errors) == layerwise.HELD_OUT
     # with the overlap of coupled layers counted, FLOPs are predicted closely; what the cost model
     # leaves out (BN, pooling, biases) weighs most on the narrowest plans
@@ -97,8 +97,8 @@ def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_
 
 def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> None:
     model, space, scores, sens, objective, table, base, cost = tiny_search
-    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, lambda w: table.predict(w, cost), objective, tol=0.2)
-    costs = [table.predict(search.widths_at(lam), cost) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
+    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, lambda w, r: table.predict(w, cost, r), objective, tol=0.2)
+    costs = [search.predicted(search.choice_at(lam)) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
     assert all(c1 >= c2 for c1, c2 in zip(costs, costs[1:]))  # more weight on cost, never a costlier plan
     result = search.run()
     pruned = apply(copy.deepcopy(model), result.plan, X)
@@ -213,3 +213,35 @@ def test_latency_table_grid_keeps_the_ends_and_aligned_widths() -> None:
     g = latency_table.grid(64, True, 8, points=4)
     assert g[0] == 8 and g[-1] == 64 and len(g) == 4 and all(w % 8 == 0 for w in g)
     assert latency_table.grid(64, False, 8) == [64]
+
+
+def test_depth_enters_the_trade_off() -> None:
+    """Blocks' drops on the groups' scale; a block goes once lambda prices its saving above its
+    drop; the cost table's prediction of a removal matches the count; the search meets the budget."""
+    from edgeprune.models import create
+    from edgeprune.pipeline.prune import blocks
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    found = [b.name for b in blocks.find_blocks(model, X)]
+    drops = sensitivity.block_sensitivity(model, found, torch.randn(16, 3, 32, 32))
+    assert set(drops) == set(found) and all(d > 0 for d in drops.values())
+    base = count(model, X).flops
+    objective = CountObjective(parse_budget(f"{0.8 * base / 1e6:.4f}MFLOPs"), X)
+    cost = CostModel(model, space, X)
+    full = {g.id: {g.size: 0.0} for g in space.groups}  # widths stay whole: depth alone is traded here
+    table = layerwise.CostTable(base, {g: {w: 0.0 for w in d} for g, d in full.items()}, 1.0, {g.id: g.size for g in space.groups})
+    predict = lambda w, r: table.predict(w, cost, r)  # noqa: E731
+    pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {}, removed=found[:1]), X)
+    assert predict({}, found[:1]) == pytest.approx(count(pruned, X).flops, rel=0.02)
+    search = layerwise.LayerwiseSearch(model, X, space, scores, full, predict, objective, tol=0.2, block_drops=drops)
+    assert search.choice_at(0.0)[1] == ()
+    assert set(search.choice_at(1e6)[1]) == set(found)  # everything priced away at a huge lambda
+    price = {b: drops[b] / search.block_savings[b] for b in found}  # drop per FLOP saved: the first to go is the cheapest
+    cheapest = min(price, key=price.get)
+    assert search.choice_at(1.0001 * price[cheapest])[1] == (cheapest,)
+    result = search.run()
+    assert result.plan.removed_blocks
+    assert count(apply(copy.deepcopy(model), result.plan, X), X).flops <= objective.budget.value

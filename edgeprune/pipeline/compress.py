@@ -126,9 +126,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
     if settings.search not in ("uniform", "layerwise"):
         raise EdgepruneError(f"--search {settings.search!r}: use uniform or layerwise")
-    if settings.search == "layerwise" and (settings.data is None or settings.depth != "off"):
+    if settings.search == "layerwise" and (settings.data is None or settings.depth == "only"):
         raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
-                             "and --depth off (blocks are not in its trade-off yet)")
+                             "and --depth off or on (for blocks alone use --search uniform --depth only)")
     if settings.data is None and settings.metric is not None:
         raise EdgepruneError("--metric needs --data to evaluate on")
     log = progress if ctx.is_rank0 else (lambda line: None)
@@ -273,6 +273,11 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
     sens_d = stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in
                                            sensitivity.sensitivity(model, space, scores, inputs, data.calibration(), s.round_to).items()}, key=key)
     sens = {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
+    block_drops: dict[str, float] = {}
+    if s.depth == "on":
+        block_drops = stage("block_sensitivity", lambda: sensitivity.block_sensitivity(
+            model, [b.name for b in blocks_mod.find_blocks(model, inputs)], data.calibration()), key=key)
+        log(f"  {len(block_drops)} removable residual blocks in the trade-off")
     cost = CostModel(model, space, inputs)
     sizes = {g.id: g.size for g in space.groups}
     value = _figure(budget, baseline)
@@ -280,16 +285,17 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
         table_d = stage("latency_table", lambda: latency_table.build(model, inputs, cost, measurer.runtime, value,
                                                                     baseline["latency_ms"]["median"], s.round_to, on_entry=log).to_dict())
         lat = latency_table.LatencyTable.from_dict(table_d)
-        predict: layerwise.Predict = lambda widths: lat.predict(widths, sizes, cost)  # noqa: E731
+        predict: layerwise.Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
     else:
         table_d = stage("cost_table", lambda: layerwise.build_cost_table(model, inputs, space, scores, sens, objective, value, cost, log).to_dict())
         counted = layerwise.CostTable.from_dict(table_d)
-        predict = lambda widths: counted.predict(widths, cost)  # noqa: E731
-    held = stage("predictor_held_out", lambda: {"rows": layerwise.predictor_error(model, inputs, space, scores, sens, predict, objective)})["rows"]
+        predict = lambda widths, removed: counted.predict(widths, cost, removed)  # noqa: E731
+    held = stage("predictor_held_out", lambda: {"rows": layerwise.predictor_error(model, inputs, space, scores, sens, predict, objective,
+                                                                                  list(block_drops))})["rows"]
     errors = ", ".join(f"{r['error']:+.1%}" for r in held)
     log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
     searcher = layerwise.LayerwiseSearch(model, inputs, space, scores, sens, predict, objective, s.tol, s.max_candidates,
-                                         on_step=lambda st: log(_step_line(st, budget, s.max_candidates)))
+                                         on_step=lambda st: log(_step_line(st, budget, s.max_candidates)), block_drops=block_drops)
     result = searcher.run()
     measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
                  "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]

@@ -33,6 +33,7 @@ from torch import nn
 
 from edgeprune import atomic, modelrun
 from edgeprune.pipeline.measure import TargetMeasurer
+from edgeprune.pipeline.prune import blocks
 from edgeprune.pipeline.prune.graph import ROOT_TYPES
 from edgeprune.pipeline.prune.select import width_step
 from edgeprune.pipeline.search.cost_model import CostModel
@@ -151,17 +152,20 @@ class LatencyTable:
         return ((1 - ti) * ((1 - to) * at(i0, o0) + to * at(i0, o1))
                 + ti * ((1 - to) * at(i1, o0) + to * at(i1, o1)))
 
-    def layers_ms(self, cost: CostModel, keep: Mapping[str, float]) -> float:
+    def layers_ms(self, cost: CostModel, keep: Mapping[str, float], removed: Sequence[str] = ()) -> float:
         total = 0.0
         for name, shape in self.shapes.items():
+            if blocks.inside(name, removed):
+                continue
             f_in, f_out = cost.shares(name, keep)
             total += self.layer_ms(name, shape.in_channels * f_in, shape.out_channels * f_out)
         return total
 
-    def predict(self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel) -> float:
-        """The objective's value for a plan keeping `widths[gid]` of each group's `sizes[gid]` units."""
+    def predict(self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()) -> float:
+        """The objective's value for a plan keeping `widths[gid]` of each group's `sizes[gid]` units
+        and removing the `removed` blocks (their layers' time goes; their adds stay in the rest)."""
         full = self.layers_ms(cost, {})
-        planned = self.layers_ms(cost, {g: w / sizes[g] for g, w in widths.items()})
+        planned = self.layers_ms(cost, {g: w / sizes[g] for g, w in widths.items()}, removed)
         return self.baseline * (self.baseline_ms - full + planned) / self.baseline_ms
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,7 +41,11 @@ from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 HELD_OUT = 4
 
 #: a plan's predicted value on the objective's scale, from each group's kept width (absent: full)
-Predict = Callable[[Mapping[str, int]], float]
+#: and the residual blocks it removes
+Predict = Callable[[Mapping[str, int], Sequence[str]], float]
+
+#: a plan as the allocation chooses it: widths per group, removed blocks
+Choice = tuple[dict[str, int], tuple[str, ...]]
 
 
 @dataclasses.dataclass
@@ -51,9 +55,13 @@ class CostTable:
     per_flop: float  # measured saving per FLOP saved, over the whole table
     sizes: dict[str, int]
 
-    def predict(self, widths: dict[str, int], cost: CostModel) -> float:
+    def predict(self, widths: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()) -> float:
+        """Single-group savings, the overlap they double count, and the FLOPs of removed blocks at
+        the plan's widths, all converted at the table's cost per FLOP."""
+        keep = {g: w / self.sizes[g] for g, w in widths.items()}
         additive = self.baseline - sum(self.savings[g].get(w, 0.0) for g, w in widths.items())
-        return additive + self.per_flop * overlap(cost, {g: w / self.sizes[g] for g, w in widths.items()})
+        in_blocks = float(cost.expected_flops(keep)) - float(cost.expected_flops(keep, {b: 0.0 for b in removed})) if removed else 0.0
+        return additive + self.per_flop * (overlap(cost, keep) - in_blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "per_flop": self.per_flop, "sizes": self.sizes,
@@ -70,8 +78,10 @@ def overlap(cost: CostModel, keep: dict[str, float]) -> float:
     return float(cost.expected_flops(keep)) - (cost.total - single)
 
 
-def plan_for(space: PruningSpace, scores: Scores, widths: dict[str, int], meta: dict[str, Any] | None = None) -> Plan:
-    return Plan({g.id: keep_top(g, scores, widths.get(g.id, g.size)) for g in space.groups}, meta=dict(meta or {}))
+def plan_for(space: PruningSpace, scores: Scores, widths: Mapping[str, int], meta: dict[str, Any] | None = None,
+             removed: Sequence[str] = ()) -> Plan:
+    return Plan({g.id: keep_top(g, scores, widths.get(g.id, g.size)) for g in space.groups}, meta=dict(meta or {}),
+                removed_blocks=tuple(removed))
 
 
 def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
@@ -95,15 +105,18 @@ def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], s
 
 
 def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                    sensitivity: Sensitivity, predict: Predict, objective: Objective, seed: int = 0) -> list[dict[str, float]]:
-    """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random candidate width)."""
+                    sensitivity: Sensitivity, predict: Predict, objective: Objective, blocks: Sequence[str] = (),
+                    seed: int = 0) -> list[dict[str, float]]:
+    """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random candidate
+    width, each of `blocks` removed with probability 1/4)."""
     rng = np.random.default_rng(seed)
     rows = []
     for k in range(HELD_OUT):
         widths = {g: int(rng.choice(sorted(s))) for g, s in sensitivity.items()}
-        pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths), example_inputs)
+        removed = tuple(b for b in blocks if rng.random() < 0.25)
+        pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths, removed=removed), example_inputs)
         value = objective.evaluate(pruned, f"heldout_{k}").value
-        predicted = predict(widths)
+        predicted = predict(widths, removed)
         rows.append({"predicted": predicted, "measured": value, "error": predicted / value - 1.0})
     return rows
 
@@ -111,29 +124,37 @@ def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], sp
 class LayerwiseSearch:
     def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
                  sensitivity: Sensitivity, predict: Predict, objective: Objective, tol: float = 0.08,
-                 max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None) -> None:
+                 max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None,
+                 block_drops: Mapping[str, float] | None = None) -> None:
         self.model, self.example_inputs, self.space, self.scores = model, tuple(example_inputs), space, scores
         self.sensitivity, self.predict, self.objective = sensitivity, predict, objective
         self.tol, self.max_candidates, self.on_step = tol, max_candidates, on_step
-        full = predict({})
-        self.savings = {g: {w: full - predict({g: w}) for w in drops} for g, drops in sensitivity.items()}
+        full = predict({}, ())
+        self.savings = {g: {w: full - predict({g: w}, ()) for w in drops} for g, drops in sensitivity.items()}
+        self.block_drops = dict(block_drops or {})
+        self.block_savings = {b: full - predict({}, (b,)) for b in self.block_drops}
 
-    def widths_at(self, lam: float) -> dict[str, int]:
-        """Each group's width minimizing drop - lam x saving (ties to the wider width)."""
-        out = {}
+    def choice_at(self, lam: float) -> Choice:
+        """Each group's width minimizing drop - lam x saving (ties to the wider width), and the
+        blocks whose drop is below lam x their saving (depth in the same trade-off)."""
+        widths = {}
         for gid, drops in self.sensitivity.items():
             saving = self.savings[gid]
-            out[gid] = min(drops, key=lambda w: (drops[w] - lam * saving.get(w, 0.0), -w))
-        return out
+            widths[gid] = min(drops, key=lambda w: (drops[w] - lam * saving.get(w, 0.0), -w))
+        removed = tuple(b for b, d in self.block_drops.items() if d < lam * self.block_savings[b])
+        return widths, removed
+
+    def predicted(self, choice: Choice) -> float:
+        return self.predict(*choice)
 
     def lam_for(self, target: float) -> float:
         """The smallest lambda whose predicted cost is at most `target` (bisection in log space)."""
         lo, hi = 0.0, 1.0
-        while self.predict(self.widths_at(hi)) > target and hi < 1e12:
+        while self.predicted(self.choice_at(hi)) > target and hi < 1e12:
             lo, hi = hi, hi * 10
         for _ in range(60):
             mid = (lo + hi) / 2
-            if self.predict(self.widths_at(mid)) <= target:
+            if self.predicted(self.choice_at(mid)) <= target:
                 hi = mid
             else:
                 lo = mid
@@ -145,18 +166,18 @@ class LayerwiseSearch:
         target = (floor + ceiling) / 2
         steps: list[Step] = []
         best = None
-        tried: set[tuple[int, ...]] = set()
+        tried: set[tuple[Any, ...]] = set()
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
             lam = self.lam_for(target)
-            widths = self.widths_at(lam)
-            key = tuple(widths[g.id] for g in self.space.groups)
+            widths, removed = self.choice_at(lam)
+            key = (*(widths[g.id] for g in self.space.groups), removed)
             if key in tried:
                 stop = "the predictor proposes a plan already measured"
                 break
             tried.add(key)
-            predicted = self.predict(widths)
-            plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted})
+            predicted = self.predict(widths, removed)
+            plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
             t0 = time.perf_counter()
             pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
             ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))

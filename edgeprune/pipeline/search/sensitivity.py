@@ -12,12 +12,13 @@ never counts as more harmful than a narrower one (measurement noise aside).
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from edgeprune import modelrun
+from edgeprune.pipeline.prune import blocks
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import width_step
@@ -29,10 +30,19 @@ _BN = nn.modules.batchnorm._BatchNorm
 Sensitivity = dict[str, dict[int, float]]
 
 
-def candidate_widths(group: Group, round_to: int) -> list[int]:
-    """The widths a group can take in a plan: multiples of its step, up to its size."""
+#: most candidate widths per group: a 960-channel layer has 60 multiples of 16, and scoring each
+#: costs a pruned copy and a BN re-estimation; evenly spread ones are enough to allocate between
+MAX_CANDIDATES = 8
+
+
+def candidate_widths(group: Group, round_to: int, most: int = MAX_CANDIDATES) -> list[int]:
+    """The widths a group can take in a plan: multiples of its step up to its size, at most `most`
+    of them evenly spread (the narrowest and the full width always among them)."""
     step = width_step(group.size, group.kind, round_to)
-    return sorted({*range(step, group.size, step), group.size})
+    widths = sorted({*range(step, group.size, step), group.size})
+    if len(widths) <= most:
+        return widths
+    return sorted({widths[round(i * (len(widths) - 1) / (most - 1))] for i in range(most)})
 
 
 def keep_top(group: Group, scores: Scores, width: int) -> GroupKeep:
@@ -71,26 +81,37 @@ def drop(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> 
     return total
 
 
-def sensitivity(model: nn.Module, space: PruningSpace, scores: Scores, example_inputs: Sequence[torch.Tensor],
-                calibration: torch.Tensor, round_to: int) -> Sensitivity:
-    """Each channel/head group's drop at each candidate width, everything else at full width.
-
-    Half of `calibration` re-estimates BatchNorm statistics, the other half is scored."""
+def _scorer(model: nn.Module, calibration: torch.Tensor) -> Callable[[nn.Module], float]:
+    """A trial model's drop from `model`: half of `calibration` re-estimates the trial's BatchNorm
+    statistics, the other half is scored."""
     half = len(calibration) // 2
     fit, held = calibration[:half], calibration[half:]
     reference = modelrun.run(model, (held,))
+
+    def score(trial: nn.Module) -> float:
+        reestimate_bn(trial, fit)
+        return drop(reference, modelrun.run(trial, (held,)))
+
+    return score
+
+
+def sensitivity(model: nn.Module, space: PruningSpace, scores: Scores, example_inputs: Sequence[torch.Tensor],
+                calibration: torch.Tensor, round_to: int) -> Sensitivity:
+    """Each channel/head group's drop at each candidate width, everything else at full width."""
+    score = _scorer(model, calibration)
     out: Sensitivity = {}
     for g in space.groups:
-        drops: dict[int, float] = {}
-        for w in candidate_widths(g, round_to):
-            if w == g.size:
-                drops[w] = 0.0
-                continue
-            pruned = apply(copy.deepcopy(model), Plan({g.id: keep_top(g, scores, w)}), example_inputs)
-            reestimate_bn(pruned, fit)
-            drops[w] = drop(reference, modelrun.run(pruned, (held,)))
+        drops = {w: 0.0 if w == g.size else score(apply(copy.deepcopy(model), Plan({g.id: keep_top(g, scores, w)}), example_inputs))
+                 for w in candidate_widths(g, round_to)}
         out[g.id] = monotone(drops)
     return out
+
+
+def block_sensitivity(model: nn.Module, found: Sequence[str], calibration: torch.Tensor) -> dict[str, float]:
+    """Each removable residual block's drop when it alone is bypassed, on the same scale as the
+    groups' (BN re-estimated, KL on the held-out half), so depth and width trade in one currency."""
+    score = _scorer(model, calibration)
+    return {name: score(blocks.bypass(copy.deepcopy(model), [name])) for name in found}
 
 
 def monotone(drops: dict[int, float]) -> dict[int, float]:
