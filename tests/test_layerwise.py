@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -190,20 +191,25 @@ def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path
     scores = get_method("l1").scores(model, space, X)
     cost = CostModel(model, space, X)
     rt = FakeRuntime()
-    baseline_ms = rt.OVERHEAD_MS + cost.total * 1e-6 + 0.01  # 0.01 ms of 'rest' outside the layers
-    table = latency_table.build(model, X, cost, rt, baseline_ms, baseline_ms, round_to=4, cache=tmp_path / "cache.json")
+    layers_ms = cost.total * 1e-6  # the fake runtime's time for all layers, overhead removed
+    table = latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json")
     assert table.overhead_ms == pytest.approx(rt.OVERHEAD_MS, rel=1e-3)
     sizes = {g.id: g.size for g in space.groups}
-    assert table.predict({}, sizes, cost) == pytest.approx(baseline_ms)
-    # a plan narrowing every group at grid widths: predicted = rest + overhead + the pruned model's MACs
+    assert table.predict({}, sizes, cost) == pytest.approx(layers_ms)
+    # every group narrowed to a grid width: the layers' time is exactly the pruned model's MACs
     widths = {g.id: min(sensitivity.candidate_widths(g, 4)) for g in space.groups}
-    pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, widths), X)
-    expected = baseline_ms - cost.total * 1e-6 + float(cost.flops(layerwise.plan_for(space, scores, widths))) * 1e-6
-    assert table.predict(widths, sizes, cost) == pytest.approx(expected, rel=1e-6)
+    plan = layerwise.plan_for(space, scores, widths)
+    pruned = apply(copy.deepcopy(model), plan, X)
+    assert table.predict(widths, sizes, cost) == pytest.approx(float(cost.flops(plan)) * 1e-6, rel=1e-6)
     assert count(pruned, X).flops < cost.total
+    # time outside the layers (0.01 ms here) shrinks with the activations the layers write, never grows
+    with_rest = dataclasses.replace(table, baseline=layers_ms + 0.01, baseline_ms=layers_ms + 0.01)
+    assert with_rest.predict({}, sizes, cost) == pytest.approx(layers_ms + 0.01)
+    extra = with_rest.predict(widths, sizes, cost) - float(cost.flops(plan)) * 1e-6
+    assert 0.0 < extra < 0.01
     # a second build measures nothing: every entry comes from the cache
     lines: list[str] = []
-    latency_table.build(model, X, cost, rt, baseline_ms, baseline_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append)
+    latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append)
     assert lines and all(" 0 timed" in line for line in lines)
 
 

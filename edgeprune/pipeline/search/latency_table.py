@@ -10,9 +10,10 @@ the grid's configurations of one layer shape interleaved (BENCHMARKING.md). The 
 overhead, timed on a trivial model, is subtracted from each entry, since the whole model pays it
 once, not once per layer.
 
-A plan's prediction is the unpruned model's measured latency minus what its layers cost at full
-width (table) plus what they cost at the plan's widths (table, bilinear between grid points); the
-rest (adds, pooling, memory copies) is held constant. Layers of the same shape share entries, and
+A plan's prediction is what its layers cost at the plan's widths (table, bilinear between grid
+points) plus the rest of the unpruned model's measured latency (its latency minus its layers' at
+full width: BN and activations ORT did not fuse, adds, pooling, copies), scaled by the activations
+the layers still write, since that elementwise work is proportional to them. Layers of the same shape share entries, and
 the entries are cached on disk per runtime, threads and CPU so that another budget or another
 model with the same layer shapes measures nothing again.
 """
@@ -51,6 +52,7 @@ class LayerShape:
     in_channels: int
     out_channels: int
     input_size: tuple[int, ...]  # spatial size (conv) or leading token dims (linear), batch excluded
+    output_positions: int = 1  # output elements per output channel (H x W, or tokens)
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
@@ -87,13 +89,13 @@ def layer_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> di
                 shapes.pop(name, None)
                 return
             seen.add(name)
-            x = args[0]
+            x, positions = args[0], out.numel() // out.shape[1 if out.dim() == 4 else -1]
             if isinstance(mod, nn.Linear):
-                shapes[name] = LayerShape("linear", mod.in_features, mod.out_features, tuple(x.shape[1:-1]))
+                shapes[name] = LayerShape("linear", mod.in_features, mod.out_features, tuple(x.shape[1:-1]), positions)
             elif isinstance(mod, nn.Conv2d) and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple) and (
                 mod.groups == 1 or mod.groups == mod.in_channels == mod.out_channels
             ):
-                shapes[name] = LayerShape("conv", mod.in_channels, mod.out_channels, tuple(x.shape[2:]), tuple(mod.kernel_size),
+                shapes[name] = LayerShape("conv", mod.in_channels, mod.out_channels, tuple(x.shape[2:]), positions, tuple(mod.kernel_size),
                                           tuple(mod.stride), tuple(mod.padding), tuple(mod.dilation), mod.groups > 1)
 
         return fn
@@ -152,21 +154,26 @@ class LatencyTable:
         return ((1 - ti) * ((1 - to) * at(i0, o0) + to * at(i0, o1))
                 + ti * ((1 - to) * at(i1, o0) + to * at(i1, o1)))
 
-    def layers_ms(self, cost: CostModel, keep: Mapping[str, float], removed: Sequence[str] = ()) -> float:
-        total = 0.0
+    def layers_ms(self, cost: CostModel, keep: Mapping[str, float], removed: Sequence[str] = ()) -> tuple[float, float]:
+        """The layers' total time at these kept fractions, and the activations they write (the
+        elementwise work around them: BN, activations, adds, copies scales with it)."""
+        total = written = 0.0
         for name, shape in self.shapes.items():
             if blocks.inside(name, removed):
                 continue
             f_in, f_out = cost.shares(name, keep)
             total += self.layer_ms(name, shape.in_channels * f_in, shape.out_channels * f_out)
-        return total
+            written += shape.output_positions * shape.out_channels * f_out
+        return total, written
 
     def predict(self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()) -> float:
         """The objective's value for a plan keeping `widths[gid]` of each group's `sizes[gid]` units
-        and removing the `removed` blocks (their layers' time goes; their adds stay in the rest)."""
-        full = self.layers_ms(cost, {})
-        planned = self.layers_ms(cost, {g: w / sizes[g] for g, w in widths.items()}, removed)
-        return self.baseline * (self.baseline_ms - full + planned) / self.baseline_ms
+        and removing the `removed` blocks: the layers' time from the table, the rest of the
+        unpruned model's time scaled by the activations the layers still write."""
+        full, full_written = self.layers_ms(cost, {})
+        planned, written = self.layers_ms(cost, {g: w / sizes[g] for g, w in widths.items()}, removed)
+        rest = max(0.0, self.baseline_ms - full) * (written / full_written if full_written else 1.0)
+        return self.baseline * (rest + planned) / self.baseline_ms
 
     def to_dict(self) -> dict[str, Any]:
         return {"shapes": {n: dataclasses.asdict(s) for n, s in self.shapes.items()},
