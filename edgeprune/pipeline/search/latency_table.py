@@ -202,6 +202,13 @@ def _load_cache(path: Path) -> dict[str, dict[str, float]]:
         return {}
 
 
+def _save_cache(path: Path, stored: dict[str, dict[str, float]]) -> None:
+    try:
+        atomic.write_json(path, stored)
+    except OSError:  # a read-only home (a container user): the table still works, it is just not kept
+        pass
+
+
 class _Trivial(nn.Module):
     """The least work a session call can do: what every timed layer pays on top of its own compute."""
 
@@ -233,7 +240,7 @@ def build(model: nn.Module, example_inputs: Sequence[torch.Tensor], cost: CostMo
             if missing:
                 _time_shape(shape, missing, runtime, Path(work), warmup, repeats, overhead, have)
                 stored[sig] = have
-                atomic.write_json(cache, stored)
+                _save_cache(cache, stored)
             entries[sig] = {f"{i},{o}": have[f"{i},{o}"] for i, o in pairs}
             on_entry(f"  latency table: layer shape {k}/{len(needed)}: {len(missing)} timed, {len(pairs) - len(missing)} cached")
     return LatencyTable(shapes, grids, entries, baseline, baseline_ms, overhead)
