@@ -270,13 +270,14 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
     error as resumable stages; a latency budget is predicted from the per-layer latency table."""
     key = {"model_sha256": _weights_sha256(model), "scores": {g: v.tolist() for g, v in scores.items()}, "round_to": s.round_to,
            "data": str(s.data), "input_shape": [list(t.shape) for t in inputs]}  # the budget is not in it: other budgets reuse the map
+    calibration = data.calibration(sensitivity.calibration_images(inputs[0]))
     sens_d = stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in
-                                           sensitivity.sensitivity(model, space, scores, inputs, data.calibration(), s.round_to).items()}, key=key)
+                                           sensitivity.sensitivity(model, space, scores, inputs, calibration, s.round_to).items()}, key=key)
     sens = {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
     block_drops: dict[str, float] = {}
     if s.depth == "on":
         block_drops = stage("block_sensitivity", lambda: sensitivity.block_sensitivity(
-            model, [b.name for b in blocks_mod.find_blocks(model, inputs)], data.calibration()), key=key)
+            model, [b.name for b in blocks_mod.find_blocks(model, inputs)], calibration), key=key)
         log(f"  {len(block_drops)} removable residual blocks in the trade-off")
     cost = CostModel(model, space, inputs)
     sizes = {g.id: g.size for g in space.groups}

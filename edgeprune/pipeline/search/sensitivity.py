@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +34,17 @@ Sensitivity = dict[str, dict[int, float]]
 #: most candidate widths per group: a 960-channel layer has 60 multiples of 16, and scoring each
 #: costs a pruned copy and a BN re-estimation; evenly spread ones are enough to allocate between
 MAX_CANDIDATES = 8
+
+
+#: calibration pixels per scored trial: 256 CIFAR-sized images (half re-estimate BN, half are scored)
+CALIBRATION_PIXELS = 256 * 32 * 32
+
+
+def calibration_images(example: torch.Tensor) -> int:
+    """How many calibration images a trial gets: 256 at 32x32, fewer for larger inputs (32 at
+    224x224), so scoring a ResNet-18's ~70 trials takes minutes, not half an hour."""
+    pixels = int(np.prod(example.shape[2:])) if example.dim() > 2 else 1
+    return max(32, min(256, CALIBRATION_PIXELS // max(1, pixels)))
 
 
 def candidate_widths(group: Group, round_to: int, most: int = MAX_CANDIDATES) -> list[int]:
