@@ -19,6 +19,7 @@ from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search import layerwise, sensitivity
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import CountObjective
+from tests.coupling_models import Concat, Depthwise
 from tests.synthetic import learnable_npz
 from tests.test_cli import run_cli
 from tests.tiny_models import tiny_resnet
@@ -182,11 +183,12 @@ def macs_of(proto) -> float:
     return total
 
 
-def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("make", [tiny_resnet, Depthwise, Concat], ids=["residual", "depthwise", "concat"])
+def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path, make) -> None:
     from edgeprune.pipeline.search import latency_table
 
     torch.manual_seed(0)
-    model = tiny_resnet().eval()
+    model = make().eval()
     space = discover(model, X)
     scores = get_method("l1").scores(model, space, X)
     cost = CostModel(model, space, X)
