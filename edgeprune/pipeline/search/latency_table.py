@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune import atomic, modelrun
+from edgeprune import atomic
+from edgeprune.pipeline.counting import run_hooked_layers
 from edgeprune.pipeline.measure import TargetMeasurer
 from edgeprune.pipeline.prune import blocks
-from edgeprune.pipeline.prune.graph import ROOT_TYPES
 from edgeprune.pipeline.prune.select import width_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.runtime_bench import Runtime
@@ -100,12 +100,7 @@ def layer_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> di
 
         return fn
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, ROOT_TYPES)]
-    try:
-        modelrun.run(model, example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked_layers(model, example_inputs, hook)
     return shapes
 
 
