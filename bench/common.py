@@ -65,9 +65,10 @@ def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.
 
 
 def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measurer: TargetMeasurer, x: torch.Tensor,
-            work: Path, log: Any) -> dict[str, Any]:
+            work: Path, log: Any, out: Path | None = None) -> dict[str, Any]:
     """One full `compress` run, re-timed against the unpruned `base` interleaved, as a result row
-    (an `error` row when the pipeline refuses with a user error)."""
+    (an `error` row when the pipeline refuses with a user error). `out` (default: a folder of its
+    own under `work`) may be shared by runs that should reuse each other's budget-free stages."""
     import time
 
     from edgeprune.errors import EdgepruneError
@@ -77,7 +78,7 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     tag = label.replace(" ", "_").replace("+", "")
     t0 = time.perf_counter()
     try:
-        res = compress(loaded, settings, work / tag, log)
+        res = compress(loaded, settings, out or work / tag, log)
     except EdgepruneError as err:
         log(f"{label}: {err}")
         return {"label": label, "error": str(err)}
@@ -89,7 +90,8 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
         "top1_pruned": res.accuracy["pruned"], "top1": res.accuracy["recovered"], "latency_ratio": lat["ratio"], "latency": lat,
         "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
         "widths": {gid: len(g.keep) for gid, g in res.plan.groups.items()},
-        "candidates_measured": res.report["search"]["candidates_measured"],
+        "candidates_measured": res.report["search"]["candidates_measured"], "stop_reason": res.report["search"]["stop_reason"],
+        "predictor": res.report["search"].get("predictor"),
         "method_seconds": timings.get("prepare", 0.0) + timings.get("scores", 0.0),
         "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
         "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),

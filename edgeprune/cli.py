@@ -81,6 +81,9 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.08, help="stop when within this fraction under budget (default 0.08)")
     p.add_argument("--max-candidates", type=int, default=8)
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole")
+    p.add_argument("--search", choices=["uniform", "layerwise"], default="uniform",
+                   help="uniform: one global pruning level; layerwise: a width per layer from its sensitivity and its "
+                        "measured cost (needs --data)")
     p.add_argument("--depth", choices=["off", "on", "only"], default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     p.add_argument("--out", default="out", help="output directory (default: out/)")
@@ -133,10 +136,10 @@ def _compress(argv: list[str]) -> int:
                         unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
                         recover=a.recover, epochs=a.epochs, steps=a.steps, lr=a.lr,
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
-                        method_options=_method_options(a), depth=a.depth)
+                        method_options=_method_options(a), depth=a.depth, search=a.search)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
-    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md")
+    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, widths.svg")
     return 0 if result.met else 1
 
 

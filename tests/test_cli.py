@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_ARCH = "tests.tiny_models:tiny_resnet"
 SHAPE = "1x3x32x32"
 FAST = ["--repeats", "20", "--warmup", "3"]
-OUTPUTS = ("model.onnx", "model.pt", "state_dict.pt", "plan.json", "report.json", "report.md")
+OUTPUTS = ("model.onnx", "model.pt", "state_dict.pt", "plan.json", "report.json", "report.md", "widths.svg")
 STAGES = ("space", "baseline", "scores", "search")
 
 

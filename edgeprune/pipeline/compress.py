@@ -35,6 +35,8 @@ from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
 from edgeprune.pipeline.rundir import RunDir
+from edgeprune.pipeline.search import latency_table, layerwise, sensitivity
+from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.runtime_bench import LatencyStats, get_runtime
@@ -66,6 +68,7 @@ class Settings:
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
+    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
 
 
 @dataclasses.dataclass
@@ -121,6 +124,11 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         raise EdgepruneError(f"--depth {settings.depth!r}: use off, on or only")
     if settings.depth != "off" and settings.data is None:
         raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
+    if settings.search not in ("uniform", "layerwise"):
+        raise EdgepruneError(f"--search {settings.search!r}: use uniform or layerwise")
+    if settings.search == "layerwise" and (settings.data is None or settings.depth == "only"):
+        raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
+                             "and --depth off or on (for blocks alone use --search uniform --depth only)")
     if settings.data is None and settings.metric is not None:
         raise EdgepruneError("--metric needs --data to evaluate on")
     log = progress if ctx.is_rank0 else (lambda line: None)
@@ -135,16 +143,19 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     metric_name, metric = load_metric(settings.metric)
     timings: dict[str, float] = {}
 
-    def stage(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False) -> dict[str, Any]:
-        """A stage's result, resumed when finished before; measuring stages run on rank 0 only."""
+    def stage(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False, key: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A stage's result, resumed when finished before; measuring stages run on rank 0 only.
+        With `key`, the result is kept across runs whose settings differ but not in `key` (RunDir.kept)."""
         t0 = time.perf_counter()
         log(f"[{name}] ...")
+        store = (lambda: run.stage(name, fn)) if key is None else (lambda: run.kept(name, key, fn))
         if everywhere or not ctx.active:
-            result, resumed = run.stage(name, fn)
+            result, resumed = store()
         else:
-            result, resumed = distributed.rank0_then_broadcast(ctx, lambda: run.stage(name, fn))
+            result, resumed = distributed.rank0_then_broadcast(ctx, store)
         timings[name] = round(time.perf_counter() - t0, 3)
-        log(f"[{name}] {'resumed from ' + str(run.path(name + '.json')) if resumed else 'done'} ({timings[name]:.1f}s)")
+        where = run.path(name + ".json") if key is None else run.out / "cache"
+        log(f"[{name}] {'resumed from ' + str(where) if resumed else 'done'} ({timings[name]:.1f}s)")
         return result
 
     space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
@@ -176,6 +187,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
         objective = _objective(budget, measurer, inputs)
+        if settings.search == "layerwise":
+            return _layerwise(model, inputs, space, scores, objective, baseline_d, data, settings, stage, log, budget, measurer)
         searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
                                settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
                                ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
@@ -233,19 +246,62 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         "runtime_accuracy": runtime_acc,  # a reduced-precision runtime's own top-1 (bf16 / fp16)
         "data": data.describe() if data is not None else None,
         "recovery": recovery_d,
-        "search": {"steps": search_d["steps"], "candidates_measured": len(search_d["steps"]), "stop_reason": search_d["stop_reason"]},
+        "search": {"strategy": settings.search, "steps": search_d["steps"], "candidates_measured": len(search_d["steps"]),
+                   "stop_reason": search_d["stop_reason"], "predictor": search_d.get("predictor")},
         "groups": report_mod.group_rows(space, plan),
         "removed_blocks": list(plan.removed_blocks),
         "left_whole": space_d["skipped"],
         "timings_s": timings,
         "environment": environment.describe(),
     }
-    run_files = {"report.json": run.path("report.json"), "report.md": run.path("report.md")}
+    run_files = {"report.json": run.path("report.json"), "report.md": run.path("report.md"), "widths.svg": run.path("widths.svg")}
     atomic.write_json(run_files["report.json"], rep)
     atomic.write_text(run_files["report.md"], report_mod.markdown(rep))
+    atomic.write_text(run_files["widths.svg"], report_mod.widths_svg(rep["groups"]))
     run.publish({"model.onnx": run.path("model.onnx"), "model.pt": run.path("model.pt"),
                  "state_dict.pt": run.path("state_dict.pt"), "plan.json": run.path("plan.json"), **run_files})
     return CompressResult(pruned, plan, rep, Path(out_dir))
+
+
+def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: space_mod.PruningSpace, scores: dict[str, np.ndarray],
+               objective: Objective, baseline: dict[str, Any], data: DataBundle, s: Settings, stage: Callable[..., dict[str, Any]],
+               log: Progress, budget: Budget, measurer: TargetMeasurer) -> dict[str, Any]:
+    """The layerwise search (search/layerwise.py): sensitivity, the cost predictor and its held-out
+    error as resumable stages; a latency budget is predicted from the per-layer latency table."""
+    key = {"model_sha256": _weights_sha256(model), "scores": {g: v.tolist() for g, v in scores.items()}, "round_to": s.round_to,
+           "data": str(s.data), "input_shape": [list(t.shape) for t in inputs]}  # the budget is not in it: other budgets reuse the map
+    calibration = data.calibration(sensitivity.calibration_images(inputs[0]))
+    sens_d = stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in
+                                           sensitivity.sensitivity(model, space, scores, inputs, calibration, s.round_to).items()}, key=key)
+    sens = {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
+    block_drops: dict[str, float] = {}
+    if s.depth == "on":
+        block_drops = stage("block_sensitivity", lambda: sensitivity.block_sensitivity(
+            model, [b.name for b in blocks_mod.find_blocks(model, inputs)], calibration), key=key)
+        log(f"  {len(block_drops)} removable residual blocks in the trade-off")
+    cost = CostModel(model, space, inputs)
+    sizes = {g.id: g.size for g in space.groups}
+    value = _figure(budget, baseline)
+    if budget.is_latency:
+        table_d = stage("latency_table", lambda: latency_table.build(model, inputs, cost, measurer.runtime, value,
+                                                                    baseline["latency_ms"]["median"], s.round_to, on_entry=log).to_dict())
+        lat = latency_table.LatencyTable.from_dict(table_d)
+        predict: layerwise.Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
+    else:
+        table_d = stage("cost_table", lambda: layerwise.build_cost_table(model, inputs, space, scores, sens, objective, value, cost, log).to_dict())
+        counted = layerwise.CostTable.from_dict(table_d)
+        predict = lambda widths, removed: counted.predict(widths, cost, removed)  # noqa: E731
+    held = stage("predictor_held_out", lambda: {"rows": layerwise.predictor_error(model, inputs, space, scores, sens, predict, objective,
+                                                                                  list(block_drops))})["rows"]
+    errors = ", ".join(f"{r['error']:+.1%}" for r in held)
+    log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
+    searcher = layerwise.LayerwiseSearch(model, inputs, space, scores, sens, predict, objective, s.tol, s.max_candidates,
+                                         on_step=lambda st: log(_step_line(st, budget, s.max_candidates)), block_drops=block_drops)
+    result = searcher.run()
+    measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
+                 "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]
+    return {"plan": result.plan.to_dict(), "steps": [st.to_dict() for st in result.steps], "stop_reason": result.stop_reason,
+            "predictor": {"kind": "latency_table" if budget.is_latency else "cost_table", "held_out": held, "candidates": measured}}
 
 
 def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.PruningSpace, inputs: tuple[torch.Tensor, ...],
@@ -295,11 +351,15 @@ def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Modu
 
 def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:
     """What the stage results depend on: a re-run with a different config starts afresh."""
+    return {"model_sha256": _weights_sha256(loaded.model), "input_shape": list(loaded.input_shape), "settings": dataclasses.asdict(s)}
+
+
+def _weights_sha256(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
-    for name, t in loaded.model.state_dict().items():
+    for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return {"model_sha256": h.hexdigest(), "input_shape": list(loaded.input_shape), "settings": dataclasses.asdict(s)}
+    return h.hexdigest()
 
 
 def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...]) -> Objective:
@@ -389,5 +449,7 @@ def _step_line(step: Step, budget: Budget, limit: int) -> str:
     unit = "ms" if budget.is_latency else budget.metric
     mark = "within" if step.within_budget else "over"
     extra = " (re-measured)" if ev.remeasured else ""
-    return (f"  candidate {step.index}/{limit}: level {step.level:.3f}, predicted {step.predicted_flops / 1e6:.1f} MFLOPs "
+    predicted = (f"{step.predicted_flops / 1e6:.1f} MFLOPs" if step.scalar == "level"
+                 else f"{step.predicted_flops:.4g} {unit}")  # the layerwise search predicts the budget's own figure
+    return (f"  candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}, predicted {predicted} "
             f"-> {ev.value:.4g} {unit}{extra}, {mark} budget {budget.value:.4g} ({step.seconds:.1f}s)")

@@ -6,7 +6,7 @@ literature's convention (ResNet-56 = 125 MFLOPs).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch_pruning as tp
@@ -47,10 +47,15 @@ def layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict
 
         return fn
 
+    run_hooked_layers(model, example_inputs, hook)
+    return macs
+
+
+def run_hooked_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor], hook: Callable[[str], Callable[..., None]]) -> None:
+    """One forward pass with `hook(name)` as a forward hook on every Conv/Linear layer (removed after)."""
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, graph.ROOT_TYPES)]
     try:
         modelrun.run(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
-    return macs

@@ -24,6 +24,30 @@ def group_rows(space: PruningSpace, plan: Plan) -> list[dict[str, Any]]:
     return rows
 
 
+def widths_svg(rows: list[dict[str, Any]]) -> str:
+    """widths.svg: one bar per group, original width (light) behind kept width (dark), so where a
+    layerwise search cut deep and where it kept whole layers shows at a glance. Plain SVG: no
+    plotting library on edge hosts."""
+    bar, gap, left, width = 14, 4, 260, 420
+    widest = max((r["original"] for r in rows), default=1)
+    height = 40 + len(rows) * (bar + gap)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 80}" height="{height}" font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="16" font-size="13">kept / original channels per group</text>']
+    for i, r in enumerate(rows):
+        y = 28 + i * (bar + gap)
+        full, kept = width * r["original"] / widest, width * r["kept"] / widest
+        label = r["group"] if len(r["group"]) <= 40 else "…" + r["group"][-39:]
+        parts += [f'<text x="{left - 6}" y="{y + bar - 3}" text-anchor="end">{_xml(label)}</text>',
+                  f'<rect x="{left}" y="{y}" width="{full:.1f}" height="{bar}" fill="#cfd8e3"/>',
+                  f'<rect x="{left}" y="{y}" width="{kept:.1f}" height="{bar}" fill="#2f5d8a"/>',
+                  f'<text x="{left + full + 4:.1f}" y="{y + bar - 3}">{r["kept"]}/{r["original"]}</text>']
+    return "\n".join([*parts, "</svg>", ""])
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def markdown(rep: dict[str, Any]) -> str:
     b, f, rt = rep["baseline"], rep["final"], rep["runtime"]
     bl, fl = b["latency_ms"], f["latency_ms"]
@@ -50,13 +74,22 @@ def markdown(rep: dict[str, Any]) -> str:
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
-        "| # | level | predicted MFLOPs | value | within budget |",
+        "| # | level / lambda | predicted | value | within budget |",
         "|---:|---:|---:|---:|:---:|",
     ]
     for s in rep["search"]["steps"]:
-        lines.append(f"| {s['index']} | {s['level']:.3f} | {s['predicted_flops'] / 1e6:.2f} | {s['value']:.4g}"
+        scalar = f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}"
+        predicted = f"{s['predicted_flops'] / 1e6:.2f} MFLOPs" if "predicted_flops" in s else f"{s['predicted']:.4g}"
+        lines.append(f"| {s['index']} | {scalar} | {predicted} | {s['value']:.4g}"
                      f"{' (re-measured)' if s['remeasured'] else ''} | {'yes' if s['within_budget'] else 'no'} |")
-    lines += ["", "## Widths per group", "", "| group | kind | original | kept | requested |", "|---|---|---:|---:|---:|"]
+    pred = rep["search"].get("predictor")
+    if pred:
+        held = ", ".join(f"{r['error']:+.1%}" for r in pred["held_out"])
+        cands = ", ".join(f"{r['error']:+.1%}" for r in pred["candidates"])
+        lines += ["", f"Layerwise cost predictor error (predicted / measured - 1): held-out random plans {held}; "
+                      f"measured candidates {cands}."]
+    lines += ["", "## Widths per group", "", "![original vs kept channels per group](widths.svg)", "",
+              "| group | kind | original | kept | requested |", "|---|---|---:|---:|---:|"]
     for r in rep["groups"]:
         note = "" if r["requested"] is None else f"{r['requested']:g}"
         lines.append(f"| `{r['group']}` | {r['kind']} | {r['original']} | {r['kept']} | {note} |")

@@ -8,6 +8,7 @@ previous results intact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -53,6 +54,20 @@ class RunDir:
             return json.loads(p.read_text(encoding="utf-8")), True
         result = compute()
         if self.write:
+            atomic.write_json(p, result)
+        return result, False
+
+    def kept(self, stage: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+        """Like `stage`, for results that depend on less than the whole config (a layerwise
+        search's sensitivity map does not depend on the budget): kept in ``OUT/cache/`` under a
+        hash of `key`, which a re-run with other settings does not wipe."""
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        p = self.out / "cache" / f"{stage}-{digest}.json"
+        if p.exists():
+            return json.loads(p.read_text(encoding="utf-8")), True
+        result = compute()
+        if self.write:
+            p.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(p, result)
         return result, False
 

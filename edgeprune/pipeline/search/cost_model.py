@@ -49,21 +49,36 @@ class CostModel:
         as independent, so the expectation of each layer's product is the product of expectations."""
         return self._total(lambda gid, units: keep.get(gid, 1.0), block_keep or {})
 
+    def prunable_input(self, layer: str) -> bool:
+        """Whether some group's pruning narrows what `layer` reads."""
+        return bool(self._in.get(layer))
+
+    def prunable_output(self, layer: str) -> bool:
+        """Whether some group's pruning narrows what `layer` writes."""
+        return bool(self._out.get(layer))
+
+    def shares(self, layer: str, keep: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The kept fractions of `layer`'s input and output channels when each group keeps the
+        fraction `keep[gid]` (1 when absent); a depthwise conv's input is its output."""
+        f_out = self._share(self._out.get(layer), lambda gid, units: keep.get(gid, 1.0))
+        return (f_out if layer in self._depthwise else self._share(self._in.get(layer), lambda gid, units: keep.get(gid, 1.0))), f_out
+
+    @staticmethod
+    def _share(entries: list[tuple[str, frozenset[int]]] | None, fraction: Callable[[str, frozenset[int]], Any]) -> Any:
+        if not entries:
+            return 1.0
+        total = sum(len(units) for _, units in entries)
+        return sum(len(units) * fraction(gid, units) for gid, units in entries) / total
+
     def _total(self, fraction: Callable[[str, frozenset[int]], Any], block_keep: Mapping[str, Any]) -> Any:
         """Sum of layer MACs scaled by the kept shares of their input and output channels and by
         the keep probability of the block they sit in. Channels of groups outside the plan count
         as kept; a concat's other inputs (not groups) are unknown here and ignored."""
-
-        def share(entries: list[tuple[str, frozenset[int]]] | None) -> Any:
-            if not entries:
-                return 1.0
-            total = sum(len(units) for _, units in entries)
-            return sum(len(units) * fraction(gid, units) for gid, units in entries) / total
-
         blocks = [(b + ".", p) for b, p in block_keep.items()]
         total: Any = 0.0
         for name, macs in self._layer_macs.items():
-            f_in = 1.0 if name in self._depthwise else share(self._in.get(name))
+            f_out = self._share(self._out.get(name), fraction)
+            f_in = 1.0 if name in self._depthwise else self._share(self._in.get(name), fraction)
             kept_block = [p for prefix, p in blocks if name.startswith(prefix) or name + "." == prefix]
-            total = total + macs * f_in * share(self._out.get(name)) * (kept_block[0] if kept_block else 1.0)
+            total = total + macs * f_in * f_out * (kept_block[0] if kept_block else 1.0)
         return total

@@ -40,12 +40,14 @@ class Step:
     evaluation: Evaluation
     within_budget: bool
     seconds: float
+    #: what `level` is: the global pruning level, or the layerwise search's Lagrange multiplier
+    scalar: str = "level"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
-            "level": round(self.level, 6),
-            "predicted_flops": self.predicted_flops,
+            self.scalar: round(self.level, 6) if self.scalar == "level" else self.level,
+            ("predicted_flops" if self.scalar == "level" else "predicted"): self.predicted_flops,
             "within_budget": self.within_budget,
             "seconds": round(self.seconds, 3),
             **self.evaluation.to_dict(),

@@ -1,0 +1,143 @@
+"""Uniform vs layerwise budget search at 70/50/35% of the baseline's measured latency (ORT CPU, 1 thread).
+
+For each model and budget, `compress --method l1` runs once with `--search uniform` (one global
+pruning level, binary-searched on measured latency) and once with `--search layerwise` (a width per
+group from sensitivity x the per-layer latency table, search/layerwise.py). Each row records: the
+final latency ratio re-timed interleaved against the unpruned model and its budget hit (ratio /
+budget), candidates measured, search wall time (everything but recovery), FLOPs ratio, measured
+speed-up / FLOPs reduction (1.0: latency falls exactly as FLOPs do), the layerwise predictor's error
+on held-out plans and measured candidates, and, for the trained CIFAR-10 checkpoints, top-1 on the
+full test set after the same short fine-tune (--steps) for every row.
+
+The other models (MobileNetV2, VGG-16 at 32x32, ResNet-18 at 224x224) are random-init: their
+latency rows are as meaningful as a trained model's, their accuracy is not and is not reported.
+Every budget of one (model, search) pair runs in the same output folder, so the layerwise search's
+sensitivity map is computed once (OUT/cache); the latency table's entries are timed once per
+benchmark run (a fresh EDGEPRUNE_CACHE_DIR), so their cost shows in the first budget's search time.
+
+A second section times one 3x3 conv (16x16 input, the ResNet-20 stage-2 shape) at every width from
+40 to 64 channels in, interleaved: latency per FLOP by width multiple, the evidence for the
+hardware-friendly widths (--round-to) this runtime wants.
+
+    .venv/bin/python bench/search.py --data PATH/cifar10.npz [--models resnet20 mobilenetv2] [--budgets 70% 50% 35%]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import CIFAR10_PROTOCOL, carry_over, header, model_entry, run_row  # noqa: E402
+from edgeprune import atomic, models  # noqa: E402
+from edgeprune.pipeline.compress import Settings  # noqa: E402
+from edgeprune.pipeline.counting import count  # noqa: E402
+from edgeprune.pipeline.data import load_data  # noqa: E402
+from edgeprune.pipeline.loading import from_module  # noqa: E402
+from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
+from edgeprune.runtime_bench import get_runtime  # noqa: E402
+from edgeprune.runtime_bench.base import interleave  # noqa: E402
+
+DEFAULT_OUT = REPO / "bench" / "results" / "search.json"
+#: model -> input size; the ones without a committed CIFAR-10 checkpoint run from random weights
+MODELS = {"resnet20": 32, "resnet56": 32, "mobilenetv2": 32, "vgg16": 32, "resnet18": 224}
+SEARCHES = ("uniform", "layerwise")
+
+
+def random_entry(arch: str, size: int, work: Path, result: dict[str, Any]) -> tuple[torch.nn.Module, TargetMeasurer, dict[str, Any]]:
+    """A random-init `arch` (seed 0, 10 classes) with its measurer and result entry (no accuracy)."""
+    torch.manual_seed(0)
+    base = models.create(arch, num_classes=10).eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (x,), work, repeats=400)
+    entry = {"baseline": {"top1": None, **vars(count(base, (x,)))}, "weights": "random init (seed 0): latency only", "rows": []}
+    result["models"][arch] = entry
+    return base, measurer, entry
+
+
+def width_multiples(work: Path, widths: range = range(40, 65)) -> dict[str, Any]:
+    """One 3x3 conv (c -> c channels, 16x16) at each width, timed interleaved: latency ratio to the
+    64-channel conv divided by the FLOPs ratio, per width and averaged by the widest multiple of
+    16/8/4 it is (1.0: latency scales with FLOPs; above: the width wastes time)."""
+    x_for = {c: torch.randn(1, c, 16, 16) for c in widths}
+    runtime = get_runtime("ort-cpu", threads=1)
+    loaded, measurers = [], []
+    for c in widths:
+        m = TargetMeasurer(runtime, (x_for[c],), work, repeats=400)
+        loaded.append(m.prepare(torch.nn.Conv2d(c, c, 3, padding=1).eval(), f"conv_{c}"))
+        measurers.append(m)
+    # each session has its own input shape: time them with their own inputs, interleaved round by round
+    stats = interleave(runtime, [m.session for m in loaded], [ms.inputs_np for ms in measurers], 10, 400)
+    ref = stats[-1].median
+    per_flop = {c: (s.median / ref) / ((c * c) / (widths[-1] ** 2)) for c, s in zip(widths, stats)}
+    classes: dict[str, list[float]] = {}
+    for c, v in per_flop.items():
+        key = next((f"multiple of {m}" for m in (16, 8, 4) if c % m == 0), "other")
+        classes.setdefault(key, []).append(v)
+    return {"shape": "Conv2d(c, c, 3, padding=1) on 1xcx16x16, ort-cpu 1 thread, interleaved, 400 runs each",
+            "latency_per_flop_vs_64": {str(c): round(v, 4) for c, v in per_flop.items()},
+            "median_ms": {str(c): s.median for c, s in zip(widths, stats)},
+            "by_multiple": {k: {"widths": len(v), "mean": float(np.mean(v)), "max": float(np.max(v))} for k, v in classes.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="the full CIFAR-10 .npz")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--budgets", nargs="+", default=["70%", "50%", "35%"])
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps after pruning, every trained row (default 300)")
+    p.add_argument("--skip-widths", action="store_true", help="leave out the width-multiple timing")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    a = p.parse_args(argv)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    result: dict[str, Any] = {**header("search"), "budgets": a.budgets, "steps": a.steps, "method": "l1",
+                              "protocol": CIFAR10_PROTOCOL | {"recovery": f"finetune {a.steps} steps, trained checkpoints only"},
+                              "models": {}, "skipped": {}}
+    carry_over(a.out, result, a.models, ("budgets", "steps"))
+    work = Path(tempfile.mkdtemp(prefix="bench_search_"))
+    os.environ["EDGEPRUNE_CACHE_DIR"] = str(work / "cache")  # latency tables timed afresh, once per run: their cost counts
+    if not a.skip_widths:
+        result["width_multiples"] = width_multiples(work)
+        log(f"width multiples: {result['width_multiples']['by_multiple']}")
+        atomic.write_json(a.out, result)
+    cifar = load_data(a.data, batch_size=128)
+    for arch in a.models:
+        size = MODELS[arch]
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        found = model_entry(arch, cifar, x, work, result, log) if size == 32 else None
+        trained = found is not None
+        if not trained:
+            result["skipped"].pop(arch, None)
+            found = random_entry(arch, size, work, result)
+        base, measurer, entry = found
+        data = a.data if size == 32 else "bench.data224:cifar10_224"
+        for search in SEARCHES:
+            for budget in a.budgets:
+                settings = Settings(budget=budget, method="l1", search=search, data=data, recover="finetune" if trained else "none",
+                                    steps=a.steps if trained else None)
+                loaded = from_module(copy.deepcopy(base), x, arch=arch, num_classes=10)
+                row = run_row(f"{arch} {search} {budget}", loaded, settings, base, measurer, x, work, log, out=work / f"{arch}_{search}")
+                fraction = float(budget.rstrip("%")) / 100
+                if "error" not in row:
+                    row |= {"budget_hit": row["latency_ratio"] / fraction,
+                            "speedup_per_flop": (row["flops"] / entry["baseline"]["flops"]) / row["latency_ratio"]}
+                    if not trained:
+                        row["top1"] = row["top1_pruned"] = None
+                entry["rows"].append(row | {"search": search, "budget": budget})
+                atomic.write_json(a.out, result)
+    atomic.write_json(a.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

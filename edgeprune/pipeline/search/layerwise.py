@@ -1,0 +1,197 @@
+"""Layerwise budget search: a width per group, trading sensitivity against *measured* cost.
+
+1. A cost predictor for a whole plan. For a latency budget it is the per-layer latency table
+   (latency_table.py: each Conv/Linear timed alone on the target at a grid of input x output
+   widths). For a FLOPs / params budget it is a cost table of single-group prunings (the figure
+   with only that group narrowed) plus the overlap those savings count twice (a layer between two
+   narrowed groups loses macs x (1 - f_in)(1 - f_out) less than the two single savings claim),
+   counted exactly in FLOPs (cost_model.py) and converted at the table's cost per FLOP. Either
+   predictor's error is measured on a few held-out random plans and on every candidate the search
+   measures, and reported.
+2. Allocation by one scalar, a Lagrange multiplier: each group takes the width minimizing
+   drop(w) - lambda x saving(w) (sensitivity.py gives the drops, the predictor the saving of that
+   group alone), so a group that costs little accuracy and saves much latency narrows first. The
+   chosen savings grow with lambda, so the predicted cost falls monotonically and lambda is found
+   by bisection to hit a target cost.
+3. The plan at that lambda is pruned and *measured*. Over the budget, the target is lowered by the
+   measured/predicted ratio (the predictor's bias on this plan) and the search repeats; far under,
+   it is raised. Only measured candidates within the budget are ever returned.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.space import PruningSpace, Scores
+from edgeprune.pipeline.search.cost_model import CostModel
+from edgeprune.pipeline.search.level_search import SearchResult, Step
+from edgeprune.pipeline.search.objective import Objective
+from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
+
+#: held-out random plans measured to report the predictor's error before the search
+HELD_OUT = 4
+
+#: a plan's predicted value on the objective's scale, from each group's kept width (absent: full)
+#: and the residual blocks it removes
+Predict = Callable[[Mapping[str, int], Sequence[str]], float]
+
+#: a plan as the allocation chooses it: widths per group, removed blocks
+Choice = tuple[dict[str, int], tuple[str, ...]]
+
+
+@dataclasses.dataclass
+class CostTable:
+    baseline: float
+    savings: dict[str, dict[int, float]]  # group -> width -> baseline value - value with that group alone narrowed
+    per_flop: float  # measured saving per FLOP saved, over the whole table
+    sizes: dict[str, int]
+
+    def predict(self, widths: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()) -> float:
+        """Single-group savings, the overlap they double count, and the FLOPs of removed blocks at
+        the plan's widths, all converted at the table's cost per FLOP."""
+        keep = {g: w / self.sizes[g] for g, w in widths.items()}
+        additive = self.baseline - sum(self.savings[g].get(w, 0.0) for g, w in widths.items())
+        in_blocks = float(cost.expected_flops(keep)) - float(cost.expected_flops(keep, {b: 0.0 for b in removed})) if removed else 0.0
+        return additive + self.per_flop * (overlap(cost, keep) - in_blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "per_flop": self.per_flop, "sizes": self.sizes,
+                "savings": {g: {str(w): v for w, v in s.items()} for g, s in self.savings.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CostTable":
+        return cls(d["baseline"], {g: {int(w): v for w, v in s.items()} for g, s in d["savings"].items()}, d["per_flop"], d["sizes"])
+
+
+def overlap(cost: CostModel, keep: dict[str, float]) -> float:
+    """FLOPs the single-group savings count twice: exact cost minus (baseline - sum of single savings)."""
+    single = sum(cost.total - cost.expected_flops({g: f}) for g, f in keep.items())
+    return float(cost.expected_flops(keep)) - (cost.total - single)
+
+
+def plan_for(space: PruningSpace, scores: Scores, widths: Mapping[str, int], meta: dict[str, Any] | None = None,
+             removed: Sequence[str] = ()) -> Plan:
+    return Plan({g.id: keep_top(g, scores, widths.get(g.id, g.size)) for g in space.groups}, meta=dict(meta or {}),
+                removed_blocks=tuple(removed))
+
+
+def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                     sensitivity: Sensitivity, objective: Objective, baseline_value: float, cost: CostModel,
+                     on_entry: Callable[[str], None] = lambda line: None) -> CostTable:
+    """Evaluate every (group, narrower width) with the rest at full width."""
+    savings: dict[str, dict[int, float]] = {}
+    flops_saved = 0.0
+    for g in space.groups:
+        savings[g.id] = {g.size: 0.0}
+        for w in sorted(sensitivity[g.id]):
+            if w == g.size:
+                continue
+            pruned = apply(copy.deepcopy(model), plan_for(space, scores, {g.id: w}), example_inputs)
+            value = objective.evaluate(pruned, f"table_{g.id.replace('.', '_').replace(':', '_')}_{w}").value
+            savings[g.id][w] = baseline_value - value
+            flops_saved += cost.total - float(cost.expected_flops({g.id: w / g.size}))
+            on_entry(f"  cost table: {g.id} at {w}/{g.size}: {value:.4g} (saves {baseline_value - value:.4g})")
+    measured = sum(v for s in savings.values() for v in s.values())
+    return CostTable(baseline_value, savings, measured / flops_saved if flops_saved > 0 else 0.0, {g.id: g.size for g in space.groups})
+
+
+def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                    sensitivity: Sensitivity, predict: Predict, objective: Objective, blocks: Sequence[str] = (),
+                    seed: int = 0) -> list[dict[str, float]]:
+    """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random candidate
+    width, each of `blocks` removed with probability 1/4)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(HELD_OUT):
+        widths = {g: int(rng.choice(sorted(s))) for g, s in sensitivity.items()}
+        removed = tuple(b for b in blocks if rng.random() < 0.25)
+        pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths, removed=removed), example_inputs)
+        value = objective.evaluate(pruned, f"heldout_{k}").value
+        predicted = predict(widths, removed)
+        rows.append({"predicted": predicted, "measured": value, "error": predicted / value - 1.0})
+    return rows
+
+
+class LayerwiseSearch:
+    def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                 sensitivity: Sensitivity, predict: Predict, objective: Objective, tol: float = 0.08,
+                 max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None,
+                 block_drops: Mapping[str, float] | None = None) -> None:
+        self.model, self.example_inputs, self.space, self.scores = model, tuple(example_inputs), space, scores
+        self.sensitivity, self.predict, self.objective = sensitivity, predict, objective
+        self.tol, self.max_candidates, self.on_step = tol, max_candidates, on_step
+        full = predict({}, ())
+        self.savings = {g: {w: full - predict({g: w}, ()) for w in drops} for g, drops in sensitivity.items()}
+        self.block_drops = dict(block_drops or {})
+        self.block_savings = {b: full - predict({}, (b,)) for b in self.block_drops}
+
+    def choice_at(self, lam: float) -> Choice:
+        """Each group's width minimizing drop - lam x saving (ties to the wider width), and the
+        blocks whose drop is below lam x their saving (depth in the same trade-off)."""
+        widths = {}
+        for gid, drops in self.sensitivity.items():
+            saving = self.savings[gid]
+            widths[gid] = min(drops, key=lambda w: (drops[w] - lam * saving.get(w, 0.0), -w))
+        removed = tuple(b for b, d in self.block_drops.items() if d < lam * self.block_savings[b])
+        return widths, removed
+
+    def predicted(self, choice: Choice) -> float:
+        return self.predict(*choice)
+
+    def lam_for(self, target: float) -> float:
+        """The smallest lambda whose predicted cost is at most `target` (bisection in log space)."""
+        lo, hi = 0.0, 1.0
+        while self.predicted(self.choice_at(hi)) > target and hi < 1e12:
+            lo, hi = hi, hi * 10
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if self.predicted(self.choice_at(mid)) <= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def run(self) -> SearchResult:
+        budget = self.objective.budget.value
+        floor, ceiling = budget * (1.0 - self.tol), budget * (1.0 - self.objective.guard)
+        target = (floor + ceiling) / 2
+        steps: list[Step] = []
+        best = None
+        tried: set[tuple[Any, ...]] = set()
+        stop = "candidate limit reached"
+        for index in range(1, self.max_candidates + 1):
+            lam = self.lam_for(target)
+            widths, removed = self.choice_at(lam)
+            key = (*(widths[g.id] for g in self.space.groups), removed)
+            if key in tried:
+                stop = "the predictor proposes a plan already measured"
+                break
+            tried.add(key)
+            predicted = self.predict(widths, removed)
+            plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
+            t0 = time.perf_counter()
+            pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
+            ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
+            ok = ev.value <= ceiling
+            step = Step(index, lam, predicted, ev, ok, time.perf_counter() - t0, scalar="lambda")
+            steps.append(step)
+            self.on_step(step)
+            if ok and (best is None or ev.value > best[1].value):
+                best = (plan, ev)
+            if ok and ev.value >= floor:
+                stop = f"within tolerance ({self.objective.guard:.0%} to {self.tol:.0%} under budget)"
+                break
+            target *= ((floor + ceiling) / 2) / ev.value  # correct for the predictor's bias on this plan
+        if best is None:
+            raise EdgepruneError(f"no layerwise candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
+                                 f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use --search uniform")
+        return SearchResult(best[0], steps, best[1], stop)

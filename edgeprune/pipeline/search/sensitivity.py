@@ -1,0 +1,135 @@
+"""Per-layer sensitivity: how much the model's outputs change when one group alone is narrowed.
+
+For every prunable channel group and each of its candidate widths (the hardware-aligned multiples
+the plans use), only that group is pruned to that width (keeping its best-scored units), the
+pruned copy's BatchNorm statistics are re-estimated on calibration images (pruning leaves them
+stale, which would charge a layer for an artefact that a few batches of recovery remove), and the
+drop is the KL divergence of its outputs from the unpruned model's on held-out calibration images
+(label-free, so it needs no labels and works for any output that is a distribution; other outputs
+use the mean squared difference). A group's drops are made non-increasing in width: a wider layer
+never counts as more harmful than a narrower one (measurement noise aside).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune import modelrun
+from edgeprune.pipeline.prune import blocks
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.plan import GroupKeep, Plan
+from edgeprune.pipeline.prune.select import width_step
+from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+#: group id -> {width: drop}
+Sensitivity = dict[str, dict[int, float]]
+
+
+#: most candidate widths per group: a 960-channel layer has 60 multiples of 16, and scoring each
+#: costs a pruned copy and a BN re-estimation; evenly spread ones are enough to allocate between
+MAX_CANDIDATES = 8
+
+
+#: calibration pixels per scored trial: 256 CIFAR-sized images (half re-estimate BN, half are scored)
+CALIBRATION_PIXELS = 256 * 32 * 32
+
+
+def calibration_images(example: torch.Tensor) -> int:
+    """How many calibration images a trial gets: 256 at 32x32, fewer for larger inputs (32 at
+    224x224), so scoring a ResNet-18's ~70 trials takes minutes, not half an hour."""
+    pixels = int(np.prod(example.shape[2:])) if example.dim() > 2 else 1
+    return max(32, min(256, CALIBRATION_PIXELS // max(1, pixels)))
+
+
+def candidate_widths(group: Group, round_to: int, most: int = MAX_CANDIDATES) -> list[int]:
+    """The widths a group can take in a plan: multiples of its step up to its size, at most `most`
+    of them evenly spread (the narrowest and the full width always among them)."""
+    step = width_step(group.size, group.kind, round_to)
+    widths = sorted({*range(step, group.size, step), group.size})
+    if len(widths) <= most:
+        return widths
+    return sorted({widths[round(i * (len(widths) - 1) / (most - 1))] for i in range(most)})
+
+
+def keep_top(group: Group, scores: Scores, width: int) -> GroupKeep:
+    """The `width` best-scored units of a one-segment group, or the same fraction of each segment."""
+    keep: list[int] = []
+    for seg in group.segments:
+        k = max(1, round(len(seg) * width / group.size))
+        ranked = sorted(seg, key=lambda u: -float(scores[group.id][u]))
+        keep += ranked[:k]
+    return GroupKeep(group.kind, group.size, tuple(sorted(keep)))
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, images: torch.Tensor, batch: int = 64) -> None:
+    """Recompute every BatchNorm's running statistics from `images` (cumulative average)."""
+    bns = [m for m in model.modules() if isinstance(m, _BN)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative: every batch counts equally
+    model.train()
+    for i in range(0, len(images), batch):
+        model(images[i : i + batch])
+    model.eval()
+
+
+def drop(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> float:
+    """KL(reference || outputs) for 2-D logits, mean squared difference otherwise, summed over outputs."""
+    total = 0.0
+    for r, o in zip(reference, outputs):
+        if r.dim() == 2:
+            total += float(nn.functional.kl_div(o.float().log_softmax(1), r.float().log_softmax(1), log_target=True, reduction="batchmean"))
+        else:
+            total += float(((o.float() - r.float()) ** 2).mean())
+    return total
+
+
+def _scorer(model: nn.Module, calibration: torch.Tensor) -> Callable[[nn.Module], float]:
+    """A trial model's drop from `model`: half of `calibration` re-estimates the trial's BatchNorm
+    statistics, the other half is scored."""
+    half = len(calibration) // 2
+    fit, held = calibration[:half], calibration[half:]
+    reference = modelrun.run(model, (held,))
+
+    def score(trial: nn.Module) -> float:
+        reestimate_bn(trial, fit)
+        return drop(reference, modelrun.run(trial, (held,)))
+
+    return score
+
+
+def sensitivity(model: nn.Module, space: PruningSpace, scores: Scores, example_inputs: Sequence[torch.Tensor],
+                calibration: torch.Tensor, round_to: int) -> Sensitivity:
+    """Each channel/head group's drop at each candidate width, everything else at full width."""
+    score = _scorer(model, calibration)
+    out: Sensitivity = {}
+    for g in space.groups:
+        drops = {w: 0.0 if w == g.size else score(apply(copy.deepcopy(model), Plan({g.id: keep_top(g, scores, w)}), example_inputs))
+                 for w in candidate_widths(g, round_to)}
+        out[g.id] = monotone(drops)
+    return out
+
+
+def block_sensitivity(model: nn.Module, found: Sequence[str], calibration: torch.Tensor) -> dict[str, float]:
+    """Each removable residual block's drop when it alone is bypassed, on the same scale as the
+    groups' (BN re-estimated, KL on the held-out half), so depth and width trade in one currency."""
+    score = _scorer(model, calibration)
+    return {name: score(blocks.bypass(copy.deepcopy(model), [name])) for name in found}
+
+
+def monotone(drops: dict[int, float]) -> dict[int, float]:
+    """Make drops non-increasing in width: each width gets the largest drop of any width >= it."""
+    fixed, worst = {}, 0.0
+    for w in sorted(drops, reverse=True):
+        worst = max(worst, drops[w])
+        fixed[w] = worst
+    return dict(sorted(fixed.items()))

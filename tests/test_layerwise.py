@@ -1,0 +1,255 @@
+"""The layerwise search: sensitivity per layer, a cost table and its predictor, allocation by one multiplier."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.pipeline.budget import parse_budget
+from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.methods import get_method
+from edgeprune.pipeline.prune.space import discover
+from edgeprune.pipeline.search import layerwise, sensitivity
+from edgeprune.pipeline.search.cost_model import CostModel
+from edgeprune.pipeline.search.objective import CountObjective
+from tests.coupling_models import Concat, Depthwise
+from tests.synthetic import learnable_npz
+from tests.test_cli import run_cli
+from tests.tiny_models import tiny_resnet
+
+X = (torch.randn(1, 3, 32, 32),)
+
+
+class TwoBranches(nn.Module):
+    """Two parallel conv branches summed into the classifier: `a` carries the signal (large
+    weights), `b` almost nothing (tiny weights). Narrowing `a` must cost more than narrowing `b`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, 3, padding=1)
+        self.ha, self.hb = nn.Linear(32, 10), nn.Linear(32, 10)
+        with torch.no_grad():
+            self.b.weight.mul_(1e-3)
+            self.b.bias.mul_(1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ha(torch.relu(self.a(x)).mean((2, 3))) + self.hb(torch.relu(self.b(x)).mean((2, 3)))
+
+
+def test_sensitivity_is_monotone_and_finds_the_layer_that_matters() -> None:
+    torch.manual_seed(0)
+    model = TwoBranches().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    sens = sensitivity.sensitivity(model, space, scores, X, torch.randn(64, 3, 32, 32), round_to=8)
+    for drops in sens.values():
+        widths = sorted(drops)
+        assert all(drops[w1] >= drops[w2] for w1, w2 in zip(widths, widths[1:]))  # non-increasing in width
+        assert drops[widths[-1]] == 0.0
+    assert sens["a"][8] > 100 * sens["b"][8]
+
+
+def test_monotone_fix() -> None:
+    assert sensitivity.monotone({4: 0.5, 8: 0.7, 12: 0.1, 16: 0.0}) == {4: 0.7, 8: 0.7, 12: 0.1, 16: 0.0}
+
+
+def test_reestimated_batchnorm_matches_the_data() -> None:
+    bn_net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).eval()
+    images = torch.randn(128, 3, 8, 8) * 3 + 2
+    sensitivity.reestimate_bn(bn_net, images)
+    feats = bn_net[0](images)
+    assert torch.allclose(bn_net[1].running_mean, feats.mean((0, 2, 3)), atol=1e-4)
+    assert not bn_net.training
+
+
+@pytest.fixture(scope="module")
+def tiny_search():
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    sens = sensitivity.sensitivity(model, space, scores, X, torch.randn(32, 3, 32, 32), round_to=4)
+    base = count(model, X).flops
+    objective = CountObjective(parse_budget(f"{0.5 * base / 1e6:.4f}MFLOPs"), X)
+    cost = CostModel(model, space, X)
+    table = layerwise.build_cost_table(model, X, space, scores, sens, objective, base, cost)
+    return model, space, scores, sens, objective, table, base, cost
+
+
+def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_search) -> None:
+    model, space, scores, sens, objective, table, base, cost = tiny_search
+    gid = space.groups[0].id
+    w = min(sens[gid])
+    pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {gid: w}), X)
+    assert table.predict({gid: w}, cost) == pytest.approx(count(pruned, X).flops)  # what the table measured
+    errors = layerwise.predictor_error(model, X, space, scores, sens, lambda w, r: table.predict(w, cost, r), objective)
+    assert len(errors) == layerwise.HELD_OUT
+    # with the overlap of coupled layers counted, FLOPs are predicted closely; what the cost model
+    # leaves out (BN, pooling, biases) weighs most on the narrowest plans
+    errs = sorted(abs(r["error"]) for r in errors)
+    assert errs[len(errs) // 2] < 0.05 and errs[-1] < 0.3, errs
+
+
+def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> None:
+    model, space, scores, sens, objective, table, base, cost = tiny_search
+    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, lambda w, r: table.predict(w, cost, r), objective, tol=0.2)
+    costs = [search.predicted(search.choice_at(lam)) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
+    assert all(c1 >= c2 for c1, c2 in zip(costs, costs[1:]))  # more weight on cost, never a costlier plan
+    result = search.run()
+    pruned = apply(copy.deepcopy(model), result.plan, X)
+    assert count(pruned, X).flops <= objective.budget.value
+    assert result.plan.meta["search"] == "layerwise"
+
+
+def test_layerwise_from_the_cli_reports_the_predictor(tmp_path: Path) -> None:
+    npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
+    torch.save(tiny_resnet(), tmp_path / "m.pt")
+    base = count(tiny_resnet(), X).flops
+    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", f"{0.55 * base / 1e6:.3f}MFLOPs", "--input-shape", "1x3x32x32",
+                          "--search", "layerwise", "--data", npz, "--recover", "none", "--round-to", "4", "--out", tmp_path / "o"])
+    assert rc == 0, err
+    rep = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert rep["search"]["strategy"] == "layerwise" and rep["final"]["flops"] <= 0.55 * base
+    assert len(rep["search"]["predictor"]["held_out"]) == layerwise.HELD_OUT
+    # another budget in the same output folder reuses the sensitivity map (it does not depend on the budget)
+    rc, out, err = run_cli([tmp_path / "m.pt", "--budget", f"{0.7 * base / 1e6:.3f}MFLOPs", "--input-shape", "1x3x32x32",
+                            "--search", "layerwise", "--data", npz, "--recover", "none", "--round-to", "4", "--out", tmp_path / "o"])
+    assert rc == 0, err
+    assert "[sensitivity] resumed" in out + err and "[cost_table] done" in out + err
+    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--search", "layerwise",
+                          "--out", tmp_path / "o2"])
+    assert rc == 2 and "--data" in err
+
+
+class FakeRuntime:
+    """Stands in for the target: 'times' a session as its conv/gemm MACs at 1 ns each plus a fixed
+    call overhead, so the table's arithmetic (overhead removed, coupling, interpolation) can be
+    checked exactly without a noisy clock."""
+
+    name = "fake"
+    artifact_format = "onnx"
+    atol = rtol = 1e-3
+    OVERHEAD_MS = 0.05
+
+    def __init__(self) -> None:
+        from edgeprune.runtime_bench import get_runtime
+
+        self.ort = get_runtime("ort-cpu", threads=1)
+
+    def settings(self) -> dict:
+        return {"runtime": self.name}
+
+    def exporter_options(self) -> dict:
+        return {}
+
+    def load(self, path: str):
+        import onnx
+
+        proto = onnx.load(path)
+        return self.ort.load(path), macs_of(proto)
+
+    def run(self, session, inputs):
+        return self.ort.run(session[0], inputs)
+
+    def measure(self, session, inputs, warmup=10, repeats=50):
+        from edgeprune.runtime_bench.base import LatencyStats
+
+        ms = self.OVERHEAD_MS + session[1] * 1e-6
+        return LatencyStats.from_runs([ms] * repeats, warmup=warmup)
+
+
+def macs_of(proto) -> float:
+    """Conv/Gemm MACs of an ONNX graph from its weight shapes and the inferred output shapes."""
+    import onnx
+    from onnx import shape_inference
+
+    g = shape_inference.infer_shapes(proto).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*g.value_info, *g.output]}
+    inits = {t.name: list(t.dims) for t in g.initializer}
+    total = 0.0
+    for n in g.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in inits:
+            w = inits[n.input[1]]
+            out = dims[n.output[0]]
+            per_out = int(np.prod(w[1:])) if n.op_type == "Conv" else w[0] if n.op_type == "MatMul" else w[1]
+            total += float(np.prod(out)) * per_out
+    return total
+
+
+@pytest.mark.parametrize("make", [tiny_resnet, Depthwise, Concat], ids=["residual", "depthwise", "concat"])
+def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path, make) -> None:
+    from edgeprune.pipeline.search import latency_table
+
+    torch.manual_seed(0)
+    model = make().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    cost = CostModel(model, space, X)
+    rt = FakeRuntime()
+    layers_ms = cost.total * 1e-6  # the fake runtime's time for all layers, overhead removed
+    table = latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json")
+    assert table.overhead_ms == pytest.approx(rt.OVERHEAD_MS, rel=1e-3)
+    sizes = {g.id: g.size for g in space.groups}
+    assert table.predict({}, sizes, cost) == pytest.approx(layers_ms)
+    # every group narrowed to a grid width: the layers' time is exactly the pruned model's MACs
+    widths = {g.id: min(sensitivity.candidate_widths(g, 4)) for g in space.groups}
+    plan = layerwise.plan_for(space, scores, widths)
+    pruned = apply(copy.deepcopy(model), plan, X)
+    assert table.predict(widths, sizes, cost) == pytest.approx(float(cost.flops(plan)) * 1e-6, rel=1e-6)
+    assert count(pruned, X).flops < cost.total
+    # time outside the layers (0.01 ms here) shrinks with the activations the layers write, never grows
+    with_rest = dataclasses.replace(table, baseline=layers_ms + 0.01, baseline_ms=layers_ms + 0.01)
+    assert with_rest.predict({}, sizes, cost) == pytest.approx(layers_ms + 0.01)
+    extra = with_rest.predict(widths, sizes, cost) - float(cost.flops(plan)) * 1e-6
+    assert 0.0 < extra < 0.01
+    # a second build measures nothing: every entry comes from the cache
+    lines: list[str] = []
+    latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append)
+    assert lines and all(" 0 timed" in line for line in lines)
+
+
+def test_latency_table_grid_keeps_the_ends_and_aligned_widths() -> None:
+    from edgeprune.pipeline.search import latency_table
+
+    g = latency_table.grid(64, True, 8, points=4)
+    assert g[0] == 8 and g[-1] == 64 and len(g) == 4 and all(w % 8 == 0 for w in g)
+    assert latency_table.grid(64, False, 8) == [64]
+
+
+def test_depth_enters_the_trade_off() -> None:
+    """Blocks' drops on the groups' scale; a block goes once lambda prices its saving above its
+    drop; the cost table's prediction of a removal matches the count; the search meets the budget."""
+    from edgeprune.models import create
+    from edgeprune.pipeline.prune import blocks
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    found = [b.name for b in blocks.find_blocks(model, X)]
+    drops = sensitivity.block_sensitivity(model, found, torch.randn(16, 3, 32, 32))
+    assert set(drops) == set(found) and all(d > 0 for d in drops.values())
+    base = count(model, X).flops
+    objective = CountObjective(parse_budget(f"{0.8 * base / 1e6:.4f}MFLOPs"), X)
+    cost = CostModel(model, space, X)
+    full = {g.id: {g.size: 0.0} for g in space.groups}  # widths stay whole: depth alone is traded here
+    table = layerwise.CostTable(base, {g: {w: 0.0 for w in d} for g, d in full.items()}, 1.0, {g.id: g.size for g in space.groups})
+    predict = lambda w, r: table.predict(w, cost, r)  # noqa: E731
+    pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {}, removed=found[:1]), X)
+    assert predict({}, found[:1]) == pytest.approx(count(pruned, X).flops, rel=0.02)
+    search = layerwise.LayerwiseSearch(model, X, space, scores, full, predict, objective, tol=0.2, block_drops=drops)
+    assert search.choice_at(0.0)[1] == ()
+    assert set(search.choice_at(1e6)[1]) == set(found)  # everything priced away at a huge lambda
+    price = {b: drops[b] / search.block_savings[b] for b in found}  # drop per FLOP saved: the first to go is the cheapest
+    cheapest = min(price, key=price.get)
+    assert search.choice_at(1.0001 * price[cheapest])[1] == (cheapest,)
+    result = search.run()
+    assert result.plan.removed_blocks
+    assert count(apply(copy.deepcopy(model), result.plan, X), X).flops <= objective.budget.value
