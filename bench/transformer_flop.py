@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.8, 0.6, 0.4], help="latency fractions of the baseline")
     p.add_argument("--train-steps", type=int, default=4000, help="baseline training steps (batch 32 x 128 characters)")
-    p.add_argument("--train-lr", type=float, default=0.3)
+    p.add_argument("--train-lr", type=float, default=0.1, help="peak one-cycle lr (0.5 diverged in a trial)")
     p.add_argument("--flop-steps", type=int, default=600, help="FLOP's joint weight + gate training steps")
     p.add_argument("--recover-steps", type=int, default=400, help="fine-tuning steps after pruning, every row")
     p.add_argument("--lr", type=float, default=0.05, help="fine-tuning (and FLOP weight) learning rate")

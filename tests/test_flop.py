@@ -207,6 +207,15 @@ def test_flop_end_to_end_with_a_flops_budget_and_resume(tmp_path: Path) -> None:
     assert pairs and not any(m.costs_more_than_dense for m in pairs)  # the rest were merged back
 
 
+def test_nothing_to_gate_is_a_one_line_error() -> None:
+    from edgeprune.errors import EdgepruneError
+
+    model = nn.Sequential(nn.Linear(32, 4))  # only an output layer
+    with pytest.raises(EdgepruneError) as info:
+        get_method("flop", steps=1).prepare(model, discover(model, VECTOR), VECTOR, bundle(), Goal(cost_fraction=0.5))
+    assert "min_params" in str(info.value) and "\n" not in str(info.value)
+
+
 # ------------------------------------------------------------------------------ the character LM
 
 

@@ -163,6 +163,9 @@ class FLOP(Importance):
         names = factorizable(model, space, example_inputs, self.min_params, self.factorize_attention)
         factorize(model, names)
         groups = self._gated_groups(model, space, example_inputs, names)
+        if not groups:
+            raise EdgepruneError(f"FLOP found no Linear with at least {self.min_params} weights and no MLP unit or head to gate; "
+                                 "lower its min_params option or use --method l1")
         gates = Gates({g.id: g.size for g in groups}, self.init)
         channels = PruningSpace([g for g in groups if g.kind == "channels"], [])
         points = gating.hook_points(model, channels, example_inputs)
