@@ -65,10 +65,12 @@ def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.
 
 
 def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measurer: TargetMeasurer, x: torch.Tensor,
-            work: Path, log: Any, out: Path | None = None) -> dict[str, Any]:
+            work: Path, log: Any, out: Path | None = None, metric: str = "top1") -> dict[str, Any]:
     """One full `compress` run, re-timed against the unpruned `base` interleaved, as a result row
     (an `error` row when the pipeline refuses with a user error). `out` (default: a folder of its
-    own under `work`) may be shared by runs that should reuse each other's budget-free stages."""
+    own under `work`) may be shared by runs that should reuse each other's budget-free stages;
+    `metric` names the accuracy keys (the run's --metric: top-1 by default, bits per character for
+    a language model)."""
     import time
 
     from edgeprune.errors import EdgepruneError
@@ -87,7 +89,7 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     timings = res.report["timings_s"]
     row = {
         "label": label, "method": settings.method, "depth": settings.depth, "recovery": res.report["recovery"]["method"],
-        "top1_pruned": res.accuracy["pruned"], "top1": res.accuracy["recovered"], "latency_ratio": lat["ratio"], "latency": lat,
+        f"{metric}_pruned": res.accuracy["pruned"], metric: res.accuracy["recovered"], "latency_ratio": lat["ratio"], "latency": lat,
         "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
         "widths": {gid: len(g.keep) for gid, g in res.plan.groups.items()},
         "candidates_measured": res.report["search"]["candidates_measured"], "stop_reason": res.report["search"]["stop_reason"],
@@ -96,7 +98,7 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
         "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
         "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    log(f"{label}: top-1 {row['top1']:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
+    log(f"{label}: {metric} {row[metric]:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
     return row
 
 

@@ -99,8 +99,8 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--slimming-steps", type=int, help="slimming: sparsity-training steps (instead of epochs)")
     p.add_argument("--pfs-lambda", type=float, default=0.5, help="pfs: L1 weight on the mean |gate| (default 0.5)")
     p.add_argument("--tas-arch-lr", type=float, default=0.05, help="tas: Adam learning rate of the width/depth logits")
-    p.add_argument("--search-epochs", type=int, help="pfs / tas: epochs of gate learning or architecture search (default 1)")
-    p.add_argument("--search-steps", type=int, help="pfs / tas: steps of gate learning or architecture search (instead of epochs)")
+    p.add_argument("--search-epochs", type=int, help="pfs / tas / flop: epochs of gate learning or architecture search (default 1)")
+    p.add_argument("--search-steps", type=int, help="pfs / tas / flop: steps of gate learning or architecture search (instead of epochs)")
     _common(p)
     return p
 
@@ -113,6 +113,8 @@ def _method_options(a: argparse.Namespace) -> dict:
         return {"lam": a.pfs_lambda, "epochs": a.search_epochs, "steps": a.search_steps}
     if a.method == "tas":
         return {"arch_lr": a.tas_arch_lr, "epochs": a.search_epochs, "steps": a.search_steps, "round_to": a.round_to}
+    if a.method == "flop":
+        return {"epochs": a.search_epochs, "steps": a.search_steps}
     return {}
 
 

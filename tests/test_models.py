@@ -21,9 +21,12 @@ def n_params(model: nn.Module) -> int:
 @pytest.mark.parametrize("name", models.available())
 def test_forward_shape(name: str) -> None:
     model = models.create(name, num_classes=10).eval()
+    shape = models.default_input_shape(name)
     with torch.no_grad():
-        out = model(torch.randn(models.default_input_shape(name)))
-    assert out.shape == (1, 10)
+        if models.takes_tokens(name):  # a language model: logits for every position, flattened
+            assert model(torch.randint(0, 10, shape)).shape == (shape[0] * shape[1], 10)
+        else:
+            assert model(torch.randn(shape)).shape == (1, 10)
 
 
 def test_default_input_shapes() -> None:

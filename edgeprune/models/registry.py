@@ -19,13 +19,15 @@ Factory = Callable[..., nn.Module]
 
 _FACTORIES: dict[str, Factory] = {}
 _INPUT_SHAPES: dict[str, tuple[int, ...]] = {}
+_TAKES_TOKENS: set[str] = set()
 
 CIFAR_INPUT: tuple[int, ...] = (1, 3, 32, 32)
 IMAGENET_INPUT: tuple[int, ...] = (1, 3, 224, 224)
 
 
-def register(name: str, input_shape: tuple[int, ...] = CIFAR_INPUT) -> Callable[[Factory], Factory]:
-    """Register a factory under `name`; `input_shape` is the example input used for tracing and export.
+def register(name: str, input_shape: tuple[int, ...] = CIFAR_INPUT, tokens: bool = False) -> Callable[[Factory], Factory]:
+    """Register a factory under `name`; `input_shape` is the example input used for tracing and export,
+    `tokens` says it is integer token ids rather than floats (a language model).
 
     A name may be registered once only, so two modules cannot silently shadow each other.
     """
@@ -35,6 +37,8 @@ def register(name: str, input_shape: tuple[int, ...] = CIFAR_INPUT) -> Callable[
             raise ValueError(f"model {name!r} is registered twice")
         _FACTORIES[name] = factory
         _INPUT_SHAPES[name] = tuple(input_shape)
+        if tokens:
+            _TAKES_TOKENS.add(name)
         return factory
 
     return decorator
@@ -59,3 +63,8 @@ def available() -> list[str]:
 def default_input_shape(name: str) -> tuple[int, ...]:
     """The (batch 1) input shape model `name` was designed for, e.g. (1, 3, 32, 32) for CIFAR nets."""
     return _INPUT_SHAPES[_lookup(name)]
+
+
+def takes_tokens(name: str) -> bool:
+    """Whether model `name` reads integer token ids (its example input is int64, not float)."""
+    return _lookup(name) in _TAKES_TOKENS

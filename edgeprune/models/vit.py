@@ -23,11 +23,13 @@ from edgeprune.models.registry import CIFAR_INPUT, register
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with fused qkv projection."""
+    """Multi-head self-attention with fused qkv projection; `causal` masks future tokens (the
+    character language model, char_lm.py)."""
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, causal: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -36,7 +38,7 @@ class Attention(nn.Module):
         # (B, N, 3*H*d) -> (3, B, H, N, d); d comes from the weight's current size via -1.
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # scale = 1/sqrt(q.shape[-1])
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # scale = 1/sqrt(q.shape[-1])
         return self.proj(out.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -54,10 +56,10 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, causal: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, causal)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 

@@ -174,6 +174,10 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     if type(method).prepare is not Importance.prepare:
         goal = Goal(cost_fraction=budget.value / baseline_value, depth=settings.depth)
         model = _prepared(method, model, space, inputs, data, goal, run, stage)
+        if type(method).prepared_architecture is not Importance.prepared_architecture:  # e.g. factorized Linears
+            space_d = stage("prepared_space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
+            space = space_mod.PruningSpace.from_dict(space_d)
+            log(f"  prepared model: {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
     scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
     scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
     block_scores: dict[str, float] = {}
@@ -319,6 +323,7 @@ def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.Pruni
 
     result = stage("prepare", prepare)
     method.load_state(result["state"])
+    prepared = method.prepared_architecture(prepared)
     prepared.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return prepared.eval()
 

@@ -115,12 +115,14 @@ def from_module(
 ) -> LoadedModel:
     """Wrap an nn.Module, checking it runs on the example inputs."""
     if example_inputs is None:
-        if input_shape is None and arch is not None and ":" not in arch:
+        registered = arch is not None and ":" not in arch
+        if input_shape is None and registered:
             input_shape = models.default_input_shape(arch)
         if input_shape is None:
             raise EdgepruneError("the model's input shape is unknown; pass --input-shape, e.g. 1x3x224x224")
         gen = torch.Generator().manual_seed(0)
-        example_inputs = (torch.randn(*input_shape, generator=gen),)
+        tokens = registered and models.takes_tokens(arch)  # a language model: ids 0/1, as runtime_bench/inputs.py draws them
+        example_inputs = (torch.randint(0, 2, tuple(input_shape), generator=gen) if tokens else torch.randn(*input_shape, generator=gen),)
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)

@@ -78,7 +78,7 @@ def discover(
     dg = graph.build_graph(model, example_inputs)
     sites = attention.find_attention(model)
     fused_qkv = {id(s.qkv) for s in sites}
-    outputs = _output_layers(model, example_inputs)
+    outputs = output_layers(model, example_inputs)
     candidates: list[Group] = []
     skipped: list[Skipped] = []
     visited: set[str] = set()  # layers whose output channels already belong to a group
@@ -155,7 +155,7 @@ def _grouped_conv(model: nn.Module, members: Sequence[str]) -> str | None:
     return None
 
 
-def _output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> set[str]:
+def output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> set[str]:
     """Names of layers whose output tensor is returned by the model as is.
 
     Each layer's output is held until the comparison: once freed, a tensor's id() can be reused by
@@ -216,12 +216,12 @@ def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], groups: l
                 return "pruning it changes what the model computes beyond the removed units (a coupling the graph mis-traces)"
         return None
 
-    exact = [g for g in groups if not _through_norm(model, g)]
-    shape_only = [g for g in groups if _through_norm(model, g)]
+    exact = [g for g in groups if not through_norm(model, g)]
+    shape_only = [g for g in groups if through_norm(model, g)]
     return _bisect(exact, lambda sub: trial(sub, True)) + _bisect(shape_only, lambda sub: trial(sub, False))
 
 
-def _through_norm(model: nn.Module, group: Group) -> bool:
+def through_norm(model: nn.Module, group: Group) -> bool:
     """Whether a group's channels pass a norm that mixes channels (silencing is then not removal)."""
     for member in group.members:
         m = model.get_submodule(member.split("(")[0])

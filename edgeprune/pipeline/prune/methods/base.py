@@ -6,7 +6,7 @@ top-scoring units of each group, so a method never needs to know about budgets o
 
 Two optional steps around the scoring let a method be faithful to its paper without the pipeline
 knowing it: `prepare` changes the model before it is scored and pruned (Network Slimming's
-sparsity training), `reconstruct` adjusts the pruned model's remaining weights (ThiNet's and
+sparsity training; FLOP's factorization, with `prepared_architecture`), `reconstruct` adjusts the pruned model's remaining weights (ThiNet's and
 He et al.'s least-squares reconstruction). `ranking` says whether scores are comparable across
 groups ("global": one threshold for all units, so per-layer widths are discovered) or only within
 a group ("uniform": every group keeps the same fraction).
@@ -58,6 +58,14 @@ class Importance(abc.ABC):
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:
         """The model to score and prune (default: `model` itself, unchanged)."""
+        return model
+
+    def prepared_architecture(self, model: nn.Module) -> nn.Module:
+        """`model` (the original architecture) rebuilt into the architecture `prepare` returns, its
+        weights to be replaced by the prepared ones (default: `model` itself). A method whose
+        `prepare` changes the architecture (FLOP factorizes Linears) overrides it, so a resumed run
+        can load the prepared weights; the pipeline then discovers the pruning space again on the
+        prepared model."""
         return model
 
     def state(self) -> dict[str, Any]:
