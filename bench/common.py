@@ -46,9 +46,10 @@ def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.
 
 
 def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measurer: TargetMeasurer, x: torch.Tensor,
-            work: Path, log: Any) -> dict[str, Any]:
+            work: Path, log: Any, evaluate: Any = None) -> dict[str, Any]:
     """One full `compress` run, re-timed against the unpruned `base` interleaved, as a result row
-    (an `error` row when the pipeline refuses with a user error)."""
+    (an `error` row when the pipeline refuses with a user error); `evaluate(result) -> dict` adds a
+    benchmark's own figures of the finished run (a robust accuracy of its model) to the row."""
     import time
 
     from edgeprune.errors import EdgepruneError
@@ -75,6 +76,8 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
         "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
         "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+    if evaluate is not None:
+        row.update(evaluate(res))
     log(f"{label}: top-1 {row['top1']:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
     return row
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.data import load_data
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.select import plan_at_level
@@ -24,18 +23,6 @@ from tests.synthetic import learnable_npz
 from tests.test_cli import run_cli
 from tests.test_learned import IMAGE, IMAGE32, Planted
 from tests.tiny_models import tiny_resnet
-
-
-@pytest.fixture(scope="module")
-def data16(tmp_path_factory: pytest.TempPathFactory):
-    path = learnable_npz(tmp_path_factory.mktemp("d") / "d.npz", n_train=128, n_test=48, classes=2)
-    return load_data(str(path), batch_size=32)
-
-
-@pytest.fixture(scope="module")
-def data32(tmp_path_factory: pytest.TempPathFactory):
-    path = learnable_npz(tmp_path_factory.mktemp("d32") / "d.npz", n_train=64, n_test=32, size=32, classes=10)
-    return load_data(str(path), batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +98,23 @@ def test_anp_zeroed_channels_are_removed_physically_without_changing_outputs(dat
         assert torch.allclose(pruned(x), model.eval()(x), atol=1e-5)
 
 
-def test_anp_compress_end_to_end_recovers_adversarially(tmp_path: Path) -> None:
+def _compress_tiny(tmp_path: Path, method: str, *options: str) -> tuple[dict, float]:
+    """`compress` of the tiny ResNet with `method` to 60% of its FLOPs, a few steps of everything:
+    the report and the unpruned FLOPs."""
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
     base = count(tiny_resnet(), IMAGE32).flops
     torch.save(tiny_resnet(), tmp_path / "m.pt")
     out = tmp_path / "out"
-    rc, _, err = run_cli([tmp_path / "m.pt", "--input-shape", "1x3x32x32", "--method", "anp", "--data", npz,
-                          "--budget", f"{0.6 * base / 1e6:.3f}MFLOPs", "--search-steps", "2", "--steps", "1", "--pgd-steps", "1",
+    rc, _, err = run_cli([tmp_path / "m.pt", "--input-shape", "1x3x32x32", "--method", method, "--data", npz,
+                          "--budget", f"{0.6 * base / 1e6:.3f}MFLOPs", "--search-steps", "2", "--steps", "1", *options,
                           "--batch-size", "16", "--round-to", "4", "--warmup", "1", "--repeats", "3", "--out", out])
     assert rc == 0, err
-    rep = json.loads((out / "report.json").read_text())
+    assert (out / "model.onnx").exists()
+    return json.loads((out / "report.json").read_text()), base
+
+
+def test_anp_compress_end_to_end_recovers_adversarially(tmp_path: Path) -> None:
+    rep, base = _compress_tiny(tmp_path, "anp", "--pgd-steps", "1")
     assert rep["recovery"]["method"] == "adversarial"  # ANP's default: the pruned model is recovered for robustness
     learned = rep["method"]["learned"]
     assert learned["attack"] == {"eps": 8 / 255, "step": 2 / 255, "steps": 1}
@@ -181,17 +175,8 @@ def test_sanp_static_scores_rank_frequently_kept_channels_first(sanp_pair) -> No
 
 
 def test_sanp_compress_exports_a_static_model(tmp_path: Path) -> None:
-    npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
-    base = count(tiny_resnet(), IMAGE32).flops
-    torch.save(tiny_resnet(), tmp_path / "m.pt")
-    out = tmp_path / "out"
-    rc, _, err = run_cli([tmp_path / "m.pt", "--input-shape", "1x3x32x32", "--method", "sanp", "--data", npz,
-                          "--budget", f"{0.6 * base / 1e6:.3f}MFLOPs", "--search-steps", "2", "--steps", "1",
-                          "--batch-size", "16", "--round-to", "4", "--warmup", "1", "--repeats", "3", "--out", out])
-    assert rc == 0, err
-    rep = json.loads((out / "report.json").read_text())
+    rep, base = _compress_tiny(tmp_path, "sanp")
     learned = rep["method"]["learned"]
     assert learned["exported"] == "static" and "static graphs" in learned["why"]
     assert 0 < learned["dynamic"]["macs_fraction_mean"] <= 1 + learned["dynamic"]["spm_macs_fraction"]
     assert rep["final"]["flops"] <= 0.6 * base
-    assert (out / "model.onnx").exists()

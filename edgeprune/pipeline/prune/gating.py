@@ -56,6 +56,15 @@ class HookPoint:
 ChannelFn = Callable[[HookPoint, torch.Tensor], torch.Tensor]
 
 
+def require_channel_groups(space: PruningSpace, method: str) -> None:
+    """Refuse a space with attention-head groups: the learned methods act on channels at hook
+    points, and a head group has none."""
+    heads = [g.id for g in space.groups if g.kind != "channels"]
+    if heads:
+        raise EdgepruneError(f"--method {method} acts on channels; {heads[0]} is an attention-head group: "
+                             "mark it --unprunable or use --method l1")
+
+
 def hook_points(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> list[HookPoint]:
     """Where each channel group of `space` is produced (heads groups are not channels: skipped)."""
     dg = graph.build_graph(model, example_inputs)

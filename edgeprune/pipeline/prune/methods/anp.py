@@ -40,9 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import gating
-from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
+from edgeprune.pipeline.prune.methods.base import Goal, History, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.pgd import PGD
 from edgeprune.pipeline.recovery.trainer import TrainConfig, train
@@ -118,7 +117,7 @@ class _Masks(nn.Module):
 
 
 @register
-class ANP(Importance):
+class ANP(LearnedImportance):
     name = "anp"
     reference = "Madaan, Shin & Hwang, Adversarial Neural Pruning with Latent Vulnerability Suppression, ICML 2020"
     ranking = "global"
@@ -129,31 +128,25 @@ class ANP(Importance):
                  pgd_steps: int = 7, eps: float = 8 / 255, step: float = 2 / 255, vs_weight: float = 0.1,
                  kl_weight: float = 1.0, alpha: float = 1e-4, keep: float = 0.9, temperature: float = 0.1,
                  threshold: float = 1e-3) -> None:
+        super().__init__()
         self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
         self.mask_lr = mask_lr
         self.pgd_options = {"steps": pgd_steps, "eps": eps, "step": step}
         self.vs_weight = vs_weight
         self.kl_weight = kl_weight
         self.mask_options = {"alpha": alpha, "keep": keep, "temperature": temperature, "threshold": threshold}
-        self.result: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:
         """Adversarial training of `model` in place with the masks; returns it with the masks folded in."""
-        heads = [g.id for g in space.groups if g.kind != "channels"]
-        if heads:
-            raise EdgepruneError(f"ANP masks channels; {heads[0]} is an attention-head group: mark it --unprunable or use --method l1")
+        gating.require_channel_groups(space, self.name)
         pgd = PGD.for_data(data, **self.pgd_options)
         points = gating.hook_points(model, space, example_inputs)
         masks = _Masks({g.id: g.size for g in space.groups}, **self.mask_options)
         n_train = data.train.num_samples  # a BatchLoader: PGD.for_data refused any other loader
-        history: list[dict[str, float]] = []
-        total = self.config.total_steps(len(data.train))
-        every = max(total // 20, 1)
-        step = 0
+        history = History(self.config.total_steps(len(data.train)))
 
         def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            nonlocal step
             adv = pgd.attack(getattr(net, "module", net), x, y)
             masks.resample(len(x))
             logits, f_adv = masks.record(net, adv)
@@ -161,9 +154,7 @@ class ANP(Importance):
             vs = torch.stack([(a - c).abs().mean() for a, c in zip(f_adv, f_clean)]).mean()
             kl = sum(g.kl() for g in masks.groups) / n_train
             ce = nn.functional.cross_entropy(logits, y)
-            if step % every == 0 or step == total - 1:
-                history.append(self._snapshot(masks, step, ce, vs, kl))
-            step += 1
+            history.tick(lambda: self._snapshot(masks, ce, vs, kl))
             return ce + self.vs_weight * vs + self.kl_weight * kl, logits
 
         side = torch.optim.Adam(masks.parameters(), lr=self.mask_lr)
@@ -178,24 +169,16 @@ class ANP(Importance):
             "zeroed_total": int(sum((v == 0).sum() for v in keep.values())),
             "units_total": int(sum(len(v) for v in keep.values())),
             "attack": {"eps": pgd.eps, "step": pgd.step, "steps": pgd.steps},
-            "history": history,
+            "history": history.rows,
         }
         return model
 
     @staticmethod
-    def _snapshot(masks: _Masks, step: int, ce: torch.Tensor, vs: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
+    def _snapshot(masks: _Masks, ce: torch.Tensor, vs: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
             keep = torch.cat([g.mask() for g in masks.groups])
-        return {"step": step, "adv_ce": float(ce.detach()), "vs": float(vs.detach()), "kl": float(kl.detach()), "mean_keep": float(keep.mean()),
+        return {"adv_ce": float(ce.detach()), "vs": float(vs.detach()), "kl": float(kl.detach()), "mean_keep": float(keep.mean()),
                 "zeroed": int((keep == 0).sum())}
 
-    def state(self) -> dict[str, Any]:
-        return self.result
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.result = state
-
     def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
-        if not self.result:
-            raise EdgepruneError("ANP scores are its learned masks: run prepare first")
-        return {g.id: np.asarray(self.result["keep"][g.id]) for g in space.groups}
+        return {g.id: np.asarray(self.learned()["keep"][g.id]) for g in space.groups}

@@ -37,7 +37,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import gating, graph
-from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
+from edgeprune.pipeline.prune.methods.base import Goal, History, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, train
 from edgeprune.pipeline.search.cost_model import CostModel
@@ -171,7 +171,7 @@ def measure_dynamic(dyn: DynamicNet, cost: CostModel, loader: Iterable[Any], lim
 
 
 @register
-class SANP(Importance):
+class SANP(LearnedImportance):
     name = "sanp"
     reference = "Chen et al., Self-Adaptive Network Pruning, ICONIP 2019"
     ranking = "global"
@@ -180,6 +180,7 @@ class SANP(Importance):
     def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.01, spm_lr: float = 0.01,
                  cost_weight: float = 2.0, target: float | None = None, hidden: int = 16, tau: float = 1.0,
                  init_logit: float = 3.0, calibration: int = 512, eval_images: int | None = None) -> None:
+        super().__init__()
         self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
         self.spm_lr = spm_lr
         self.cost_weight = cost_weight
@@ -188,14 +189,11 @@ class SANP(Importance):
         self.calibration = calibration
         self.eval_images = eval_images
         self.dynamic: DynamicNet | None = None
-        self.result: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:
         """Train `model` in place jointly with the SPMs; the dynamic model stays in `self.dynamic`."""
-        heads = [g.id for g in space.groups if g.kind != "channels"]
-        if heads:
-            raise EdgepruneError(f"SANP decides channels; {heads[0]} is an attention-head group: mark it --unprunable or use --method l1")
+        gating.require_channel_groups(space, self.name)
         target = self.target if self.target is not None else (goal.cost_fraction if goal else None)
         if target is None:
             raise EdgepruneError("SANP's cost objective needs a target: give the method target=FRACTION (compress passes the budget's)")
@@ -203,19 +201,13 @@ class SANP(Importance):
         dyn = DynamicNet(model, points, sources(model, points, example_inputs), {g.id: g.size for g in space.groups},
                          example_inputs, **self.spm)
         cost = CostModel(model, space, example_inputs)
-        history: list[dict[str, float]] = []
-        total = self.config.total_steps(len(data.train))
-        every = max(total // 20, 1)
-        step = 0
+        history = History(self.config.total_steps(len(data.train)))
 
         def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            nonlocal step
             logits = dyn(x)
             fraction = dyn.kept_macs(cost, soft=True).mean() / cost.total
             ce = nn.functional.cross_entropy(logits, y)
-            if step % every == 0 or step == total - 1:
-                history.append({"step": step, "ce": float(ce.detach()), "expected_macs_fraction": float(fraction.detach())})
-            step += 1
+            history.tick(lambda: {"ce": float(ce.detach()), "expected_macs_fraction": float(fraction.detach())})
             return ce + self.cost_weight * torch.relu(fraction - target), logits
 
         side = torch.optim.Adam(dyn.spms.parameters(), lr=self.spm_lr)
@@ -231,7 +223,7 @@ class SANP(Importance):
             "keep_frequency": {gid: f.tolist() for gid, f in freq.items()},
             # frequency first; the mean keep probability only orders channels of equal frequency
             "scores": {gid: (freq[gid] + 1e-3 * prob[gid]).tolist() for gid in freq},
-            "history": history,
+            "history": history.rows,
         }
         return model
 
@@ -247,13 +239,5 @@ class SANP(Importance):
             dyn.net.train(was_training)
         return ({gid: d.mean(0) for gid, d in dyn.decisions.items()}, {gid: p.mean(0) for gid, p in dyn.probs.items()})
 
-    def state(self) -> dict[str, Any]:
-        return self.result
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.result = state
-
     def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
-        if not self.result:
-            raise EdgepruneError("SANP scores are its saliency statistics: run prepare first")
-        return {g.id: np.asarray(self.result["scores"][g.id]) for g in space.groups}
+        return {g.id: np.asarray(self.learned()["scores"][g.id]) for g in space.groups}
