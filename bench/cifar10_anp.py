@@ -3,12 +3,13 @@
 
 From the trained ResNet-20 (edgeprune/assets), budget 50% of its measured latency on ORT CPU, 1 thread:
 - base: the trained checkpoint as it is;
-- base + AT: Madry et al.'s adversarial training of the unpruned model for --epochs (PGD
-  --train-pgd-steps, eps 8/255, step 2/255), the robustness ANP starts from without pruning;
-- l1 + AT: L1 channel pruning to the budget, then adversarial fine-tuning for --recovery-epochs
-  (pruning that ignores robustness, recovered for it);
+- base + AT: Madry et al.'s adversarial training of the unpruned model (PGD --train-pgd-steps,
+  eps 8/255, step 2/255);
+- l1 + AT: L1 channel pruning to the budget, then adversarial fine-tuning (pruning that ignores
+  robustness, recovered for it);
 - anp + AT: ANP (masks + weights trained adversarially with vulnerability suppression for --epochs),
-  pruned to the budget, then the same adversarial fine-tuning;
+  pruned to the budget, then --recovery-epochs of adversarial fine-tuning;
+  the three robust rows get the same adversarial training in total, --epochs + --recovery-epochs;
 - sanp (static) + fine-tune: SANP's SPMs and weights trained for --epochs (clean loss, the paper's),
   the static export pruned to the budget, fine-tuned clean; its dynamic model's measured saving is
   in the row (`dynamic`).
@@ -42,10 +43,10 @@ from edgeprune.pipeline.recovery import TrainConfig, top1, train  # noqa: E402
 from edgeprune.pipeline.recovery.pgd import PGD, adversarial_loss, robust_top1  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "cifar10_anp.json"
-ROWS = [  # (label, method, its own training's options besides the budget, recovery)
-    ("l1 + AT", "l1", None, "adversarial"),
-    ("anp + AT", "anp", {"pgd_steps"}, "adversarial"),
-    ("sanp static + fine-tune", "sanp", set(), "finetune"),
+ROWS = [  # (label, method, whether it trains for --epochs itself (else recovery takes them too), recovery)
+    ("l1 + AT", "l1", False, "adversarial"),
+    ("anp + AT", "anp", True, "adversarial"),
+    ("sanp static + fine-tune", "sanp", True, "finetune"),
 ]
 
 
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the full CIFAR-10 .npz")
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--epochs", type=int, default=1, help="adversarial training of base + AT; ANP's and SANP's training (default 1)")
-    p.add_argument("--recovery-epochs", type=int, default=1, help="recovery of every pruned row (default 1)")
-    p.add_argument("--steps", type=int, help="optimizer steps instead of epochs, everywhere (smoke runs)")
+    p.add_argument("--epochs", type=int, default=1, help="ANP's and SANP's own training (default 1)")
+    p.add_argument("--recovery-epochs", type=int, default=1, help="recovery after ANP and SANP (default 1); base + AT "
+                                                                   "and l1 + AT train for --epochs + --recovery-epochs")
+    p.add_argument("--steps", type=int, help="optimizer steps instead of epochs (each flag's epochs become this many steps: smoke runs)")
     p.add_argument("--train-pgd-steps", type=int, default=7, help="PGD steps of adversarial training (default 7, Madry et al.)")
     p.add_argument("--eval-pgd-steps", type=int, default=10, help="PGD steps of the robust evaluation (default 10)")
     p.add_argument("--robust-images", type=int, default=10000, help="test images attacked (default: all 10,000)")
@@ -65,14 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    train_options = {"epochs": None, "steps": a.steps} if a.steps else {"epochs": a.epochs, "steps": None}
-    recovery = {"epochs": None, "steps": a.steps} if a.steps else {"epochs": a.recovery_epochs, "steps": None}
+
+    def budget(epochs: int) -> dict[str, int | None]:
+        return {"epochs": None, "steps": a.steps * epochs} if a.steps else {"epochs": epochs, "steps": None}
+
+    method_training, recovery, total = budget(a.epochs), budget(a.recovery_epochs), budget(a.epochs + a.recovery_epochs)
     result: dict[str, Any] = {
-        **header("cifar10_anp"), "smoke": a.smoke, "budget": a.budget, "arch": a.arch, "training": train_options,
-        "recovery": recovery, "train_attack": {"eps": 8 / 255, "step": 2 / 255, "steps": a.train_pgd_steps},
+        **header("cifar10_anp"), "smoke": a.smoke, "budget": a.budget, "arch": a.arch, "method_training": method_training,
+        "recovery": recovery, "adversarial_training_total": total, "train_attack": {"eps": 8 / 255, "step": 2 / 255, "steps": a.train_pgd_steps},
         "eval_attack": {"eps": 8 / 255, "step": 2 / 255, "steps": a.eval_pgd_steps, "random_start": True, "images": a.robust_images},
         "protocol": CIFAR10_PROTOCOL | {"robust accuracy": f"PGD top-1 on the first {a.robust_images} test images",
-                                        "recovery": "the same epochs for every pruned row; the methods' own training on top"},
+                                        "training": "base + AT and l1 + AT: adversarial_training_total; anp and sanp: "
+                                                    "method_training, then recovery"},
         "models": {}, "skipped": {},
     }
     work = Path(tempfile.mkdtemp(prefix="cifar10_anp_"))
@@ -90,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     base, measurer, entry = found
     entry["baseline"].update(robust(base))
     log(f"base: top-1 {entry['baseline']['top1']:.4f}, robust {entry['baseline']['robust_top1']:.4f}")
-    entry["rows"].append(_adversarially_trained(base, data, a, train_options, robust, log) | {"flops": entry["baseline"]["flops"]})
+    entry["rows"].append(_adversarially_trained(base, data, a, total, robust, log) | {"flops": entry["baseline"]["flops"]})
     atomic.write_json(a.out, result)
     for label, method, learns, recover in ROWS:
-        options = {} if learns is None else train_options | {k: a.train_pgd_steps for k in learns}
+        options = (method_training | ({"pgd_steps": a.train_pgd_steps} if method == "anp" else {})) if learns else {}
         settings = Settings(budget=a.budget, method=method, method_options=options, data=a.data, recover=recover,
-                            pgd_steps=a.train_pgd_steps, **recovery)
+                            pgd_steps=a.train_pgd_steps, **(recovery if learns else total))
         loaded = from_module(copy.deepcopy(base), x, arch=a.arch, num_classes=10)
         extras = lambda res: robust(res.model) | {"method_state": _summary(res.report["method"]["learned"])}  # noqa: E731
         entry["rows"].append(run_row(f"{a.arch} {label}", loaded, settings, base, measurer, x, work, log, extras) | {"label": label})

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.prune import gating
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.recovery import TrainConfig, top1, train
-from edgeprune.pipeline.recovery.pgd import PGD, robust_top1
+from edgeprune.pipeline.recovery.pgd import PGD, adversarial_loss, robust_top1
 from tests.synthetic import learnable_npz
 from tests.test_cli import run_cli
 from tests.test_learned import IMAGE, IMAGE32, Planted
@@ -62,7 +63,30 @@ def test_pgd_lowers_the_accuracy_of_a_trained_model(linear, data16) -> None:
     assert robust_top1(linear, data16.val, PGD.for_data(data16, eps=0.0, steps=2)) == clean
 
 
+def test_adversarial_training_raises_robust_accuracy(linear, data16) -> None:
+    """Madry et al.'s loss (the ANP training's and `--recover adversarial`'s) does what it is for."""
+    pgd = PGD.for_data(data16, eps=0.1, step=0.03, steps=5)
+    torch.manual_seed(0)
+    robust_model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+    train(robust_model, data16.train, TrainConfig(steps=20, lr=0.002), adversarial_loss(pgd), log=lambda s: None)
+    assert robust_top1(robust_model, data16.val, pgd) > robust_top1(linear, data16.val, pgd) + 0.3
+
+
 # ---------------------------------------------------------------------------------------------- ANP
+
+
+def test_folding_channel_factors_into_weights_equals_applying_them_at_the_hooks() -> None:
+    model = tiny_resnet().eval()
+    space = discover(model, IMAGE32)
+    points = gating.hook_points(model, space, IMAGE32)
+    g = torch.Generator().manual_seed(0)
+    values = {grp.id: torch.rand(grp.size, generator=g) * (torch.rand(grp.size, generator=g) > 0.3) for grp in space.groups}
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), gating.channel_hooks(model, points, lambda p, out: out * p.along(values[p.group], out)):
+        hooked = model(x)
+    gating.fold(model, points, values)
+    with torch.no_grad():
+        assert torch.allclose(model(x), hooked, atol=1e-5)
 
 
 def _anp(data16, kl_weight: float) -> tuple[nn.Module, object, object]:
