@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/cifar10_recovery.py --data $(CIFAR10)
 	$(PY) bench/cifar10_methods.py --data $(CIFAR10) --epochs 1
 	$(PY) bench/cifar10_learned.py --data $(CIFAR10)
+	$(PY) bench/cifar10_anp.py --data $(CIFAR10)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -65,12 +65,13 @@ def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.
 
 
 def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measurer: TargetMeasurer, x: torch.Tensor,
-            work: Path, log: Any, out: Path | None = None, metric: str = "top1") -> dict[str, Any]:
+            work: Path, log: Any, out: Path | None = None, metric: str = "top1", evaluate: Any = None) -> dict[str, Any]:
     """One full `compress` run, re-timed against the unpruned `base` interleaved, as a result row
     (an `error` row when the pipeline refuses with a user error). `out` (default: a folder of its
     own under `work`) may be shared by runs that should reuse each other's budget-free stages;
     `metric` names the accuracy keys (the run's --metric: top-1 by default, bits per character for
-    a language model)."""
+    a language model); `evaluate(result) -> dict` adds a benchmark's own figures of the finished
+    run (a robust accuracy of its model) to the row."""
     import time
 
     from edgeprune.errors import EdgepruneError
@@ -98,6 +99,8 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
         "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
         "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
     }
+    if evaluate is not None:
+        row.update(evaluate(res))
     log(f"{label}: {metric} {row[metric]:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
     return row
 

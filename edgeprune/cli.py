@@ -88,9 +88,9 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     p.add_argument("--out", default="out", help="output directory (default: out/)")
     _data_args(p)
-    p.add_argument("--recover", choices=["finetune", "distill", "scratch", "none"],
+    p.add_argument("--recover", choices=["finetune", "distill", "scratch", "adversarial", "none"],
                    help="recovery after pruning (default with --data: the method's own, finetune for the criteria, "
-                        "scratch for pfs, distill for tas; none without --data)")
+                        "scratch for pfs, distill for tas, adversarial (PGD) fine-tuning for anp; none without --data)")
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
     p.add_argument("--metric", help="module:function(model, val_loader) -> float, for models that are not classifiers")
@@ -99,8 +99,12 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--slimming-steps", type=int, help="slimming: sparsity-training steps (instead of epochs)")
     p.add_argument("--pfs-lambda", type=float, default=0.5, help="pfs: L1 weight on the mean |gate| (default 0.5)")
     p.add_argument("--tas-arch-lr", type=float, default=0.05, help="tas: Adam learning rate of the width/depth logits")
-    p.add_argument("--search-epochs", type=int, help="pfs / tas / flop: epochs of gate learning or architecture search (default 1)")
-    p.add_argument("--search-steps", type=int, help="pfs / tas / flop: steps of gate learning or architecture search (instead of epochs)")
+    p.add_argument("--search-epochs", type=int, help="pfs / tas / flop / anp / sanp: epochs of gate, mask or SPM learning, "
+                                                       "or of architecture search (default 1)")
+    p.add_argument("--search-steps", type=int, help="pfs / tas / flop / anp / sanp: the same in steps (instead of epochs)")
+    p.add_argument("--pgd-steps", type=int, default=7, help="anp and --recover adversarial: PGD steps of the training attack "
+                                                            "(eps 8/255, step 2/255; default 7)")
+    p.add_argument("--sanp-cost-weight", type=float, default=2.0, help="sanp: weight of the cost objective (default 2)")
     _common(p)
     return p
 
@@ -115,6 +119,10 @@ def _method_options(a: argparse.Namespace) -> dict:
         return {"arch_lr": a.tas_arch_lr, "epochs": a.search_epochs, "steps": a.search_steps, "round_to": a.round_to}
     if a.method == "flop":
         return {"epochs": a.search_epochs, "steps": a.search_steps}
+    if a.method == "anp":
+        return {"pgd_steps": a.pgd_steps, "epochs": a.search_epochs, "steps": a.search_steps}
+    if a.method == "sanp":
+        return {"cost_weight": a.sanp_cost_weight, "epochs": a.search_epochs, "steps": a.search_steps}
     return {}
 
 
@@ -138,7 +146,7 @@ def _compress(argv: list[str]) -> int:
                         unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
                         recover=a.recover, epochs=a.epochs, steps=a.steps, lr=a.lr,
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
-                        method_options=_method_options(a), depth=a.depth, search=a.search)
+                        method_options=_method_options(a), depth=a.depth, search=a.search, pgd_steps=a.pgd_steps)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
     Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, widths.svg")

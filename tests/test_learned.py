@@ -14,7 +14,6 @@ from torch import nn
 from edgeprune.exporters import OnnxExporter
 from edgeprune.pipeline.budget import parse_budget
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.data import load_data
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.blocks import find_blocks
 from edgeprune.pipeline.prune.methods import Goal, get_method
@@ -52,18 +51,6 @@ class Planted(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
-
-
-@pytest.fixture(scope="module")
-def data16(tmp_path_factory: pytest.TempPathFactory):
-    path = learnable_npz(tmp_path_factory.mktemp("d") / "d.npz", n_train=128, n_test=48, classes=2)
-    return load_data(str(path), batch_size=32)
-
-
-@pytest.fixture(scope="module")
-def data32(tmp_path_factory: pytest.TempPathFactory):
-    path = learnable_npz(tmp_path_factory.mktemp("d32") / "d.npz", n_train=64, n_test=32, size=32, classes=10)
-    return load_data(str(path), batch_size=16)
 
 
 # ------------------------------------------------------------------------------ pruning from scratch

@@ -22,9 +22,10 @@ from edgeprune.pipeline.prune.space import discover
 
 MODELS = {"resnet20": 32, "resnet56": 32, "mobilenetv2": 32, "vgg16": 32, "vit_tiny": 32, "resnet18": 64, "resnet50": 64}
 FAST = {"thinet": {"calibration_images": 8, "samples": 256}, "lasso": {"calibration_images": 8, "samples": 256},
-        "slimming": {"steps": 1}, "l1": {}, "pfs": {"steps": 1}, "tas": {"steps": 1}}
-#: methods that learn channel gates or widths; attention heads are not channels to them
-CHANNELS_ONLY = {"pfs", "tas"}
+        "slimming": {"steps": 1}, "l1": {}, "pfs": {"steps": 1}, "tas": {"steps": 1},
+        "anp": {"steps": 1, "pgd_steps": 1}, "sanp": {"steps": 1, "calibration": 8}}
+#: methods that learn channel gates, masks or widths; attention heads are not channels to them
+CHANNELS_ONLY = {"pfs", "tas", "anp", "sanp"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, object]:
 
 #: ResNet-50's 2048-wide groups make the calibration methods take minutes: covered by ResNet-18's
 #: identical block structure (Bottleneck aside) in the unit suite
-CASES = [(a, m) for a in sorted(MODELS) for m in sorted(FAST) if not (a == "resnet50" and m in ("thinet", "lasso", "pfs", "tas"))]
+CASES = [(a, m) for a in sorted(MODELS) for m in sorted(FAST) if not (a == "resnet50" and m in ("thinet", "lasso", "pfs", "tas", "anp", "sanp"))]
 
 
 @pytest.mark.parametrize(("arch", "method"), CASES)

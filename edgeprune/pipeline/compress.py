@@ -58,13 +58,14 @@ class Settings:
     unprunable: tuple[str, ...] = ()
     # accuracy and recovery (with --data)
     data: str | None = None
-    recover: str | None = None  # finetune | distill | scratch | none; None: the method's default with data
+    recover: str | None = None  # finetune | distill | scratch | adversarial | none; None: the method's default with data
     epochs: int | None = None
     steps: int | None = None
     lr: float | None = None  # default: the recovery method's own
     batch_size: int = 128
     temperature: float = 4.0
     alpha: float = 0.9
+    pgd_steps: int = 7  # the attack of adversarial fine-tuning (eps 8/255, step 2/255)
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
@@ -329,7 +330,8 @@ def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.Pruni
 
 
 def _recovery_options(s: Settings, recover: str) -> dict[str, Any]:
-    return {"temperature": s.temperature, "alpha": s.alpha} if recover == "distill" else {}
+    options = {"distill": {"temperature": s.temperature, "alpha": s.alpha}, "adversarial": {"pgd_steps": s.pgd_steps}}
+    return options.get(recover, {})
 
 
 def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Module, data: DataBundle, s: Settings,

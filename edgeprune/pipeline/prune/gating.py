@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import graph
 from edgeprune.pipeline.prune.space import PruningSpace
 
@@ -38,6 +39,13 @@ class HookPoint:
         shape[self.dim] = -1
         return values[self.units].view(shape)
 
+    def per_sample(self, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Per-sample, per-unit `values` (batch x units) picked for this layer's channels and shaped
+        to broadcast over its output `out` (dynamic methods decide channels image by image)."""
+        shape = [out.shape[0]] + [1] * (out.dim() - 1)
+        shape[self.dim] = -1
+        return values[:, self.units].view(shape)
+
     @property
     def is_identity(self) -> bool:
         """Whether the layer's channels are exactly the group's units, in order."""
@@ -46,6 +54,15 @@ class HookPoint:
 
 #: (hook point, layer output) -> new layer output
 ChannelFn = Callable[[HookPoint, torch.Tensor], torch.Tensor]
+
+
+def require_channel_groups(space: PruningSpace, method: str) -> None:
+    """Refuse a space with attention-head groups: the learned methods act on channels at hook
+    points, and a head group has none."""
+    heads = [g.id for g in space.groups if g.kind != "channels"]
+    if heads:
+        raise EdgepruneError(f"--method {method} acts on channels; {heads[0]} is an attention-head group: "
+                             "mark it --unprunable or use --method l1")
 
 
 def hook_points(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> list[HookPoint]:
@@ -94,3 +111,23 @@ def channel_hooks(model: nn.Module, points: Sequence[HookPoint], fn: ChannelFn) 
         for h in handles:
             h.remove()
 
+
+
+@torch.no_grad()
+def fold(model: nn.Module, points: Sequence[HookPoint], values: dict[str, torch.Tensor]) -> None:
+    """Scale, in the weights themselves, the channels every hook point produces by its group's
+    per-unit `values`, so that `model` (in eval mode) computes what it computed with
+    `out * values` applied at the hooks. A channel whose value is 0 then outputs exactly 0
+    everywhere it flows, and removing it changes nothing."""
+    for p in points:
+        layer = model.get_submodule(p.layer)
+        v = values[p.group][p.units].to(layer.weight.dtype)
+        if isinstance(layer, _BN) and not layer.affine:
+            raise EdgepruneError(f"{p.layer} is a BatchNorm without affine parameters, so a channel mask cannot be folded "
+                                 "into it; give it affine=True or mark the layer --unprunable")
+        if isinstance(layer, _BN):
+            layer.weight.mul_(v)
+        else:  # Conv / Linear: output channels are the weight's first dimension
+            layer.weight.mul_(v.view(-1, *[1] * (layer.weight.dim() - 1)))
+        if layer.bias is not None:
+            layer.bias.mul_(v)

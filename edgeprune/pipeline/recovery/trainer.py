@@ -73,8 +73,13 @@ def train(
     checkpoint: Path | None = None,
     log: Callable[[str], None] = print,
     label: str = "train",
+    side_optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
-    """Train `model` in place; returns the per-epoch history (loss, train accuracy, val metric)."""
+    """Train `model` in place; returns the per-epoch history (loss, train accuracy, val metric).
+
+    `side_optimizer` steps parameters kept outside `model` (a learned method's masks or saliency
+    modules) on the same loss, with their own optimizer and learning rate: SGD at the fine-tuning
+    rate barely moves them within the few hundred steps a method is given."""
     torch.manual_seed(config.seed)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     if steps_per_epoch == 0:
@@ -112,8 +117,12 @@ def train(
                     break
                 loss, logits = loss_fn(net, x, y)
                 opt.zero_grad(set_to_none=True)
+                if side_optimizer is not None:
+                    side_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if side_optimizer is not None:
+                    side_optimizer.step()
                 sched.step()
                 step += 1
                 loss_sum += float(loss.detach()) * len(y)

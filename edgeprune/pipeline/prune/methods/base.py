@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import blocks
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
 from edgeprune.registry import Registry
@@ -89,6 +90,43 @@ class Importance(abc.ABC):
     def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Any,
                     example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
         """Adjust `pruned` (made from `model` by `plan`) in place; default: nothing."""
+
+
+class LearnedImportance(Importance):
+    """A method whose `prepare` learns one JSON result (searched widths, masks, statistics) that its
+    scores are read from; `state`/`load_state` carry it through the run directory."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, Any] = {}
+
+    def state(self) -> dict[str, Any]:
+        return self.result
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.result = state
+
+    def learned(self) -> dict[str, Any]:
+        """The result of `prepare`, which scoring needs."""
+        if not self.result:
+            raise EdgepruneError(f"--method {self.name} scores come from what its prepare step learns: run prepare first")
+        return self.result
+
+
+class History:
+    """About `points` snapshots of a learned method's training (every total/points steps and the
+    last), kept in its state so the report shows how the learning went."""
+
+    def __init__(self, total: int, points: int = 20) -> None:
+        self.total = total
+        self.every = max(total // points, 1)
+        self.step = 0
+        self.rows: list[dict[str, float]] = []
+
+    def tick(self, snapshot: Callable[[], dict[str, float]]) -> None:
+        """Count one training step; take `snapshot()` when this step is due one."""
+        if self.step % self.every == 0 or self.step == self.total - 1:
+            self.rows.append({"step": self.step, **snapshot()})
+        self.step += 1
 
 
 METHODS: Registry[Importance] = Registry("pruning method")

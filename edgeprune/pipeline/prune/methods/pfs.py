@@ -55,10 +55,7 @@ class PruningFromScratch(Importance):
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:
         """Learn the gates on `model`'s current (random) weights, which stay as they are."""
-        heads = [g.id for g in space.groups if g.kind != "channels"]
-        if heads:
-            raise EdgepruneError(f"Pruning from Scratch gates channels; {heads[0]} is an attention-head group: "
-                                 "mark it --unprunable or use --method l1")
+        gating.require_channel_groups(space, self.name)
         groups = [g.id for g in space.groups]
         points = gating.hook_points(model, space, example_inputs)
         holder = _Gated(model, [g.size for g in space.groups])

@@ -49,7 +49,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import blocks as blocks_mod
 from edgeprune.pipeline.prune import gating
-from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
+from edgeprune.pipeline.prune.methods.base import Goal, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
 from edgeprune.pipeline.prune.select import width_step
 from edgeprune.pipeline.prune.space import PruningSpace
@@ -194,7 +194,7 @@ class _Search(nn.Module):
 
 
 @register
-class TAS(Importance):
+class TAS(LearnedImportance):
     name = "tas"
     reference = "Dong & Yang, Network Pruning via Transformable Architecture Search, NeurIPS 2019"
     ranking = "global"
@@ -204,13 +204,13 @@ class TAS(Importance):
 
     def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.02, arch_lr: float = 0.05,
                  cost_weight: float = 2.0, tau: tuple[float, float] = (2.0, 0.1), prior: float = 4.0, round_to: int = 16) -> None:
+        super().__init__()
         self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
         self.arch_lr = arch_lr
         self.cost_weight = cost_weight
         self.tau = tau
         self.prior = prior
         self.round_to = round_to
-        self.result: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:
@@ -218,9 +218,7 @@ class TAS(Importance):
         goal = goal or Goal()
         if goal.cost_fraction is None:
             raise EdgepruneError("TAS searches toward the budget: give it the budget's cost fraction (compress does)")
-        heads = [g.id for g in space.groups if g.kind != "channels"]
-        if heads:
-            raise EdgepruneError(f"TAS searches channel widths; {heads[0]} is an attention-head group: mark it --unprunable or use --method l1")
+        gating.require_channel_groups(space, self.name)
         order = {gid: np.argsort(-s, kind="stable").tolist() for gid, s in L1Importance().scores(model, space, example_inputs).items()}
         net = copy.deepcopy(model)
         runs = block_runs(net, blocks_mod.find_blocks(net, example_inputs)) if goal.depth != "off" else []
@@ -281,20 +279,13 @@ class TAS(Importance):
                 h.remove()
         return history
 
-    def state(self) -> dict[str, Any]:
-        return self.result
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.result = state
-
     def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
-        if not self.result:
-            raise EdgepruneError("TAS scores come from its search: run prepare first")
+        result = self.learned()
         out: Scores = {}
         for g in space.groups:
-            width = self.result["widths"].get(g.id, g.size)
+            width = result["widths"].get(g.id, g.size)
             rank = np.empty(g.size)
-            rank[self.result["order"][g.id]] = np.arange(g.size)
+            rank[result["order"][g.id]] = np.arange(g.size)
             out[g.id] = width / g.size - (rank + 0.5) / g.size
         return out
 
