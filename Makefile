@@ -25,6 +25,8 @@ bench: $(STAMP)
 	$(PY) bench/cifar10_methods.py --data $(CIFAR10) --epochs 1
 	$(PY) bench/cifar10_learned.py --data $(CIFAR10)
 	$(PY) bench/cifar10_anp.py --data $(CIFAR10)
+	$(PY) bench/search.py --data $(CIFAR10)
+	$(PY) bench/transformer_flop.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
