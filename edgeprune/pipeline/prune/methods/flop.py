@@ -50,7 +50,7 @@ from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
 from edgeprune.pipeline.prune.factorized import factorize, merge_expensive
 from edgeprune.pipeline.prune.l0 import HardConcrete
-from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
+from edgeprune.pipeline.prune.methods.base import Goal, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, cross_entropy, train
@@ -133,7 +133,7 @@ def fold(model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], hea
 
 
 @register
-class FLOP(Importance):
+class FLOP(LearnedImportance):
     name = "flop"
     reference = "Wang, Wohlwend & Lei, Structured Pruning of Large Language Models (FLOP), 2019"
     ranking = "global"
@@ -143,6 +143,7 @@ class FLOP(Importance):
     def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.01, gate_lr: float = 0.05,
                  lambda_lr: float = 0.1, warmup: float = 0.5, init: float = 2.5, min_params: int = 4096,
                  factorize_attention: bool = False, target: float | None = None) -> None:
+        super().__init__()
         self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
         self.gate_lr = gate_lr
         self.lambda_lr = lambda_lr
@@ -151,7 +152,6 @@ class FLOP(Importance):
         self.min_params = min_params
         self.factorize_attention = factorize_attention
         self.target = target  # the kept cost fraction; default: the budget's (Goal.cost_fraction)
-        self.result: dict[str, Any] = {}
 
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:
@@ -237,18 +237,10 @@ class FLOP(Importance):
     def prepared_architecture(self, model: nn.Module) -> nn.Module:
         return factorize(model, self.result.get("factorized", []))
 
-    def state(self) -> dict[str, Any]:
-        return self.result
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.result = state
-
     def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
         """Keep probabilities of the gated units; ungated groups (the residual stream) score above
         every gate, 1 + their L1 share, so they go last and in L1 order."""
-        if not self.result:
-            raise EdgepruneError("FLOP scores come from its gates: run prepare first")
-        learned = self.result["keep_probability"]
+        learned = self.learned()["keep_probability"]
         rest = PruningSpace([g for g in space.groups if g.id not in learned], [])
         l1 = L1Importance().scores(model, rest, example_inputs) if rest.groups else {}
         return {g.id: np.asarray(learned[g.id]) if g.id in learned else 1.0 + l1[g.id] / max(l1[g.id].max(), 1e-12)
