@@ -106,7 +106,7 @@ def test_load_metric() -> None:
 
 
 def test_registry() -> None:
-    assert recovery_names() == ["distill", "finetune", "scratch"]
+    assert recovery_names() == ["adversarial", "distill", "finetune", "scratch"]
     with pytest.raises(EdgepruneError) as err:
         get_recovery("magic")
     assert "distill" in str(err.value)
