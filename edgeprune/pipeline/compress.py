@@ -338,7 +338,7 @@ def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Modu
              metric: Any, run: RunDir, ctx: distributed.DistContext, stage: Callable[..., dict[str, Any]],
              log: Progress) -> dict[str, Any]:
     """Train the pruned model in place (every rank under torchrun); its weights persist in the run dir."""
-    config = TrainConfig(epochs=s.epochs if (s.epochs or s.steps) else 1, steps=s.steps, lr=s.lr or recovery.default_lr)
+    config = TrainConfig.budget(s.epochs, s.steps, lr=s.lr or recovery.default_lr)
     weights = run.path("recovered_state.pt")
 
     def fit() -> dict[str, Any]:

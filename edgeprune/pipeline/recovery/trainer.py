@@ -36,6 +36,12 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" | "onecycle"
     seed: int = 0
 
+    @classmethod
+    def budget(cls, epochs: int | None, steps: int | None, **settings: Any) -> "TrainConfig":
+        """A config training for `steps` when given, else `epochs`, else one epoch: the default
+        budget of every method that trains and of recovery."""
+        return cls(epochs=epochs if (epochs or steps) else 1, steps=steps, **settings)
+
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.steps:
             return self.steps

@@ -129,7 +129,7 @@ class ANP(LearnedImportance):
                  kl_weight: float = 1.0, alpha: float = 1e-4, keep: float = 0.9, temperature: float = 0.1,
                  threshold: float = 1e-3) -> None:
         super().__init__()
-        self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
+        self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.mask_lr = mask_lr
         self.pgd_options = {"steps": pgd_steps, "eps": eps, "step": step}
         self.vs_weight = vs_weight

@@ -144,7 +144,7 @@ class FLOP(LearnedImportance):
                  lambda_lr: float = 0.1, warmup: float = 0.5, init: float = 2.5, min_params: int = 4096,
                  factorize_attention: bool = False, target: float | None = None) -> None:
         super().__init__()
-        self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
+        self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.gate_lr = gate_lr
         self.lambda_lr = lambda_lr
         self.warmup = warmup

@@ -49,7 +49,7 @@ class PruningFromScratch(Importance):
 
     def __init__(self, lam: float = 0.5, epochs: int | None = None, steps: int | None = None, lr: float = 0.1) -> None:
         self.lam = lam
-        self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr, weight_decay=0.0)
+        self.config = TrainConfig.budget(epochs, steps, lr=lr, weight_decay=0.0)
         self.gates: dict[str, list[float]] = {}
 
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,

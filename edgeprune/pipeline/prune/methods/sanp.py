@@ -181,7 +181,7 @@ class SANP(LearnedImportance):
                  cost_weight: float = 2.0, target: float | None = None, hidden: int = 16, tau: float = 1.0,
                  init_logit: float = 3.0, calibration: int = 512, eval_images: int | None = None) -> None:
         super().__init__()
-        self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
+        self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.spm_lr = spm_lr
         self.cost_weight = cost_weight
         self.target = target

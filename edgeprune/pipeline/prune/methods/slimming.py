@@ -34,7 +34,7 @@ class NetworkSlimming(Importance):
 
     def __init__(self, lam: float = 1e-4, epochs: int | None = None, steps: int | None = None, lr: float = 0.01) -> None:
         self.lam = lam
-        self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
+        self.config = TrainConfig.budget(epochs, steps, lr=lr)
 
     def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
                 goal: Goal | None = None) -> nn.Module:

@@ -205,7 +205,7 @@ class TAS(LearnedImportance):
     def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.02, arch_lr: float = 0.05,
                  cost_weight: float = 2.0, tau: tuple[float, float] = (2.0, 0.1), prior: float = 4.0, round_to: int = 16) -> None:
         super().__init__()
-        self.config = TrainConfig(epochs=epochs if (epochs or steps) else 1, steps=steps, lr=lr)
+        self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.arch_lr = arch_lr
         self.cost_weight = cost_weight
         self.tau = tau
