@@ -60,8 +60,9 @@ class CostTable:
         the plan's widths, all converted at the table's cost per FLOP."""
         keep = {g: w / self.sizes[g] for g, w in widths.items()}
         additive = self.baseline - sum(self.savings[g].get(w, 0.0) for g, w in widths.items())
-        in_blocks = float(cost.expected_flops(keep)) - float(cost.expected_flops(keep, {b: 0.0 for b in removed})) if removed else 0.0
-        return additive + self.per_flop * (overlap(cost, keep) - in_blocks)
+        exact = float(cost.expected_flops(keep))
+        in_blocks = exact - float(cost.expected_flops(keep, {b: 0.0 for b in removed})) if removed else 0.0
+        return additive + self.per_flop * (overlap(cost, keep, exact) - in_blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "per_flop": self.per_flop, "sizes": self.sizes,
@@ -72,10 +73,11 @@ class CostTable:
         return cls(d["baseline"], {g: {int(w): v for w, v in s.items()} for g, s in d["savings"].items()}, d["per_flop"], d["sizes"])
 
 
-def overlap(cost: CostModel, keep: dict[str, float]) -> float:
-    """FLOPs the single-group savings count twice: exact cost minus (baseline - sum of single savings)."""
+def overlap(cost: CostModel, keep: dict[str, float], exact: float) -> float:
+    """FLOPs the single-group savings count twice: the `exact` cost of `keep` minus (baseline - sum
+    of single savings)."""
     single = sum(cost.total - cost.expected_flops({g: f}) for g, f in keep.items())
-    return float(cost.expected_flops(keep)) - (cost.total - single)
+    return exact - (cost.total - single)
 
 
 def plan_for(space: PruningSpace, scores: Scores, widths: Mapping[str, int], meta: dict[str, Any] | None = None,
