@@ -183,16 +183,19 @@ def macs_of(proto) -> float:
     return total
 
 
+def on_fake_target(make):
+    """A seeded model from `make`, its pruning space, L1 scores, cost model and the fake runtime."""
+    torch.manual_seed(0)
+    model = make().eval()
+    space = discover(model, X)
+    return model, space, get_method("l1").scores(model, space, X), CostModel(model, space, X), FakeRuntime()
+
+
 @pytest.mark.parametrize("make", [tiny_resnet, Depthwise, Concat], ids=["residual", "depthwise", "concat"])
 def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path, make) -> None:
     from edgeprune.pipeline.search import latency_table
 
-    torch.manual_seed(0)
-    model = make().eval()
-    space = discover(model, X)
-    scores = get_method("l1").scores(model, space, X)
-    cost = CostModel(model, space, X)
-    rt = FakeRuntime()
+    model, space, scores, cost, rt = on_fake_target(make)
     layers_ms = cost.total * 1e-6  # the fake runtime's time for all layers, overhead removed
     table = latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json")
     assert table.overhead_ms == pytest.approx(rt.OVERHEAD_MS, rel=1e-3)
@@ -213,6 +216,53 @@ def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path
     lines: list[str] = []
     latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append)
     assert lines and all(" 0 timed" in line for line in lines)
+
+
+def test_calibration_removes_the_bias_of_layers_timed_alone(tmp_path: Path) -> None:
+    """Layers timed alone cost 30 % more than inside the model (their own layout reorders): the
+    uncalibrated table over-predicts every plan; fitted to six measured plans it predicts held-out
+    plans exactly (the fake runtime's time is MACs plus a fixed call: ratio = a x layers + c)."""
+    from edgeprune.pipeline.measure import TargetMeasurer
+    from edgeprune.pipeline.search import latency_table
+    from edgeprune.pipeline.search.objective import LatencyObjective
+
+    model, space, scores, cost, rt = on_fake_target(tiny_resnet)
+    whole_ms = rt.OVERHEAD_MS + cost.total * 1e-6  # what the fake target measures for the unpruned model
+    table = latency_table.build(model, X, cost, rt, whole_ms, whole_ms, round_to=4, cache=tmp_path / "cache.json")
+    alone = dataclasses.replace(table, entries={sig: {k: 1.3 * v for k, v in e.items()} for sig, e in table.entries.items()})
+    sizes = {g.id: g.size for g in space.groups}
+    sens = {g.id: {w: 0.0 for w in sensitivity.candidate_widths(g, 4)} for g in space.groups}
+    objective = LatencyObjective(parse_budget("1000ms"), TargetMeasurer(rt, X, tmp_path / "m", warmup=1, repeats=3))
+    plans = layerwise.random_plans(sens, (), layerwise.CALIBRATION, seed=1, spread=True)
+    kept = [np.mean([w[g] / sizes[g] for g in w]) for w, _ in plans]
+    assert kept[0] < kept[-1]  # the calibration plans span narrow to wide
+    ratios = [v / whole_ms for v in layerwise.measure_plans(model, X, space, scores, plans, objective, "calibration")]
+    calibrated = alone.calibrated([(*alone.features(w, sizes, cost, r), ratio) for (w, r), ratio in zip(plans, ratios)])
+    a, b, c = calibrated.coefficients
+    assert a == pytest.approx(cost.total * 1e-6 / whole_ms, rel=1e-3) and b == pytest.approx(0.0, abs=1e-3)
+    assert c == pytest.approx(rt.OVERHEAD_MS / whole_ms, rel=1e-2)
+    uncalibrated = layerwise.predictor_error(model, X, space, scores, sens, lambda w, r: alone.predict(w, sizes, cost, r), objective)
+    held = layerwise.predictor_error(model, X, space, scores, sens, lambda w, r: calibrated.predict(w, sizes, cost, r), objective)
+    assert all(row["error"] > 0.1 for row in uncalibrated)
+    assert all(abs(row["error"]) < 0.01 for row in held)
+    assert latency_table.LatencyTable.from_dict(calibrated.to_dict()).coefficients == pytest.approx(calibrated.coefficients)
+
+
+def test_fit_ratio_stays_physical() -> None:
+    """Exact data gives its coefficients back; data that would need a negative fixed part gets the
+    best split with every part >= 0 and the baseline its own ratio (a + b + c = 1)."""
+    from edgeprune.pipeline.search.latency_table import fit_ratio
+
+    rng = np.random.default_rng(0)
+    feats = rng.uniform(0.4, 1.0, size=(6, 2))
+    exact = [(l, w, 0.6 * l + 0.3 * w + 0.1) for l, w in feats]
+    assert fit_ratio(exact) == pytest.approx((0.6, 0.3, 0.1), abs=1e-9)
+    steep = [(l, w, 1.3 * l - 0.3) for l, w in feats]  # faster than the layers shrink: c would be negative
+    a, b, c = fit_ratio(steep)
+    assert min(a, b, c) >= 0.0 and a + b + c == pytest.approx(1.0)
+    assert c == pytest.approx(0.0, abs=1e-12) and a > 0.9  # on the edge c = 0, mostly the layers
+    with pytest.raises(ValueError):
+        fit_ratio([])
 
 
 def test_latency_table_grid_keeps_the_ends_and_aligned_widths() -> None:

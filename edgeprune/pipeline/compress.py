@@ -287,10 +287,18 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
     cost = CostModel(model, space, inputs)
     sizes = {g.id: g.size for g in space.groups}
     value = _figure(budget, baseline)
+    predictor: dict[str, Any] = {"kind": "latency_table" if budget.is_latency else "cost_table"}
     if budget.is_latency:
         table_d = stage("latency_table", lambda: latency_table.build(model, inputs, cost, measurer.runtime, value,
                                                                     baseline["latency_ms"]["median"], s.round_to, on_entry=log).to_dict())
+        plans = layerwise.random_plans(sens, list(block_drops), layerwise.CALIBRATION, seed=1, spread=True)
+        ratios = stage("latency_calibration", lambda: {"ratios": [v / value for v in layerwise.measure_plans(
+            model, inputs, space, scores, plans, objective, "calibration")]}, key=key | {"runtime": measurer.runtime.settings()})["ratios"]
         lat = latency_table.LatencyTable.from_dict(table_d)
+        lat = lat.calibrated([(*lat.features(w, sizes, cost, r), ratio) for (w, r), ratio in zip(plans, ratios)])
+        a, b, c = lat.coefficients or lat.uncalibrated()
+        predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
+        log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")
         predict: layerwise.Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
     else:
         table_d = stage("cost_table", lambda: layerwise.build_cost_table(model, inputs, space, scores, sens, objective, value, cost, log).to_dict())
@@ -306,7 +314,7 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
     measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
                  "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]
     return {"plan": result.plan.to_dict(), "steps": [st.to_dict() for st in result.steps], "stop_reason": result.stop_reason,
-            "predictor": {"kind": "latency_table" if budget.is_latency else "cost_table", "held_out": held, "candidates": measured}}
+            "predictor": predictor | {"held_out": held, "candidates": measured}}
 
 
 def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.PruningSpace, inputs: tuple[torch.Tensor, ...],

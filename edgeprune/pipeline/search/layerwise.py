@@ -39,6 +39,8 @@ from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 
 #: held-out random plans measured to report the predictor's error before the search
 HELD_OUT = 4
+#: plans measured to calibrate the latency table (latency_table.fit_ratio: two free coefficients)
+CALIBRATION = 6
 
 #: a plan's predicted value on the objective's scale, from each group's kept width (absent: full)
 #: and the residual blocks it removes
@@ -106,21 +108,46 @@ def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], s
     return CostTable(baseline_value, savings, measured / flops_saved if flops_saved > 0 else 0.0, {g.id: g.size for g in space.groups})
 
 
+def random_plans(sensitivity: Sensitivity, blocks: Sequence[str], n: int, seed: int, spread: bool = False) -> list[Choice]:
+    """`n` random plans. Plain: each group at a random candidate width, each of `blocks` removed
+    with probability 1/4 (held-out plans). `spread`: plan k centred on keeping (k + 1/2) / n of
+    every group (each group's width the candidate nearest a jittered fraction, blocks removed more
+    often the narrower the plan), so that the plans span narrow to full (calibration plans)."""
+    rng = np.random.default_rng(seed)
+    plans: list[Choice] = []
+    for k in range(n):
+        centre = (k + 0.5) / n
+        widths = {}
+        for g, drops in sensitivity.items():
+            candidates = sorted(drops)
+            if spread:
+                goal = float(np.clip(centre + rng.normal(0.0, 0.15), 0.0, 1.0)) * candidates[-1]
+                widths[g] = min(candidates, key=lambda w: abs(w - goal))
+            else:
+                widths[g] = int(rng.choice(candidates))
+        chance = (1.0 - centre) / 2 if spread else 0.25
+        plans.append((widths, tuple(b for b in blocks if rng.random() < chance)))
+    return plans
+
+
+def measure_plans(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
+                  plans: Sequence[Choice], objective: Objective, tag: str) -> list[float]:
+    """Each plan pruned and evaluated on the objective (measured on the target for latency)."""
+    values = []
+    for k, (widths, removed) in enumerate(plans):
+        pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths, removed=removed), example_inputs)
+        values.append(objective.evaluate(pruned, f"{tag}_{k}").value)
+    return values
+
+
 def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
                     sensitivity: Sensitivity, predict: Predict, objective: Objective, blocks: Sequence[str] = (),
                     seed: int = 0) -> list[dict[str, float]]:
     """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random candidate
     width, each of `blocks` removed with probability 1/4)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for k in range(HELD_OUT):
-        widths = {g: int(rng.choice(sorted(s))) for g, s in sensitivity.items()}
-        removed = tuple(b for b in blocks if rng.random() < 0.25)
-        pruned = apply(copy.deepcopy(model), plan_for(space, scores, widths, removed=removed), example_inputs)
-        value = objective.evaluate(pruned, f"heldout_{k}").value
-        predicted = predict(widths, removed)
-        rows.append({"predicted": predicted, "measured": value, "error": predicted / value - 1.0})
-    return rows
+    plans = random_plans(sensitivity, blocks, HELD_OUT, seed)
+    measured = measure_plans(model, example_inputs, space, scores, plans, objective, "heldout")
+    return [{"predicted": (p := predict(*plan)), "measured": value, "error": p / value - 1.0} for plan, value in zip(plans, measured)]
 
 
 class LayerwiseSearch:
