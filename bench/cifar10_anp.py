@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 import time
@@ -48,6 +49,9 @@ ROWS = [  # (label, method, whether it trains for --epochs itself (else recovery
     ("anp + AT", "anp", True, "adversarial"),
     ("sanp static + fine-tune", "sanp", True, "finetune"),
 ]
+LABELS = ["base", "base + AT", *(r[0] for r in ROWS)]
+#: what an earlier result file must share for its rows to be kept beside this run's
+SAME = ("smoke", "budget", "arch", "method_training", "recovery", "adversarial_training_total", "train_attack", "eval_attack")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--robust-images", type=int, default=10000, help="test images attacked (default: all 10,000)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--smoke", action="store_true", help="label the result file a smoke run (not a result)")
+    p.add_argument("--rows", nargs="+", choices=LABELS, default=LABELS,
+                   help="rows to run (default all; 'base' is the checkpoint's PGD evaluation); the others are kept from an "
+                        "earlier --out with the same settings, so two processes can split the rows, one core each")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -89,24 +96,29 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         return {"robust_top1": robust_top1(model, data.val, attack, a.robust_images), "robust_seconds": round(time.perf_counter() - t0, 1)}
 
+    def save() -> None:
+        atomic.write_json(a.out, _merged(a.out, result, a.arch, a.rows))
+
     found = model_entry(a.arch, data, x, work, result, log)
     if found is None:
-        atomic.write_json(a.out, result)
+        save()
         return 1
     base, measurer, entry = found
-    entry["baseline"].update(robust(base))
-    log(f"base: top-1 {entry['baseline']['top1']:.4f}, robust {entry['baseline']['robust_top1']:.4f}")
-    entry["rows"].append(_adversarially_trained(base, data, a, total, robust, log) | {"flops": entry["baseline"]["flops"]})
-    atomic.write_json(a.out, result)
-    for label, method, learns, recover in ROWS:
+    if "base" in a.rows:
+        entry["baseline"].update(robust(base))
+        log(f"base: top-1 {entry['baseline']['top1']:.4f}, robust {entry['baseline']['robust_top1']:.4f}")
+    if "base + AT" in a.rows:
+        entry["rows"].append(_adversarially_trained(base, data, a, total, robust, log) | {"flops": entry["baseline"]["flops"]})
+        save()
+    for label, method, learns, recover in (r for r in ROWS if r[0] in a.rows):
         options = (method_training | ({"pgd_steps": a.train_pgd_steps} if method == "anp" else {})) if learns else {}
         settings = Settings(budget=a.budget, method=method, method_options=options, data=a.data, recover=recover,
                             pgd_steps=a.train_pgd_steps, **(recovery if learns else total))
         loaded = from_module(copy.deepcopy(base), x, arch=a.arch, num_classes=10)
         extras = lambda res: robust(res.model) | {"method_state": _summary(res.report["method"]["learned"])}  # noqa: E731
-        entry["rows"].append(run_row(f"{a.arch} {label}", loaded, settings, base, measurer, x, work, log, extras) | {"label": label})
-        atomic.write_json(a.out, result)
-    atomic.write_json(a.out, result)
+        entry["rows"].append(run_row(f"{a.arch} {label}", loaded, settings, base, measurer, x, work, log, evaluate=extras) | {"label": label})
+        save()
+    save()
     return 0
 
 
@@ -124,6 +136,27 @@ def _adversarially_trained(base: torch.nn.Module, data: Any, a: argparse.Namespa
            "latency_ratio": 1.0, "latency_note": "the unpruned architecture: not re-timed", "training_seconds": seconds}
     log(f"base + AT: top-1 {row['top1']:.4f}, robust {row['robust_top1']:.4f}, {seconds:.0f}s")
     return row
+
+
+def _merged(out: Path, result: dict[str, Any], arch: str, running: list[str]) -> dict[str, Any]:
+    """This run's result plus the rows it did not run from the file already at `out` (when that
+    was measured with the same settings: `SAME`), in the table's order; each kept row records the
+    commit it was measured at. The file is re-read on every save, so a second process's rows,
+    saved meanwhile, are kept too."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return result
+    before = earlier.get("models", {}).get(arch)
+    mine = result["models"].get(arch)
+    if before is None or mine is None or any(earlier.get(k) != result.get(k) for k in SAME):
+        return result
+    commit = earlier.get("git", {}).get("commit", "")
+    baseline = mine["baseline"] if "base" in running else {**mine["baseline"], **{k: v for k, v in before["baseline"].items()
+                                                                                  if k.startswith("robust")}}
+    kept = [{"measured_at_commit": commit, **r} for r in before["rows"] if r["label"] not in running]
+    rows = sorted(kept + mine["rows"], key=lambda r: LABELS.index(r["label"]))
+    return {**result, "models": {**result["models"], arch: {**mine, "baseline": baseline, "rows": rows}}}
 
 
 def _summary(learned: dict[str, Any]) -> dict[str, Any]:
