@@ -2,9 +2,11 @@
 
 1. A cost predictor for a whole plan. For a latency budget it is the per-layer latency table
    (latency_table.py: each Conv/Linear timed alone on the target at a grid of input x output
-   widths). For a FLOPs / params budget it is a cost table of single-group prunings (the figure
-   with only that group narrowed) plus the overlap those savings count twice (a layer between two
-   narrowed groups loses macs x (1 - f_in)(1 - f_out) less than the two single savings claim),
+   widths, then fitted to `CALIBRATION` whole plans measured on the target, spread from narrow
+   to full: `random_plans(spread=True)`). For a FLOPs / params budget it is a cost table of
+   single-group prunings (the figure with only that group narrowed) plus the overlap those savings
+   count twice (a layer between two narrowed groups loses macs x (1 - f_in)(1 - f_out) less than
+   the two single savings claim),
    counted exactly in FLOPs (cost_model.py) and converted at the table's cost per FLOP. Either
    predictor's error is measured on a few held-out random plans and on every candidate the search
    measures, and reported.
