@@ -88,20 +88,22 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     lat = latency_ratio(measurer, base, res.model, tag)
     c = count(res.model, (x,))
     timings = res.report["timings_s"]
+    recovery, accuracy = res.report["recovery"] or {}, res.accuracy or {}  # None under --recover none / without data
     row = {
-        "label": label, "method": settings.method, "depth": settings.depth, "recovery": res.report["recovery"]["method"],
-        f"{metric}_pruned": res.accuracy["pruned"], metric: res.accuracy["recovered"], "latency_ratio": lat["ratio"], "latency": lat,
+        "label": label, "method": settings.method, "depth": settings.depth, "recovery": recovery.get("method", "none"),
+        f"{metric}_pruned": accuracy.get("pruned"), metric: accuracy.get("recovered"), "latency_ratio": lat["ratio"], "latency": lat,
         "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
         "widths": {gid: len(g.keep) for gid, g in res.plan.groups.items()},
         "candidates_measured": res.report["search"]["candidates_measured"], "stop_reason": res.report["search"]["stop_reason"],
         "predictor": res.report["search"].get("predictor"),
         "method_seconds": timings.get("prepare", 0.0) + timings.get("scores", 0.0),
         "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
-        "recovery_seconds": res.report["recovery"]["seconds"], "wall_seconds": round(time.perf_counter() - t0, 1),
+        "recovery_seconds": recovery.get("seconds", 0.0), "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     if evaluate is not None:
         row.update(evaluate(res))
-    log(f"{label}: {metric} {row[metric]:.4f}, latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
+    quality = f"{metric} {row[metric]:.4f}, " if row[metric] is not None else ""
+    log(f"{label}: {quality}latency ratio {lat['ratio']:.3f}, {row['wall_seconds']:.0f}s")
     return row
 
 

@@ -10,7 +10,8 @@ on held-out plans and measured candidates, and, for the trained CIFAR-10 checkpo
 full test set after the same short fine-tune (--steps) for every row.
 
 The other models (MobileNetV2, VGG-16 at 32x32, ResNet-18 at 224x224) are random-init: their
-latency rows are as meaningful as a trained model's, their accuracy is not and is not reported.
+latency rows are as meaningful as a trained model's, their accuracy is not and is not reported
+(their data, for the sensitivity's calibration images, is the small CIFAR-10 subset: `--random-data`).
 Every budget of one (model, search) pair runs in the same output folder, so the layerwise search's
 sensitivity map is computed once (OUT/cache); the latency table's entries are timed once per
 benchmark run (a fresh EDGEPRUNE_CACHE_DIR), so their cost shows in the first budget's search time.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 import tempfile
@@ -96,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--budgets", nargs="+", default=["70%", "50%", "35%"])
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps after pruning, every trained row (default 300)")
-    p.add_argument("--skip-widths", action="store_true", help="leave out the width-multiple timing")
+    p.add_argument("--skip-widths", action="store_true", help="leave out the width-multiple timing (the earlier file's is kept)")
+    p.add_argument("--random-data", help="data for the random-init 32x32 models (their sensitivity's calibration images; their "
+                                         "accuracy is not reported, so the full test set would only cost minutes per row); "
+                                         "default: cifar10_small.npz beside --data")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -106,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     carry_over(a.out, result, a.models, ("budgets", "steps"))
     work = Path(tempfile.mkdtemp(prefix="bench_search_"))
     os.environ["EDGEPRUNE_CACHE_DIR"] = str(work / "cache")  # latency tables timed afresh, once per run: their cost counts
-    if not a.skip_widths:
+    if a.skip_widths:
+        earlier = json.loads(a.out.read_text()) if a.out.exists() else {}
+        if "width_multiples" in earlier:
+            result["width_multiples"] = {**earlier["width_multiples"], "measured_at_commit": earlier.get("git", {}).get("commit", "")}
+    else:
         result["width_multiples"] = width_multiples(work)
         log(f"width multiples: {result['width_multiples']['by_multiple']}")
         atomic.write_json(a.out, result)
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             result["skipped"].pop(arch, None)
             found = random_entry(arch, size, work, result)
         base, measurer, entry = found
-        data = a.data if size == 32 else "bench.data224:cifar10_224"
+        data = a.data if trained else (a.random_data or str(Path(a.data).with_name("cifar10_small.npz"))) if size == 32 else "bench.data224:cifar10_224"
         for search in SEARCHES:
             for budget in a.budgets:
                 settings = Settings(budget=budget, method="l1", search=search, data=data, recover="finetune" if trained else "none",
