@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import CIFAR10_PROTOCOL, header, model_entry, run_row  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, earlier_result, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
@@ -143,15 +142,12 @@ def _merged(out: Path, result: dict[str, Any], arch: str, running: list[str]) ->
     was measured with the same settings: `SAME`), in the table's order; each kept row records the
     commit it was measured at. The file is re-read on every save, so a second process's rows,
     saved meanwhile, are kept too."""
-    try:
-        earlier = json.loads(out.read_text())
-    except (OSError, ValueError):
-        return result
-    before = earlier.get("models", {}).get(arch)
+    found = earlier_result(out, result, SAME)
+    before = found[0].get("models", {}).get(arch) if found else None
     mine = result["models"].get(arch)
-    if before is None or mine is None or any(earlier.get(k) != result.get(k) for k in SAME):
+    if found is None or before is None or mine is None:
         return result
-    commit = earlier.get("git", {}).get("commit", "")
+    commit = found[1]
     baseline = mine["baseline"] if "base" in running else {**mine["baseline"], **{k: v for k, v in before["baseline"].items()
                                                                                   if k.startswith("robust")}}
     kept = [{"measured_at_commit": commit, **r} for r in before["rows"] if r["label"] not in running]

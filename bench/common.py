@@ -31,19 +31,29 @@ def header(name: str) -> dict[str, Any]:
     return {"benchmark": name, "edgeprune": __version__, "environment": environment.describe(), "git": git_info()}
 
 
-def carry_over(out: Path, result: dict[str, Any], running: list[str], same: tuple[str, ...]) -> None:
-    """Keep the entries of models this run does not re-measure from the earlier result file at `out`,
-    so benchmarking one more model does not throw away the others' rows; only when the earlier run
-    used the same settings (`same` keys). Each kept entry records the commit it was measured at."""
+def earlier_result(out: Path, result: dict[str, Any], same: tuple[str, ...] = ()) -> tuple[dict[str, Any], str] | None:
+    """The result file already at `out` and the commit it was measured at, when it reads and was
+    measured with the same settings as `result` (its `same` keys); None otherwise. What lets a
+    benchmark re-run part of its rows without throwing away the rest."""
     import json
 
     try:
         earlier = json.loads(out.read_text())
     except (OSError, ValueError):
-        return
+        return None
     if any(earlier.get(k) != result.get(k) for k in same):
+        return None
+    return earlier, earlier.get("git", {}).get("commit", "")
+
+
+def carry_over(out: Path, result: dict[str, Any], running: list[str], same: tuple[str, ...]) -> None:
+    """Keep the entries of models this run does not re-measure from the earlier result file at `out`,
+    so benchmarking one more model does not throw away the others' rows; only when the earlier run
+    used the same settings (`same` keys). Each kept entry records the commit it was measured at."""
+    found = earlier_result(out, result, same)
+    if found is None:
         return
-    commit = earlier.get("git", {}).get("commit", "")
+    earlier, commit = found
     for arch, entry in earlier.get("models", {}).items():
         if arch not in running:
             entry.setdefault("measured_at_commit", commit)

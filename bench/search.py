@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import CIFAR10_PROTOCOL, carry_over, header, model_entry, run_row  # noqa: E402
+from bench.common import CIFAR10_PROTOCOL, carry_over, earlier_result, header, model_entry, run_row  # noqa: E402
 from edgeprune import atomic, models  # noqa: E402
 from edgeprune.pipeline.compress import Settings  # noqa: E402
 from edgeprune.pipeline.counting import count  # noqa: E402
@@ -112,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_search_"))
     os.environ["EDGEPRUNE_CACHE_DIR"] = str(work / "cache")  # latency tables timed afresh, once per run: their cost counts
     if a.skip_widths:
-        earlier = json.loads(a.out.read_text()) if a.out.exists() else {}
-        if "width_multiples" in earlier:
-            result["width_multiples"] = {**earlier["width_multiples"], "measured_at_commit": earlier.get("git", {}).get("commit", "")}
+        found = earlier_result(a.out, result)
+        if found and "width_multiples" in found[0]:
+            result["width_multiples"] = {**found[0]["width_multiples"], "measured_at_commit": found[1]}
     else:
         result["width_multiples"] = width_multiples(work)
         log(f"width multiples: {result['width_multiples']['by_multiple']}")
