@@ -15,9 +15,14 @@
    group alone), so a group that costs little accuracy and saves much latency narrows first. The
    chosen savings grow with lambda, so the predicted cost falls monotonically and lambda is found
    by bisection to hit a target cost.
-3. The plan at that lambda is pruned and *measured*. Over the budget, the target is lowered by the
-   measured/predicted ratio (the predictor's bias on this plan) and the search repeats; far under,
-   it is raised. Only measured candidates within the budget are ever returned.
+3. The plan at that lambda is pruned and *measured*, and the next predicted target comes from the
+   measured candidates (`next_target`): with one on each side of the goal, the goal's place
+   between their measurements, mapped onto their predictions (regula falsi: the predictor's bias
+   differs between a narrow and a wide plan, so one plan's measured/predicted ratio over-corrects
+   the next, and the search oscillated on MobileNetV2); on one side only, the nearest one's
+   measured/predicted ratio. A proposal already measured falls back to the lambda halfway (in log)
+   between the closest candidates over and under. Only measured candidates within the budget are
+   ever returned.
 """
 from __future__ import annotations
 
@@ -194,19 +199,23 @@ class LayerwiseSearch:
     def run(self) -> SearchResult:
         budget = self.objective.budget.value
         floor, ceiling = budget * (1.0 - self.tol), budget * (1.0 - self.objective.guard)
-        target = (floor + ceiling) / 2
+        goal = (floor + ceiling) / 2
+        target = goal
         steps: list[Step] = []
+        points: list[Point] = []
         best = None
         tried: set[tuple[Any, ...]] = set()
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
             lam = self.lam_for(target)
             widths, removed = self.choice_at(lam)
-            key = (*(widths[g.id] for g in self.space.groups), removed)
-            if key in tried:
-                stop = "the predictor proposes a plan already measured"
-                break
-            tried.add(key)
+            if self._key(widths, removed) in tried:
+                lam = between(points, goal)
+                if lam is None or self._key(*self.choice_at(lam)) in tried:
+                    stop = "no untried plan between the closest candidates over and under budget"
+                    break
+                widths, removed = self.choice_at(lam)
+            tried.add(self._key(widths, removed))
             predicted = self.predict(widths, removed)
             plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
             t0 = time.perf_counter()
@@ -215,14 +224,54 @@ class LayerwiseSearch:
             ok = ev.value <= ceiling
             step = Step(index, lam, predicted, ev, ok, time.perf_counter() - t0, scalar="lambda")
             steps.append(step)
+            points.append(Point(lam, predicted, ev.value))
             self.on_step(step)
             if ok and (best is None or ev.value > best[1].value):
                 best = (plan, ev)
             if ok and ev.value >= floor:
                 stop = f"within tolerance ({self.objective.guard:.0%} to {self.tol:.0%} under budget)"
                 break
-            target *= ((floor + ceiling) / 2) / ev.value  # correct for the predictor's bias on this plan
+            target = next_target(points, goal)
         if best is None:
             raise EdgepruneError(f"no layerwise candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
                                  f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use --search uniform")
         return SearchResult(best[0], steps, best[1], stop)
+
+    def _key(self, widths: Mapping[str, int], removed: Sequence[str]) -> tuple[Any, ...]:
+        return (*(widths[g.id] for g in self.space.groups), tuple(removed))
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A measured candidate: its lambda, its predicted and its measured value."""
+
+    lam: float
+    predicted: float
+    measured: float
+
+
+def _closest(points: Sequence[Point], goal: float) -> tuple[Point | None, Point | None]:
+    """The measured candidates closest to `goal` from above and from below (None: no such side)."""
+    over = min((p for p in points if p.measured > goal), key=lambda p: p.measured, default=None)
+    under = max((p for p in points if p.measured <= goal), key=lambda p: p.measured, default=None)
+    return over, under
+
+
+def next_target(points: Sequence[Point], goal: float) -> float:
+    """The predicted value expected to measure `goal`: interpolated between the closest measured
+    candidates on either side of it, else scaled by the nearest one's measured/predicted ratio."""
+    over, under = _closest(points, goal)
+    if over is not None and under is not None and over.measured > under.measured:
+        t = (goal - under.measured) / (over.measured - under.measured)
+        return under.predicted + t * (over.predicted - under.predicted)
+    nearest = min(points, key=lambda p: abs(p.measured - goal))
+    return nearest.predicted * goal / nearest.measured
+
+
+def between(points: Sequence[Point], goal: float) -> float | None:
+    """The lambda halfway (geometrically) between the closest candidates over and under `goal`;
+    None without one on each side (a larger lambda prunes more: the one over has the smaller)."""
+    over, under = _closest(points, goal)
+    if over is None or under is None or not 0.0 < over.lam < under.lam:
+        return None
+    return float(np.sqrt(over.lam * under.lam))
