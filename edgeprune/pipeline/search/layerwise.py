@@ -14,7 +14,8 @@
    drop(w) - lambda x saving(w) (sensitivity.py gives the drops, the predictor the saving of that
    group alone), so a group that costs little accuracy and saves much latency narrows first. The
    chosen savings grow with lambda, so the predicted cost falls monotonically and lambda is found
-   by bisection to hit a target cost.
+   by bisection to hit a target cost. The plan at that lambda is then widened step by step toward
+   the target (`filled`): lambda alone reaches only each group's convex hull of widths.
 3. The plan at that lambda is pruned and *measured*, and the next predicted target comes from the
    measured candidates (`next_target`): with one on each side of the goal, the goal's place
    between their measurements, mapped onto their predictions (regula falsi: the predictor's bias
@@ -180,6 +181,30 @@ class LayerwiseSearch:
         removed = tuple(b for b, d in self.block_drops.items() if d < lam * self.block_savings[b])
         return widths, removed
 
+    def filled(self, choice: Choice, target: float) -> Choice:
+        """`choice` widened one candidate step at a time while it stays predicted within `target`,
+        the step recovering the most drop per predicted cost first. The multiplier only reaches each
+        group's lower convex hull of (saving, drop) points, so with few groups consecutive plans on
+        its path lie far apart (ResNet-18 at 224: 0.54 of the baseline, then over 0.67); this fills
+        the gap toward the target instead of settling far under it."""
+        widths, removed = dict(choice[0]), choice[1]
+        current = self.predict(widths, removed)
+        while True:
+            best: tuple[float, str, int, float] | None = None
+            for gid, drops in self.sensitivity.items():
+                wider = next((w for w in sorted(drops) if w > widths[gid]), None)
+                if wider is None:
+                    continue
+                cost = self.predict({**widths, gid: wider}, removed)
+                if cost > target:
+                    continue
+                value = (drops[widths[gid]] - drops[wider]) / max(cost - current, 1e-12)
+                if best is None or value > best[0]:
+                    best = (value, gid, wider, cost)
+            if best is None:
+                return widths, removed
+            _, gid, widths[gid], current = best
+
     def predicted(self, choice: Choice) -> float:
         return self.predict(*choice)
 
@@ -208,13 +233,16 @@ class LayerwiseSearch:
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
             lam = self.lam_for(target)
-            widths, removed = self.choice_at(lam)
+            widths, removed = self.filled(self.choice_at(lam), target)
             if self._key(widths, removed) in tried:
                 lam = between(points, goal)
-                if lam is None or self._key(*self.choice_at(lam)) in tried:
+                if lam is None:
+                    stop = "the predictor proposes only plans already measured"
+                    break
+                widths, removed = self.filled(self.choice_at(lam), target)
+                if self._key(widths, removed) in tried:
                     stop = "no untried plan between the closest candidates over and under budget"
                     break
-                widths, removed = self.choice_at(lam)
             tried.add(self._key(widths, removed))
             predicted = self.predict(widths, removed)
             plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
