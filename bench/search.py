@@ -26,7 +26,7 @@ A second section times one 3x3 conv (16x16 input, the ResNet-20 stage-2 shape) a
 40 to 64 channels in, interleaved: latency per FLOP by width multiple, the evidence for the
 hardware-friendly widths (--round-to) this runtime wants.
 
-    .venv/bin/python bench/search.py --data PATH/cifar10.npz [--models resnet20 mobilenetv2] [--budgets 70% 50% 35%]
+    .venv/bin/python bench/search.py --data PATH/cifar10.npz [--models resnet20 mobilenetv2] [--budgets 70% 50% 35%] [--searches layerwise]
 """
 from __future__ import annotations
 
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--budgets", nargs="+", default=["70%", "50%", "35%"])
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps after pruning, every trained row (default 300)")
+    p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=SEARCHES,
+                   help="the searches to run; the other searches' rows of each model are kept from the earlier file")
     p.add_argument("--skip-widths", action="store_true", help="leave out the width-multiple timing (the earlier file's is kept)")
     p.add_argument("--random-data", help="data for the random-init 32x32 models (their sensitivity's calibration images; their "
                                          "accuracy is not reported, so the full test set would only cost minutes per row); "
@@ -163,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         result["width_multiples"] = width_multiples(work)
         log(f"width multiples: {result['width_multiples']['by_multiple']}")
         atomic.write_json(a.out, result)
+    earlier = earlier_result(a.out, result, ("budgets", "steps"))
     cifar = load_data(a.data, batch_size=128)
     for arch in a.models:
         size = MODELS[arch]
@@ -174,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             found = random_entry(arch, size, work, result)
         base, measurer, entry = found
         data = a.data if trained else (a.random_data or str(Path(a.data).with_name("cifar10_small.npz"))) if size == 32 else "bench.data224:cifar10_224"
-        for search in SEARCHES:
+        if earlier is not None:  # rows of searches not re-run this time, with the commit they were measured at
+            entry["rows"] += [row | {"measured_at_commit": row.get("measured_at_commit", earlier[1])}
+                              for row in earlier[0].get("models", {}).get(arch, {}).get("rows", []) if row["search"] not in a.searches]
+        for search in a.searches:
             for budget in a.budgets:
                 settings = Settings(budget=budget, method="l1", search=search, data=data, recover="finetune" if trained else "none",
                                     steps=a.steps if trained else None)
