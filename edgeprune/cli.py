@@ -81,10 +81,9 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.08, help="stop when within this fraction under budget (default 0.08)")
     p.add_argument("--max-candidates", type=int, default=8)
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole")
-    p.add_argument("--search", choices=["uniform", "layerwise"],
+    p.add_argument("--search", choices=["uniform", "layerwise"], default="uniform",
                    help="uniform: one global pruning level; layerwise: a width per layer from its sensitivity and its "
-                        "measured cost (needs --data). Default: layerwise with --data for methods whose scores rank "
-                        "channels within a layer only (l1, thinet, lasso), else uniform")
+                        "measured cost (needs --data)")
     p.add_argument("--depth", choices=["off", "on", "only"], default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     p.add_argument("--out", default="out", help="output directory (default: out/)")

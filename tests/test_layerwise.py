@@ -135,34 +135,26 @@ def test_search_converges_under_a_plan_dependent_bias(tiny_search) -> None:
     assert len(result.steps) <= 4  # (the ratio correction alone ended at 5 % of the FLOPs here)
 
 
-def test_search_defaults_to_layerwise_where_the_method_leaves_allocation_to_it() -> None:
-    """Unset --search: layerwise with data for a method whose scores rank within a layer only, uniform
-    without data, with --depth only, or for a method that ranks globally; a given one is kept."""
-    from edgeprune.pipeline.compress import Settings, search_for
 
-    l1, slimming = get_method("l1"), get_method("slimming")
-    assert search_for(Settings(budget="50%", data="d.npz"), l1) == "layerwise"
-    assert search_for(Settings(budget="50%"), l1) == "uniform"
-    assert search_for(Settings(budget="50%", data="d.npz", depth="only"), l1) == "uniform"
-    assert search_for(Settings(budget="50%", data="d.npz"), slimming) == "uniform"
-    assert search_for(Settings(budget="50%", data="d.npz", search="uniform"), l1) == "uniform"
-
-
-def test_filling_widens_toward_the_target_and_stops_at_it(tiny_search) -> None:
-    """From a plan far under the target, every group is widened while the plan stays predicted within
-    it; afterwards no single further step fits, and the drops never grow."""
-    model, space, scores, sens, objective, table, base, cost = tiny_search
-    predict = lambda w, r: table.predict(w, cost, r)  # noqa: E731
+def test_a_repeated_proposal_moves_the_target_on() -> None:
+    """Every candidate so far over budget and the proposal already measured: the next proposal is a
+    new, cheaper plan instead of the end of the search (it ended there, with nothing within budget)."""
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    space = discover(model, X)
+    scores = get_method("l1").scores(model, space, X)
+    sens = {g.id: {w: (g.size - w) / g.size for w in sensitivity.candidate_widths(g, 4)} for g in space.groups}
+    cost = CostModel(model, space, X)
+    sizes = {g.id: g.size for g in space.groups}
+    predict = lambda w, r: float(cost.expected_flops({g: v / sizes[g] for g, v in w.items()}))  # noqa: E731
+    objective = CountObjective(parse_budget(f"{0.5 * cost.total / 1e6:.4f}MFLOPs"), X)
     search = layerwise.LayerwiseSearch(model, X, space, scores, sens, predict, objective)
-    narrowest = ({g: min(d) for g, d in sens.items()}, ())
-    target = 0.6 * base
-    widths, removed = search.filled(narrowest, target)
-    assert predict(widths, removed) <= target < predict({}, ())
-    assert predict(widths, removed) > predict(*narrowest)
-    for g, d in sens.items():
-        wider = [w for w in sorted(d) if w > widths[g]]
-        assert not wider or predict({**widths, g: wider[0]}, removed) > target
-    assert sum(sens[g][w] for g, w in widths.items()) <= sum(sens[g][w] for g, w in narrowest[0].items())
+    target = 0.6 * cost.total
+    lam, first = search._propose(target, [], target, set())
+    over = [layerwise.Point(lam, predict(*first), 1.2 * target)]
+    again = search._propose(target, over, target, {search._key(*first)})
+    assert again is not None and search._key(*again[1]) != search._key(*first)
+    assert predict(*again[1]) < predict(*first)
 
 def test_layerwise_from_the_cli_reports_the_predictor(tmp_path: Path) -> None:
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)

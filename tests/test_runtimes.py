@@ -155,8 +155,7 @@ def test_reduced_precision_runtime_reports_its_accuracy_effect(tmp_path: Path, m
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=24, size=32, classes=10)
     torch.save(tiny_resnet(), tmp_path / "m.pt")
     rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "test-coarse",
-                          "--data", npz, "--recover", "none", "--search", "uniform", "--round-to", "4", "--warmup", "1", "--repeats", "5",
-                          "--out", tmp_path / "o"])
+                          "--data", npz, "--recover", "none", "--round-to", "4", "--warmup", "1", "--repeats", "5", "--out", tmp_path / "o"])
     assert rc in (0, 1), err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     ra = rep["runtime_accuracy"]

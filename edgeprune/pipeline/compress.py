@@ -69,8 +69,7 @@ class Settings:
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
-    #: "uniform": one global level; "layerwise": a width per group from sensitivity x cost table; None: `search_for`
-    search: str | None = None
+    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
 
 
 @dataclasses.dataclass
@@ -116,7 +115,6 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
     if not ok:
         raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
     method = get_method(settings.method, **settings.method_options)
-    settings = dataclasses.replace(settings, search=search_for(settings, method))
     if method.needs_data and settings.data is None:
         raise EdgepruneError(f"--method {settings.method} needs training data; pass --data or use --method l1")
     recover = settings.recover or (method.default_recovery if settings.data is not None else "none")
@@ -364,17 +362,6 @@ def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Modu
     if done:
         pruned.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return stage("recover", fit, everywhere=True)
-
-
-def search_for(settings: Settings, method: Importance) -> str:
-    """The search strategy: `settings.search` when given, else layerwise where it can run (calibration
-    data, widths searched) and the method leaves the allocation across layers to the search (its
-    scores compare only within a group, so a single level would narrow every layer alike, and
-    layerwise kept more accuracy after the same recovery in bench/search.py), else uniform (a method with globally comparable scores, such as Network Slimming's BN scales,
-    allocates widths across layers itself)."""
-    if settings.search is not None:
-        return settings.search
-    return "layerwise" if settings.data is not None and settings.depth != "only" and method.ranking == "uniform" else "uniform"
 
 
 def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:

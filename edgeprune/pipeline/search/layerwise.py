@@ -17,13 +17,13 @@
    by bisection to hit a target cost. The plan at that lambda is then widened step by step toward
    the target (`filled`): lambda alone reaches only each group's convex hull of widths.
 3. The plan at that lambda is pruned and *measured*, and the next predicted target comes from the
-   measured candidates (`next_target`): with one on each side of the goal, the goal's place
-   between their measurements, mapped onto their predictions (regula falsi: the predictor's bias
-   differs between a narrow and a wide plan, so one plan's measured/predicted ratio over-corrects
-   the next, and the search oscillated on MobileNetV2); on one side only, the nearest one's
-   measured/predicted ratio. A proposal already measured falls back to the lambda halfway (in log)
-   between the closest candidates over and under. Only measured candidates within the budget are
-   ever returned.
+   measured candidates (`next_target`): with one on each side of the goal, the goal's place between
+   their measurements, mapped onto their predictions (regula falsi: the predictor's bias differs
+   between a narrow and a wide plan, so one plan's measured/predicted ratio over-corrects the next,
+   and the search oscillated on MobileNetV2); on one side only, the nearest one's measured/predicted
+   ratio. A proposal already measured falls back to the lambda halfway (in log) between the closest
+   candidates over and under, or, with all of them on one side, to a target moved further that way.
+   Only measured candidates within the budget are ever returned.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 HELD_OUT = 4
 #: plans measured to calibrate the latency table (latency_table.fit_ratio: two free coefficients)
 CALIBRATION = 6
+#: how many times a repeated proposal's target is moved on before the search gives up
+NUDGES = 20
 
 #: a plan's predicted value on the objective's scale, from each group's kept width (absent: full)
 #: and the residual blocks it removes
@@ -232,17 +234,11 @@ class LayerwiseSearch:
         tried: set[tuple[Any, ...]] = set()
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
-            lam = self.lam_for(target)
-            widths, removed = self.filled(self.choice_at(lam), target)
-            if self._key(widths, removed) in tried:
-                lam = between(points, goal)
-                if lam is None:
-                    stop = "the predictor proposes only plans already measured"
-                    break
-                widths, removed = self.filled(self.choice_at(lam), target)
-                if self._key(widths, removed) in tried:
-                    stop = "no untried plan between the closest candidates over and under budget"
-                    break
+            proposal = self._propose(target, points, goal, tried)
+            if proposal is None:
+                stop = "no untried plan between the closest candidates over and under budget"
+                break
+            lam, (widths, removed) = proposal
             tried.add(self._key(widths, removed))
             predicted = self.predict(widths, removed)
             plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
@@ -264,6 +260,24 @@ class LayerwiseSearch:
             raise EdgepruneError(f"no layerwise candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
                                  f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use --search uniform")
         return SearchResult(best[0], steps, best[1], stop)
+
+    def _propose(self, target: float, points: Sequence[Point], goal: float, tried: set[tuple[Any, ...]]) -> tuple[float, Choice] | None:
+        """An untried plan for `target`. A repeat falls back, with candidates measured on both sides
+        of the goal, to the lambda halfway between the closest two (None when that repeats too);
+        with all of them on one side, to a target moved `tol / 2` further that way, until a new plan
+        comes (at most `NUDGES` times: a plan repeats when the target moved less than one width step)."""
+        over, under = _closest(points, goal)
+        for _ in range(NUDGES):
+            lam = self.lam_for(target)
+            choice = self.filled(self.choice_at(lam), target)
+            if self._key(*choice) not in tried:
+                return lam, choice
+            if over is not None and under is not None:
+                mid = between(points, goal)
+                choice = self.filled(self.choice_at(mid), target) if mid is not None else choice
+                return (mid, choice) if mid is not None and self._key(*choice) not in tried else None
+            target *= (1.0 - self.tol / 2) if over is not None else (1.0 + self.tol / 2)
+        return None
 
     def _key(self, widths: Mapping[str, int], removed: Sequence[str]) -> tuple[Any, ...]:
         return (*(widths[g.id] for g in self.space.groups), tuple(removed))
