@@ -236,7 +236,7 @@ class LayerwiseSearch:
         for index in range(1, self.max_candidates + 1):
             proposal = self._propose(target, points, goal, tried)
             if proposal is None:
-                stop = "no untried plan between the closest candidates over and under budget"
+                stop = "no untried plan left near the budget (between the closest candidates, or past them on one side)"
                 break
             lam, (widths, removed) = proposal
             tried.add(self._key(widths, removed))
@@ -274,8 +274,10 @@ class LayerwiseSearch:
                 return lam, choice
             if over is not None and under is not None:
                 mid = between(points, goal)
-                choice = self.filled(self.choice_at(mid), target) if mid is not None else choice
-                return (mid, choice) if mid is not None and self._key(*choice) not in tried else None
+                if mid is None:
+                    return None
+                choice = self.filled(self.choice_at(mid), target)
+                return None if self._key(*choice) in tried else (mid, choice)
             target *= (1.0 - self.tol / 2) if over is not None else (1.0 + self.tol / 2)
         return None
 
