@@ -92,7 +92,7 @@ def predictor_accuracy(base: torch.nn.Module, x: torch.Tensor, work: Path, round
     baseline_ms = reference.stats.median
     measurer.repeats = int(min(200, max(30, np.ceil(2000.0 / baseline_ms))))  # about 2 s of timing per plan
     table = latency_table.build(base, inputs, cost, runtime, 1.0, baseline_ms, round_to)
-    kinds = {"calibration": layerwise.random_plans(candidates, found, layerwise.CALIBRATION, seed=1, spread=True),
+    kinds = {"calibration": layerwise.calibration_plans(candidates, found),
              "random": layerwise.random_plans(candidates, found, 8, seed=2),
              "spread": layerwise.random_plans(candidates, found, 8, seed=3, spread=True)}
     plans = [(kind, plan) for kind, group in kinds.items() for plan in group]
@@ -100,8 +100,7 @@ def predictor_accuracy(base: torch.nn.Module, x: torch.Tensor, work: Path, round
                             for k, (_, (w, r)) in enumerate(plans)]
     stats = measurer.interleaved(loaded)
     ratios = [s.median / stats[0].median for s in stats[1:]]
-    features = [table.features(w, sizes, cost, r) for _, (w, r) in plans]
-    calibrated = table.calibrated([(*f, ratio) for f, ratio, (kind, _) in zip(features, ratios, plans) if kind == "calibration"])
+    calibrated = table.calibrated(kinds["calibration"], ratios[: len(kinds["calibration"])], sizes, cost)  # the first plans
     rows = [{"kind": kind, "removed_blocks": len(r), "measured": ratio, "predicted": (p := calibrated.predict(w, sizes, cost, r)),
              "error": p / ratio - 1.0} for (kind, (w, r)), ratio in zip(plans, ratios)]
     held = [row["error"] for row in rows if row["kind"] != "calibration"]

@@ -108,7 +108,6 @@ def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> N
     assert result.plan.meta["search"] == "layerwise"
 
 
-
 def test_next_target_interpolates_between_measured_candidates() -> None:
     """One candidate each side of the goal: the goal's place between their measurements carried
     onto their predictions; one side only: the nearest one's bias; the lambda fallback in between."""
@@ -135,26 +134,19 @@ def test_search_converges_under_a_plan_dependent_bias(tiny_search) -> None:
     assert len(result.steps) <= 4  # (the ratio correction alone ended at 5 % of the FLOPs here)
 
 
-
-def test_a_repeated_proposal_moves_the_target_on() -> None:
+def test_a_repeated_proposal_moves_the_target_on(tiny_search) -> None:
     """Every candidate so far over budget and the proposal already measured: the next proposal is a
     new, cheaper plan instead of the end of the search (it ended there, with nothing within budget)."""
-    torch.manual_seed(0)
-    model = tiny_resnet().eval()
-    space = discover(model, X)
-    scores = get_method("l1").scores(model, space, X)
-    sens = {g.id: {w: (g.size - w) / g.size for w in sensitivity.candidate_widths(g, 4)} for g in space.groups}
-    cost = CostModel(model, space, X)
-    sizes = {g.id: g.size for g in space.groups}
-    predict = lambda w, r: float(cost.expected_flops({g: v / sizes[g] for g, v in w.items()}))  # noqa: E731
-    objective = CountObjective(parse_budget(f"{0.5 * cost.total / 1e6:.4f}MFLOPs"), X)
+    model, space, scores, sens, objective, table, base, cost = tiny_search
+    predict = lambda w, r: table.predict(w, cost, r)  # noqa: E731
     search = layerwise.LayerwiseSearch(model, X, space, scores, sens, predict, objective)
-    target = 0.6 * cost.total
+    target = 0.6 * base
     lam, first = search._propose(target, [], target, set())
     over = [layerwise.Point(lam, predict(*first), 1.2 * target)]
     again = search._propose(target, over, target, {search._key(*first)})
     assert again is not None and search._key(*again[1]) != search._key(*first)
     assert predict(*again[1]) < predict(*first)
+
 
 def test_layerwise_from_the_cli_reports_the_predictor(tmp_path: Path) -> None:
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
@@ -283,11 +275,11 @@ def test_calibration_removes_the_bias_of_layers_timed_alone(tmp_path: Path) -> N
     sizes = {g.id: g.size for g in space.groups}
     sens = {g.id: {w: 0.0 for w in sensitivity.candidate_widths(g, 4)} for g in space.groups}
     objective = LatencyObjective(parse_budget("1000ms"), TargetMeasurer(rt, X, tmp_path / "m", warmup=1, repeats=3))
-    plans = layerwise.random_plans(sens, (), layerwise.CALIBRATION, seed=1, spread=True)
+    plans = layerwise.calibration_plans(sens, ())
     kept = [np.mean([w[g] / sizes[g] for g in w]) for w, _ in plans]
     assert kept[0] < kept[-1]  # the calibration plans span narrow to wide
     ratios = [v / whole_ms for v in layerwise.measure_plans(model, X, space, scores, plans, objective, "calibration")]
-    calibrated = alone.calibrated([(*alone.features(w, sizes, cost, r), ratio) for (w, r), ratio in zip(plans, ratios)])
+    calibrated = alone.calibrated(plans, ratios, sizes, cost)
     a, b, c = calibrated.coefficients
     entries_full = 1.3 * cost.total * 1e-6 + len(alone.shapes) * per_layer  # the table's full-width sum
     assert a == pytest.approx(entries_full / (1.3 * whole_ms), rel=1e-3) and b == pytest.approx(0.0, abs=1e-3)

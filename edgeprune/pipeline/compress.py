@@ -291,11 +291,11 @@ def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: 
     if budget.is_latency:
         table_d = stage("latency_table", lambda: latency_table.build(model, inputs, cost, measurer.runtime, value,
                                                                     baseline["latency_ms"]["median"], s.round_to, on_entry=log).to_dict())
-        plans = layerwise.random_plans(sens, list(block_drops), layerwise.CALIBRATION, seed=1, spread=True)
+        plans = layerwise.calibration_plans(sens, list(block_drops))
         ratios = stage("latency_calibration", lambda: {"ratios": [v / value for v in layerwise.measure_plans(
             model, inputs, space, scores, plans, objective, "calibration")]}, key=key | {"runtime": measurer.runtime.settings()})["ratios"]
         lat = latency_table.LatencyTable.from_dict(table_d)
-        lat = lat.calibrated([(*lat.features(w, sizes, cost, r), ratio) for (w, r), ratio in zip(plans, ratios)])
+        lat = lat.calibrated(plans, ratios, sizes, cost)
         a, b, c = lat.coefficients or lat.uncalibrated()
         predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
         log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")

@@ -194,9 +194,11 @@ class LatencyTable:
         floor = self.overhead_ms / self.baseline_ms if self.baseline_ms else 0.0  # no plan runs faster than an empty call
         return self.baseline * max(a * layers + b * written + c, floor)
 
-    def calibrated(self, samples: Sequence[tuple[float, float, float]]) -> "LatencyTable":
-        """This table with (a, b, c) fitted to whole plans measured on the target: `samples` of
-        (layers, written, measured ratio to the baseline), the first two from `features`."""
+    def calibrated(self, plans: Sequence[tuple[Mapping[str, int], Sequence[str]]], ratios: Sequence[float],
+                   sizes: Mapping[str, int], cost: CostModel) -> "LatencyTable":
+        """This table with (a, b, c) fitted to whole plans measured on the target: `plans` of
+        (widths, removed blocks) and their measured `ratios` to the baseline."""
+        samples = [(*self.features(widths, sizes, cost, removed), ratio) for (widths, removed), ratio in zip(plans, ratios)]
         return dataclasses.replace(self, coefficients=fit_ratio(samples))
 
     def to_dict(self) -> dict[str, Any]:

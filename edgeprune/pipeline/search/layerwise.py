@@ -140,6 +140,12 @@ def random_plans(sensitivity: Sensitivity, blocks: Sequence[str], n: int, seed: 
     return plans
 
 
+def calibration_plans(sensitivity: Sensitivity, blocks: Sequence[str]) -> list[Choice]:
+    """The `CALIBRATION` plans a latency table is fitted to, spread from narrow to full (seeded:
+    the same plans on every run, so their measured ratios can be kept across budgets)."""
+    return random_plans(sensitivity, blocks, CALIBRATION, seed=1, spread=True)
+
+
 def measure_plans(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
                   plans: Sequence[Choice], objective: Objective, tag: str) -> list[float]:
     """Each plan pruned and evaluated on the objective (measured on the target for latency)."""
