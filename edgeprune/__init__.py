@@ -75,8 +75,8 @@ def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, n
 
     Unlike the whole-module pickle (model.pt), this survives `weights_only` loading and code changes.
     """
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.pipeline.loading import build_arch, from_module
+    from edgeprune.errors import EdgepruneError, first_line
+    from edgeprune.pipeline.loading import build_arch, from_module, load_state
     from edgeprune.pipeline.prune.apply import apply
     from edgeprune.pipeline.prune.plan import Plan
 
@@ -86,7 +86,8 @@ def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, n
     loaded = from_module(build_arch(arch, num_classes), input_shape=shape, arch=arch)
     model = apply(loaded.model, plan, loaded.example_inputs)
     try:
-        model.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True))
+        state = torch.load(state_dict_path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
-        raise EdgepruneError(f"cannot load {state_dict_path} into the pruned {arch}: {str(err).splitlines()[0]}") from None
+        raise EdgepruneError(f"cannot read {state_dict_path}: {first_line(err)}; pass the state_dict.pt of the same run as the plan") from None
+    load_state(model, state, str(state_dict_path), f"{arch} pruned by {plan_path}")
     return model

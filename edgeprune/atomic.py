@@ -17,16 +17,22 @@ from typing import Any, Iterator
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in `dest`'s folder; on success it replaces `dest`, on error it is removed."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs get the user's usual mode
-    tmp_path = Path(tmp)
+    tmp_path = temp_beside(dest)
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def temp_beside(dest: str | os.PathLike[str]) -> Path:
+    """A new empty file next to `dest` (same filesystem, so `os.replace` onto `dest` is atomic)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; outputs get the user's usual mode
+    return Path(tmp)
 
 
 def _umask() -> int:

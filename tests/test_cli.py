@@ -5,8 +5,10 @@ ratio of the *interleaved* final/baseline medians in report.json, never absolute
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +20,11 @@ import pytest
 import torch
 
 import edgeprune
-from edgeprune.cli import main
+from edgeprune.cli import _summary_table, main
 from edgeprune.exporters.onnx import onnx_initializer_shapes, onnx_param_count
 from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.report import markdown
+from edgeprune.pipeline.rundir import LOCK_NAME
 from edgeprune.runtime_bench import get_runtime
 from tests.tiny_models import tiny_resnet
 
@@ -127,6 +131,34 @@ def test_end_to_end_latency_budget(e2e: dict[str, object]) -> None:
     rt = get_runtime("ort-cpu")
     (got,) = rt.run(rt.load(str(final_onnx)), [x.numpy()])
     np.testing.assert_allclose(got, y.numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_report_hashes_the_published_set(e2e: dict[str, object]) -> None:
+    out: Path = e2e["out"]  # type: ignore[assignment]
+    assert e2e["rc"] == 0, e2e["stderr"]
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["outputs_sha256"]) == {"model.onnx", "model.pt", "state_dict.pt", "plan.json"}
+    for name, digest in rep["outputs_sha256"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    assert (out / LOCK_NAME).read_bytes() == b""  # the run released --out
+    assert set(rep["noise"]) == {"baseline", "final"}
+    assert rep["noise"]["final"] == rep["final"]["latency_ms"]["noise"]
+
+
+def test_noisy_p90_is_flagged_not_printed_as_a_ratio(e2e: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+    rep = json.loads((Path(e2e["out"]) / "report.json").read_text())  # type: ignore[arg-type]
+    quiet = dict(rep, noise={"baseline": None, "final": None})
+    noisy = dict(rep, noise={"baseline": None, "final": "p90/median 8.59 > 1.5"})  # 6.7 ms p90 beside a 0.78 ms median
+    p90_row = lambda md: next(line for line in md.splitlines() if line.startswith("| p90 latency"))  # noqa: E731
+    assert re.search(r"\| \d+\.\d{3} \|$", p90_row(markdown(quiet)))
+    assert p90_row(markdown(noisy)).endswith("| noisy |")
+    assert "Warning: noisy measurement (final: p90/median 8.59 > 1.5)" in markdown(noisy)
+    assert "Warning" not in markdown(quiet)
+    capsys.readouterr()
+    _summary_table(noisy)
+    table = capsys.readouterr().out
+    p90_line = next(line for line in table.splitlines() if "p90 ms" in line)
+    assert "noisy" in p90_line and "warning: noisy measurement" in table
 
 
 def test_resume_reuses_every_stage(e2e: dict[str, object], files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

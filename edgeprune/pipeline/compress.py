@@ -11,17 +11,17 @@ import dataclasses
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from edgeprune import atomic, environment, modelrun
+from edgeprune import atomic, modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
 from edgeprune.pipeline import report as report_mod
-from edgeprune.pipeline import distributed
+from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle, check_fits, load_data
@@ -35,6 +35,7 @@ from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
 from edgeprune.pipeline.rundir import RunDir
+from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.search import latency_table, layerwise, sensitivity
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
@@ -42,34 +43,7 @@ from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 
 Progress = Callable[[str], None]
-
-
-@dataclasses.dataclass
-class Settings:
-    budget: str
-    runtime: str = "ort-cpu"
-    threads: int = 1
-    method: str = "l1"
-    round_to: int = 16
-    tol: float = 0.08  # accept candidates 3% (the noise guard) to 8% under the budget
-    warmup: int = 10
-    repeats: int = 50
-    max_candidates: int = 8
-    unprunable: tuple[str, ...] = ()
-    # accuracy and recovery (with --data)
-    data: str | None = None
-    recover: str | None = None  # finetune | distill | scratch | adversarial | none; None: the method's default with data
-    epochs: int | None = None
-    steps: int | None = None
-    lr: float | None = None  # default: the recovery method's own
-    batch_size: int = 128
-    temperature: float = 4.0
-    alpha: float = 0.9
-    pgd_steps: int = 7  # the attack of adversarial fine-tuning (eps 8/255, step 2/255)
-    metric: str | None = None  # module:function for models that are not classifiers
-    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
-    depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
-    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
+__all__ = ["CompressResult", "Settings", "compress"]  # Settings lives in settings.py; callers import it from here too
 
 
 @dataclasses.dataclass
@@ -107,165 +81,183 @@ class CompressResult:
 
 
 def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
-    """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py)."""
+    """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py).
+
+    Everything the user gave is checked before the first write (`Settings` checked its own values
+    when it was built): the runtime, the layer names, --out, the data. Then --out is locked for
+    the whole run."""
     ctx = distributed.init_from_env()
+    log = progress if ctx.is_rank0 else (lambda line: None)
     budget = parse_budget(settings.budget)
     runtime = get_runtime(settings.runtime, threads=settings.threads)
     ok, why = runtime.available()
     if not ok:
         raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
     method = get_method(settings.method, **settings.method_options)
-    if method.needs_data and settings.data is None:
-        raise EdgepruneError(f"--method {settings.method} needs training data; pass --data or use --method l1")
-    recover = settings.recover or (method.default_recovery if settings.data is not None else "none")
-    recovery = None if recover == "none" else get_recovery(recover, **_recovery_options(settings, recover))
-    if recovery is not None and settings.data is None:
-        raise EdgepruneError(f"--recover {recover} needs training data; pass --data or --recover none")
-    if settings.depth not in ("off", "on", "only"):
-        raise EdgepruneError(f"--depth {settings.depth!r}: use off, on or only")
-    if settings.depth != "off" and settings.data is None:
-        raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
-    if settings.search not in ("uniform", "layerwise"):
-        raise EdgepruneError(f"--search {settings.search!r}: use uniform or layerwise")
-    if settings.search == "layerwise" and (settings.data is None or settings.depth == "only"):
-        raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
-                             "and --depth off or on (for blocks alone use --search uniform --depth only)")
-    if settings.data is None and settings.metric is not None:
-        raise EdgepruneError("--metric needs --data to evaluate on")
-    log = progress if ctx.is_rank0 else (lambda line: None)
-    run = RunDir(out_dir, _config(loaded, settings), write=ctx.is_rank0)
+    recovery = None if settings.recovery == "none" else get_recovery(settings.recovery, **settings.recovery_options())
     model, inputs = loaded.model, loaded.example_inputs
-    measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
+    _check_layer_names(model, settings.unprunable)
+    rundir.check_out(out_dir, [p for p in (loaded.source, settings.data) if p is not None])
     num_outputs = loaded.num_classes or int(modelrun.run(model, inputs)[0].shape[-1])
     data = None
     if settings.data is not None:
         data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
         check_fits(data, num_outputs, loaded.input_shape)  # before any training
     metric_name, metric = load_metric(settings.metric)
-    timings: dict[str, float] = {}
 
-    def stage(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False, key: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A stage's result, resumed when finished before; measuring stages run on rank 0 only.
-        With `key`, the result is kept across runs whose settings differ but not in `key` (RunDir.kept)."""
+    with rundir.locked(out_dir, enabled=ctx.is_rank0) as lock:
+        if lock is not None and lock.taken_over:
+            log(f"  took over the lock of a run that ended without releasing it (pid {lock.taken_over.get('pid', '?')})")
+        run = RunDir(out_dir, _config(loaded, settings), write=ctx.is_rank0)
+        stage = Stages(run, ctx, log)
+        measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
+
+        space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
+        space = space_mod.PruningSpace.from_dict(space_d)
+        log(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
+
+        baseline_d = stage("baseline", lambda: _describe(model, measurer, "baseline", inputs))
+        log(f"  baseline {baseline_d['latency_ms']['median']:.3f} ms (p90 {baseline_d['latency_ms']['p90']:.3f}), "
+            f"{baseline_d['flops'] / 1e6:.1f} MFLOPs, {baseline_d['params'] / 1e6:.3f} M params{_noisy(LatencyStats.from_dict(baseline_d['latency_ms']))}")
+        baseline_value = _figure(budget, baseline_d)
+        budget = budget.resolve(baseline_value)
+        measurer.repeats = _repeats_for(baseline_d["latency_ms"]["median"], settings.repeats)
+        log(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
+
+        original = model  # the teacher and the accuracy baseline
+        if type(method).prepare is not Importance.prepare:
+            goal = Goal(cost_fraction=budget.value / baseline_value, depth=settings.depth)
+            model = _prepared(method, model, space, inputs, data, goal, run, stage)
+            if type(method).prepared_architecture is not Importance.prepared_architecture:  # e.g. factorized Linears
+                space_d = stage("prepared_space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
+                space = space_mod.PruningSpace.from_dict(space_d)
+                log(f"  prepared model: {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
+        scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
+        scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
+        block_scores: dict[str, float] = {}
+        if settings.depth != "off" and data is not None:
+            block_scores = stage("blocks", lambda: method.block_scores(model, blocks_mod.find_blocks(model, inputs), data))
+            log(f"  {len(block_scores)} removable residual blocks")
+
+        def search() -> dict[str, Any]:
+            if budget.met_by(baseline_value):
+                log("  the unpruned model already meets the budget: exporting it unpruned")
+                plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
+                return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
+            objective = _objective(budget, measurer, inputs)
+            if settings.search == "layerwise":
+                return _layerwise(model, inputs, space, scores, objective, baseline_d, data, settings, stage, log, budget, measurer)
+            searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
+                                   settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
+                                   ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
+                                   blocks_by_threshold=method.blocks_on_unit_scale)
+            result = searcher.run(baseline_value)
+            return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
+
+        search_d = stage("search", search)
+        plan = Plan.from_dict(search_d["plan"])
+        plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
+        pruned = apply(copy.deepcopy(model), plan, inputs)
+        method.reconstruct(model, pruned, space, plan, inputs, data)
+
+        accuracy: dict[str, Any] | None = None
+        recovery_d: dict[str, Any] | None = None
+        if data is not None:
+            def evaluate() -> dict[str, Any]:
+                acc = {"metric": metric_name, "baseline": metric(original, data.val), "pruned": metric(pruned, data.val)}
+                return acc | ({"prepared": metric(model, data.val)} if model is not original else {})
+
+            accuracy = stage("accuracy", evaluate)
+            log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
+        if recovery is not None and data is not None:
+            recovery_d = _recover(recovery, pruned, original, data, settings, metric, run, ctx, stage, log)
+            accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
+        if not ctx.is_rank0:
+            return CompressResult(pruned, plan, {}, Path(out_dir))
+
+        plan.save(run.path("plan.json"))
+        torch.save(pruned, run.path("model.pt"))
+        torch.save(pruned.state_dict(), run.path("state_dict.pt"))
+        final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget))
+        met = _met(budget, final_d)
+        runtime_acc = None
+        if runtime.reduced_precision and data is not None and metric_name == "top1":
+            runtime_acc = stage("runtime_accuracy", lambda: measurer.runtime_top1(measurer.load("model"), pruned, data.val))
+            log(f"  top-1 on {settings.runtime} vs PyTorch over {runtime_acc['images']} images: "
+                f"{runtime_acc['runtime_top1']:.4f} vs {runtime_acc['pytorch_top1']:.4f}")
+        log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
+            f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: "
+            f"{'MET' if met else 'MISSED'}{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
+
+        rep = report_mod.assemble(
+            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape)}, settings=settings,
+            runtime=runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats}, budget=budget, met=met,
+            baseline=baseline_d, final=final_d, method=method, search=search_d, space=space, plan=plan,
+            left_whole=space_d["skipped"], timings=stage.timings, accuracy=accuracy, runtime_accuracy=runtime_acc,
+            data=data.describe() if data is not None else None, recovery=recovery_d)
+        _publish(run, rep)
+    return CompressResult(pruned, plan, rep, Path(out_dir))
+
+
+class Stages:
+    """Runs a named stage of the pipeline: resumed when a previous run finished it, else computed
+    and saved (RunDir); measuring stages run on rank 0 only and are broadcast. Logs and times each."""
+
+    def __init__(self, run: RunDir, ctx: distributed.DistContext, log: Progress) -> None:
+        self.run, self.ctx, self.log = run, ctx, log
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False,
+                 key: dict[str, Any] | None = None) -> dict[str, Any]:
+        """With `key`, the result is kept across runs whose settings differ but not in `key` (RunDir.kept)."""
         t0 = time.perf_counter()
-        log(f"[{name}] ...")
-        store = (lambda: run.stage(name, fn)) if key is None else (lambda: run.kept(name, key, fn))
-        if everywhere or not ctx.active:
+        self.log(f"[{name}] ...")
+        store = (lambda: self.run.stage(name, fn)) if key is None else (lambda: self.run.kept(name, key, fn))
+        if everywhere or not self.ctx.active:
             result, resumed = store()
         else:
-            result, resumed = distributed.rank0_then_broadcast(ctx, store)
-        timings[name] = round(time.perf_counter() - t0, 3)
-        where = run.path(name + ".json") if key is None else run.out / "cache"
-        log(f"[{name}] {'resumed from ' + str(where) if resumed else 'done'} ({timings[name]:.1f}s)")
+            result, resumed = distributed.rank0_then_broadcast(self.ctx, store)
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        where = self.run.path(name + ".json") if key is None else self.run.out / "cache"
+        self.log(f"[{name}] {'resumed from ' + str(where) if resumed else 'done'} ({self.timings[name]:.1f}s)")
         return result
 
-    space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
-    space = space_mod.PruningSpace.from_dict(space_d)
-    log(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
 
-    baseline_d = stage("baseline", lambda: _describe(model, measurer, "baseline", inputs))
-    log(f"  baseline {baseline_d['latency_ms']['median']:.3f} ms (p90 {baseline_d['latency_ms']['p90']:.3f}), "
-        f"{baseline_d['flops'] / 1e6:.1f} MFLOPs, {baseline_d['params'] / 1e6:.3f} M params")
-    baseline_value = _figure(budget, baseline_d)
-    budget = budget.resolve(baseline_value)
-    measurer.repeats = _repeats_for(baseline_d["latency_ms"]["median"], settings.repeats)
-    log(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
+#: the published files whose hashes report.json records, so a reader can tell they belong together
+HASHED_OUTPUTS = ("model.onnx", "model.pt", "state_dict.pt", "plan.json")
 
-    original = model  # the teacher and the accuracy baseline
-    if type(method).prepare is not Importance.prepare:
-        goal = Goal(cost_fraction=budget.value / baseline_value, depth=settings.depth)
-        model = _prepared(method, model, space, inputs, data, goal, run, stage)
-        if type(method).prepared_architecture is not Importance.prepared_architecture:  # e.g. factorized Linears
-            space_d = stage("prepared_space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
-            space = space_mod.PruningSpace.from_dict(space_d)
-            log(f"  prepared model: {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
-    scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
-    scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
-    block_scores: dict[str, float] = {}
-    if settings.depth != "off" and data is not None:
-        block_scores = stage("blocks", lambda: method.block_scores(model, blocks_mod.find_blocks(model, inputs), data))
-        log(f"  {len(block_scores)} removable residual blocks")
 
-    def search() -> dict[str, Any]:
-        if budget.met_by(baseline_value):
-            log("  the unpruned model already meets the budget: exporting it unpruned")
-            plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
-            return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-        objective = _objective(budget, measurer, inputs)
-        if settings.search == "layerwise":
-            return _layerwise(model, inputs, space, scores, objective, baseline_d, data, settings, stage, log, budget, measurer)
-        searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
-                               settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
-                               ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
-                               blocks_by_threshold=method.blocks_on_unit_scale)
-        result = searcher.run(baseline_value)
-        return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
+def _publish(run: RunDir, rep: dict[str, Any]) -> None:
+    """Write the report (with the hashes of the files it describes) and publish the set together."""
+    rep["outputs_sha256"] = {name: _file_sha256(run.path(name)) for name in HASHED_OUTPUTS}
+    atomic.write_text(run.path("report.md"), report_mod.markdown(rep))
+    atomic.write_text(run.path("widths.svg"), report_mod.widths_svg(rep["groups"]))
+    atomic.write_json(run.path("report.json"), rep)
+    run.publish({name: run.path(name) for name in (*HASHED_OUTPUTS, "report.md", "widths.svg", "report.json")})
 
-    search_d = stage("search", search)
-    plan = Plan.from_dict(search_d["plan"])
-    plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
-    pruned = apply(copy.deepcopy(model), plan, inputs)
-    method.reconstruct(model, pruned, space, plan, inputs, data)
 
-    accuracy: dict[str, Any] | None = None
-    recovery_d: dict[str, Any] | None = None
-    if data is not None:
-        def evaluate() -> dict[str, Any]:
-            acc = {"metric": metric_name, "baseline": metric(original, data.val), "pruned": metric(pruned, data.val)}
-            return acc | ({"prepared": metric(model, data.val)} if model is not original else {})
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
-        accuracy = stage("accuracy", evaluate)
-        log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
-    if recovery is not None and data is not None:
-        recovery_d = _recover(recovery, pruned, original, data, settings, metric, run, ctx, stage, log)
-        accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
-    if not ctx.is_rank0:
-        return CompressResult(pruned, plan, {}, Path(out_dir))
 
-    plan.save(run.path("plan.json"))
-    torch.save(pruned, run.path("model.pt"))
-    torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-    final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget))
-    met = _met(budget, final_d)
-    runtime_acc = None
-    if runtime.reduced_precision and data is not None and metric_name == "top1":
-        runtime_acc = stage("runtime_accuracy", lambda: measurer.runtime_top1(measurer.load("model"), pruned, data.val))
-        log(f"  top-1 on {settings.runtime} vs PyTorch over {runtime_acc['images']} images: "
-            f"{runtime_acc['runtime_top1']:.4f} vs {runtime_acc['pytorch_top1']:.4f}")
-    log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
-        f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: {'MET' if met else 'MISSED'}")
+def _check_layer_names(model: torch.nn.Module, names: Sequence[str]) -> None:
+    """--unprunable names must be layers of the model: a typo would otherwise be silently ignored."""
+    known = {n for n, _ in model.named_modules() if n}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        examples = ", ".join(n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))[:120]
+        raise EdgepruneError(f"--unprunable {','.join(unknown)}: no layer of that name in the model; "
+                             f"use module names as model.named_modules() gives them (e.g. {examples})")
 
-    rep = {
-        "edgeprune_report": 1,
-        "model": {"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape)},
-        "settings": dataclasses.asdict(settings),
-        "runtime": runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats, "statistic": budget.statistic},
-        "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
-                   "describe": budget.describe(), "met": met},
-        "baseline": final_d["baseline"] | {k: baseline_d[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
-        "final": final_d["final"],
-        "speedup": final_d["speedup"],
-        "method": {"name": method.name, "reference": method.reference, "ranking": method.ranking, "depth": settings.depth,
-                   "learned": method.state()},  # what a learned method found (gates, searched widths), for review
-        "accuracy": accuracy,
-        "runtime_accuracy": runtime_acc,  # a reduced-precision runtime's own top-1 (bf16 / fp16)
-        "data": data.describe() if data is not None else None,
-        "recovery": recovery_d,
-        "search": {"strategy": settings.search, "steps": search_d["steps"], "candidates_measured": len(search_d["steps"]),
-                   "stop_reason": search_d["stop_reason"], "predictor": search_d.get("predictor")},
-        "groups": report_mod.group_rows(space, plan),
-        "removed_blocks": list(plan.removed_blocks),
-        "left_whole": space_d["skipped"],
-        "timings_s": timings,
-        "environment": environment.describe(),
-    }
-    run_files = {"report.json": run.path("report.json"), "report.md": run.path("report.md"), "widths.svg": run.path("widths.svg")}
-    atomic.write_json(run_files["report.json"], rep)
-    atomic.write_text(run_files["report.md"], report_mod.markdown(rep))
-    atomic.write_text(run_files["widths.svg"], report_mod.widths_svg(rep["groups"]))
-    run.publish({"model.onnx": run.path("model.onnx"), "model.pt": run.path("model.pt"),
-                 "state_dict.pt": run.path("state_dict.pt"), "plan.json": run.path("plan.json"), **run_files})
-    return CompressResult(pruned, plan, rep, Path(out_dir))
+
+def _noisy(stats: LatencyStats | None) -> str:
+    """' [noisy: why]' for a progress line, '' for a quiet (or no) measurement."""
+    noise = stats.noise if stats is not None else None
+    return f" [noisy: {noise}]" if noise else ""
 
 
 def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: space_mod.PruningSpace, scores: dict[str, np.ndarray],
@@ -337,11 +329,6 @@ def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.Pruni
     return prepared.eval()
 
 
-def _recovery_options(s: Settings, recover: str) -> dict[str, Any]:
-    options = {"distill": {"temperature": s.temperature, "alpha": s.alpha}, "adversarial": {"pgd_steps": s.pgd_steps}}
-    return options.get(recover, {})
-
-
 def _recover(recovery: Recovery, pruned: torch.nn.Module, teacher: torch.nn.Module, data: DataBundle, s: Settings,
              metric: Any, run: RunDir, ctx: distributed.DistContext, stage: Callable[..., dict[str, Any]],
              log: Progress) -> dict[str, Any]:
@@ -403,13 +390,13 @@ def _figure(budget: Budget, described: dict[str, Any]) -> float:
 def _met(budget: Budget, final_d: dict[str, Any]) -> bool:
     """A relative budget is judged on the interleaved ratio, an absolute one on the final figure."""
     if budget.is_latency:
-        base, final = (LatencyStats.from_runs(final_d[k]["latency_ms"]["runs_ms"], 0) for k in ("baseline", "final"))
+        base, final = (LatencyStats.from_dict(final_d[k]["latency_ms"]) for k in ("baseline", "final"))
         return _latency_figure(budget, base, final) <= _budget_figure(budget)
     return budget.met_by(_figure(budget, final_d["final"]))
 
 
 def _describe(model: torch.nn.Module, measurer: TargetMeasurer, tag: str, inputs: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    m = measurer.measure(model, tag)
+    m = measurer.measure(model, tag, check_time=True)
     return _summary(model, m, inputs)
 
 
@@ -467,4 +454,5 @@ def _step_line(step: Step, budget: Budget, limit: int) -> str:
     predicted = (f"{step.predicted_flops / 1e6:.1f} MFLOPs" if step.scalar == "level"
                  else f"{step.predicted_flops:.4g} {unit}")  # the layerwise search predicts the budget's own figure
     return (f"  candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}, predicted {predicted} "
-            f"-> {ev.value:.4g} {unit}{extra}, {mark} budget {budget.value:.4g} ({step.seconds:.1f}s)")
+            f"-> {ev.value:.4g} {unit}{extra}, {mark} budget {budget.value:.4g} ({step.seconds:.1f}s)"
+            f"{_noisy(ev.measurement.stats if ev.measurement is not None else None)}")

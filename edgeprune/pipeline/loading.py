@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import psutil
 import torch
 from torch import nn
 
@@ -41,23 +43,71 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
         dims = ()
     if not dims or any(d <= 0 for d in dims):
         raise EdgepruneError(f"cannot read input shape {text!r}; write it as NxCxHxW, e.g. 1x3x224x224")
+    check_allocatable(dims)
     return dims
+
+
+#: an example input may take at most this share of the memory available: the model's activations
+#: on it take many times more, and an input that cannot be allocated would fail deep inside torch
+INPUT_MEMORY_SHARE = 1 / 8
+
+
+def check_allocatable(shape: Sequence[int], itemsize: int = 8) -> None:
+    """Refuse an input shape whose tensor would not fit in memory (beside the model's activations)."""
+    need = math.prod(shape) * itemsize
+    available = psutil.virtual_memory().available
+    if need > available * INPUT_MEMORY_SHARE:
+        text = "x".join(map(str, shape))
+        raise EdgepruneError(f"input shape {text} needs {need / 2**30:.3g} GiB for the input tensor alone and its activations many "
+                             f"times more; this machine has {available / 2**30:.3g} GiB available: pass a smaller --input-shape")
 
 
 def build_arch(arch: str, num_classes: int | None) -> nn.Module:
     """Instantiate an architecture from a registry name or 'package.module:factory'."""
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if ":" in arch:
-        mod_name, _, fn_name = arch.partition(":")
-        try:
-            factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError: ":f"; TypeError: ".relative:f"
-            raise EdgepruneError(f"cannot import --arch {arch!r} ({err}); check the module is importable and names a factory") from None
-        accepts = "num_classes" in inspect.signature(factory).parameters or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values()
-        )
-        return factory(**kwargs) if accepts else factory()
-    return models.create(arch, **kwargs)
+    if ":" not in arch:
+        return models.create(arch, **kwargs)
+    mod_name, _, fn_name = arch.partition(":")
+    fix = "--arch must name a function or class that takes no required arguments and returns an nn.Module, e.g. mypackage.models:resnet"
+    try:
+        factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError: ":f"; TypeError: ".relative:f"
+        raise EdgepruneError(f"cannot import --arch {arch!r} ({first_line(err)}); check the module is importable and names a factory") from None
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # not callable, or a builtin without a signature
+        raise EdgepruneError(f"--arch {arch}: {type(factory).__name__} {fn_name} is not a model factory; {fix}") from None
+    accepts = "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    try:
+        model = factory(**kwargs) if accepts else factory()
+    except Exception as err:  # noqa: BLE001 - the user's code: whatever it raises, say where
+        raise EdgepruneError(f"--arch {arch} raised {type(err).__name__}: {first_line(err)}; {fix}") from None
+    if not isinstance(model, nn.Module):
+        raise EdgepruneError(f"--arch {arch} returned a {type(model).__name__}, not an nn.Module; {fix}")
+    return model
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, arch: str) -> None:
+    """`model.load_state_dict(state)`, with a mismatch summarised in one line: how many keys are
+    missing, unexpected or of another shape, one example of each, and what to try."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(shapes)} of another shape (e.g. {shapes[0]}: file {_dims(state[shapes[0]])}, "
+                 f"{arch} {_dims(own[shapes[0]])})" if shapes else ""]
+        fix = ("check --arch names the architecture it was saved from" if missing or unexpected
+               else "check --arch and --num-classes (the file's classifier width is read from its last Linear)")
+        raise EdgepruneError(f"the state dict in {source} does not fit --arch {arch}: keys "
+                             f"{', '.join(p for p in parts if p)}; {fix}")
+    model.load_state_dict(state)
+
+
+def _dims(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
 
 
 def load_model(
@@ -91,10 +141,7 @@ def load_model(
             )
         num_classes = num_classes or _classes_from_state(state)
         model = build_arch(arch, num_classes)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise EdgepruneError(f"state dict in {path} does not fit --arch {arch}: {first_line(err)}") from None
+        load_state(model, state, str(path), arch)
     return from_module(model, input_shape=input_shape, arch=arch, num_classes=num_classes, source=str(path))
 
 
@@ -120,6 +167,7 @@ def from_module(
             input_shape = models.default_input_shape(arch)
         if input_shape is None:
             raise EdgepruneError("the model's input shape is unknown; pass --input-shape, e.g. 1x3x224x224")
+        check_allocatable(input_shape)
         gen = torch.Generator().manual_seed(0)
         tokens = registered and models.takes_tokens(arch)  # a language model: ids 0/1, as runtime_bench/inputs.py draws them
         example_inputs = (torch.randint(0, 2, tuple(input_shape), generator=gen) if tokens else torch.randn(*input_shape, generator=gen),)
@@ -133,6 +181,9 @@ def from_module(
         raise
     except Exception as err:  # noqa: BLE001 - any failure here is a shape/model mismatch to report
         shapes = "x".join(str(d) for d in example_inputs[0].shape)
+        if isinstance(err, MemoryError) or "allocate" in str(err):
+            raise EdgepruneError(f"the model's activations on input shape {shapes} do not fit in memory "
+                                 f"({type(err).__name__}); pass a smaller --input-shape") from None
         raise EdgepruneError(
             f"the model does not run on input shape {shapes} ({type(err).__name__}: {first_line(err)}); "
             "pass the shape it expects with --input-shape"

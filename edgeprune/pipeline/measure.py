@@ -2,7 +2,7 @@
 
 The baseline, every search candidate and the final model all go through `TargetMeasurer`, so their
 numbers come from the same exporter, the same runtime settings and the same protocol
-(../shared/BENCHMARKING.md): verified outputs before timing, warm-up, many repeats, median and p90.
+(docs/ARCHITECTURE.md, "Measuring"): verified outputs before timing, warm-up, many repeats, median and p90.
 """
 from __future__ import annotations
 
@@ -35,6 +35,21 @@ class Measurement:
 
 #: validation images a reduced-precision runtime's accuracy is checked on (one inference each)
 RUNTIME_EVAL_IMAGES = 1000
+#: the longest one measurement (warm-up + timed runs) may take: a --repeats that would take longer
+#: at the model's speed is refused before the first measurement, instead of hanging it
+MAX_MEASURE_S = 600.0
+
+
+def check_time_bound(runtime: Runtime, session: Any, inputs: Sequence[np.ndarray], warmup: int, repeats: int) -> None:
+    """Refuse --warmup/--repeats that would keep one measurement of this model running past
+    `MAX_MEASURE_S`, judged from three timed runs."""
+    probe = runtime.measure(session, inputs, 1, 3)
+    seconds = probe.median / 1e3 * (warmup + repeats)
+    if seconds > MAX_MEASURE_S:
+        fits = max(1, int(MAX_MEASURE_S * 1e3 / probe.median) - warmup)
+        raise EdgepruneError(f"--warmup {warmup} + --repeats {repeats} at {probe.median:.3g} ms per run would take about "
+                             f"{seconds / 60:.1f} min per measurement, over the {MAX_MEASURE_S / 60:g} min bound; "
+                             f"use --repeats {fits} or fewer")
 
 
 class TargetMeasurer:
@@ -64,8 +79,12 @@ class TargetMeasurer:
         diff = self.exporter.check(artifact, model, self.example_inputs)
         return artifact, diff
 
-    def measure(self, model: nn.Module, tag: str) -> Measurement:
-        return self.time(self.prepare(model, tag))
+    def measure(self, model: nn.Module, tag: str, check_time: bool = False) -> Measurement:
+        """Export, verify and time `model`; `check_time` first refuses repeats that would take too long."""
+        m = self.prepare(model, tag)
+        if check_time:
+            check_time_bound(self.runtime, m.session, self.inputs_np, self.warmup, self.repeats)
+        return self.time(m)
 
     def prepare(self, model: nn.Module, tag: str) -> Measurement:
         """Export `model`, load it on the target and check the target computes what PyTorch does

@@ -1,10 +1,66 @@
-"""report.md: the human-readable side of report.json — what was cut, what it cost, how it was measured."""
+"""report.json and report.md — what was cut, what it cost, how it was measured, and how far the
+measurement can be trusted (a noisy one is flagged wherever its figures are shown)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from edgeprune import environment
+from edgeprune.pipeline.budget import Budget
+from edgeprune.pipeline.prune.methods import Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.runtime_bench import LatencyStats
+
+
+def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], budget: Budget, met: bool,
+             baseline: dict[str, Any], final: dict[str, Any], method: Importance, search: dict[str, Any],
+             space: PruningSpace, plan: Plan, left_whole: list[dict[str, Any]], timings: dict[str, float],
+             accuracy: dict[str, Any] | None = None, runtime_accuracy: dict[str, Any] | None = None,
+             data: dict[str, Any] | None = None, recovery: dict[str, Any] | None = None) -> dict[str, Any]:
+    """report.json's content. `baseline` is the baseline stage's description, `final` the final
+    stage's (baseline and pruned model timed interleaved); `settings` a `Settings`."""
+    return {
+        "edgeprune_report": 1,
+        "model": model,
+        "settings": dataclasses.asdict(settings),
+        "runtime": runtime | {"statistic": budget.statistic},
+        "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
+                   "describe": budget.describe(), "met": met},
+        "baseline": final["baseline"] | {k: baseline[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
+        "final": final["final"],
+        "speedup": final["speedup"],
+        "noise": {k: LatencyStats.from_dict(final[k]["latency_ms"]).noise for k in ("baseline", "final")},
+        "method": {"name": method.name, "reference": method.reference, "ranking": method.ranking, "depth": settings.depth,
+                   "learned": method.state()},  # what a learned method found (gates, searched widths), for review
+        "accuracy": accuracy,
+        "runtime_accuracy": runtime_accuracy,  # a reduced-precision runtime's own top-1 (bf16 / fp16)
+        "data": data,
+        "recovery": recovery,
+        "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": len(search["steps"]),
+                   "stop_reason": search["stop_reason"], "predictor": search.get("predictor")},
+        "groups": group_rows(space, plan),
+        "removed_blocks": list(plan.removed_blocks),
+        "left_whole": left_whole,
+        "timings_s": timings,
+        "environment": environment.describe(),
+    }
+
+
+def noise_line(rep: dict[str, Any]) -> str | None:
+    """One sentence on why the final timing is noisy, or None when it was quiet."""
+    noisy = {k: v for k, v in rep.get("noise", {}).items() if v}
+    if not noisy:
+        return None
+    return ("noisy measurement (" + "; ".join(f"{k}: {v}" for k, v in noisy.items()) + "): the medians and their ratio "
+            "hold, the p90s measure the machine's load; re-run on a quieter machine before trusting them")
+
+
+def p90_ratio(rep: dict[str, Any]) -> str:
+    """The final/baseline p90 ratio, or 'noisy' where either p90 is not a figure of the model."""
+    if noise_line(rep):
+        return "noisy"
+    return f"{rep['final']['latency_ms']['p90'] / rep['baseline']['latency_ms']['p90']:.3f}"
 
 
 def group_rows(space: PruningSpace, plan: Plan) -> list[dict[str, Any]]:
@@ -64,13 +120,15 @@ def markdown(rep: dict[str, Any]) -> str:
         "| | baseline | final | ratio |",
         "|---|---:|---:|---:|",
         f"| median latency (ms) | {bl['median']:.3f} | {fl['median']:.3f} | {fl['median'] / bl['median']:.3f} |",
-        f"| p90 latency (ms) | {bl['p90']:.3f} | {fl['p90']:.3f} | {fl['p90'] / bl['p90']:.3f} |",
+        f"| p90 latency (ms) | {bl['p90']:.3f} | {fl['p90']:.3f} | {p90_ratio(rep)} |",
         f"| FLOPs (MACs) | {b['flops'] / 1e6:.2f} M | {f['flops'] / 1e6:.2f} M | {f['flops'] / b['flops']:.3f} |",
         f"| parameters | {b['params'] / 1e6:.4f} M | {f['params'] / 1e6:.4f} M | {f['params'] / b['params']:.3f} |",
         f"| ONNX file | {b['onnx_bytes'] / 1e6:.2f} MB | {f['onnx_bytes'] / 1e6:.2f} MB | {f['onnx_bytes'] / b['onnx_bytes']:.3f} |",
         "",
-        f"Speed-up x{rep['speedup']:.2f}. ONNX output matches PyTorch within {f['max_abs_diff']:.2e} (max abs diff).",
+        f"Speed-up x{rep['speedup']:.2f} (ratio of the interleaved medians). ONNX output matches PyTorch within "
+        f"{f['max_abs_diff']:.2e} (max abs diff).",
         "",
+        *([f"**Warning: {noise_line(rep)}.**", ""] if noise_line(rep) else []),
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",

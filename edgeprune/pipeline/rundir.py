@@ -1,20 +1,122 @@
-"""The run directory: stage artifacts that make a re-run resume, and atomic publication of results.
+"""The run directory: what the user owns, stage artifacts that make a re-run resume, and
+publication of results as one set.
+
+Before any work, `check_out` refuses an ``--out`` that is a file, that cannot be written, or that
+holds one of the run's inputs (its outputs, or a work folder wiped for new settings, would destroy
+them). `OutLock` then holds ``OUT/.edgeprune.lock`` for the whole run, so a second run on the same
+folder stops at once instead of resuming from the first one's stages and publishing a mixed set.
 
 Stage results live in ``OUT/work/<stage>.json`` next to a ``config.json`` describing the settings
 they were computed with. A re-run with the same settings reuses every finished stage and resumes at
 the first missing one; different settings start the work folder afresh. The user-facing outputs in
-``OUT/`` are replaced only when a run has finished, each file atomically, so a failed run leaves the
-previous results intact.
+``OUT/`` are replaced only when a run has finished: all are copied beside their destinations first,
+then moved over them together, so a failed run leaves the previous set intact.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from edgeprune import atomic
+from edgeprune.errors import EdgepruneError
+
+LOCK_NAME = ".edgeprune.lock"
+
+
+def check_out(out: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an --out that is a file, is not writable, or holds (or is inside) one of `inputs`
+    (the model file, the data file or folder). Writes nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgepruneError(f"--out {out} is a file; give a folder for model.onnx, model.pt, report.json and the rest")
+    target = out.resolve()
+    for given in inputs:
+        src = Path(given)
+        if not src.exists():
+            continue
+        real = src.resolve()
+        if real == target or target in real.parents:
+            raise EdgepruneError(f"--out {out} contains the input {given}, which the run's outputs could overwrite; "
+                                 "pick a folder that holds none of your inputs")
+        if src.is_dir() and real in target.parents:
+            raise EdgepruneError(f"--out {out} is inside the input folder {given}; pick a folder outside it")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise EdgepruneError(f"--out {out}: {existing} is a file, so the folder cannot be made; pick another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EdgepruneError(f"--out {out}: cannot write in {existing} (permission denied); pick a folder you can write to")
+
+
+class OutLock:
+    """An exclusive lock on an output folder for one run (`flock` on OUT/.edgeprune.lock).
+
+    The kernel drops a flock when its process dies, so a run killed with -9 leaves a lock file
+    nobody holds: the next run takes it over (and says so), while a live run's lock stops a second
+    one at once with its pid and command. The file is emptied, never deleted, on release: deleting
+    it would let two runs lock two different files of the same name."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / LOCK_NAME
+        self._fd: int | None = None
+        self.taken_over: dict[str, Any] | None = None  # the holder a killed run left behind, if any
+
+    def acquire(self) -> "OutLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise EdgepruneError(f"cannot write in --out {self.path.parent} ({err.strerror}); pick a folder you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: {holder.get('command', '?')}"
+            raise EdgepruneError(f"--out {self.path.parent} is in use by another run ({who}); "
+                                 "wait for it to finish or pick another --out") from None
+        self.taken_over = _holder(fd) or None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    """What the lock's holder wrote about itself ({} when empty: released cleanly, or never held)."""
+    raw = os.pread(fd, 4096, 0)
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {"command": raw.decode(errors="replace")[:200]}
+
+
+@contextlib.contextmanager
+def locked(out: str | Path, enabled: bool = True) -> Iterator[OutLock | None]:
+    """Hold the output folder's lock for the block (ranks other than 0 do not write, so do not lock)."""
+    if not enabled:
+        yield None
+        return
+    lock = OutLock(out).acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 class RunDir:
@@ -72,7 +174,18 @@ class RunDir:
         return result, False
 
     def publish(self, files: dict[str, Path]) -> None:
-        """Copy finished work files to their user-facing names in OUT/, each atomically."""
-        for name, src in files.items():
-            with atomic.atomic_path(self.out / name) as tmp:
+        """Copy finished work files to their user-facing names in OUT/ as one set: every copy is
+        made beside its destination first, and only when all exist are they moved over the old
+        ones (each move atomic, in the order given: put the report, which lists the others'
+        hashes, last), so a failure while copying leaves the earlier set whole."""
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for name, src in files.items():
+                tmp = atomic.temp_beside(self.out / name)
+                staged.append((tmp, self.out / name))
                 shutil.copyfile(src, tmp)
+            for tmp, dest in staged:
+                os.replace(tmp, dest)
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)

@@ -42,6 +42,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from edgeprune import environment
+from edgeprune.bounds import MAX_REPEATS, MAX_THREADS, MAX_WARMUP
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.runtime_bench.registry import get_runtime, onnx_runtimes
 
@@ -115,7 +116,8 @@ class Agent:
         name = params.get("runtime", "ort-cpu")
         if name.partition(":")[0] not in onnx_runtimes():
             raise _Refused(400, f"runtime {name!r} is not offered by this agent; choose one of: {', '.join(onnx_runtimes())}")
-        threads, warmup, repeats = (_int(params, k, d, hi) for k, d, hi in (("threads", 1, 256), ("warmup", 10, 10000), ("repeats", 50, 100000)))
+        threads, warmup, repeats = (_int(params, k, d, hi) for k, d, hi in (("threads", 1, MAX_THREADS), ("warmup", 10, MAX_WARMUP),
+                                                                              ("repeats", 50, MAX_REPEATS)))
         model, inputs = _unpack(body)
         try:
             runtime = get_runtime(name, threads=threads)

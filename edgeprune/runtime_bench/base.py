@@ -30,14 +30,35 @@ class LatencyStats:
     warmup: int
     other_cpu_s: float = 0.0  # CPU seconds other processes used during the timed loop
     runs_ms: tuple[float, ...] = ()
+    cpus: int = 0  # logical CPUs of the host that measured (0: unknown)
 
     @property
     def spread(self) -> float:
         """p90/median: 1.0 is a quiet machine; above ~1.2 the number deserves a re-measure."""
         return self.p90 / self.median if self.median > 0 else float("inf")
 
+    @property
+    def busy(self) -> float:
+        """The share of the measuring host's CPU capacity that other processes used while we timed."""
+        timed_s = sum(self.runs_ms) / 1e3
+        return self.other_cpu_s / (timed_s * self.cpus) if self.cpus and timed_s > 0 else 0.0
+
+    @property
+    def noise(self) -> str | None:
+        """Why these figures should not be trusted as they stand, or None for a quiet measurement.
+
+        A wide spread means some runs were much slower than the median (another process took the
+        core); the p90, and any ratio of p90s, then measures the machine's load, not the model.
+        The median of many runs stays usable, so a noisy measurement is flagged, not discarded."""
+        reasons = []
+        if self.spread > NOISY_SPREAD:
+            reasons.append(f"p90/median {self.spread:.2f} > {NOISY_SPREAD:g}")
+        if self.busy > NOISY_BUSY:
+            reasons.append(f"other processes used {self.busy:.0%} of the CPUs > {NOISY_BUSY:.0%}")
+        return "; ".join(reasons) or None
+
     @classmethod
-    def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0) -> "LatencyStats":
+    def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0, cpus: int = 0) -> "LatencyStats":
         arr = np.asarray(runs_ms, dtype=np.float64)
         return cls(
             median=float(np.median(arr)),
@@ -48,20 +69,34 @@ class LatencyStats:
             warmup=warmup,
             other_cpu_s=other_cpu_s,
             runs_ms=tuple(float(v) for v in arr),
+            cpus=cpus,
         )
 
     def merged(self, other: "LatencyStats") -> "LatencyStats":
         """Pool the runs of two measurements of the same model (a re-measure at the budget edge)."""
         return LatencyStats.from_runs(
-            self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s
+            self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s, self.cpus or other.cpus
         )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
+        """Back from `to_dict(with_runs=True)` (a stage file, a remote agent's answer)."""
+        return cls.from_runs(d["runs_ms"], d["warmup"], d.get("other_cpu_s", 0.0), d.get("cpus", 0))
 
     def to_dict(self, with_runs: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spread"] = self.spread
+        d["busy"] = self.busy
+        d["noise"] = self.noise
         if not with_runs:
             d.pop("runs_ms")
         return d
+
+
+#: p90/median above this, or other processes using more than this share of the CPUs during the
+#: timed loop, flags a measurement as noisy (LatencyStats.noise)
+NOISY_SPREAD = 1.5
+NOISY_BUSY = 0.5
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats:
@@ -80,7 +115,7 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats
         fn()
         runs.append((time.perf_counter() - t0) * 1e3)
     other = max(0.0, (_busy_cpu_s() - busy0) - (sum(me.cpu_times()[:2]) - own0))
-    return LatencyStats.from_runs(runs, warmup, other)
+    return LatencyStats.from_runs(runs, warmup, other, psutil.cpu_count() or 0)
 
 
 def interleave(

@@ -120,8 +120,7 @@ class RemoteRuntime(Runtime):
             return [z[f"output_{i}"] for i in range(len(z.files))]
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
-        s = self._measure(session, inputs, warmup, max(repeats, 1))["stats"]
-        return LatencyStats.from_runs(s["runs_ms"], s["warmup"], s.get("other_cpu_s", 0.0))
+        return LatencyStats.from_dict(self._measure(session, inputs, warmup, max(repeats, 1))["stats"])
 
     def settings(self) -> dict[str, Any]:
         return {"runtime": f"remote:{self.url.removeprefix('http://')}/{self.inner}", "threads": self.threads,

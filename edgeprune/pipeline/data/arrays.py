@@ -36,6 +36,8 @@ class ImageArrays:
             raise EdgepruneError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels; every image needs one label")
         if self.images.shape[0] == 0:
             raise EdgepruneError("the data set is empty; point --data at images")
+        if int(self.labels.min()) < 0:
+            raise EdgepruneError(f"a label is {int(self.labels.min())}; labels must be class indices 0, 1, 2, ...")
 
     @property
     def num_classes(self) -> int:
@@ -48,10 +50,13 @@ class ImageArrays:
             raise EdgepruneError(f"{source}: images must be a 4-D array (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
         if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
             x = x.transpose(0, 3, 1, 2)
+        if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+            raise EdgepruneError(f"{source}: images must be uint8 or float arrays, got {x.dtype}; convert them before saving")
+        y = np.asarray(y)
+        if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
+            raise EdgepruneError(f"{source}: labels must be integer class indices, got {y.dtype} values; convert them before saving")
         images = torch.from_numpy(np.ascontiguousarray(x))
-        if not (images.dtype == torch.uint8 or images.is_floating_point()):
-            raise EdgepruneError(f"{source}: images must be uint8 or float, got {images.dtype}")
-        labels = torch.from_numpy(np.asarray(y).astype(np.int64).reshape(-1))
+        labels = torch.from_numpy(y.astype(np.int64).reshape(-1))
         return cls(images, labels, tuple(str(c) for c in class_names))
 
     def float01(self) -> torch.Tensor:

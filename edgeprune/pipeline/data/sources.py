@@ -97,10 +97,22 @@ def _npz(path: Path) -> tuple[ImageArrays, ImageArrays]:
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
     if missing:
         raise EdgepruneError(f"{path} lacks arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test (found {', '.join(z.files)})")
-    names = tuple(z["class_names"]) if "class_names" in z.files else ()
+    arrays = {k: _array(z, k, path) for k in ("x_train", "y_train", "x_test", "y_test", "class_names") if k in z.files}
+    names = tuple(arrays["class_names"]) if "class_names" in arrays else ()
     src = str(path)
-    return (ImageArrays.from_numpy(z["x_train"], z["y_train"], names, src),
-            ImageArrays.from_numpy(z["x_test"], z["y_test"], names, src))
+    return (ImageArrays.from_numpy(arrays["x_train"], arrays["y_train"], names, src),
+            ImageArrays.from_numpy(arrays["x_test"], arrays["y_test"], names, src))
+
+
+def _array(z: Any, key: str, path: Path) -> np.ndarray:
+    """One array of an .npz; object arrays (pickled Python objects) are refused, never unpickled."""
+    try:
+        return z[key]
+    except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        raise EdgepruneError(f"{path}: array {key} holds Python objects ({first_line(err)}); "
+                             "save numeric arrays (uint8 or float images, integer labels) with numpy.savez") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or corrupt member
+        raise EdgepruneError(f"cannot read array {key} of {path}: {first_line(err)}; write the file again with numpy.savez") from None
 
 
 def _folder(root: Path) -> tuple[ImageArrays, ImageArrays]:

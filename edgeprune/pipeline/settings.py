@@ -1,0 +1,106 @@
+"""`Settings`: everything a compression run is told, checked when it is built.
+
+The CLI builds one from its options and the Python API from keyword arguments; both get the same
+checks here, before a model is loaded or a file is written: every number in its range
+(`BOUNDS`, which the CLI also uses to parse and to print the ranges in --help), the budget
+readable, and the combinations that cannot work (a method or recovery that trains, without
+--data) refused with one line naming the option and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from edgeprune import bounds
+from edgeprune.bounds import Bound
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.budget import parse_budget
+from edgeprune.pipeline.search.objective import LatencyObjective
+
+#: a field's CLI option and its allowed range. The tolerance must leave room above the latency
+#: noise guard: a candidate counts only when measured more than the guard under the budget
+BOUNDS: dict[str, tuple[str, Bound]] = {
+    "threads": ("--threads", bounds.THREADS),
+    "round_to": ("--round-to", bounds.count(1024)),
+    "tol": ("--tol", Bound(float, LatencyObjective.guard, 1, lo_open=True, hi_open=True)),
+    "warmup": ("--warmup", bounds.WARMUP),
+    "repeats": ("--repeats", bounds.REPEATS),
+    "max_candidates": ("--max-candidates", bounds.count(100)),
+    "epochs": ("--epochs", bounds.count()),
+    "steps": ("--steps", bounds.count()),
+    "lr": ("--lr", bounds.POSITIVE),
+    "batch_size": ("--batch-size", bounds.count(65536)),
+    "temperature": ("--temperature", bounds.POSITIVE),
+    "alpha": ("--alpha", bounds.FRACTION),
+    "pgd_steps": ("--pgd-steps", bounds.count()),
+}
+RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
+SEARCHES = ("uniform", "layerwise")
+DEPTHS = ("off", "on", "only")
+
+
+@dataclasses.dataclass
+class Settings:
+    budget: str
+    runtime: str = "ort-cpu"
+    threads: int = 1
+    method: str = "l1"
+    round_to: int = 16
+    tol: float = 0.08  # accept candidates 3% (the noise guard) to 8% under the budget
+    warmup: int = 10
+    repeats: int = 50
+    max_candidates: int = 8
+    unprunable: tuple[str, ...] = ()
+    # accuracy and recovery (with --data)
+    data: str | None = None
+    recover: str | None = None  # finetune | distill | scratch | adversarial | none; None: the method's default with data
+    epochs: int | None = None
+    steps: int | None = None
+    lr: float | None = None  # default: the recovery method's own
+    batch_size: int = 128
+    temperature: float = 4.0
+    alpha: float = 0.9
+    pgd_steps: int = 7  # the attack of adversarial fine-tuning (eps 8/255, step 2/255)
+    metric: str | None = None  # module:function for models that are not classifiers
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
+    depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
+    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
+
+    def __post_init__(self) -> None:
+        """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""
+        from edgeprune.pipeline.prune.methods.base import METHODS
+
+        parse_budget(self.budget)
+        for name, (option, bound) in BOUNDS.items():
+            bound.check(option, getattr(self, name))
+        self.unprunable = tuple(self.unprunable)
+        for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, SEARCHES),
+                                       ("--depth", self.depth, DEPTHS)):
+            if value is not None and value not in allowed:
+                raise EdgepruneError(f"{option} {value!r}: use one of {', '.join(allowed)}")
+        method = METHODS.get(self.method)
+        if method.needs_data and self.data is None:
+            raise EdgepruneError(f"--method {self.method} needs training data; pass --data or use --method l1")
+        if self.recovery != "none" and self.data is None:
+            raise EdgepruneError(f"--recover {self.recovery} needs training data; pass --data or --recover none")
+        if self.depth != "off" and self.data is None:
+            raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
+        if self.search == "layerwise" and (self.data is None or self.depth == "only"):
+            raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
+                                 "and --depth off or on (for blocks alone use --search uniform --depth only)")
+        if self.data is None and self.metric is not None:
+            raise EdgepruneError("--metric needs --data to evaluate on")
+
+    @property
+    def recovery(self) -> str:
+        """The recovery that runs: --recover, else the method's own with --data, else none."""
+        from edgeprune.pipeline.prune.methods.base import METHODS
+
+        if self.recover is not None:
+            return self.recover
+        return METHODS.get(self.method).default_recovery if self.data is not None else "none"
+
+    def recovery_options(self) -> dict[str, Any]:
+        """The options of the chosen recovery that Settings carries (distillation's, PGD's)."""
+        options = {"distill": {"temperature": self.temperature, "alpha": self.alpha}, "adversarial": {"pgd_steps": self.pgd_steps}}
+        return options.get(self.recovery, {})
