@@ -26,26 +26,18 @@ def prune(
     method: str = "l1",
     round_to: int = 16,
     unprunable: Sequence[str] = (),
+    time_limit_s: float = 60.0,
 ) -> nn.Module:
     """A physically pruned copy of `model`: every prunable group keeps about (1 - ratio) of its units.
 
-    No budget and no measurement: the global level is `ratio`. Groups that cannot be pruned safely
-    are left whole (see `edgeprune.pipeline.prune.space.discover` for why each one was left).
+    No budget and no measurement: the global level is `ratio`. Groups that cannot be pruned safely,
+    or are not analysed within `time_limit_s` seconds, are left whole (`edgeprune.pipeline.prune.
+    oneshot.prune_to_ratio` returns the space too, with the reason for each).
     """
-    from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline.loading import from_module
-    from edgeprune.pipeline.prune.apply import apply
-    from edgeprune.pipeline.prune.methods import get_method
-    from edgeprune.pipeline.prune.select import plan_at_level
-    from edgeprune.pipeline.prune.space import discover
+    from edgeprune.pipeline.prune.oneshot import prune_to_ratio
 
-    if not 0.0 <= ratio < 1.0:
-        raise EdgepruneError(f"ratio {ratio} must be in [0, 1): the fraction of units to remove")
-    loaded = from_module(model, example_inputs)
-    space = discover(loaded.model, loaded.example_inputs, unprunable)
-    scores = get_method(method).scores(loaded.model, space, loaded.example_inputs)
-    plan = plan_at_level(space, scores, ratio, round_to, method)
-    return apply(copy.deepcopy(loaded.model), plan, loaded.example_inputs)
+    return prune_to_ratio(from_module(model, example_inputs), ratio, method, round_to, unprunable, time_limit_s).model
 
 
 def compress(

@@ -14,7 +14,7 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import plan_at_level, width_step
-from edgeprune.pipeline.prune.space import Group, PruningSpace, discover, silenced
+from edgeprune.pipeline.prune.space import Group, PruningSpace, discover, silenced_outputs
 from tests import coupling_models as cm
 
 
@@ -42,20 +42,22 @@ def test_physical_pruning_is_exact_on_coupled_convnets(name: str) -> None:
     n_before = sum(p.numel() for p in model.parameters())
     n_after = sum(p.numel() for p in pruned.parameters())
     assert n_after < 0.7 * n_before
-    want = silenced(model, plan, x)(*x)
+    want = silenced_outputs(model, plan, x)[0]
     got = pruned(*x)
     assert got.shape == want.shape == (1, 10)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_chunk_mis_traced_by_torch_pruning_is_left_whole() -> None:
-    """torch-pruning 1.6 maps a chunk's first half to the second consumer and vice versa: the model
-    still runs, computing something else. The exact probe must catch it."""
+def test_chunk_halves_shrink_together_and_reach_the_right_consumers() -> None:
+    """torch-pruning 1.6 maps a chunk's first half to the second consumer and vice versa, and lets one
+    half shrink alone (the chunk then re-divides by count): the halves must pair up instead."""
     model, x = _randomize_bn(cm.SplitChunk()), (torch.randn(*cm.IMAGE),)
     space = discover(model, x)
-    reasons = {s.id: s.reason for s in space.skipped}
-    assert "changes what the model computes" in reasons["stem.0"]
-    assert {"left.0", "right.0"} <= {g.id for g in space.groups}
+    assert space.get("stem.0").size == 32  # channel i of each half is one unit
+    pruned = edgeprune.prune(model, x, ratio=0.5, round_to=8)
+    assert pruned.stem[0].out_channels == 2 * pruned.left[0].in_channels == 2 * pruned.right[0].in_channels < 64
+    plan = plan_at_level(space, get_method("l1").scores(model, space, x), 0.5, round_to=8)
+    torch.testing.assert_close(apply(copy.deepcopy(model), plan, x)(*x), silenced_outputs(model, plan, x)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_equal_segments_of_a_group_keep_equal_widths() -> None:
@@ -76,14 +78,14 @@ def test_concat_keeps_channels_of_every_input() -> None:
     assert pruned.mix[0].in_channels == pruned.a[0].out_channels + pruned.b[0].out_channels
 
 
-def test_output_layer_and_grouped_conv_are_left_whole_with_reasons() -> None:
+def test_output_layer_is_left_whole_and_grouped_conv_shrinks_evenly() -> None:
     model, x = cm.Grouped().eval(), (torch.randn(*cm.IMAGE),)
     space = discover(model, x)
     reasons = {s.id: s.reason for s in space.skipped}
     assert "output layer" in reasons["fc"]
-    assert any("grouped convolution" in r and "groups=4" in r for r in reasons.values())
+    assert space.get("stem.0").even_by == "grouped convolution g.0" and len(space.get("stem.0").segments) == 4
     pruned = edgeprune.prune(model, x, ratio=0.5, round_to=8)
-    assert pruned.g[0].weight.shape == model.g[0].weight.shape
+    assert pruned.g[0].groups == 4 and pruned.g[0].in_channels == pruned.stem[0].out_channels == 16
     assert pruned.fc.out_features == 10
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from edgeprune import modelrun, models
 from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.pipeline.prune.canonical import canonical
 
 
 @dataclasses.dataclass
@@ -29,6 +30,8 @@ class LoadedModel:
     arch: str | None  # how to rebuild the architecture: registry name or module:factory
     num_classes: int | None
     source: str
+    #: layers swapped for equivalent ones edgeprune can cut (pipeline/prune/canonical.py), one line each
+    swapped: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -190,7 +193,8 @@ def from_module(
         ) from None
     if not outs:
         raise EdgepruneError("the model returned no tensor; edgeprune needs a model whose forward returns tensors")
-    return LoadedModel(model, example_inputs, arch, num_classes, source)
+    model, swapped = canonical(model, example_inputs)
+    return LoadedModel(model, example_inputs, arch, num_classes, source, tuple(swapped))
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import graph
+from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.space import PruningSpace
 
 _BN = nn.modules.batchnorm._BatchNorm
+#: the touched layers that write a group's channels and can carry a hook
+_PRODUCERS = ("conv", "gconv", "dwconv", "linear", "bn")
 
 @dataclasses.dataclass(frozen=True)
 class HookPoint:
@@ -67,32 +69,24 @@ def require_channel_groups(space: PruningSpace, method: str) -> None:
 
 def hook_points(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> list[HookPoint]:
     """Where each channel group of `space` is produced (heads groups are not channels: skipped)."""
-    dg = graph.build_graph(model, example_inputs)
+    graph = Graph(model, example_inputs)
     points: list[HookPoint] = []
     for g in space.groups:
         if g.kind != "channels":
             continue
-        producers: dict[nn.Module, dict[int, int]] = {}
-        for item in graph.group_of(dg, model.get_submodule(g.id), range(g.size)):
-            layer = item.dep.target.module
-            if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(layer, (*graph.ROOT_TYPES, _BN)):
-                mapping = producers.setdefault(layer, {})
-                for hyb, root in zip(item.idxs, item.root_idxs):
-                    mapping[int(getattr(hyb, "idx", hyb))] = int(root)
-        normed = {m for m in producers if isinstance(m, _BN)}
-        for layer, mapping in producers.items():
-            if isinstance(layer, graph.ROOT_TYPES) and _feeds(dg, layer, normed):
+        producers: dict[str, dict[int, int]] = {}
+        kinds: dict[str, str] = {}
+        for t in graph.coupled(g.id, range(g.size)):
+            if t.side == "out" and t.kind in _PRODUCERS:
+                producers.setdefault(t.name, {}).update(zip(t.idxs, t.roots))
+                kinds[t.name] = t.kind
+        normed = [n for n in producers if kinds[n] == "bn"]
+        for name, mapping in producers.items():
+            if kinds[name] != "bn" and graph.feeds(name, normed):
                 continue  # its BatchNorm is hooked instead
-            name = graph.module_name(dg, layer)
             units = torch.tensor([mapping[c] for c in sorted(mapping)], dtype=torch.long)
-            points.append(HookPoint(g.id, name, units, -1 if isinstance(layer, nn.Linear) else 1))
+            points.append(HookPoint(g.id, name, units, -1 if kinds[name] == "linear" else 1))
     return points
-
-
-def _feeds(dg: object, layer: nn.Module, normed: set[nn.Module]) -> bool:
-    """Whether `layer`'s output goes straight into one of the BatchNorms in `normed`."""
-    node = dg.module2node[layer]  # type: ignore[attr-defined]
-    return any(out.module in normed for out in node.outputs)
 
 
 @contextlib.contextmanager

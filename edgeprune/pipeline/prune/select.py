@@ -65,10 +65,12 @@ def plan_at_level(
         keep: list[int] = []
         wanted = 0.0
         phase = ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
-        for seg in g.segments:
+        uniform = dropped is None or g.kind == "heads"  # head scores are not on the channels' scale
+        ideals = [len(seg) * (1.0 - level) if uniform else float(sum((g.id, u) not in dropped for u in seg)) for seg in g.segments]
+        if g.even_by:  # every segment keeps the same count (a grouped conv's groups, a chunk's parts)
+            ideals = [float(np.mean(ideals))] * len(ideals)
+        for seg, ideal in zip(g.segments, ideals):
             seg_scores = score[list(seg)]
-            uniform = dropped is None or g.kind == "heads"  # head scores are not on the channels' scale
-            ideal = len(seg) * (1.0 - level) if uniform else float(sum((g.id, u) not in dropped for u in seg))
             step = width_step(len(seg), g.kind, round_to)
             k = int(min(len(seg), max(step, np.floor(ideal / step + phase) * step)))
             order = np.argsort(-seg_scores, kind="stable")

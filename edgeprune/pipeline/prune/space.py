@@ -1,16 +1,22 @@
 """The pruning space of a model: which groups can be pruned, and which are left whole and why.
 
-Discovery asks torch-pruning's DependencyGraph for the coupled channel groups, adds attention heads,
-then *probes*: it prunes a little from every candidate group on a copy and runs it. A group whose
-pruning crashes, changes the output shapes or produces non-finite values is left whole, with the
-reason recorded for the report. Failing groups are isolated by bisection, so a model whose groups all
-prune cleanly costs one trial, and k bad groups about k·log2(n) trials.
+Discovery traces the model once (graph.py), asks for every Conv/Linear's coupled channel group and
+every attention module's heads, then *probes*: it prunes a little from every candidate group on a
+copy and requires the copy to run, keep its output shapes and compute exactly what the original
+computes with the removed units silenced (exact.py). A group that fails, or whose coupling the
+graph cannot resolve, is left whole with the reason recorded for the report. Failing groups are
+isolated by bisection, so a model whose groups all prune cleanly costs one trial, and k bad groups
+about k·log2(n) trials.
+
+Everything is bounded by a time limit (default 60 s): what is not analysed or not verified by then
+is left whole ("not analysed within 60 s"), so a user's run never hangs here.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Iterable, Sequence
+import time
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -18,13 +24,15 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.errors import first_line
-from edgeprune.pipeline.prune import attention, graph
-from edgeprune.pipeline.prune.apply import HEADS_SUFFIX, apply
+from edgeprune.pipeline.prune import attention, exact, removal
+from edgeprune.pipeline.prune.graph import ROOT_TYPES, Graph, GraphError, Touch
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
-
 
 #: group id -> one score per unit (channel or head), higher = keep; what a pruning method produces
 Scores = dict[str, np.ndarray]
+HEADS_SUFFIX = ":heads"
+#: how long discovery (graph, groups, probes) may take before what is left is left whole, in seconds
+DEFAULT_TIME_LIMIT_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +47,9 @@ class Group:
     member_segments: tuple[tuple[int, ...], ...] = ()
     #: a partition of the units: a concat's inputs each own one segment; most groups have one
     segments: tuple[tuple[int, ...], ...] = ()
+    #: every segment must keep the same number of units (a grouped conv's groups, a GroupNorm's
+    #: groups, a chunk's parts); `even_by` says which layer asks for it
+    even_by: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,88 +82,190 @@ class PruningSpace:
 
 
 def discover(
-    model: nn.Module, example_inputs: Sequence[torch.Tensor], unprunable: Iterable[str] = ()
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], unprunable: Iterable[str] = (),
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> PruningSpace:
     """Find the prunable groups of `model` (not modified). `unprunable` names layers to leave whole."""
+    start = time.perf_counter()
+    deadline = start + time_limit_s
+    late = f"not analysed within the {time_limit_s:g} s analysis time limit"
+    try:
+        graph = Graph(model, example_inputs, deadline)
+    except Exception as err:  # noqa: BLE001 - a model the tracer cannot follow is left whole, not crashed
+        return PruningSpace([], [Skipped("(model)", f"the model cannot be traced ({type(err).__name__}: {first_line(err, 160)})")])
     unprunable = set(unprunable)
-    dg = graph.build_graph(model, example_inputs)
-    sites = attention.find_attention(model)
-    fused_qkv = {id(s.qkv) for s in sites}
     outputs = output_layers(model, example_inputs)
     candidates: list[Group] = []
     skipped: list[Skipped] = []
     visited: set[str] = set()  # layers whose output channels already belong to a group
-    for m in list(dg.module2node.keys()):
-        if not isinstance(m, graph.ROOT_TYPES) or id(m) in fused_qkv:
+    for name, layer, size in graph.roots():
+        if name in visited:
             continue
-        name = graph.module_name(dg, m)
-        size = graph.out_channels(dg, m)
-        if name is None or not size or name in visited:
+        if time.perf_counter() > deadline:
+            skipped.append(Skipped(name, late))
             continue
-        members, member_segments, segments = _members(dg, graph.group_of(dg, m, range(size)), size)
-        visited |= {n[: -len("(out)")] for n in members if n.endswith("(out)")}
-        grouped = _grouped_conv(model, members)
-        if name in outputs:
-            skipped.append(Skipped(name, "output layer: its channels are the model's outputs"))
-        elif grouped:
-            skipped.append(Skipped(name, f"grouped convolution {grouped}: channels would have to go evenly per group"))
-        elif unprunable & {n.split("(")[0] for n in members}:
-            skipped.append(Skipped(name, "contains a layer marked unprunable"))
-        elif size < 2:
-            skipped.append(Skipped(name, "a single channel"))
+        try:
+            touches = graph.coupled(name, range(size))
+            visited |= {t.name for t in touches if t.side == "out"}
+            units = _independent_units(touches, size)
+            if units < size:  # a chunk's parts shrink together: unit u stands for channel u of every part
+                touches = graph.coupled(name, range(units))
+            group, reason = _channel_group(model, name, units, touches, outputs, unprunable)
+        except GraphError as err:
+            group, reason = None, late if "time limit" in str(err) else str(err)
+        except Exception as err:  # noqa: BLE001 - whatever torch-pruning raises leaves this group whole, not the run
+            group, reason = None, f"its channel coupling cannot be traced ({type(err).__name__}: {first_line(err, 160)})"
+        if reason:
+            skipped.append(Skipped(name, reason))
         else:
-            candidates.append(Group(name, "channels", size, members, member_segments, segments))
-    for s in sites:
-        gid = s.name + HEADS_SUFFIX
-        if unprunable & {s.name, f"{s.name}.qkv", f"{s.name}.proj"}:
-            skipped.append(Skipped(gid, "marked unprunable"))
-        elif s.num_heads < 2:
-            skipped.append(Skipped(gid, "a single head"))
+            candidates.append(group)  # type: ignore[arg-type]
+    for site in graph.sites:
+        group, reason = _heads_group(site, unprunable)
+        if reason:
+            skipped.append(Skipped(site.name + HEADS_SUFFIX, reason))
         else:
-            heads = tuple(range(s.num_heads))
-            candidates.append(Group(gid, "heads", s.num_heads, (f"{s.name}.qkv(out)", f"{s.name}.proj(in)"), ((0,), (0,)), (heads,)))
-    bad = _failing(model, example_inputs, candidates)
+            candidates.append(group)  # type: ignore[arg-type]
+    bad, unverified = _failing(model, example_inputs, graph, candidates, deadline)
     skipped += [Skipped(g.id, reason) for g, reason in bad]
-    bad_ids = {g.id for g, _ in bad}
-    return PruningSpace([g for g in candidates if g.id not in bad_ids], skipped)
+    skipped += [Skipped(g.id, f"not verified within the {time_limit_s:g} s analysis time limit") for g in unverified]
+    out = {g.id for g, _ in bad} | {g.id for g in unverified}
+    return PruningSpace([g for g in candidates if g.id not in out], skipped)
 
 
-def _members(
-    dg: Any, group: Any, size: int
-) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
-    """Named layers of a group, the units each one touches, and the partition those induce.
+def _channel_group(model: nn.Module, name: str, size: int, touches: list[Touch], outputs: set[str],
+                   unprunable: set[str]) -> tuple[Group | None, str]:
+    """The group rooted at layer `name`, or the reason it is left whole."""
+    layers = {t.name for t in touches}
+    written = {t.name for t in touches if t.side == "out"}
+    if written & outputs:
+        return None, f"output layer: its channels are the model's outputs ({sorted(written & outputs)[0]})"
+    if unprunable & layers:
+        return None, f"contains a layer marked unprunable ({sorted(unprunable & layers)[0]})"
+    if size < 2:
+        return None, "a single channel"
+    coupled = _coupled_units(touches)
+    if coupled:
+        return None, (f"units {coupled[1]} and {coupled[2]} are one channel of {coupled[0]} (e.g. a GLU's halves "
+                      "multiplied together): they cannot be removed one at a time")
+    for t in touches:
+        why = _unsupported(model, t)
+        if why:
+            return None, why
+    members, member_segments, segments, even_by = _segments(model, touches, size)
+    if any(len(s) < 2 for s in segments) and even_by:
+        return None, f"{even_by} leaves one channel per group, which cannot shrink evenly"
+    return Group(name, "channels", size, members, member_segments, segments, even_by), ""
+
+
+def _independent_units(touches: list[Touch], size: int) -> int:
+    """How many units the group really has: `size`, unless some channels carry several units (a
+    chunk's parts, a GLU's halves, coupled channel i to channel i). When the units then fall into
+    classes of equal size whose smallest members are exactly 0..k-1, removing unit u < k removes its
+    whole class, so the group is the first k units; otherwise `size` (and the group is refused)."""
+    parent = list(range(size))
+
+    def find(u: int) -> int:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    for t in touches:
+        first: dict[int, int] = {}
+        for i, r in zip(t.idxs, t.roots):
+            a, b = find(first.setdefault(i, r)), find(r)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    classes: dict[int, int] = {}
+    for u in range(size):
+        classes[find(u)] = classes.get(find(u), 0) + 1
+    k = len(classes)
+    if k < size and sorted(classes) == list(range(k)) and len(set(classes.values())) == 1:
+        return k
+    return size
+
+
+def _coupled_units(touches: list[Touch]) -> tuple[str, int, int] | None:
+    """(layer, unit, unit) when two units of the group are one channel of a layer, else None."""
+    for t in touches:
+        first: dict[int, int] = {}
+        for i, r in zip(t.idxs, t.roots):
+            if first.setdefault(i, r) != r:
+                return t.name, min(r, first[i]), max(r, first[i])
+    return None
+
+
+def _unsupported(model: nn.Module, t: Touch) -> str:
+    """Why a touched layer makes its group unprunable ('' when it does not)."""
+    if t.kind == "convT" and model.get_submodule(t.name).groups > 1:
+        return f"grouped transposed convolution {t.name}"
+    return ""
+
+
+def _segments(model: nn.Module, touches: list[Touch], size: int) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...], str]:
+    """Members, the units each one touches, and the partition of the units those induce.
 
     Units touched by the same set of layers form one segment. Most groups are one segment; a concat
     makes one per input and a split or chunk one per output, so that pruning keeps some channels of
-    every part (a part pruned to zero width leaves a layer with no channels) and, for a chunk, the
-    same number in each part (torch.chunk splits by count, so unequal parts would silently mix
-    channels).
+    every part (a part pruned to zero width leaves a layer with no channels). A grouped convolution
+    or a GroupNorm splits them further by its groups, and those segments must keep equal widths
+    (`Group.even_by`), as must a chunk's parts (torch.chunk splits by count).
     """
     owned: dict[str, set[int]] = {}
-    for item in group:
-        module = item.dep.target.module
-        name = graph.module_name(dg, module) if isinstance(module, nn.Module) else None
-        if name is not None:
-            side = "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            owned.setdefault(f"{name}({side})", set()).update(int(i) for i in item.root_idxs)
-    signature: dict[int, tuple[str, ...]] = {u: tuple(n for n, idx in owned.items() if u in idx) for u in range(size)}
-    by_sig: dict[tuple[str, ...], list[int]] = {}
+    signature: dict[int, set[tuple[str, int]]] = {u: set() for u in range(size)}
+    even_by = ""
+    for t in touches:
+        member = f"{t.name}({t.side})"
+        owned.setdefault(member, set()).update(t.roots)
+        per_group = _per_group(model, t)
+        if per_group:
+            even_by = even_by or f"{'grouped convolution' if t.kind == 'gconv' else 'GroupNorm'} {t.name}"
+        for i, r in zip(t.idxs, t.roots):
+            signature[r].add((member, i // per_group if per_group else 0))
+    by_sig: dict[frozenset[tuple[str, int]], list[int]] = {}
     for u in range(size):
-        by_sig.setdefault(signature[u], []).append(u)
+        by_sig.setdefault(frozenset(signature[u]), []).append(u)
     segments = tuple(tuple(v) for v in by_sig.values())
+    if not even_by and len(segments) > 1 and len({len(s) for s in segments}) == 1:
+        even_by = "equal parts of a split or concat"
     seg_of = {u: i for i, seg in enumerate(segments) for u in seg}
     members = tuple(owned)
-    member_segments = tuple(tuple(sorted({seg_of[u] for u in owned[n]})) for n in members)
-    return members, member_segments, segments
+    member_segments = tuple(tuple(sorted({seg_of[u] for u in owned[m]})) for m in members)
+    return members, member_segments, segments, even_by
 
 
-def _grouped_conv(model: nn.Module, members: Sequence[str]) -> str | None:
-    """The first grouped (not depthwise) conv in a group: torch-pruning removes its channels unevenly."""
-    for member in members:
-        m = model.get_submodule(member.split("(")[0])
-        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups and not (m.groups == m.in_channels == m.out_channels):
-            return f"{member.split('(')[0]} (groups={m.groups})"
-    return None
+def _per_group(model: nn.Module, t: Touch) -> int:
+    """Channels per group of a touched grouped conv or GroupNorm (0 for layers without groups)."""
+    layer = model.get_submodule(t.name) if t.kind in ("gconv", "gn") else None
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        return (layer.out_channels if t.side == "out" else layer.in_channels) // layer.groups
+    if isinstance(layer, nn.GroupNorm) and 1 < layer.num_groups < layer.num_channels:
+        return layer.num_channels // layer.num_groups
+    return 0
+
+
+def _heads_group(site: attention.AttentionSite, unprunable: set[str]) -> tuple[Group | None, str]:
+    if unprunable & {site.name, *site.projections, site.proj}:
+        return None, "marked unprunable"
+    why = site.heads_prunable
+    if why:
+        return None, why
+    heads = tuple(range(site.num_heads))
+    members = (*(f"{p}(out)" for p in site.projections), f"{site.proj}(in)")
+    return Group(site.name + HEADS_SUFFIX, "heads", site.num_heads, members, tuple((0,) for _ in members), (heads,)), ""
+
+
+def through_norm(model: nn.Module, group: Group) -> bool:
+    """Whether a group's channels pass a norm that mixes channels (LayerNorm, RMSNorm, a GroupNorm of
+    several channels per group): scaling them there is not the same as removing them."""
+    for member in group.members:
+        try:
+            m = model.get_submodule(member.rpartition("(")[0])
+        except AttributeError:  # a parameter, not a layer
+            continue
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) or (isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels):
+            return True
+    return False
 
 
 def output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> set[str]:
@@ -164,7 +277,7 @@ def output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> s
     hooks = [
         m.register_forward_hook(lambda mod, args, out, name=name: produced.__setitem__(id(out), (name, out)))
         for name, m in model.named_modules()
-        if isinstance(m, graph.ROOT_TYPES)
+        if isinstance(m, ROOT_TYPES)
     ]
     try:
         outs = modelrun.run(model, example_inputs)
@@ -175,95 +288,85 @@ def output_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> s
 
 
 def probe_plan(groups: Sequence[Group]) -> Plan:
-    """Drop every fourth unit of each segment (at least one), at a different offset in each segment:
-    scattered, asymmetric indices expose an index mapping that a contiguous tail, or the same
-    pattern in two halves, would not."""
+    """Drop about every fourth unit of each segment (at least one), at a different offset in each
+    segment: scattered, asymmetric indices expose an index mapping that a contiguous tail, or the
+    same pattern in two halves, would not. Segments that must stay even lose the same count."""
     keeps = {}
     for g in groups:
-        drop = {seg[i] for j, seg in enumerate(g.segments) for i in range(1 + j % 3, len(seg), 4)} or {g.segments[0][0]}
+        drop: set[int] = set()
+        for j, seg in enumerate(g.segments):
+            count = max(1, len(seg) // 4) if len(seg) > 1 else 0
+            drop |= {seg[(1 + j % 3 + 4 * k) % len(seg)] for k in range(count)}
+        drop = drop or {g.segments[0][0]}
         keeps[g.id] = GroupKeep(g.kind, g.size, tuple(u for u in range(g.size) if u not in drop))
     return Plan(keeps)
 
 
-def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], groups: list[Group]) -> list[tuple[Group, str]]:
-    """The groups whose probe fails, each with the reason.
-
-    Every group must keep the model running with its output shapes and finite outputs. Where it can
-    be checked exactly, the pruned model must also compute what the original computes with the
-    dropped units silenced: a channel whose producing filters, biases and BN affine are zeroed is
-    exactly zero downstream, and a head whose proj columns are zeroed contributes nothing. That
-    catches the silent failures: torch-pruning mapping a chunk's halves to the wrong consumers, or an
-    attention module whose reshape ignores `num_heads`. Groups through cross-channel norms
-    (LayerNorm, GroupNorm), where silencing is not removal, get the shape checks only.
-    """
-    ref = modelrun.output_shapes(modelrun.run(model, example_inputs))
-
-    def trial(subset: list[Group], exact: bool) -> str | None:
-        plan = probe_plan(subset)
-        candidate = copy.deepcopy(model)
-        try:
-            apply(candidate, plan, example_inputs, check=False)
-            outs = modelrun.run(candidate, example_inputs)
-        except Exception as err:  # noqa: BLE001 - any failure means "leave this group whole"
-            return f"pruning it breaks the model ({type(err).__name__}: {first_line(err, 160)})"
-        if modelrun.output_shapes(outs) != ref:
-            return f"pruning it changes the output shapes to {modelrun.output_shapes(outs)}"
-        if not all(torch.isfinite(t).all() for t in outs if t.is_floating_point()):
-            return "pruning it makes the outputs non-finite"
-        if exact:
-            expected = modelrun.run(silenced(model, plan, example_inputs), example_inputs)
-            if not all(torch.allclose(o, e, rtol=1e-3, atol=1e-4) for o, e in zip(outs, expected)):
-                return "pruning it changes what the model computes beyond the removed units (a coupling the graph mis-traces)"
-        return None
-
-    exact = [g for g in groups if not through_norm(model, g)]
-    shape_only = [g for g in groups if through_norm(model, g)]
-    return _bisect(exact, lambda sub: trial(sub, True)) + _bisect(shape_only, lambda sub: trial(sub, False))
+def plan_changes(graph: Graph, plan: Plan) -> tuple[removal.Cuts, dict[attention.AttentionSite, list[int]]]:
+    """What `plan` removes, in the original model's coordinates: channel cuts per layer, heads per site."""
+    touches: list[Touch] = []
+    for gid, keep in plan.groups.items():
+        if keep.kind == "channels" and keep.removed:
+            touches += graph.coupled(gid, keep.removed)
+    sites = {s.name + HEADS_SUFFIX: s for s in graph.sites}
+    heads = {sites[gid]: keep.removed for gid, keep in plan.groups.items() if keep.kind == "heads" and keep.removed}
+    return removal.merge(touches), heads
 
 
-def through_norm(model: nn.Module, group: Group) -> bool:
-    """Whether a group's channels pass a norm that mixes channels (silencing is then not removal)."""
-    for member in group.members:
-        m = model.get_submodule(member.split("(")[0])
-        if isinstance(m, nn.LayerNorm) or (isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels):
-            return True
-    return False
+def pruned_copy(model: nn.Module, cuts: removal.Cuts, heads: dict[attention.AttentionSite, list[int]]) -> nn.Module:
+    """A copy of `model` with `cuts` and head removals applied."""
+    out = copy.deepcopy(model)
+    removal.remove(out, cuts)
+    for site, removed in heads.items():
+        attention.keep_heads(out, site, [h for h in range(site.num_heads) if h not in set(removed)])
+    return out
 
 
-def silenced(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor]) -> nn.Module:
-    """A copy of `model` in which every unit `plan` removes is forced to contribute nothing.
-
-    Channels: the producing layers' filters, biases and BN affine parameters are zeroed. Heads: their
-    columns of the output projection are zeroed. Physical removal must compute the same function.
-    """
-    quiet = copy.deepcopy(model)
-    channel_groups = {gid: k for gid, k in plan.groups.items() if k.kind == "channels" and k.removed}
-    with torch.no_grad():
-        if channel_groups:
-            dg = graph.build_graph(quiet, example_inputs)
-            for gid, keep in channel_groups.items():
-                for item in graph.group_of(dg, quiet.get_submodule(gid), keep.removed):
-                    layer = item.dep.target.module
-                    if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(getattr(layer, "weight", None), torch.Tensor):
-                        idx = [getattr(i, "idx", i) for i in item.idxs]
-                        layer.weight[idx] = 0
-                        if getattr(layer, "bias", None) is not None:
-                            layer.bias[idx] = 0
-        sites = {s.name + HEADS_SUFFIX: s for s in attention.find_attention(quiet)}
-        for gid, keep in plan.groups.items():
-            if keep.kind == "heads":
-                for h in keep.removed:
-                    sites[gid].proj.weight[:, sites[gid].head_cols(h)] = 0
-    return quiet
+def silenced_outputs(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What `model` pruned to `plan` must compute: the original with the removed units silenced."""
+    cuts, heads = plan_changes(Graph(model, example_inputs), plan)
+    return exact.reference_outputs(model, cuts, heads, example_inputs)
 
 
-def _bisect(groups: list[Group], trial: Callable[[list[Group]], str | None]) -> list[tuple[Group, str]]:
-    if not groups:
-        return []
-    reason = trial(groups)
-    if reason is None:
-        return []
-    if len(groups) == 1:
-        return [(groups[0], reason)]
-    mid = len(groups) // 2
-    return _bisect(groups[:mid], trial) + _bisect(groups[mid:], trial)
+def check_plan(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: Graph, plan: Plan) -> str | None:
+    """Why pruning `model` to `plan` is not exact (None when the pruned copy runs, keeps the output
+    shapes and equals the original with the removed units silenced)."""
+    ref = modelrun.run(model, example_inputs)
+    try:
+        cuts, heads = plan_changes(graph, plan)
+        outs = modelrun.run(pruned_copy(model, cuts, heads), example_inputs)
+    except Exception as err:  # noqa: BLE001 - any failure means "this removal is not safe"
+        return f"pruning it breaks the model ({type(err).__name__}: {first_line(err, 160)})"
+    if modelrun.output_shapes(outs) != modelrun.output_shapes(ref):
+        return f"pruning it changes the output shapes to {modelrun.output_shapes(outs)}"
+    try:
+        expected = exact.reference_outputs(model, cuts, heads, example_inputs)
+    except exact.Unverifiable as err:
+        return f"its removal cannot be checked exactly: {err}"
+    except Exception as err:  # noqa: BLE001
+        return f"its removal cannot be checked exactly ({type(err).__name__}: {first_line(err, 160)})"
+    if not exact.matches(outs, expected):
+        return "pruning it changes what the model computes beyond the removed units (a coupling the graph mis-traces)"
+    return None
+
+
+def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: Graph, groups: list[Group],
+             deadline: float) -> tuple[list[tuple[Group, str]], list[Group]]:
+    """The groups whose probe fails, each with the reason, and those not verified before `deadline`.
+
+    Subsets are tried breadth first: the whole set, then halves of a failing set, down to single
+    groups. When time runs out, every group not yet cleared is unverified (left whole)."""
+    bad: list[tuple[Group, str]] = []
+    pending = [groups] if groups else []
+    while pending:
+        if time.perf_counter() > deadline:
+            return bad, [g for subset in pending for g in subset]
+        subset = pending.pop(0)
+        reason = check_plan(model, example_inputs, graph, probe_plan(subset))
+        if reason is None:
+            continue
+        if len(subset) == 1:
+            bad.append((subset[0], reason))
+        else:
+            pending += [subset[: len(subset) // 2], subset[len(subset) // 2:]]
+    return bad, []

@@ -51,12 +51,12 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.counting import layer_macs
 from edgeprune.pipeline.prune import attention, gating
 from edgeprune.pipeline.prune import space as space_mod
-from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
 from edgeprune.pipeline.prune.factorized import factorize, merge_expensive
 from edgeprune.pipeline.prune.l0 import HardConcrete
 from edgeprune.pipeline.prune.methods.base import Goal, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
-from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.prune.graph import Graph
+from edgeprune.pipeline.prune.space import HEADS_SUFFIX, PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, cross_entropy, train
 from edgeprune.pipeline.search.cost_model import CostModel
 
@@ -72,8 +72,8 @@ def factorizable(model: nn.Module, space: PruningSpace, example_inputs: Sequence
     head_layers = set()
     if not factorize_attention:
         pruned_heads = {g.id for g in space.groups if g.kind == "heads"}
-        head_layers = {f"{s.name}.{p}" for s in attention.find_attention(model) if s.name + HEADS_SUFFIX in pruned_heads
-                       for p in ("qkv", "proj")}
+        head_layers = {p for s in attention.find_attention(model, example_inputs) if s.name + HEADS_SUFFIX in pruned_heads
+                       for p in (*s.projections, s.proj)}
     return [name for name, m in model.named_modules()
             if isinstance(m, nn.Linear) and m.in_features * m.out_features >= min_params
             and name not in outputs and name not in whole and name not in head_layers]
@@ -110,7 +110,7 @@ def gated(model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], he
             return (x * gates.current[gid].repeat_interleave(x.shape[-1] // site.num_heads),)
         return run
 
-    handles = [site.proj.register_forward_pre_hook(head_hook(gid, site)) for gid, site in heads.items()]
+    handles = [model.get_submodule(site.proj).register_forward_pre_hook(head_hook(gid, site)) for gid, site in heads.items()]
     try:
         with gating.channel_hooks(model, points, lambda p, out: out * p.along(gates.current[p.group], out)):
             yield
@@ -133,7 +133,8 @@ def fold(model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], hea
             layer.bias.mul_(z)
     for gid, site in heads.items():
         z = gates[gid].deterministic()
-        site.proj.weight.mul_(z.repeat_interleave(site.proj.in_features // site.num_heads)[None, :])
+        proj = model.get_submodule(site.proj)
+        proj.weight.mul_(z.repeat_interleave(proj.in_features // site.num_heads)[None, :])
 
 
 @register
@@ -173,7 +174,7 @@ class FLOP(LearnedImportance):
         gates = Gates({g.id: g.size for g in groups}, self.init)
         channels = PruningSpace([g for g in groups if g.kind == "channels"], [])
         points = gating.hook_points(model, channels, example_inputs)
-        sites = {s.name + HEADS_SUFFIX: s for s in attention.find_attention(model)}
+        sites = {s.name + HEADS_SUFFIX: s for s in Graph(model, example_inputs).sites}
         heads = {g.id: sites[g.id] for g in groups if g.kind == "heads"}
         cost = CostModel(model, PruningSpace(groups, []), example_inputs)
         target = float(np.clip(1.0 - fraction * base_macs / cost.total, 0.0, 0.99))

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.pipeline.prune import attention, graph
-from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
+from edgeprune.pipeline.prune import attention
+from edgeprune.pipeline.prune.graph import Graph, Touch
 from edgeprune.pipeline.prune.methods.base import Importance, Scores, register
-from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.prune.space import HEADS_SUFFIX, PruningSpace
 
 
 @register
@@ -29,33 +29,26 @@ class L1Importance(Importance):
     def scores(
         self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
     ) -> Scores:
-        out: Scores = {}
-        channel_groups = [g for g in space.groups if g.kind == "channels"]
-        if channel_groups:
-            dg = graph.build_graph(model, example_inputs)
-            for g in channel_groups:
-                out[g.id] = self._group_scores(dg, model.get_submodule(g.id), g.size)
-        sites = {s.name + HEADS_SUFFIX: s for s in attention.find_attention(model)}
-        for g in space.groups:
-            if g.kind == "heads":
-                s = sites[g.id]
-                out[g.id] = np.array(
-                    [
-                        float(s.qkv.weight[s.head_rows([h])].abs().sum() + s.proj.weight[:, s.head_cols(h)].abs().sum())
-                        for h in range(s.num_heads)
-                    ]
-                )
-        return out
+        if not space.groups:
+            return {}
+        graph = Graph(model, example_inputs)
+        sites = {s.name + HEADS_SUFFIX: s for s in graph.sites}
+        return {g.id: np.array(attention.head_weight_norms(model, sites[g.id])) if g.kind == "heads"
+                else filter_norms(model, graph.coupled(g.id, range(g.size)), g.size) for g in space.groups}
 
-    @staticmethod
-    def _group_scores(dg: Any, root: nn.Module, size: int) -> np.ndarray:
-        total = torch.zeros(size, dtype=torch.float64)
-        for item in graph.group_of(dg, root, range(size)):
-            layer = item.dep.target.module
-            if not (dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(layer, graph.ROOT_TYPES)):
-                continue
-            w = layer.weight.detach().abs()
-            norms = w.reshape(w.shape[0], -1).sum(dim=1).double()
-            for hyb, root_idx in zip(item.idxs, item.root_idxs):
-                total[root_idx] += norms[getattr(hyb, "idx", hyb)]
-        return total.numpy()
+
+#: the layers whose rows are filters: what writes a group's channels
+FILTER_KINDS = ("conv", "gconv", "dwconv", "convT", "linear")
+
+
+def filter_norms(model: nn.Module, touches: Sequence[Touch], size: int) -> np.ndarray:
+    """Each unit's L1 filter norm, summed over every layer that writes its channel."""
+    total = torch.zeros(size, dtype=torch.float64)
+    for t in touches:
+        if t.side != "out" or t.kind not in FILTER_KINDS:
+            continue
+        w = model.get_submodule(t.name).weight.detach().abs()
+        w = w.transpose(0, 1) if t.kind == "convT" else w  # a transposed conv's outputs are its weight's dim 1
+        norms = w.reshape(w.shape[0], -1).sum(dim=1).double()
+        total.index_add_(0, torch.tensor(t.roots), norms[list(t.idxs)])
+    return total.numpy()

@@ -20,12 +20,12 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import attention, blocks, graph
-from edgeprune.pipeline.prune.apply import HEADS_SUFFIX
+from edgeprune.pipeline.prune import blocks
+from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.methods.base import Importance, Scores
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
 from edgeprune.pipeline.prune.plan import Plan
-from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.prune.space import PruningSpace, plan_changes
 
 SAMPLES_PER_CONSUMER = 4096
 CALIBRATION_IMAGES = 256
@@ -54,21 +54,16 @@ class GroupSamples:
 
 def consumers_of(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> dict[str, list[Consumer]]:
     """For every channel group, the Conv2d (ungrouped) / Linear layers that read its channels."""
-    dg = graph.build_graph(model, example_inputs)
+    graph = Graph(model, example_inputs)
     out: dict[str, list[Consumer]] = {}
     for g in space.groups:
         if g.kind != "channels":
             continue
-        producers = {m[: -len("(out)")] for m in g.members if m.endswith("(out)")}
-        found: list[Consumer] = []
-        for item in graph.group_of(dg, model.get_submodule(g.id), range(g.size)):
-            layer = item.dep.target.module
-            name = graph.module_name(dg, layer) if isinstance(layer, nn.Module) else None
-            if name is None or name in producers or dg.is_out_channel_pruning_fn(item.dep.handler):
-                continue
-            if isinstance(layer, nn.Linear) or (isinstance(layer, nn.Conv2d) and layer.groups == 1):
-                found.append(Consumer(name, layer, np.array([getattr(i, "idx", i) for i in item.idxs]), np.array(item.root_idxs)))
-        out[g.id] = found
+        touches = graph.coupled(g.id, range(g.size))
+        producers = {t.name for t in touches if t.side == "out"}
+        out[g.id] = [Consumer(t.name, model.get_submodule(t.name), np.array(t.idxs), np.array(t.roots))
+                     for t in touches if t.side == "in" and t.name not in producers and t.kind in ("linear", "conv")
+                     and isinstance(model.get_submodule(t.name), (nn.Linear, nn.Conv2d))]
     return out
 
 
@@ -177,23 +172,16 @@ def least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 def removed_channels(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor]) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """Per layer name, the input and the output channel indices `plan` removes (all groups together)."""
-    dg = graph.build_graph(model, example_inputs)
+    cuts, heads = plan_changes(Graph(model, example_inputs), plan)
     ins: dict[str, set[int]] = {}
     outs: dict[str, set[int]] = {}
-    sites = {s.name + HEADS_SUFFIX: s for s in attention.find_attention(model)}
-    for gid, keep in plan.groups.items():
-        if keep.kind == "heads" and keep.removed:
-            site = sites[gid]
-            outs.setdefault(f"{site.name}.qkv", set()).update(site.head_rows(keep.removed))
-            ins.setdefault(f"{site.name}.proj", set()).update(c for h in keep.removed for c in site.head_cols(h))
-        if keep.kind != "channels" or not keep.removed:
-            continue
-        for item in graph.group_of(dg, model.get_submodule(gid), keep.removed):
-            layer = item.dep.target.module
-            name = graph.module_name(dg, layer) if isinstance(layer, nn.Module) else None
-            if name is not None:
-                side = outs if dg.is_out_channel_pruning_fn(item.dep.handler) else ins
-                side.setdefault(name, set()).update(int(getattr(i, "idx", i)) for i in item.idxs)
+    for (name, side), (kind, dim, idxs) in cuts.items():
+        if kind != "param":
+            (outs if side == "out" else ins).setdefault(name, set()).update(idxs)
+    for site, removed in heads.items():
+        for p in site.projections:
+            outs.setdefault(p, set()).update(site.head_rows(removed))
+        ins.setdefault(site.proj, set()).update(c for h in removed for c in site.head_cols(h))  # type: ignore[arg-type]
     return ins, outs
 
 

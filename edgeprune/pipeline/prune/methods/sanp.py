@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import gating, graph
+from edgeprune.pipeline.prune import gating
+from edgeprune.pipeline.prune.graph import ROOT_TYPES, Graph
 from edgeprune.pipeline.prune.methods.base import Goal, History, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, train
@@ -48,14 +49,14 @@ _BN = nn.modules.batchnorm._BatchNorm
 def sources(model: nn.Module, points: Sequence[gating.HookPoint], example_inputs: Sequence[torch.Tensor]) -> dict[str, list[str]]:
     """Per group, the layers whose *input* decides its channels: the Conv/Linear that computes them
     (the one before a hooked BatchNorm), so a decision is known before the channel is computed."""
-    dg = graph.build_graph(model, example_inputs)
+    graph = Graph(model, example_inputs)
     out: dict[str, list[str]] = {}
     for p in points:
-        layer = model.get_submodule(p.layer)
-        if isinstance(layer, _BN):
-            feeding = [n.module for n in dg.module2node[layer].inputs if isinstance(n.module, graph.ROOT_TYPES)]
-            layer = feeding[0] if feeding else layer
-        out.setdefault(p.group, []).append(graph.module_name(dg, layer))
+        name = p.layer
+        if isinstance(model.get_submodule(name), _BN):
+            feeding = [n for n in graph.inputs_of(name) if isinstance(model.get_submodule(n), ROOT_TYPES)]
+            name = feeding[0] if feeding else name
+        out.setdefault(p.group, []).append(name)
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import graph
+from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, train
@@ -53,20 +53,19 @@ class NetworkSlimming(Importance):
 
     @torch.no_grad()
     def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
-        dg = graph.build_graph(model, example_inputs)
+        graph = Graph(model, example_inputs)
         out: Scores = {}
         for g in space.groups:
             if g.kind != "channels":
                 raise EdgepruneError(f"Network Slimming scores channels through BatchNorm; group {g.id} is {g.kind}: use --method l1")
             total = np.zeros(g.size)
             count = np.zeros(g.size)
-            for item in graph.group_of(dg, model.get_submodule(g.id), range(g.size)):
-                layer = item.dep.target.module
-                if isinstance(layer, _BN) and layer.affine and dg.is_out_channel_pruning_fn(item.dep.handler):
+            for t in graph.coupled(g.id, range(g.size)):
+                layer = model.get_submodule(t.name) if t.kind == "bn" else None
+                if layer is not None and layer.affine:
                     gamma = layer.weight.detach().abs().numpy()
-                    for hyb, root in zip(item.idxs, item.root_idxs):
-                        total[root] += gamma[getattr(hyb, "idx", hyb)]
-                        count[root] += 1
+                    np.add.at(total, list(t.roots), gamma[list(t.idxs)])
+                    np.add.at(count, list(t.roots), 1)
             if not count.any():
                 raise EdgepruneError(f"group {g.id} has no BatchNorm to rank its channels by; mark it --unprunable or use --method l1")
             out[g.id] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
