@@ -152,6 +152,8 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
                         "measured cost (needs --data)")
     p.add_argument("--depth", choices=DEPTHS, default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
+    _setting(p, "analysis_time_s", "seconds that finding what can be pruned may take; layers not analysed by then are "
+                                   "left whole (and say so in the report)", dest="analysis_time_s", metavar="SECONDS")
     p.add_argument("--out", default="out", help="output folder; it must not hold the model or data, and one run at a time uses it")
     _data_args(p)
     p.add_argument("--recover", choices=RECOVERIES,
@@ -209,7 +211,8 @@ def _compress(argv: list[str]) -> int:
                         unprunable=tuple(n for n in a.unprunable.split(",") if n), data=a.data,
                         recover=a.recover, epochs=a.epochs, steps=a.steps, lr=a.lr,
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
-                        method_options=_method_options(a), depth=a.depth, search=a.search, pgd_steps=a.pgd_steps)
+                        method_options=_method_options(a), depth=a.depth, search=a.search, pgd_steps=a.pgd_steps,
+                        analysis_time_s=a.analysis_time_s)
     shape = parse_input_shape(a.input_shape) if a.input_shape else None
     loaded = _model_or_untrained(a, shape)
     result = compress(loaded, settings, a.out, progress=_progress)

@@ -312,6 +312,26 @@ class RegNet(nn.Module):
         return self.head(F.relu(self.proj(x) + y).mean((2, 3)))
 
 
+class MixConv(nn.Module):
+    """timm's MixedConv2d (MixNet): channels split into listed sizes held in `splits`, one depthwise
+    kernel size per part, concatenated. `inline` writes the sizes in the forward instead."""
+
+    def __init__(self, inline: bool = False) -> None:
+        super().__init__()
+        self.inline = inline
+        self.splits = [8, 8, 16]
+        self.stem = cbs(3, 32, 3)
+        self.parts = nn.ModuleList(cbs(c, c, k, groups=c) for c, k in zip(self.splits, (3, 5, 7)))
+        self.project = cbs(32, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        parts = torch.split(x, [8, 8, 16] if self.inline else self.splits, 1)
+        x = torch.cat([m(p) for m, p in zip(self.parts, parts)], 1)
+        return self.head(self.project(x).mean((2, 3)))
+
+
 class GroupNormNet(nn.Module):
     """GroupNorm with 4 channels per group between convs (NFNet, detection heads)."""
 
@@ -342,6 +362,7 @@ REPLICAS = {
     "resnext": (ResNeXt, lambda: torch.randn(*IMAGE)),
     "regnet": (RegNet, lambda: torch.randn(*IMAGE)),
     "groupnorm": (GroupNormNet, lambda: torch.randn(*IMAGE)),
+    "mixconv": (MixConv, lambda: torch.randn(*IMAGE)),
 }
 
 

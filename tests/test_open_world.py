@@ -55,6 +55,8 @@ def test_random_plans_never_raise_and_stay_exact(name: str) -> None:
         plan = plan_at_level(space, scores, float(level), round_to=int(rng.choice([1, 2, 4, 8])))
         pruned = apply(copy.deepcopy(model), plan, x)
         assert matches(modelrun.run(pruned, x), silenced_outputs(model, plan, x)), f"{name} at level {level:.2f}"
+        small = edgeprune.prune(model, x, ratio=float(level), round_to=int(rng.choice([1, 4, 16])))
+        assert modelrun.output_shapes(modelrun.run(small, x)) == modelrun.output_shapes(modelrun.run(model, x))
 
 
 def test_glu_halves_shrink_together() -> None:
@@ -159,6 +161,17 @@ def test_group_norm_channels_go_evenly_per_group() -> None:
     _, _, res = _pruned("groupnorm")
     gn = res.model.gn
     assert gn.num_groups == 8 and gn.num_channels % 8 == 0 and gn.num_channels < 32
+
+
+def test_a_split_into_listed_sizes_updates_the_attribute_holding_them() -> None:
+    _, _, res = _pruned("mixconv")
+    m = res.model
+    assert m.splits == [p[0].in_channels for p in m.parts] and sum(m.splits) == m.stem[0].out_channels < 32
+    inline, x = R.MixConv(inline=True).eval(), (torch.randn(*R.IMAGE),)  # the sizes written in forward: stuck
+    space = discover(inline, x)
+    assert all("stem.0(out)" not in g.members for g in space.groups)
+    assert any("split" in s.reason for s in space.skipped)
+    assert edgeprune.prune(inline, x, ratio=0.5, round_to=4).stem[0].out_channels == 32
 
 
 def test_time_limit_leaves_everything_whole_with_the_reason() -> None:

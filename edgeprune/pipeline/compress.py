@@ -112,7 +112,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         stage = Stages(run, ctx, log)
         measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
 
-        space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
+        for line in loaded.swapped:
+            log(f"  swapped for an equal layer edgeprune can cut: {line}")
+        space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable, settings.analysis_time_s).to_dict())
         space = space_mod.PruningSpace.from_dict(space_d)
         log(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
 
@@ -129,7 +131,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             goal = Goal(cost_fraction=budget.value / baseline_value, depth=settings.depth)
             model = _prepared(method, model, space, inputs, data, goal, run, stage)
             if type(method).prepared_architecture is not Importance.prepared_architecture:  # e.g. factorized Linears
-                space_d = stage("prepared_space", lambda: space_mod.discover(model, inputs, settings.unprunable).to_dict())
+                space_d = stage("prepared_space", lambda: space_mod.discover(model, inputs, settings.unprunable,
+                                                                             settings.analysis_time_s).to_dict())
                 space = space_mod.PruningSpace.from_dict(space_d)
                 log(f"  prepared model: {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
         scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
@@ -155,7 +158,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
 
         search_d = stage("search", search)
-        plan = Plan.from_dict(search_d["plan"])
+        plan, dropped = space_mod.verified_plan(model, inputs, Plan.from_dict(search_d["plan"]))
+        for d in dropped:
+            log(f"  {d.id} left whole: {d.reason}")
         plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
         pruned = apply(copy.deepcopy(model), plan, inputs)
         method.reconstruct(model, pruned, space, plan, inputs, data)
@@ -190,10 +195,11 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             f"{'MET' if met else 'MISSED'}{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
 
         rep = report_mod.assemble(
-            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape)}, settings=settings,
+            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape),
+                   "swapped": list(loaded.swapped)}, settings=settings,
             runtime=runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats}, budget=budget, met=met,
             baseline=baseline_d, final=final_d, method=method, search=search_d, space=space, plan=plan,
-            left_whole=space_d["skipped"], timings=stage.timings, accuracy=accuracy, runtime_accuracy=runtime_acc,
+            left_whole=space_d["skipped"] + [dataclasses.asdict(d) for d in dropped], timings=stage.timings, accuracy=accuracy, runtime_accuracy=runtime_acc,
             data=data.describe() if data is not None else None, recovery=recovery_d)
         _publish(run, rep)
     return CompressResult(pruned, plan, rep, Path(out_dir))

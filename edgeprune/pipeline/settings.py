@@ -33,6 +33,7 @@ BOUNDS: dict[str, tuple[str, Bound]] = {
     "temperature": ("--temperature", bounds.POSITIVE),
     "alpha": ("--alpha", bounds.FRACTION),
     "pgd_steps": ("--pgd-steps", bounds.count()),
+    "analysis_time_s": ("--analysis-time", bounds.POSITIVE),
 }
 RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
 SEARCHES = ("uniform", "layerwise")
@@ -65,6 +66,7 @@ class Settings:
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
     search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
+    analysis_time_s: float = 60.0  # discovering the pruning space; what is not analysed by then is left whole
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""

@@ -8,7 +8,8 @@ part, or the inference indexed past the parts. And a chunk re-divides whatever i
 pruning one part alone moves the boundary. So here:
 
 - a split along channels into equal parts couples channel i of every part (they shrink together);
-  a split into listed sizes cannot follow a pruned input and is broken;
+  a split into listed sizes maps each part on its own when the module that ran it holds the sizes
+  in one attribute (found while tracing), which the cut updates; otherwise it is broken;
 - a concat along channels maps each input edge to its offset, from sizes recorded while tracing
   (`Shapes`, keyed by autograd node and output number, so two parts of one split are told apart);
 - a split, concat or slice along another axis (tokens, space) leaves every channel where it is. The
@@ -43,17 +44,38 @@ _CHANNELS_LAST = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding, torch
 
 
 class Shapes(TorchFunctionMode):
-    """While open, records the shape of every tensor an op returns, by (grad_fn, output number)."""
+    """While open, records the shape of every tensor an op returns, by (grad_fn, output number), and
+    the innermost module whose forward ran each op (`callers`, by grad_fn)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.shapes: dict[tuple[Any, int], tuple[int, ...]] = {}
+        self.callers: dict[Any, torch.nn.Module] = {}
+        self._stack: list[torch.nn.Module] = []
+
+    def __enter__(self) -> "Shapes":
+        def enter(module: torch.nn.Module, args: Any) -> None:
+            self._stack.append(module)
+
+        def leave(module: torch.nn.Module, args: Any, out: Any) -> None:
+            self._stack.pop()
+
+        self._hooks = [torch.nn.modules.module.register_module_forward_pre_hook(enter),
+                       torch.nn.modules.module.register_module_forward_hook(leave)]
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        super().__exit__(*exc)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.shapes[(t.grad_fn, t.output_nr)] = tuple(t.shape)
+                if self._stack:
+                    self.callers.setdefault(t.grad_fn, self._stack[-1])
         return out
 
 
@@ -61,13 +83,14 @@ class _Broken(Exception):
     pass
 
 
-def build(dg: tp.DependencyGraph, shapes: dict[tuple[Any, int], tuple[int, ...]]) -> dict[Any, str]:
+def build(dg: tp.DependencyGraph, recorded: Shapes) -> dict[Any, str]:
     """Set every node's index mappings in `dg`; returns the nodes that could not be mapped, with why."""
     broken: dict[Any, str] = {}
+    shapes = recorded.shapes
     nodes = list(dg.module2node.values())
     for node in reversed(nodes):  # the trace went from the outputs back: reversed, producers come first
         if node.type == tp.ops.OPTYPE.SPLIT:
-            _guarded(broken, node, lambda: _split(dg, node))
+            _guarded(broken, node, lambda: _split(dg, node, recorded.callers.get(node.grad_fn)))
         elif node.type == tp.ops.OPTYPE.CONCAT:
             _guarded(broken, node, lambda: _concat(dg, node, shapes))
         elif node.type == tp.ops.OPTYPE.SLICE:
@@ -119,10 +142,12 @@ def _channel_axis(dg: tp.DependencyGraph, sources: list[tuple[Any, tuple[int, ..
     return 1 if len(shape) >= 4 else len(shape) - 1
 
 
-def _split(dg: tp.DependencyGraph, node: Any) -> None:
+def _split(dg: tp.DependencyGraph, node: Any, caller: torch.nn.Module | None) -> None:
     """A split along channels into equal parts (torch.chunk; torch.split by one size) couples channel
     i of every part: the parts must keep equal counts, since the split re-divides the pruned tensor
-    by count. A split into listed sizes cannot follow a pruned input at all: broken."""
+    by count. A split into listed sizes maps each part on its own when the module that ran it holds
+    the sizes in one attribute (MixNet's `splits`), which pruning then updates (`sizes_attr`); a list
+    written in the code cannot follow a pruned input: broken."""
     gf = node.grad_fn
     shape = tuple(getattr(gf, "_saved_self_sym_sizes", ()))
     if not shape or len(node.inputs) != 1:
@@ -132,7 +157,8 @@ def _split(dg: tp.DependencyGraph, node: Any) -> None:
         node.enable_index_mapping = False  # along tokens or space: every part carries all channels
         return
     if hasattr(gf, "_saved_split_sizes"):
-        raise _Broken("torch.split into listed sizes, which pruning its input would no longer add up to")
+        _listed_split(dg, node, [int(s) for s in gf._saved_split_sizes], caller)
+        return
     size = int(gf._saved_split_size)
     if shape[dim] % size:
         raise _Broken(f"a split of {shape[dim]} channels into parts of {size}, the last one shorter")
@@ -161,6 +187,32 @@ def _slice(dg: tp.DependencyGraph, node: Any) -> None:
     index_mapping.update_slice_index_mapping(dg, node)
 
 
+def _listed_split(dg: tp.DependencyGraph, node: Any, sizes: list[int], caller: torch.nn.Module | None) -> None:
+    """A split into listed sizes that its module holds in one attribute: each consumer edge mapped to
+    the part it reads (autograd's output number), the attribute recorded for the cut."""
+    attrs = [a for a, v in vars(caller).items() if isinstance(v, (list, tuple)) and list(v) == sizes] if caller else []
+    name = dg._module2name.get(caller)
+    if len(attrs) != 1 or name is None:
+        raise _Broken("torch.split into listed sizes that no single module attribute holds, which pruning its input "
+                      "would no longer add up to")
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    for consumer in dict.fromkeys(node.outputs):
+        parts = [nr for fn, nr in consumer.grad_fn.next_functions if fn is node.grad_fn]
+        forward = [d for d in node.dependencies if d.target is consumer]
+        backward = [d for d in consumer.dependencies if d.target is node]
+        if not (len(parts) == len(forward) == len(backward)):
+            raise _Broken("its graph edges do not match autograd's")
+        for nr, there, back in zip(parts, forward, backward):
+            there.index_mapping[0] = index_mapping._SplitIndexMapping(offsets[nr:nr + 2], reverse=False)
+            back.index_mapping[0] = index_mapping._SplitIndexMapping(offsets[nr:nr + 2], reverse=True)
+    node.module.split_sizes = [sizes[next(nr for fn, nr in out.grad_fn.next_functions if fn is node.grad_fn)]
+                               for out in node.outputs]
+    node.module.offsets = offsets
+    node.module.sizes_attr = f"{name}.{attrs[0]}" if name else attrs[0]
+
+
 class _PartOf:
     """A split's input channel -> its index within its part (the same index in every part)."""
 
@@ -182,18 +234,23 @@ class _InEveryPart:
 
 
 def _concat(dg: tp.DependencyGraph, node: Any, shapes: dict[tuple[Any, int], tuple[int, ...]]) -> None:
-    """A concat along channels: each input edge mapped to its offset, from the recorded sizes."""
+    """A concat along channels: each input edge mapped to its offset, from the recorded sizes (an
+    input no op recorded, e.g. an attention stand-in's output, by torch-pruning's inference)."""
     gf = node.grad_fn
     entries = [(fn, nr) for fn, nr in gf.next_functions if fn is not None]
     out_shape = shapes.get((gf, 0))
-    if out_shape is None or any(e not in shapes for e in entries):
+    by_fn = {n.grad_fn: n for n in node.inputs}
+    if out_shape is None or any(fn not in by_fn and (fn, nr) not in shapes for fn, nr in entries):
         raise _Broken("the concat's input shapes were not recorded")
     dim = _dim(gf, len(out_shape))
-    by_fn = {n.grad_fn: n for n in node.inputs}
-    if dim != _channel_axis(dg, [(by_fn[fn], shapes[(fn, nr)]) for fn, nr in entries if fn in by_fn]):
+    recorded = [(by_fn[fn], shapes[(fn, nr)]) for fn, nr in entries if fn in by_fn and (fn, nr) in shapes]
+    if dim != _channel_axis(dg, recorded or [(node.inputs[0], out_shape)]):
         node.enable_index_mapping = False  # along tokens or space: every input carries all channels
         return
-    sizes = [shapes[e][dim] for e in entries]
+    sizes = [shapes[(fn, nr)][dim] if (fn, nr) in shapes else shape_infer.infer_out_channels_recursively(dg, by_fn[fn], [0])
+             for fn, nr in entries]
+    if None in sizes or sum(sizes) != out_shape[dim]:
+        raise _Broken("the concat's input sizes do not add up to its output")
     offsets = [0]
     for s in sizes:
         offsets.append(offsets[-1] + s)

@@ -39,6 +39,9 @@ def apply(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor], 
         except GraphError as err:
             raise EdgepruneError(f"the plan cannot be applied to this model: {first_line(err)}; "
                                  "apply the plan to the architecture it was made for") from None
+        except Exception as err:  # noqa: BLE001 - a layer torch-pruning's functions cannot cut
+            raise EdgepruneError(f"cutting the plan's channels failed ({type(err).__name__}: {first_line(err)}); "
+                                 "mark the layer it names --unprunable") from None
     blocks.bypass(model, plan.removed_blocks)
     if check:
         shapes = modelrun.output_shapes(modelrun.run(model, example_inputs))

@@ -41,6 +41,8 @@ from edgeprune.pipeline.prune.attention import AttentionSite, find_attention
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 #: (channel, unit) pairs one coupling query may visit before it is declared unresolvable
 WORK_LIMIT = 4_000_000
+#: a layer's channel carries one unit, a few where parts pair up (chunks); more is a mis-traced reshape
+UNITS_PER_CHANNEL = 4
 
 
 class GraphError(Exception):
@@ -53,7 +55,8 @@ class Touch:
 
     name: str  # module path, or parameter path for a parameter outside any known layer
     side: str  # "out": the layer writes these channels; "in": it reads them
-    kind: str  # conv, gconv (grouped), dwconv, convT, linear, bn, ln, gn, inorm, rms, embed, prelu, param, lstm, mha, other
+    kind: str  # conv, gconv (grouped), dwconv, convT, linear, bn, ln, gn, inorm, rms, embed, prelu, param, lstm, mha,
+    #            other; sizes: a module attribute listing a split's part sizes (name is "module.attribute")
     idxs: tuple[int, ...]  # the layer's channel indices
     roots: tuple[int, ...]  # the group unit each of those indices carries (parallel to idxs)
     dim: int = -1  # for "param": the dimension its channels are on
@@ -145,8 +148,12 @@ class Graph:
             with torch.enable_grad(), recorder:
                 self.dg.module2node = self.dg._trace(model, tuple(example_inputs), None, output_transform=None)
             self.dg._build_dependency(self.dg.module2node)
-        self.broken = _mappings.build(self.dg, recorder.shapes)
+        _detach_caches(model)
+        self.broken = _mappings.build(self.dg, recorder)
         self._stands = {id(s): s for s in stands.values()}
+        #: the widest layer's channel count: no channel set between layers is wider in a sound mapping
+        self._widest = max([1, *(int(c) for m in self.dg.module2node if isinstance(m, ROOT_TYPES)
+                                 for c in (m.weight.shape[0], m.weight.shape[1] * getattr(m, "groups", 1)))])
         self.sites = [self._resolved(s, stands.get(s.name)) for s in sites]
 
     # ----------------------------------------------------------------------------------- lookups
@@ -213,10 +220,7 @@ class Graph:
                 if self.deadline is not None and time.perf_counter() > self.deadline:
                     raise GraphError("not analysed within the time limit")
                 stack.append((dep.target, dep.handler, fresh))
-        touches: list[Touch] = []
-        for (node, fn), pairs in seen.items():
-            touches += self._touches(node, fn, pairs)
-        return touches
+        return [t for (node, fn), pairs in seen.items() if pairs for t in self._touches(node, fn, pairs)]
 
     def _fresh(self, dep: Any, pairs: list[Any], seen: set[Any]) -> list[Any]:
         """The (channel, unit) pairs `dep` carries `pairs` to that its target has not seen yet (added
@@ -240,6 +244,9 @@ class Graph:
             raise GraphError(f"the graph maps channels out of the range of {_describe(dep.target)} "
                              f"({'out' if side_out else 'in'}, {size} channels): a reshape it cannot follow")
         seen.update(fresh)
+        if len(seen) > UNITS_PER_CHANNEL * (size or self._widest):  # an op between layers has no width of its own
+            raise GraphError(f"the graph couples each channel of {_describe(dep.target)} to many units: "
+                             "a reshape it cannot follow")
         return fresh
 
     def _touches(self, node: Any, fn: Any, pairs: set[Any]) -> list[Touch]:
@@ -248,10 +255,13 @@ class Graph:
             raise GraphError(f"the graph loses track of which channels map where at {_describe(node)}")
         module = node.module
         name = self.name(module)
-        if name is None:
+        sizes_attr = getattr(module, "sizes_attr", None)  # a split whose part sizes a module attribute holds
+        if name is None and sizes_attr is None:
             return []  # an op between layers (add, concat, reshape): nothing to prune there
         ordered = sorted(pairs)
         idxs, roots = tuple(p.idx for p in ordered), tuple(p.root_idx for p in ordered)
+        if sizes_attr is not None:
+            return [Touch(sizes_attr, "in", "sizes", idxs, roots)]
         if isinstance(module, _Stand):
             return self._site_touches(module, side, idxs, roots)
         kind = _kind(module)
@@ -310,6 +320,21 @@ class _swapped:
         for name, module in self.saved.items():
             parent, _, leaf = name.rpartition(".")
             setattr(self.model.get_submodule(parent), leaf, module)
+
+
+def _detach_caches(model: nn.Module) -> None:
+    """Tensors a module cached during the (autograd-enabled) trace, detached: equal values, but no
+    longer graph nodes, which deepcopy refuses (timm's EfficientViT keeps its attention bias so)."""
+    for m in model.modules():
+        for attr, value in vars(m).items():
+            if attr.startswith("_") and attr in ("_parameters", "_buffers", "_modules"):
+                continue
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                setattr(m, attr, value.detach())
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(v, torch.Tensor) and v.grad_fn is not None:
+                        value[k] = v.detach()
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:

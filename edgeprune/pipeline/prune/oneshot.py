@@ -19,7 +19,7 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
-from edgeprune.pipeline.prune.space import DEFAULT_TIME_LIMIT_S, PruningSpace, discover
+from edgeprune.pipeline.prune.space import DEFAULT_TIME_LIMIT_S, PruningSpace, discover, verified_plan
 
 
 @dataclasses.dataclass
@@ -27,7 +27,7 @@ class PruneResult:
     model: nn.Module
     plan: Plan
     space: PruningSpace
-    seconds: dict[str, float]  # wall time of each step: discover, scores, apply
+    seconds: dict[str, float]  # wall time of each step: discover, scores, verify, apply
 
 
 def prune_to_ratio(
@@ -49,6 +49,11 @@ def prune_to_ratio(
     scores = get_method(method).scores(loaded.model, space, loaded.example_inputs)
     plan = plan_at_level(space, scores, ratio, round_to, method)
     seconds["scores"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plan, dropped = verified_plan(loaded.model, loaded.example_inputs, plan)
+    if dropped:
+        space = PruningSpace([g for g in space.groups if g.id not in {d.id for d in dropped}], space.skipped + dropped)
+    seconds["verify"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():
         pruned = apply(copy.deepcopy(loaded.model), plan, loaded.example_inputs)

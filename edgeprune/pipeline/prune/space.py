@@ -95,6 +95,11 @@ def discover(
         return PruningSpace([], [Skipped("(model)", f"the model cannot be traced ({type(err).__name__}: {first_line(err, 160)})")])
     unprunable = set(unprunable)
     outputs = output_layers(model, example_inputs)
+    try:
+        inexact = removal.inexact_layers(model, example_inputs)
+    except Exception as err:  # noqa: BLE001 - the layers could not be tried: none of their channels go
+        inexact = {(n, side): f"could not be tried alone ({type(err).__name__})" for n, m in model.named_modules()
+                   if isinstance(m, ROOT_TYPES) and type(m) not in removal.STANDARD for side in ("in", "out")}
     candidates: list[Group] = []
     skipped: list[Skipped] = []
     visited: set[str] = set()  # layers whose output channels already belong to a group
@@ -110,7 +115,7 @@ def discover(
             units = _independent_units(touches, size)
             if units < size:  # a chunk's parts shrink together: unit u stands for channel u of every part
                 touches = graph.coupled(name, range(units))
-            group, reason = _channel_group(model, name, units, touches, outputs, unprunable)
+            group, reason = _channel_group(model, name, units, touches, outputs, unprunable, inexact)
         except GraphError as err:
             group, reason = None, late if "time limit" in str(err) else str(err)
         except Exception as err:  # noqa: BLE001 - whatever torch-pruning raises leaves this group whole, not the run
@@ -133,7 +138,7 @@ def discover(
 
 
 def _channel_group(model: nn.Module, name: str, size: int, touches: list[Touch], outputs: set[str],
-                   unprunable: set[str]) -> tuple[Group | None, str]:
+                   unprunable: set[str], inexact: dict[tuple[str, str], str]) -> tuple[Group | None, str]:
     """The group rooted at layer `name`, or the reason it is left whole."""
     layers = {t.name for t in touches}
     written = {t.name for t in touches if t.side == "out"}
@@ -148,9 +153,9 @@ def _channel_group(model: nn.Module, name: str, size: int, touches: list[Touch],
         return None, (f"units {coupled[1]} and {coupled[2]} are one channel of {coupled[0]} (e.g. a GLU's halves "
                       "multiplied together): they cannot be removed one at a time")
     for t in touches:
-        why = _unsupported(model, t)
+        why = _unsupported(model, t) or inexact.get((t.name, t.side), "")
         if why:
-            return None, why
+            return None, f"{t.name}: {why}" if (t.name, t.side) in inexact else why
     members, member_segments, segments, even_by = _segments(model, touches, size)
     if any(len(s) < 2 for s in segments) and even_by:
         return None, f"{even_by} leaves one channel per group, which cannot shrink evenly"
@@ -350,19 +355,43 @@ def check_plan(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: 
     return None
 
 
+def verified_plan(model: nn.Module, example_inputs: Sequence[torch.Tensor], plan: Plan) -> tuple[Plan, list[Skipped]]:
+    """`plan`, less the groups whose removal is not exact *at this plan* (left whole, with why).
+
+    The probe checked each group at one pattern of removed units; a plan removes others, and groups
+    together. Whatever the graph says, a pruned group that cannot be shown to compute the original
+    with its units silenced does not ship: the final plan is checked the same way, and failing
+    groups are isolated by bisection."""
+    graph = Graph(model, example_inputs)
+    pruning = [gid for gid, keep in plan.groups.items() if keep.removed]
+
+    def only(gids: list[str]) -> Plan:
+        return Plan({gid: keep for gid, keep in plan.groups.items() if gid in gids or not keep.removed})
+
+    bad, _ = _isolate(pruning, lambda gids: check_plan(model, example_inputs, graph, only(gids)), None)
+    if not bad:
+        return plan, []
+    out = {gid for gid, _ in bad}
+    kept = {gid: (GroupKeep(k.kind, k.size, tuple(range(k.size))) if gid in out else k) for gid, k in plan.groups.items()}
+    return dataclasses.replace(plan, groups=kept), [Skipped(gid, f"at the chosen widths: {reason}") for gid, reason in bad]
+
+
 def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: Graph, groups: list[Group],
              deadline: float) -> tuple[list[tuple[Group, str]], list[Group]]:
-    """The groups whose probe fails, each with the reason, and those not verified before `deadline`.
+    """The groups whose probe fails, each with the reason, and those not verified before `deadline`."""
+    return _isolate(groups, lambda subset: check_plan(model, example_inputs, graph, probe_plan(subset)), deadline)
 
-    Subsets are tried breadth first: the whole set, then halves of a failing set, down to single
-    groups. When time runs out, every group not yet cleared is unverified (left whole)."""
-    bad: list[tuple[Group, str]] = []
-    pending = [groups] if groups else []
+
+def _isolate(items: list[Any], reason_of: Any, deadline: float | None) -> tuple[list[tuple[Any, str]], list[Any]]:
+    """The items for which `reason_of([item])` is a reason (not None), found by bisection from
+    `reason_of(items)`, breadth first; and the items not yet cleared when `deadline` passes."""
+    bad: list[tuple[Any, str]] = []
+    pending = [items] if items else []
     while pending:
-        if time.perf_counter() > deadline:
-            return bad, [g for subset in pending for g in subset]
+        if deadline is not None and time.perf_counter() > deadline:
+            return bad, [item for subset in pending for item in subset]
         subset = pending.pop(0)
-        reason = check_plan(model, example_inputs, graph, probe_plan(subset))
+        reason = reason_of(subset)
         if reason is None:
             continue
         if len(subset) == 1:

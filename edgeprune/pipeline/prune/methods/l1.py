@@ -50,5 +50,5 @@ def filter_norms(model: nn.Module, touches: Sequence[Touch], size: int) -> np.nd
         w = model.get_submodule(t.name).weight.detach().abs()
         w = w.transpose(0, 1) if t.kind == "convT" else w  # a transposed conv's outputs are its weight's dim 1
         norms = w.reshape(w.shape[0], -1).sum(dim=1).double()
-        total.index_add_(0, torch.tensor(t.roots), norms[list(t.idxs)])
+        total.index_add_(0, torch.tensor(t.roots, dtype=torch.long), norms[list(t.idxs)])
     return total.numpy()
