@@ -16,7 +16,9 @@ dependency of edgeprune. A model is named by a spec, `FAMILY:NAME`:
                   k = 20; `--redraw` draws again); at the model's default input size, capped at 256
                   where timm lets `img_size` change
 - `hf:NAME`       Hugging Face BERT, DistilBERT, RoBERTa, GPT-2 (sequence classification, 128
-                  tokens) and ViT, DeiT, Swin (image classification, 224x224), from small configs
+                  tokens; GPT-2 with use_cache=False, as a classifier is run: its key/value cache
+                  is not a tensor output) and ViT, DeiT, Swin (image classification, 224x224), from
+                  small configs
 - `yolo:NAME`     ultralytics YOLOv8n, YOLO11n, YOLOv8n-seg (DetectionModel / SegmentationModel), 320x320
 """
 from __future__ import annotations
@@ -144,7 +146,7 @@ def _hf(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         "distilbert": lambda: tf.DistilBertForSequenceClassification(
             tf.DistilBertConfig(n_layers=4, dim=256, n_heads=4, hidden_dim=1024, num_labels=NUM_LABELS)),
         "gpt2": lambda: tf.GPT2ForSequenceClassification(
-            tf.GPT2Config(n_layer=4, n_embd=256, n_head=4, num_labels=NUM_LABELS, pad_token_id=0)),
+            tf.GPT2Config(n_layer=4, n_embd=256, n_head=4, num_labels=NUM_LABELS, pad_token_id=0, use_cache=False)),
     }
     vision: dict[str, Callable[[], Any]] = {
         "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(**small, image_size=224, patch_size=16)),

@@ -39,7 +39,8 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
         return [t for item in out for t in flatten_outputs(item)]
     if isinstance(out, dict):
         return [t for item in out.values() for t in flatten_outputs(item)]
-    raise EdgepruneError(f"the model returns a {type(out).__name__}; edgeprune needs tensors (or tuples/lists/dicts of them)")
+    hint = "; build it with use_cache=False (its config's use_cache)" if "Cache" in type(out).__name__ else ""
+    raise EdgepruneError(f"the model returns a {type(out).__name__}; edgeprune needs tensors (or tuples/lists/dicts of them){hint}")
 
 
 def output_shapes(outputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:

@@ -53,7 +53,10 @@ class AttentionSite:
     proj: str | None  # path of the output projection, None until graph.py finds one outside the module
     kv_heads: int  # key/value heads: fewer than num_heads under grouped-query attention
     input_dim: int  # channels the projections read (the residual stream's width)
-    shared_input: bool  # every projection reads the same tensor (self-attention)
+    #: every projection reads inputs of the same width, so their input columns are one index space
+    #: (self-attention, CaiT's class attention reading a slice of the stream); cross-attention to a
+    #: memory of another width is not
+    aligned_inputs: bool
 
     @property
     def inner(self) -> int:
@@ -153,7 +156,7 @@ def _site(model: nn.Module, name: str, m: nn.Module, calls: list[tuple[str, int]
     rest = [p for p in order if p not in projections]
     proj = rest[-1] if rest and layers[rest[-1]].in_features == inner else None
     return AttentionSite(name, attr, heads, head_dim, projections, not separate, proj, kv_inner // head_dim, c,
-                         len({inputs[p] for p in projections}) == 1)
+                         len({layers[p].in_features for p in projections}) == 1)
 
 
 def _separate_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear, heads: int) -> bool:

@@ -47,7 +47,10 @@ UNITS_PER_CHANNEL = 4
 
 
 class GraphError(Exception):
-    """A coupling the graph cannot resolve safely; the message says why (one line)."""
+    """A coupling the graph cannot resolve safely; the message says why (one line). `reached` names
+    the layers whose output channels the failed query had reached (set by `Graph.coupled`)."""
+
+    reached: set[str] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +75,7 @@ class _Stand(nn.Module):
         super().__init__()
         object.__setattr__(self, "inner", module)  # not a registered child: its layers stay hidden
         self.site = site
-        self.in_channels = site.input_dim if site.shared_input else None
+        self.in_channels = site.input_dim if site.aligned_inputs else None
         self.out_channels = out_channels
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -204,6 +207,16 @@ class Graph:
         start = [_helpers._HybridIndex(idx=int(u), root_idx=int(u)) for u in units]
         handler = self.dg.get_pruner_of_module(module).prune_out_channels
         seen: dict[tuple[Any, Any], set[Any]] = {(start_node, handler): set(start)}
+        try:
+            self._walk(start_node, handler, start, seen)
+        except GraphError as err:
+            # the layers written so far share the failing coupling: their own queries would fail alike
+            err.reached = {self.name(n.module) for (n, fn), p in seen.items() if p and self.dg.is_out_channel_pruning_fn(fn)} - {None}
+            raise
+        return [t for (node, fn), pairs in seen.items() if pairs for t in self._touches(node, fn, pairs)]
+
+    def _walk(self, start_node: Any, handler: Any, start: list[Any], seen: dict[tuple[Any, Any], set[Any]]) -> None:
+        """Carry (channel, unit) pairs along the dependencies from the root until nothing new arrives."""
         stack = [(start_node, handler, start)]
         work = len(start)
         while stack:
@@ -223,7 +236,6 @@ class Graph:
                 if self.deadline is not None and time.perf_counter() > self.deadline:
                     raise GraphError("not analysed within the time limit")
                 stack.append((dep.target, dep.handler, fresh))
-        return [t for (node, fn), pairs in seen.items() if pairs for t in self._touches(node, fn, pairs)]
 
     def _fresh(self, dep: Any, pairs: list[Any], seen: set[Any]) -> list[Any]:
         """The (channel, unit) pairs `dep` carries `pairs` to that its target has not seen yet (added
@@ -290,8 +302,8 @@ class Graph:
         """An attention module's channels are its projections' input columns and its output projection's rows."""
         site = stand.site
         if side == "in":
-            if not site.shared_input:
-                raise GraphError(f"{site.name} is attention over several inputs: its input channels are left whole")
+            if not site.aligned_inputs:
+                raise GraphError(f"{site.name} projects inputs of different widths: its input channels are left whole")
             return [Touch(p, "in", "linear", idxs, roots) for p in site.projections]
         if site.proj is None or not site.proj.startswith(site.name + "."):
             raise GraphError(f"the output of {site.name} is the heads themselves: its channels go with its heads")

@@ -117,6 +117,7 @@ def discover(
                 touches = graph.coupled(name, range(units))
             group, reason = _channel_group(model, name, units, touches, outputs, unprunable, inexact)
         except GraphError as err:
+            visited |= err.reached
             group, reason = None, late if "time limit" in str(err) else str(err)
         except Exception as err:  # noqa: BLE001 - whatever torch-pruning raises leaves this group whole, not the run
             group, reason = None, f"its channel coupling cannot be traced ({type(err).__name__}: {first_line(err, 160)})"
@@ -381,18 +382,27 @@ def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: Gr
 
 def _isolate(items: list[Any], reason_of: Any, deadline: float | None) -> tuple[list[tuple[Any, str]], list[Any]]:
     """The items for which `reason_of([item])` is a reason (not None), found by bisection from
-    `reason_of(items)`, breadth first; and the items not yet cleared when `deadline` passes."""
+    `reason_of(items)`, breadth first; and the items not yet cleared when `deadline` passes.
+
+    Bisection costs about 2k·log2(n/k) trials for k failing items of n, more than n trials once
+    most fail (CaiT's talking-heads attention: every head group fails). So once most halves tried
+    have failed, a failing set's items are tried one by one instead."""
     bad: list[tuple[Any, str]] = []
-    pending = [items] if items else []
+    pending: list[tuple[list[Any], bool]] = [(items, False)] if items else []  # (subset, is a half)
+    halves = failed = 0
     while pending:
         if deadline is not None and time.perf_counter() > deadline:
-            return bad, [item for subset in pending for item in subset]
-        subset = pending.pop(0)
+            return bad, [item for subset, _ in pending for item in subset]
+        subset, is_half = pending.pop(0)
         reason = reason_of(subset)
+        halves += is_half
+        failed += is_half and reason is not None
         if reason is None:
             continue
         if len(subset) == 1:
             bad.append((subset[0], reason))
+        elif halves >= 2 and failed > 0.6 * halves:
+            pending += [([item], False) for item in subset]
         else:
-            pending += [subset[: len(subset) // 2], subset[len(subset) // 2:]]
+            pending += [(subset[: len(subset) // 2], True), (subset[len(subset) // 2:], True)]
     return bad, []
