@@ -12,8 +12,8 @@ dependency of edgeprune. A model is named by a spec, `FAMILY:NAME`:
                   which do not load against the CPU torch here.
 - `timm:NAME`     every k-th name of `timm.list_models()` among the models of at most 100 M
                   parameters (counted on the meta device), k chosen so that at least 60 are drawn
-                  (`TIMM_SAMPLE`, drawn with timm 1.0.31: 1,371 models, 1,236 of them <= 100 M,
-                  k = 20; `--redraw` draws again); at the model's default input size, capped at 256
+                  (`TIMM_SAMPLE`, drawn with timm 1.0.31: 1,371 models, 1,069 of them <= 100 M,
+                  k = 17: 63 models; `--redraw` draws again); at the model's default input size, capped at 256
                   where timm lets `img_size` change
 - `hf:NAME`       Hugging Face BERT, DistilBERT, RoBERTa, GPT-2 (sequence classification, 128
                   tokens; GPT-2 with use_cache=False, as a classifier is run: its key/value cache
