@@ -128,7 +128,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     from edgeprune.pipeline.prune.methods import method_names
-    from edgeprune.pipeline.settings import DEPTHS, RECOVERIES, SEARCHES
+    from edgeprune.pipeline.search import SEARCHES
+    from edgeprune.pipeline.settings import DEPTHS, RECOVERIES, Settings
 
     p = _Parser(prog=prog, usage="%(prog)s MODEL --budget BUDGET [options]  |  %(prog)s SUBCOMMAND ...",
                 description="Prune MODEL physically until it meets --budget, measured on the target runtime.\n\n"
@@ -143,13 +144,12 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     _bounded(p, "--num-classes", bounds.count(), "classifier width for --arch (default: read from the state dict)")
     p.add_argument("--method", default="l1", choices=method_names(), help="channel importance")
     _setting(p, "round_to", "keep widths on multiples of this (16 suits CPU runtimes)")
-    _setting(p, "tol", "accept a candidate measured between the 3%% noise guard and this fraction under the budget")
+    _setting(p, "tol", "the search stops at a candidate decided within the budget and at most this fraction under it")
     _setting(p, "max_candidates", "most pruned candidates the search measures")
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole, as model.named_modules() "
                    "gives them (e.g. layer1.0.conv1,fc)")
-    p.add_argument("--search", choices=SEARCHES, default="uniform",
-                   help="uniform: one global pruning level; layerwise: a width per layer from its sensitivity and its "
-                        "measured cost (needs --data)")
+    p.add_argument("--search", choices=SEARCHES.names(), default=Settings.search,
+                   help="; ".join(f"{name}: {SEARCHES.get(name).summary}" for name in SEARCHES.names()).replace("%", "%%"))
     p.add_argument("--depth", choices=DEPTHS, default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     p.add_argument("--out", default="out", help="output folder; it must not hold the model or data, and one run at a time uses it")

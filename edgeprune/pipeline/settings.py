@@ -15,14 +15,12 @@ from edgeprune import bounds
 from edgeprune.bounds import Bound
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.budget import parse_budget
-from edgeprune.pipeline.search.objective import LatencyObjective
 
-#: a field's CLI option and its allowed range. The tolerance must leave room above the latency
-#: noise guard: a candidate counts only when measured more than the guard under the budget
+#: a field's CLI option and its allowed range
 BOUNDS: dict[str, tuple[str, Bound]] = {
     "threads": ("--threads", bounds.THREADS),
     "round_to": ("--round-to", bounds.count(1024)),
-    "tol": ("--tol", Bound(float, LatencyObjective.guard, 1, lo_open=True, hi_open=True)),
+    "tol": ("--tol", Bound(float, 0, 1, lo_open=True, hi_open=True)),
     "warmup": ("--warmup", bounds.WARMUP),
     "repeats": ("--repeats", bounds.REPEATS),
     "max_candidates": ("--max-candidates", bounds.count(100)),
@@ -35,7 +33,6 @@ BOUNDS: dict[str, tuple[str, Bound]] = {
     "pgd_steps": ("--pgd-steps", bounds.count()),
 }
 RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
-SEARCHES = ("uniform", "layerwise")
 DEPTHS = ("off", "on", "only")
 
 
@@ -46,7 +43,7 @@ class Settings:
     threads: int = 1
     method: str = "l1"
     round_to: int = 16
-    tol: float = 0.08  # accept candidates 3% (the noise guard) to 8% under the budget
+    tol: float = 0.05  # accept a candidate decided within the budget and at most 5% under it
     warmup: int = 10
     repeats: int = 50
     max_candidates: int = 8
@@ -64,17 +61,18 @@ class Settings:
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
-    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
+    search: str = "guided"  # a registered Search (search/__init__.py): guided (the default), uniform, layerwise
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""
         from edgeprune.pipeline.prune.methods.base import METHODS
+        from edgeprune.pipeline.search import SEARCHES
 
         parse_budget(self.budget)
         for name, (option, bound) in BOUNDS.items():
             bound.check(option, getattr(self, name))
         self.unprunable = tuple(self.unprunable)
-        for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, SEARCHES),
+        for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, tuple(SEARCHES.names())),
                                        ("--depth", self.depth, DEPTHS)):
             if value is not None and value not in allowed:
                 raise EdgepruneError(f"{option} {value!r}: use one of {', '.join(allowed)}")
@@ -85,9 +83,9 @@ class Settings:
             raise EdgepruneError(f"--recover {self.recovery} needs training data; pass --data or --recover none")
         if self.depth != "off" and self.data is None:
             raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
-        if self.search == "layerwise" and (self.data is None or self.depth == "only"):
-            raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
-                                 "and --depth off or on (for blocks alone use --search uniform --depth only)")
+        refused = SEARCHES.get(self.search).refuse(self)
+        if refused:
+            raise EdgepruneError(refused)
         if self.data is None and self.metric is not None:
             raise EdgepruneError("--metric needs --data to evaluate on")
 
