@@ -240,7 +240,7 @@ def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None) ->
 
 
 def _summary_table(rep: dict) -> None:
-    from edgeprune.pipeline.report import noise_line, p90_ratio
+    from edgeprune.pipeline.report import busy_line, noise_line, p90_ratio
 
     b, f = rep["baseline"], rep["final"]
     t = Table(title=f"edgeprune: budget {rep['budget']['describe']} -> {'MET' if rep['budget']['met'] else 'MISSED'}")
@@ -257,10 +257,15 @@ def _summary_table(rep: dict) -> None:
         t.add_row(acc["metric"], f"{acc['baseline']:.4f}", f"{after if after is not None else acc['pruned']:.4f}",
                   f"pruned {acc['pruned']:.4f}")
     Console().print(t)
-    Console().print(f"speed-up x{rep['speedup']:.2f} (ratio of medians; {rep['runtime']['runtime']}, {rep['runtime']['threads']} "
-                    f"thread(s), interleaved, n={fl['n']}); {rep['search']['candidates_measured']} candidates measured")
+    d = rep["budget"].get("decision")
+    how = (f"median ratio of {d['rounds']} interleaved rounds, 95% interval [{d['low']:.3f}, {d['high']:.3f}]" if d and d["relative"]
+           else "ratio of the interleaved medians")
+    Console().print(f"speed-up x{rep['speedup']:.2f} ({how}; {rep['runtime']['runtime']}, {rep['runtime']['threads']} "
+                    f"thread(s), n={fl['n']}); {rep['search']['candidates_measured']} candidates measured")
     if noise_line(rep):
         Console().print(f"[bold yellow]warning:[/] {noise_line(rep)}", highlight=False)
+    if busy_line(rep):
+        Console().print(f"note: {busy_line(rep)}", highlight=False)
 
 
 def _load_runtime(name: str, threads: int):  # noqa: ANN202 - returns a Runtime

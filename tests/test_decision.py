@@ -149,3 +149,15 @@ def test_compress_on_a_machine_too_noisy_to_decide_exits_2_with_one_line(tmp_pat
     line = err.strip().splitlines()[-1]  # the progress lines before it go to stderr too
     assert line.startswith("error: machine too noisy to decide:") and "re-run on a quieter machine" in line
     assert not (tmp_path / "o" / "report.json").exists()  # nothing published, never a MET
+
+
+def test_the_report_says_which_decisions_were_taken_on_a_busy_machine() -> None:
+    from edgeprune.pipeline import report
+
+    quiet, busy = {"index": 1, "decision": {"was_busy": False, "busy": 0.1}}, {"index": 2, "decision": {"was_busy": True, "busy": 0.8}}
+    summary = report.busy_summary([quiet, busy, {"index": 3}], {"was_busy": False, "busy": 0.2})  # step 3: a counted figure
+    assert summary == {"candidates": [2], "final": False, "most_busy": 0.8}
+    line = report.busy_line({"search": {"busy": summary}})
+    assert line is not None and "candidate 2;" in line and "80%" in line
+    assert report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": False, "busy": 0.0})}}) is None
+    assert "the final timing" in str(report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": True, "busy": 0.6})}}))

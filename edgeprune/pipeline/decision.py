@@ -155,7 +155,7 @@ def decide(runtime: Runtime, candidate: Any, inputs: Sequence[np.ndarray], thres
             for i, c in chunks.items():
                 pooled[i] = c if pooled[i] is None else pooled[i].merged(c)
                 other_s += c.other_cpu_s
-                wall_s += sum(c.runs_ms) / 1e3
+                wall_s += c.window_s or sum(c.runs_ms) / 1e3
                 cpus = cpus or c.cpus
         busy = other_s / (wall_s * cpus) if cpus and wall_s > 0 else 0.0
         if cpu_rounds or busy > NOISY_BUSY:

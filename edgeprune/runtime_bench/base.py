@@ -35,6 +35,9 @@ class LatencyStats:
     #: runtime's own clock times the runs (CUDA events). A run whose wall time exceeds it waited for
     #: the CPU: another process had taken it (decision.py judges such rounds on CPU time)
     cpu_ms: tuple[float, ...] = ()
+    #: wall seconds of the whole timed loop (0: unknown, then the runs' sum stands for it): other
+    #: processes' CPU time is a share of this window, which also holds the waits between runs
+    window_s: float = 0.0
 
     @property
     def spread(self) -> float:
@@ -44,7 +47,7 @@ class LatencyStats:
     @property
     def busy(self) -> float:
         """The share of the measuring host's CPU capacity that other processes used while we timed."""
-        timed_s = sum(self.runs_ms) / 1e3
+        timed_s = self.window_s or sum(self.runs_ms) / 1e3
         return self.other_cpu_s / (timed_s * self.cpus) if self.cpus and timed_s > 0 else 0.0
 
     @property
@@ -63,7 +66,7 @@ class LatencyStats:
 
     @classmethod
     def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0, cpus: int = 0,
-                  cpu_ms: Sequence[float] = ()) -> "LatencyStats":
+                  cpu_ms: Sequence[float] = (), window_s: float = 0.0) -> "LatencyStats":
         arr = np.asarray(runs_ms, dtype=np.float64)
         return cls(
             median=float(np.median(arr)),
@@ -76,6 +79,7 @@ class LatencyStats:
             runs_ms=tuple(float(v) for v in arr),
             cpus=cpus,
             cpu_ms=tuple(float(v) for v in cpu_ms) if len(cpu_ms) == arr.size else (),
+            window_s=window_s,
         )
 
     def merged(self, other: "LatencyStats") -> "LatencyStats":
@@ -83,12 +87,14 @@ class LatencyStats:
         return LatencyStats.from_runs(
             self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s, self.cpus or other.cpus,
             self.cpu_ms + other.cpu_ms if self.cpu_ms and other.cpu_ms else (),
+            self.window_s + other.window_s if self.window_s and other.window_s else 0.0,
         )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
         """Back from `to_dict(with_runs=True)` (a stage file, a remote agent's answer)."""
-        return cls.from_runs(d["runs_ms"], d["warmup"], d.get("other_cpu_s", 0.0), d.get("cpus", 0), d.get("cpu_ms", ()))
+        return cls.from_runs(d["runs_ms"], d["warmup"], d.get("other_cpu_s", 0.0), d.get("cpus", 0), d.get("cpu_ms", ()),
+                             d.get("window_s", 0.0))
 
     def to_dict(self, with_runs: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -120,6 +126,7 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats
     busy0 = _busy_cpu_s()
     own0 = sum(me.cpu_times()[:2])
     runs, cpu = [], []
+    start = time.perf_counter()
     for _ in range(repeats):
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -127,8 +134,9 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats
         t1 = time.perf_counter()
         cpu.append((time.process_time() - c0) * 1e3)
         runs.append((t1 - t0) * 1e3)
+    window = time.perf_counter() - start
     other = max(0.0, (_busy_cpu_s() - busy0) - (sum(me.cpu_times()[:2]) - own0))
-    return LatencyStats.from_runs(runs, warmup, other, psutil.cpu_count() or 0, cpu)
+    return LatencyStats.from_runs(runs, warmup, other, psutil.cpu_count() or 0, cpu, window)
 
 
 def interleave(
