@@ -103,7 +103,7 @@ def recheck(loaded: LoadedModel, out: Path, fraction: float) -> dict[str, Any]:
     base, final = runtime.load(str(out / "work" / "baseline.onnx")), runtime.load(str(out / "model.onnx"))
     baseline_ms = runtime.measure(base, inputs, 5, 20).median
     repeats = int(min(2000, max(50, np.ceil(MIN_TIMED_S * 1e3 / max(baseline_ms, 1e-3)))))  # as compress chooses them
-    d, _, _ = decision.decide(runtime, final, inputs, fraction, reference=base, chunk=max(1, -(-repeats // decision.ROUNDS)))
+    d, _, _ = decision.decide(runtime, final, inputs, fraction, reference=base, chunk=max(decision.MIN_CHUNK, -(-repeats // decision.ROUNDS)))
     return d.to_dict()
 
 

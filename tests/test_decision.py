@@ -99,6 +99,17 @@ def test_rounds_that_waited_for_the_cpu_are_judged_on_cpu_time_and_re_measured()
     assert d.cpu_rounds == 0
 
 
+def test_a_busy_verdict_must_clear_the_budget_by_the_margin() -> None:
+    """1.5 % under the budget: decided under on a quiet machine, left open on a busy one (contention
+    biases ratios by a few percent, which no interval shows)."""
+    quiet, _, _ = decide(Scripted(sigma=0.002), 0.985, [], 1.0, reference=1.0, warmup=1, chunk=10)
+    busy, _, _ = decide(Scripted(sigma=0.002, preempt=0.3), 0.985, [], 1.0, reference=1.0, warmup=1, chunk=10)
+    assert quiet.verdict == UNDER and quiet.margin == 0.0
+    assert busy.verdict == UNDECIDED and busy.margin == decision.BUSY_MARGIN and busy.high < 1.0
+    clear, _, _ = decide(Scripted(sigma=0.002, preempt=0.3), 0.95, [], 1.0, reference=1.0, warmup=1, chunk=10)
+    assert clear.verdict == UNDER and clear.was_busy
+
+
 def test_an_absolute_budget_is_decided_on_the_candidates_own_rounds() -> None:
     d, cand, ref = decide(Scripted(sigma=0.01), 3.0, [], 4.0, warmup=1, chunk=5)
     assert ref is None and not d.relative and d.verdict == UNDER and abs(d.estimate - 3.0) < 0.05

@@ -367,14 +367,15 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
 def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget, tol: float) -> dict[str, Any]:
     """Export the pruned model and time it interleaved with the baseline stage's (already verified)
     export until the rule that judged the search's candidates decides (decision.py). A verdict left
-    open by a noisy machine (an interval wider than `tol`) stops the run, to be resumed here on a
-    quieter one; one left open at the budget itself is not a MET."""
+    open by a noisy machine (an interval wider than `tol`, or one a busy machine's margin left open)
+    stops the run, to be resumed here on a quieter one; one left open at the budget itself on a
+    quiet machine is not a MET."""
     base, final = measurer.load("baseline"), measurer.prepare(pruned, "model")
     relative = budget.fraction is not None
     threshold = float(budget.fraction) if relative else (budget.value if budget.is_latency else math.inf)
     decision, final, base = measurer.decide(final, threshold, base, relative, budget.statistic)
     assert base is not None and base.stats is not None and final.stats is not None
-    if budget.is_latency and decision.verdict == UNDECIDED and decision.resolution > tol:
+    if budget.is_latency and decision.verdict == UNDECIDED and (decision.resolution > tol or decision.margin):
         raise too_noisy(decision, "the final model")
     return {
         "baseline": {"latency_ms": base.stats.to_dict(with_runs=True)},

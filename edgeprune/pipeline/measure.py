@@ -19,7 +19,7 @@ from edgeprune.errors import EdgepruneError
 
 from edgeprune.exporters import OnnxExporter, get_exporter
 from edgeprune.exporters.base import Artifact
-from edgeprune.pipeline.decision import ROUNDS, Decision, decide
+from edgeprune.pipeline.decision import MIN_CHUNK, ROUNDS, Decision, decide
 from edgeprune.runtime_bench import LatencyStats, Runtime
 from edgeprune.runtime_bench.base import interleave
 
@@ -139,7 +139,7 @@ class TargetMeasurer:
         interval decides (decision.py); each measurement comes back with its pooled runs."""
         d, stats, ref_stats = decide(self.runtime, candidate.session, self.inputs_np, threshold,
                                      None if reference is None else reference.session, relative, statistic, self.warmup,
-                                     chunk=max(1, -(-self.repeats // ROUNDS)))
+                                     chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)))
         ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
         return d, dataclasses.replace(candidate, stats=stats), ref
 
