@@ -144,7 +144,7 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     _bounded(p, "--num-classes", bounds.count(), "classifier width for --arch (default: read from the state dict)")
     p.add_argument("--method", default="l1", choices=method_names(), help="channel importance")
     _setting(p, "round_to", "keep widths on multiples of this (16 suits CPU runtimes)")
-    _setting(p, "tol", "the search stops at a candidate decided within the budget and at most this fraction under it")
+    _setting(p, "tol", "the search stops at a candidate decided between 2%% (a drift allowance) and this fraction under the budget")
     _setting(p, "max_candidates", "most pruned candidates the search measures")
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole, as model.named_modules() "
                    "gives them (e.g. layer1.0.conv1,fc)")

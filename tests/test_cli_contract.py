@@ -46,7 +46,7 @@ def npz(path: Path, x_train: np.ndarray, y_train: np.ndarray) -> Path:
 @pytest.mark.parametrize("option, value", [
     ("--threads", "0"), ("--threads", "-1"), ("--warmup", "0"), ("--repeats", "0"), ("--repeats", "100000000"),
     ("--max-candidates", "0"), ("--batch-size", "0"), ("--epochs", "0"), ("--steps", "-3"), ("--round-to", "0"),
-    ("--tol", "0"), ("--tol", "-0.1"), ("--tol", "1.5"), ("--alpha", "2"), ("--temperature", "0"),
+    ("--tol", "0"), ("--tol", "-0.1"), ("--tol", "0.02"), ("--tol", "1.5"), ("--alpha", "2"), ("--temperature", "0"),
     ("--lr", "0"), ("--num-classes", "0"), ("--pgd-steps", "0"), ("--slimming-lambda", "-1"), ("--repeats", "many"),
 ])
 def test_out_of_range_option_is_one_line_naming_its_range(files: dict[str, Path], tmp_path: Path,

@@ -15,12 +15,14 @@ from edgeprune import bounds
 from edgeprune.bounds import Bound
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.budget import parse_budget
+from edgeprune.pipeline.search.objective import LatencyObjective
 
-#: a field's CLI option and its allowed range
+#: a field's CLI option and its allowed range. The tolerance must leave room above the latency
+#: objective's drift allowance: a candidate counts only when decided that far under the budget
 BOUNDS: dict[str, tuple[str, Bound]] = {
     "threads": ("--threads", bounds.THREADS),
     "round_to": ("--round-to", bounds.count(1024)),
-    "tol": ("--tol", Bound(float, 0, 1, lo_open=True, hi_open=True)),
+    "tol": ("--tol", Bound(float, LatencyObjective.drift, 1, lo_open=True, hi_open=True)),
     "warmup": ("--warmup", bounds.WARMUP),
     "repeats": ("--repeats", bounds.REPEATS),
     "max_candidates": ("--max-candidates", bounds.count(100)),
@@ -43,7 +45,7 @@ class Settings:
     threads: int = 1
     method: str = "l1"
     round_to: int = 16
-    tol: float = 0.05  # accept a candidate decided within the budget and at most 5% under it
+    tol: float = 0.05  # stop at a candidate decided 2% (the drift allowance) to 5% under the budget
     warmup: int = 10
     repeats: int = 50
     max_candidates: int = 8

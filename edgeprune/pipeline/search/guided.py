@@ -228,7 +228,8 @@ class Guided:
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value
-        floor, goal = budget * (1.0 - self.tol), budget * (1.0 - self.tol / 2)
+        floor = budget * (1.0 - self.tol)
+        goal = (floor + budget * (1.0 - self.objective.drift)) / 2  # the middle of the window a candidate may stop in
         full_plan = self.guide.propose(self.guide.cost.total)[1]
         self.over = _Measured(full_plan, Point(0.0, self.guide.cost.total, baseline_value), Evaluation(baseline_value))
         narrowest = widths_key(self.guide.propose(0.0)[1])

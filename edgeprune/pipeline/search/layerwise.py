@@ -231,7 +231,7 @@ class LayerwiseSearch:
     def run(self) -> SearchResult:
         budget = self.objective.budget.value
         floor = budget * (1.0 - self.tol)
-        goal = budget * (1.0 - self.tol / 2)
+        goal = (floor + budget * (1.0 - self.objective.drift)) / 2
         target = goal
         steps: list[Step] = []
         points: list[Point] = []

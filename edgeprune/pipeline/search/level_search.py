@@ -5,9 +5,9 @@ params counted). Between evaluations the search reasons in predicted-FLOPs space
 close to linear once widths are hardware-aligned: it interpolates between the nearest candidates
 over and under the budget (regula falsi) to pick the next target cost, then finds the level whose
 plan predicts that cost. When interpolation proposes a plan already seen it bisects the level
-interval instead. It stops as soon as a candidate is within the budget (decided under it:
-decision.py) and at least budget·(1−tol), or when no untried plan is left between the closest
-candidates over and under the budget. `--search uniform` runs it alone; the default search
+interval instead. It stops as soon as a candidate is within the budget (decided under it, with
+the objective's drift allowance: decision.py, objective.py) and at least budget·(1−tol), or when
+no untried plan is left between the closest candidates over and under the budget. `--search uniform` runs it alone; the default search
 (guided.py) starts with it and then fills the gap it leaves.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ class LevelSearch:
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value
-        floor = budget * (1.0 - self.tol)
+        floor, ceiling = budget * (1.0 - self.tol), budget * (1.0 - self.objective.drift)
         over = Point(0.0, self.cost.total, baseline_value)  # the tightest candidate known over budget
         under: Point | None = None  # the loosest candidate known within budget
         best: tuple[Plan, Evaluation] | None = None
@@ -98,7 +98,7 @@ class LevelSearch:
         steps: list[Step] = []
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
-            level = self._propose(over, under, budget * (1.0 - self.tol / 2), seen)
+            level = self._propose(over, under, (floor + ceiling) / 2, seen)
             if level is None:
                 stop = "no untried width configuration between the closest candidates over and under budget"
                 break
