@@ -154,14 +154,15 @@ def markdown(rep: dict[str, Any]) -> str:
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
-        "| # | level / lambda / fill steps | predicted | value | interval (95%), rounds | within budget |",
+        "| # | level / lambda / fill steps | predicted | value | decided on: ratio or ms [95% interval], rounds | within budget |",
         "|---:|---:|---:|---:|---:|:---:|",
     ]
     for s in rep["search"]["steps"]:
         scalar = (f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}" if "lambda" in s else f"+{s['fill']:.0f} steps")
         predicted = f"{s['predicted_flops'] / 1e6:.2f} MFLOPs" if "predicted_flops" in s else f"{s['predicted']:.4g}"
         d = s.get("decision")
-        interval = f"[{d['low']:.4g}, {d['high']:.4g}], {d['rounds']}{' (busy)' if d['was_busy'] else ''}" if d else "counted"
+        interval = (f"{d['estimate']:.4g} [{d['low']:.4g}, {d['high']:.4g}] vs {d['threshold']:.4g}, {d['rounds']}"
+                    f"{' (busy)' if d['was_busy'] else ''}" if d else "counted")
         lines.append(f"| {s['index']} | {scalar} | {predicted} | {s['value']:.4g} | {interval} | "
                      f"{'yes' if s['within_budget'] else 'undecided' if d and d['verdict'] == 'undecided' else 'no'} |")
     pred = rep["search"].get("predictor")
