@@ -128,7 +128,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     from edgeprune.pipeline.prune.methods import method_names
-    from edgeprune.pipeline.settings import DEPTHS, RECOVERIES, SEARCHES
+    from edgeprune.pipeline.search import SEARCHES
+    from edgeprune.pipeline.settings import DEPTHS, RECOVERIES, Settings
 
     p = _Parser(prog=prog, usage="%(prog)s MODEL --budget BUDGET [options]  |  %(prog)s SUBCOMMAND ...",
                 description="Prune MODEL physically until it meets --budget, measured on the target runtime.\n\n"
@@ -143,13 +144,12 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     _bounded(p, "--num-classes", bounds.count(), "classifier width for --arch (default: read from the state dict)")
     p.add_argument("--method", default="l1", choices=method_names(), help="channel importance")
     _setting(p, "round_to", "keep widths on multiples of this (16 suits CPU runtimes)")
-    _setting(p, "tol", "accept a candidate measured between the 3%% noise guard and this fraction under the budget")
+    _setting(p, "tol", "the search stops at a candidate decided between 2%% (a drift allowance) and this fraction under the budget")
     _setting(p, "max_candidates", "most pruned candidates the search measures")
     p.add_argument("--unprunable", default="", help="comma-separated layer names to leave whole, as model.named_modules() "
                    "gives them (e.g. layer1.0.conv1,fc)")
-    p.add_argument("--search", choices=SEARCHES, default="uniform",
-                   help="uniform: one global pruning level; layerwise: a width per layer from its sensitivity and its "
-                        "measured cost (needs --data)")
+    p.add_argument("--search", choices=SEARCHES.names(), default=Settings.search,
+                   help="; ".join(f"{name}: {SEARCHES.get(name).summary}" for name in SEARCHES.names()).replace("%", "%%"))
     p.add_argument("--depth", choices=DEPTHS, default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     _setting(p, "analysis_time_s", "seconds that finding what can be pruned may take; layers not analysed by then are "
@@ -243,7 +243,7 @@ def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None) ->
 
 
 def _summary_table(rep: dict) -> None:
-    from edgeprune.pipeline.report import noise_line, p90_ratio
+    from edgeprune.pipeline.report import busy_line, noise_line, p90_ratio
 
     b, f = rep["baseline"], rep["final"]
     t = Table(title=f"edgeprune: budget {rep['budget']['describe']} -> {'MET' if rep['budget']['met'] else 'MISSED'}")
@@ -260,10 +260,15 @@ def _summary_table(rep: dict) -> None:
         t.add_row(acc["metric"], f"{acc['baseline']:.4f}", f"{after if after is not None else acc['pruned']:.4f}",
                   f"pruned {acc['pruned']:.4f}")
     Console().print(t)
-    Console().print(f"speed-up x{rep['speedup']:.2f} (ratio of medians; {rep['runtime']['runtime']}, {rep['runtime']['threads']} "
-                    f"thread(s), interleaved, n={fl['n']}); {rep['search']['candidates_measured']} candidates measured")
+    d = rep["budget"].get("decision")
+    how = (f"median ratio of {d['rounds']} interleaved rounds, 95% interval [{d['low']:.3f}, {d['high']:.3f}]" if d and d["relative"]
+           else "ratio of the interleaved medians")
+    Console().print(f"speed-up x{rep['speedup']:.2f} ({how}; {rep['runtime']['runtime']}, {rep['runtime']['threads']} "
+                    f"thread(s), n={fl['n']}); {rep['search']['candidates_measured']} candidates measured")
     if noise_line(rep):
         Console().print(f"[bold yellow]warning:[/] {noise_line(rep)}", highlight=False)
+    if busy_line(rep):
+        Console().print(f"note: {busy_line(rep)}", highlight=False)
 
 
 def _load_runtime(name: str, threads: int):  # noqa: ANN202 - returns a Runtime

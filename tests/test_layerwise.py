@@ -43,12 +43,17 @@ class TwoBranches(nn.Module):
         return self.ha(torch.relu(self.a(x)).mean((2, 3))) + self.hb(torch.relu(self.b(x)).mean((2, 3)))
 
 
-def test_sensitivity_is_monotone_and_finds_the_layer_that_matters() -> None:
+def two_branches() -> tuple[nn.Module, object, dict, dict]:
+    """A seeded `TwoBranches`, its pruning space, L1 scores and sensitivity at widths of 8."""
     torch.manual_seed(0)
     model = TwoBranches().eval()
     space = discover(model, X)
     scores = get_method("l1").scores(model, space, X)
-    sens = sensitivity.sensitivity(model, space, scores, X, torch.randn(64, 3, 32, 32), round_to=8)
+    return model, space, scores, sensitivity.sensitivity(model, space, scores, X, torch.randn(64, 3, 32, 32), round_to=8)
+
+
+def test_sensitivity_is_monotone_and_finds_the_layer_that_matters() -> None:
+    model, space, scores, sens = two_branches()
     for drops in sens.values():
         widths = sorted(drops)
         assert all(drops[w1] >= drops[w2] for w1, w2 in zip(widths, widths[1:]))  # non-increasing in width
@@ -177,6 +182,7 @@ class FakeRuntime:
     artifact_format = "onnx"
     atol = rtol = 1e-3
     OVERHEAD_MS = 0.05
+    cpu_time_is_latency = False  # its "times" are computed, not timed
 
     def __init__(self) -> None:
         from edgeprune.runtime_bench import get_runtime

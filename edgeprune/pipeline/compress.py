@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle, check_fits, load_data
+from edgeprune.pipeline.decision import UNDECIDED, UNDER, Decision, too_noisy
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
 from edgeprune.pipeline.prune import blocks as blocks_mod
@@ -36,9 +38,7 @@ from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
-from edgeprune.pipeline.search import latency_table, layerwise, sensitivity
-from edgeprune.pipeline.search.cost_model import CostModel
-from edgeprune.pipeline.search.level_search import LevelSearch, Step
+from edgeprune.pipeline.search import SEARCHES, SearchContext
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 
@@ -147,15 +147,11 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
                 log("  the unpruned model already meets the budget: exporting it unpruned")
                 plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
                 return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-            objective = _objective(budget, measurer, inputs)
-            if settings.search == "layerwise":
-                return _layerwise(model, inputs, space, scores, objective, baseline_d, data, settings, stage, log, budget, measurer)
-            searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
-                                   settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
-                                   ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
-                                   blocks_by_threshold=method.blocks_on_unit_scale)
-            result = searcher.run(baseline_value)
-            return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
+            cache_key = {"model_sha256": _weights_sha256(model), "scores": scores_d, "round_to": settings.round_to,
+                         "data": str(settings.data), "input_shape": [list(t.shape) for t in inputs]}  # no budget: other budgets reuse it
+            ctx = SearchContext(model, inputs, space, scores, _objective(budget, measurer, inputs, settings.tol), budget, baseline_d,
+                                baseline_value, measurer, settings, method, block_scores, data, stage, log, cache_key)
+            return SEARCHES.create(settings.search).run(ctx)
 
         search_d = stage("search", search)
         plan, dropped = space_mod.verified_plan(model, inputs, Plan.from_dict(search_d["plan"]))
@@ -183,16 +179,18 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         plan.save(run.path("plan.json"))
         torch.save(pruned, run.path("model.pt"))
         torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-        final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget))
+        final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget, settings.tol))
         met = _met(budget, final_d)
         runtime_acc = None
         if runtime.reduced_precision and data is not None and metric_name == "top1":
             runtime_acc = stage("runtime_accuracy", lambda: measurer.runtime_top1(measurer.load("model"), pruned, data.val))
             log(f"  top-1 on {settings.runtime} vs PyTorch over {runtime_acc['images']} images: "
                 f"{runtime_acc['runtime_top1']:.4f} vs {runtime_acc['pytorch_top1']:.4f}")
+        decision = Decision.from_dict(final_d["decision"])
+        ratio = decision.describe() if decision.relative else f"{1 / final_d['speedup']:.3f}"
         log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
-            f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: "
-            f"{'MET' if met else 'MISSED'}{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
+            f"(ratio {ratio}, x{final_d['speedup']:.2f}), budget {budget.describe()}: {'MET' if met else 'MISSED'}{_busy(decision)}"
+            f"{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
 
         rep = report_mod.assemble(
             model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape),
@@ -266,55 +264,6 @@ def _noisy(stats: LatencyStats | None) -> str:
     return f" [noisy: {noise}]" if noise else ""
 
 
-def _layerwise(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], space: space_mod.PruningSpace, scores: dict[str, np.ndarray],
-               objective: Objective, baseline: dict[str, Any], data: DataBundle, s: Settings, stage: Callable[..., dict[str, Any]],
-               log: Progress, budget: Budget, measurer: TargetMeasurer) -> dict[str, Any]:
-    """The layerwise search (search/layerwise.py): sensitivity, the cost predictor and its held-out
-    error as resumable stages; a latency budget is predicted from the per-layer latency table."""
-    key = {"model_sha256": _weights_sha256(model), "scores": {g: v.tolist() for g, v in scores.items()}, "round_to": s.round_to,
-           "data": str(s.data), "input_shape": [list(t.shape) for t in inputs]}  # the budget is not in it: other budgets reuse the map
-    calibration = data.calibration(sensitivity.calibration_images(inputs[0]))
-    sens_d = stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in
-                                           sensitivity.sensitivity(model, space, scores, inputs, calibration, s.round_to).items()}, key=key)
-    sens = {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
-    block_drops: dict[str, float] = {}
-    if s.depth == "on":
-        block_drops = stage("block_sensitivity", lambda: sensitivity.block_sensitivity(
-            model, [b.name for b in blocks_mod.find_blocks(model, inputs)], calibration), key=key)
-        log(f"  {len(block_drops)} removable residual blocks in the trade-off")
-    cost = CostModel(model, space, inputs)
-    sizes = {g.id: g.size for g in space.groups}
-    value = _figure(budget, baseline)
-    predictor: dict[str, Any] = {"kind": "latency_table" if budget.is_latency else "cost_table"}
-    if budget.is_latency:
-        table_d = stage("latency_table", lambda: latency_table.build(model, inputs, cost, measurer.runtime, value,
-                                                                    baseline["latency_ms"]["median"], s.round_to, on_entry=log).to_dict())
-        plans = layerwise.calibration_plans(sens, list(block_drops))
-        ratios = stage("latency_calibration", lambda: {"ratios": [v / value for v in layerwise.measure_plans(
-            model, inputs, space, scores, plans, objective, "calibration")]}, key=key | {"runtime": measurer.runtime.settings()})["ratios"]
-        lat = latency_table.LatencyTable.from_dict(table_d)
-        lat = lat.calibrated(plans, ratios, sizes, cost)
-        a, b, c = lat.coefficients or lat.uncalibrated()
-        predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
-        log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")
-        predict: layerwise.Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
-    else:
-        table_d = stage("cost_table", lambda: layerwise.build_cost_table(model, inputs, space, scores, sens, objective, value, cost, log).to_dict())
-        counted = layerwise.CostTable.from_dict(table_d)
-        predict = lambda widths, removed: counted.predict(widths, cost, removed)  # noqa: E731
-    held = stage("predictor_held_out", lambda: {"rows": layerwise.predictor_error(model, inputs, space, scores, sens, predict, objective,
-                                                                                  list(block_drops))})["rows"]
-    errors = ", ".join(f"{r['error']:+.1%}" for r in held)
-    log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
-    searcher = layerwise.LayerwiseSearch(model, inputs, space, scores, sens, predict, objective, s.tol, s.max_candidates,
-                                         on_step=lambda st: log(_step_line(st, budget, s.max_candidates)), block_drops=block_drops)
-    result = searcher.run()
-    measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
-                 "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]
-    return {"plan": result.plan.to_dict(), "steps": [st.to_dict() for st in result.steps], "stop_reason": result.stop_reason,
-            "predictor": predictor | {"held_out": held, "candidates": measured}}
-
-
 def _prepared(method: Importance, model: torch.nn.Module, space: space_mod.PruningSpace, inputs: tuple[torch.Tensor, ...],
               data: DataBundle | None, goal: Goal, run: RunDir, stage: Callable[..., dict[str, Any]]) -> torch.nn.Module:
     """The method's prepared copy of the model (e.g. sparsity-trained), its weights kept in the run
@@ -370,11 +319,13 @@ def _weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...]) -> Objective:
+def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], tol: float) -> Objective:
+    """Counted figures are exact; latency is decided against the baseline stage's verified export,
+    and a machine whose noise is wider than the search's window (`tol`) stops the run."""
     if not budget.is_latency:
         return CountObjective(budget, inputs)
     reference = measurer.load("baseline") if budget.fraction is not None else None
-    return LatencyObjective(budget, measurer, reference)
+    return LatencyObjective(budget, measurer, reference, resolution=tol)
 
 
 #: the least time one measurement should spend in its timed loop: sub-millisecond models need
@@ -394,10 +345,9 @@ def _figure(budget: Budget, described: dict[str, Any]) -> float:
 
 
 def _met(budget: Budget, final_d: dict[str, Any]) -> bool:
-    """A relative budget is judged on the interleaved ratio, an absolute one on the final figure."""
+    """A latency budget is met when the final decision (decision.py) put the model under it."""
     if budget.is_latency:
-        base, final = (LatencyStats.from_dict(final_d[k]["latency_ms"]) for k in ("baseline", "final"))
-        return _latency_figure(budget, base, final) <= _budget_figure(budget)
+        return final_d["decision"]["verdict"] == UNDER
     return budget.met_by(_figure(budget, final_d["final"]))
 
 
@@ -420,45 +370,28 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
     }
 
 
-#: a final measurement this close to the budget is timed again (pooled) before the verdict
-FINAL_EDGE = 0.03
-
-
-def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
+def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget, tol: float) -> dict[str, Any]:
     """Export the pruned model and time it interleaved with the baseline stage's (already verified)
-    export, A B A B ...; a verdict within 3% of the budget is timed once more and the runs pooled."""
-    pair = [measurer.load("baseline"), measurer.prepare(pruned, "model")]
-    base_s, final_s = measurer.interleaved(pair)
-    remeasured = budget.is_latency and abs(_latency_figure(budget, base_s, final_s) / _budget_figure(budget) - 1.0) < FINAL_EDGE
-    if remeasured:
-        more_base, more_final = measurer.interleaved(pair)
-        base_s, final_s = base_s.merged(more_base), final_s.merged(more_final)
+    export until the rule that judged the search's candidates decides (decision.py). A verdict left
+    open by a noisy machine (an interval wider than `tol`, or one a busy machine's margin left open)
+    stops the run, to be resumed here on a quieter one; one left open at the budget itself on a
+    quiet machine is not a MET."""
+    base, final = measurer.load("baseline"), measurer.prepare(pruned, "model")
+    relative = budget.fraction is not None
+    threshold = float(budget.fraction) if relative else (budget.value if budget.is_latency else math.inf)
+    decision, final, base = measurer.decide(final, threshold, base, relative, budget.statistic)
+    assert base is not None and base.stats is not None and final.stats is not None
+    if budget.is_latency and decision.verdict == UNDECIDED and (decision.resolution > tol or decision.margin):
+        raise too_noisy(decision, "the final model")
     return {
-        "baseline": {"latency_ms": base_s.to_dict(with_runs=True)},
-        "final": _summary(pruned, dataclasses.replace(pair[1], stats=final_s), inputs) | {"remeasured": remeasured},
-        "speedup": base_s.median / final_s.median,
+        "baseline": {"latency_ms": base.stats.to_dict(with_runs=True)},
+        "final": _summary(pruned, final, inputs),
+        "speedup": 1.0 / decision.estimate if relative else base.stats.median / final.stats.median,
+        "decision": decision.to_dict(),
     }
 
 
-def _latency_figure(budget: Budget, base: LatencyStats, final: LatencyStats) -> float:
-    """What a latency budget judges: the ratio to the baseline (relative) or the final time (absolute)."""
-    stat = "p90" if budget.statistic == "p90" else "median"
-    if budget.fraction is not None:
-        return getattr(final, stat) / getattr(base, stat)
-    return getattr(final, stat)
-
-
-def _budget_figure(budget: Budget) -> float:
-    return budget.fraction if budget.fraction is not None else budget.value
-
-
-def _step_line(step: Step, budget: Budget, limit: int) -> str:
-    ev = step.evaluation
-    unit = "ms" if budget.is_latency else budget.metric
-    mark = "within" if step.within_budget else "over"
-    extra = " (re-measured)" if ev.remeasured else ""
-    predicted = (f"{step.predicted_flops / 1e6:.1f} MFLOPs" if step.scalar == "level"
-                 else f"{step.predicted_flops:.4g} {unit}")  # the layerwise search predicts the budget's own figure
-    return (f"  candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}, predicted {predicted} "
-            f"-> {ev.value:.4g} {unit}{extra}, {mark} budget {budget.value:.4g} ({step.seconds:.1f}s)"
-            f"{_noisy(ev.measurement.stats if ev.measurement is not None else None)}")
+def _busy(d: Decision) -> str:
+    """' [measured while busy: ...]' for a progress line, '' for a quiet decision."""
+    return (f" [measured while busy: other processes used {d.busy:.0%} of the CPUs, {d.cpu_rounds} of {d.rounds} rounds judged "
+            "on CPU time]" if d.was_busy else "")

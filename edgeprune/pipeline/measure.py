@@ -19,6 +19,7 @@ from edgeprune.errors import EdgepruneError
 
 from edgeprune.exporters import OnnxExporter, get_exporter
 from edgeprune.exporters.base import Artifact
+from edgeprune.pipeline.decision import MIN_CHUNK, ROUNDS, Decision, decide
 from edgeprune.runtime_bench import LatencyStats, Runtime
 from edgeprune.runtime_bench.base import interleave
 
@@ -131,6 +132,16 @@ class TargetMeasurer:
             raise EdgepruneError("the validation data is empty; nothing to evaluate the runtime's accuracy on")
         return {"images": seen, "pytorch_top1": torch_hits / seen, "runtime_top1": runtime_hits / seen,
                 "delta": (runtime_hits - torch_hits) / seen}
+
+    def decide(self, candidate: Measurement, threshold: float, reference: Measurement | None = None, relative: bool = True,
+               statistic: str = "median") -> tuple[Decision, Measurement, Measurement | None]:
+        """Over or under `threshold`, timed in rounds interleaved with `reference` until a confidence
+        interval decides (decision.py); each measurement comes back with its pooled runs."""
+        d, stats, ref_stats = decide(self.runtime, candidate.session, self.inputs_np, threshold,
+                                     None if reference is None else reference.session, relative, statistic, self.warmup,
+                                     chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)))
+        ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
+        return d, dataclasses.replace(candidate, stats=stats), ref
 
     def interleaved(self, measurements: Sequence[Measurement], rounds: int = 10) -> list[LatencyStats]:
         """Time several loaded models alternately (A B A B ...), the protocol for comparing them."""

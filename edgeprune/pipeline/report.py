@@ -26,7 +26,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "settings": dataclasses.asdict(settings),
         "runtime": runtime | {"statistic": budget.statistic},
         "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
-                   "describe": budget.describe(), "met": met},
+                   "describe": budget.describe(), "met": met, "decision": final.get("decision")},
         "baseline": final["baseline"] | {k: baseline[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
         "final": final["final"],
         "speedup": final["speedup"],
@@ -38,13 +38,34 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "data": data,
         "recovery": recovery,
         "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": len(search["steps"]),
-                   "stop_reason": search["stop_reason"], "predictor": search.get("predictor")},
+                   "stop_reason": search["stop_reason"], "predictor": search.get("predictor"), "guide": search.get("guide"),
+                   "busy": busy_summary(search["steps"], final.get("decision"))},
         "groups": group_rows(space, plan),
         "removed_blocks": list(plan.removed_blocks),
         "left_whole": left_whole,
         "timings_s": timings,
         "environment": environment.describe(),
     }
+
+
+def busy_summary(steps: list[dict[str, Any]], final: dict[str, Any] | None) -> dict[str, Any]:
+    """Which latency decisions were taken while other processes used the CPU (decision.py): they
+    were re-measured (at least twice the rounds) and their waiting rounds judged on CPU time."""
+    busy = [s["index"] for s in steps if (s.get("decision") or {}).get("was_busy")]
+    return {"candidates": busy, "final": bool(final and final.get("was_busy")),
+            "most_busy": max([(s.get("decision") or {}).get("busy", 0.0) for s in steps] + [(final or {}).get("busy", 0.0)])}
+
+
+def busy_line(rep: dict[str, Any]) -> str | None:
+    """One sentence saying the machine was busy while the search or the final timing measured, or None."""
+    b = rep["search"].get("busy") or {}
+    if not b.get("candidates") and not b.get("final"):
+        return None
+    parts = ([f"candidate{'s' if len(b['candidates']) > 1 else ''} {', '.join(map(str, b['candidates']))}"] if b["candidates"] else [])
+    which = " and ".join(parts + (["the final timing"] if b["final"] else []))
+    return (f"measured while the machine was busy ({which}; other processes used up to {b['most_busy']:.0%} of "
+            "the CPUs): those decisions took at least twice the rounds, and rounds in which the process waited for a CPU "
+            "were judged on its CPU time")
 
 
 def noise_line(rep: dict[str, Any]) -> str | None:
@@ -127,21 +148,25 @@ def markdown(rep: dict[str, Any]) -> str:
         f"| parameters | {b['params'] / 1e6:.4f} M | {f['params'] / 1e6:.4f} M | {f['params'] / b['params']:.3f} |",
         f"| ONNX file | {b['onnx_bytes'] / 1e6:.2f} MB | {f['onnx_bytes'] / 1e6:.2f} MB | {f['onnx_bytes'] / b['onnx_bytes']:.3f} |",
         "",
-        f"Speed-up x{rep['speedup']:.2f} (ratio of the interleaved medians). ONNX output matches PyTorch within "
+        f"Speed-up x{rep['speedup']:.2f}{_decision_text(rep)}. ONNX output matches PyTorch within "
         f"{f['max_abs_diff']:.2e} (max abs diff).",
         "",
         *([f"**Warning: {noise_line(rep)}.**", ""] if noise_line(rep) else []),
+        *([f"Note: {busy_line(rep)}.", ""] if busy_line(rep) else []),
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
-        "| # | level / lambda | predicted | value | within budget |",
-        "|---:|---:|---:|---:|:---:|",
+        "| # | level / lambda / fill steps | predicted | value | decided on: ratio or ms [95% interval], rounds | within budget |",
+        "|---:|---:|---:|---:|---:|:---:|",
     ]
     for s in rep["search"]["steps"]:
-        scalar = f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}"
+        scalar = (f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}" if "lambda" in s else f"+{s['fill']:.0f} steps")
         predicted = f"{s['predicted_flops'] / 1e6:.2f} MFLOPs" if "predicted_flops" in s else f"{s['predicted']:.4g}"
-        lines.append(f"| {s['index']} | {scalar} | {predicted} | {s['value']:.4g}"
-                     f"{' (re-measured)' if s['remeasured'] else ''} | {'yes' if s['within_budget'] else 'no'} |")
+        d = s.get("decision")
+        interval = (f"{d['estimate']:.4g} [{d['low']:.4g}, {d['high']:.4g}] vs {d['threshold']:.4g}, {d['rounds']}"
+                    f"{' (busy)' if d['was_busy'] else ''}" if d else "counted")
+        lines.append(f"| {s['index']} | {scalar} | {predicted} | {s['value']:.4g} | {interval} | "
+                     f"{'yes' if s['within_budget'] else 'undecided' if d and d['verdict'] == 'undecided' else 'no'} |")
     pred = rep["search"].get("predictor")
     if pred:
         held = ", ".join(f"{r['error']:+.1%}" for r in pred["held_out"])
@@ -164,6 +189,16 @@ def markdown(rep: dict[str, Any]) -> str:
     lines += ["## Environment", "", f"{env['cpu']}, {env['cores']} cores, {env['date']}; "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     return "\n".join(lines)
+
+
+def _decision_text(rep: dict[str, Any]) -> str:
+    """How the final verdict was reached, for the report's speed-up sentence."""
+    d = rep["budget"].get("decision")
+    if not d:
+        return ""
+    what = "ratio to the baseline" if d["relative"] else "median latency"
+    return (f"; {what} {d['estimate']:.4g}, between {d['low']:.4g} and {d['high']:.4g} (95%, {d['rounds']} rounds interleaved "
+            f"with the baseline): {d['verdict']} the budget's {d['threshold']:.4g}")
 
 
 def _accuracy_lines(rep: dict[str, Any]) -> list[str]:

@@ -18,11 +18,11 @@ from edgeprune.pipeline.budget import parse_budget
 from edgeprune.pipeline.search.objective import LatencyObjective
 
 #: a field's CLI option and its allowed range. The tolerance must leave room above the latency
-#: noise guard: a candidate counts only when measured more than the guard under the budget
+#: objective's drift allowance: a candidate counts only when decided that far under the budget
 BOUNDS: dict[str, tuple[str, Bound]] = {
     "threads": ("--threads", bounds.THREADS),
     "round_to": ("--round-to", bounds.count(1024)),
-    "tol": ("--tol", Bound(float, LatencyObjective.guard, 1, lo_open=True, hi_open=True)),
+    "tol": ("--tol", Bound(float, LatencyObjective.drift, 1, lo_open=True, hi_open=True)),
     "warmup": ("--warmup", bounds.WARMUP),
     "repeats": ("--repeats", bounds.REPEATS),
     "max_candidates": ("--max-candidates", bounds.count(100)),
@@ -36,7 +36,6 @@ BOUNDS: dict[str, tuple[str, Bound]] = {
     "analysis_time_s": ("--analysis-time", bounds.POSITIVE),
 }
 RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
-SEARCHES = ("uniform", "layerwise")
 DEPTHS = ("off", "on", "only")
 
 
@@ -47,7 +46,7 @@ class Settings:
     threads: int = 1
     method: str = "l1"
     round_to: int = 16
-    tol: float = 0.08  # accept candidates 3% (the noise guard) to 8% under the budget
+    tol: float = 0.05  # stop at a candidate decided 2% (the drift allowance) to 5% under the budget
     warmup: int = 10
     repeats: int = 50
     max_candidates: int = 8
@@ -65,18 +64,19 @@ class Settings:
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
-    search: str = "uniform"  # "uniform": one global level; "layerwise": a width per group from sensitivity x cost table
+    search: str = "guided"  # a registered Search (search/__init__.py): guided (the default), uniform, layerwise
     analysis_time_s: float = 60.0  # discovering the pruning space; what is not analysed by then is left whole
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""
         from edgeprune.pipeline.prune.methods.base import METHODS
+        from edgeprune.pipeline.search import SEARCHES
 
         parse_budget(self.budget)
         for name, (option, bound) in BOUNDS.items():
             bound.check(option, getattr(self, name))
         self.unprunable = tuple(self.unprunable)
-        for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, SEARCHES),
+        for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, tuple(SEARCHES.names())),
                                        ("--depth", self.depth, DEPTHS)):
             if value is not None and value not in allowed:
                 raise EdgepruneError(f"{option} {value!r}: use one of {', '.join(allowed)}")
@@ -87,9 +87,9 @@ class Settings:
             raise EdgepruneError(f"--recover {self.recovery} needs training data; pass --data or --recover none")
         if self.depth != "off" and self.data is None:
             raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
-        if self.search == "layerwise" and (self.data is None or self.depth == "only"):
-            raise EdgepruneError("--search layerwise needs --data (its sensitivity is measured on calibration images) "
-                                 "and --depth off or on (for blocks alone use --search uniform --depth only)")
+        refused = SEARCHES.get(self.search).refuse(self)
+        if refused:
+            raise EdgepruneError(refused)
         if self.data is None and self.metric is not None:
             raise EdgepruneError("--metric needs --data to evaluate on")
 

@@ -31,6 +31,13 @@ class LatencyStats:
     other_cpu_s: float = 0.0  # CPU seconds other processes used during the timed loop
     runs_ms: tuple[float, ...] = ()
     cpus: int = 0  # logical CPUs of the host that measured (0: unknown)
+    #: per run, the CPU time the measuring process spent (ms), parallel to `runs_ms`; empty where the
+    #: runtime's own clock times the runs (CUDA events). A run whose wall time exceeds it waited for
+    #: the CPU: another process had taken it (decision.py judges such rounds on CPU time)
+    cpu_ms: tuple[float, ...] = ()
+    #: wall seconds of the whole timed loop (0: unknown, then the runs' sum stands for it): other
+    #: processes' CPU time is a share of this window, which also holds the waits between runs
+    window_s: float = 0.0
 
     @property
     def spread(self) -> float:
@@ -40,7 +47,7 @@ class LatencyStats:
     @property
     def busy(self) -> float:
         """The share of the measuring host's CPU capacity that other processes used while we timed."""
-        timed_s = sum(self.runs_ms) / 1e3
+        timed_s = self.window_s or sum(self.runs_ms) / 1e3
         return self.other_cpu_s / (timed_s * self.cpus) if self.cpus and timed_s > 0 else 0.0
 
     @property
@@ -58,7 +65,8 @@ class LatencyStats:
         return "; ".join(reasons) or None
 
     @classmethod
-    def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0, cpus: int = 0) -> "LatencyStats":
+    def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0, cpus: int = 0,
+                  cpu_ms: Sequence[float] = (), window_s: float = 0.0) -> "LatencyStats":
         arr = np.asarray(runs_ms, dtype=np.float64)
         return cls(
             median=float(np.median(arr)),
@@ -70,18 +78,23 @@ class LatencyStats:
             other_cpu_s=other_cpu_s,
             runs_ms=tuple(float(v) for v in arr),
             cpus=cpus,
+            cpu_ms=tuple(float(v) for v in cpu_ms) if len(cpu_ms) == arr.size else (),
+            window_s=window_s,
         )
 
     def merged(self, other: "LatencyStats") -> "LatencyStats":
         """Pool the runs of two measurements of the same model (a re-measure at the budget edge)."""
         return LatencyStats.from_runs(
-            self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s, self.cpus or other.cpus
+            self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s, self.cpus or other.cpus,
+            self.cpu_ms + other.cpu_ms if self.cpu_ms and other.cpu_ms else (),
+            self.window_s + other.window_s if self.window_s and other.window_s else 0.0,
         )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
         """Back from `to_dict(with_runs=True)` (a stage file, a remote agent's answer)."""
-        return cls.from_runs(d["runs_ms"], d["warmup"], d.get("other_cpu_s", 0.0), d.get("cpus", 0))
+        return cls.from_runs(d["runs_ms"], d["warmup"], d.get("other_cpu_s", 0.0), d.get("cpus", 0), d.get("cpu_ms", ()),
+                             d.get("window_s", 0.0))
 
     def to_dict(self, with_runs: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -90,6 +103,7 @@ class LatencyStats:
         d["noise"] = self.noise
         if not with_runs:
             d.pop("runs_ms")
+            d.pop("cpu_ms")
         return d
 
 
@@ -100,7 +114,9 @@ NOISY_BUSY = 0.5
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats:
-    """Time `fn` after `warmup` untimed calls; also records the CPU time other processes used.
+    """Time `fn` after `warmup` untimed calls; also records the CPU time other processes used, and
+    per run the CPU time this process spent (its clock read outside the wall-clock interval, so the
+    wall times stay those of `fn` alone).
 
     Runtimes whose clock is not the host's (CUDA events) implement their own loop instead.
     """
@@ -109,13 +125,18 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats
     me = psutil.Process()
     busy0 = _busy_cpu_s()
     own0 = sum(me.cpu_times()[:2])
-    runs = []
+    runs, cpu = [], []
+    start = time.perf_counter()
     for _ in range(repeats):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         fn()
-        runs.append((time.perf_counter() - t0) * 1e3)
+        t1 = time.perf_counter()
+        cpu.append((time.process_time() - c0) * 1e3)
+        runs.append((t1 - t0) * 1e3)
+    window = time.perf_counter() - start
     other = max(0.0, (_busy_cpu_s() - busy0) - (sum(me.cpu_times()[:2]) - own0))
-    return LatencyStats.from_runs(runs, warmup, other, psutil.cpu_count() or 0)
+    return LatencyStats.from_runs(runs, warmup, other, psutil.cpu_count() or 0, cpu, window)
 
 
 def interleave(
@@ -162,6 +183,9 @@ class Runtime(abc.ABC):
     #: how far its outputs may be from PyTorch's (atol + rtol x max|output|) for its latency to count
     atol: float = 1e-3
     rtol: float = 1e-3
+    #: one inference runs to completion on this process's threads, without waiting on a device or
+    #: another host: with one thread, its CPU time is then its latency undisturbed by other processes
+    cpu_bound: bool = False
 
     def __init__(self, threads: int = 1) -> None:
         self.threads = threads
@@ -202,6 +226,12 @@ class Runtime(abc.ABC):
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
         """Latency of one inference: `warmup` untimed runs, then `repeats` timed ones."""
         return time_calls(lambda: self.run(session, inputs), warmup, repeats)
+
+    @property
+    def cpu_time_is_latency(self) -> bool:
+        """Whether a run's process CPU time stands for its latency when another process took the
+        CPU during it: one thread, computing on this host (decision.py)."""
+        return self.cpu_bound and self.on_host and self.threads == 1
 
     def settings(self) -> dict[str, Any]:
         """What the report records about how this runtime was configured."""

@@ -33,6 +33,7 @@ class OrtCpuRuntime(Runtime):
     name = "ort-cpu"
     artifact_format = "onnx"
     provider = _PROVIDER
+    cpu_bound = True  # one intra-op thread computes on the calling thread
 
     def available(self) -> tuple[bool, str]:
         try:

@@ -15,6 +15,7 @@ from edgeprune.runtime_bench.registry import register
 class OrtCudaRuntime(OrtCpuRuntime):
     name = "ort-cuda"
     provider = "CUDAExecutionProvider"
+    cpu_bound = False  # the host thread waits for the GPU
 
     def available(self) -> tuple[bool, str]:
         ok, why = super().available()

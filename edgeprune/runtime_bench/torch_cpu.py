@@ -22,6 +22,7 @@ class TorchCpuRuntime(Runtime):
     name = "torch-cpu"
     artifact_format = "torch"
     device = "cpu"
+    cpu_bound = True
 
     def available(self) -> tuple[bool, str]:
         return True, ""

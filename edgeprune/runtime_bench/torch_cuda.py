@@ -21,6 +21,7 @@ from edgeprune.runtime_bench.torch_cpu import TorchCpuRuntime
 class TorchCudaRuntime(TorchCpuRuntime):
     name = "torch-cuda"
     device = "cuda"
+    cpu_bound = False  # the host thread waits for the GPU
 
     def available(self) -> tuple[bool, str]:
         if not torch.cuda.is_available():

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -41,7 +40,7 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
 from edgeprune.pipeline.search.cost_model import CostModel
-from edgeprune.pipeline.search.level_search import SearchResult, Step
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, timed_step
 from edgeprune.pipeline.search.objective import Objective
 from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 
@@ -231,8 +230,8 @@ class LayerwiseSearch:
 
     def run(self) -> SearchResult:
         budget = self.objective.budget.value
-        floor, ceiling = budget * (1.0 - self.tol), budget * (1.0 - self.objective.guard)
-        goal = (floor + ceiling) / 2
+        floor = budget * (1.0 - self.tol)
+        goal = (floor + budget * (1.0 - self.objective.drift)) / 2
         target = goal
         steps: list[Step] = []
         points: list[Point] = []
@@ -248,23 +247,21 @@ class LayerwiseSearch:
             tried.add(self._key(widths, removed))
             predicted = self.predict(widths, removed)
             plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
-            t0 = time.perf_counter()
-            pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
-            ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
-            ok = ev.value <= ceiling
-            step = Step(index, lam, predicted, ev, ok, time.perf_counter() - t0, scalar="lambda")
+            step = timed_step(index, lam, predicted, lambda: self.objective.evaluate(
+                apply(copy.deepcopy(self.model), plan, self.example_inputs), f"candidate_{index:02d}"), "lambda", "budget")
+            ev = step.evaluation
             steps.append(step)
             points.append(Point(lam, predicted, ev.value))
             self.on_step(step)
-            if ok and (best is None or ev.value > best[1].value):
+            if step.within_budget and (best is None or ev.value > best[1].value):
                 best = (plan, ev)
-            if ok and ev.value >= floor:
-                stop = f"within tolerance ({self.objective.guard:.0%} to {self.tol:.0%} under budget)"
+            if step.within_budget and ev.value >= floor:
+                stop = f"within tolerance (at most {self.tol:.0%} under budget)"
                 break
             target = next_target(points, goal)
         if best is None:
             raise EdgepruneError(f"no layerwise candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
-                                 f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use --search uniform")
+                                 f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use the default search")
         return SearchResult(best[0], steps, best[1], stop)
 
     def _propose(self, target: float, points: Sequence[Point], goal: float, tried: set[tuple[Any, ...]]) -> tuple[float, Choice] | None:
@@ -325,3 +322,61 @@ def between(points: Sequence[Point], goal: float) -> float | None:
     if over is None or under is None or not 0.0 < over.lam < under.lam:
         return None
     return float(np.sqrt(over.lam * under.lam))
+
+
+@SEARCHES.register
+class Layerwise(Search):
+    """`--search layerwise`: sensitivity, the cost predictor and its held-out error as resumable
+    stages, then `LayerwiseSearch`; a latency budget is predicted from the per-layer latency table."""
+
+    name = "layerwise"
+    summary = "a width per layer from its sensitivity and its cost in a per-layer latency table (needs --data)"
+
+    @classmethod
+    def refuse(cls, settings: Any) -> str | None:
+        if settings.data is None or settings.depth == "only":
+            return ("--search layerwise needs --data (its sensitivity is measured on calibration images) "
+                    "and --depth off or on (for blocks alone use --search uniform --depth only)")
+        return None
+
+    def run(self, ctx: SearchContext) -> dict[str, Any]:
+        from edgeprune.pipeline.prune import blocks as blocks_mod
+        from edgeprune.pipeline.search import latency_table, sensitivity
+
+        s, model, inputs, space, scores, objective = ctx.settings, ctx.model, ctx.inputs, ctx.space, ctx.scores, ctx.objective
+        sens = sensitivity.of_run(ctx)
+        block_drops: dict[str, float] = {}
+        if s.depth == "on":
+            calibration = ctx.data.calibration(sensitivity.calibration_images(inputs[0]))
+            block_drops = ctx.stage("block_sensitivity", lambda: sensitivity.block_sensitivity(
+                model, [b.name for b in blocks_mod.find_blocks(model, inputs)], calibration), key=ctx.cache_key)
+            ctx.log(f"  {len(block_drops)} removable residual blocks in the trade-off")
+        cost = CostModel(model, space, inputs)
+        sizes = {g.id: g.size for g in space.groups}
+        value = ctx.baseline_value
+        predictor: dict[str, Any] = {"kind": "latency_table" if ctx.budget.is_latency else "cost_table"}
+        if ctx.budget.is_latency:
+            table_d = ctx.stage("latency_table", lambda: latency_table.build(
+                model, inputs, cost, ctx.measurer.runtime, value, ctx.baseline["latency_ms"]["median"], s.round_to, on_entry=ctx.log).to_dict())
+            plans = calibration_plans(sens, list(block_drops))
+            ratios = ctx.stage("latency_calibration", lambda: {"ratios": [v / value for v in measure_plans(
+                model, inputs, space, scores, plans, objective, "calibration")]}, key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings()})["ratios"]
+            lat = latency_table.LatencyTable.from_dict(table_d).calibrated(plans, ratios, sizes, cost)
+            a, b, c = lat.coefficients or lat.uncalibrated()
+            predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
+            ctx.log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")
+            predict: Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
+        else:
+            table_d = ctx.stage("cost_table", lambda: build_cost_table(model, inputs, space, scores, sens, objective, value, cost, ctx.log).to_dict())
+            counted = CostTable.from_dict(table_d)
+            predict = lambda widths, removed: counted.predict(widths, cost, removed)  # noqa: E731
+        held = ctx.stage("predictor_held_out", lambda: {"rows": predictor_error(model, inputs, space, scores, sens, predict, objective,
+                                                                                list(block_drops))})["rows"]
+        errors = ", ".join(f"{r['error']:+.1%}" for r in held)
+        ctx.log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
+        searcher = LayerwiseSearch(model, inputs, space, scores, sens, predict, objective, s.tol, s.max_candidates,
+                                   on_step=ctx.on_step, block_drops=block_drops)
+        result = searcher.run()
+        measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
+                     "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]
+        return result.to_dict() | {"predictor": predictor | {"held_out": held, "candidates": measured}}

@@ -5,17 +5,15 @@ params counted). Between evaluations the search reasons in predicted-FLOPs space
 close to linear once widths are hardware-aligned: it interpolates between the nearest candidates
 over and under the budget (regula falsi) to pick the next target cost, then finds the level whose
 plan predicts that cost. When interpolation proposes a plan already seen it bisects the level
-interval instead. It stops as soon as a candidate lands in [budget·(1−tol), budget], or when no
-untried plan is left between the closest candidates over and under the budget. A measured latency
-must clear the budget by the objective's noise guard (3%): a candidate at 99% of the budget on one
-measurement is over it on the next about as often as not, and on the shared 2-core machines the
-ratio of two models drifts 1-3% between runs (bench/README.md).
+interval instead. It stops as soon as a candidate is within the budget (decided under it, with
+the objective's drift allowance: decision.py, objective.py) and at least budget·(1−tol), or when
+no untried plan is left between the closest candidates over and under the budget. `--search uniform` runs it alone; the default search
+(guided.py) starts with it and then fills the gap it leaves.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,6 +24,7 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level, widths_key
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, timed_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Evaluation, Objective
 
@@ -33,40 +32,22 @@ MAX_LEVEL = 1.0  # every segment down to one width step
 
 
 @dataclasses.dataclass
-class Step:
-    index: int
-    level: float
-    predicted_flops: float
-    evaluation: Evaluation
-    within_budget: bool
-    seconds: float
-    #: what `level` is: the global pruning level, or the layerwise search's Lagrange multiplier
-    scalar: str = "level"
+class Point:
+    """A candidate evaluated: its scalar (level), predicted FLOPs and evaluated value."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            self.scalar: round(self.level, 6) if self.scalar == "level" else self.level,
-            ("predicted_flops" if self.scalar == "level" else "predicted"): self.predicted_flops,
-            "within_budget": self.within_budget,
-            "seconds": round(self.seconds, 3),
-            **self.evaluation.to_dict(),
-        }
-
-
-@dataclasses.dataclass
-class SearchResult:
-    plan: Plan
-    steps: list[Step]
-    evaluation: Evaluation
-    stop_reason: str
-
-
-@dataclasses.dataclass
-class _Point:
     level: float
     flops: float
     value: float
+
+
+def target_flops(over: Point, under: Point | None, target: float) -> float:
+    """The predicted FLOPs expected to evaluate at `target`: interpolated between the closest
+    candidates over and under it (regula falsi in predicted-FLOPs space), or, with none under yet,
+    the one over scaled down (cost roughly proportional to FLOPs)."""
+    if under is None:
+        return over.flops * target / over.value
+    slope = (over.value - under.value) / max(over.flops - under.flops, 1e-9)
+    return under.flops + (target - under.value) / slope if slope > 0 else (over.flops + under.flops) / 2
 
 
 class LevelSearch:
@@ -109,10 +90,9 @@ class LevelSearch:
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value
-        floor = budget * (1.0 - self.tol)
-        ceiling = budget * (1.0 - self.objective.guard)  # a measured value must clear the noise
-        over = _Point(0.0, self.cost.total, baseline_value)  # the tightest candidate known over budget
-        under: _Point | None = None  # the loosest candidate known within budget
+        floor, ceiling = budget * (1.0 - self.tol), budget * (1.0 - self.objective.drift)
+        over = Point(0.0, self.cost.total, baseline_value)  # the tightest candidate known over budget
+        under: Point | None = None  # the loosest candidate known within budget
         best: tuple[Plan, Evaluation] | None = None
         seen: dict[tuple[int, ...], float] = {widths_key(self.plan(0.0)): self.cost.total}
         steps: list[Step] = []
@@ -124,20 +104,18 @@ class LevelSearch:
                 break
             plan = self.plan(level)
             seen[widths_key(plan)] = self.cost.flops(plan)
-            t0 = time.perf_counter()
-            pruned = apply(copy.deepcopy(self.model), plan, self.example_inputs)
-            ev = self.objective.refine(self.objective.evaluate(pruned, f"candidate_{index:02d}"))
-            ok = ev.value <= ceiling
-            step = Step(index, level, self.cost.flops(plan), ev, ok, time.perf_counter() - t0)
+            step = timed_step(index, level, self.cost.flops(plan), lambda: self.objective.evaluate(
+                apply(copy.deepcopy(self.model), plan, self.example_inputs), f"candidate_{index:02d}"))
             steps.append(step)
             self.on_step(step)
-            point = _Point(level, step.predicted_flops, ev.value)
-            if ok:
+            ev = step.evaluation
+            point = Point(level, step.predicted_flops, ev.value)
+            if step.within_budget:
                 under = point
                 if best is None or ev.value > best[1].value:
                     best = (plan, ev)
                 if ev.value >= floor:
-                    stop = f"within tolerance ({self.objective.guard:.0%} to {self.tol:.0%} under budget)"
+                    stop = f"within tolerance (at most {self.tol:.0%} under budget)"
                     break
             else:
                 over = point
@@ -153,15 +131,11 @@ class LevelSearch:
             )
         return SearchResult(best[0], steps, best[1], stop)
 
-    def _propose(self, over: _Point, under: _Point | None, target: float, seen: dict) -> float | None:
+    def _propose(self, over: Point, under: Point | None, target: float, seen: dict) -> float | None:
         """The next level to try, strictly between `over` and `under`, whose plan is new."""
         hi_level = under.level if under else MAX_LEVEL
-        if under is None:
-            flops = over.flops * target / over.value  # cost roughly proportional to FLOPs
-        else:
-            slope = (over.value - under.value) / max(over.flops - under.flops, 1e-9)
-            flops = under.flops + (target - under.value) / slope if slope > 0 else (over.flops + under.flops) / 2
-        level = self._level_for(flops, over.level, hi_level)
+        flops = target_flops(over, under, target)
+        level = self.level_for(flops, over.level, hi_level)
         if self._is_new(level, seen):
             return level
         return self._nearest_new(flops, over.level, hi_level, seen, upper_inclusive=under is None)
@@ -175,7 +149,7 @@ class LevelSearch:
         flops = self.cost.flops(plan)
         return all(abs(flops - f) > 0.002 * f for f in seen.values())
 
-    def _level_for(self, flops: float, lo: float, hi: float) -> float:
+    def level_for(self, flops: float, lo: float, hi: float) -> float:
         """The smallest level in (lo, hi] whose predicted FLOPs are at most `flops` (widths are
         non-increasing in the level, so the predicted cost is monotone and bisection is sound)."""
         if self.cost.flops(self.plan(hi)) > flops:
@@ -194,3 +168,18 @@ class LevelSearch:
         levels = [lo + (hi - lo) * k / 256 for k in range(1, 257 if upper_inclusive else 256)]
         new = [lv for lv in levels if self._is_new(lv, seen)]
         return min(new, key=lambda lv: abs(self.cost.flops(self.plan(lv)) - flops), default=None)
+
+
+@SEARCHES.register
+class UniformSearch(Search):
+    """`--search uniform`: the global level alone (every group keeps the same fraction)."""
+
+    name = "uniform"
+    summary = "one global pruning level, binary-searched on measured latency"
+
+    def run(self, ctx: SearchContext) -> dict[str, Any]:
+        s = ctx.settings
+        searcher = LevelSearch(ctx.model, ctx.inputs, ctx.space, ctx.scores, ctx.objective, s.round_to, s.method, s.tol,
+                               s.max_candidates, on_step=ctx.on_step, ranking=ctx.method.ranking, depth=s.depth,
+                               block_scores=ctx.block_scores, blocks_by_threshold=ctx.method.blocks_on_unit_scale)
+        return searcher.run(ctx.baseline_value).to_dict()

@@ -12,7 +12,7 @@ never counts as more harmful than a narrower one (measurement noise aside).
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import width_step
 from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores
+
+if TYPE_CHECKING:
+    from edgeprune.pipeline.search.base import SearchContext
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -133,3 +136,13 @@ def monotone(drops: dict[int, float]) -> dict[int, float]:
         worst = max(worst, drops[w])
         fixed[w] = worst
     return dict(sorted(fixed.items()))
+
+
+def of_run(ctx: "SearchContext") -> Sensitivity:
+    """The sensitivity map of the run's model as a resumable stage kept across budgets (its key
+    leaves the budget out: other budgets in the same --out reuse it); shared by the searches that
+    use it, so running one after the other computes it once."""
+    calibration = ctx.data.calibration(calibration_images(ctx.inputs[0]))
+    sens_d = ctx.stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in sensitivity(
+        ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to).items()}, key=ctx.cache_key)
+    return {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}

@@ -1,0 +1,134 @@
+"""The `Search` interface: how a budget search plugs into the pipeline.
+
+A search is one file whose class registers itself with `@SEARCHES.register` (`search/__init__.py`
+imports the file); `compress` hands it a `SearchContext` (the model, its pruning space and scores,
+the objective that measures or counts candidates, the run's stages for resumable work) and gets
+back the chosen plan with every measured step. `--search NAME` picks one by name.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.registry import Registry
+from edgeprune.pipeline.budget import Budget
+from edgeprune.pipeline.measure import TargetMeasurer
+from edgeprune.pipeline.prune.plan import Plan
+from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.search.objective import Evaluation, Objective
+
+
+@dataclasses.dataclass
+class Step:
+    """One measured (or counted) candidate of a search."""
+
+    index: int
+    level: float
+    predicted_flops: float
+    evaluation: Evaluation
+    within_budget: bool
+    seconds: float
+    #: what `level` is: the global pruning level ("level"), a Lagrange multiplier ("lambda"), or
+    #: the number of width steps a fill candidate added to the closest plan under the budget ("fill")
+    scalar: str = "level"
+    #: what `predicted_flops` holds: predicted FLOPs, or ("budget") the budget's own figure as the
+    #: layerwise search's latency table predicts it
+    predicts: str = "flops"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            self.scalar: round(self.level, 6) if self.scalar == "level" else self.level,
+            ("predicted_flops" if self.predicts == "flops" else "predicted"): self.predicted_flops,
+            "within_budget": self.within_budget,
+            "seconds": round(self.seconds, 3),
+            **self.evaluation.to_dict(),
+        }
+
+
+@dataclasses.dataclass
+class SearchResult:
+    plan: Plan
+    steps: list[Step]
+    evaluation: Evaluation
+    stop_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "steps": [s.to_dict() for s in self.steps], "stop_reason": self.stop_reason}
+
+
+@dataclasses.dataclass
+class SearchContext:
+    """What a search works with; `stage(name, fn, key=...)` runs resumable work (compress.Stages)."""
+
+    model: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    space: PruningSpace
+    scores: dict[str, np.ndarray]
+    objective: Objective
+    budget: Budget
+    baseline: dict[str, Any]  # the baseline stage's description (latency_ms, flops, params)
+    baseline_value: float  # the baseline's figure of the budget's metric
+    measurer: TargetMeasurer
+    settings: Any  # Settings
+    method: Any  # Importance: its ranking, and whether blocks go by its unit threshold
+    block_scores: dict[str, float]
+    data: Any  # DataBundle | None
+    stage: Callable[..., dict[str, Any]]
+    log: Callable[[str], None]
+    #: what budget-free results (sensitivity) depend on, so other budgets in the same --out reuse them
+    cache_key: dict[str, Any]
+
+    def on_step(self, step: Step) -> None:
+        self.log(step_line(step, self.budget, self.settings.max_candidates))
+
+
+class Search(abc.ABC):
+    """Chooses a plan meeting the budget from measured (or counted) candidates."""
+
+    name: str = ""
+    #: one line for --help
+    summary: str = ""
+
+    @classmethod
+    def refuse(cls, settings: Any) -> str | None:
+        """Why this search cannot run with these settings (one line naming the fix), or None."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: SearchContext) -> dict[str, Any]:
+        """{"plan": Plan.to_dict(), "steps": [Step.to_dict()], "stop_reason": str, ...}: only a
+        candidate within the budget may be returned; none found is an EdgepruneError."""
+
+
+SEARCHES: Registry[Search] = Registry("search")
+
+
+def timed_step(index: int, scalar_value: float, predicted: float, evaluate: Callable[[], Evaluation], scalar: str = "level",
+               predicts: str = "flops") -> Step:
+    """Evaluate one candidate and wrap it as a `Step` with its wall time."""
+    t0 = time.perf_counter()
+    ev = evaluate()
+    return Step(index, scalar_value, predicted, ev, ev.within, time.perf_counter() - t0, scalar, predicts)
+
+
+def step_line(step: Step, budget: Budget, limit: int) -> str:
+    """The progress line of a candidate: what was proposed, what it measured, the verdict."""
+    ev = step.evaluation
+    unit = "ms" if budget.is_latency else budget.metric
+    d = ev.decision
+    verdict = "within" if step.within_budget else ("undecided at" if d is not None and d.verdict == "undecided" else "over")
+    measured = (f"{ev.value:.4g} ms, ratio {d.describe()}" if d is not None and d.relative
+                else f"{d.describe()}" if d is not None else f"{ev.value:.4g} {unit}")
+    predicted = (f"{step.predicted_flops:.4g} {unit}" if step.predicts == "budget" else f"{step.predicted_flops / 1e6:.1f} MFLOPs")
+    noisy = ev.measurement.stats.noise if ev.measurement is not None and ev.measurement.stats is not None else None
+    busy = f" [busy: other processes used {d.busy:.0%} of the CPUs]" if d is not None and d.was_busy else ""
+    return (f"  candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}, predicted {predicted} -> {measured}, "
+            f"{verdict} budget {budget.value:.4g} ({step.seconds:.1f}s){busy}{f' [noisy: {noisy}]' if noisy and not busy else ''}")
+

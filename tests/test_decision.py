@@ -1,0 +1,194 @@
+"""The latency verdict (decision.py): rounds interleaved with the baseline until a confidence
+interval decides, CPU time for rounds that waited for a CPU, and "too noisy" as one line, exit 2.
+
+The runtimes here are scripted, not timed: each "run" returns a latency drawn from a known
+distribution, so the assertions are about the rule, never about this machine's speed."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from edgeprune.pipeline import decision
+from edgeprune.pipeline.budget import parse_budget
+from edgeprune.pipeline.decision import OVER, UNDECIDED, UNDER, TooNoisy, decide, median_interval
+from edgeprune.pipeline.measure import TargetMeasurer
+from edgeprune.pipeline.search.objective import LatencyObjective
+from edgeprune.runtime_bench.base import LatencyStats, Runtime
+from edgeprune.runtime_bench.registry import register
+from tests.test_cli import run_cli
+from tests.tiny_models import tiny_resnet
+
+
+class Scripted(Runtime):
+    """A 'session' is the true latency of a model (ms); each run measures it times a noise factor
+    (lognormal, `sigma`), and in some runs a wait for the CPU on top that only the wall clock sees:
+    `preempt` per ms of the run, so a longer run waits more often, as under a scheduler's slices."""
+
+    name = "scripted"
+    cpu_bound = True
+
+    def __init__(self, threads: int = 1, sigma: float = 0.01, preempt: float = 0.0, wait_ms: float = 5.0, seed: int = 0) -> None:
+        super().__init__(threads)
+        self.sigma, self.preempt, self.wait_ms = sigma, preempt, wait_ms
+        self.rng = np.random.default_rng(seed)
+        self.calls = 0
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def load(self, artifact_path: str) -> Any:
+        return float(artifact_path)
+
+    def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [np.zeros(1)]
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        self.calls += repeats
+        cpu = session * np.exp(self.rng.normal(0.0, self.sigma, repeats))
+        wall = cpu + (self.rng.random(repeats) < self.preempt * session) * self.wait_ms
+        return LatencyStats.from_runs(wall, warmup, other_cpu_s=0.0, cpus=2, cpu_ms=cpu)
+
+
+def test_median_interval_is_the_order_statistic_interval() -> None:
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0])[1:] == (-math.inf, math.inf)  # 5 values cannot give 95 %
+    values = list(range(10, 0, -1))
+    median, low, high = median_interval(values)
+    assert (median, low, high) == (5.5, 2.0, 9.0)  # the 2nd smallest and 2nd largest of 10 (97.9 % coverage)
+    rng = np.random.default_rng(1)
+    misses = sum(not (lo <= 0.0 <= hi) for _, lo, hi in (median_interval(rng.standard_normal(20)) for _ in range(2000)))
+    assert misses / 2000 < 0.05  # it covers the true median at least 95 % of the time
+
+
+@pytest.mark.parametrize(("ratio", "verdict"), [(0.45, UNDER), (0.55, OVER)])
+def test_a_clear_ratio_is_decided_in_one_batch(ratio: float, verdict: str) -> None:
+    rt = Scripted(sigma=0.01)
+    d, cand, ref = decide(rt, ratio, [], 0.5, reference=1.0, warmup=1, chunk=5)
+    assert d.verdict == verdict and d.rounds == decision.ROUNDS
+    assert d.low <= d.estimate <= d.high and abs(d.estimate - ratio) < 0.01
+    assert ref is not None and cand.n == ref.n == decision.ROUNDS * 5  # both timed in every round
+
+
+def test_a_ratio_at_the_budget_stays_undecided_at_the_cap() -> None:
+    rt = Scripted(sigma=0.05)
+    d, _, _ = decide(rt, 0.5, [], 0.5, reference=1.0, warmup=1, chunk=5)
+    assert d.verdict == UNDECIDED and d.rounds >= decision.MAX_ROUNDS
+    assert d.low < 0.5 < d.high
+
+
+def test_a_close_ratio_takes_more_rounds_than_a_clear_one() -> None:
+    clear, _, _ = decide(Scripted(sigma=0.03), 0.40, [], 0.5, reference=1.0, warmup=1, chunk=3)
+    close, _, _ = decide(Scripted(sigma=0.03), 0.49, [], 0.5, reference=1.0, warmup=1, chunk=3)
+    assert close.verdict == UNDER and close.rounds > clear.rounds
+
+
+def test_rounds_that_waited_for_the_cpu_are_judged_on_cpu_time_and_re_measured() -> None:
+    """A 1 ms run waits 5 ms for the CPU 30 % of the time, a 2 ms one 60 %: the wall-clock ratio of
+    their medians is far from 0.5, the CPU-time one is not; a busy decision takes two batches."""
+    rt = Scripted(sigma=0.01, preempt=0.3, wait_ms=5.0)
+    d, cand, ref = decide(rt, 1.0, [], 0.6, reference=2.0, warmup=1, chunk=10)
+    assert d.cpu_rounds == d.rounds >= 2 * decision.ROUNDS and d.was_busy
+    assert d.verdict == UNDER and abs(d.estimate - 0.5) < 0.01
+    assert ref is not None and abs(np.median(cand.runs_ms) / np.median(ref.runs_ms) - 0.5) > 0.05  # what the wall clock alone says
+    rt.cpu_bound = False  # a runtime whose CPU time is not its latency (a GPU, another host) keeps the wall clock
+    d, _, _ = decide(rt, 1.0, [], 0.6, reference=2.0, warmup=1, chunk=10)
+    assert d.cpu_rounds == 0
+
+
+def test_a_busy_verdict_must_clear_the_budget_by_the_margin() -> None:
+    """1.5 % under the budget: decided under on a quiet machine, left open on a busy one (contention
+    biases ratios by a few percent, which no interval shows)."""
+    quiet, _, _ = decide(Scripted(sigma=0.002), 0.985, [], 1.0, reference=1.0, warmup=1, chunk=10)
+    busy, _, _ = decide(Scripted(sigma=0.002, preempt=0.3), 0.985, [], 1.0, reference=1.0, warmup=1, chunk=10)
+    assert quiet.verdict == UNDER and quiet.margin == 0.0
+    assert busy.verdict == UNDECIDED and busy.margin == decision.BUSY_MARGIN and busy.high < 1.0
+    clear, _, _ = decide(Scripted(sigma=0.002, preempt=0.3), 0.95, [], 1.0, reference=1.0, warmup=1, chunk=10)
+    assert clear.verdict == UNDER and clear.was_busy
+
+
+def test_an_absolute_budget_is_decided_on_the_candidates_own_rounds() -> None:
+    d, cand, ref = decide(Scripted(sigma=0.01), 3.0, [], 4.0, warmup=1, chunk=5)
+    assert ref is None and not d.relative and d.verdict == UNDER and abs(d.estimate - 3.0) < 0.05
+
+
+@register
+class NoisyRuntime(Scripted):
+    """`--runtime test-noisy`: eager PyTorch outputs, and a 'latency' in proportion to the model's
+    parameters times +-40 % noise per run, so no interval near the budget narrows to the search's
+    5 % window."""
+
+    name = "test-noisy"
+    artifact_format = "torch"
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__(threads, sigma=0.4, seed=0)
+
+    def load(self, artifact_path: str) -> Any:
+        return torch.load(artifact_path, weights_only=False).eval()
+
+    def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [session(*[torch.from_numpy(x) for x in inputs]).numpy()]
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        return super().measure(sum(p.numel() for p in session.parameters()) / 1e4, inputs, warmup, repeats)
+
+
+def test_the_objective_stops_on_an_interval_wider_than_the_window(tmp_path: Path) -> None:
+    """Undecided within +-5 % is a candidate at the budget (not within it); undecided wider than
+    the search's window is a machine that cannot place any candidate in it: the run stops."""
+    model, x = tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),)
+    measurer = TargetMeasurer(NoisyRuntime(), x, tmp_path, warmup=1, repeats=30)
+    baseline = measurer.prepare(model, "baseline")
+    objective = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, baseline, resolution=0.05)
+    with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidate candidate_01 measured .* after \d+ interleaved rounds"):
+        objective.evaluate(model, "candidate_01")
+    lenient = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, baseline, resolution=1.0)
+    ev = lenient.evaluate(model, "candidate_02")
+    assert ev.decision is not None and ev.decision.verdict == UNDECIDED and not ev.within
+
+
+def test_compress_on_a_machine_too_noisy_to_decide_exits_2_with_one_line(tmp_path: Path) -> None:
+    torch.save(tiny_resnet().eval(), tmp_path / "m.pt")
+    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--runtime", "test-noisy",
+                          "--warmup", "1", "--repeats", "10", "--out", tmp_path / "o"])
+    assert rc == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # the progress lines before it go to stderr too
+    assert line.startswith("error: machine too noisy to decide:") and "re-run on a quieter machine" in line
+    assert not (tmp_path / "o" / "report.json").exists()  # nothing published, never a MET
+
+
+def test_the_report_says_which_decisions_were_taken_on_a_busy_machine() -> None:
+    from edgeprune.pipeline import report
+
+    quiet, busy = {"index": 1, "decision": {"was_busy": False, "busy": 0.1}}, {"index": 2, "decision": {"was_busy": True, "busy": 0.8}}
+    summary = report.busy_summary([quiet, busy, {"index": 3}], {"was_busy": False, "busy": 0.2})  # step 3: a counted figure
+    assert summary == {"candidates": [2], "final": False, "most_busy": 0.8}
+    line = report.busy_line({"search": {"busy": summary}})
+    assert line is not None and "candidate 2;" in line and "80%" in line
+    assert report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": False, "busy": 0.0})}}) is None
+    assert "the final timing" in str(report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": True, "busy": 0.6})}}))
+
+
+def test_candidates_are_judged_against_the_budget_less_the_drift_allowance() -> None:
+    """The search's line is 2 % under the budget (a later timing of the same pair moved 1.4 %); the
+    final verdict's is the budget itself (compress._final)."""
+    seen: dict[str, float] = {}
+
+    class Recorder:
+        def prepare(self, model: Any, tag: str) -> Any:
+            return "m"
+
+        def decide(self, m: Any, threshold: float, reference: Any, relative: bool, statistic: str) -> Any:
+            seen["threshold"], seen["relative"] = threshold, relative
+            d = decision.Decision(UNDER, 0.49, 0.48, 0.495, threshold, 20, 0, 0.0, 0.0, relative)
+            return d, m, reference
+
+    budget = parse_budget("50%").resolve(10.0)
+    ev = LatencyObjective(budget, Recorder(), "baseline").evaluate(torch.nn.Identity(), "c")  # type: ignore[arg-type]
+    assert seen == {"threshold": pytest.approx(0.5 * (1 - LatencyObjective.drift)), "relative": True}
+    assert ev.within and ev.value == pytest.approx(4.9) and ev.ratio == pytest.approx(0.49)
