@@ -21,7 +21,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
 from edgeprune.pipeline import report as report_mod
-from edgeprune.pipeline import distributed, rundir
+from edgeprune.pipeline import distributed, precision as precision_mod, rundir
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle, check_fits, load_data
@@ -40,6 +40,7 @@ from edgeprune.pipeline.search import latency_table, layerwise, sensitivity
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
+from edgeprune.quantize import Quantizer, quantizer_for
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 
 Progress = Callable[[str], None]
@@ -79,6 +80,11 @@ class CompressResult:
     def accuracy(self) -> dict[str, Any] | None:
         return self.report.get("accuracy")
 
+    @property
+    def precision(self) -> str:
+        """"fp32" or "int8": what model.onnx computes in."""
+        return self.report["precision"]["chosen"]
+
 
 def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
     """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py).
@@ -104,6 +110,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
         check_fits(data, num_outputs, loaded.input_shape)  # before any training
     metric_name, metric = load_metric(settings.metric)
+    quantizer, int8_unavailable = _quantizer(settings, inputs)
 
     with rundir.locked(out_dir, enabled=ctx.is_rank0) as lock:
         if lock is not None and lock.taken_over:
@@ -142,22 +149,50 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             block_scores = stage("blocks", lambda: method.block_scores(model, blocks_mod.find_blocks(model, inputs), data))
             log(f"  {len(block_scores)} removable residual blocks")
 
-        def search() -> dict[str, Any]:
+        int8 = None
+        if quantizer is not None and data is not None:
+            int8 = precision_mod.QuantizedMeasurer(measurer, quantizer, data.calibration(precision_mod.CALIBRATION_IMAGES),
+                                                   precision_mod.check_images(data.val))
+
+        def search_with(target: TargetMeasurer, stage_at: Callable[..., dict[str, Any]], log_at: Progress) -> dict[str, Any]:
+            """The budget search with `target` measuring the candidates (float32 or int8)."""
             if budget.met_by(baseline_value):
-                log("  the unpruned model already meets the budget: exporting it unpruned")
+                log_at("  the unpruned model already meets the budget: exporting it unpruned")
                 plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
                 return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-            objective = _objective(budget, measurer, inputs)
+            objective = _objective(budget, target, inputs, measurer)
             if settings.search == "layerwise":
-                return _layerwise(model, inputs, space, scores, objective, baseline_d, data, settings, stage, log, budget, measurer)
+                return _layerwise(model, inputs, space, scores, objective, baseline_d, data, settings, stage_at, log_at, budget, target)
             searcher = LevelSearch(model, inputs, space, scores, objective, settings.round_to, settings.method,
-                                   settings.tol, settings.max_candidates, on_step=lambda s: log(_step_line(s, budget, settings.max_candidates)),
+                                   settings.tol, settings.max_candidates, on_step=lambda s: log_at(_step_line(s, budget, settings.max_candidates)),
                                    ranking=method.ranking, depth=settings.depth, block_scores=block_scores,
                                    blocks_by_threshold=method.blocks_on_unit_scale)
             result = searcher.run(baseline_value)
             return {"plan": result.plan.to_dict(), "steps": [s.to_dict() for s in result.steps], "stop_reason": result.stop_reason}
 
-        search_d = stage("search", search)
+        def search_at(precision: str) -> dict[str, Any]:
+            if precision == "fp32":
+                return stage("search", lambda: search_with(measurer, stage, log))
+            assert int8 is not None
+            return stage("search_int8", lambda: search_with(int8, stage.prefixed("int8_"), lambda line: log(f"  int8 {line.lstrip()}")))
+
+        def probe() -> dict[str, Any]:
+            """int8 of the unpruned model, judged against the budget as a search candidate is."""
+            def measure() -> dict[str, Any]:
+                assert int8 is not None
+                ev, within = _judged(_objective(budget, int8, inputs, measurer), model, "unpruned")
+                plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
+                return {"value": ev.value, "ratio": ev.ratio, "within": within, "evaluation": ev.to_dict(), "plan": plan.to_dict()}
+            return stage("int8_unpruned", measure)
+
+        choice = precision_mod.choose(precision_mod.Policy(
+            mode=settings.precision_mode, unavailable=int8_unavailable, counted=not budget.is_latency,
+            baseline_within=budget.met_by(baseline_value), probe=probe, search=search_at,
+            flops=lambda d: count(apply(copy.deepcopy(model), Plan.from_dict(d["plan"]), inputs), inputs).flops,
+            baseline_flops=baseline_d["flops"], baseline_value=baseline_value), log)
+        search_d = choice["search"]
+        target = int8 if choice["precision"] == "int8" else measurer
+        assert target is not None
         plan, dropped = space_mod.verified_plan(model, inputs, Plan.from_dict(search_d["plan"]))
         for d in dropped:
             log(f"  {d.id} left whole: {d.reason}")
@@ -183,14 +218,19 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         plan.save(run.path("plan.json"))
         torch.save(pruned, run.path("model.pt"))
         torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-        final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget))
+        final_d = stage("final", lambda: _final(pruned, measurer, target, inputs, budget))
         met = _met(budget, final_d)
         runtime_acc = None
-        if runtime.reduced_precision and data is not None and metric_name == "top1":
-            runtime_acc = stage("runtime_accuracy", lambda: measurer.runtime_top1(measurer.load("model"), pruned, data.val))
-            log(f"  top-1 on {settings.runtime} vs PyTorch over {runtime_acc['images']} images: "
-                f"{runtime_acc['runtime_top1']:.4f} vs {runtime_acc['pytorch_top1']:.4f}")
-        log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
+        if data is not None and (target is int8 or runtime.reduced_precision or settings.max_accuracy_drop is not None):
+            runtime_acc = stage("runtime_accuracy", lambda: target.runtime_accuracy(target.load("model"), pruned, data.val, metric_name, metric))
+            log(f"  {metric_name} on {settings.runtime} ({choice['precision']}) vs PyTorch float32 over {runtime_acc['images']} "
+                f"validation images: {runtime_acc['runtime']:.4f} vs {runtime_acc['pytorch']:.4f}")
+        if settings.max_accuracy_drop is not None:
+            assert accuracy is not None and runtime_acc is not None
+            _refuse_accuracy_drop(settings, accuracy["baseline"], runtime_acc["runtime"], choice["precision"], final_d,
+                                  baseline_d["flops"], met, run)
+        log(f"[result] {choice['precision']}: {final_d['final']['latency_ms']['median']:.3f} ms vs baseline "
+            f"{final_d['baseline']['latency_ms']['median']:.3f} ms "
             f"(ratio {1 / final_d['speedup']:.3f}, x{final_d['speedup']:.2f}, interleaved), budget {budget.describe()}: "
             f"{'MET' if met else 'MISSED'}{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
 
@@ -200,8 +240,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             runtime=runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats}, budget=budget, met=met,
             baseline=baseline_d, final=final_d, method=method, search=search_d, space=space, plan=plan,
             left_whole=space_d["skipped"] + [dataclasses.asdict(d) for d in dropped], timings=stage.timings, accuracy=accuracy, runtime_accuracy=runtime_acc,
-            data=data.describe() if data is not None else None, recovery=recovery_d)
-        _publish(run, rep)
+            data=data.describe() if data is not None else None, recovery=recovery_d,
+            precision=_precision_report(choice, final_d, quantizer))
+        _publish(run, rep, target.onnx_path("model"))
     return CompressResult(pruned, plan, rep, Path(out_dir))
 
 
@@ -228,18 +269,27 @@ class Stages:
         self.log(f"[{name}] {'resumed from ' + str(where) if resumed else 'done'} ({self.timings[name]:.1f}s)")
         return result
 
+    def prefixed(self, prefix: str) -> Callable[..., dict[str, Any]]:
+        """These stages under names that start with `prefix`, so a second search in the same run
+        (with int8 candidates) keeps its own results, kept ones included, beside the first's."""
+        def run(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False, key: dict[str, Any] | None = None) -> dict[str, Any]:
+            return self(prefix + name, fn, everywhere, key)
+        return run
+
 
 #: the published files whose hashes report.json records, so a reader can tell they belong together
 HASHED_OUTPUTS = ("model.onnx", "model.pt", "state_dict.pt", "plan.json")
 
 
-def _publish(run: RunDir, rep: dict[str, Any]) -> None:
-    """Write the report (with the hashes of the files it describes) and publish the set together."""
-    rep["outputs_sha256"] = {name: _file_sha256(run.path(name)) for name in HASHED_OUTPUTS}
+def _publish(run: RunDir, rep: dict[str, Any], onnx: Path) -> None:
+    """Write the report (with the hashes of the files it describes) and publish the set together;
+    `onnx` is the final model's ONNX file (the int8 one when int8 was chosen)."""
+    files = {name: run.path(name) for name in (*HASHED_OUTPUTS, "report.md", "widths.svg", "report.json")} | {"model.onnx": onnx}
+    rep["outputs_sha256"] = {name: _file_sha256(files[name]) for name in HASHED_OUTPUTS}
     atomic.write_text(run.path("report.md"), report_mod.markdown(rep))
     atomic.write_text(run.path("widths.svg"), report_mod.widths_svg(rep["groups"]))
     atomic.write_json(run.path("report.json"), rep)
-    run.publish({name: run.path(name) for name in (*HASHED_OUTPUTS, "report.md", "widths.svg", "report.json")})
+    run.publish(files)
 
 
 def _file_sha256(path: Path) -> str:
@@ -370,11 +420,60 @@ def _weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...]) -> Objective:
+def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], baseline: TargetMeasurer) -> Objective:
+    """Candidates measured by `measurer` (float32 or int8); a relative budget is judged against
+    the float32 baseline stage's verified export, which `baseline` (the float32 measurer) loads."""
     if not budget.is_latency:
         return CountObjective(budget, inputs)
-    reference = measurer.load("baseline") if budget.fraction is not None else None
+    reference = baseline.load("baseline") if budget.fraction is not None else None
     return LatencyObjective(budget, measurer, reference)
+
+
+def _judged(objective: Objective, model: torch.nn.Module, tag: str) -> tuple[Any, bool]:
+    """`model` evaluated (re-measured at the budget's edge) and whether it counts as within the
+    budget, by the rule the search applies to its candidates."""
+    ev = objective.refine(objective.evaluate(model, tag))
+    return ev, ev.value <= objective.budget.value * (1.0 - objective.guard)
+
+
+def _quantizer(settings: Settings, inputs: tuple[torch.Tensor, ...]) -> tuple[Quantizer | None, str | None]:
+    """The int8 backend for the run, or why there is none. An explicit --precision int8 that
+    cannot run is refused here, before anything is written; `auto` then goes on in float32."""
+    if settings.precision_mode == "fp32":
+        return None, None
+    try:
+        precision_mod.refuse_int8_inputs(inputs)
+        return quantizer_for(settings.runtime), None
+    except EdgepruneError as err:
+        if settings.precision_mode == "int8":
+            raise
+        return None, str(err)
+
+
+def _refuse_accuracy_drop(settings: Settings, baseline: float, on_runtime: float, precision: str, final_d: dict[str, Any],
+                          baseline_flops: float, met: bool, run: RunDir) -> None:
+    """--max-accuracy-drop: one line naming the best plan found, before anything is published."""
+    assert settings.max_accuracy_drop is not None
+    drop = baseline - on_runtime
+    if drop <= settings.max_accuracy_drop:
+        return
+    f, b = final_d["final"], final_d["baseline"]
+    raise EdgepruneError(
+        f"the best plan found ({precision}, {f['flops'] / baseline_flops:.1%} of the FLOPs, latency "
+        f"{f['latency_ms']['median'] / b['latency_ms']['median']:.3f} of the baseline, budget {'met' if met else 'missed'}) has "
+        f"top-1 {on_runtime:.4f} on {settings.runtime}, {drop:.4f} below the baseline's {baseline:.4f}: over --max-accuracy-drop "
+        f"{settings.max_accuracy_drop:g}; nothing published (its files are in {run.work}): relax the budget or the drop, "
+        "or recover longer (--epochs)")
+
+
+def _precision_report(choice: dict[str, Any], final_d: dict[str, Any], quantizer: Quantizer | None) -> dict[str, Any]:
+    """report.json's `precision`: what was chosen and why, what each precision reached, and for
+    int8 how the final model was quantized and how close it came to PyTorch."""
+    export = final_d["final"].get("export", {})
+    return {"mode": choice["mode"], "chosen": choice["precision"], "why": choice["why"],
+            "int8_unpruned": choice["int8_unpruned"] and {k: choice["int8_unpruned"][k] for k in ("value", "ratio", "within")},
+            "searched": choice["tried"], "quantization": export.get("quantization"), "int8_check": export.get("int8_check"),
+            "quantizer": quantizer.settings() if quantizer is not None else None}
 
 
 #: the least time one measurement should spend in its timed loop: sub-millisecond models need
@@ -424,10 +523,12 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
 FINAL_EDGE = 0.03
 
 
-def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget) -> dict[str, Any]:
-    """Export the pruned model and time it interleaved with the baseline stage's (already verified)
-    export, A B A B ...; a verdict within 3% of the budget is timed once more and the runs pooled."""
-    pair = [measurer.load("baseline"), measurer.prepare(pruned, "model")]
+def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, target: TargetMeasurer, inputs: tuple[torch.Tensor, ...],
+           budget: Budget) -> dict[str, Any]:
+    """Export the pruned model with `target` (float32, or quantized after recovery for int8) and
+    time it interleaved with the float32 baseline stage's (already verified) export, A B A B ...;
+    a verdict within 3% of the budget is timed once more and the runs pooled."""
+    pair = [measurer.load("baseline"), target.prepare(pruned, "model")]
     base_s, final_s = measurer.interleaved(pair)
     remeasured = budget.is_latency and abs(_latency_figure(budget, base_s, final_s) / _budget_figure(budget) - 1.0) < FINAL_EDGE
     if remeasured:
