@@ -181,7 +181,7 @@ def cost_runs(tmp_path_factory: pytest.TempPathFactory, npz: Path) -> dict[str, 
         for budget in ("60%", "40%", "20%"):
             out = tmp / budget.rstrip("%")
             rc, _, err = run_cli([tmp / "m.pt", "--budget", budget, "--input-shape", "1x3x32x32", "--runtime", _CostRuntime.name,
-                                  "--precision", "auto", "--data", npz, "--recover", "none", "--round-to", "4",
+                                  "--precision", "auto", "--data", npz, "--recover", "finetune", "--steps", "2", "--round-to", "4",
                                   "--warmup", "1", "--repeats", "5", "--out", out])
             rep = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
             runs[budget] = (rc, err, rep, out)
@@ -195,7 +195,8 @@ def test_auto_takes_int8_alone_when_it_meets_the_budget(cost_runs: dict) -> None
     assert rc == 0, err
     p = rep["precision"]
     assert p["chosen"] == "int8" and p["int8_unpruned"]["within"] and p["searched"] == {}
-    assert rep["final"]["flops"] == rep["baseline"]["flops"]  # not one channel removed
+    assert rep["final"]["flops"] == rep["baseline"]["flops"]  # not one channel removed, so nothing to fine-tune
+    assert rep["recovery"] is None and "nothing pruned" in err and "recovered" not in rep["accuracy"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= _op_types(out / "model.onnx")
 
 
@@ -206,6 +207,7 @@ def test_auto_prunes_int8_less_than_float32_would_at_a_middle_budget(cost_runs: 
     assert p["chosen"] == "int8" and not p["int8_unpruned"]["within"]
     assert p["searched"]["int8"]["flops_ratio"] > p["searched"]["fp32"]["flops_ratio"]
     assert rep["final"]["flops"] / rep["baseline"]["flops"] == pytest.approx(p["searched"]["int8"]["flops_ratio"])
+    assert rep["recovery"]["method"] == "finetune"  # recovery in float32, quantized after it
 
 
 def test_auto_falls_back_to_float32_where_int8_cannot_reach_the_budget(cost_runs: dict) -> None:
@@ -224,7 +226,7 @@ def test_int8_report_fields(cost_runs: dict) -> None:
     assert p["mode"] == "auto" and p["why"] and p["quantization"]["format"] == "QDQ" and p["quantization"]["weights"].endswith("per channel")
     assert 0 <= p["int8_check"]["rel_l2"] <= p["int8_check"]["tolerance"] == INT8_TOLERANCE
     ra = rep["runtime_accuracy"]
-    assert ra["metric"] == "top1" and ra["images"] == 40 and ra["pytorch"] == pytest.approx(rep["accuracy"]["pruned"])
+    assert ra["metric"] == "top1" and ra["images"] == 40 and ra["pytorch"] == pytest.approx(rep["accuracy"]["recovered"])
     assert ra["delta"] == pytest.approx(ra["runtime"] - ra["pytorch"])
     assert rep["outputs_sha256"]["model.onnx"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     md = (out / "report.md").read_text()

@@ -209,7 +209,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
 
             accuracy = stage("accuracy", evaluate)
             log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
-        if recovery is not None and data is not None:
+        if recovery is not None and data is not None and model is original and _prunes_nothing(plan):
+            log(f"  nothing pruned (e.g. int8 alone met the budget): no {recovery.name}, the trained weights stand as they are")
+        elif recovery is not None and data is not None:
             recovery_d = _recover(recovery, pruned, original, data, settings, metric, run, ctx, stage, log)
             accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
         if not ctx.is_rank0:
@@ -427,6 +429,11 @@ def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Ten
         return CountObjective(budget, inputs)
     reference = baseline.load("baseline") if budget.fraction is not None else None
     return LatencyObjective(budget, measurer, reference)
+
+
+def _prunes_nothing(plan: Plan) -> bool:
+    """Every unit of every group kept and no block removed: the model as it was, nothing to recover."""
+    return not plan.removed_blocks and all(len(g.keep) == g.size for g in plan.groups.values())
 
 
 def _judged(objective: Objective, model: torch.nn.Module, tag: str) -> tuple[Any, bool]:
