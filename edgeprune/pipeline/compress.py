@@ -39,7 +39,7 @@ from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.search import latency_table, layerwise, sensitivity
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.level_search import LevelSearch, Step
-from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
+from edgeprune.pipeline.search.objective import CountObjective, Evaluation, LatencyObjective, Objective
 from edgeprune.quantize import Quantizer, quantizer_for
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 
@@ -436,7 +436,7 @@ def _prunes_nothing(plan: Plan) -> bool:
     return not plan.removed_blocks and all(len(g.keep) == g.size for g in plan.groups.values())
 
 
-def _judged(objective: Objective, model: torch.nn.Module, tag: str) -> tuple[Any, bool]:
+def _judged(objective: Objective, model: torch.nn.Module, tag: str) -> tuple[Evaluation, bool]:
     """`model` evaluated (re-measured at the budget's edge) and whether it counts as within the
     budget, by the rule the search applies to its candidates."""
     ev = objective.refine(objective.evaluate(model, tag))

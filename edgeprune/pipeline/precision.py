@@ -56,6 +56,9 @@ class QuantizedMeasurer(TargetMeasurer):
         self.batch = int(self.example_inputs[0].shape[0])
         whole = len(calibration) - len(calibration) % self.batch
         self.feeds = [[calibration[i : i + self.batch].numpy()] for i in range(0, whole, self.batch)]
+        if not self.feeds:
+            raise EdgepruneError(f"--data gave {len(calibration)} training images; int8 calibration needs at least the export's "
+                                 f"batch of {self.batch} (a few hundred is right); pass more data or use --precision fp32")
         self.check_images = check_images
 
     def onnx_path(self, tag: str) -> Path:
