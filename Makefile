@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench zoo clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	scripts/install.sh $(VENV) test,cpu-runtimes
@@ -28,5 +28,17 @@ bench: $(STAMP)
 	$(PY) bench/search.py --data $(CIFAR10)
 	$(PY) bench/transformer_flop.py
 
+# The models users bring (timm, torchvision, transformers, ultralytics) live in a separate environment
+# made by the shared script, never in the project's dependencies: bench/zoo.py says what it runs.
+ZOO_VENV ?= .venv-zoo
+ZOO_SCRIPT ?= ../shared/zoo/make-zoo-venv.sh
+
+$(ZOO_VENV)/.installed: pyproject.toml constraints.txt
+	$(ZOO_SCRIPT) $(ZOO_VENV) .
+	touch $@
+
+zoo: $(ZOO_VENV)/.installed
+	$(ZOO_VENV)/bin/python bench/zoo.py
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(ZOO_VENV) out .pytest_cache

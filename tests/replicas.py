@@ -163,6 +163,30 @@ class TorchEncoder(nn.Module):
         return self.head(x.mean(1))
 
 
+class PatchViT(nn.Module):
+    """torchvision's VisionTransformer: the patch embedding reshaped with `self.hidden_dim`, a class
+    token, a position embedding, nn.MultiheadAttention blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_dim = 32
+        self.conv_proj = nn.Conv2d(3, 32, 4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, 32) * 0.1)
+        self.pos_embedding = nn.Parameter(torch.randn(1, 17, 32) * 0.1)
+        self.block = TorchEncoder()
+        self.ln = nn.LayerNorm(32)
+        self.heads = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        x = self.conv_proj(x).reshape(n, self.hidden_dim, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(n, -1, -1), x], 1) + self.pos_embedding
+        y = self.block.ln_1(x)
+        x = x + self.block.self_attention(y, y, y, need_weights=False)[0]
+        x = x + self.block.mlp(self.block.ln_2(x))
+        return self.heads(self.ln(x)[:, 0])
+
+
 class TransposedLinear(nn.Module):
     """Hugging Face's Conv1D (GPT-2): a Linear whose weight is stored (in, out)."""
 
@@ -363,6 +387,7 @@ REPLICAS = {
     "regnet": (RegNet, lambda: torch.randn(*IMAGE)),
     "groupnorm": (GroupNormNet, lambda: torch.randn(*IMAGE)),
     "mixconv": (MixConv, lambda: torch.randn(*IMAGE)),
+    "patch_vit": (PatchViT, lambda: torch.randn(*IMAGE)),
 }
 
 

@@ -174,6 +174,13 @@ def test_a_split_into_listed_sizes_updates_the_attribute_holding_them() -> None:
     assert edgeprune.prune(inline, x, ratio=0.5, round_to=4).stem[0].out_channels == 32
 
 
+def test_a_reshape_width_held_in_an_attribute_shrinks_with_the_stream() -> None:
+    _, _, res = _pruned("patch_vit")
+    m = res.model
+    assert m.hidden_dim == m.conv_proj.out_channels == m.class_token.shape[-1] == m.heads.in_features < 32
+    assert m.block.self_attention.num_heads < 4
+
+
 def test_time_limit_leaves_everything_whole_with_the_reason() -> None:
     model, x = R.build("resnext")
     space = discover(model, x, time_limit_s=0.0)

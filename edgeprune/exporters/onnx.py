@@ -25,6 +25,8 @@ from edgeprune.exporters.registry import register
 from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
 
 log = logging.getLogger(__name__)
+#: protobuf serializes at most 2 GiB: a model with more weights cannot be one .onnx file
+PROTOBUF_LIMIT = 2**31
 
 
 @register
@@ -48,6 +50,11 @@ class OnnxExporter(Exporter):
         """
         inputs = tuple(example_inputs)
         out_path = Path(out_path)
+        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        if weights >= PROTOBUF_LIMIT:
+            raise EdgepruneError(f"{type(model).__name__}'s weights take {weights / 2**30:.2f} GiB, over the 2 GiB a single-file "
+                                 "ONNX model can hold (protobuf's limit); prune it with edgeprune.prune and export it yourself "
+                                 "with external data, or measure it on a runtime that loads PyTorch (--runtime torch-cpu)")
         with eval_mode(model):
             n_outputs = len(flatten_outputs(_forward(model, inputs)))
             with atomic_path(out_path) as tmp:

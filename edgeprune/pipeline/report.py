@@ -79,6 +79,8 @@ def group_rows(space: PruningSpace, plan: Plan) -> list[dict[str, Any]]:
             "kept": len(keep.keep),
             "requested": requested.get(g.id),
             "layers": [m for m in g.members if m.endswith("(out)")],
+            # how the units go when a layer asks for evenness: the same count from each of its groups
+            "layout": f"even per group ({g.even_by}, {len(g.segments)} segments)" if g.even_by else "",
         })
     return rows
 
@@ -151,10 +153,10 @@ def markdown(rep: dict[str, Any]) -> str:
         lines += ["", f"Layerwise cost predictor error (predicted / measured - 1): held-out random plans {held}; "
                       f"measured candidates {cands}."]
     lines += ["", "## Widths per group", "", "![original vs kept channels per group](widths.svg)", "",
-              "| group | kind | original | kept | requested |", "|---|---|---:|---:|---:|"]
+              "| group | kind | original | kept | requested | layout |", "|---|---|---:|---:|---:|---|"]
     for r in rep["groups"]:
         note = "" if r["requested"] is None else f"{r['requested']:g}"
-        lines.append(f"| `{r['group']}` | {r['kind']} | {r['original']} | {r['kept']} | {note} |")
+        lines.append(f"| `{r['group']}` | {r['kind']} | {r['original']} | {r['kept']} | {note} | {r.get('layout', '')} |")
     lines += ["", "Kept widths are rounded to hardware-friendly multiples; 'requested' is what the level asked for before rounding.", ""]
     if rep.get("removed_blocks"):
         lines += ["## Residual blocks removed", "", ", ".join(f"`{b}`" for b in rep["removed_blocks"]), ""]

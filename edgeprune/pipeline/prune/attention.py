@@ -34,9 +34,10 @@ from edgeprune import modelrun
 
 #: attributes that may hold a module's head count, in the order they are tried
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads", "nheads", "num_head")
-#: an integer attribute is updated with the heads when its name looks like a head count or a width
+#: an integer attribute is updated with the heads (or, graph.py, a reshape's channels) when its name
+#: looks like a head count or a width
 _HEAD_NAME = re.compile(r"head")
-_WIDTH_NAME = re.compile(r"head|dim|size|split|embed|hidden|inner|all")
+WIDTH_NAME = re.compile(r"head|dim|size|split|embed|hidden|inner|all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +210,7 @@ def keep_heads(model: nn.Module, site: AttentionSite, keep: Iterable[int]) -> No
             continue
         if value == site.num_heads and _HEAD_NAME.search(attr):
             setattr(module, attr, len(keep))
-        elif value == site.inner and _WIDTH_NAME.search(attr):
+        elif value == site.inner and WIDTH_NAME.search(attr):
             setattr(module, attr, len(keep) * site.head_dim)
 
 

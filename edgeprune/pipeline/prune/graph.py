@@ -32,10 +32,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch_pruning import _helpers
+from torch_pruning.dependency import shape_infer
 
 from edgeprune.errors import first_line
 from edgeprune.pipeline.prune import _mappings
-from edgeprune.pipeline.prune.attention import AttentionSite, find_attention
+from edgeprune.pipeline.prune.attention import WIDTH_NAME, AttentionSite, find_attention
 
 #: layer types whose output channels start a pruning group
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
@@ -56,7 +57,8 @@ class Touch:
     name: str  # module path, or parameter path for a parameter outside any known layer
     side: str  # "out": the layer writes these channels; "in": it reads them
     kind: str  # conv, gconv (grouped), dwconv, convT, linear, bn, ln, gn, inorm, rms, embed, prelu, param, lstm, mha,
-    #            other; sizes: a module attribute listing a split's part sizes (name is "module.attribute")
+    #            other; sizes: a module attribute listing a split's part sizes, width: a module attribute holding a
+    #            reshape's channel count (name is "module.attribute" for both)
     idxs: tuple[int, ...]  # the layer's channel indices
     roots: tuple[int, ...]  # the group unit each of those indices carries (parallel to idxs)
     dim: int = -1  # for "param": the dimension its channels are on
@@ -150,6 +152,7 @@ class Graph:
             self.dg._build_dependency(self.dg.module2node)
         _detach_caches(model)
         self.broken = _mappings.build(self.dg, recorder)
+        self.callers = recorder.callers
         self._stands = {id(s): s for s in stands.values()}
         #: the widest layer's channel count: no channel set between layers is wider in a sound mapping
         self._widest = max([1, *(int(c) for m in self.dg.module2node if isinstance(m, ROOT_TYPES)
@@ -255,17 +258,33 @@ class Graph:
             raise GraphError(f"the graph loses track of which channels map where at {_describe(node)}")
         module = node.module
         name = self.name(module)
-        sizes_attr = getattr(module, "sizes_attr", None)  # a split whose part sizes a module attribute holds
-        if name is None and sizes_attr is None:
-            return []  # an op between layers (add, concat, reshape): nothing to prune there
         ordered = sorted(pairs)
         idxs, roots = tuple(p.idx for p in ordered), tuple(p.root_idx for p in ordered)
-        if sizes_attr is not None:
-            return [Touch(sizes_attr, "in", "sizes", idxs, roots)]
+        if getattr(module, "sizes_attr", None):  # a split whose part sizes a module attribute holds
+            return [Touch(module.sizes_attr, "in", "sizes", idxs, roots)]
+        if node.type == tp.ops.OPTYPE.RESHAPE:
+            return self._width_touches(node, roots)
+        if name is None:
+            return []  # an op between layers (add, concat): nothing to prune there
         if isinstance(module, _Stand):
             return self._site_touches(module, side, idxs, roots)
         kind = _kind(module)
         return [Touch(name, side, kind, idxs, roots, node.pruning_dim if kind == "param" else -1)]
+
+    def _width_touches(self, node: Any, roots: tuple[int, ...]) -> list[Touch]:
+        """A reshape whose module holds its channel count in an integer attribute (torchvision's ViT
+        reshapes its patch embedding with `self.hidden_dim`): that attribute shrinks with the group.
+        Only the count matters, so the indices are positions. An attribute the module uses otherwise
+        fails the exact probe, and the group is left whole."""
+        caller = self.callers.get(node.grad_fn)
+        if caller is None:
+            return []
+        channels = shape_infer.infer_out_channels_recursively(self.dg, node, [0])
+        path = self.dg._module2name.get(caller)
+        attrs = [a for a, v in vars(caller).items() if type(v) is int and v == channels and WIDTH_NAME.search(a)]
+        if path is None or not channels:
+            return []
+        return [Touch(f"{path}.{a}" if path else a, "in", "width", tuple(range(len(roots))), roots) for a in attrs]
 
     def _site_touches(self, stand: _Stand, side: str, idxs: tuple[int, ...], roots: tuple[int, ...]) -> list[Touch]:
         """An attention module's channels are its projections' input columns and its output projection's rows."""

@@ -55,6 +55,10 @@ def remove(model: nn.Module, cuts: Cuts) -> None:
             keep = torch.tensor([i for i in range(old.shape[dim]) if i not in idxs], dtype=torch.long)
             setattr(owner, leaf, nn.Parameter(old.detach().index_select(dim, keep).clone(), requires_grad=old.requires_grad))
             continue
+        if kind == "width":
+            owner, leaf = _owner(model, name)
+            setattr(owner, leaf, getattr(owner, leaf) - len(idxs))
+            continue
         if kind == "sizes":
             owner, leaf = _owner(model, name)
             sizes = list(getattr(owner, leaf))

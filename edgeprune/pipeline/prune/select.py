@@ -79,7 +79,9 @@ def plan_at_level(
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))
         requested[g.id] = round(wanted, 2)
     meta = {"level": round(level, 6), "round_to": round_to, "method": method, "ranking": ranking, "depth": depth,
-            "requested": requested}
+            "requested": requested,
+            # groups whose units went the same count per segment, each ranked within its segment (a grouped conv's groups)
+            "even": {g.id: g.even_by for g in space.groups if g.even_by}}
     return Plan(groups, meta=meta, removed_blocks=removed_blocks)
 
 

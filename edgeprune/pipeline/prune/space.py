@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -148,7 +148,7 @@ def _channel_group(model: nn.Module, name: str, size: int, touches: list[Touch],
         return None, f"contains a layer marked unprunable ({sorted(unprunable & layers)[0]})"
     if size < 2:
         return None, "a single channel"
-    coupled = _coupled_units(touches)
+    coupled = next(_shared_channels(touches), None)
     if coupled:
         return None, (f"units {coupled[1]} and {coupled[2]} are one channel of {coupled[0]} (e.g. a GLU's halves "
                       "multiplied together): they cannot be removed one at a time")
@@ -175,12 +175,10 @@ def _independent_units(touches: list[Touch], size: int) -> int:
             u = parent[u]
         return u
 
-    for t in touches:
-        first: dict[int, int] = {}
-        for i, r in zip(t.idxs, t.roots):
-            a, b = find(first.setdefault(i, r)), find(r)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
+    for _, u, v in _shared_channels(touches):
+        a, b = find(u), find(v)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
     classes: dict[int, int] = {}
     for u in range(size):
         classes[find(u)] = classes.get(find(u), 0) + 1
@@ -190,14 +188,13 @@ def _independent_units(touches: list[Touch], size: int) -> int:
     return size
 
 
-def _coupled_units(touches: list[Touch]) -> tuple[str, int, int] | None:
-    """(layer, unit, unit) when two units of the group are one channel of a layer, else None."""
+def _shared_channels(touches: list[Touch]) -> Iterator[tuple[str, int, int]]:
+    """(layer, unit, unit) for each channel of a layer that two units of the group reach."""
     for t in touches:
         first: dict[int, int] = {}
         for i, r in zip(t.idxs, t.roots):
             if first.setdefault(i, r) != r:
-                return t.name, min(r, first[i]), max(r, first[i])
-    return None
+                yield t.name, min(r, first[i]), max(r, first[i])
 
 
 def _unsupported(model: nn.Module, t: Touch) -> str:
