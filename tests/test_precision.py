@@ -229,6 +229,8 @@ def test_int8_report_fields(cost_runs: dict) -> None:
     assert ra["metric"] == "top1" and ra["images"] == 40 and ra["pytorch"] == pytest.approx(rep["accuracy"]["recovered"])
     assert ra["delta"] == pytest.approx(ra["runtime"] - ra["pytorch"])
     assert rep["outputs_sha256"]["model.onnx"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["meta"]["precision"], plan["meta"]["precision_why"]) == ("int8", p["why"])
     md = (out / "report.md").read_text()
     assert "## Precision: int8 (--precision auto)" in md and f"{ra['runtime']:.4f}" in md and "quantized after recovery" in md
 

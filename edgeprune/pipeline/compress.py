@@ -196,7 +196,8 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         plan, dropped = space_mod.verified_plan(model, inputs, Plan.from_dict(search_d["plan"]))
         for d in dropped:
             log(f"  {d.id} left whole: {d.reason}")
-        plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
+        plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape),
+                         precision=choice["precision"], precision_why=choice["why"])
         pruned = apply(copy.deepcopy(model), plan, inputs)
         method.reconstruct(model, pruned, space, plan, inputs, data)
 
