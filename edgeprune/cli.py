@@ -129,7 +129,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     from edgeprune.pipeline.prune.methods import method_names
     from edgeprune.pipeline.search import SEARCHES
-    from edgeprune.pipeline.settings import DEPTHS, RECOVERIES, Settings
+    from edgeprune.pipeline.settings import DEPTHS, PRECISIONS, RECOVERIES, Settings
 
     p = _Parser(prog=prog, usage="%(prog)s MODEL --budget BUDGET [options]  |  %(prog)s SUBCOMMAND ...",
                 description="Prune MODEL physically until it meets --budget, measured on the target runtime.\n\n"
@@ -152,6 +152,12 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
                    help="; ".join(f"{name}: {SEARCHES.get(name).summary}" for name in SEARCHES.names()).replace("%", "%%"))
     p.add_argument("--depth", choices=DEPTHS, default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32 (the default): prune only; int8: quantize (post-training, calibrated on --data) and search the "
+                        "widths with int8 candidates; auto: int8 of the unpruned model first, else the widths searched with int8 "
+                        "and with float32 candidates, the least pruning that meets the budget wins (int8 and auto need --data)")
+    _setting(p, "max_accuracy_drop", "refuse (exit 2, naming the best plan found) a result whose top-1 measured on the runtime "
+                                     "falls more than this below the baseline's (0.01 = one point; needs --data)")
     _setting(p, "analysis_time_s", "seconds that finding what can be pruned may take; layers not analysed by then are "
                                    "left whole (and say so in the report)", dest="analysis_time_s", metavar="SECONDS")
     p.add_argument("--out", default="out", help="output folder; it must not hold the model or data, and one run at a time uses it")
@@ -212,7 +218,7 @@ def _compress(argv: list[str]) -> int:
                         recover=a.recover, epochs=a.epochs, steps=a.steps, lr=a.lr,
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
                         method_options=_method_options(a), depth=a.depth, search=a.search, pgd_steps=a.pgd_steps,
-                        analysis_time_s=a.analysis_time_s)
+                        analysis_time_s=a.analysis_time_s, precision=a.precision, max_accuracy_drop=a.max_accuracy_drop)
     shape = parse_input_shape(a.input_shape) if a.input_shape else None
     loaded = _model_or_untrained(a, shape)
     result = compress(loaded, settings, a.out, progress=_progress)
@@ -250,6 +256,7 @@ def _summary_table(rep: dict) -> None:
     for col in ("", "baseline", "compressed", "ratio"):
         t.add_column(col, justify="right")
     bl, fl = b["latency_ms"], f["latency_ms"]
+    t.add_row("precision", "fp32", rep["precision"]["chosen"], "")
     t.add_row("median ms", f"{bl['median']:.3f}", f"{fl['median']:.3f}", f"{fl['median'] / bl['median']:.3f}")
     t.add_row("p90 ms", f"{bl['p90']:.3f}", f"{fl['p90']:.3f}", p90_ratio(rep))
     for label, key, scale in (("MFLOPs", "flops", 1e6), ("M params", "params", 1e6), ("ONNX MB", "onnx_bytes", 1e6)):
@@ -259,6 +266,9 @@ def _summary_table(rep: dict) -> None:
         after = acc.get("recovered")
         t.add_row(acc["metric"], f"{acc['baseline']:.4f}", f"{after if after is not None else acc['pruned']:.4f}",
                   f"pruned {acc['pruned']:.4f}")
+    ra = rep.get("runtime_accuracy")
+    if ra:
+        t.add_row(f"{ra['metric']} on {rep['runtime']['runtime']}", "", f"{ra['runtime']:.4f}", f"PyTorch {ra['pytorch']:.4f}")
     Console().print(t)
     d = rep["budget"].get("decision")
     how = (f"median ratio of {d['rounds']} interleaved rounds, 95% interval [{d['low']:.3f}, {d['high']:.3f}]" if d and d["relative"]

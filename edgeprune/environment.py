@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-_PACKAGES = ("edgeprune", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxsim", "numpy")
+_PACKAGES = ("edgeprune", "torch", "torch-pruning", "onnx", "onnxruntime", "onnxsim", "numpy", "openvino", "nncf")
 
 
 def cpu_model() -> str:

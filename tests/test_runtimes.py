@@ -160,6 +160,6 @@ def test_reduced_precision_runtime_reports_its_accuracy_effect(tmp_path: Path, m
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     ra = rep["runtime_accuracy"]
     assert ra["images"] == 24  # every validation image, one inference each
-    assert ra["pytorch_top1"] == pytest.approx(rep["accuracy"]["pruned"])  # the same images as the PyTorch evaluation
-    assert ra["delta"] == pytest.approx(ra["runtime_top1"] - ra["pytorch_top1"])
+    assert ra["metric"] == "top1" and ra["pytorch"] == pytest.approx(rep["accuracy"]["pruned"])  # the same images as PyTorch's
+    assert ra["delta"] == pytest.approx(ra["runtime"] - ra["pytorch"])
     assert "reduced precision" in (tmp_path / "o" / "report.md").read_text()

@@ -22,7 +22,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
 from edgeprune.pipeline import report as report_mod
-from edgeprune.pipeline import distributed, rundir
+from edgeprune.pipeline import distributed, precision as precision_mod, rundir
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle, check_fits, load_data
@@ -39,7 +39,8 @@ from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, loa
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.search import SEARCHES, SearchContext
-from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
+from edgeprune.pipeline.search.objective import CountObjective, Evaluation, LatencyObjective, Objective
+from edgeprune.quantize import Quantizer, quantizer_for
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 
 Progress = Callable[[str], None]
@@ -79,6 +80,11 @@ class CompressResult:
     def accuracy(self) -> dict[str, Any] | None:
         return self.report.get("accuracy")
 
+    @property
+    def precision(self) -> str:
+        """"fp32" or "int8": what model.onnx computes in."""
+        return self.report["precision"]["chosen"]
+
 
 def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
     """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py).
@@ -104,6 +110,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
         check_fits(data, num_outputs, loaded.input_shape)  # before any training
     metric_name, metric = load_metric(settings.metric)
+    quantizer, int8_unavailable = _quantizer(settings, inputs)
 
     with rundir.locked(out_dir, enabled=ctx.is_rank0) as lock:
         if lock is not None and lock.taken_over:
@@ -142,22 +149,51 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             block_scores = stage("blocks", lambda: method.block_scores(model, blocks_mod.find_blocks(model, inputs), data))
             log(f"  {len(block_scores)} removable residual blocks")
 
-        def search() -> dict[str, Any]:
+        int8 = None
+        if quantizer is not None and data is not None:
+            int8 = precision_mod.QuantizedMeasurer(measurer, quantizer, data.calibration(precision_mod.CALIBRATION_IMAGES),
+                                                   precision_mod.check_images(data.val))
+
+        def search_with(target: TargetMeasurer, stage_at: Callable[..., dict[str, Any]], log_at: Progress) -> dict[str, Any]:
+            """The budget search with `target` measuring the candidates (float32 or int8)."""
             if budget.met_by(baseline_value):
-                log("  the unpruned model already meets the budget: exporting it unpruned")
+                log_at("  the unpruned model already meets the budget: exporting it unpruned")
                 plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
                 return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
             cache_key = {"model_sha256": _weights_sha256(model), "scores": scores_d, "round_to": settings.round_to,
                          "data": str(settings.data), "input_shape": [list(t.shape) for t in inputs]}  # no budget: other budgets reuse it
-            ctx = SearchContext(model, inputs, space, scores, _objective(budget, measurer, inputs, settings.tol), budget, baseline_d,
-                                baseline_value, measurer, settings, method, block_scores, data, stage, log, cache_key)
+            ctx = SearchContext(model, inputs, space, scores, _objective(budget, target, inputs, measurer, settings.tol), budget,
+                                baseline_d, baseline_value, target, settings, method, block_scores, data, stage_at, log_at, cache_key)
             return SEARCHES.create(settings.search).run(ctx)
 
-        search_d = stage("search", search)
+        def search_at(precision: str) -> dict[str, Any]:
+            if precision == "fp32":
+                return stage("search", lambda: search_with(measurer, stage, log))
+            assert int8 is not None
+            return stage("search_int8", lambda: search_with(int8, stage.prefixed("int8_"), lambda line: log(f"  int8 {line.lstrip()}")))
+
+        def probe() -> dict[str, Any]:
+            """int8 of the unpruned model, judged against the budget as a search candidate is."""
+            def measure() -> dict[str, Any]:
+                assert int8 is not None
+                ev, within = _judged(_objective(budget, int8, inputs, measurer, settings.tol), model, "unpruned")
+                plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
+                return {"value": ev.value, "ratio": ev.ratio, "within": within, "evaluation": ev.to_dict(), "plan": plan.to_dict()}
+            return stage("int8_unpruned", measure)
+
+        choice = precision_mod.choose(precision_mod.Policy(
+            mode=settings.precision_mode, unavailable=int8_unavailable, counted=not budget.is_latency,
+            baseline_within=budget.met_by(baseline_value), probe=probe, search=search_at,
+            flops=lambda d: count(apply(copy.deepcopy(model), Plan.from_dict(d["plan"]), inputs), inputs).flops,
+            baseline_flops=baseline_d["flops"], baseline_value=baseline_value), log)
+        search_d = choice["search"]
+        target = int8 if choice["precision"] == "int8" else measurer
+        assert target is not None
         plan, dropped = space_mod.verified_plan(model, inputs, Plan.from_dict(search_d["plan"]))
         for d in dropped:
             log(f"  {d.id} left whole: {d.reason}")
-        plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape))
+        plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape),
+                         precision=choice["precision"], precision_why=choice["why"])
         pruned = apply(copy.deepcopy(model), plan, inputs)
         method.reconstruct(model, pruned, space, plan, inputs, data)
 
@@ -170,7 +206,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
 
             accuracy = stage("accuracy", evaluate)
             log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
-        if recovery is not None and data is not None:
+        if recovery is not None and data is not None and model is original and _prunes_nothing(plan):
+            log(f"  nothing pruned (e.g. int8 alone met the budget): no {recovery.name}, the trained weights stand as they are")
+        elif recovery is not None and data is not None:
             recovery_d = _recover(recovery, pruned, original, data, settings, metric, run, ctx, stage, log)
             accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
         if not ctx.is_rank0:
@@ -179,17 +217,22 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
         plan.save(run.path("plan.json"))
         torch.save(pruned, run.path("model.pt"))
         torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-        final_d = stage("final", lambda: _final(pruned, measurer, inputs, budget, settings.tol))
+        final_d = stage("final", lambda: _final(pruned, measurer, target, inputs, budget, settings.tol))
         met = _met(budget, final_d)
         runtime_acc = None
-        if runtime.reduced_precision and data is not None and metric_name == "top1":
-            runtime_acc = stage("runtime_accuracy", lambda: measurer.runtime_top1(measurer.load("model"), pruned, data.val))
-            log(f"  top-1 on {settings.runtime} vs PyTorch over {runtime_acc['images']} images: "
-                f"{runtime_acc['runtime_top1']:.4f} vs {runtime_acc['pytorch_top1']:.4f}")
+        if data is not None and (target is int8 or runtime.reduced_precision or settings.max_accuracy_drop is not None):
+            runtime_acc = stage("runtime_accuracy", lambda: target.runtime_accuracy(target.load("model"), pruned, data.val, metric_name, metric))
+            log(f"  {metric_name} on {settings.runtime} ({choice['precision']}) vs PyTorch float32 over {runtime_acc['images']} "
+                f"validation images: {runtime_acc['runtime']:.4f} vs {runtime_acc['pytorch']:.4f}")
+        if settings.max_accuracy_drop is not None:
+            assert accuracy is not None and runtime_acc is not None
+            _refuse_accuracy_drop(settings, accuracy["baseline"], runtime_acc["runtime"], choice["precision"], final_d,
+                                  baseline_d["flops"], met, run)
         decision = Decision.from_dict(final_d["decision"])
         ratio = decision.describe() if decision.relative else f"{1 / final_d['speedup']:.3f}"
-        log(f"[result] {final_d['final']['latency_ms']['median']:.3f} ms vs baseline {final_d['baseline']['latency_ms']['median']:.3f} ms "
-            f"(ratio {ratio}, x{final_d['speedup']:.2f}), budget {budget.describe()}: {'MET' if met else 'MISSED'}{_busy(decision)}"
+        log(f"[result] {choice['precision']}: {final_d['final']['latency_ms']['median']:.3f} ms vs baseline "
+            f"{final_d['baseline']['latency_ms']['median']:.3f} ms (ratio {ratio}, x{final_d['speedup']:.2f}), "
+            f"budget {budget.describe()}: {'MET' if met else 'MISSED'}{_busy(decision)}"
             f"{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
 
         rep = report_mod.assemble(
@@ -198,8 +241,9 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             runtime=runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats}, budget=budget, met=met,
             baseline=baseline_d, final=final_d, method=method, search=search_d, space=space, plan=plan,
             left_whole=space_d["skipped"] + [dataclasses.asdict(d) for d in dropped], timings=stage.timings, accuracy=accuracy, runtime_accuracy=runtime_acc,
-            data=data.describe() if data is not None else None, recovery=recovery_d)
-        _publish(run, rep)
+            data=data.describe() if data is not None else None, recovery=recovery_d,
+            precision=_precision_report(choice, final_d, quantizer))
+        _publish(run, rep, target.onnx_path("model"))
     return CompressResult(pruned, plan, rep, Path(out_dir))
 
 
@@ -226,18 +270,27 @@ class Stages:
         self.log(f"[{name}] {'resumed from ' + str(where) if resumed else 'done'} ({self.timings[name]:.1f}s)")
         return result
 
+    def prefixed(self, prefix: str) -> Callable[..., dict[str, Any]]:
+        """These stages under names that start with `prefix`, so a second search in the same run
+        (with int8 candidates) keeps its own results, kept ones included, beside the first's."""
+        def run(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False, key: dict[str, Any] | None = None) -> dict[str, Any]:
+            return self(prefix + name, fn, everywhere, key)
+        return run
+
 
 #: the published files whose hashes report.json records, so a reader can tell they belong together
 HASHED_OUTPUTS = ("model.onnx", "model.pt", "state_dict.pt", "plan.json")
 
 
-def _publish(run: RunDir, rep: dict[str, Any]) -> None:
-    """Write the report (with the hashes of the files it describes) and publish the set together."""
-    rep["outputs_sha256"] = {name: _file_sha256(run.path(name)) for name in HASHED_OUTPUTS}
+def _publish(run: RunDir, rep: dict[str, Any], onnx: Path) -> None:
+    """Write the report (with the hashes of the files it describes) and publish the set together;
+    `onnx` is the final model's ONNX file (the int8 one when int8 was chosen)."""
+    files = {name: run.path(name) for name in (*HASHED_OUTPUTS, "report.md", "widths.svg", "report.json")} | {"model.onnx": onnx}
+    rep["outputs_sha256"] = {name: _file_sha256(files[name]) for name in HASHED_OUTPUTS}
     atomic.write_text(run.path("report.md"), report_mod.markdown(rep))
     atomic.write_text(run.path("widths.svg"), report_mod.widths_svg(rep["groups"]))
     atomic.write_json(run.path("report.json"), rep)
-    run.publish({name: run.path(name) for name in (*HASHED_OUTPUTS, "report.md", "widths.svg", "report.json")})
+    run.publish(files)
 
 
 def _file_sha256(path: Path) -> str:
@@ -319,13 +372,67 @@ def _weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], tol: float) -> Objective:
-    """Counted figures are exact; latency is decided against the baseline stage's verified export,
-    and a machine whose noise is wider than the search's window (`tol`) stops the run."""
+def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], baseline: TargetMeasurer,
+               tol: float) -> Objective:
+    """Candidates measured by `measurer` (float32 or int8). Counted figures are exact; a relative
+    budget is decided against the float32 baseline stage's verified export, which `baseline` (the
+    float32 measurer) loads; a machine whose noise is wider than the search's window (`tol`) stops the run."""
     if not budget.is_latency:
         return CountObjective(budget, inputs)
-    reference = measurer.load("baseline") if budget.fraction is not None else None
+    reference = baseline.load("baseline") if budget.fraction is not None else None
     return LatencyObjective(budget, measurer, reference, resolution=tol)
+
+
+def _prunes_nothing(plan: Plan) -> bool:
+    """Every unit of every group kept and no block removed: the model as it was, nothing to recover."""
+    return not plan.removed_blocks and all(len(g.keep) == g.size for g in plan.groups.values())
+
+
+def _judged(objective: Objective, model: torch.nn.Module, tag: str) -> tuple[Evaluation, bool]:
+    """`model` evaluated and whether it counts as within the budget, by the rule the search
+    applies to its candidates (decided under the budget less the objective's drift allowance)."""
+    ev = objective.evaluate(model, tag)
+    return ev, ev.within
+
+
+def _quantizer(settings: Settings, inputs: tuple[torch.Tensor, ...]) -> tuple[Quantizer | None, str | None]:
+    """The int8 backend for the run, or why there is none. An explicit --precision int8 that
+    cannot run is refused here, before anything is written; `auto` then goes on in float32."""
+    if settings.precision_mode == "fp32":
+        return None, None
+    try:
+        precision_mod.refuse_int8_inputs(inputs)
+        return quantizer_for(settings.runtime), None
+    except EdgepruneError as err:
+        if settings.precision_mode == "int8":
+            raise
+        return None, str(err)
+
+
+def _refuse_accuracy_drop(settings: Settings, baseline: float, on_runtime: float, precision: str, final_d: dict[str, Any],
+                          baseline_flops: float, met: bool, run: RunDir) -> None:
+    """--max-accuracy-drop: one line naming the best plan found, before anything is published."""
+    assert settings.max_accuracy_drop is not None
+    drop = baseline - on_runtime
+    if drop <= settings.max_accuracy_drop:
+        return
+    f, b = final_d["final"], final_d["baseline"]
+    raise EdgepruneError(
+        f"the best plan found ({precision}, {f['flops'] / baseline_flops:.1%} of the FLOPs, latency "
+        f"{f['latency_ms']['median'] / b['latency_ms']['median']:.3f} of the baseline, budget {'met' if met else 'missed'}) has "
+        f"top-1 {on_runtime:.4f} on {settings.runtime}, {drop:.4f} below the baseline's {baseline:.4f}: over --max-accuracy-drop "
+        f"{settings.max_accuracy_drop:g}; nothing published (its files are in {run.work}): relax the budget or the drop, "
+        "or recover longer (--epochs)")
+
+
+def _precision_report(choice: dict[str, Any], final_d: dict[str, Any], quantizer: Quantizer | None) -> dict[str, Any]:
+    """report.json's `precision`: what was chosen and why, what each precision reached, and for
+    int8 how the final model was quantized and how close it came to PyTorch."""
+    export = final_d["final"].get("export", {})
+    return {"mode": choice["mode"], "chosen": choice["precision"], "why": choice["why"],
+            "int8_unpruned": choice["int8_unpruned"] and {k: choice["int8_unpruned"][k] for k in ("value", "ratio", "within")},
+            "searched": choice["tried"], "quantization": export.get("quantization"), "int8_check": export.get("int8_check"),
+            "quantizer": quantizer.settings() if quantizer is not None else None}
 
 
 #: the least time one measurement should spend in its timed loop: sub-millisecond models need
@@ -370,13 +477,14 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
     }
 
 
-def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], budget: Budget, tol: float) -> dict[str, Any]:
-    """Export the pruned model and time it interleaved with the baseline stage's (already verified)
-    export until the rule that judged the search's candidates decides (decision.py). A verdict left
-    open by a noisy machine (an interval wider than `tol`, or one a busy machine's margin left open)
-    stops the run, to be resumed here on a quieter one; one left open at the budget itself on a
-    quiet machine is not a MET."""
-    base, final = measurer.load("baseline"), measurer.prepare(pruned, "model")
+def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, target: TargetMeasurer, inputs: tuple[torch.Tensor, ...],
+           budget: Budget, tol: float) -> dict[str, Any]:
+    """Export the pruned model with `target` (float32, or quantized after recovery for int8) and
+    time it interleaved with the float32 baseline stage's (already verified) export until the rule
+    that judged the search's candidates decides (decision.py). A verdict left open by a noisy
+    machine (an interval wider than `tol`, or one a busy machine's margin left open) stops the run,
+    to be resumed here on a quieter one; one left open at the budget itself on a quiet machine is not a MET."""
+    base, final = measurer.load("baseline"), target.prepare(pruned, "model")
     relative = budget.fraction is not None
     threshold = float(budget.fraction) if relative else (budget.value if budget.is_latency else math.inf)
     decision, final, base = measurer.decide(final, threshold, base, relative, budget.statistic)

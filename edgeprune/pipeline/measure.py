@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from edgeprune.pipeline.decision import MIN_CHUNK, ROUNDS, Decision, decide
 from edgeprune.runtime_bench import LatencyStats, Runtime
 from edgeprune.runtime_bench.base import interleave
 
+if TYPE_CHECKING:
+    from edgeprune.pipeline.recovery.evaluate import Metric
+
 
 @dataclasses.dataclass
 class Measurement:
@@ -34,8 +37,6 @@ class Measurement:
     session: Any = dataclasses.field(default=None, repr=False)
 
 
-#: validation images a reduced-precision runtime's accuracy is checked on (one inference each)
-RUNTIME_EVAL_IMAGES = 1000
 #: the longest one measurement (warm-up + timed runs) may take: a --repeats that would take longer
 #: at the model's speed is refused before the first measurement, instead of hanging it
 MAX_MEASURE_S = 600.0
@@ -92,46 +93,42 @@ class TargetMeasurer:
         (the exporter checked the file on its reference backend; a runtime can still differ: its
         own kernels, fusions, precision). Over the runtime's tolerance raises: a latency of a model
         that computes something else does not count."""
-        artifact, _ = self.export(model, self.work_dir / f"{tag}.onnx")
+        artifact, _ = self.export(model, self.onnx_path(tag))
         if self.native is not None:
             self.native.export(model, self.example_inputs, self.target_path(tag))
         m = self.load(tag)
         diff = check_outputs(self.runtime, self.runtime.run(m.session, self.inputs_np), modelrun.run(model, self.example_inputs))
         return dataclasses.replace(m, max_abs_diff=diff)
 
+    def onnx_path(self, tag: str) -> Path:
+        """The ONNX file of `tag`: what reports describe and compress publishes."""
+        return self.work_dir / f"{tag}.onnx"
+
     def target_path(self, tag: str) -> Path:
         """The file the runtime loads for `tag`: the ONNX export, or the runtime's own format."""
-        return self.work_dir / f"{tag}.{self.native.suffix if self.native else 'onnx'}"
+        return self.work_dir / f"{tag}.{self.native.suffix}" if self.native else self.onnx_path(tag)
 
     def load(self, tag: str) -> Measurement:
         """Load the already exported (and verified) `tag` on the runtime."""
-        return Measurement(None, float("nan"), Artifact(self.work_dir / f"{tag}.onnx", "onnx"), self.runtime.load(str(self.target_path(tag))))
+        return Measurement(None, float("nan"), Artifact(self.onnx_path(tag), "onnx"), self.runtime.load(str(self.target_path(tag))))
 
     def time(self, m: Measurement) -> Measurement:
         """Time a loaded model; runs pool with any earlier ones (a candidate at the budget's edge)."""
         more = self.runtime.measure(m.session, self.inputs_np, self.warmup, self.repeats)
         return dataclasses.replace(m, stats=more if m.stats is None else m.stats.merged(more))
 
-    def runtime_top1(self, m: Measurement, model: nn.Module, loader: Iterable[Any], limit: int = RUNTIME_EVAL_IMAGES) -> dict[str, Any]:
-        """Top-1 of the loaded model *on the runtime* next to PyTorch's, on the first `limit`
-        validation images fed one at a time (the export's batch size): the accuracy effect of a
-        reduced-precision runtime (bf16, fp16), which a max output difference does not tell."""
-        torch_hits = runtime_hits = seen = 0
-        with torch.no_grad(), modelrun.eval_mode(model):
-            for x, y in loader:
-                for i in range(len(y)):
-                    if seen == limit:
-                        break
-                    image = x[i : i + 1]
-                    torch_hits += int(model(image).argmax(1)[0] == y[i])
-                    runtime_hits += int(np.argmax(self.runtime.run(m.session, [image.numpy()])[0][0]) == int(y[i]))
-                    seen += 1
-                if seen == limit:
-                    break
-        if seen == 0:
+    def runtime_accuracy(self, m: Measurement, model: nn.Module, loader: Iterable[Any], metric_name: str, metric: Metric) -> dict[str, Any]:
+        """The metric of the loaded model *on the runtime* next to PyTorch's, over every batch of
+        `loader` (the validation split), fed in slices of the export's batch size: the accuracy
+        effect of int8 or a reduced-precision runtime (bf16, fp16), which an output difference on a
+        few inputs does not tell."""
+        on_runtime = RuntimeModel(self.runtime, m.session, self.example_inputs[0].shape[0])
+        runtime_value = metric(on_runtime, loader)
+        if on_runtime.samples == 0:
             raise EdgepruneError("the validation data is empty; nothing to evaluate the runtime's accuracy on")
-        return {"images": seen, "pytorch_top1": torch_hits / seen, "runtime_top1": runtime_hits / seen,
-                "delta": (runtime_hits - torch_hits) / seen}
+        pytorch_value = metric(model, loader)
+        return {"metric": metric_name, "images": on_runtime.samples, "pytorch": pytorch_value, "runtime": runtime_value,
+                "delta": runtime_value - pytorch_value}
 
     def decide(self, candidate: Measurement, threshold: float, reference: Measurement | None = None, relative: bool = True,
                statistic: str = "median") -> tuple[Decision, Measurement, Measurement | None]:
@@ -165,3 +162,27 @@ def check_outputs(runtime: Runtime, got: Sequence[np.ndarray], expected: Sequenc
         raise EdgepruneError(f"{runtime.name} output differs from PyTorch by {diff:.3g} (max abs), over its tolerance {tol:.3g} "
                              f"(atol {runtime.atol:g} + rtol {runtime.rtol:g} x max|output| {scale:.3g}); its latency would not count")
     return diff
+
+
+class RuntimeModel(nn.Module):
+    """A loaded model on a runtime, called like the PyTorch module it was exported from: a batch
+    is run in slices of the export's batch size (the last one padded by repeating its final
+    sample) and the outputs come back as tensors, so a metric written for nn.Modules (top-1,
+    `--metric`) measures the runtime itself. `samples` counts the inputs it has seen."""
+
+    def __init__(self, runtime: Runtime, session: Any, batch: int) -> None:
+        super().__init__()
+        self.runtime, self.session, self.batch = runtime, session, batch
+        self.samples = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(x), self.batch):
+            chunk = x[start : start + self.batch].detach().cpu()
+            real = len(chunk)
+            if real < self.batch:
+                chunk = torch.cat([chunk, chunk[-1:].expand(self.batch - real, *chunk.shape[1:])])
+            parts.append([o[:real] for o in self.runtime.run(self.session, [chunk.numpy()])])
+        self.samples += len(x)
+        outs = tuple(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(len(parts[0])))
+        return outs[0] if len(outs) == 1 else outs

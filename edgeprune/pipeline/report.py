@@ -17,9 +17,11 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
              baseline: dict[str, Any], final: dict[str, Any], method: Importance, search: dict[str, Any],
              space: PruningSpace, plan: Plan, left_whole: list[dict[str, Any]], timings: dict[str, float],
              accuracy: dict[str, Any] | None = None, runtime_accuracy: dict[str, Any] | None = None,
-             data: dict[str, Any] | None = None, recovery: dict[str, Any] | None = None) -> dict[str, Any]:
+             data: dict[str, Any] | None = None, recovery: dict[str, Any] | None = None,
+             precision: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json's content. `baseline` is the baseline stage's description, `final` the final
-    stage's (baseline and pruned model timed interleaved); `settings` a `Settings`."""
+    stage's (baseline and pruned model timed interleaved); `settings` a `Settings`; `precision`
+    what --precision chose and why (pipeline/precision.py)."""
     return {
         "edgeprune_report": 1,
         "model": model,
@@ -34,7 +36,8 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "method": {"name": method.name, "reference": method.reference, "ranking": method.ranking, "depth": settings.depth,
                    "learned": method.state()},  # what a learned method found (gates, searched widths), for review
         "accuracy": accuracy,
-        "runtime_accuracy": runtime_accuracy,  # a reduced-precision runtime's own top-1 (bf16 / fp16)
+        "runtime_accuracy": runtime_accuracy,  # the final model's metric on the runtime itself (int8, bf16, fp16)
+        "precision": precision,
         "data": data,
         "recovery": recovery,
         "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": len(search["steps"]),
@@ -153,6 +156,7 @@ def markdown(rep: dict[str, Any]) -> str:
         "",
         *([f"**Warning: {noise_line(rep)}.**", ""] if noise_line(rep) else []),
         *([f"Note: {busy_line(rep)}.", ""] if busy_line(rep) else []),
+        *_precision_lines(rep),
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
@@ -211,15 +215,44 @@ def _accuracy_lines(rep: dict[str, Any]) -> list[str]:
              else f"| {acc['baseline']:.4f} | {acc['pruned']:.4f} | (no recovery) |", ""]
     ra = rep.get("runtime_accuracy")
     if ra:
-        lines += [f"On `{rep['runtime']['runtime']}` (reduced precision) the final model's top-1 over the first {ra['images']} "
-                  f"validation images is {ra['runtime_top1']:.4f}, against {ra['pytorch_top1']:.4f} in PyTorch float32 "
-                  f"({ra['delta'] * 100:+.2f} points).", ""]
+        chosen = (rep.get("precision") or {}).get("chosen", "fp32")
+        lines += [f"On `{rep['runtime']['runtime']}` itself ({chosen}{', reduced precision' if chosen == 'fp32' else ''}) the final "
+                  f"model's {ra['metric']} over {ra['images']} validation images is **{ra['runtime']:.4f}**, against "
+                  f"{ra['pytorch']:.4f} for the same model in PyTorch float32 ({ra['delta']:+.4f}) and {acc['baseline']:.4f} for "
+                  "the unpruned baseline in PyTorch float32.", ""]
     rec = rep.get("recovery")
     if rec:
         cfg = rec["config"]
         budget = f"{cfg['steps']} steps" if cfg.get("steps") else f"{cfg['epochs']} epoch(s)"
         lines += [f"Recovery: {rec['method']}, {budget}, lr {cfg['lr']}, {cfg['schedule']} schedule, "
                   f"{rec['processes']} process(es), {rec['seconds']:.0f} s.", ""]
+    return lines
+
+
+def _precision_lines(rep: dict[str, Any]) -> list[str]:
+    """## Precision: what was chosen and why, what each precision reached, how int8 was made and checked."""
+    p = rep.get("precision")
+    if not p:
+        return []
+    lines = [f"## Precision: {p['chosen']} (--precision {p['mode']})", "", f"Why: {p['why']}.", ""]
+    probe = p.get("int8_unpruned")
+    if probe:
+        ratio = f"{probe['ratio']:.3f} of the float32 baseline" if probe.get("ratio") is not None else f"{probe['value']:.4g}"
+        lines += [f"int8 of the unpruned model measured {ratio}: {'within' if probe['within'] else 'over'} the budget.", ""]
+    if p.get("searched"):
+        lines += ["| searched with | FLOPs kept | candidates | outcome |", "|---|---:|---:|---|"]
+        for name, t in p["searched"].items():
+            lines.append(f"| {name} | – | – | {t['error']} |" if "error" in t
+                         else f"| {name} | {t['flops_ratio']:.1%} | {t['candidates_measured']} | {t['stop_reason']} |")
+        lines.append("")
+    q, check = p.get("quantization"), p.get("int8_check")
+    if q and check:
+        how = ", ".join(f"{k} {v}" for k, v in q.items() if k not in ("quantizer", "reference"))
+        lines += [f"`model.onnx` is int8 ({q['reference']}; {how}), quantized after recovery (which ran in float32), calibrated "
+                  f"on training images. On `{rep['runtime']['runtime']}` it differs from PyTorch float32 by {check['rel_l2']:.4f} "
+                  f"(relative L2 error of the outputs over {check['images']} validation images; tolerance {check['tolerance']:g})"
+                  + (f", the same class on {check['top1_agreement']:.1%} of them" if check.get("top1_agreement") is not None else "")
+                  + ". `model.pt` and `state_dict.pt` are the float32 model it was quantized from.", ""]
     return lines
 
 

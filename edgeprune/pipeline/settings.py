@@ -34,9 +34,11 @@ BOUNDS: dict[str, tuple[str, Bound]] = {
     "alpha": ("--alpha", bounds.FRACTION),
     "pgd_steps": ("--pgd-steps", bounds.count()),
     "analysis_time_s": ("--analysis-time", bounds.POSITIVE),
+    "max_accuracy_drop": ("--max-accuracy-drop", bounds.FRACTION),
 }
 RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
 DEPTHS = ("off", "on", "only")
+PRECISIONS = ("fp32", "int8", "auto")
 
 
 @dataclasses.dataclass
@@ -66,6 +68,8 @@ class Settings:
     depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
     search: str = "guided"  # a registered Search (search/__init__.py): guided (the default), uniform, layerwise
     analysis_time_s: float = 60.0  # discovering the pruning space; what is not analysed by then is left whole
+    precision: str | None = None  # fp32 | int8 | auto (pipeline/precision.py); None: the default, `precision_mode`
+    max_accuracy_drop: float | None = None  # refuse a plan whose accuracy on the runtime falls more than this below the baseline
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""
@@ -77,7 +81,7 @@ class Settings:
             bound.check(option, getattr(self, name))
         self.unprunable = tuple(self.unprunable)
         for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, tuple(SEARCHES.names())),
-                                       ("--depth", self.depth, DEPTHS)):
+                                       ("--depth", self.depth, DEPTHS), ("--precision", self.precision, PRECISIONS)):
             if value is not None and value not in allowed:
                 raise EdgepruneError(f"{option} {value!r}: use one of {', '.join(allowed)}")
         method = METHODS.get(self.method)
@@ -92,6 +96,12 @@ class Settings:
             raise EdgepruneError(refused)
         if self.data is None and self.metric is not None:
             raise EdgepruneError("--metric needs --data to evaluate on")
+        if self.precision in ("int8", "auto") and self.data is None:
+            raise EdgepruneError(f"--precision {self.precision} needs --data: int8 is calibrated on training images and checked on "
+                                 "validation images, never on random inputs; pass --data or use --precision fp32")
+        if self.max_accuracy_drop is not None and (self.data is None or self.metric is not None):
+            raise EdgepruneError("--max-accuracy-drop needs --data and top-1 (no --metric): it compares the top-1 measured on the "
+                                 "runtime with the baseline's, and a --metric may be better when lower")
 
     @property
     def recovery(self) -> str:
@@ -101,6 +111,11 @@ class Settings:
         if self.recover is not None:
             return self.recover
         return METHODS.get(self.method).default_recovery if self.data is not None else "none"
+
+    @property
+    def precision_mode(self) -> str:
+        """The precision policy that runs: --precision, else fp32."""
+        return self.precision or "fp32"
 
     def recovery_options(self) -> dict[str, Any]:
         """The options of the chosen recovery that Settings carries (distillation's, PGD's)."""
