@@ -56,12 +56,16 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--redraw", action="store_true", help="draw the timm sample again from timm.list_models()")
     p.add_argument("--list", action="store_true", help="print the sample and exit")
+    p.add_argument("--table", action="store_true", help="print the summary tables of --out as markdown (bench/README.md) and exit")
     p.add_argument("--timing-budget", type=float, default=TIMING_BUDGET_S,
                    help=f"seconds of interleaved timing per model (default {TIMING_BUDGET_S:g}; less for a quick survey)")
     p.add_argument("--worker", nargs=3, metavar=("TOOL", "SPEC", "RESULT"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
         return _worker(*a.worker, timing_budget=a.timing_budget)
+    if a.table:
+        print(table(json.loads(a.out.read_text())))
+        return 0
     from bench import zoo_models
 
     specs = a.models.split(",") if a.models else zoo_models.sample(a.redraw) + [s for s in COMPRESS_BUDGETS if s.startswith("timm:")]
@@ -156,6 +160,59 @@ def summarize(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "both_pruned": len(both),
         "slowest": sorted(((r.get("seconds", 0.0), s) for s, r in ep.items()), reverse=True)[:10],
     }
+
+
+def table(result: dict[str, Any]) -> str:
+    """bench/README.md's zoo tables, from a result file: per family, the models that did not fully
+    pass and why, the compress rows, the slowest models and where their time went."""
+    import numpy as np
+
+    models = result["models"]
+    fam: dict[str, list[str]] = {}
+    for spec in models:
+        fam.setdefault(spec.partition(":")[0], []).append(spec)
+
+    def med(v: list[float]) -> str:
+        return f"{float(np.median(v)):.3f}" if v else "–"
+
+    lines = ["| family | models | fully pass | pruned, not fully | left whole | clean error | crash | hang | median params (edgeprune / tp, both pruned) "
+             "| median speed-up ÷ FLOPs reduction (timed) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for f, specs in [*fam.items(), ("all", list(models))]:
+        ep = [models[s]["edgeprune"] for s in specs if "edgeprune" in models[s]]
+        outcome = lambda o: sum(r["outcome"] == o for r in ep)  # noqa: E731
+        both = [s for s in specs if models[s].get("edgeprune", {}).get("params_ratio") is not None
+                and models[s].get("tp", {}).get("params_ratio") is not None]
+        speed = [r["speedup_per_flops"] for r in ep if r.get("speedup_per_flops") is not None]
+        full = sum(bool(r.get("full_pass")) for r in ep)
+        lines.append(f"| {f} | {len(ep)} | {full} | {sum(r['outcome'] == 'pruned' and not r.get('full_pass') for r in ep)} "
+                     f"| {outcome('left whole')} | {outcome('clean error')} | {outcome('crash')} | {outcome('hang')} "
+                     f"| {med([models[s]['edgeprune']['params_ratio'] for s in both])} / {med([models[s]['tp']['params_ratio'] for s in both])} ({len(both)}) "
+                     f"| {med(speed)} ({len(speed)}) |")
+    lines += ["", "| model | outcome | params | why not a full pass |", "|---|---|---|---|"]
+    for spec, row in models.items():
+        r = row.get("edgeprune", {})
+        if r and not r.get("full_pass"):
+            why = r.get("error") or r.get("onnx_error") or ("output shapes changed" if r.get("shape_equal") is False else "") \
+                or (f"params {r['params_ratio']:.2f} > {FULL_PASS_PARAMS}; left whole: "
+                    + "; ".join(sorted({v.split(':')[0] for v in r.get("left_whole", {}).values()})) if r.get("params_ratio") else "")
+            params = f"{r['params_ratio']:.3f}" if r.get("params_ratio") is not None else "–"
+            lines.append(f"| {spec} | {r['outcome']} | {params} | {why[:220]} |")
+    lines += ["", "| model | budget | met | latency ratio | FLOPs | params | speed-up ÷ FLOPs reduction | candidates | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for spec, row in models.items():
+        c = row.get("compress")
+        if c and c.get("outcome") == "compressed":
+            lines.append(f"| {spec} | {c['budget']} | {'yes' if c['met'] else 'no'} | {c['latency_ratio']:.3f} | {c['flops_ratio']:.3f} "
+                         f"| {c['params_ratio']:.3f} | {c['speedup_per_flops']:.3f} | {c['candidates']} | {c.get('seconds', 0):.0f} |")
+        elif c:
+            lines.append(f"| {spec} | {COMPRESS_BUDGETS.get(spec, '')} | {c['outcome']} | {str(c.get('error', ''))[:200]} | | | | | {c.get('seconds', 0):.0f} |")
+    lines += ["", "| model | seconds | longest steps (s) |", "|---|---|---|"]
+    slow = sorted(((r["edgeprune"].get("seconds", 0.0), s) for s, r in models.items() if "edgeprune" in r), reverse=True)[:10]
+    for sec, spec in slow:
+        steps = models[spec]["edgeprune"].get("steps_s", {})
+        top = sorted(steps.items(), key=lambda kv: -kv[1])[:3] + [("build, export, ORT check, timing", sec - sum(steps.values()))]
+        lines.append(f"| {spec} | {sec:.0f} | {', '.join(f'{k} {v:.0f}' for k, v in top)} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------- worker
