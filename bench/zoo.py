@@ -17,8 +17,8 @@ unchanged, the ONNX export worked and ORT matches the pruned model. `--compress`
 Needs the zoo environment: `make zoo`, or
     ../shared/zoo/make-zoo-venv.sh .venv-zoo && .venv-zoo/bin/python bench/zoo.py
     .venv-zoo/bin/python bench/zoo.py --models tv:swin_t,hf:bert --out /tmp/zoo.json
-Results go to bench/results/zoo.json, rewritten atomically after every model; rows of models not
-re-run are kept (each with the commit it was measured at).
+Results go to bench/results/zoo.json, rewritten atomically after every model; rows of models and
+tools not re-run are kept (each tool's row with the commit it was measured at).
 """
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def _drive(specs: list[str], tools: list[str], out: Path, timing_budget: float) 
     if found:
         earlier, commit = found
         for spec, row in earlier.get("models", {}).items():
-            row.setdefault("measured_at_commit", commit)
+            for tool_row in (v for v in row.values() if isinstance(v, dict)):  # each tool's row keeps its commit
+                tool_row.setdefault("measured_at_commit", commit)
             result["models"][spec] = row
     for i, spec in enumerate(specs):
         row = result["models"].get(spec, {})
@@ -100,7 +101,6 @@ def _drive(specs: list[str], tools: list[str], out: Path, timing_budget: float) 
                 continue
             t0 = time.perf_counter()
             row[tool] = _run_worker(tool, spec, timing_budget)
-            row.pop("measured_at_commit", None)
             print(f"[{i + 1}/{len(specs)}] {spec} {tool}: {_short(row[tool])} ({time.perf_counter() - t0:.0f}s)", flush=True)
         result["models"][spec] = row
         result["summary"] = summarize(result["models"])
