@@ -345,7 +345,8 @@ def _compress_row(spec: str) -> dict[str, Any]:
             "flops_ratio": res.flops_ratio, "speedup_per_flops": speedup_per_flops,
             "params_ratio": rep["final"]["params"] / rep["baseline"]["params"],
             "candidates": rep["search"]["candidates_measured"], "stop_reason": rep["search"]["stop_reason"],
-            "left_whole": len(rep["left_whole"]), "timings_s": rep["timings_s"]}
+            "left_whole": len(rep["left_whole"]), "timings_s": rep["timings_s"],
+            "decision": {k: (rep["budget"].get("decision") or {}).get(k) for k in ("verdict", "estimate", "low", "high", "rounds", "busy")}}
 
 
 if __name__ == "__main__":
