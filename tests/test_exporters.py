@@ -179,3 +179,32 @@ def test_exporter_registry():
 
 def test_artifact_is_hashable_with_meta(tmp_path):
     assert hash(Artifact(tmp_path, "onnx", {"simplified": True})) == hash(Artifact(tmp_path, "onnx"))
+
+
+class _EqualSplit(torch.nn.Module):
+    """A Linear whose output is split into equal parts (GPT-2's fused q/k/v)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = self.lin(x).split(4, dim=-1)
+        return a * b + c
+
+
+def test_dynamo_files_load_in_onnx_runtime(tmp_path, monkeypatch):
+    """The dynamo exporter writes opset 18; converted down to 17, its Split kept opset 18's
+    num_outputs attribute and ONNX Runtime refused the file (GPT-2, timm's RoPE ViTs)."""
+    real_export = torch.onnx.export
+
+    def torchscript_fails(*args, dynamo, **kwargs):
+        if not dynamo:
+            raise RuntimeError("tracer cannot handle this")
+        return real_export(*args, dynamo=True, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", torchscript_fails)
+    model, x = _EqualSplit().eval(), torch.randn(2, 8)
+    art = OnnxExporter(opset=17).export(model, [x], tmp_path / "m.onnx")
+    assert OnnxExporter().check(art, model, [x]) < 1e-5
+    assert art.meta["exporter"] == "dynamo" and art.meta["opset"] >= 18

@@ -27,6 +27,10 @@ from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
 log = logging.getLogger(__name__)
 #: protobuf serializes at most 2 GiB: a model with more weights cannot be one .onnx file
 PROTOBUF_LIMIT = 2**31
+#: the lowest opset the dynamo exporter writes natively; asked for less, it converts down with
+#: onnx's C API, which leaves opset-18 attributes behind (Split's num_outputs: GPT-2's and timm
+#: RoPE ViTs' files then fail to load in ONNX Runtime), so its files stay at 18 or above
+DYNAMO_MIN_OPSET = 18
 
 
 @register
@@ -104,7 +108,8 @@ class OnnxExporter(Exporter):
             return "torchscript"
         except Exception as ts_err:  # torch raises many unrelated types here; each means "could not export"
             try:
-                torch.onnx.export(model, inputs, str(path), dynamo=True, external_data=False, verbose=False, **common)
+                torch.onnx.export(model, inputs, str(path), dynamo=True, external_data=False, verbose=False,
+                                  **common | {"opset_version": max(self.opset, DYNAMO_MIN_OPSET)})
                 return "dynamo"
             except Exception as dyn_err:
                 hint = "install onnxscript so the dynamo exporter can try, " if isinstance(dyn_err, ImportError) else ""
