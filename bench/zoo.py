@@ -158,6 +158,10 @@ def summarize(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "median_params_ratio_edgeprune": med([ep[s]["params_ratio"] for s in both]),
         "median_params_ratio_tp": med([models[s]["tp"]["params_ratio"] for s in both]),
         "both_pruned": len(both),
+        # torch-pruning changed the output shapes of some models (a broken model, not a smaller one)
+        "median_params_ratio_edgeprune_tp_shapes_kept": med([ep[s]["params_ratio"] for s in both if models[s]["tp"].get("shape_equal")]),
+        "median_params_ratio_tp_shapes_kept": med([models[s]["tp"]["params_ratio"] for s in both if models[s]["tp"].get("shape_equal")]),
+        "both_pruned_tp_shapes_kept": sum(bool(models[s]["tp"].get("shape_equal")) for s in both),
         "slowest": sorted(((r.get("seconds", 0.0), s) for s, r in ep.items()), reverse=True)[:10],
     }
 
