@@ -169,29 +169,23 @@ def summarize(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     """bench/README.md's zoo tables, from a result file: per family, the models that did not fully
     pass and why, the compress rows, the slowest models and where their time went."""
-    import numpy as np
-
     models = result["models"]
     fam: dict[str, list[str]] = {}
     for spec in models:
         fam.setdefault(spec.partition(":")[0], []).append(spec)
 
-    def med(v: list[float]) -> str:
-        return f"{float(np.median(v)):.3f}" if v else "–"
+    def num(v: float | None) -> str:
+        return "–" if v is None else f"{v:.4f}"  # as summarize rounds it
 
     lines = ["| family | models | fully pass | pruned, not fully | left whole | clean error | crash | hang | median params (edgeprune / tp, both pruned) "
              "| median speed-up ÷ FLOPs reduction (timed) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for f, specs in [*fam.items(), ("all", list(models))]:
-        ep = [models[s]["edgeprune"] for s in specs if "edgeprune" in models[s]]
-        outcome = lambda o: sum(r["outcome"] == o for r in ep)  # noqa: E731
-        both = [s for s in specs if models[s].get("edgeprune", {}).get("params_ratio") is not None
-                and models[s].get("tp", {}).get("params_ratio") is not None]
-        speed = [r["speedup_per_flops"] for r in ep if r.get("speedup_per_flops") is not None]
-        full = sum(bool(r.get("full_pass")) for r in ep)
-        lines.append(f"| {f} | {len(ep)} | {full} | {sum(r['outcome'] == 'pruned' and not r.get('full_pass') for r in ep)} "
-                     f"| {outcome('left whole')} | {outcome('clean error')} | {outcome('crash')} | {outcome('hang')} "
-                     f"| {med([models[s]['edgeprune']['params_ratio'] for s in both])} / {med([models[s]['tp']['params_ratio'] for s in both])} ({len(both)}) "
-                     f"| {med(speed)} ({len(speed)}) |")
+        sm = summarize({spec: models[spec] for spec in specs})
+        o = sm["outcomes"]
+        lines.append(f"| {f} | {sm['models']} | {sm['full_pass']} | {o.get('pruned', 0) - sm['full_pass']} | {o.get('left whole', 0)} "
+                     f"| {o.get('clean error', 0)} | {o.get('crash', 0)} | {o.get('hang', 0)} "
+                     f"| {num(sm['median_params_ratio_edgeprune'])} / {num(sm['median_params_ratio_tp'])} ({sm['both_pruned']}) "
+                     f"| {num(sm['median_speedup_per_flops'])} ({sm['timed']}) |")
     lines += ["", "| model | outcome | params | why not a full pass |", "|---|---|---|---|"]
     for spec, row in models.items():
         r = row.get("edgeprune", {})
@@ -211,8 +205,7 @@ def table(result: dict[str, Any]) -> str:
         elif c:
             lines.append(f"| {spec} | {COMPRESS_BUDGETS.get(spec, '')} | {c['outcome']} | {str(c.get('error', ''))[:200]} | | | | | {c.get('seconds', 0):.0f} |")
     lines += ["", "| model | seconds | longest steps (s) |", "|---|---|---|"]
-    slow = sorted(((r["edgeprune"].get("seconds", 0.0), s) for s, r in models.items() if "edgeprune" in r), reverse=True)[:10]
-    for sec, spec in slow:
+    for sec, spec in summarize(models)["slowest"]:
         steps = models[spec]["edgeprune"].get("steps_s", {})
         top = sorted(steps.items(), key=lambda kv: -kv[1])[:3] + [("build, export, ORT check, timing", sec - sum(steps.values()))]
         lines.append(f"| {spec} | {sec:.0f} | {', '.join(f'{k} {v:.0f}' for k, v in top)} |")

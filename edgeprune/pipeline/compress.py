@@ -39,7 +39,7 @@ from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, loa
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.search import SEARCHES, SearchContext
-from edgeprune.pipeline.search.objective import CountObjective, Evaluation, LatencyObjective, Objective
+from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.quantize import Quantizer, quantizer_for
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 
@@ -176,9 +176,10 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             """int8 of the unpruned model, judged against the budget as a search candidate is."""
             def measure() -> dict[str, Any]:
                 assert int8 is not None
-                ev, within = _judged(_objective(budget, int8, inputs, measurer, settings.tol), model, "unpruned")
+                # judged by the rule the search applies to its candidates (the objective's drift allowance included)
+                ev = _objective(budget, int8, inputs, measurer, settings.tol).evaluate(model, "unpruned")
                 plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
-                return {"value": ev.value, "ratio": ev.ratio, "within": within, "evaluation": ev.to_dict(), "plan": plan.to_dict()}
+                return {"value": ev.value, "ratio": ev.ratio, "within": ev.within, "evaluation": ev.to_dict(), "plan": plan.to_dict()}
             return stage("int8_unpruned", measure)
 
         choice = precision_mod.choose(precision_mod.Policy(
@@ -386,13 +387,6 @@ def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Ten
 def _prunes_nothing(plan: Plan) -> bool:
     """Every unit of every group kept and no block removed: the model as it was, nothing to recover."""
     return not plan.removed_blocks and all(len(g.keep) == g.size for g in plan.groups.values())
-
-
-def _judged(objective: Objective, model: torch.nn.Module, tag: str) -> tuple[Evaluation, bool]:
-    """`model` evaluated and whether it counts as within the budget, by the rule the search
-    applies to its candidates (decided under the budget less the objective's drift allowance)."""
-    ev = objective.evaluate(model, tag)
-    return ev, ev.within
 
 
 def _quantizer(settings: Settings, inputs: tuple[torch.Tensor, ...]) -> tuple[Quantizer | None, str | None]:

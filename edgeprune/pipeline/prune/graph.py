@@ -50,7 +50,7 @@ class GraphError(Exception):
     """A coupling the graph cannot resolve safely; the message says why (one line). `reached` names
     the layers whose output channels the failed query had reached (set by `Graph.coupled`)."""
 
-    reached: set[str] = set()
+    reached: frozenset[str] | set[str] = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,9 +293,9 @@ class Graph:
             return []
         channels = shape_infer.infer_out_channels_recursively(self.dg, node, [0])
         path = self.dg._module2name.get(caller)
-        attrs = [a for a, v in vars(caller).items() if type(v) is int and v == channels and WIDTH_NAME.search(a)]
         if path is None or not channels:
             return []
+        attrs = [a for a, v in vars(caller).items() if type(v) is int and v == channels and WIDTH_NAME.search(a)]
         return [Touch(f"{path}.{a}" if path else a, "in", "width", tuple(range(len(roots))), roots) for a in attrs]
 
     def _site_touches(self, stand: _Stand, side: str, idxs: tuple[int, ...], roots: tuple[int, ...]) -> list[Touch]:
