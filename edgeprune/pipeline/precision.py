@@ -159,7 +159,7 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
             tried[precision] = {"error": str(err)}
             return {"error": str(err)}
         tried[precision] = {"flops_ratio": p.flops(result) / p.baseline_flops, "stop_reason": result["stop_reason"],
-                            "candidates_measured": len(result["steps"])}
+                            "candidates_measured": sum("confirm" not in s for s in result["steps"])}
         return result
 
     if p.mode == "fp32":
