@@ -186,7 +186,7 @@ def accuracy_rows(names: list[str], data: str, epochs: int, work: Path, result: 
     for name in names:
         entry = result["accuracy"][name] = {"baseline_top1": top1(trained(name), val), "rows": [], "measured_at_commit": result["git"]["commit"]}
         for search in SEARCHES:
-            settings = Settings(budget="50%", search=search, data=data, recover="finetune", epochs=epochs)
+            settings = Settings(budget="50%", search=search, data=data, recover="finetune", epochs=epochs, precision="fp32")  # the searches compared
             row, out = latency_row(name, "50%", work, log, settings)
             checked(row, out, log)
             row |= {"search": search, "top1": (row.get("accuracy") or {}).get("recovered")}

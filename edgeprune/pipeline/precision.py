@@ -129,6 +129,7 @@ class Policy:
     at a precision (both resumable stages of the run), and how many FLOPs a searched plan keeps."""
 
     mode: str  # fp32 | int8 | auto
+    fp32_why: str  # why the mode is fp32, when it is (--precision fp32, or no --data)
     unavailable: str | None  # why int8 cannot run here, or None
     counted: bool  # a FLOPs/params budget: counted on the PyTorch model, the same at any precision
     baseline_within: bool  # the float32 model already meets the budget
@@ -163,7 +164,7 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
         return result
 
     if p.mode == "fp32":
-        return done("fp32", "--precision fp32", searched("fp32"))
+        return done("fp32", p.fp32_why, searched("fp32"))
     if p.unavailable is not None:  # only `auto` gets here: an explicit int8 was refused before any work
         return done("fp32", f"{p.unavailable}; float32", searched("fp32"))
     if p.counted:
