@@ -131,14 +131,14 @@ def latency_row(name: str, budget: str, work: Path, log: Callable[[str], None], 
     row |= {
         "met": res.met, "ratio": final["estimate"], "ratio_interval": [final["low"], final["high"]],
         "ratio_over_budget": final["estimate"] / fraction, "final_rounds": final["rounds"],
-        "candidates": rep["search"]["candidates_measured"], "search_s": rep["timings_s"].get("search"),
+        "candidates": rep["search"]["candidates_measured"], "confirmations": sum("confirm" in s for s in steps), "search_s": rep["timings_s"].get("search"),
         "wall_s": round(time.perf_counter() - t0, 1), "stop_reason": rep["search"]["stop_reason"], "guide": rep["search"].get("guide"),
         "other_cpu_s": round(sum(d["other_cpu_s"] for d in decisions), 2),
         "busy_max": max(d["busy"] for d in decisions), "rounds_on_cpu_time": sum(d["cpu_rounds"] for d in decisions),
         "rounds": sum(d["rounds"] for d in decisions), "busy_candidates": rep["search"]["busy"]["candidates"],
         "final_busy": rep["search"]["busy"]["final"], "flops_ratio": rep["final"]["flops"] / rep["baseline"]["flops"],
         "baseline_ms": rep["baseline"]["latency_ms"]["median"], "final_ms": rep["final"]["latency_ms"]["median"],
-        "steps": [{k: s.get(k) for k in ("index", "level", "lambda", "fill", "predicted_flops", "value", "within_budget", "seconds")}
+        "steps": [{k: s.get(k) for k in ("index", "level", "lambda", "fill", "confirm", "predicted_flops", "value", "within_budget", "seconds")}
                   | {"ratio": s["decision"]["estimate"], "interval": [s["decision"]["low"], s["decision"]["high"]],
                      "verdict": s["decision"]["verdict"], "rounds": s["decision"]["rounds"], "cpu_rounds": s["decision"]["cpu_rounds"],
                      "other_cpu_s": s["decision"]["other_cpu_s"]} for s in steps],
@@ -175,16 +175,18 @@ def summary(rows: list[dict[str, Any]], window: float) -> dict[str, Any]:
     }
 
 
-def accuracy_rows(data: str, epochs: int, work: Path, result: dict[str, Any], save: Callable[[], None], log: Callable[[str], None]) -> None:
-    """Each search on the trained CIFAR ResNets at 50 %, the same fine-tune, full-test-set top-1."""
+def accuracy_rows(names: list[str], data: str, epochs: int, work: Path, result: dict[str, Any], save: Callable[[], None],
+                  log: Callable[[str], None]) -> None:
+    """Each search on the trained CIFAR ResNets `names` at 50 %, the same fine-tune, full-test-set
+    top-1; one model's rows are all from this run (another model's earlier rows are kept)."""
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.recovery import top1
 
     val = load_data(data, batch_size=256).val
-    for name in ACCURACY_MODELS:
-        entry = result["accuracy"].setdefault(name, {"baseline_top1": top1(trained(name), val), "rows": []})
+    for name in names:
+        entry = result["accuracy"][name] = {"baseline_top1": top1(trained(name), val), "rows": [], "measured_at_commit": result["git"]["commit"]}
         for search in SEARCHES:
-            settings = Settings(budget="50%", search=search, data=data, recover="finetune", epochs=epochs)
+            settings = Settings(budget="50%", search=search, data=data, recover="finetune", epochs=epochs, precision="fp32")  # the searches compared
             row, out = latency_row(name, "50%", work, log, settings)
             checked(row, out, log)
             row |= {"search": search, "top1": (row.get("accuracy") or {}).get("recovered")}
@@ -252,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             save()
             log(f"{name}: {result['passes'][name]['summary']}")
         if a.accuracy:
-            result["accuracy"] = {}
-            accuracy_rows(a.data, a.epochs, work, result, save, log)
+            accuracy_rows([m for m in ACCURACY_MODELS if m in a.models], a.data, a.epochs, work, result, save, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     save()

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     for label, method, learns, recover in (r for r in ROWS if r[0] in a.rows):
         options = (method_training | ({"pgd_steps": a.train_pgd_steps} if method == "anp" else {})) if learns else {}
-        settings = Settings(budget=a.budget, method=method, method_options=options, data=a.data, recover=recover,
+        settings = Settings(precision="fp32", budget=a.budget, method=method, method_options=options, data=a.data, recover=recover,
                             pgd_steps=a.train_pgd_steps, **(recovery if learns else total))
         loaded = from_module(copy.deepcopy(base), x, arch=a.arch, num_classes=10)
         extras = lambda res: robust(res.model) | {"method_state": _summary(res.report["method"]["learned"])}  # noqa: E731

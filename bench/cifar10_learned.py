@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         base, measurer, entry = found
         entry |= {"epochs": a.epochs, "search": search}
         for label, method, depth, from_scratch in (r for r in ROWS if r[0] in a.rows):
-            settings = Settings(budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
+            settings = Settings(precision="fp32", budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
                                 method_options=search)
             loaded = (untrained(arch, 10, (1, 3, 32, 32)) if from_scratch
                       else from_module(copy.deepcopy(base), x, arch=arch, num_classes=10))

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         base, measurer, entry = found
         for label, method, depth, options in ROWS:
-            settings = Settings(budget=a.budget, method=method, method_options=options, depth=depth, data=a.data,
+            settings = Settings(precision="fp32", budget=a.budget, method=method, method_options=options, depth=depth, data=a.data,
                                 recover="finetune", epochs=a.epochs)
             loaded = from_module(copy.deepcopy(base), x, arch=arch, num_classes=10)
             entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                               for row in earlier[0].get("models", {}).get(arch, {}).get("rows", []) if row["search"] not in a.searches]
         for search in a.searches:
             for budget in a.budgets:
-                settings = Settings(budget=budget, method="l1", search=search, data=data, recover="finetune" if trained else "none",
+                settings = Settings(precision="fp32", budget=budget, method="l1", search=search, data=data, recover="finetune" if trained else "none",
                                     steps=a.steps if trained else None)
                 loaded = from_module(copy.deepcopy(base), x, arch=arch, num_classes=10)
                 row = run_row(f"{arch} {search} {budget}", loaded, settings, base, measurer, x, work, log, out=work / f"{arch}_{search}")

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for budget in a.budgets:
         for method, steps, lr, options in (("flop", a.recover_steps, a.flop_lr, {"steps": a.flop_steps, "lr": a.flop_lr}),
                                            ("l1", a.recover_steps + a.flop_steps, a.lr, {})):
-            settings = Settings(budget=f"{budget * 100:g}%", method=method, data=DATA, metric=METRIC, recover="finetune",
+            settings = Settings(precision="fp32", budget=f"{budget * 100:g}%", method=method, data=DATA, metric=METRIC, recover="finetune",
                                 steps=steps, lr=lr, repeats=50, method_options=options)
             loaded = from_module(copy.deepcopy(base), (tokens,), arch="char_lm", num_classes=text.VOCAB)
             row = run_row(f"{method} {budget:g}", loaded, settings, base, measurer, tokens, work, log, metric=METRIC.rpartition(":")[2])

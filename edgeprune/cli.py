@@ -153,9 +153,10 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument("--depth", choices=DEPTHS, default="off",
                    help="also remove whole residual blocks (on), or only blocks (only); needs --data")
     p.add_argument("--precision", choices=PRECISIONS,
-                   help="fp32 (the default): prune only; int8: quantize (post-training, calibrated on --data) and search the "
-                        "widths with int8 candidates; auto: int8 of the unpruned model first, else the widths searched with int8 "
-                        "and with float32 candidates, the least pruning that meets the budget wins (int8 and auto need --data)")
+                   help="fp32: prune only; int8: quantize (post-training, calibrated on --data) and search the widths with "
+                        "int8 candidates; auto (the default with --data; fp32 without): int8 of the unpruned model first, else the "
+                        "widths searched with int8 and with float32 candidates, the least pruning that meets the budget wins "
+                        "(int8 and auto need --data)")
     _setting(p, "max_accuracy_drop", "refuse (exit 2, naming the best plan found) a result whose top-1 measured on the runtime "
                                      "falls more than this below the baseline's (0.01 = one point; needs --data)")
     _setting(p, "analysis_time_s", "seconds that finding what can be pruned may take; layers not analysed by then are "
@@ -469,7 +470,8 @@ def _demo(argv: list[str]) -> int:
     # threads took 7-21 s per epoch against 4 s for one (measured), and a first run must not crawl.
     torch.set_num_threads(1)
     settings = Settings(budget=a.budget, runtime=a.runtime, threads=a.threads, warmup=a.warmup, repeats=a.repeats,
-                        data=str(asset("cifar10_demo.npz")), recover="distill", epochs=a.epochs)
+                        data=str(asset("cifar10_demo.npz")), recover="distill", epochs=a.epochs,
+                        precision="fp32")  # the demo shows pruning and recovery; int8 alone would meet 50 % here
     model = models.create("resnet20", num_classes=10)
     model.load_state_dict(torch.load(asset("resnet20_cifar10.pt"), map_location="cpu", weights_only=True))
     Console().print(f"[bold]demo:[/] CIFAR-10 ResNet-20 ({asset('resnet20_cifar10.json').name} has its recipe), budget {a.budget} "

@@ -105,7 +105,7 @@ def _policy(mode: str, probe_value: float, searches: dict[str, float | str], una
         calls.append("probe")
         return {"value": probe_value, "ratio": probe_value, "within": probe_value <= 0.5 * 0.97, "plan": {"kept": 1.0}}
 
-    return Policy(mode=mode, unavailable=unavailable, counted=False, baseline_within=False, probe=probe, search=search,
+    return Policy(mode=mode, fp32_why="--precision fp32", unavailable=unavailable, counted=False, baseline_within=False, probe=probe, search=search,
                   flops=lambda d: d["plan"]["kept"] * 100.0, baseline_flops=100.0, baseline_value=1.0)
 
 
@@ -165,7 +165,8 @@ class _CostRuntime(OrtCpuRuntime):
 
 @pytest.fixture(scope="module")
 def cost_runs(tmp_path_factory: pytest.TempPathFactory, npz: Path) -> dict[str, tuple[int, str, dict[str, Any], Path]]:
-    """`compress --precision auto` at three budgets on the cost runtime (exit code, stderr, report, out)."""
+    """`compress --precision auto` at three budgets on the cost runtime (exit code, stderr, report,
+    out); at 60 % without --precision: `auto` is the default with --data."""
     from edgeprune.runtime_bench.registry import RUNTIMES
 
     tmp = tmp_path_factory.mktemp("auto")
@@ -183,7 +184,7 @@ def cost_runs(tmp_path_factory: pytest.TempPathFactory, npz: Path) -> dict[str, 
             # --search uniform: the cost runtime's latency follows parameters, which a uniform level
             # cuts evenly; the default search's FLOP-guided path jumps in parameters on this tiny net
             rc, _, err = run_cli([tmp / "m.pt", "--budget", budget, "--input-shape", "1x3x32x32", "--runtime", _CostRuntime.name,
-                                  "--search", "uniform", "--precision", "auto", "--data", npz, "--recover", "finetune", "--steps", "2", "--round-to", "4",
+                                  "--search", "uniform", *([] if budget == "60%" else ["--precision", "auto"]), "--data", npz, "--recover", "finetune", "--steps", "2", "--round-to", "4",
                                   "--warmup", "1", "--repeats", "5", "--out", out])
             rep = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
             runs[budget] = (rc, err, rep, out)
@@ -196,6 +197,7 @@ def test_auto_takes_int8_alone_when_it_meets_the_budget(cost_runs: dict) -> None
     rc, err, rep, out = cost_runs["60%"]  # int8 unpruned costs 0.25 + 0.25 = 0.5 of float32
     assert rc == 0, err
     p = rep["precision"]
+    assert p["mode"] == "auto"  # no --precision given: the default with --data
     assert p["chosen"] == "int8" and p["int8_unpruned"]["within"] and p["searched"] == {}
     assert rep["final"]["flops"] == rep["baseline"]["flops"]  # not one channel removed, so nothing to fine-tune
     assert rep["recovery"] is None and "nothing pruned" in err and "recovered" not in rep["accuracy"]
@@ -275,3 +277,13 @@ def test_bench_and_check_time_an_int8_onnx(tmp_path: Path, npz: Path) -> None:
         assert rc in (0, 1) and ("OK" if rc == 0 else "OVER BUDGET") in out and " ms" in out, err
     rc, out, err = run_cli(["check", m.artifact.path, "--budget", "1Mparams"])
     assert rc == 0 and "OK" in out, err
+
+
+def test_the_default_precision_is_auto_with_data_and_float32_without(npz: Path) -> None:
+    from edgeprune.pipeline.settings import Settings
+
+    assert Settings(budget="50%", data=str(npz)).precision_mode == "auto"
+    without = Settings(budget="50%")
+    assert without.precision_mode == "fp32" and "no --data" in without.precision_why
+    explicit = Settings(budget="50%", data=str(npz), precision="fp32")
+    assert explicit.precision_mode == "fp32" and explicit.precision_why == "--precision fp32"

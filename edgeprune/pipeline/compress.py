@@ -183,7 +183,7 @@ def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progr
             return stage("int8_unpruned", measure)
 
         choice = precision_mod.choose(precision_mod.Policy(
-            mode=settings.precision_mode, unavailable=int8_unavailable, counted=not budget.is_latency,
+            mode=settings.precision_mode, fp32_why=settings.precision_why, unavailable=int8_unavailable, counted=not budget.is_latency,
             baseline_within=budget.met_by(baseline_value), probe=probe, search=search_at,
             flops=lambda d: count(apply(copy.deepcopy(model), Plan.from_dict(d["plan"]), inputs), inputs).flops,
             baseline_flops=baseline_d["flops"], baseline_value=baseline_value), log)

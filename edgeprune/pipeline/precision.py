@@ -129,6 +129,7 @@ class Policy:
     at a precision (both resumable stages of the run), and how many FLOPs a searched plan keeps."""
 
     mode: str  # fp32 | int8 | auto
+    fp32_why: str  # why the mode is fp32, when it is (--precision fp32, or no --data)
     unavailable: str | None  # why int8 cannot run here, or None
     counted: bool  # a FLOPs/params budget: counted on the PyTorch model, the same at any precision
     baseline_within: bool  # the float32 model already meets the budget
@@ -159,11 +160,11 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
             tried[precision] = {"error": str(err)}
             return {"error": str(err)}
         tried[precision] = {"flops_ratio": p.flops(result) / p.baseline_flops, "stop_reason": result["stop_reason"],
-                            "candidates_measured": len(result["steps"])}
+                            "candidates_measured": sum("confirm" not in s for s in result["steps"])}
         return result
 
     if p.mode == "fp32":
-        return done("fp32", "--precision fp32", searched("fp32"))
+        return done("fp32", p.fp32_why, searched("fp32"))
     if p.unavailable is not None:  # only `auto` gets here: an explicit int8 was refused before any work
         return done("fp32", f"{p.unavailable}; float32", searched("fp32"))
     if p.counted:

@@ -40,7 +40,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "precision": precision,
         "data": data,
         "recovery": recovery,
-        "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": len(search["steps"]),
+        "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": sum("confirm" not in s for s in search["steps"]),
                    "stop_reason": search["stop_reason"], "predictor": search.get("predictor"), "guide": search.get("guide"),
                    "busy": busy_summary(search["steps"], final.get("decision"))},
         "groups": group_rows(space, plan),
@@ -164,7 +164,8 @@ def markdown(rep: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|:---:|",
     ]
     for s in rep["search"]["steps"]:
-        scalar = (f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}" if "lambda" in s else f"+{s['fill']:.0f} steps")
+        scalar = (f"{s['level']:.3f}" if "level" in s else f"λ {s['lambda']:.3g}" if "lambda" in s
+                  else f"+{s['fill']:.0f} steps" if "fill" in s else "confirmed afresh")
         predicted = f"{s['predicted_flops'] / 1e6:.2f} MFLOPs" if "predicted_flops" in s else f"{s['predicted']:.4g}"
         d = s.get("decision")
         interval = (f"{d['estimate']:.4g} [{d['low']:.4g}, {d['high']:.4g}] vs {d['threshold']:.4g}, {d['rounds']}"

@@ -34,8 +34,9 @@ class Step:
     evaluation: Evaluation
     within_budget: bool
     seconds: float
-    #: what `level` is: the global pruning level ("level"), a Lagrange multiplier ("lambda"), or
-    #: the number of width steps a fill candidate added to the closest plan under the budget ("fill")
+    #: what `level` is: the global pruning level ("level"), a Lagrange multiplier ("lambda"), the
+    #: number of width steps a fill candidate added to the closest plan under the budget ("fill"),
+    #: or, for a second decision on a candidate in the window, that candidate's index ("confirm")
     scalar: str = "level"
     #: what `predicted_flops` holds: predicted FLOPs, or ("budget") the budget's own figure as the
     #: layerwise search's latency table predicts it
@@ -129,6 +130,8 @@ def step_line(step: Step, budget: Budget, limit: int) -> str:
     predicted = (f"{step.predicted_flops:.4g} {unit}" if step.predicts == "budget" else f"{step.predicted_flops / 1e6:.1f} MFLOPs")
     noisy = ev.measurement.stats.noise if ev.measurement is not None and ev.measurement.stats is not None else None
     busy = f" [busy: other processes used {d.busy:.0%} of the CPUs]" if d is not None and d.was_busy else ""
-    return (f"  candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}, predicted {predicted} -> {measured}, "
+    what = (f"candidate {step.index} confirmed: exported and timed afresh" if step.scalar == "confirm"
+            else f"candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}")
+    return (f"  {what}, predicted {predicted} -> {measured}, "
             f"{verdict} budget {budget.value:.4g} ({step.seconds:.1f}s){busy}{f' [noisy: {noisy}]' if noisy and not busy else ''}")
 
