@@ -10,6 +10,7 @@ from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.prune.methods import Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.search.objective import LatencyObjective
 from edgeprune.runtime_bench import LatencyStats
 
 
@@ -42,6 +43,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "recovery": recovery,
         "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": sum("confirm" not in s for s in search["steps"]),
                    "stop_reason": search["stop_reason"], "predictor": search.get("predictor"), "guide": search.get("guide"),
+                   "drift_allowance": search.get("drift_allowance"),
                    "busy": busy_summary(search["steps"], final.get("decision"))},
         "groups": group_rows(space, plan),
         "removed_blocks": list(plan.removed_blocks),
@@ -160,6 +162,9 @@ def markdown(rep: dict[str, Any]) -> str:
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
+        *([f"Drift allowance raised to {rep['search']['drift_allowance']:.1%}: a candidate confirmed afresh moved that far "
+           "from its first decision, so candidates had to be decided that far under the budget.", ""]
+          if (rep["search"].get("drift_allowance") or 0) > LatencyObjective.drift else []),
         "| # | level / lambda / fill steps | predicted | value | decided on: ratio or ms [95% interval], rounds | within budget |",
         "|---:|---:|---:|---:|---:|:---:|",
     ]

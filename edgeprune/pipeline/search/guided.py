@@ -56,6 +56,9 @@ from edgeprune.pipeline.search.objective import Evaluation, Objective
 
 #: the longest fill sequence built (steps of one segment each); past it the gap is left to the path
 FILL_STEPS = 4000
+#: the largest drift allowance a confirmation may raise the objective's to: a machine noisier than
+#: that leaves the final verdict to say whether the plan is under (it may well not be)
+MAX_DRIFT = 0.15
 #: how often a path proposal that repeats a measured plan, with nothing under the budget yet, has
 #: its target lowered before the search gives up
 NUDGES = 20
@@ -222,22 +225,32 @@ class Guided:
 
     def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], guide: Guide, objective: Objective,
                  round_to: int, tol: float = 0.05, max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, log: Callable[[str], None] = lambda line: None) -> None:
         self.model, self.example_inputs, self.guide, self.objective = model, tuple(example_inputs), guide, objective
-        self.round_to, self.tol, self.max_candidates, self.on_step = round_to, tol, max_candidates, on_step
+        self.round_to, self.tol, self.max_candidates, self.on_step, self.log = round_to, tol, max_candidates, on_step, log
         self.meta = dict(meta or {})
         self.steps: list[Step] = []
         # the bracket: the closest candidates measured over (or not decided under) the budget and
         # decided within it; on the fill sequence, the neighbours of the gap left
         self.over: _Measured | None = None
         self.under: _Measured | None = None
-        self.best: _Measured | None = None  # the candidate within the budget measured highest
+        self.within: list[_Measured] = []  # every candidate decided within the budget, at its latest value
         self._start: Plan | None = None  # where the fill sequence starts
 
+    @property
+    def best(self) -> _Measured | None:
+        """The candidate within the budget measured highest."""
+        return max(self.within, key=lambda m: m.point.value, default=None)
+
+    def window(self) -> tuple[float, float]:
+        """Where a candidate may stop: (floor, goal), the window's bottom and middle. Its top is
+        the budget less the objective's drift allowance, its width `tol` less the allowance it
+        started with: a drift allowance raised by a confirmation moves the window down whole."""
+        budget, drift = self.objective.budget.value, self.objective.drift
+        floor = budget * (1.0 - self.tol - (drift - type(self.objective).drift))
+        return floor, (floor + budget * (1.0 - drift)) / 2
+
     def run(self, baseline_value: float) -> SearchResult:
-        budget = self.objective.budget.value
-        floor = budget * (1.0 - self.tol)
-        goal = (floor + budget * (1.0 - self.objective.drift)) / 2  # the middle of the window a candidate may stop in
         full_plan = self.guide.propose(self.guide.cost.total)[1]
         self.over = _Measured(full_plan, Point(0.0, self.guide.cost.total, baseline_value), Evaluation(baseline_value))
         narrowest = widths_key(self.guide.propose(0.0)[1])
@@ -246,6 +259,7 @@ class Guided:
         fill: list[FillStep] | None = None
         lo = hi = 0  # the fill's bracket: sequence indices of the plans under (0: its start) and over (len + 1: the plan over)
         while self._candidates() < self.max_candidates:
+            floor, goal = self.window()
             target = target_flops(self.over.point, self.under.point if self.under else None, goal)
             proposal = None if fill is not None else self._on_path(target, seen)
             if proposal is None and fill is None:
@@ -269,17 +283,19 @@ class Guided:
             within = step.within_budget
             if within and measured.point.value >= floor and self.objective.drift > 0:  # in the window: decided again
                 check = self._measure(plan, index, float(index), flops, "confirm")
-                measured = _Measured(plan, Point(scalar, flops, check.evaluation.value), check.evaluation)
-                within = check.within_budget
+                first, measured = measured, _Measured(plan, Point(scalar, flops, check.evaluation.value), check.evaluation)
+                if self._drifted(first.point.value, measured.point.value, index):
+                    fill = None  # the window moved down: back to the path, bracketed anew
+                within = check.within_budget and measured.point.value <= self.objective.budget.value * (1.0 - self.objective.drift)
+                floor, goal = self.window()
             if within:
-                if self.best is None or measured.point.value > self.best.point.value:
-                    self.best = measured
+                self.within.append(measured)
                 if fill is not None:
                     lo, self.under = int(scalar), measured
                 elif self.under is None or measured.point.value > self.under.point.value:
                     self.under = measured
                 if measured.point.value >= floor:
-                    stop = f"within tolerance (at most {self.tol:.0%} under budget)"
+                    stop = f"within tolerance (at most {1.0 - floor / self.objective.budget.value:.0%} under budget)"
                     break
             else:
                 if widths_key(plan) == narrowest:
@@ -294,6 +310,28 @@ class Guided:
             raise EdgepruneError(f"no candidate met budget {self.objective.budget.describe()} in {len(self.steps)} tries "
                                  f"(lowest {lowest:.4g}); relax the budget or raise --max-candidates")
         return SearchResult(self.best.plan, self.steps, self.best.evaluation, stop)
+
+    def _drifted(self, first: float, second: float, index: int) -> bool:
+        """Raise the objective's drift allowance to how far two decisions on the same plan moved
+        apart, when further than it allows (True then). On a host whose ratios wander by more than
+        the interleaved rounds' interval shows (a timm EfficientNet-B0 plan read 0.339 and, timed
+        afresh seconds later, 0.370 against a 0.35 budget), a candidate must be decided that much
+        under the budget to stay under it in the final verdict. Candidates decided within before
+        and now above the lowered line move to the over side of the bracket."""
+        moved = abs(second - first) / first
+        if moved <= self.objective.drift:
+            return False
+        self.objective.drift = min(moved, MAX_DRIFT)
+        ceiling = self.objective.budget.value * (1.0 - self.objective.drift)
+        assert self.over is not None
+        for m in [m for m in self.within if m.point.value > ceiling]:
+            self.within.remove(m)
+            if m.point.value < self.over.point.value:
+                self.over = m
+        self.under = self.best
+        self.log(f"  candidate {index} read {first:.4g} and, timed afresh, {second:.4g}: the same plan moved {moved:.1%} between two "
+                 f"decisions, so candidates must now be decided {self.objective.drift:.1%} under the budget (the drift allowance)")
+        return True
 
     def _candidates(self) -> int:
         """Candidates measured so far (confirmations are decisions on one of them, not candidates)."""
@@ -365,6 +403,7 @@ class GuidedSearch(Search):
             why = "one global level" + ("" if ctx.data is not None else " (no --data to measure sensitivity on)")
         ctx.log(f"  guided search along {why}")
         meta = {"search": "guided", "guide": guide.scalar, "method": s.method, "round_to": s.round_to}
-        result = Guided(ctx.model, ctx.inputs, guide, ctx.objective, s.round_to, s.tol, s.max_candidates, ctx.on_step, meta).run(ctx.baseline_value)
+        result = Guided(ctx.model, ctx.inputs, guide, ctx.objective, s.round_to, s.tol, s.max_candidates, ctx.on_step, meta,
+                        ctx.log).run(ctx.baseline_value)
         result.plan.meta.update(meta)
-        return result.to_dict() | {"guide": guide.scalar}
+        return result.to_dict() | {"guide": guide.scalar, "drift_allowance": ctx.objective.drift}
