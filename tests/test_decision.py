@@ -144,10 +144,10 @@ def test_the_objective_stops_on_an_interval_wider_than_the_window(tmp_path: Path
     model, x = tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),)
     measurer = TargetMeasurer(NoisyRuntime(), x, tmp_path, warmup=1, repeats=30)
     baseline = measurer.prepare(model, "baseline")
-    objective = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, baseline, resolution=0.05)
+    objective = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, lambda: baseline, resolution=0.05)
     with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidate candidate_01 measured .* after \d+ interleaved rounds"):
         objective.evaluate(model, "candidate_01")
-    lenient = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, baseline, resolution=1.0)
+    lenient = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, lambda: baseline, resolution=1.0)
     ev = lenient.evaluate(model, "candidate_02")
     assert ev.decision is not None and ev.decision.verdict == UNDECIDED and not ev.within
 
@@ -189,6 +189,30 @@ def test_candidates_are_judged_against_the_budget_less_the_drift_allowance() -> 
             return d, m, reference
 
     budget = parse_budget("50%").resolve(10.0)
-    ev = LatencyObjective(budget, Recorder(), "baseline").evaluate(torch.nn.Identity(), "c")  # type: ignore[arg-type]
+    ev = LatencyObjective(budget, Recorder(), lambda: "baseline").evaluate(torch.nn.Identity(), "c")  # type: ignore[arg-type]
     assert seen == {"threshold": pytest.approx(0.5 * (1 - LatencyObjective.drift)), "relative": True}
     assert ev.within and ev.value == pytest.approx(4.9) and ev.ratio == pytest.approx(0.49)
+
+
+def test_a_confirmation_is_timed_against_a_baseline_loaded_afresh() -> None:
+    """As the final verdict is: a baseline session kept through a search can read differently."""
+    loads: list[int] = []
+    references: list[Any] = []
+
+    class Recorder:
+        def prepare(self, model: Any, tag: str) -> Any:
+            return tag
+
+        def decide(self, m: Any, threshold: float, reference: Any, relative: bool, statistic: str) -> Any:
+            references.append(reference)
+            return decision.Decision(UNDER, 0.49, 0.48, 0.495, threshold, 20, 0, 0.0, 0.0, relative), m, reference
+
+    def load() -> str:
+        loads.append(1)
+        return f"baseline session {len(loads)}"
+
+    objective = LatencyObjective(parse_budget("50%").resolve(10.0), Recorder(), load)  # type: ignore[arg-type]
+    objective.evaluate(torch.nn.Identity(), "c1")
+    objective.confirm(torch.nn.Identity(), "c1_confirm")
+    objective.evaluate(torch.nn.Identity(), "c2")
+    assert references == ["baseline session 1", "baseline session 2", "baseline session 2"]

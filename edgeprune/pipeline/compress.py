@@ -380,8 +380,7 @@ def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Ten
     float32 measurer) loads; a machine whose noise is wider than the search's window (`tol`) stops the run."""
     if not budget.is_latency:
         return CountObjective(budget, inputs)
-    reference = baseline.load("baseline") if budget.fraction is not None else None
-    return LatencyObjective(budget, measurer, reference, resolution=tol)
+    return LatencyObjective(budget, measurer, lambda: baseline.load("baseline"), resolution=tol)
 
 
 def _prunes_nothing(plan: Plan) -> bool:

@@ -340,8 +340,8 @@ class Guided:
     def _measure(self, plan: Plan, index: int, scalar: float, flops: float, kind: str) -> Step:
         """Prune, export and judge `plan` (candidate `index`, or its confirmation), as a recorded step."""
         tag = f"candidate_{index:02d}" + ("_confirm" if kind == "confirm" else "")
-        step = timed_step(index, scalar, flops, lambda: self.objective.evaluate(
-            apply(copy.deepcopy(self.model), plan, self.example_inputs), tag), kind)
+        judge = self.objective.confirm if kind == "confirm" else self.objective.evaluate
+        step = timed_step(index, scalar, flops, lambda: judge(apply(copy.deepcopy(self.model), plan, self.example_inputs), tag), kind)
         self.steps.append(step)
         self.on_step(step)
         return step
