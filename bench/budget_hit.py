@@ -7,9 +7,9 @@ thread, no --data), first on the machine as it is, then with one busy process pe
 and stopped by this script. Each row records the tool's own final verdict (the median ratio of
 interleaved rounds, its interval, met), that ratio over the budget, the candidates measured, the
 search's seconds, and the CPU time other processes used during the search's and the final's
-timings. Every row is then re-timed by this script, independently of the tool and with the hog
-stopped (fresh sessions of the baseline and the published model.onnx, the same interleaved rule):
-a MET whose re-timed ratio is decided over the budget would be a wrong MET.
+timings. Every row is then re-timed by this script, right after it, independently of the tool and
+with the hog stopped (SIGSTOP; fresh sessions of the baseline and the published model.onnx, the same
+interleaved rule): a MET whose re-timed ratio is decided over the budget would be a wrong MET.
 
 Models: the trained CIFAR-10 ResNet-20 and ResNet-56 shipped in edgeprune/assets (32x32); the
 registry's MobileNetV2 and ResNet-18 at 224x224 (random init, seed 0: latency does not depend on
@@ -79,6 +79,19 @@ def build(name: str) -> LoadedModel:
     model = trained(name) if kind == "trained" else models.create(name, num_classes=10).eval()
     weights = "trained on CIFAR-10 (edgeprune/assets)" if kind == "trained" else "random init, seed 0"
     return from_module(model, input_shape=(1, 3, side, side), arch=name, num_classes=10, source=f"registry:{name} ({weights})")
+
+
+@contextlib.contextmanager
+def paused(pids: list[int]) -> Iterator[None]:
+    """The hog stopped (SIGSTOP) while the block runs, resumed after: a row's re-check right after it."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.5 if pids else 0.0)
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -237,22 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.passes:
             rows: list[dict[str, Any]] = []
             result["passes"][name] = {"rows": rows, "summary": {}}
-            pending: list[tuple[dict[str, Any], Path | None]] = []
-            with cpu_hog(name == "loaded"):
+            with cpu_hog(name == "loaded") as hog:
                 for model in a.models:
                     for budget in a.budgets:
                         try:
                             row, out = latency_row(model, budget, work, log)
                         except ImportError as err:  # a zoo model outside the zoo environment
                             row, out = {"model": model, "budget": budget, "stopped": f"skipped: {err}", "met": False}, None
+                        with paused(hog):  # re-timed at once, with the hog stopped: a pass cut short is checked too
+                            checked(row, out, log)
                         rows.append(row)
-                        pending.append((row, out))
                         result["passes"][name]["summary"] = summary(rows, WINDOW if name == "quiet" else 0.90)
                         save()
-            for row, out in pending:  # re-timed with the hog stopped
-                checked(row, out, log)
-            result["passes"][name]["summary"] = summary(rows, WINDOW if name == "quiet" else 0.90)
-            save()
             log(f"{name}: {result['passes'][name]['summary']}")
         if a.accuracy:
             accuracy_rows([m for m in ACCURACY_MODELS if m in a.models], a.data, a.epochs, work, result, save, log)
