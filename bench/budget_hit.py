@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             "decision": {"rounds_per_batch": decision.ROUNDS, "max_rounds": decision.MAX_ROUNDS, "confidence": decision.CONFIDENCE,
                          "statistic": "median of per-round median ratios (CPU time in rounds that waited for a CPU)"},
             "loaded": f"{os.cpu_count()} processes running `while True: pass`, one per core, started 1 s before the pass",
-            "recheck": "the published model.onnx and the baseline export re-timed by this script with the hog stopped",
+            "recheck": "the published model.onnx and the baseline export re-timed by this script right after each row, the hog paused (SIGSTOP)",
             "accuracy": "finetune (the recovery's defaults), --epochs, full CIFAR-10 test set; budget 50%",
         },
         "budgets": a.budgets, "passes": {}, "accuracy": {},
