@@ -5,6 +5,7 @@ The runtimes here are scripted, not timed: each "run" returns a latency drawn fr
 distribution, so the assertions are about the rule, never about this machine's speed."""
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -216,3 +217,48 @@ def test_a_confirmation_is_timed_against_a_baseline_loaded_afresh() -> None:
     objective.confirm(torch.nn.Identity(), "c1_confirm")
     objective.evaluate(torch.nn.Identity(), "c2")
     assert references == ["baseline session 1", "baseline session 2", "baseline session 2"]
+
+
+class TransientRuntime(NoisyRuntime):
+    """Latency in proportion to parameters, nearly noiseless, except that the first session of the
+    published model runs 1.5x slower (a transient on the host while it was timed)."""
+
+    name = "test-transient"
+
+    def __init__(self, threads: int = 1) -> None:
+        Scripted.__init__(self, threads, sigma=0.001, seed=0)
+        self.model_loads = 0
+
+    def load(self, artifact_path: str) -> Any:
+        module = super().load(artifact_path)
+        if Path(artifact_path).stem == "model":
+            self.model_loads += 1
+            module.slow = 1.5 if self.model_loads == 1 else 1.0
+        return module
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        return Scripted.measure(self, sum(p.numel() for p in session.parameters()) / 1e4 * getattr(session, "slow", 1.0),
+                                inputs, warmup, repeats)
+
+
+def test_a_final_verdict_against_the_search_is_timed_once_more_with_fresh_sessions(tmp_path: Path) -> None:
+    from edgeprune.pipeline.compress import _final
+    from edgeprune.pipeline.prune.apply import apply
+    from edgeprune.pipeline.prune.methods import get_method
+    from edgeprune.pipeline.prune.select import plan_at_level
+    from edgeprune.pipeline.prune.space import discover
+
+    model, x = tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),)
+    space = discover(model, x)
+    pruned = apply(copy.deepcopy(model), plan_at_level(space, get_method("l1").scores(model, space, x), 0.5, 4), x)
+    runtime = TransientRuntime()
+    measurer = TargetMeasurer(runtime, x, tmp_path, warmup=1, repeats=20)
+    measurer.prepare(model, "baseline")
+    ratio = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
+    budget = parse_budget(f"{120 * ratio:.2f}%").resolve(1.0)  # under it as the plan is, over it 1.5x slower
+    final = _final(pruned, measurer, measurer, x, budget, tol=0.05)
+    assert runtime.model_loads == 2
+    assert final["first_decision"]["verdict"] == OVER and final["first_decision"]["estimate"] == pytest.approx(1.5 * ratio, rel=0.02)
+    assert final["decision"]["verdict"] == UNDER and final["decision"]["estimate"] == pytest.approx(ratio, rel=0.02)
+    settled = _final(pruned, measurer, measurer, x, budget, tol=0.05)  # no transient now: one timing, no second
+    assert runtime.model_loads == 3 and settled["first_decision"] is None and settled["decision"]["verdict"] == UNDER

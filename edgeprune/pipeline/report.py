@@ -29,7 +29,8 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "settings": dataclasses.asdict(settings),
         "runtime": runtime | {"statistic": budget.statistic},
         "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
-                   "describe": budget.describe(), "met": met, "decision": final.get("decision")},
+                   "describe": budget.describe(), "met": met, "decision": final.get("decision"),
+                   "first_decision": final.get("first_decision")},
         "baseline": final["baseline"] | {k: baseline[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
         "final": final["final"],
         "speedup": final["speedup"],
@@ -207,8 +208,11 @@ def _decision_text(rep: dict[str, Any]) -> str:
     if not d:
         return ""
     what = "ratio to the baseline" if d["relative"] else "median latency"
+    first = rep["budget"].get("first_decision")
+    again = (f" (timed a second time, both sessions loaded afresh: the first final timing, {first['estimate']:.4g} between "
+             f"{first['low']:.4g} and {first['high']:.4g}, said {first['verdict']}, against the search's decision)" if first else "")
     return (f"; {what} {d['estimate']:.4g}, between {d['low']:.4g} and {d['high']:.4g} (95%, {d['rounds']} rounds interleaved "
-            f"with the baseline): {d['verdict']} the budget's {d['threshold']:.4g}")
+            f"with the baseline): {d['verdict']} the budget's {d['threshold']:.4g}{again}")
 
 
 def _accuracy_lines(rep: dict[str, Any]) -> list[str]:
