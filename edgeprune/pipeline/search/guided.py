@@ -284,7 +284,7 @@ class Guided:
             if within and measured.point.value >= floor and self.objective.drift > 0:  # in the window: decided again
                 check = self._measure(plan, index, float(index), flops, "confirm")
                 first, measured = measured, _Measured(plan, Point(scalar, flops, check.evaluation.value), check.evaluation)
-                if self._drifted(first.point.value, measured.point.value, index):
+                if self._drifted(first.evaluation, measured.evaluation, index):
                     fill = None  # the window moved down: back to the path, bracketed anew
                 within = check.within_budget and measured.point.value <= self.objective.budget.value * (1.0 - self.objective.drift)
                 floor, goal = self.window()
@@ -311,13 +311,14 @@ class Guided:
                                  f"(lowest {lowest:.4g}); relax the budget or raise --max-candidates")
         return SearchResult(self.best.plan, self.steps, self.best.evaluation, stop)
 
-    def _drifted(self, first: float, second: float, index: int) -> bool:
+    def _drifted(self, first_ev: Evaluation, second_ev: Evaluation, index: int) -> bool:
         """Raise the objective's drift allowance to how far two decisions on the same plan moved
         apart, when further than it allows (True then). On a host whose ratios wander by more than
         the interleaved rounds' interval shows (a timm EfficientNet-B0 plan read 0.339 and, timed
         afresh seconds later, 0.370 against a 0.35 budget), a candidate must be decided that much
         under the budget to stay under it in the final verdict. Candidates decided within before
         and now above the lowered line move to the over side of the bracket."""
+        first, second = first_ev.value, second_ev.value
         moved = abs(second - first) / first
         if moved <= self.objective.drift:
             return False
@@ -329,7 +330,10 @@ class Guided:
             if m.point.value < self.over.point.value:
                 self.over = m
         self.under = self.best
-        self.log(f"  candidate {index} read {first:.4g} and, timed afresh, {second:.4g}: the same plan moved {moved:.1%} between two "
+        def read(ev: Evaluation) -> str:
+            return f"{ev.ratio:.4g} of the baseline" if ev.ratio is not None else f"{ev.value:.4g}"
+
+        self.log(f"  candidate {index} read {read(first_ev)} and, timed afresh, {read(second_ev)}: the same plan moved {moved:.1%} between two "
                  f"decisions, so candidates must now be decided {self.objective.drift:.1%} under the budget (the drift allowance)")
         return True
 
