@@ -28,6 +28,7 @@ from torch import nn
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.measure import Measurement, RuntimeModel, TargetMeasurer
+from edgeprune.pipeline.search.base import candidates_measured
 from edgeprune.quantize import Quantizer
 from edgeprune.runtime_bench import Runtime
 
@@ -160,7 +161,7 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
             tried[precision] = {"error": str(err)}
             return {"error": str(err)}
         tried[precision] = {"flops_ratio": p.flops(result) / p.baseline_flops, "stop_reason": result["stop_reason"],
-                            "candidates_measured": sum("confirm" not in s for s in result["steps"])}
+                            "candidates_measured": candidates_measured(result["steps"])}
         return result
 
     if p.mode == "fp32":

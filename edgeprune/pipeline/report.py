@@ -10,6 +10,7 @@ from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.prune.methods import Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
+from edgeprune.pipeline.search.base import candidates_measured
 from edgeprune.pipeline.search.objective import LatencyObjective
 from edgeprune.runtime_bench import LatencyStats
 
@@ -42,7 +43,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "precision": precision,
         "data": data,
         "recovery": recovery,
-        "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": sum("confirm" not in s for s in search["steps"]),
+        "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": candidates_measured(search["steps"]),
                    "stop_reason": search["stop_reason"], "predictor": search.get("predictor"), "guide": search.get("guide"),
                    "drift_allowance": search.get("drift_allowance"),
                    "busy": busy_summary(search["steps"], final.get("decision"))},

@@ -116,7 +116,8 @@ class Settings:
     def precision_mode(self) -> str:
         """The precision policy that runs: --precision, else `auto` with --data (int8 searched beside
         float32: on the trained CIFAR ResNets it met 50 % budgets with 3-5 points more top-1 than
-        float32 pruning and matched it at 25 %, bench/README.md "precision"), else fp32: int8 is
+        float32 pruning, and at 25 % chose float32 pruning where int8 could not reach the budget,
+        bench/README.md "precision"), else fp32: int8 is
         never calibrated on random inputs."""
         return self.precision or ("auto" if self.data is not None else "fp32")
 

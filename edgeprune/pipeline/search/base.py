@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -109,6 +109,11 @@ class Search(abc.ABC):
 
 
 SEARCHES: Registry[Search] = Registry("search")
+
+
+def candidates_measured(steps: Sequence[dict[str, Any]]) -> int:
+    """The candidates among a search result's steps (a confirmation decides one of them again)."""
+    return sum("confirm" not in s for s in steps)
 
 
 def timed_step(index: int, scalar_value: float, predicted: float, evaluate: Callable[[], Evaluation], scalar: str = "level",

@@ -213,6 +213,11 @@ def plan_of(space: PruningSpace, scores: Scores, counts: Counts, removed: Sequen
     return Plan(groups, meta=dict(meta), removed_blocks=tuple(removed))
 
 
+def _read(ev: Evaluation) -> str:
+    """What an evaluation read, for a progress line: the ratio to the baseline where it has one."""
+    return f"{ev.ratio:.4g} of the baseline" if ev.ratio is not None else f"{ev.value:.4g}"
+
+
 @dataclasses.dataclass
 class _Measured:
     plan: Plan
@@ -246,9 +251,12 @@ class Guided:
         """Where a candidate may stop: (floor, goal), the window's bottom and middle. Its top is
         the budget less the objective's drift allowance, its width `tol` less the allowance it
         started with: a drift allowance raised by a confirmation moves the window down whole."""
-        budget, drift = self.objective.budget.value, self.objective.drift
-        floor = budget * (1.0 - self.tol - (drift - type(self.objective).drift))
-        return floor, (floor + budget * (1.0 - drift)) / 2
+        floor = self.objective.budget.value * (1.0 - self.tol - (self.objective.drift - type(self.objective).drift))
+        return floor, (floor + self._ceiling()) / 2
+
+    def _ceiling(self) -> float:
+        """The line a candidate must be decided under: the budget less the drift allowance."""
+        return self.objective.budget.value * (1.0 - self.objective.drift)
 
     def run(self, baseline_value: float) -> SearchResult:
         full_plan = self.guide.propose(self.guide.cost.total)[1]
@@ -286,8 +294,8 @@ class Guided:
                 first, measured = measured, _Measured(plan, Point(scalar, flops, check.evaluation.value), check.evaluation)
                 if self._drifted(first.evaluation, measured.evaluation, index):
                     fill = None  # the window moved down: back to the path, bracketed anew
-                within = check.within_budget and measured.point.value <= self.objective.budget.value * (1.0 - self.objective.drift)
-                floor, goal = self.window()
+                within = check.within_budget and measured.point.value <= self._ceiling()
+                floor = self.window()[0]
             if within:
                 self.within.append(measured)
                 if fill is not None:
@@ -323,17 +331,14 @@ class Guided:
         if moved <= self.objective.drift:
             return False
         self.objective.drift = min(moved, MAX_DRIFT)
-        ceiling = self.objective.budget.value * (1.0 - self.objective.drift)
+        ceiling = self._ceiling()
         assert self.over is not None
         for m in [m for m in self.within if m.point.value > ceiling]:
             self.within.remove(m)
             if m.point.value < self.over.point.value:
                 self.over = m
         self.under = self.best
-        def read(ev: Evaluation) -> str:
-            return f"{ev.ratio:.4g} of the baseline" if ev.ratio is not None else f"{ev.value:.4g}"
-
-        self.log(f"  candidate {index} read {read(first_ev)} and, timed afresh, {read(second_ev)}: the same plan moved {moved:.1%} between two "
+        self.log(f"  candidate {index} read {_read(first_ev)} and, timed afresh, {_read(second_ev)}: the same plan moved {moved:.1%} between two "
                  f"decisions, so candidates must now be decided {self.objective.drift:.1%} under the budget (the drift allowance)")
         return True
 

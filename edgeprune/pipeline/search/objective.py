@@ -87,11 +87,11 @@ class LatencyObjective(Objective):
 
     drift = 0.02
 
-    def __init__(self, budget: Budget, measurer: TargetMeasurer, baseline: Callable[[], Measurement] | None = None,
+    def __init__(self, budget: Budget, measurer: TargetMeasurer, load_baseline: Callable[[], Measurement] | None = None,
                  resolution: float = 0.05) -> None:
         super().__init__(budget)
         self.measurer = measurer
-        self._load_baseline = baseline if budget.fraction is not None else None
+        self._load_baseline = load_baseline if budget.fraction is not None else None
         self.baseline = self._load_baseline() if self._load_baseline is not None else None
         self.resolution = resolution
 
