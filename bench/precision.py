@@ -62,40 +62,40 @@ LATENCY_RUNTIMES = ("ort-cpu", "openvino-cpu")
 REPEATS = 1000
 
 
-def cifar_model(arch: str, data: Any, budgets: list[str], modes: list[str], epochs: int, work: Path, log: Any) -> dict[str, Any]:
-    """Part 1 for one trained checkpoint: every (budget, mode) row, then all rows re-timed together."""
+def cifar_model(arch: str, data: Any, budgets: list[str], modes: list[str], epochs: int, runs: int, work: Path, log: Any) -> dict[str, Any]:
+    """Part 1 for one trained checkpoint: every (budget, mode) row, `runs` times (the modes
+    alternating, so a slow spell of the machine falls on both), then all rows re-timed together."""
     base = trained(arch)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rt = get_runtime("ort-cpu", threads=1)
     entry: dict[str, Any] = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
     outs: list[Path] = []
-    for budget in budgets:
-        for mode in modes:
-            label, out = f"{arch} {budget} {mode}", work / f"{arch}_{budget.rstrip('%')}_{mode}"
-            settings = Settings(budget=budget, runtime="ort-cpu", threads=1, data=str(data.source), recover="finetune", epochs=epochs,
-                                precision=mode)
-            t0 = time.perf_counter()
-            try:
-                res = compress(from_module(copy.deepcopy(base), x, arch=arch, num_classes=10), settings, out, lambda line: log(f"{label} {line}"))
-            except EdgepruneError as err:
-                log(f"{label}: {err}")
-                entry["rows"].append({"budget": budget, "mode": mode, "error": str(err), "seconds": round(time.perf_counter() - t0, 1)})
-                continue
-            seconds = round(time.perf_counter() - t0, 1)
-            rep = res.report
-            runtime_top1 = top1(RuntimeModel(rt, rt.load(str(out / "model.onnx")), 1), data.val)
-            acc = rep["accuracy"] or {}
-            row = {"budget": budget, "mode": mode, "precision": rep["precision"]["chosen"], "why": rep["precision"]["why"],
-                   "flops_ratio": rep["final"]["flops"] / rep["baseline"]["flops"], "params": rep["final"]["params"],
-                   "widths": {r["group"]: r["kept"] for r in rep["groups"]}, "runtime_top1": runtime_top1,
-                   "pytorch_top1": acc.get("recovered", acc.get("pruned")), "top1_before_recovery": acc.get("pruned"),
-                   "ratio_in_run": 1 / rep["speedup"], "met_in_run": rep["budget"]["met"], "seconds": seconds,
-                   "recovery_seconds": (rep["recovery"] or {}).get("seconds", 0.0), "int8_check": rep["precision"]["int8_check"],
-                   "searched": rep["precision"]["searched"], "int8_unpruned": rep["precision"]["int8_unpruned"],
-                   "candidates_measured": rep["search"]["candidates_measured"]}
-            log(f"{label}: {row['precision']}, FLOPs {row['flops_ratio']:.3f}, runtime top-1 {runtime_top1:.4f}, {seconds:.0f}s")
-            entry["rows"].append(row)
-            outs.append(out)
+    for budget, run, mode in ((b, r, m) for b in budgets for r in range(runs) for m in modes):
+        label, out = f"{arch} {budget} {mode} run {run + 1}", work / f"{arch}_{budget.rstrip('%')}_{mode}_{run}"
+        settings = Settings(budget=budget, runtime="ort-cpu", threads=1, data=str(data.source), recover="finetune", epochs=epochs,
+                            precision=mode)
+        t0 = time.perf_counter()
+        try:
+            res = compress(from_module(copy.deepcopy(base), x, arch=arch, num_classes=10), settings, out, lambda line: log(f"{label} {line}"))
+        except EdgepruneError as err:
+            log(f"{label}: {err}")
+            entry["rows"].append({"budget": budget, "mode": mode, "run": run, "error": str(err), "seconds": round(time.perf_counter() - t0, 1)})
+            continue
+        seconds = round(time.perf_counter() - t0, 1)
+        rep = res.report
+        runtime_top1 = top1(RuntimeModel(rt, rt.load(str(out / "model.onnx")), 1), data.val)
+        acc = rep["accuracy"] or {}
+        row = {"budget": budget, "mode": mode, "run": run, "precision": rep["precision"]["chosen"], "why": rep["precision"]["why"],
+               "flops_ratio": rep["final"]["flops"] / rep["baseline"]["flops"], "params": rep["final"]["params"],
+               "widths": {r["group"]: r["kept"] for r in rep["groups"]}, "runtime_top1": runtime_top1,
+               "pytorch_top1": acc.get("recovered", acc.get("pruned")), "top1_before_recovery": acc.get("pruned"),
+               "ratio_in_run": 1 / rep["speedup"], "met_in_run": rep["budget"]["met"], "seconds": seconds,
+               "recovery_seconds": (rep["recovery"] or {}).get("seconds", 0.0), "int8_check": rep["precision"]["int8_check"],
+               "searched": rep["precision"]["searched"], "int8_unpruned": rep["precision"]["int8_unpruned"],
+               "candidates_measured": rep["search"]["candidates_measured"]}
+        log(f"{label}: {row['precision']}, FLOPs {row['flops_ratio']:.3f}, runtime top-1 {runtime_top1:.4f}, {seconds:.0f}s")
+        entry["rows"].append(row)
+        outs.append(out)
     # every published model and the float32 baseline's export, timed interleaved in one batch
     measurer = TargetMeasurer(rt, (x,), work, repeats=REPEATS)
     sessions = [measurer.prepare(base, f"{arch}_retime_base").session] + [rt.load(str(o / "model.onnx")) for o in outs]
@@ -149,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="+", default=["50%", "25%"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every row that prunes")
+    p.add_argument("--runs", type=int, default=1, help="runs of each (budget, mode) row: two searches of the same budget land on "
+                                                       "different plans as the machine's timings move, so one run each compares two samples")
     p.add_argument("--latency", nargs="*", default=[], help="registry models timed at 224x224 (part 2), e.g. resnet18 mobilenetv2")
     p.add_argument("--zoo", nargs="*", default=[], help="zoo specs timed (part 2), e.g. tv:efficientnet_b0; needs the zoo environment")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     torch.set_num_threads(1)  # the fine-tune and PyTorch's evaluation: one core, as the runtime is timed on one
-    result: dict[str, Any] = {**header("precision"), "budgets": a.budgets, "epochs": a.epochs, "modes": a.modes,
+    result: dict[str, Any] = {**header("precision"), "budgets": a.budgets, "epochs": a.epochs, "modes": a.modes, "runs": a.runs,
                               "protocol": CIFAR10_PROTOCOL | {"recovery": f"finetune {a.epochs} epochs (float32) where the plan prunes",
                                                               "runtime_top1": "published model.onnx on ort-cpu, full test set",
                                                               "retiming": f"all rows of a model and its baseline interleaved, {REPEATS} runs each"},
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error("part 1 needs --data (the full CIFAR-10 .npz)")
         data = load_data(a.data, batch_size=128)
         for arch in a.models:
-            result["models"][arch] = cifar_model(arch, data, a.budgets, a.modes, a.epochs, work, log)
+            result["models"][arch] = cifar_model(arch, data, a.budgets, a.modes, a.epochs, a.runs, work, log)
             atomic.write_json(a.out, result)
     if a.latency or a.zoo:
         data224 = load_data("bench.data224:cifar10_224")
