@@ -209,3 +209,24 @@ def test_the_plan_returned_is_confirmed_even_when_no_candidate_lands_in_the_wind
     chosen = next(s for s in result.steps if s.scalar != "confirm" and s.evaluation is result.evaluation)
     assert chosen.index != rejected.index and any(c.index == chosen.index and c.within_budget for c in confirms[1:])
     assert result.evaluation.value <= objective.budget.value * (1 - objective.drift)
+
+
+class ConfirmsReadHigher(SlowOnceConfirmed):
+    """Every second decision on a plan reads 12 % higher than its first: a machine whose ratios
+    wander further between two decisions than the window is wide."""
+
+    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+        value = self.latency(model) * (1.12 if tag.endswith("_confirm") else 1.0)
+        return guided.Evaluation(value, counted_within=value <= self.budget.value * (1 - self.drift))
+
+
+def test_no_candidate_holding_when_timed_afresh_is_a_machine_too_noisy_stop(resnet20: nn.Module) -> None:
+    """Candidates decided under the budget that all read over it when timed afresh are not a MET
+    and not "no candidate met": the run stops with the one-line too-noisy error (exit 2)."""
+    from edgeprune.pipeline.decision import TooNoisy
+
+    baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
+    objective = ConfirmsReadHigher(Budget("latency", baseline * 0.5))
+    with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidates? [\d, ]+ decided under budget .* "
+                                       r"moved up to 12\.0% between two decisions.*raise --max-candidates$"):
+        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=4).run(baseline)
