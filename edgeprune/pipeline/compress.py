@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from edgeprune import atomic, modelrun
 from edgeprune.errors import EdgepruneError
@@ -36,12 +37,13 @@ from edgeprune.pipeline.prune.methods import Goal, Importance, get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
+from edgeprune.pipeline.recovery.evaluate import Metric
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.search import SEARCHES, SearchContext
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.quantize import Quantizer, quantizer_for
-from edgeprune.runtime_bench import LatencyStats, get_runtime
+from edgeprune.runtime_bench import LatencyStats, Runtime, get_runtime
 
 Progress = Callable[[str], None]
 __all__ = ["CompressResult", "Settings", "compress"]  # Settings lives in settings.py; callers import it from here too
@@ -89,163 +91,252 @@ class CompressResult:
 def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
     """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py).
 
-    Everything the user gave is checked before the first write (`Settings` checked its own values
-    when it was built): the runtime, the layer names, --out, the data. Then --out is locked for
-    the whole run."""
+    Everything the user gave is checked before the first write (`Checked`); then --out is locked
+    for the whole run and the stages run in order (`Pipeline`), each resumed when an earlier run
+    finished it."""
     ctx = distributed.init_from_env()
     log = progress if ctx.is_rank0 else (lambda line: None)
-    budget = parse_budget(settings.budget)
-    runtime = get_runtime(settings.runtime, threads=settings.threads)
-    ok, why = runtime.available()
-    if not ok:
-        raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
-    method = get_method(settings.method, **settings.method_options)
-    recovery = None if settings.recovery == "none" else get_recovery(settings.recovery, **settings.recovery_options())
-    model, inputs = loaded.model, loaded.example_inputs
-    _check_layer_names(model, settings.unprunable)
-    rundir.check_out(out_dir, [p for p in (loaded.source, settings.data) if p is not None])
-    num_outputs = loaded.num_classes or int(modelrun.run(model, inputs)[0].shape[-1])
-    data = None
-    if settings.data is not None:
-        data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
-        check_fits(data, num_outputs, loaded.input_shape)  # before any training
-    metric_name, metric = load_metric(settings.metric)
-    quantizer, int8_unavailable = _quantizer(settings, inputs)
-
+    checked = Checked.of(loaded, settings, out_dir, ctx)
     with rundir.locked(out_dir, enabled=ctx.is_rank0) as lock:
         if lock is not None and lock.taken_over:
             log(f"  took over the lock of a run that ended without releasing it (pid {lock.taken_over.get('pid', '?')})")
         run = RunDir(out_dir, _config(loaded, settings), write=ctx.is_rank0)
-        stage = Stages(run, ctx, log)
-        measurer = TargetMeasurer(runtime, inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
+        p = Pipeline(loaded, settings, checked, run, Stages(run, ctx, log), log)
+        for step in (p.analyse, p.score, p.search, p.prune, p.recover):
+            step()
+        if not ctx.is_rank0:  # the other ranks only trained
+            return CompressResult(p.pruned, p.plan, {}, Path(out_dir))
+        p.measure_final()
+        return p.publish()
 
-        for line in loaded.swapped:
+
+@dataclasses.dataclass
+class Checked:
+    """What the user gave, turned into the objects the stages use and checked before anything is
+    written (`Settings` checked its own values when it was built): a typo in a layer name, a
+    runtime missing here or data that does not fit the model is one line before --out exists."""
+
+    budget: Budget
+    runtime: Runtime
+    method: Importance
+    recovery: Recovery | None
+    num_outputs: int
+    data: DataBundle | None
+    metric_name: str
+    metric: Metric
+    quantizer: Quantizer | None
+    int8_unavailable: str | None  # why `auto` goes on without int8
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, settings: Settings, out_dir: str | Path, ctx: distributed.DistContext) -> "Checked":
+        budget = parse_budget(settings.budget)
+        runtime = get_runtime(settings.runtime, threads=settings.threads)
+        ok, why = runtime.available()
+        if not ok:
+            raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
+        method = get_method(settings.method, **settings.method_options)
+        recovery = None if settings.recovery == "none" else get_recovery(settings.recovery, **settings.recovery_options())
+        _check_layer_names(loaded.model, settings.unprunable)
+        rundir.check_out(out_dir, [p for p in (loaded.source, settings.data) if p is not None])
+        num_outputs = loaded.num_classes or int(modelrun.run(loaded.model, loaded.example_inputs)[0].shape[-1])
+        data = None
+        if settings.data is not None:
+            data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
+            check_fits(data, num_outputs, loaded.input_shape)  # before any training
+        metric_name, metric = load_metric(settings.metric)
+        quantizer, int8_unavailable = _quantizer(settings, loaded.example_inputs)
+        return cls(budget, runtime, method, recovery, num_outputs, data, metric_name, metric, quantizer, int8_unavailable)
+
+
+class Pipeline:
+    """One run as it flows through the stages, in the order `compress` calls them: each method is
+    a stage of the data flow, reading what the earlier ones left on the instance and leaving its
+    own results there (the figures the report states come from these)."""
+
+    space_d: dict[str, Any]
+    space: space_mod.PruningSpace
+    baseline_d: dict[str, Any]
+    baseline_value: float
+    scores_d: dict[str, Any]
+    scores: dict[str, np.ndarray]
+    choice: dict[str, Any]
+    target: TargetMeasurer  # what measures the chosen precision: the float32 measurer or the int8 one
+    plan: Plan
+    dropped: list[Any]
+    pruned: nn.Module
+    final_d: dict[str, Any]
+    met: bool
+
+    def __init__(self, loaded: LoadedModel, settings: Settings, checked: Checked, run: RunDir, stage: Stages, log: Progress) -> None:
+        self.loaded, self.settings, self.c, self.run, self.stage, self.log = loaded, settings, checked, run, stage, log
+        self.budget = checked.budget
+        self.model, self.inputs = loaded.model, loaded.example_inputs
+        self.original = loaded.model  # the teacher and the accuracy baseline
+        self.measurer = TargetMeasurer(checked.runtime, self.inputs, run.work, settings.warmup, settings.repeats, OnnxExporter())
+        self.int8: precision_mod.QuantizedMeasurer | None = None
+        self.block_scores: dict[str, float] = {}
+        self.accuracy: dict[str, Any] | None = None
+        self.recovery_d: dict[str, Any] | None = None
+        self.runtime_acc: dict[str, Any] | None = None
+
+    def analyse(self) -> None:
+        """The pruning space, the baseline timed on the target, and the budget resolved against it."""
+        s, stage, log = self.settings, self.stage, self.log
+        for line in self.loaded.swapped:
             log(f"  swapped for an equal layer edgeprune can cut: {line}")
-        space_d = stage("space", lambda: space_mod.discover(model, inputs, settings.unprunable, settings.analysis_time_s).to_dict())
-        space = space_mod.PruningSpace.from_dict(space_d)
-        log(f"  {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
+        self.space_d = stage("space", lambda: space_mod.discover(self.model, self.inputs, s.unprunable, s.analysis_time_s).to_dict())
+        self.space = space_mod.PruningSpace.from_dict(self.space_d)
+        log(f"  {len(self.space.groups)} prunable groups, {len(self.space.skipped)} left whole")
+        b = self.baseline_d = stage("baseline", lambda: _describe(self.model, self.measurer, "baseline", self.inputs))
+        log(f"  baseline {b['latency_ms']['median']:.3f} ms (p90 {b['latency_ms']['p90']:.3f}), {b['flops'] / 1e6:.1f} MFLOPs, "
+            f"{b['params'] / 1e6:.3f} M params{_noisy(LatencyStats.from_dict(b['latency_ms']))}")
+        self.baseline_value = _figure(self.budget, b)
+        self.budget = self.budget.resolve(self.baseline_value)
+        self.measurer.repeats = _repeats_for(b["latency_ms"]["median"], s.repeats)
+        log(f"  budget: {self.budget.describe()} (baseline {self.baseline_value:.4g})")
 
-        baseline_d = stage("baseline", lambda: _describe(model, measurer, "baseline", inputs))
-        log(f"  baseline {baseline_d['latency_ms']['median']:.3f} ms (p90 {baseline_d['latency_ms']['p90']:.3f}), "
-            f"{baseline_d['flops'] / 1e6:.1f} MFLOPs, {baseline_d['params'] / 1e6:.3f} M params{_noisy(LatencyStats.from_dict(baseline_d['latency_ms']))}")
-        baseline_value = _figure(budget, baseline_d)
-        budget = budget.resolve(baseline_value)
-        measurer.repeats = _repeats_for(baseline_d["latency_ms"]["median"], settings.repeats)
-        log(f"  budget: {budget.describe()} (baseline {baseline_value:.4g})")
-
-        original = model  # the teacher and the accuracy baseline
+    def score(self) -> None:
+        """The method's preparation (e.g. sparsity training) where it has one, then its unit and block scores."""
+        s, method, data = self.settings, self.c.method, self.c.data
         if type(method).prepare is not Importance.prepare:
-            goal = Goal(cost_fraction=budget.value / baseline_value, depth=settings.depth)
-            model = _prepared(method, model, space, inputs, data, goal, run, stage)
+            goal = Goal(cost_fraction=self.budget.value / self.baseline_value, depth=s.depth)
+            self.model = _prepared(method, self.model, self.space, self.inputs, data, goal, self.run, self.stage)
             if type(method).prepared_architecture is not Importance.prepared_architecture:  # e.g. factorized Linears
-                space_d = stage("prepared_space", lambda: space_mod.discover(model, inputs, settings.unprunable,
-                                                                             settings.analysis_time_s).to_dict())
-                space = space_mod.PruningSpace.from_dict(space_d)
-                log(f"  prepared model: {len(space.groups)} prunable groups, {len(space.skipped)} left whole")
-        scores_d = stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(model, space, inputs, data).items()})
-        scores = {gid: np.asarray(v) for gid, v in scores_d.items()}
-        block_scores: dict[str, float] = {}
-        if settings.depth != "off" and data is not None:
-            block_scores = stage("blocks", lambda: method.block_scores(model, blocks_mod.find_blocks(model, inputs), data))
-            log(f"  {len(block_scores)} removable residual blocks")
+                self.space_d = self.stage("prepared_space", lambda: space_mod.discover(self.model, self.inputs, s.unprunable,
+                                                                                       s.analysis_time_s).to_dict())
+                self.space = space_mod.PruningSpace.from_dict(self.space_d)
+                self.log(f"  prepared model: {len(self.space.groups)} prunable groups, {len(self.space.skipped)} left whole")
+        self.scores_d = self.stage("scores", lambda: {gid: v.tolist() for gid, v in method.scores(self.model, self.space, self.inputs, data).items()})
+        self.scores = {gid: np.asarray(v) for gid, v in self.scores_d.items()}
+        if s.depth != "off" and data is not None:
+            self.block_scores = self.stage("blocks", lambda: method.block_scores(self.model, blocks_mod.find_blocks(self.model, self.inputs), data))
+            self.log(f"  {len(self.block_scores)} removable residual blocks")
 
-        int8 = None
-        if quantizer is not None and data is not None:
-            int8 = precision_mod.QuantizedMeasurer(measurer, quantizer, data.calibration(precision_mod.CALIBRATION_IMAGES),
-                                                   precision_mod.check_images(data.val))
-
-        def search_with(target: TargetMeasurer, stage_at: Callable[..., dict[str, Any]], log_at: Progress) -> dict[str, Any]:
-            """The budget search with `target` measuring the candidates (float32 or int8)."""
-            if budget.met_by(baseline_value):
-                log_at("  the unpruned model already meets the budget: exporting it unpruned")
-                plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
-                return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-            cache_key = {"model_sha256": _weights_sha256(model), "scores": scores_d, "round_to": settings.round_to,
-                         "data": str(settings.data), "input_shape": [list(t.shape) for t in inputs]}  # no budget: other budgets reuse it
-            ctx = SearchContext(model, inputs, space, scores, _objective(budget, target, inputs, measurer, settings.tol), budget,
-                                baseline_d, baseline_value, target, settings, method, block_scores, data, stage_at, log_at, cache_key)
-            return SEARCHES.create(settings.search).run(ctx)
-
-        def search_at(precision: str) -> dict[str, Any]:
-            if precision == "fp32":
-                return stage("search", lambda: search_with(measurer, stage, log))
-            assert int8 is not None
-            return stage("search_int8", lambda: search_with(int8, stage.prefixed("int8_"), lambda line: log(f"  int8 {line.lstrip()}")))
-
-        def probe() -> dict[str, Any]:
-            """int8 of the unpruned model, judged against the budget as a search candidate is."""
-            def measure() -> dict[str, Any]:
-                assert int8 is not None
-                # judged by the rule the search applies to its candidates (the objective's drift allowance included)
-                ev = _objective(budget, int8, inputs, measurer, settings.tol).evaluate(model, "unpruned")
-                plan = plan_at_level(space, scores, 0.0, settings.round_to, settings.method)
-                return {"value": ev.value, "ratio": ev.ratio, "within": ev.within, "evaluation": ev.to_dict(), "plan": plan.to_dict()}
-            return stage("int8_unpruned", measure)
-
-        choice = precision_mod.choose(precision_mod.Policy(
-            mode=settings.precision_mode, fp32_why=settings.precision_why, unavailable=int8_unavailable, counted=not budget.is_latency,
-            baseline_within=budget.met_by(baseline_value), probe=probe, search=search_at,
-            flops=lambda d: count(apply(copy.deepcopy(model), Plan.from_dict(d["plan"]), inputs), inputs).flops,
-            baseline_flops=baseline_d["flops"], baseline_value=baseline_value), log)
-        search_d = choice["search"]
-        target = int8 if choice["precision"] == "int8" else measurer
+    def search(self) -> None:
+        """The budget search, in float32 or int8 or both as --precision says (precision.py chooses)."""
+        c, data = self.c, self.c.data
+        if c.quantizer is not None and data is not None:
+            self.int8 = precision_mod.QuantizedMeasurer(self.measurer, c.quantizer, data.calibration(precision_mod.CALIBRATION_IMAGES),
+                                                        precision_mod.check_images(data.val))
+        self.choice = precision_mod.choose(precision_mod.Policy(
+            mode=self.settings.precision_mode, fp32_why=self.settings.precision_why, unavailable=c.int8_unavailable,
+            counted=not self.budget.is_latency, baseline_within=self.budget.met_by(self.baseline_value), probe=self._int8_unpruned,
+            search=self._search_at, flops=lambda d: count(self._applied(Plan.from_dict(d["plan"])), self.inputs).flops,
+            baseline_flops=self.baseline_d["flops"], baseline_value=self.baseline_value), self.log)
+        target = self.int8 if self.choice["precision"] == "int8" else self.measurer
         assert target is not None
-        plan, dropped = space_mod.verified_plan(model, inputs, Plan.from_dict(search_d["plan"]))
-        for d in dropped:
-            log(f"  {d.id} left whole: {d.reason}")
-        plan.meta.update(arch=loaded.arch, num_classes=num_outputs, input_shape=list(loaded.input_shape),
-                         precision=choice["precision"], precision_why=choice["why"])
-        pruned = apply(copy.deepcopy(model), plan, inputs)
-        method.reconstruct(model, pruned, space, plan, inputs, data)
+        self.target = target
 
-        accuracy: dict[str, Any] | None = None
-        recovery_d: dict[str, Any] | None = None
-        if data is not None:
-            def evaluate() -> dict[str, Any]:
-                acc = {"metric": metric_name, "baseline": metric(original, data.val), "pruned": metric(pruned, data.val)}
-                return acc | ({"prepared": metric(model, data.val)} if model is not original else {})
+    def prune(self) -> None:
+        """The chosen plan, checked on the model, cut out of a copy of it (and reconstructed where the method does)."""
+        self.plan, self.dropped = space_mod.verified_plan(self.model, self.inputs, Plan.from_dict(self.choice["search"]["plan"]))
+        for d in self.dropped:
+            self.log(f"  {d.id} left whole: {d.reason}")
+        self.plan.meta.update(arch=self.loaded.arch, num_classes=self.c.num_outputs, input_shape=list(self.loaded.input_shape),
+                              precision=self.choice["precision"], precision_why=self.choice["why"])
+        self.pruned = self._applied(self.plan)
+        self.c.method.reconstruct(self.model, self.pruned, self.space, self.plan, self.inputs, self.c.data)
 
-            accuracy = stage("accuracy", evaluate)
-            log(f"  {metric_name}: baseline {accuracy['baseline']:.4f}, pruned before recovery {accuracy['pruned']:.4f}")
-        if recovery is not None and data is not None and model is original and _prunes_nothing(plan):
-            log(f"  nothing pruned (e.g. int8 alone met the budget): no {recovery.name}, the trained weights stand as they are")
-        elif recovery is not None and data is not None:
-            recovery_d = _recover(recovery, pruned, original, data, settings, metric, run, ctx, stage, log)
-            accuracy = dict(accuracy or {}, recovered=recovery_d["final_metric"])
-        if not ctx.is_rank0:
-            return CompressResult(pruned, plan, {}, Path(out_dir))
+    def recover(self) -> None:
+        """The metric before recovery, then the recovery (on every rank under torchrun)."""
+        c, data, recovery = self.c, self.c.data, self.c.recovery
+        if data is None:
+            return
 
-        plan.save(run.path("plan.json"))
-        torch.save(pruned, run.path("model.pt"))
-        torch.save(pruned.state_dict(), run.path("state_dict.pt"))
-        final_d = stage("final", lambda: _final(pruned, measurer, target, inputs, budget, settings.tol))
-        met = _met(budget, final_d)
-        runtime_acc = None
-        if data is not None and (target is int8 or runtime.reduced_precision or settings.max_accuracy_drop is not None):
-            runtime_acc = stage("runtime_accuracy", lambda: target.runtime_accuracy(target.load("model"), pruned, data.val, metric_name, metric))
-            log(f"  {metric_name} on {settings.runtime} ({choice['precision']}) vs PyTorch float32 over {runtime_acc['images']} "
-                f"validation images: {runtime_acc['runtime']:.4f} vs {runtime_acc['pytorch']:.4f}")
-        if settings.max_accuracy_drop is not None:
-            assert accuracy is not None and runtime_acc is not None
-            _refuse_accuracy_drop(settings, accuracy["baseline"], runtime_acc["runtime"], choice["precision"], final_d,
-                                  baseline_d["flops"], met, run)
-        decision = Decision.from_dict(final_d["decision"])
-        ratio = decision.describe() if decision.relative else f"{1 / final_d['speedup']:.3f}"
-        log(f"[result] {choice['precision']}: {final_d['final']['latency_ms']['median']:.3f} ms vs baseline "
-            f"{final_d['baseline']['latency_ms']['median']:.3f} ms (ratio {ratio}, x{final_d['speedup']:.2f}), "
-            f"budget {budget.describe()}: {'MET' if met else 'MISSED'}{_busy(decision)}"
-            f"{_noisy(LatencyStats.from_dict(final_d['final']['latency_ms']))}")
+        def evaluate() -> dict[str, Any]:
+            acc = {"metric": c.metric_name, "baseline": c.metric(self.original, data.val), "pruned": c.metric(self.pruned, data.val)}
+            return acc | ({"prepared": c.metric(self.model, data.val)} if self.model is not self.original else {})
 
+        self.accuracy = self.stage("accuracy", evaluate)
+        self.log(f"  {c.metric_name}: baseline {self.accuracy['baseline']:.4f}, pruned before recovery {self.accuracy['pruned']:.4f}")
+        if recovery is not None and self.model is self.original and _prunes_nothing(self.plan):
+            self.log(f"  nothing pruned (e.g. int8 alone met the budget): no {recovery.name}, the trained weights stand as they are")
+        elif recovery is not None:
+            self.recovery_d = _recover(recovery, self.pruned, self.original, data, self.settings, c.metric, self.run,
+                                       self.stage.ctx, self.stage, self.log)
+            self.accuracy = dict(self.accuracy, recovered=self.recovery_d["final_metric"])
+
+    def measure_final(self) -> None:
+        """The published model exported, timed against the baseline until the verdict is decided,
+        and its metric on the runtime where the runtime's precision may change it (rank 0)."""
+        s, c, data = self.settings, self.c, self.c.data
+        self.plan.save(self.run.path("plan.json"))
+        torch.save(self.pruned, self.run.path("model.pt"))
+        torch.save(self.pruned.state_dict(), self.run.path("state_dict.pt"))
+        self.final_d = self.stage("final", lambda: _final(self.pruned, self.measurer, self.target, self.inputs, self.budget, s.tol))
+        self.met = _met(self.budget, self.final_d)
+        if data is not None and (self.target is self.int8 or c.runtime.reduced_precision or s.max_accuracy_drop is not None):
+            acc = self.runtime_acc = self.stage("runtime_accuracy", lambda: self.target.runtime_accuracy(
+                self.target.load("model"), self.pruned, data.val, c.metric_name, c.metric))
+            self.log(f"  {c.metric_name} on {s.runtime} ({self.choice['precision']}) vs PyTorch float32 over {acc['images']} "
+                     f"validation images: {acc['runtime']:.4f} vs {acc['pytorch']:.4f}")
+        if s.max_accuracy_drop is not None:
+            assert self.accuracy is not None and self.runtime_acc is not None
+            _refuse_accuracy_drop(s, self.accuracy["baseline"], self.runtime_acc["runtime"], self.choice["precision"], self.final_d,
+                                  self.baseline_d["flops"], self.met, self.run)
+        f = self.final_d
+        decision = Decision.from_dict(f["decision"])
+        ratio = decision.describe() if decision.relative else f"{1 / f['speedup']:.3f}"
+        self.log(f"[result] {self.choice['precision']}: {f['final']['latency_ms']['median']:.3f} ms vs baseline "
+                 f"{f['baseline']['latency_ms']['median']:.3f} ms (ratio {ratio}, x{f['speedup']:.2f}), "
+                 f"budget {self.budget.describe()}: {'MET' if self.met else 'MISSED'}{_busy(decision)}"
+                 f"{_noisy(LatencyStats.from_dict(f['final']['latency_ms']))}")
+
+    def publish(self) -> CompressResult:
+        """report.json and report.md (report.py) written, then every output published together."""
+        s, c, loaded = self.settings, self.c, self.loaded
         rep = report_mod.assemble(
-            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape),
-                   "swapped": list(loaded.swapped)}, settings=settings,
-            runtime=runtime.settings() | {"warmup": settings.warmup, "repeats": measurer.repeats}, budget=budget, met=met,
-            baseline=baseline_d, final=final_d, method=method, search=search_d, space=space, plan=plan,
-            left_whole=space_d["skipped"] + [dataclasses.asdict(d) for d in dropped], timings=stage.timings, accuracy=accuracy, runtime_accuracy=runtime_acc,
-            data=data.describe() if data is not None else None, recovery=recovery_d,
-            precision=_precision_report(choice, final_d, quantizer))
-        _publish(run, rep, target.onnx_path("model"))
-    return CompressResult(pruned, plan, rep, Path(out_dir))
+            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape), "swapped": list(loaded.swapped)},
+            settings=s, runtime=c.runtime.settings() | {"warmup": s.warmup, "repeats": self.measurer.repeats}, budget=self.budget,
+            met=self.met, baseline=self.baseline_d, final=self.final_d, method=c.method, search=self.choice["search"], space=self.space,
+            plan=self.plan, left_whole=self.space_d["skipped"] + [dataclasses.asdict(d) for d in self.dropped],
+            timings=self.stage.timings, accuracy=self.accuracy, runtime_accuracy=self.runtime_acc,
+            data=c.data.describe() if c.data is not None else None, recovery=self.recovery_d,
+            precision=_precision_report(self.choice, self.final_d, c.quantizer))
+        _publish(self.run, rep, self.target.onnx_path("model"))
+        return CompressResult(self.pruned, self.plan, rep, self.run.out)
+
+    def _applied(self, plan: Plan) -> nn.Module:
+        return apply(copy.deepcopy(self.model), plan, self.inputs)
+
+    def _search_with(self, target: TargetMeasurer, stage_at: Callable[..., dict[str, Any]], log_at: Progress) -> dict[str, Any]:
+        """The budget search with `target` measuring the candidates (float32 or int8)."""
+        s = self.settings
+        if self.budget.met_by(self.baseline_value):
+            log_at("  the unpruned model already meets the budget: exporting it unpruned")
+            plan = plan_at_level(self.space, self.scores, 0.0, s.round_to, s.method)
+            return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
+        cache_key = {"model_sha256": _weights_sha256(self.model), "scores": self.scores_d, "round_to": s.round_to,
+                     "data": str(s.data), "input_shape": [list(t.shape) for t in self.inputs]}  # no budget: other budgets reuse it
+        ctx = SearchContext(self.model, self.inputs, self.space, self.scores, self._objective(target), self.budget, self.baseline_d,
+                            self.baseline_value, target, s, self.c.method, self.block_scores, self.c.data, stage_at, log_at, cache_key)
+        return SEARCHES.create(s.search).run(ctx)
+
+    def _search_at(self, precision: str) -> dict[str, Any]:
+        if precision == "fp32":
+            return self.stage("search", lambda: self._search_with(self.measurer, self.stage, self.log))
+        int8 = self.int8
+        assert int8 is not None
+        return self.stage("search_int8", lambda: self._search_with(int8, self.stage.prefixed("int8_"),
+                                                                  lambda line: self.log(f"  int8 {line.lstrip()}")))
+
+    def _int8_unpruned(self) -> dict[str, Any]:
+        """int8 of the unpruned model, judged against the budget as a search candidate is (the
+        objective's drift allowance included)."""
+        def measure() -> dict[str, Any]:
+            assert self.int8 is not None
+            ev = self._objective(self.int8).evaluate(self.model, "unpruned")
+            plan = plan_at_level(self.space, self.scores, 0.0, self.settings.round_to, self.settings.method)
+            return {"value": ev.value, "ratio": ev.ratio, "within": ev.within, "evaluation": ev.to_dict(), "plan": plan.to_dict()}
+        return self.stage("int8_unpruned", measure)
+
+    def _objective(self, target: TargetMeasurer) -> Objective:
+        """Candidates measured by `target` (float32 or int8). Counted figures are exact; a relative
+        budget is decided against the float32 baseline stage's verified export, which the float32
+        measurer loads; a machine whose noise is wider than the search's window (--tol) stops the run."""
+        if not self.budget.is_latency:
+            return CountObjective(self.budget, self.inputs)
+        return LatencyObjective(self.budget, target, lambda: self.measurer.load("baseline"), resolution=self.settings.tol)
 
 
 class Stages:
@@ -371,16 +462,6 @@ def _weights_sha256(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def _objective(budget: Budget, measurer: TargetMeasurer, inputs: tuple[torch.Tensor, ...], baseline: TargetMeasurer,
-               tol: float) -> Objective:
-    """Candidates measured by `measurer` (float32 or int8). Counted figures are exact; a relative
-    budget is decided against the float32 baseline stage's verified export, which `baseline` (the
-    float32 measurer) loads; a machine whose noise is wider than the search's window (`tol`) stops the run."""
-    if not budget.is_latency:
-        return CountObjective(budget, inputs)
-    return LatencyObjective(budget, measurer, lambda: baseline.load("baseline"), resolution=tol)
 
 
 def _prunes_nothing(plan: Plan) -> bool:
