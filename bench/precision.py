@@ -22,7 +22,7 @@ and int8 of the unpruned model on ort-cpu and openvino-cpu, interleaved per runt
 verified against PyTorch float32 (CIFAR-10 upsampled to 224 as calibration and check images,
 bench/data224.py). Random weights time like trained ones; their int8 error is not an accuracy claim.
 
-    .venv/bin/python bench/precision.py --data ../shared/data/cifar10/cifar10.npz [--models resnet20] [--modes fp32 auto]
+    .venv/bin/python bench/precision.py --data ../shared/data/cifar10/cifar10.npz [--models resnet20] [--modes fp32 auto] [--runs 2]
     .venv-zoo/bin/python bench/precision.py --models --latency resnet18 mobilenetv2 --zoo tv:efficientnet_b0 timm:regnetx_004_tv
 """
 from __future__ import annotations
