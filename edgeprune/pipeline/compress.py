@@ -165,7 +165,6 @@ class Pipeline:
     dropped: list[Any]
     pruned: nn.Module
     final_d: dict[str, Any]
-    met: bool
 
     def __init__(self, loaded: LoadedModel, settings: Settings, checked: Checked, run: RunDir, stage: Stages, log: Progress) -> None:
         self.loaded, self.settings, self.c, self.run, self.stage, self.log = loaded, settings, checked, run, stage, log
@@ -178,6 +177,11 @@ class Pipeline:
         self.accuracy: dict[str, Any] | None = None
         self.recovery_d: dict[str, Any] | None = None
         self.runtime_acc: dict[str, Any] | None = None
+
+    @property
+    def met(self) -> bool:
+        """Whether the final verdict (measure_final) put the model within the budget."""
+        return _met(self.budget, self.final_d)
 
     def analyse(self) -> None:
         """The pruning space, the baseline timed on the target, and the budget resolved against it."""
@@ -264,7 +268,6 @@ class Pipeline:
         torch.save(self.pruned, self.run.path("model.pt"))
         torch.save(self.pruned.state_dict(), self.run.path("state_dict.pt"))
         self.final_d = self.stage("final", lambda: _final(self.pruned, self.measurer, self.target, self.inputs, self.budget, s.tol))
-        self.met = _met(self.budget, self.final_d)
         if data is not None and (self.target is self.int8 or c.runtime.reduced_precision or s.max_accuracy_drop is not None):
             acc = self.runtime_acc = self.stage("runtime_accuracy", lambda: self.target.runtime_accuracy(
                 self.target.load("model"), self.pruned, data.val, c.metric_name, c.metric))

@@ -10,7 +10,7 @@ from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.prune.methods import Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
-from edgeprune.pipeline.search.base import candidates_measured
+from edgeprune.pipeline.search.base import candidates_measured, candidates_named
 from edgeprune.pipeline.search.objective import LatencyObjective
 from edgeprune.runtime_bench import LatencyStats
 
@@ -68,7 +68,7 @@ def busy_line(rep: dict[str, Any]) -> str | None:
     b = rep["search"].get("busy") or {}
     if not b.get("candidates") and not b.get("final"):
         return None
-    parts = ([f"candidate{'s' if len(b['candidates']) > 1 else ''} {', '.join(map(str, b['candidates']))}"] if b["candidates"] else [])
+    parts = [candidates_named(b["candidates"])] if b["candidates"] else []
     which = " and ".join(parts + (["the final timing"] if b["final"] else []))
     return (f"measured while the machine was busy ({which}; other processes used up to {b['most_busy']:.0%} of "
             "the CPUs): those decisions took at least twice the rounds, and rounds in which the process waited for a CPU "

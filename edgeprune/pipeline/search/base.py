@@ -116,6 +116,11 @@ def candidates_measured(steps: Sequence[dict[str, Any]]) -> int:
     return sum("confirm" not in s for s in steps)
 
 
+def candidates_named(indices: Sequence[int]) -> str:
+    """"candidate 3" or "candidates 3, 8", for a report or progress line."""
+    return f"candidate{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))}"
+
+
 def timed_step(index: int, scalar_value: float, predicted: float, evaluate: Callable[[], Evaluation], scalar: str = "level",
                predicts: str = "flops") -> Step:
     """Evaluate one candidate and wrap it as a `Step` with its wall time."""

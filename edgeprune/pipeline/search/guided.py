@@ -60,7 +60,7 @@ from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import width_step, widths_key
 from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores
 from edgeprune.pipeline.search import sensitivity as sensitivity_mod
-from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, timed_step
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, candidates_named, timed_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.layerwise import LayerwiseSearch, plan_for
 from edgeprune.pipeline.search.level_search import MAX_LEVEL, LevelSearch, Point, target_flops
@@ -337,11 +337,9 @@ class Guided:
                 elif measured.point.value < self.over.point.value:
                     self.over = measured
         if self._failed:
-            stop += (f"; candidate{'s' if len(self._failed) > 1 else ''} {', '.join(map(str, self._failed))} "
-                     "did not hold under the budget when timed afresh")
+            stop += f"; {candidates_named(self._failed)} did not hold under the budget when timed afresh"
         if self.best is None and self._failed:
-            raise TooNoisy(f"machine too noisy to decide: candidate{'s' if len(self._failed) > 1 else ''} "
-                           f"{', '.join(map(str, self._failed))} decided under budget {self.objective.budget.describe()} did not "
+            raise TooNoisy(f"machine too noisy to decide: {candidates_named(self._failed)} decided under budget {self.objective.budget.describe()} did not "
                            f"hold when timed afresh (the same plan moved up to {self._moved:.1%} between two decisions) and none "
                            f"of the {self._candidates()} candidates held under it; re-run on a quieter machine, or raise --max-candidates")
         if self.best is None:
