@@ -20,7 +20,8 @@ python; elsewhere the zoo rows are recorded as skipped.
 Accuracy rows (`--accuracy --data cifar10.npz`): the trained ResNet-20 and ResNet-56 at 50 %, each
 search (guided, the default; uniform; layerwise) followed by the same 3-epoch fine-tune, top-1 on
 the full test set, at each one's latency re-timed the same way; the guided search's extra cost
-(its sensitivity map) is recorded beside the recovery's seconds.
+(its sensitivity map, and its per-layer latency table timed on an empty cache) is recorded beside
+the recovery's seconds.
 
     flock /tmp/edgeprune-timing.lock .venv-zoo/bin/python bench/budget_hit.py              # latency rows, both passes
     flock /tmp/edgeprune-timing.lock .venv-zoo/bin/python bench/budget_hit.py --passes --accuracy --data ../shared/data/cifar10/cifar10.npz
@@ -157,7 +158,8 @@ def latency_row(name: str, budget: str, work: Path, log: Callable[[str], None], 
                      "verdict": s["decision"]["verdict"], "rounds": s["decision"]["rounds"], "cpu_rounds": s["decision"]["cpu_rounds"],
                      "other_cpu_s": s["decision"]["other_cpu_s"]} for s in steps],
         "accuracy": rep.get("accuracy"), "recovery_s": (rep.get("recovery") or {}).get("seconds"),
-        "sensitivity_s": rep["timings_s"].get("sensitivity"), "timings_s": rep["timings_s"],
+        "sensitivity_s": rep["timings_s"].get("sensitivity"), "latency_table_s": rep["timings_s"].get("latency_table"),
+        "cost": rep["search"].get("cost"), "timings_s": rep["timings_s"],
     }
     log(f"[{name} {budget}] ratio {final['estimate']:.3f} = {row['ratio_over_budget']:.3f} of the budget, "
         f"{'MET' if res.met else 'MISSED'}, {row['candidates']} candidates, search {row['search_s']:.0f}s, "
@@ -199,6 +201,9 @@ def accuracy_rows(names: list[str], data: str, epochs: int, work: Path, result: 
     val = load_data(data, batch_size=256).val
     for name in names:
         entry = result["accuracy"][name] = {"baseline_top1": top1(trained(name), val), "rows": [], "measured_at_commit": result["git"]["commit"]}
+        # an empty latency-table cache per model: the first search using the table (guided) pays
+        # for timing it, as on a user's first run; layerwise, after it, finds its entries cached
+        os.environ["EDGEPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"cache_{name}_", dir=work)
         for search in SEARCHES:
             settings = Settings(budget="50%", search=search, data=data, recover="finetune", epochs=epochs, precision="fp32")  # the searches compared
             row, out = latency_row(name, "50%", work, log, settings)

@@ -3,6 +3,8 @@ valuable per predicted FLOP first, until a candidate lands in the window under t
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +16,12 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
-from edgeprune.pipeline.search import guided
+from edgeprune.pipeline.search import guided, latency_table
+from edgeprune.pipeline.search.layerwise import plan_for
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.level_search import LevelSearch
 from edgeprune.pipeline.search.objective import CountObjective
-from tests.test_layerwise import two_branches
+from tests.test_layerwise import on_fake_target, two_branches
 from tests.test_search import X, OverheadLatency
 
 
@@ -104,11 +107,70 @@ def test_no_finer_plan_is_said_and_the_plan_under_is_kept(resnet20: nn.Module) -
 def test_with_sensitivity_the_fill_gives_back_the_layer_that_matters_first() -> None:
     model, space, scores, sens = two_branches()
     cost = CostModel(model, space, X)
-    guide = guided.SensitivityGuide.for_flops(model, X, space, scores, sens, CountObjective(Budget("flops", 1.0), X), cost)
+    guide = guided.SensitivityGuide.for_cost(model, X, space, scores, sens, CountObjective(Budget("flops", 1.0), X), cost)
     narrow = plan_at_level(space, scores, 0.75, 8)  # both branches at 8 of 32 channels, the same FLOPs each
     steps = guided.fill_sequence(guide, narrow, cost.total, round_to=8)
     assert [s.group for s in steps[:3]] == ["a", "a", "a"]  # `a` carries the signal: all of it back before `b`
     assert steps[3].group == "b"
+
+
+class TwoShapes(nn.Module):
+    """Two parallel branches of equal FLOPs but different layer shapes (3x3 and 1x9 kernels), so a
+    per-layer latency table can price them apart where FLOPs cannot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(3, 32, (1, 9), padding=(0, 4))
+        self.ha, self.hb = nn.Linear(32, 10), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ha(torch.relu(self.a(x)).mean((2, 3))) + self.hb(torch.relu(self.b(x)).mean((2, 3)))
+
+
+def flops_cost(model: nn.Module, space: object) -> CostModel:
+    return CostModel(model, space, X)  # type: ignore[arg-type]
+
+
+def latency_cost(tmp_path: Path, b_slower: float) -> tuple[nn.Module, object, dict, latency_table.LatencyCost]:
+    """`TwoShapes` on the fake target (time = MACs), its table's entries for b's kernel made
+    `b_slower` times slower, as that table's `LatencyCost`."""
+    model, space, scores, flops, rt = on_fake_target(TwoShapes)
+    ms = flops.total * 1e-6
+    table = latency_table.build(model, X, flops, rt, ms, ms, round_to=8, cache=tmp_path / "cache.json")
+    b_sig = table.shapes["b"].signature()
+    table = dataclasses.replace(table, entries={sig: {k: v * (b_slower if sig == b_sig else 1.0) for k, v in e.items()}
+                                                for sig, e in table.entries.items()})
+    return model, space, scores, latency_table.LatencyCost(model, space, X, table)
+
+
+def test_the_latency_cost_is_the_tables_prediction_and_prices_one_width_step_alone(tmp_path: Path) -> None:
+    model, space, scores, cost = latency_cost(tmp_path, b_slower=4.0)
+    sizes = {g.id: g.size for g in space.groups}
+    assert cost.total == pytest.approx(cost.table.predict({}, sizes, flops_cost(model, space)))
+    widths = {"a": 16, "b": 8}
+    plan = plan_for(space, scores, widths)
+    assert cost.flops(plan) == pytest.approx(cost.table.predict(widths, sizes, flops_cost(model, space)))
+    # what the fill adds for one step, priced on the layers it touches, is the whole plans' difference
+    counts = guided.counts_of(space, plan)
+    seg = {g.id: tuple(len(x) for x in g.segments) for g in space.groups}
+    wider = {**counts, "b": (16,)}
+    added = cost.flops_at(wider, seg, (), cost.touching["b"]) - cost.flops_at(counts, seg, (), cost.touching["b"])
+    assert added == pytest.approx(cost.flops(plan_for(space, scores, {"a": 16, "b": 16})) - cost.flops(plan))
+    assert added > 0 and cost.unit == "budget"
+
+
+def test_against_latency_the_allocation_narrows_what_is_slow_on_the_target(tmp_path: Path) -> None:
+    """`a` costs half the accuracy of `b` per channel removed, and the same FLOPs: against FLOPs `a`
+    narrows first; on a target where b's layer runs 4 times slower, `b` does."""
+    model, space, scores, lat = latency_cost(tmp_path, b_slower=4.0)
+    sens = {g.id: {w: (g.size - w) / g.size * (2.0 if g.id == "b" else 1.0) for w in (8, 16, 24, 32)} for g in space.groups}
+    objective = CountObjective(Budget("flops", 1.0), X)
+    for cost, narrower in ((flops_cost(model, space), "a"), (lat, "b")):
+        guide = guided.SensitivityGuide.for_cost(model, X, space, scores, sens, objective, cost)
+        plan = guide.propose(0.7 * cost.total)[1]
+        widths = {g: len(k.keep) for g, k in plan.groups.items()}
+        wider = "a" if narrower == "b" else "b"
+        assert widths[narrower] < widths[wider], (cost.unit, widths)
 
 
 class DriftingLatency(OverheadLatency):

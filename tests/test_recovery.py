@@ -371,6 +371,9 @@ def test_pipeline_with_data_and_distill(pipeline_files: dict[str, Path], tmp_pat
     assert rep["data"]["num_classes"] == 10 and rep["data"]["input_shape"] == [3, 32, 32]
     md = (out / "report.md").read_text()
     assert "## Accuracy" in md and "distill" in md
+    # with --data under a latency budget, the default search prices widths by the latency table
+    assert rep["search"]["guide"] == "lambda" and rep["search"]["cost"] == "latency_table" and "latency_table" in rep["timings_s"]
+    assert "per-layer table timed on the target" in md
     # the published model is the recovered one: its accuracy is the one reported
     data = load_data(str(pipeline_files["npz"]))
     pruned = torch.load(out / "model.pt", weights_only=False)

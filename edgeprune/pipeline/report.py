@@ -45,7 +45,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "recovery": recovery,
         "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": candidates_measured(search["steps"]),
                    "stop_reason": search["stop_reason"], "predictor": search.get("predictor"), "guide": search.get("guide"),
-                   "drift_allowance": search.get("drift_allowance"),
+                   "cost": search.get("cost"), "drift_allowance": search.get("drift_allowance"),
                    "busy": busy_summary(search["steps"], final.get("decision"))},
         "groups": group_rows(space, plan),
         "removed_blocks": list(plan.removed_blocks),
@@ -134,6 +134,11 @@ def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+#: how a search priced a width (report.json's search.cost), for report.md
+COSTS = {"flops": "their predicted FLOPs",
+         "latency_table": "their latency in a per-layer table timed on the target (FLOPs misprice small and unaligned layers)"}
+
+
 def markdown(rep: dict[str, Any]) -> str:
     b, f, rt = rep["baseline"], rep["final"], rep["runtime"]
     bl, fl = b["latency_ms"], f["latency_ms"]
@@ -164,6 +169,7 @@ def markdown(rep: dict[str, Any]) -> str:
         *_accuracy_lines(rep),
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
+        *([f"Widths priced by {COSTS[rep['search']['cost']]}.", ""] if rep["search"].get("cost") else []),
         *([f"Drift allowance raised to {rep['search']['drift_allowance']:.1%}: a candidate confirmed afresh moved that far "
            "from its first decision, so candidates had to be decided that far under the budget.", ""]
           if (rep["search"].get("drift_allowance") or 0) > LatencyObjective.drift else []),

@@ -23,6 +23,15 @@ _Fraction = Callable[[str, frozenset[int], tuple[int, ...]], Any]
 
 
 class CostModel:
+    """A plan's predicted cost, the sum of its layers' costs at their kept widths. Here a layer's
+    cost is its FLOPs (multiply-accumulates); a subclass may price layers otherwise (the per-layer
+    latency table's `LatencyCost`) while the searches keep asking the same questions."""
+
+    #: what the cost is, for a search's steps (base.Step.predicts): FLOPs, or ("budget") the budget's own figure
+    unit = "flops"
+    #: a cost no width changes (added to whole plans, not to the layers a width step touches)
+    fixed: float = 0.0
+
     def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> None:
         self._layer_macs = layer_macs(model, example_inputs)
         # layer name -> [(group id, the units of that group the layer's input/output carries, the
@@ -40,7 +49,7 @@ class CostModel:
         self._depthwise = {
             name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
         }
-        self.total = float(sum(self._layer_macs.values()))
+        self.total = float(self._total(lambda gid, units, segs: 1.0, {}))
 
     def flops(self, plan: Plan) -> float:
         kept = {gid: set(g.keep) for gid, g in plan.groups.items()}
@@ -92,15 +101,20 @@ class CostModel:
         return sum(len(units) * fraction(gid, units, segs) for gid, units, segs in entries) / total
 
     def _total(self, fraction: _Fraction, block_keep: Mapping[str, Any], layers: Iterable[str] | None = None) -> Any:
-        """Sum of layer MACs scaled by the kept shares of their input and output channels and by
-        the keep probability of the block they sit in. Channels of groups outside the plan count
+        """Sum of layer costs (`layer_cost`) at the kept shares of their input and output channels,
+        scaled by the keep probability of the block they sit in, plus the `fixed` cost when whole
+        plans are priced (`layers` None). Channels of groups outside the plan count
         as kept; a concat's other inputs (not groups) are unknown here and ignored."""
         blocks = [(b + ".", p) for b, p in block_keep.items()]
-        total: Any = 0.0
+        total: Any = self.fixed if layers is None else 0.0
         for name in self._layer_macs if layers is None else layers:
-            macs = self._layer_macs.get(name, 0.0)
             f_out = self._share(self._out.get(name), fraction)
             f_in = 1.0 if name in self._depthwise else self._share(self._in.get(name), fraction)
             kept_block = [p for prefix, p in blocks if name.startswith(prefix) or name + "." == prefix]
-            total = total + macs * f_in * f_out * (kept_block[0] if kept_block else 1.0)
+            total = total + self.layer_cost(name, f_in, f_out) * (kept_block[0] if kept_block else 1.0)
         return total
+
+    def layer_cost(self, name: str, f_in: Any, f_out: Any) -> Any:
+        """`name`'s cost when it keeps the fractions `f_in` of its input and `f_out` of its output
+        channels: its MACs scaled by both."""
+        return self._layer_macs.get(name, 0.0) * f_in * f_out

@@ -356,12 +356,11 @@ class Layerwise(Search):
         value = ctx.baseline_value
         predictor: dict[str, Any] = {"kind": "latency_table" if ctx.budget.is_latency else "cost_table"}
         if ctx.budget.is_latency:
-            table_d = ctx.stage("latency_table", lambda: latency_table.build(
-                model, inputs, cost, ctx.measurer.runtime, value, ctx.baseline["latency_ms"]["median"], s.round_to, on_entry=ctx.log).to_dict())
             plans = calibration_plans(sens, list(block_drops))
+            table = latency_table.of_run(ctx, cost)
             ratios = ctx.stage("latency_calibration", lambda: {"ratios": [v / value for v in measure_plans(
                 model, inputs, space, scores, plans, objective, "calibration")]}, key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings()})["ratios"]
-            lat = latency_table.LatencyTable.from_dict(table_d).calibrated(plans, ratios, sizes, cost)
+            lat = table.calibrated(plans, ratios, sizes, cost)
             a, b, c = lat.coefficients or lat.uncalibrated()
             predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
             ctx.log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")
