@@ -287,3 +287,24 @@ def test_the_default_precision_is_auto_with_data_and_float32_without(npz: Path) 
     assert without.precision_mode == "fp32" and "no --data" in without.precision_why
     explicit = Settings(budget="50%", data=str(npz), precision="fp32")
     assert explicit.precision_mode == "fp32" and explicit.precision_why == "--precision fp32"
+
+
+def test_the_int8_search_reuses_what_does_not_depend_on_the_precision(tmp_path: Path) -> None:
+    """The int8 search's stages are its own (prefixed), but a kept stage, whose key says what it
+    depends on (the sensitivity map), is computed once for both searches."""
+    from edgeprune.pipeline.compress import Stages
+    from edgeprune.pipeline.distributed import DistContext
+    from edgeprune.pipeline.rundir import RunDir
+
+    stages = Stages(RunDir(tmp_path / "out", {"c": 1}), DistContext(), lambda line: None)
+    computed: list[str] = []
+
+    def work(name: str) -> Any:
+        return lambda: computed.append(name) or {"value": len(computed)}
+
+    for stage in (stages, stages.prefixed("int8_")):
+        stage("sensitivity", work("sensitivity"), key={"model": 1})
+        stage("latency_calibration", work("calibration"), key={"model": 1, "precision": "fp32" if stage is stages else "int8"})
+        stage("search", work("search"))
+    assert computed == ["sensitivity", "calibration", "search", "calibration", "search"]
+    assert set(stages.timings) == {"sensitivity", "latency_calibration", "search", "int8_sensitivity", "int8_latency_calibration", "int8_search"}

@@ -351,11 +351,12 @@ class Stages:
         self.timings: dict[str, float] = {}
 
     def __call__(self, name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False,
-                 key: dict[str, Any] | None = None) -> dict[str, Any]:
-        """With `key`, the result is kept across runs whose settings differ but not in `key` (RunDir.kept)."""
+                 key: dict[str, Any] | None = None, kept_as: str | None = None) -> dict[str, Any]:
+        """With `key`, the result is kept across runs whose settings differ but not in `key`
+        (RunDir.kept), under `kept_as` when given (another stage's name that computes the same)."""
         t0 = time.perf_counter()
         self.log(f"[{name}] ...")
-        store = (lambda: self.run.stage(name, fn)) if key is None else (lambda: self.run.kept(name, key, fn))
+        store = (lambda: self.run.stage(name, fn)) if key is None else (lambda: self.run.kept(kept_as or name, key, fn))
         if everywhere or not self.ctx.active:
             result, resumed = store()
         else:
@@ -367,9 +368,12 @@ class Stages:
 
     def prefixed(self, prefix: str) -> Callable[..., dict[str, Any]]:
         """These stages under names that start with `prefix`, so a second search in the same run
-        (with int8 candidates) keeps its own results, kept ones included, beside the first's."""
+        (with int8 candidates) keeps its own results beside the first's. A kept stage (with `key`)
+        keeps its name: its key says what it depends on, so the first search's result serves the
+        second when the key is the same (the sensitivity map, 60 s on a ResNet-56, does not depend
+        on the precision the candidates are measured at; what is measured has it in its key)."""
         def run(name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False, key: dict[str, Any] | None = None) -> dict[str, Any]:
-            return self(prefix + name, fn, everywhere, key)
+            return self(prefix + name, fn, everywhere, key, kept_as=name)
         return run
 
 

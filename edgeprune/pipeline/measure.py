@@ -55,6 +55,9 @@ def check_time_bound(runtime: Runtime, session: Any, inputs: Sequence[np.ndarray
 
 
 class TargetMeasurer:
+    #: the precision of the models it measures (a subclass quantizes them)
+    precision = "fp32"
+
     def __init__(
         self,
         runtime: Runtime,

@@ -51,6 +51,8 @@ class QuantizedMeasurer(TargetMeasurer):
     Its files sit beside the float32 measurer's in the same work folder under their own names
     (``TAG.int8.onnx``, quantized from ``TAG.int8-source.onnx``), so both can measure in one run."""
 
+    precision = "int8"
+
     def __init__(self, base: TargetMeasurer, quantizer: Quantizer, calibration: torch.Tensor, check_images: torch.Tensor) -> None:
         super().__init__(base.runtime, base.example_inputs, base.work_dir, base.warmup, base.repeats, base.exporter)
         self.quantizer = quantizer

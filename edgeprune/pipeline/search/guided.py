@@ -8,8 +8,9 @@ fill the gap by measured width steps, so the chosen plan lands within `--tol` (5
    - with --data (channel widths, a uniformly ranked method): each group's width from its
      sensitivity (sensitivity.py, computed once per model and kept across budgets) traded against
      its cost by one multiplier and widened toward the target (the allocation of layerwise.py):
-     layers that cost little accuracy for what they save narrow first. Under a latency budget the
-     cost is the layers' time in the per-layer latency table timed on the target
+     layers that cost little accuracy for what they save narrow first. Under a latency budget, for
+     float32 candidates, the cost is the layers' time in the per-layer latency table timed on the
+     target (it times float32 layers; int8 candidates are priced by FLOPs)
      (latency_table.LatencyCost; its entries are cached on disk), left uncalibrated: no whole plan
      is measured for it, since only the savings are compared and the interpolation between
      measured candidates corrects the level. FLOPs misprice what a width saves on the target;
@@ -474,7 +475,7 @@ class GuidedSearch(Search):
         if ctx.data is not None and s.depth == "off" and ctx.method.ranking == "uniform":
             sens = sensitivity_mod.of_run(ctx)
             why = "each layer's width from its sensitivity on the calibration images"
-            if ctx.budget.is_latency:
+            if ctx.budget.is_latency and ctx.measurer.precision == "fp32":  # (the table times float32 layers)
                 cost = latency_table.LatencyCost(ctx.model, ctx.space, ctx.inputs, latency_table.of_run(ctx, cost))
                 why += " against its latency in a per-layer table timed on the target"
             guide: Guide = SensitivityGuide.for_cost(ctx.model, ctx.inputs, ctx.space, ctx.scores, sens, ctx.objective, cost)

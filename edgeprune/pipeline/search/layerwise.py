@@ -359,7 +359,7 @@ class Layerwise(Search):
             plans = calibration_plans(sens, list(block_drops))
             table = latency_table.of_run(ctx, cost)
             ratios = ctx.stage("latency_calibration", lambda: {"ratios": [v / value for v in measure_plans(
-                model, inputs, space, scores, plans, objective, "calibration")]}, key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings()})["ratios"]
+                model, inputs, space, scores, plans, objective, "calibration")]}, key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings(), "precision": ctx.measurer.precision})["ratios"]
             lat = table.calibrated(plans, ratios, sizes, cost)
             a, b, c = lat.coefficients or lat.uncalibrated()
             predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
