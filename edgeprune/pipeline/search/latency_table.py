@@ -248,7 +248,7 @@ class LatencyCost(CostModel):
 
     def layer_cost(self, name: str, f_in: Any, f_out: Any) -> Any:
         shape = self.table.shapes.get(name)
-        if shape is None:  # a layer the table leaves out: its cost is in the activations term
+        if shape is None:  # a layer the table leaves out: its time is in the rest, which the activations term scales
             return 0.0
         return (self._per_ms * self.table.layer_ms(name, shape.in_channels * f_in, shape.out_channels * f_out)
                 + self._per_written * shape.output_positions * shape.out_channels * f_out)
