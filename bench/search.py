@@ -104,7 +104,7 @@ def predictor_accuracy(base: torch.nn.Module, x: torch.Tensor, work: Path, round
     rows = [{"kind": kind, "removed_blocks": len(r), "measured": ratio, "predicted": (p := calibrated.predict(w, sizes, cost, r)),
              "error": p / ratio - 1.0} for (kind, (w, r)), ratio in zip(plans, ratios)]
     held = [row["error"] for row in rows if row["kind"] != "calibration"]
-    a, b, c = calibrated.coefficients or calibrated.uncalibrated()
+    a, b, c = calibrated.terms
     return {"coefficients": {"layers": a, "activations": b, "fixed": c}, "baseline_ms": stats[0].median, "repeats": measurer.repeats,
             "held_out": len(held), "within_10pct": float(np.mean(np.abs(held) <= 0.10)), "max_abs_error": float(np.max(np.abs(held))),
             "plans": rows}

@@ -27,6 +27,8 @@ class CostModel:
     cost is its FLOPs (multiply-accumulates); a subclass may price layers otherwise (the per-layer
     latency table's `LatencyCost`) while the searches keep asking the same questions."""
 
+    #: how widths are priced, as reports name it (report.json's search.cost)
+    name = "flops"
     #: what the cost is, for a search's steps (base.Step.predicts): FLOPs, or ("budget") the budget's own figure
     unit = "flops"
     #: a cost no width changes (added to whole plans, not to the layers a width step touches)

@@ -485,9 +485,8 @@ class GuidedSearch(Search):
                                            blocks_by_threshold=ctx.method.blocks_on_unit_scale))
             why = "one global level" + ("" if ctx.data is not None else " (no --data to measure sensitivity on)")
         ctx.log(f"  guided search along {why}")
-        meta = {"search": "guided", "guide": guide.scalar, "cost": cost.unit, "method": s.method, "round_to": s.round_to}
+        meta = {"search": "guided", "guide": guide.scalar, "cost": cost.name, "method": s.method, "round_to": s.round_to}
         result = Guided(ctx.model, ctx.inputs, guide, ctx.objective, s.round_to, s.tol, s.max_candidates, ctx.on_step, meta,
                         ctx.log).run(ctx.baseline_value)
         result.plan.meta.update(meta)
-        return result.to_dict() | {"guide": guide.scalar, "cost": "latency_table" if cost.unit == "budget" else "flops",
-                                   "drift_allowance": ctx.objective.drift}
+        return result.to_dict() | {"guide": guide.scalar, "cost": cost.name, "drift_allowance": ctx.objective.drift}

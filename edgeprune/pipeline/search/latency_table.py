@@ -189,6 +189,11 @@ class LatencyTable:
             written += shape.output_positions * shape.out_channels * f_out
         return (total / self._full_ms if self._full_ms else 1.0), (written / self._full_written if self._full_written else 1.0)
 
+    @property
+    def terms(self) -> tuple[float, float, float]:
+        """The (a, b, c) predictions use: fitted by `calibrated`, else `uncalibrated`."""
+        return self.coefficients or self.uncalibrated()
+
     def uncalibrated(self) -> tuple[float, float, float]:
         """The layers at their share of the measured baseline, the rest at its (none when the
         layers timed alone already add up to more than the model)."""
@@ -199,7 +204,7 @@ class LatencyTable:
         """The objective's value for a plan keeping `widths[gid]` of each group's `sizes[gid]` units
         and removing the `removed` blocks."""
         layers, written = self.features(widths, sizes, cost, removed)
-        a, b, c = self.coefficients or self.uncalibrated()
+        a, b, c = self.terms
         floor = self.overhead_ms / self.baseline_ms if self.baseline_ms else 0.0  # no plan runs faster than an empty call
         return self.baseline * max(a * layers + b * written + c, floor)
 
@@ -235,11 +240,12 @@ class LatencyCost(CostModel):
     off, but the allocation only compares what layers save, and the search's interpolation
     between measured candidates corrects the level."""
 
+    name = "latency_table"
     unit = "budget"
 
     def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], table: LatencyTable) -> None:
         self.table = table
-        a, b, c = table.coefficients or table.uncalibrated()
+        a, b, c = table.terms
         full_ms, full_written = table.full_sums
         self._per_ms = table.baseline * a / full_ms if full_ms else 0.0
         self._per_written = table.baseline * b / full_written if full_written else 0.0

@@ -361,7 +361,7 @@ class Layerwise(Search):
             ratios = ctx.stage("latency_calibration", lambda: {"ratios": [v / value for v in measure_plans(
                 model, inputs, space, scores, plans, objective, "calibration")]}, key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings(), "precision": ctx.measurer.precision})["ratios"]
             lat = table.calibrated(plans, ratios, sizes, cost)
-            a, b, c = lat.coefficients or lat.uncalibrated()
+            a, b, c = lat.terms
             predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
             ctx.log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")
             predict: Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
