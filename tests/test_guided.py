@@ -370,3 +370,30 @@ def test_no_candidate_holding_when_timed_afresh_is_a_machine_too_noisy_stop(resn
     with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidates? [\d, ]+ decided under budget .* "
                                        r"moved up to 12\.0% between two decisions.*raise --max-candidates$"):
         guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=4).run(baseline)
+
+
+class LeftOpen(OverheadLatency):
+    """A loaded machine: every decision reads its model where it is, but its interval straddles the
+    line, so no candidate is ever decided under the budget."""
+
+    drift = 0.02
+
+    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+        from edgeprune.pipeline.decision import UNDECIDED, Decision
+
+        value, line = self.latency(model), self.budget.value * (1 - self.drift)
+        d = Decision(UNDECIDED, value, value * 0.8, value * 1.3, line, 40, 40, 0.9, 30.0, False, 0.03)
+        return guided.Evaluation(value, decision=d)
+
+
+def test_candidates_read_under_but_left_undecided_are_a_machine_too_noisy_stop(resnet20: nn.Module) -> None:
+    from edgeprune.pipeline.decision import TooNoisy
+
+    baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
+    objective = LeftOpen(Budget("latency", baseline * 0.5))
+    with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidates? [\d, ]+ read under budget .* left (them|it) undecided"):
+        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(baseline)
+    # a budget every candidate reads over stays "no candidate met": nothing was left open under it
+    objective = LeftOpen(Budget("latency", baseline * 0.01))
+    with pytest.raises(guided.EdgepruneError, match=r"^(no candidate met|budget .* is infeasible)"):
+        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(baseline)
