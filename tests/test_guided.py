@@ -322,6 +322,32 @@ def test_one_burst_in_a_confirmation_neither_rejects_the_plan_nor_raises_the_all
     assert any(f"{burst.evaluation.value:.4g} set aside (the other two agree within 0.0%)" in line for line in lines), lines
 
 
+class UndecidedOnce(SlowOnceConfirmed):
+    """The first confirmation reads the plan where it is but is left undecided (a wide interval)."""
+
+    slower = 1.0
+
+    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+        ev = super().evaluate(model, tag)
+        first_confirm = tag.endswith("_confirm") and sum(t.endswith("_confirm") for t in self.tags) == 1
+        return dataclasses.replace(ev, counted_within=False) if first_confirm else ev
+
+
+def test_a_plan_most_of_whose_decisions_are_under_holds(resnet20: nn.Module) -> None:
+    """Three readings that agree, one of them left undecided: two of three decisions put the plan
+    under the budget, so the search stops on it."""
+    baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
+    objective = UndecidedOnce(Budget("latency", baseline * 0.5))
+    lines: list[str] = []
+    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05,
+                           log=lines.append).run(baseline)
+    undecided, third = [s for s in result.steps if s.scalar == "confirm"]
+    assert undecided.index == third.index and not undecided.within_budget and third.within_budget
+    assert result.stop_reason.startswith("within tolerance") and objective.drift == 0.02
+    assert result.evaluation.value == pytest.approx(third.evaluation.value)
+    assert not any("set aside" in line for line in lines)  # nothing was far from the rest
+
+
 class FirstConfirmedReadsHigher(SlowOnceConfirmed):
     """The first plan confirmed reads 6 % higher at every decision after its first (its first
     reading was the low one)."""

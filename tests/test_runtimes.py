@@ -87,12 +87,15 @@ def test_torch_cpu_runtime_times_the_module_itself(model, tmp_path: Path) -> Non
 
 def test_compress_measures_on_a_non_onnx_runtime(tmp_path: Path) -> None:
     """The whole pipeline on torch-cpu: candidates and the final model are timed as saved modules,
-    and the published deliverable is still the verified ONNX."""
+    and the published deliverable is still the verified ONNX. The window is wide (`--tol 0.5`): this
+    checks where the timing happens, not how finely a noisy eager-PyTorch timing can be decided (a
+    tiny model's ratios moved 4 % between decisions on one plan here, and a 5 % window then stopped
+    the run as too noisy)."""
     path = tmp_path / "tiny.pt"
     torch.save(tiny_resnet(), path)
     out = tmp_path / "out"
     rc, stdout, err = run_cli([path, "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "torch-cpu", "--round-to", "4",
-                               "--warmup", "2", "--repeats", "20", "--out", out])
+                               "--warmup", "2", "--repeats", "20", "--tol", "0.5", "--out", out])
     assert rc in (0, 1), err  # 1: budget missed on a noisy machine is a verdict, not a failure
     import json
 

@@ -389,9 +389,10 @@ class Guided:
         """Decide `m` a second time, exported and timed afresh, and a third time when the two
         disagree (the second not under the budget, or further from the first than the drift
         allowance): the two readings closest together stand for the plan (module docstring, 4).
-        Returns `m` at the higher reading of that pair, whether both of the pair were decided under
-        the budget and it fits under the (possibly raised) line, and whether the drift allowance
-        was raised."""
+        Returns `m` at the higher reading of that pair; whether it holds: most of its decisions
+        were under the budget (a MobileNetV2 plan read 0.670, 0.670 and 0.671 of the baseline
+        against a 0.686 line, its second decision left undecided by a wide interval) and that
+        reading fits under the (possibly raised) line; and whether the drift allowance was raised."""
         check = self._measure(m.plan, m.index, float(m.index), m.point.flops, "confirm")
         readings = [(m.evaluation, True), (check.evaluation, check.within_budget)]
         if not check.within_budget or _apart(m.evaluation, check.evaluation) > self.objective.drift:
@@ -401,7 +402,7 @@ class Guided:
         pair = min(itertools.combinations(readings, 2), key=lambda p: _apart(p[0][0], p[1][0]))
         drifted = self._drifted([ev for ev, _ in readings], (pair[0][0], pair[1][0]), m.index)
         ev = max((ev for ev, _ in pair), key=lambda e: e.value)
-        held = all(within for _, within in pair) and ev.value <= self._ceiling()
+        held = 2 * sum(within for _, within in readings) > len(readings) and ev.value <= self._ceiling()
         return _Measured(m.plan, dataclasses.replace(m.point, value=ev.value), ev, m.index), held, drifted
 
     def _best_holds(self) -> bool:
@@ -434,8 +435,8 @@ class Guided:
         lowered line move to the over side of the bracket."""
         self._moved = max([self._moved] + [_apart(a, b) for a, b in itertools.combinations(readings, 2)])
         moved, shown = _apart(*pair), ", ".join(_read(ev) for ev in readings[1:])
-        if len(readings) > 2 and moved <= self.objective.drift:
-            aside = next(ev for ev in readings if ev is not pair[0] and ev is not pair[1])
+        aside = next((ev for ev in readings if ev is not pair[0] and ev is not pair[1]), None)
+        if aside is not None and moved <= self.objective.drift < min(_apart(aside, pair[0]), _apart(aside, pair[1])):
             self.log(f"  candidate {index} read {_read(readings[0])} and, timed afresh, {shown}: {_read(aside)} set aside "
                      f"(the other two agree within {moved:.1%})")
         if moved <= self.objective.drift:
