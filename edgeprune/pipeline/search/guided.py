@@ -374,12 +374,12 @@ class Guided:
             raise TooNoisy(f"machine too noisy to decide: {candidates_named(self._failed)} decided under budget {self.objective.budget.describe()} did not "
                            f"hold when timed afresh (the same plan moved up to {self._moved:.1%} between two decisions) and none "
                            f"of the {self._candidates()} candidates held under it; re-run on a quieter machine, or raise --max-candidates")
-        left_open = sorted({s.index for s in self.steps if _left_open_under(s.evaluation)})
-        if self.best is None and left_open:
-            raise TooNoisy(f"machine too noisy to decide: {candidates_named(left_open)} read under budget {self.objective.budget.describe()} "
-                           f"but the machine's noise left {'them' if len(left_open) > 1 else 'it'} undecided, and no candidate was decided "
-                           "under it; re-run on a quieter machine, or raise --max-candidates")
         if self.best is None:
+            left_open = sorted({s.index for s in self.steps if _left_open_under(s.evaluation)})
+            if left_open:
+                raise TooNoisy(f"machine too noisy to decide: {candidates_named(left_open)} read under budget {self.objective.budget.describe()} "
+                               f"but the machine's noise left {'them' if len(left_open) > 1 else 'it'} undecided, and no candidate was decided "
+                               "under it; re-run on a quieter machine, or raise --max-candidates")
             lowest = min(s.evaluation.value for s in self.steps) if self.steps else baseline_value
             raise EdgepruneError(f"no candidate met budget {self.objective.budget.describe()} in {len(self.steps)} tries "
                                  f"(lowest {lowest:.4g}); relax the budget or raise --max-candidates")
@@ -393,16 +393,17 @@ class Guided:
         were under the budget (a MobileNetV2 plan read 0.670, 0.670 and 0.671 of the baseline
         against a 0.686 line, its second decision left undecided by a wide interval) and that
         reading fits under the (possibly raised) line; and whether the drift allowance was raised."""
-        check = self._measure(m.plan, m.index, float(m.index), m.point.flops, "confirm")
-        readings = [(m.evaluation, True), (check.evaluation, check.within_budget)]
-        if not check.within_budget or _apart(m.evaluation, check.evaluation) > self.objective.drift:
-            again = self._measure(m.plan, m.index, float(m.index), m.point.flops, "confirm")
-            readings.append((again.evaluation, again.within_budget))
+        def again() -> Evaluation:
+            return self._measure(m.plan, m.index, float(m.index), m.point.flops, "confirm").evaluation
+
+        readings = [m.evaluation, again()]  # (`m` was decided within: only such candidates are confirmed)
+        if not readings[1].within or _apart(*readings) > self.objective.drift:
+            readings.append(again())
         self._confirmed.add(widths_key(m.plan))
-        pair = min(itertools.combinations(readings, 2), key=lambda p: _apart(p[0][0], p[1][0]))
-        drifted = self._drifted([ev for ev, _ in readings], (pair[0][0], pair[1][0]), m.index)
-        ev = max((ev for ev, _ in pair), key=lambda e: e.value)
-        held = 2 * sum(within for _, within in readings) > len(readings) and ev.value <= self._ceiling()
+        pair = min(itertools.combinations(readings, 2), key=lambda p: _apart(*p))
+        drifted = self._drifted(readings, pair, m.index)
+        ev = max(pair, key=lambda e: e.value)
+        held = 2 * sum(e.within for e in readings) > len(readings) and ev.value <= self._ceiling()
         return _Measured(m.plan, dataclasses.replace(m.point, value=ev.value), ev, m.index), held, drifted
 
     def _best_holds(self) -> bool:
