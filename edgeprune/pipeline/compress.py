@@ -558,19 +558,28 @@ def _summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor,
     }
 
 
+#: the most times the final verdict times the model: a verdict against the search's is timed again
+#: while its interval is wider than the window the search landed in
+FINAL_TIMINGS = 3
+
+
 def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, target: TargetMeasurer, inputs: tuple[torch.Tensor, ...],
            budget: Budget, tol: float) -> dict[str, Any]:
     """Export the pruned model with `target` (float32, or quantized after recovery for int8) and
     time it interleaved with the float32 baseline stage's (already verified) export until the rule
     that judged the search's candidates decides (decision.py). A latency verdict that is not
     "under" contradicts the search, which decided (and confirmed) this plan under, so it is timed
-    once more, both sessions loaded afresh, and that second verdict stands; the first is kept in
-    the report. On this shared machine a transient slowed one model more than the other: a
+    once more, both sessions loaded afresh, and that second verdict stands; the earlier ones are
+    kept in the report. On this shared machine a transient slowed one model more than the other: a
     ResNet-20 plan confirmed at 0.482 of the baseline read 0.553 [0.532, 0.579] in its final
     timing, with the baseline itself 20 % slower than usual, and 0.482 when re-timed a minute
-    later. A verdict left open by a noisy machine (an interval wider than `tol`, or one a busy
-    machine's margin left open) stops the run, to be resumed here on a quieter one; one left open
-    at the budget itself on a quiet machine is not a MET."""
+    later. A contradicting verdict whose interval is wider than `tol` did not measure at the
+    precision the search decided at, so it is timed again, up to `FINAL_TIMINGS` times: a timm
+    RegNetX plan confirmed at 0.327 and 0.336 of the baseline read 0.395 [0.352, 0.463] and then
+    0.397 [0.355, 0.482] against a 0.35 budget on a machine its own CPU counters showed quiet (a
+    neighbour's burst), and the run ended MISSED on two readings that each spanned 30 %. A verdict
+    still that wide, or left open by a busy machine's margin, stops the run, to be resumed here on a
+    quieter one; one left open at the budget itself at the search's precision is not a MET."""
     relative = budget.fraction is not None
     threshold = float(budget.fraction) if relative else (budget.value if budget.is_latency else math.inf)
     final = target.prepare(pruned, "model")
@@ -578,21 +587,25 @@ def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, target: TargetMeas
     def decided(m: Measurement) -> tuple[Decision, Measurement, Measurement | None]:
         return measurer.decide(m, threshold, measurer.load("baseline"), relative, budget.statistic)
 
+    def vague(d: Decision) -> bool:
+        return d.resolution > tol or (d.verdict == UNDECIDED and d.margin > 0)
+
     decision, timed, base = decided(final)
-    first: Decision | None = None
-    if budget.is_latency and decision.verdict != UNDER:  # against the search: once more, the export's session loaded afresh
-        first = decision
+    earlier: list[Decision] = []
+    while (budget.is_latency and decision.verdict != UNDER and len(earlier) + 1 < FINAL_TIMINGS
+           and (not earlier or vague(decision))):  # against the search: again, the export's session loaded afresh
+        earlier.append(decision)
         decision, timed, base = decided(dataclasses.replace(final, session=target.load("model").session, stats=None))
     assert base is not None and base.stats is not None and timed.stats is not None
-    if budget.is_latency and decision.verdict == UNDECIDED and (decision.resolution > tol or decision.margin):
+    if budget.is_latency and decision.verdict != UNDER and vague(decision):
         raise too_noisy(decision, "the final model")
     return {
         "baseline": {"latency_ms": base.stats.to_dict(with_runs=True)},
         "final": _summary(pruned, timed, inputs),
         "speedup": 1.0 / decision.estimate if relative else base.stats.median / timed.stats.median,
         "decision": decision.to_dict(),
-        # a verdict against the search's (every candidate returned was decided under) timed once more
-        "first_decision": first.to_dict() if first is not None else None,
+        # verdicts against the search's (every candidate returned was decided under), each timed once more
+        "earlier_decisions": [d.to_dict() for d in earlier],
     }
 
 

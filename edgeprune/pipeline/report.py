@@ -31,7 +31,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "runtime": runtime | {"statistic": budget.statistic},
         "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
                    "describe": budget.describe(), "met": met, "decision": final.get("decision"),
-                   "first_decision": final.get("first_decision")},
+                   "earlier_decisions": final.get("earlier_decisions") or []},
         "baseline": final["baseline"] | {k: baseline[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
         "final": final["final"],
         "speedup": final["speedup"],
@@ -215,9 +215,10 @@ def _decision_text(rep: dict[str, Any]) -> str:
     if not d:
         return ""
     what = "ratio to the baseline" if d["relative"] else "median latency"
-    first = rep["budget"].get("first_decision")
-    again = (f" (timed a second time, both sessions loaded afresh: the first final timing, {first['estimate']:.4g} between "
-             f"{first['low']:.4g} and {first['high']:.4g}, said {first['verdict']}, against the search's decision)" if first else "")
+    earlier = rep["budget"].get("earlier_decisions") or []
+    said = "; ".join(f"{e['estimate']:.4g} between {e['low']:.4g} and {e['high']:.4g}, {e['verdict']}" for e in earlier)
+    again = (f" (timed {len(earlier) + 1} times, both sessions loaded afresh each time: the earlier final timings said {said}, "
+             "against the search's decision)" if earlier else "")
     return (f"; {what} {d['estimate']:.4g}, between {d['low']:.4g} and {d['high']:.4g} (95%, {d['rounds']} rounds interleaved "
             f"with the baseline): {d['verdict']} the budget's {d['threshold']:.4g}{again}")
 

@@ -55,7 +55,8 @@ fill the gap by measured width steps, so the chosen plan lands within `--tol` (5
    and, timed afresh, 0.361 against a 0.35 budget on a quiet machine. So does a search in which
    no candidate was decided under the budget while some read under it, left undecided by the
    machine's noise (beside a CPU hog, a timm EfficientNet-B0 plan read 0.64 of the baseline
-   against a 0.70 budget): "no candidate met" is kept for budgets the candidates read over.
+   against a 0.70 budget): "no candidate met" is kept for budgets the candidates read over
+   (`base.none_met`, which every search's end goes through).
 """
 from __future__ import annotations
 
@@ -70,14 +71,14 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.decision import UNDECIDED, TooNoisy
+from edgeprune.pipeline.decision import TooNoisy
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import width_step, widths_key
 from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores
 from edgeprune.pipeline.search import latency_table
 from edgeprune.pipeline.search import sensitivity as sensitivity_mod
-from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, candidates_named, timed_step
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, candidates_named, none_met, timed_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.layerwise import LayerwiseSearch, plan_for
 from edgeprune.pipeline.search.level_search import MAX_LEVEL, LevelSearch, Point, target_flops
@@ -248,15 +249,6 @@ def _apart(a: Evaluation, b: Evaluation) -> float:
     return abs(a.value - b.value) / min(a.value, b.value)
 
 
-def _left_open_under(ev: Evaluation) -> bool:
-    """Whether a decision read under the line it was judged against but its interval (or a busy
-    machine's margin) left it undecided: on a loaded machine every candidate can end so (a timm
-    EfficientNet-B0 plan read 0.64 of the baseline against a 0.70 budget), and a search that
-    ends with nothing decided under is then the machine's noise, not a budget out of reach."""
-    d = ev.decision
-    return d is not None and d.verdict == UNDECIDED and d.estimate < d.threshold
-
-
 def _read(ev: Evaluation) -> str:
     """What an evaluation read, for a progress line: the ratio to the baseline where it has one."""
     return f"{ev.ratio:.4g} of the baseline" if ev.ratio is not None else f"{ev.value:.4g}"
@@ -375,14 +367,7 @@ class Guided:
                            f"hold when timed afresh (the same plan moved up to {self._moved:.1%} between two decisions) and none "
                            f"of the {self._candidates()} candidates held under it; re-run on a quieter machine, or raise --max-candidates")
         if self.best is None:
-            left_open = sorted({s.index for s in self.steps if _left_open_under(s.evaluation)})
-            if left_open:
-                raise TooNoisy(f"machine too noisy to decide: {candidates_named(left_open)} read under budget {self.objective.budget.describe()} "
-                               f"but the machine's noise left {'them' if len(left_open) > 1 else 'it'} undecided, and no candidate was decided "
-                               "under it; re-run on a quieter machine, or raise --max-candidates")
-            lowest = min(s.evaluation.value for s in self.steps) if self.steps else baseline_value
-            raise EdgepruneError(f"no candidate met budget {self.objective.budget.describe()} in {len(self.steps)} tries "
-                                 f"(lowest {lowest:.4g}); relax the budget or raise --max-candidates")
+            raise none_met(self.objective.budget, self.steps, "raise --max-candidates")
         return SearchResult(self.best.plan, self.steps, self.best.evaluation, stop)
 
     def _confirm(self, m: _Measured) -> tuple[_Measured, bool, bool]:

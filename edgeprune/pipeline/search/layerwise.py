@@ -35,12 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
 from edgeprune.pipeline.search.cost_model import CostModel
-from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, timed_step
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, none_met, timed_step
 from edgeprune.pipeline.search.objective import Objective
 from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 
@@ -260,8 +259,7 @@ class LayerwiseSearch:
                 break
             target = next_target(points, goal)
         if best is None:
-            raise EdgepruneError(f"no layerwise candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
-                                 f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or use the default search")
+            raise none_met(self.objective.budget, steps, "use the default search")
         return SearchResult(best[0], steps, best[1], stop)
 
     def _propose(self, target: float, points: Sequence[Point], goal: float, tried: set[tuple[Any, ...]]) -> tuple[float, Choice] | None:

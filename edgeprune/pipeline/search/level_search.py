@@ -24,7 +24,7 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level, widths_key
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
-from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, timed_step
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, none_met, timed_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Evaluation, Objective
 
@@ -125,10 +125,7 @@ class LevelSearch:
                         f"reaches {ev.value:.4g} at best; relax the budget or lower --round-to"
                     )
         if best is None:
-            raise EdgepruneError(
-                f"no candidate met budget {self.objective.budget.describe()} in {len(steps)} tries "
-                f"(lowest {min(s.evaluation.value for s in steps):.4g}); relax the budget or raise --max-candidates"
-            )
+            raise none_met(self.objective.budget, steps, "raise --max-candidates")
         return SearchResult(best[0], steps, best[1], stop)
 
     def _propose(self, over: Point, under: Point | None, target: float, seen: dict) -> float | None:
