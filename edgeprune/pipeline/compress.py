@@ -585,7 +585,7 @@ def _final(pruned: torch.nn.Module, measurer: TargetMeasurer, target: TargetMeas
     final = target.prepare(pruned, "model")
 
     def decided(m: Measurement) -> tuple[Decision, Measurement, Measurement | None]:
-        return measurer.decide(m, threshold, measurer.load("baseline"), relative, budget.statistic, window=tol)
+        return measurer.decide(m, threshold, measurer.load("baseline"), relative, budget.statistic)
 
     def vague(d: Decision) -> bool:
         return d.resolution > tol or (d.verdict == UNDECIDED and d.margin > 0)

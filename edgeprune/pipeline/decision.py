@@ -22,14 +22,6 @@ so all use one rule:
   lies under the threshold, "over" when it lies above, and otherwise more rounds are timed, in
   batches of `ROUNDS`, up to `MAX_ROUNDS`; then it is "undecided" (a model at the budget within
   the machine's resolution, or a machine too noisy to tell).
-- **As fine as the window.** A verdict under the threshold, or over it by less than `window`
-  (the search's `--tol`), also waits until the interval is no wider than that window, relative to
-  the estimate, or `MAX_ROUNDS`: such a verdict places the model in, below or just above the window
-  the search must land in, and one burst can pull a few rounds' interval under the line. On a
-  quiet run here, a timm MobileNetV3 plan read 0.446 of the baseline in [0.428, 0.490], decided
-  under a 0.49 line after 10 rounds, then 0.481 and 0.492 when timed afresh; four fill plans of
-  another read 0.308-0.312, each within +-3-5 %, against a final 0.337. Each such reading sent the
-  search to the wrong side of the budget and cost candidates.
 - **Busy machine.** When other processes used the CPU during a batch (a round waited, or they
   used over `NOISY_BUSY` of the CPUs), no verdict is given before `2 x ROUNDS` rounds. When at
   least `WAITED` of the rounds waited for a CPU (another process competed for this one), "under"
@@ -151,12 +143,11 @@ def _waited(chunks: Sequence[LatencyStats]) -> bool:
 
 def decide(runtime: Runtime, candidate: Any, inputs: Sequence[np.ndarray], threshold: float, reference: Any = None,
            relative: bool = True, statistic: str = "median", warmup: int = 10, chunk: int = 5,
-           max_rounds: int = MAX_ROUNDS, window: float = math.inf) -> tuple[Decision, LatencyStats, LatencyStats | None]:
+           max_rounds: int = MAX_ROUNDS) -> tuple[Decision, LatencyStats, LatencyStats | None]:
     """Time the loaded `candidate` session (and `reference`, alternating) in rounds of `chunk` runs
-    each until the interval of the median round figure lies on one side of `threshold`, no wider
-    than `window` where that matters (module docstring). Returns the decision and each session's
-    pooled runs. `relative`: a round's figure is the candidate's statistic over the reference's,
-    else the candidate's own (ms)."""
+    each until the interval of the median round figure lies on one side of `threshold` (module
+    docstring). Returns the decision and each session's pooled runs. `relative`: a round's figure
+    is the candidate's statistic over the reference's, else the candidate's own (ms)."""
     sessions = [candidate] if reference is None else [reference, candidate]
     for session in sessions:  # warm every session before the first timed round
         for _ in range(warmup):
@@ -185,8 +176,7 @@ def decide(runtime: Runtime, candidate: Any, inputs: Sequence[np.ndarray], thres
             margin = BUSY_MARGIN  # contended: clear the threshold by the margin
         estimate, low, high = median_interval(figures)
         verdict = UNDER if high < threshold * (1.0 - margin) else OVER if low > threshold else UNDECIDED
-        coarse = high - low > window * estimate and estimate < threshold * (1.0 + window)
-        if (verdict != UNDECIDED and len(figures) >= needed and not coarse) or len(figures) >= max_rounds:
+        if (verdict != UNDECIDED and len(figures) >= needed) or len(figures) >= max_rounds:
             break
     stats = [dataclasses.replace(s, warmup=warmup) for s in pooled if s is not None]
     decision = Decision(verdict, estimate, low, high, threshold, len(figures), cpu_rounds, busy, other_s,

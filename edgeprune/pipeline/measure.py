@@ -7,7 +7,6 @@ numbers come from the same exporter, the same runtime settings and the same prot
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -135,13 +134,12 @@ class TargetMeasurer:
                 "delta": runtime_value - pytorch_value}
 
     def decide(self, candidate: Measurement, threshold: float, reference: Measurement | None = None, relative: bool = True,
-               statistic: str = "median", window: float = math.inf) -> tuple[Decision, Measurement, Measurement | None]:
+               statistic: str = "median") -> tuple[Decision, Measurement, Measurement | None]:
         """Over or under `threshold`, timed in rounds interleaved with `reference` until a confidence
-        interval decides, as fine as `window` near it (decision.py); each measurement comes back
-        with its pooled runs."""
+        interval decides (decision.py); each measurement comes back with its pooled runs."""
         d, stats, ref_stats = decide(self.runtime, candidate.session, self.inputs_np, threshold,
                                      None if reference is None else reference.session, relative, statistic, self.warmup,
-                                     chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)), window=window)
+                                     chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)))
         ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
         return d, dataclasses.replace(candidate, stats=stats), ref
 

@@ -82,9 +82,7 @@ class LatencyObjective(Objective):
     candidate decided just under the budget would make the final verdict a coin flip.
 
     A candidate left undecided with an interval wider than `resolution` (the search's window under
-    the budget) stops the run with `TooNoisy`: no candidate could be placed in that window. A
-    verdict near the line waits for an interval no wider than that window (decision.py), so one
-    burst in a few rounds does not place a candidate in it.
+    the budget) stops the run with `TooNoisy`: no candidate could be placed in that window.
     """
 
     drift = 0.02
@@ -110,7 +108,7 @@ class LatencyObjective(Objective):
         m = self.measurer.prepare(model, tag)
         relative = self.baseline is not None
         threshold = (float(self.budget.fraction) if relative else self.budget.value) * (1.0 - self.drift)
-        d, m, ref = self.measurer.decide(m, threshold, self.baseline, relative, self.budget.statistic, window=self.resolution)
+        d, m, ref = self.measurer.decide(m, threshold, self.baseline, relative, self.budget.statistic)
         if d.verdict == UNDECIDED and d.resolution > self.resolution:
             raise too_noisy(d, f"candidate {tag}")
         scale = self.budget.value / float(self.budget.fraction) if relative else 1.0
