@@ -9,7 +9,8 @@ interleaved rounds, its interval, met), that ratio over the budget, the candidat
 search's seconds, and the CPU time other processes used during the search's and the final's
 timings. Every row is then re-timed by this script, right after it, independently of the tool and
 with the hog stopped (SIGSTOP; fresh sessions of the baseline and the published model.onnx, the same
-interleaved rule): a MET whose re-timed ratio is decided over the budget would be a wrong MET.
+interleaved rule): a MET whose re-timed ratio is decided over the budget would be a wrong MET. A
+re-check that contradicts the tool is timed twice more, and the majority of the three stands.
 
 Models: the trained CIFAR-10 ResNet-20 and ResNet-56 shipped in edgeprune/assets (32x32); the
 registry's MobileNetV2 and ResNet-18 at 224x224 (random init, seed 0: latency does not depend on
@@ -168,14 +169,25 @@ def latency_row(name: str, budget: str, work: Path, log: Callable[[str], None], 
 
 
 def checked(row: dict[str, Any], out: Path | None, log: Callable[[str], None]) -> None:
-    """Add this script's re-timed verdict to a finished row (`wrong_met`: MET, re-timed over)."""
+    """Add this script's re-timed verdict to a finished row (`wrong_met`: MET, re-timed over). A
+    re-check that contradicts the tool's verdict is timed twice more and the majority of the three
+    stands: one re-check is one reading, and a transient can make it wrong (the plan of a ResNet-56
+    50 % row at 8cbe0af re-checked at 0.530 of the baseline, then read 0.462-0.487 in sixteen
+    re-timings the next day, hog or not)."""
     if out is None:
         return
     fraction = float(row["budget"].rstrip("%")) / 100
-    row["recheck"] = check = recheck(build(row["model"]), out, fraction)
-    row["wrong_met"] = bool(row["met"] and check["verdict"] == decision.OVER)
-    log(f"[{row['model']} {row['budget']}] re-timed: {check['estimate']:.3f} in [{check['low']:.3f}, {check['high']:.3f}] "
-        f"({check['verdict']}){' WRONG MET' if row['wrong_met'] else ''}")
+    loaded = build(row["model"])
+    checks = [recheck(loaded, out, fraction)]
+    if (checks[0]["verdict"] == decision.UNDER) != row["met"]:
+        checks += [recheck(loaded, out, fraction) for _ in range(2)]
+    over = sum(c["verdict"] == decision.OVER for c in checks)
+    row["recheck"], row["earlier_rechecks"] = checks[-1], checks[:-1]
+    row["wrong_met"] = bool(row["met"] and 2 * over > len(checks))
+    for check in checks:
+        log(f"[{row['model']} {row['budget']}] re-timed: {check['estimate']:.3f} in [{check['low']:.3f}, {check['high']:.3f}] ({check['verdict']})")
+    if row["wrong_met"]:
+        log(f"[{row['model']} {row['budget']}] WRONG MET: {over} of {len(checks)} re-checks over the budget")
 
 
 def summary(rows: list[dict[str, Any]], window: float) -> dict[str, Any]:
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "decision": {"rounds_per_batch": decision.ROUNDS, "max_rounds": decision.MAX_ROUNDS, "confidence": decision.CONFIDENCE,
                          "statistic": "median of per-round median ratios (CPU time in rounds that waited for a CPU)"},
             "loaded": f"{os.cpu_count()} processes running `while True: pass`, one per core, started 1 s before the pass",
-            "recheck": "the published model.onnx and the baseline export re-timed by this script right after each row, the hog paused (SIGSTOP)",
+            "recheck": "the published model.onnx and the baseline export re-timed by this script right after each row, the hog paused (SIGSTOP); one that contradicts the tool is timed twice more and the majority of the three stands",
             "accuracy": "finetune (the recovery's defaults), --epochs, full CIFAR-10 test set; budget 50%",
         },
         "budgets": a.budgets, "passes": {}, "accuracy": {},

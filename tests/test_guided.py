@@ -428,3 +428,34 @@ def test_candidates_read_under_but_left_undecided_are_a_machine_too_noisy_stop(r
     objective = LeftOpen(Budget("latency", baseline * 0.01))
     with pytest.raises(guided.EdgepruneError, match=r"^(no candidate met|budget .* is infeasible)"):
         guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(baseline)
+
+
+class Busy(OverheadLatency):
+    """A machine busy throughout: every decision must clear the line by the busy margin
+    (decision.BUSY_MARGIN), and reads its model where it is within +-0.5 %."""
+
+    drift = 0.02
+
+    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+        from edgeprune.pipeline.decision import BUSY_MARGIN, OVER, UNDER, Decision
+
+        self.calls += 1
+        value, line = self.latency(model), self.budget.value * (1 - self.drift)
+        low, high = value * 0.995, value * 1.005
+        verdict = UNDER if high < line * (1 - BUSY_MARGIN) else OVER
+        return guided.Evaluation(value, decision=Decision(verdict, value, low, high, line, 20, 15, 0.6, 10.0, False, BUSY_MARGIN))
+
+
+@pytest.mark.parametrize("fraction", [0.7, 0.5])
+def test_on_a_busy_machine_the_window_moves_down_by_the_busy_margin(resnet20: nn.Module, fraction: float) -> None:
+    """Decisions that must clear the line by 3 % can put nothing in [0.95, 0.98] of the budget:
+    the window moves down whole, and the search stops in it rather than running on."""
+    from edgeprune.pipeline.decision import BUSY_MARGIN
+
+    baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
+    objective = Busy(Budget("latency", baseline * fraction))
+    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(baseline)
+    budget, top = objective.budget.value, 0.98 * (1 - BUSY_MARGIN)
+    assert budget * (top - 0.03) <= result.evaluation.value <= budget * top, result.stop_reason
+    assert result.stop_reason.startswith("within tolerance (at most 8% under budget, lowered by the busy margin)")
+    assert sum(s.scalar != "confirm" for s in result.steps) <= 6

@@ -1,5 +1,6 @@
 """The default budget search (`--search guided`): bracket the budget along one path of plans, then
-fill the gap by measured width steps, so the chosen plan lands within `--tol` (5 %) under it.
+fill the gap by measured width steps, so the chosen plan lands within `--tol` (5 %) under it
+(under the line a busy machine's decisions must clear, when they must: `Guided.window`).
 
 1. **Path.** Plans are proposed for a target in predicted cost (cost_model.py: FLOPs, or with
    the sensitivity guide under a latency budget the latency a per-layer table predicts; "FLOPs"
@@ -290,9 +291,23 @@ class Guided:
     def window(self) -> tuple[float, float]:
         """Where a candidate may stop: (floor, goal), the window's bottom and middle. Its top is
         the budget less the objective's drift allowance, its width `tol` less the allowance it
-        started with: a drift allowance raised by a confirmation moves the window down whole."""
-        floor = self.objective.budget.value * (1.0 - self.tol - (self.objective.drift - type(self.objective).drift))
-        return floor, (floor + self._ceiling()) / 2
+        started with: a drift allowance raised by a confirmation moves the window down whole.
+
+        So does a busy machine. When the latest decision had to clear the line by the busy margin
+        (decision.BUSY_MARGIN: contention biases ratios), a candidate decided under it reads under
+        line x (1 - margin), 0.951 of the budget at the default drift allowance: the window's
+        top, and the whole window moves down that far. Left at 0.95-0.98, it lay almost wholly
+        where no decision could be "under": beside a CPU hog a ResNet-20 plan read 0.483 of the
+        baseline, [0.481, 0.485], against a 0.49 line (0.475 with the margin), was left
+        undecided, and the search ran on to a plan at 0.884 of the budget; a timm EfficientNet-B0
+        ran to the candidate limit on the same."""
+        top = self._ceiling() * (1.0 - self._margin())
+        floor = self.objective.budget.value * (1.0 - self.tol - (self.objective.drift - type(self.objective).drift)) - (self._ceiling() - top)
+        return floor, (floor + top) / 2
+
+    def _margin(self) -> float:
+        """The busy margin the latest decision had to clear (0 on a quiet machine, or for counts)."""
+        return next((s.evaluation.decision.margin for s in reversed(self.steps) if s.evaluation.decision is not None), 0.0)
 
     def _ceiling(self) -> float:
         """The line a candidate must be decided under: the budget less the drift allowance."""
@@ -311,7 +326,7 @@ class Guided:
                     pass
                 stop = "candidate limit reached"
                 break
-            floor, goal = self.window()
+            goal = self.window()[1]
             target = target_flops(self.over.point, self.under.point if self.under else None, goal)
             proposal = None if fill is not None else self._on_path(target, seen)
             if proposal is None and fill is None:
@@ -336,6 +351,7 @@ class Guided:
             step = self._measure(plan, index, scalar, flops, "fill" if fill is not None else self.guide.scalar)
             measured = _Measured(plan, Point(scalar, flops, step.evaluation.value), step.evaluation, index)
             within = step.within_budget
+            floor = self.window()[0]  # as busy as this decision found the machine
             if within and measured.point.value >= floor and self.objective.drift > 0:  # in the window: decided again
                 measured, within, drifted = self._confirm(measured)
                 if drifted:
@@ -349,7 +365,8 @@ class Guided:
                     self.under = measured
                 if measured.point.value >= floor:
                     if self._best_holds():
-                        stop = f"within tolerance (at most {1.0 - floor / self.objective.budget.value:.0%} under budget)"
+                        busy = ", lowered by the busy margin" if self._margin() else ""
+                        stop = f"within tolerance (at most {1.0 - floor / self.objective.budget.value:.0%} under budget{busy})"
                         break
                     fill = None  # an earlier, higher candidate did not hold: bracketed anew
             else:
