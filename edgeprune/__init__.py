@@ -9,7 +9,6 @@ Python API (what the `compress` CLI calls):
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Sequence
 
