@@ -172,8 +172,8 @@ def checked(row: dict[str, Any], out: Path | None, log: Callable[[str], None]) -
     """Add this script's re-timed verdict to a finished row (`wrong_met`: MET, re-timed over). A
     re-check that contradicts the tool's verdict is timed twice more and the majority of the three
     stands: one re-check is one reading, and a transient can make it wrong (the plan of a ResNet-56
-    50 % row at 8cbe0af re-checked at 0.530 of the baseline, then read 0.462-0.487 in sixteen
-    re-timings the next day, hog or not)."""
+    50 % row at 8cbe0af re-checked at 0.530 of the baseline, then read 0.474-0.487 in twenty
+    re-timings the next day, hog paused or not)."""
     if out is None:
         return
     fraction = float(row["budget"].rstrip("%")) / 100

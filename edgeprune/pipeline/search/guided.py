@@ -291,7 +291,8 @@ class Guided:
     def window(self) -> tuple[float, float]:
         """Where a candidate may stop: (floor, goal), the window's bottom and middle. Its top is
         the budget less the objective's drift allowance, its width `tol` less the allowance it
-        started with: a drift allowance raised by a confirmation moves the window down whole.
+        started with (of the budget): a drift allowance raised by a confirmation moves the window
+        down whole.
 
         So does a busy machine. When the latest decision had to clear the line by the busy margin
         (decision.BUSY_MARGIN: contention biases ratios), a candidate decided under it reads under
@@ -302,7 +303,7 @@ class Guided:
         undecided, and the search ran on to a plan at 0.884 of the budget; a timm EfficientNet-B0
         ran to the candidate limit on the same."""
         top = self._ceiling() * (1.0 - self._margin())
-        floor = self.objective.budget.value * (1.0 - self.tol - (self.objective.drift - type(self.objective).drift)) - (self._ceiling() - top)
+        floor = top - self.objective.budget.value * (self.tol - type(self.objective).drift)
         return floor, (floor + top) / 2
 
     def _margin(self) -> float:
