@@ -20,6 +20,7 @@ CIFAR10 ?= ../shared/data/cifar10/cifar10.npz
 
 bench: $(STAMP)
 	$(PY) bench/budget_hit.py
+	$(PY) bench/noise_floor.py
 	$(PY) bench/runtimes.py
 	$(PY) bench/cifar10_recovery.py --data $(CIFAR10)
 	$(PY) bench/cifar10_methods.py --data $(CIFAR10) --epochs 1
