@@ -70,8 +70,18 @@ def test_infeasible_budget_names_the_lowest_value_reached(resnet56) -> None:
     model, space, scores = resnet56
     total = count(model, X).flops
     objective = CountObjective(Budget("flops", total * 0.001), X)
-    with pytest.raises(EdgepruneError, match="infeasible.*reaches"):
+    with pytest.raises(EdgepruneError, match=r"infeasible: the most pruning allowed reaches [\d.]+[kMG]? FLOPs at best"):
         LevelSearch(model, X, space, scores, objective, round_to=16, method="l1").run(float(total))
+
+
+def test_an_infeasible_latency_budget_says_milliseconds_and_the_share_of_the_baseline() -> None:
+    """A bare "reaches 0.2598" was read as a ratio to the baseline where it was milliseconds."""
+    from edgeprune.pipeline.search.base import infeasible
+
+    budget = Budget("latency", 0.25, relative=True).resolve(0.7226)
+    message = str(infeasible(budget, Evaluation(0.2598, ratio=0.3594)))
+    assert "reaches 0.2598 ms (0.359 of the baseline) at best" in message
+    assert message.startswith("budget median <= 25% of baseline (~0.181 ms")
 
 
 def test_widths_are_monotone_in_the_level(resnet56) -> None:

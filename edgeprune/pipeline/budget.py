@@ -51,6 +51,11 @@ class Budget:
         return f"<= {_human(self.value)} {_UNITS[self.metric]}"
 
 
+    def quantity(self, value: float) -> str:
+        """`value` (absolute, in this budget's metric) with its unit: "0.2598 ms", "12.3M FLOPs"."""
+        return f"{value:.4g} ms" if self.is_latency else f"{_human(value)} {_UNITS[self.metric]}"
+
+
 def _human(v: float) -> str:
     for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if v >= scale:

@@ -19,12 +19,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level, widths_key
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
-from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, none_met, timed_step
+from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, infeasible, none_met, timed_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Evaluation, Objective
 
@@ -120,10 +119,7 @@ class LevelSearch:
             else:
                 over = point
                 if level >= MAX_LEVEL:
-                    raise EdgepruneError(
-                        f"budget {self.objective.budget.describe()} is infeasible: the most pruning allowed "
-                        f"reaches {ev.value:.4g} at best; relax the budget or lower --round-to"
-                    )
+                    raise infeasible(self.objective.budget, ev)
         if best is None:
             raise none_met(self.objective.budget, steps, "raise --max-candidates")
         return SearchResult(best[0], steps, best[1], stop)
