@@ -26,6 +26,7 @@ two conditions):
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -101,8 +102,6 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "budget_hit.json")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "noise_floor.json")
     a = p.parse_args()
-    import json
-
     results = json.loads(a.results.read_text())
     budgets = len(results["budgets"])
     out = header("noise_floor") | {"source": str(a.results.relative_to(REPO)) if a.results.is_relative_to(REPO) else str(a.results),

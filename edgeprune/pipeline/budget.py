@@ -48,8 +48,7 @@ class Budget:
             return f"{self.statistic} <= {self.fraction:.0%} of baseline (~{self.value:.3f} ms at the baseline's own measurement)"
         if self.is_latency:
             return f"{self.statistic} <= {self.value:.3f} ms"
-        return f"<= {_human(self.value)} {_UNITS[self.metric]}"
-
+        return f"<= {self.quantity(self.value)}"
 
     def quantity(self, value: float) -> str:
         """`value` (absolute, in this budget's metric) with its unit: "0.2598 ms", "12.3M FLOPs"."""
