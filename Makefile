@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench zoo clean
+.PHONY: demo test bench zoo zoo-test clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	scripts/install.sh $(VENV) test,cpu-runtimes
@@ -36,10 +36,16 @@ ZOO_SCRIPT ?= ../shared/zoo/make-zoo-venv.sh
 
 $(ZOO_VENV)/.installed: pyproject.toml constraints.txt
 	$(ZOO_SCRIPT) $(ZOO_VENV) .
+	$(ZOO_VENV)/bin/python -m pip install -q -c constraints.txt "pytest>=8"
 	touch $@
 
 zoo: $(ZOO_VENV)/.installed
 	$(ZOO_VENV)/bin/python bench/zoo.py
+
+# The ecosystem doors (ultralytics checkpoints, Hugging Face folders, timm/torchvision names) in and
+# out, on small configs with random weights: .ci/run runs these after `make test`.
+zoo-test: $(ZOO_VENV)/.installed
+	$(ZOO_VENV)/bin/python -m pytest tests_zoo
 
 clean:
 	rm -rf $(VENV) $(ZOO_VENV) out .pytest_cache

@@ -15,9 +15,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from edgeprune.modelrun import with_autograd
+
 __version__ = "0.1.0"
 
 
+@with_autograd
 def prune(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
@@ -39,6 +42,7 @@ def prune(
     return prune_to_ratio(from_module(model, example_inputs), ratio, method, round_to, unprunable, time_limit_s).model
 
 
+@with_autograd
 def compress(
     model: nn.Module,
     budget: str,
@@ -61,6 +65,7 @@ def compress(
     return run(loaded, Settings(budget=budget, runtime=runtime, **settings), out_dir, progress or (lambda line: None))
 
 
+@with_autograd
 def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, num_classes: int | None = None) -> nn.Module:
     """Rebuild a pruned model from the original architecture, its plan.json and state_dict.pt.
 

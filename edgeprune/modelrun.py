@@ -3,7 +3,8 @@ flattened, shared by pruning (probes, checks), export (verification) and loading
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+import functools
+from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import torch
 from torch import nn
@@ -22,6 +23,34 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+@contextlib.contextmanager
+def trainable(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad while open, each flag restored afterwards. Checkpoints are often
+    saved frozen (ultralytics strips requires_grad for inference, as deployment exports do), and
+    both the dependency graph (traced through autograd) and training need gradients."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_autograd(fn: F) -> F:
+    """Run `fn` with autograd on, even when called under torch.inference_mode() or torch.no_grad():
+    pruning traces the model through autograd and recovery trains it."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+    return cast(F, wrapper)
 
 
 @torch.no_grad()

@@ -109,7 +109,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory_is_not_a_model(tmp_path: Path) -> None:
-    assert "does not exist" in one_line_error(load_model, tmp_path)
+    assert "folder without config.json" in one_line_error(load_model, tmp_path)
 
 
 def test_state_dict_without_arch(tmp_path: Path) -> None:

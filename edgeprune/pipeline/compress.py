@@ -6,10 +6,12 @@ counted by `counting.count`; nothing is estimated without saying so.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import hashlib
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune import atomic, modelrun
+from edgeprune import atomic, ecosystems, modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter
 from edgeprune.exporters.onnx import onnx_param_count
@@ -88,6 +90,7 @@ class CompressResult:
         return self.report["precision"]["chosen"]
 
 
+@modelrun.with_autograd
 def compress(loaded: LoadedModel, settings: Settings, out_dir: str | Path, progress: Progress = print) -> CompressResult:
     """Run every stage; under torchrun, rank 0 measures and writes, all ranks train (distributed.py).
 
@@ -179,6 +182,12 @@ class Pipeline:
         self.runtime_acc: dict[str, Any] | None = None
 
     @property
+    def search_name(self) -> str:
+        """--search, or `uniform` where tied groups must keep one width (one global level keeps one
+        width in groups of one size; the other searches move groups one at a time)."""
+        return "uniform" if self.space.tied else self.settings.search
+
+    @property
     def met(self) -> bool:
         """Whether the final verdict (measure_final) put the model within the budget."""
         return _met(self.budget, self.final_d)
@@ -188,7 +197,7 @@ class Pipeline:
         s, stage, log = self.settings, self.stage, self.log
         for line in self.loaded.swapped:
             log(f"  swapped for an equal layer edgeprune can cut: {line}")
-        self.space_d = stage("space", lambda: space_mod.discover(self.model, self.inputs, s.unprunable, s.analysis_time_s).to_dict())
+        self.space_d = stage("space", self._discovered)
         self.space = space_mod.PruningSpace.from_dict(self.space_d)
         log(f"  {len(self.space.groups)} prunable groups, {len(self.space.skipped)} left whole")
         b = self.baseline_d = stage("baseline", lambda: _describe(self.model, self.measurer, "baseline", self.inputs))
@@ -198,6 +207,15 @@ class Pipeline:
         self.budget = self.budget.resolve(self.baseline_value)
         self.measurer.repeats = _repeats_for(b["latency_ms"]["median"], s.repeats)
         log(f"  budget: {self.budget.describe()} (baseline {self.baseline_value:.4g})")
+
+    def _discovered(self) -> dict[str, Any]:
+        """The pruning space, narrowed to what the model's output format can express (ecosystems/)."""
+        s, constraint = self.settings, self.loaded.constraint
+        space = space_mod.discover(self.model, self.inputs, s.unprunable, s.analysis_time_s)
+        if constraint is not None:
+            space = space.constrained(constraint.prunable, constraint.tied, constraint.why)
+            self.log(f"  {constraint.why}: {len(space.groups)} groups may be cut{', all to one width' if constraint.tied else ''}")
+        return space.to_dict()
 
     def score(self) -> None:
         """The method's preparation (e.g. sparsity training) where it has one, then its unit and block scores."""
@@ -267,6 +285,7 @@ class Pipeline:
         self.plan.save(self.run.path("plan.json"))
         torch.save(self.pruned, self.run.path("model.pt"))
         torch.save(self.pruned.state_dict(), self.run.path("state_dict.pt"))
+        self.native_d = self._native()
         self.final_d = self.stage("final", lambda: _final(self.pruned, self.measurer, self.target, self.inputs, self.budget, s.tol))
         if data is not None and (self.target is self.int8 or c.runtime.reduced_precision or s.max_accuracy_drop is not None):
             acc = self.runtime_acc = self.stage("runtime_accuracy", lambda: self.target.runtime_accuracy(
@@ -285,18 +304,35 @@ class Pipeline:
                  f"budget {self.budget.describe()}: {'MET' if self.met else 'MISSED'}{_busy(decision)}"
                  f"{_noisy(LatencyStats.from_dict(f['final']['latency_ms']))}")
 
+    def _native(self) -> dict[str, Any] | None:
+        """The pruned model written in its ecosystem's own format (ecosystems/), where it has one."""
+        door = ecosystems.ecosystem(self.loaded.ecosystem)
+        if door is None or door.output is None:
+            return None
+        dest = self.run.path(door.output)
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        dest.unlink(missing_ok=True)
+        written = door.save(self.pruned, self.loaded, self.plan, dest)
+        self.log(f"  {door.name} format: {door.output} ({written.get('load', '')})")
+        return {"path": door.output, "ecosystem": door.name} | written
+
     def publish(self) -> CompressResult:
         """report.json and report.md (report.py) written, then every output published together."""
         s, c, loaded = self.settings, self.c, self.loaded
         rep = report_mod.assemble(
-            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape), "swapped": list(loaded.swapped)},
+            model={"source": loaded.source, "arch": loaded.arch, "input_shape": list(loaded.input_shape), "swapped": list(loaded.swapped),
+                   "ecosystem": loaded.ecosystem, "input_names": list(loaded.input_names),
+                   "preprocess": loaded.preprocess.to_dict() if loaded.preprocess else None,
+                   "constraint": loaded.constraint.to_dict() if loaded.constraint else None},
+            native=self.native_d,
             settings=s, runtime=c.runtime.settings() | {"warmup": s.warmup, "repeats": self.measurer.repeats}, budget=self.budget,
             met=self.met, baseline=self.baseline_d, final=self.final_d, method=c.method, search=self.choice["search"], space=self.space,
             plan=self.plan, left_whole=self.space_d["skipped"] + [dataclasses.asdict(d) for d in self.dropped],
             timings=self.stage.timings, accuracy=self.accuracy, runtime_accuracy=self.runtime_acc,
             data=c.data.describe() if c.data is not None else None, recovery=self.recovery_d,
             precision=_precision_report(self.choice, self.final_d, c.quantizer))
-        _publish(self.run, rep, self.target.onnx_path("model"))
+        _publish(self.run, rep, self.target.onnx_path("model"), self.native_d["path"] if self.native_d else None)
         return CompressResult(self.pruned, self.plan, rep, self.run.out)
 
     def _applied(self, plan: Plan) -> nn.Module:
@@ -309,11 +345,13 @@ class Pipeline:
             log_at("  the unpruned model already meets the budget: exporting it unpruned")
             plan = plan_at_level(self.space, self.scores, 0.0, s.round_to, s.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
+        if not self.space.groups and not self.block_scores:
+            raise EdgepruneError(nothing_prunable(self.space))
         cache_key = {"model_sha256": _weights_sha256(self.model), "scores": self.scores_d, "round_to": s.round_to,
                      "data": str(s.data), "input_shape": [list(t.shape) for t in self.inputs]}  # no budget: other budgets reuse it
         ctx = SearchContext(self.model, self.inputs, self.space, self.scores, self._objective(target), self.budget, self.baseline_d,
                             self.baseline_value, target, s, self.c.method, self.block_scores, self.c.data, stage_at, log_at, cache_key)
-        return SEARCHES.create(s.search).run(ctx)
+        return SEARCHES.create(self.search_name).run(ctx) | {"strategy": self.search_name}
 
     def _search_at(self, precision: str) -> dict[str, Any]:
         if precision == "fp32":
@@ -381,10 +419,12 @@ class Stages:
 HASHED_OUTPUTS = ("model.onnx", "model.pt", "state_dict.pt", "plan.json")
 
 
-def _publish(run: RunDir, rep: dict[str, Any], onnx: Path) -> None:
+def _publish(run: RunDir, rep: dict[str, Any], onnx: Path, native: str | None) -> None:
     """Write the report (with the hashes of the files it describes) and publish the set together;
-    `onnx` is the final model's ONNX file (the int8 one when int8 was chosen)."""
-    files = {name: run.path(name) for name in (*HASHED_OUTPUTS, "report.md", "widths.svg", "report.json")} | {"model.onnx": onnx}
+    `onnx` is the final model's ONNX file (the int8 one when int8 was chosen), `native` the name of
+    the model in its ecosystem's format (a file or folder in the work dir), if any."""
+    names = (*HASHED_OUTPUTS, *([native] if native else []), "report.md", "widths.svg", "report.json")
+    files = {name: run.path(name) for name in names} | {"model.onnx": onnx}
     rep["outputs_sha256"] = {name: _file_sha256(files[name]) for name in HASHED_OUTPUTS}
     atomic.write_text(run.path("report.md"), report_mod.markdown(rep))
     atomic.write_text(run.path("widths.svg"), report_mod.widths_svg(rep["groups"]))
@@ -398,6 +438,18 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def nothing_prunable(space: space_mod.PruningSpace) -> str:
+    """Why no plan can prune the model: its layers were all left whole, with the commonest reason."""
+    if not space.skipped:
+        return "the model has no convolution or linear layer to prune; edgeprune cuts channels, heads and blocks"
+    reasons = collections.Counter(s.reason for s in space.skipped)
+    reason, n = reasons.most_common(1)[0]
+    example = next(s.id for s in space.skipped if s.reason == reason)
+    return (f"nothing in the model can be pruned: all {len(space.skipped)} layer groups are left whole, {n} of them because "
+            f"{reason} (e.g. {example}); see the reasons with edgeprune.pipeline.prune.space.discover, or free layers named "
+            "in --unprunable")
 
 
 def _check_layer_names(model: torch.nn.Module, names: Sequence[str]) -> None:

@@ -6,6 +6,7 @@ archives are refused: a scripted graph cannot be restructured by the DependencyG
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -18,7 +19,8 @@ import psutil
 import torch
 from torch import nn
 
-from edgeprune import modelrun, models
+from edgeprune import ecosystems, modelrun, models
+from edgeprune.ecosystems.base import Constraint, Preprocess
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.prune.canonical import canonical
 
@@ -32,6 +34,16 @@ class LoadedModel:
     source: str
     #: layers swapped for equivalent ones edgeprune can cut (pipeline/prune/canonical.py), one line each
     swapped: tuple[str, ...] = ()
+    #: the library the model came from (ecosystems/): how it is written back out, None for a plain module
+    ecosystem: str | None = None
+    #: JSON the ecosystem keeps to write the pruned model back (its config, training arguments)
+    native: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the forward's argument names, parallel to example_inputs (what --data arrays are keyed by)
+    input_names: tuple[str, ...] = ()
+    #: the model's own image preprocessing, where its ecosystem records one
+    preprocess: Preprocess | None = None
+    #: what the output format can express (ecosystems/base.py), imposed on the plan
+    constraint: Constraint | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,6 +79,10 @@ def check_allocatable(shape: Sequence[int], itemsize: int = 8) -> None:
 
 def build_arch(arch: str, num_classes: int | None) -> nn.Module:
     """Instantiate an architecture from a registry name or 'package.module:factory'."""
+    door = ecosystems.for_arch(arch)
+    if door is not None:
+        door.require()
+        return door.build(arch, num_classes)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if ":" not in arch:
         return models.create(arch, **kwargs)
@@ -114,12 +130,29 @@ def _dims(t: torch.Tensor) -> str:
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | None,
     arch: str | None = None,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
 ) -> LoadedModel:
+    """A model as its user holds it: a module or state dict file, a library's own checkpoint or
+    folder (ecosystems/: ultralytics, Hugging Face), or `--arch timm:NAME` / `torchvision:NAME`
+    with a state dict file or, for latency alone, none (random weights)."""
+    shape = tuple(input_shape) if input_shape is not None else None
+    door = ecosystems.for_arch(arch)
+    if path is None:
+        if door is None:
+            raise EdgepruneError("no model given; pass a model file or folder, or --arch timm:NAME / torchvision:NAME for random weights")
+        door.require()
+        return door.load(None, None, arch, shape, num_classes)
     path = Path(path)
+    if path.is_dir():
+        door = door or ecosystems.for_path(path)
+        if door is None:
+            raise EdgepruneError(f"{path} is a folder without config.json; pass a Hugging Face save_pretrained() folder "
+                                 "(config.json and its weights) or a torch.save()d model file")
+        door.require()
+        return door.load(path, None, arch, shape, num_classes)
     if not path.is_file():
         raise EdgepruneError(f"model file {path} does not exist; pass the path of a torch.save()d model or state dict")
     if _is_torchscript(path):
@@ -127,25 +160,53 @@ def load_model(
             f"{path} is a TorchScript archive, which cannot be pruned structurally; "
             "save the nn.Module itself with torch.save(model) or its state_dict with --arch"
         )
-    try:
-        # A full module pickle needs weights_only=False: it runs the pickled class's code, as
-        # torch.load always did. Only load model files you trust.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors all mean "unreadable"
-        raise EdgepruneError(f"cannot read model file {path}: {type(err).__name__}: {first_line(err)}; save it with torch.save()") from None
+    if door is not None:  # a state dict of a library's named architecture
+        door.require()
+        return door.load(path, None, arch, shape, num_classes)
+    obj = _read(path)
+    door = ecosystems.for_object(obj)
+    if door is not None:
+        door.require()
+        return door.load(path, obj, arch, shape, num_classes)
     if isinstance(obj, nn.Module):
         model = obj
     else:
         state = _state_dict_of(obj, path)
         if arch is None:
             raise EdgepruneError(
-                f"{path} holds a state dict, not a module; pass --arch NAME ({', '.join(models.available())}) "
-                "or --arch package.module:factory"
+                f"{path} holds a state dict, not a module; pass --arch NAME ({', '.join(models.available())}), "
+                "--arch timm:NAME, --arch torchvision:NAME or --arch package.module:factory"
             )
         num_classes = num_classes or _classes_from_state(state)
         model = build_arch(arch, num_classes)
         load_state(model, state, str(path), arch)
-    return from_module(model, input_shape=input_shape, arch=arch, num_classes=num_classes, source=str(path))
+    return from_module(model, input_shape=shape, arch=arch, num_classes=num_classes, source=str(path))
+
+
+def read_state(path: Path) -> Mapping[str, torch.Tensor]:
+    """The state dict in a file (also under a checkpoint's state_dict / model key), tensors only."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not a plain state dict: read it the trusting way for a clear message
+        obj = _read(path)
+    return _state_dict_of(obj, path)
+
+
+def _read(path: Path) -> Any:
+    """torch.load of a model file; a pickle that needs a library not installed here names its extra."""
+    try:
+        # A full module pickle needs weights_only=False: it runs the pickled class's code, as
+        # torch.load always did. Only load model files you trust.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as err:
+        door = ecosystems.for_missing_module(err.name or "")
+        if door is not None:
+            raise EdgepruneError(f"{path} is a {door.name} model and {err.name} is not installed here; "
+                                 f"pip install 'edgeprune[{door.extra}]'") from None
+        raise EdgepruneError(f"{path} was saved with the {err.name} package, which is not installed here; install it, "
+                             "or save the model's state_dict and pass --arch") from None
+    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors all mean "unreadable"
+        raise EdgepruneError(f"cannot read model file {path}: {type(err).__name__}: {first_line(err)}; save it with torch.save()") from None
 
 
 def untrained(arch: str, num_classes: int, input_shape: Sequence[int] | None = None, seed: int = 0) -> LoadedModel:
@@ -176,8 +237,9 @@ def from_module(
         example_inputs = (torch.randint(0, 2, tuple(input_shape), generator=gen) if tokens else torch.randn(*input_shape, generator=gen),)
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
-    model = model.cpu().eval()
+    # Tensors made under torch.inference_mode() cannot be traced or trained: normal copies instead.
+    example_inputs = tuple(t.clone() if t.is_inference() else t for t in example_inputs)
+    model = _without_inference_tensors(model).cpu().eval()
     try:
         outs = modelrun.run(model, example_inputs)
     except EdgepruneError:
@@ -195,6 +257,16 @@ def from_module(
         raise EdgepruneError("the model returned no tensor; edgeprune needs a model whose forward returns tensors")
     model, swapped = canonical(model, example_inputs)
     return LoadedModel(model, example_inputs, arch, num_classes, source, tuple(swapped))
+
+
+def _without_inference_tensors(model: nn.Module) -> nn.Module:
+    """`model`, or where it was built or loaded under torch.inference_mode() (its tensors then cannot
+    be traced through autograd, nor trained) a copy whose parameters and buffers are normal tensors;
+    the caller's model is never changed."""
+    if not any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        return model
+    with torch.inference_mode(False):  # deepcopy clones each tensor, outside inference mode: normal ones
+        return copy.deepcopy(model)
 
 
 def _is_torchscript(path: Path) -> bool:

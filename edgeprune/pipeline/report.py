@@ -20,13 +20,14 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
              space: PruningSpace, plan: Plan, left_whole: list[dict[str, Any]], timings: dict[str, float],
              accuracy: dict[str, Any] | None = None, runtime_accuracy: dict[str, Any] | None = None,
              data: dict[str, Any] | None = None, recovery: dict[str, Any] | None = None,
-             precision: dict[str, Any] | None = None) -> dict[str, Any]:
+             precision: dict[str, Any] | None = None, native: dict[str, Any] | None = None) -> dict[str, Any]:
     """report.json's content. `baseline` is the baseline stage's description, `final` the final
     stage's (baseline and pruned model timed interleaved); `settings` a `Settings`; `precision`
     what --precision chose and why (pipeline/precision.py)."""
     return {
         "edgeprune_report": 1,
         "model": model,
+        "native": native,  # the pruned model in its ecosystem's own format (ecosystems/): path, format, how to load it
         "settings": dataclasses.asdict(settings),
         "runtime": runtime | {"statistic": budget.statistic},
         "budget": {"text": settings.budget, "metric": budget.metric, "value": budget.value, "statistic": budget.statistic,
@@ -43,7 +44,7 @@ def assemble(*, model: dict[str, Any], settings: Any, runtime: dict[str, Any], b
         "precision": precision,
         "data": data,
         "recovery": recovery,
-        "search": {"strategy": settings.search, "steps": search["steps"], "candidates_measured": candidates_measured(search["steps"]),
+        "search": {"strategy": search.get("strategy", settings.search), "steps": search["steps"], "candidates_measured": candidates_measured(search["steps"]),
                    "stop_reason": search["stop_reason"], "predictor": search.get("predictor"), "guide": search.get("guide"),
                    "cost": search.get("cost"), "drift_allowance": search.get("drift_allowance"),
                    "busy": busy_summary(search["steps"], final.get("decision"))},

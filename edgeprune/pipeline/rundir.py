@@ -174,18 +174,41 @@ class RunDir:
         return result, False
 
     def publish(self, files: dict[str, Path]) -> None:
-        """Copy finished work files to their user-facing names in OUT/ as one set: every copy is
-        made beside its destination first, and only when all exist are they moved over the old
-        ones (each move atomic, in the order given: put the report, which lists the others'
-        hashes, last), so a failure while copying leaves the earlier set whole."""
+        """Copy finished work files (or folders: a Hugging Face model) to their user-facing names in
+        OUT/ as one set: every copy is made beside its destination first, and only when all exist
+        are they moved over the old ones (each file move atomic, in the order given: put the report,
+        which lists the others' hashes, last), so a failure while copying leaves the earlier set whole.
+        A folder is swapped in by two renames (the old one aside, the new one in), then the old removed."""
         staged: list[tuple[Path, Path]] = []
         try:
             for name, src in files.items():
                 tmp = atomic.temp_beside(self.out / name)
                 staged.append((tmp, self.out / name))
-                shutil.copyfile(src, tmp)
+                if src.is_dir():
+                    tmp.unlink()
+                    shutil.copytree(src, tmp)
+                else:
+                    shutil.copyfile(src, tmp)
             for tmp, dest in staged:
-                os.replace(tmp, dest)
+                if tmp.is_dir():
+                    _replace_folder(tmp, dest)
+                else:
+                    os.replace(tmp, dest)
         finally:
             for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """Move folder `new` to `dest`, replacing an earlier published folder there."""
+    old = None
+    if dest.exists():
+        old = atomic.temp_beside(dest)
+        old.unlink()
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

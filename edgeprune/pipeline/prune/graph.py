@@ -34,6 +34,7 @@ from torch import nn
 from torch_pruning import _helpers
 from torch_pruning.dependency import shape_infer
 
+from edgeprune import modelrun
 from edgeprune.errors import first_line
 from edgeprune.pipeline.prune import _mappings
 from edgeprune.pipeline.prune.attention import WIDTH_NAME, AttentionSite, find_attention
@@ -150,7 +151,7 @@ class Graph:
             self.dg.ignored_params = []
             self.dg._param_to_name, self.dg.unwrapped_parameters = self.dg._detect_unwrapped_parameters(None)
             recorder = _mappings.Shapes()
-            with torch.enable_grad(), recorder:
+            with torch.inference_mode(False), torch.enable_grad(), modelrun.trainable(model), recorder:
                 self.dg.module2node = self.dg._trace(model, tuple(example_inputs), None, output_transform=None)
             self.dg._build_dependency(self.dg.module2node)
         _detach_caches(model)

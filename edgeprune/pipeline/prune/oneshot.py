@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.prune.apply import apply
@@ -30,6 +31,7 @@ class PruneResult:
     seconds: dict[str, float]  # wall time of each step: discover, scores, verify, apply
 
 
+@modelrun.with_autograd
 def prune_to_ratio(
     loaded: LoadedModel,
     ratio: float = 0.5,

@@ -64,8 +64,9 @@ def plan_at_level(
         score = np.asarray(scores[g.id])
         keep: list[int] = []
         wanted = 0.0
-        phase = ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
-        uniform = dropped is None or g.kind == "heads"  # head scores are not on the channels' scale
+        tied = g.id in space.tied  # tied groups share one phase and keep one width (space.constrained)
+        phase = _GOLDEN if tied else ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
+        uniform = dropped is None or g.kind == "heads" or tied  # head scores are not on the channels' scale
         ideals = [len(seg) * (1.0 - level) if uniform else float(sum((g.id, u) not in dropped for u in seg)) for seg in g.segments]
         if g.even_by:  # every segment keeps the same count (a grouped conv's groups, a chunk's parts)
             ideals = [float(np.mean(ideals))] * len(ideals)

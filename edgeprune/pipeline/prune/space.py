@@ -66,11 +66,23 @@ class PruningSpace:
     def get(self, gid: str) -> Group:
         return next(g for g in self.groups if g.id == gid)
 
+    #: groups that must keep one width (an output format with one width for them all, ecosystems/)
+    tied: tuple[str, ...] = ()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "groups": [dataclasses.asdict(g) for g in self.groups],
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "tied": list(self.tied),
         }
+
+    def constrained(self, prunable: Iterable[str], tied: bool, why: str) -> "PruningSpace":
+        """Only the groups rooted at `prunable` layers stay (the others left whole because `why`),
+        all to keep one width when `tied`."""
+        allowed = set(prunable)
+        kept = [g for g in self.groups if g.id in allowed]
+        whole = [Skipped(g.id, why) for g in self.groups if g.id not in allowed]
+        return PruningSpace(kept, self.skipped + whole, tuple(g.id for g in kept) if tied else ())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruningSpace":
@@ -78,7 +90,7 @@ class PruningSpace:
             return tuple(tuples(x) for x in v) if isinstance(v, list) else v
 
         groups = [Group(**{k: tuples(v) for k, v in g.items()}) for g in d["groups"]]
-        return cls(groups, [Skipped(**s) for s in d["skipped"]])
+        return cls(groups, [Skipped(**s) for s in d["skipped"]], tuple(d.get("tied", ())))
 
 
 def discover(

@@ -7,6 +7,7 @@ its shard of the data, and only rank 0 writes checkpoints and prints.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -18,7 +19,7 @@ import torch.distributed as dist
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from edgeprune import atomic
+from edgeprune import atomic, modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.recovery.evaluate import Metric, top1
 
@@ -90,9 +91,24 @@ def train(
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     if steps_per_epoch == 0:
         raise EdgepruneError("the training data is empty; point --data at training images")
+    was_training = model.training  # restored at the end: a model given in eval mode comes back in eval mode
+    # A checkpoint saved frozen (nothing requires grad) is trained whole, its flags restored at the
+    # end; a model with some parts frozen keeps them frozen, as its user chose.
+    with contextlib.ExitStack() as stack:
+        if not any(p.requires_grad for p in model.parameters()):
+            stack.enter_context(modelrun.trainable(model))
+        history, start_epoch = _train(model, train_loader, config, loss_fn, val_loader, metric, checkpoint, log, label, side_optimizer)
+    model.train(was_training)
+    return TrainResult(history, start_epoch)
+
+
+def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, loss_fn: LossFn, val_loader: Iterable[Any] | None,
+           metric: Metric, checkpoint: Path | None, log: Callable[[str], None], label: str,
+           side_optimizer: torch.optim.Optimizer | None) -> tuple[list[dict[str, Any]], int]:
+    """`train`'s loop; returns the history and the epoch it resumed from."""
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = config.total_steps(steps_per_epoch)
     epochs = math.ceil(total / steps_per_epoch)
-    was_training = model.training  # restored at the end: a model given in eval mode comes back in eval mode
     net = _wrap(model)
     params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no decay on BN and biases
@@ -146,8 +162,7 @@ def train(
                 log(f"[{label}] epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, train acc {record['train_acc']:.4f}{val} ({record['seconds']:.0f}s)")
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total)
-    model.train(was_training)
-    return TrainResult(history, start_epoch)
+    return history, start_epoch
 
 
 def _sync_buffers(model: nn.Module) -> None:
