@@ -5,19 +5,33 @@ Python API (what the `compress` CLI calls):
     pruned = edgeprune.prune(model, example_inputs, ratio=0.5, method="l1")
     result = edgeprune.compress(model, budget="20ms", example_inputs=x, runtime="ort-cpu", out_dir="out")
     result.final_ms, result.speedup, result.met, result.report   # the figures of report.json
-    model = edgeprune.load_pruned("resnet20", "out/plan.json", "out/state_dict.pt")
+    model = edgeprune.load("out")   # the pruned model of a finished run, rebuilt from plan.json + state_dict.pt
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, cast
 
-import torch
-from torch import nn
-
-from edgeprune.modelrun import with_autograd
+# torch is imported where it is used, so `import edgeprune` stays free of it: the measuring agent
+# (`compress agent`, runtime_bench/agent.py) runs on an edge host that has ONNX Runtime alone.
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __version__ = "0.1.0"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def with_autograd(fn: _F) -> _F:
+    """`modelrun.with_autograd` (autograd on, even under torch.inference_mode()), imported when `fn` runs."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgeprune.modelrun import with_autograd as autograd
+
+        return autograd(fn)(*args, **kwargs)
+    return cast(_F, wrapper)
 
 
 @with_autograd
@@ -71,6 +85,8 @@ def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, n
 
     Unlike the whole-module pickle (model.pt), this survives `weights_only` loading and code changes.
     """
+    import torch
+
     from edgeprune.errors import EdgepruneError, first_line
     from edgeprune.pipeline.loading import build_arch, from_module, load_state
     from edgeprune.pipeline.prune.apply import apply
@@ -87,3 +103,25 @@ def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, n
         raise EdgepruneError(f"cannot read {state_dict_path}: {first_line(err)}; pass the state_dict.pt of the same run as the plan") from None
     load_state(model, state, str(state_dict_path), f"{arch} pruned by {plan_path}")
     return model
+
+
+@with_autograd
+def load(out_dir: str | Path) -> nn.Module:
+    """The pruned model of a finished run in `out_dir`, rebuilt from the architecture its plan.json
+    names (a registry name, `timm:NAME`, `torchvision:NAME`, `module:factory`) and its
+    state_dict.pt; a run whose model had no such name (a torch.save()d module) is read from its
+    model.pt pickle instead. (Ultralytics and Hugging Face runs also write their own format:
+    report.json's `native` says where.)"""
+    import torch
+
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline.prune.plan import Plan
+
+    out = Path(out_dir)
+    plan_path = out / "plan.json"
+    if not plan_path.is_file():
+        raise EdgepruneError(f"{out} holds no plan.json; pass the --out folder of a finished compress run")
+    arch = Plan.load(plan_path).meta.get("arch")
+    if arch:
+        return load_pruned(arch, plan_path, out / "state_dict.pt")
+    return torch.load(out / "model.pt", map_location="cpu", weights_only=False)

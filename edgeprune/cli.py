@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgeprune import bounds
@@ -64,15 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {"agent": _agent, "bench": _bench, "check": _check, "demo": _demo, "train": _train}[argv[0]](argv[1:])
         return _compress(argv)
     except EdgepruneError as err:
-        err_console.print(f"[bold red]error:[/] {err}")
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")  # a message may hold [brackets]: pip extras
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume from the last finished stage")
         return 130
     except Exception as err:  # noqa: BLE001 - the last line of defence: never a raw traceback
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").partition(".")[0] == "torch":
+            err_console.print("[bold red]error:[/] this command needs PyTorch, which is not installed here (an agent-only "
+                              "install, like the image's agent target, runs `compress agent` alone); install edgeprune "
+                              "with its dependencies for the rest")
+            return 2
         if debug:
             traceback.print_exc()
-        err_console.print(f"[bold red]internal error:[/] {type(err).__name__}: {first_line(err)} "
+        err_console.print(f"[bold red]internal error:[/] {type(err).__name__}: {escape(first_line(err))} "
                           "(a bug in edgeprune; re-run with --debug for the traceback and report it)")
         return 3
 
@@ -135,12 +141,17 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
                 description="Prune MODEL physically until it meets --budget, measured on the target runtime.\n\n"
                             "subcommands (compress SUBCOMMAND --help):\n"
                             + "\n".join(f"  {name:<7} {line}" for name, line in SUBCOMMANDS.items()))
-    p.add_argument("model", nargs="?", help="torch.save()d nn.Module, or a state dict with --arch "
-                   "(omit it with --method pfs and --arch to start from random weights)")
+    p.add_argument("model", nargs="?", help="torch.save()d nn.Module; a state dict with --arch; an ultralytics checkpoint "
+                   "(best.pt); a Hugging Face save_pretrained() folder (omit it with --method pfs and --arch to start from "
+                   "random weights)")
     p.add_argument("--budget", required=True, help="20ms, p90<=20ms, 2x (speed-up), 50%% (of the baseline latency), "
                    "300MFLOPs, 1.5Mparams")
-    p.add_argument("--input-shape", help="e.g. 1x3x224x224 (default: the registry's shape for --arch)")
-    p.add_argument("--arch", help="registry name or package.module:factory, for state dicts")
+    p.add_argument("--input-shape", help="e.g. 1x3x224x224 (default: the model's own: the registry's for --arch, an ultralytics "
+                   "checkpoint's training size, a Hugging Face config's; for a Hugging Face text model 1x256 sets 256 tokens). "
+                   "Several inputs or integer inputs: shapes joined by '+', ':int' for token ids in [0, 2) or ':intN' in [0, N), "
+                   "e.g. 1x128:int30522+1x128:int2")
+    p.add_argument("--arch", help="for state dicts: a registry name, timm:NAME, torchvision:NAME or package.module:factory; "
+                   "timm:NAME / torchvision:NAME without MODEL: random weights, for latency alone")
     _bounded(p, "--num-classes", bounds.count(), "classifier width for --arch (default: read from the state dict)")
     p.add_argument("--method", default="l1", choices=method_names(), help="channel importance")
     _setting(p, "round_to", "keep widths on multiples of this (16 suits CPU runtimes)")
@@ -201,7 +212,10 @@ def _method_options(a: argparse.Namespace) -> dict:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="data.npz (x_train, y_train, x_test, y_test), an image folder (train/, val/), or module:function")
+    p.add_argument("--data", help="labelled: data.npz (x_train, y_train, x_test, y_test) or an image folder (train/<class>/, "
+                   "val/<class>/); unlabelled (recovered by distillation from the unpruned model, measured by fidelity to it): a "
+                   "folder of images, or inputs.npz / .pt keyed by input name (input_ids, attention_mask, pixel_values, or x); "
+                   "or module:function returning (train_loader, val_loader)")
     _setting(p, "epochs", "training budget in epochs (default 1 for recovery)")
     _setting(p, "steps", "training budget in optimizer steps (instead of --epochs)")
     _setting(p, "lr", "peak learning rate (default: the method's own)")
@@ -210,7 +224,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _compress(argv: list[str]) -> int:
     from edgeprune.pipeline.compress import Settings, compress
-    from edgeprune.pipeline.loading import parse_input_shape
+    from edgeprune.pipeline.loading import parse_example_inputs, parse_input_shape
 
     a = _compress_parser().parse_args(argv)
     settings = Settings(budget=a.budget, runtime=a.runtime, threads=a.threads, method=a.method, round_to=a.round_to,
@@ -220,22 +234,27 @@ def _compress(argv: list[str]) -> int:
                         batch_size=a.batch_size, temperature=a.temperature, alpha=a.alpha, metric=a.metric,
                         method_options=_method_options(a), depth=a.depth, search=a.search, pgd_steps=a.pgd_steps,
                         analysis_time_s=a.analysis_time_s, precision=a.precision, max_accuracy_drop=a.max_accuracy_drop)
-    shape = parse_input_shape(a.input_shape) if a.input_shape else None
-    loaded = _model_or_untrained(a, shape)
+    inputs = parse_example_inputs(a.input_shape) if a.input_shape else None
+    shape = tuple(inputs[0].shape) if inputs else parse_input_shape(a.input_shape) if a.input_shape else None
+    loaded = _model_or_untrained(a, shape, inputs)
     result = compress(loaded, settings, a.out, progress=_progress)
     _summary_table(result.report)
-    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, widths.svg")
+    native = result.report.get("native")
+    own = f"; in {native['ecosystem']}'s own format: {native['path']} ({native.get('load', '')})" if native else ""
+    Console().print(f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, "
+                    f"widths.svg{own}", markup=False)
     return 0 if result.met else 1
 
 
-def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None) -> Any:
+def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None, inputs: Any = None) -> Any:
     """MODEL, or for a method that learns from random weights (pfs), a fresh --arch."""
+    from edgeprune import ecosystems
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.loading import load_model, untrained
     from edgeprune.pipeline.prune.methods.base import METHODS
 
-    if a.model is not None:
-        return load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes)
+    if a.model is not None or ecosystems.for_arch(a.arch) is not None:  # timm:NAME alone: random weights
+        return load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes, example_inputs=inputs)
     scratch = [n for n in METHODS.names() if METHODS.get(n).from_scratch]
     if not METHODS.get(a.method).from_scratch:
         raise EdgepruneError(f"no MODEL given: --method {a.method} prunes a trained model; pass its file, "

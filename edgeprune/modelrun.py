@@ -56,8 +56,37 @@ def with_autograd(fn: F) -> F:
 @torch.no_grad()
 def run(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Forward in eval mode without autograd; outputs flattened to a list of tensors."""
+    return flatten_outputs(run_raw(model, example_inputs))
+
+
+@torch.no_grad()
+def run_raw(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> Any:
+    """Forward in eval mode without autograd; the outputs as the model returns them."""
     with eval_mode(model):
-        return flatten_outputs(model(*example_inputs))
+        return model(*example_inputs)
+
+
+def call(model: nn.Module, x: torch.Tensor | Sequence[torch.Tensor]) -> Any:
+    """`model` on one batch of inputs: a tensor, or a tuple of them in the forward's argument order."""
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+
+def batch_len(x: torch.Tensor | Sequence[torch.Tensor]) -> int:
+    """The number of samples in a batch of inputs (one tensor or a tuple of them)."""
+    return len(x[0]) if isinstance(x, (tuple, list)) else len(x)
+
+
+def named_outputs(out: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """`flatten_outputs` with each tensor's path: a dict's or ModelOutput's key ("logits"), a
+    tuple's position ("1.0"); what distillation and fidelity use to tell class logits from the rest."""
+    if isinstance(out, torch.Tensor):
+        return [(prefix or "0", out)]
+    if isinstance(out, (list, tuple)):
+        return [pair for i, item in enumerate(out) for pair in named_outputs(item, f"{prefix}.{i}" if prefix else str(i))]
+    if isinstance(out, dict):
+        return [pair for k, item in out.items() for pair in named_outputs(item, f"{prefix}.{k}" if prefix else str(k))]
+    flatten_outputs(out)  # raises the one-line error for what is not a tensor
+    return []
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:

@@ -172,3 +172,59 @@ def test_dockerfile_lints_clean_and_installs_with_the_ci_script() -> None:
     assert "ARG BASE=python:3.11-slim" in text and "FROM ${BASE}" in text  # buildable on a local stand-in base image
     assert "scripts/install.sh" in (repo / "Makefile").read_text()
     assert "USER 10001" in text and "HEALTHCHECK" in text and '"agent"' in text
+    # the agent-only target: edgeprune without its dependencies (torch), then ONNX Runtime and numpy
+    agent = text.split(" AS agent-build\n")[1].split(" AS full\n")[0]
+    assert "FROM scratch AS agent" in agent and "pip install -q --no-compile --no-deps ." in agent.replace("\\\n", " ")
+    assert "torch" not in agent.replace("no torch", "")
+
+
+def test_the_agent_runs_without_torch(onnx_file: Path) -> None:
+    """`compress agent` imports neither torch nor the pruning stack: the agent image (Dockerfile's
+    `agent` target) ships ONNX Runtime and numpy alone. Checked in a fresh interpreter: parse the
+    agent's options, list the runtimes, measure an ONNX file, then look at what was imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import io, sys
+import numpy as np
+from edgeprune.cli import _agent_parser
+from edgeprune.runtime_bench.agent import Agent, make_server
+from edgeprune.runtime_bench.remote import agent_token
+_agent_parser().parse_args(["--port", "0"])
+agent = Agent("t")
+assert agent.runtimes()["runtimes"]["ort-cpu"]["available"]
+x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+buf = io.BytesIO()
+np.savez(buf, model=np.frombuffer(open({str(onnx_file)!r}, "rb").read(), np.uint8), input_0=x)
+result = agent.submit(lambda: agent.measure(buf.getvalue(), {{"runtime": "ort-cpu", "repeats": "3", "warmup": "1"}}))
+assert result["stats"]["n"] == 3
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "torch_pruning", "onnxsim", "onnxscript", "onnx", "PIL"}}))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_without_torch_the_other_commands_say_so_in_one_line(tmp_path: Path) -> None:
+    """In the agent image, `compress bench ...` is one line naming what is missing, exit 2, not an internal error."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+from edgeprune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code, "x.pt", "--budget", "50%", "--out", str(tmp_path / "o")], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "needs PyTorch" in lines[0] and "compress agent" in lines[0], done.stderr

@@ -60,6 +60,12 @@ def assert_one_line_error(rc: int, err: str) -> str:
     return lines[0]
 
 
+def listing(out: Path) -> set[str]:
+    """What --out holds besides the work/ and cache/ folders the README documents (no lock file, no temporary)."""
+    assert all((out / name).is_dir() for name in ("work", "cache") if (out / name).exists())
+    return {p.name for p in out.iterdir()} - {"work", "cache"}
+
+
 def snapshot(out: Path) -> dict[str, tuple[bytes, int]]:
     return {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in OUTPUTS}
 
@@ -140,7 +146,8 @@ def test_report_hashes_the_published_set(e2e: dict[str, object]) -> None:
     assert set(rep["outputs_sha256"]) == {"model.onnx", "model.pt", "state_dict.pt", "plan.json"}
     for name, digest in rep["outputs_sha256"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
-    assert (out / LOCK_NAME).read_bytes() == b""  # the run released --out
+    assert listing(out) == set(OUTPUTS)  # the documented outputs only: the run released --out and removed its lock
+    assert not (out / LOCK_NAME).exists()
     assert set(rep["noise"]) == {"baseline", "final"}
     assert rep["noise"]["final"] == rep["final"]["latency_ms"]["noise"]
 
@@ -192,6 +199,7 @@ def test_failed_run_leaves_earlier_results_intact(e2e: dict[str, object], tmp_pa
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
     assert "infeasible" in errors[0] or "lowest" in errors[0]
     assert snapshot(out) == before
+    assert listing(out) == set(OUTPUTS)  # what was there before, and no lock left
 
 
 def test_flops_budget_is_met_by_count(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -218,10 +218,58 @@ def test_a_second_run_on_a_locked_out_stops_at_once(files: dict[str, Path], tmp_
         assert tree(out) == before  # not even a work folder
     finally:
         holder.release()
-    assert (out / LOCK_NAME).read_bytes() == b""  # released cleanly: the next run sees no stale holder
+    assert not (out / LOCK_NAME).exists()  # released cleanly and removed: nothing left beside the outputs
     again = OutLock(out).acquire()
     assert again.taken_over is None
     again.release()
+
+
+@pytest.mark.parametrize("holder_at", ["closed", "unlinked"])
+def test_a_lock_released_under_a_run_opening_it_is_never_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  holder_at: str) -> None:
+    """A run that opened the lock file just before its holder deleted it on release must not lock
+    the deleted file (a third run would then lock a new file of the same name beside it)."""
+    import fcntl
+
+    from edgeprune.pipeline import rundir
+
+    out = tmp_path / "out"
+    first = OutLock(out).acquire()
+    real, calls = fcntl.flock, []
+
+    def flock(fd: int, op: int) -> None:
+        if not calls:  # the holder finishes between our open and our flock
+            if holder_at == "closed":
+                first.release()  # unlinked and closed: our flock succeeds, on the deleted file
+            else:
+                (out / LOCK_NAME).unlink()  # unlinked, not yet closed: our flock fails on a deleted file
+        calls.append(fd)
+        real(fd, op)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    second = OutLock(out).acquire()
+    monkeypatch.undo()
+    assert len(calls) == 2  # the deleted file was seen, and the new one locked
+    first.release()  # a no-op, or closing the deleted file: the new lock file stays
+    with pytest.raises(EdgepruneError, match=f"in use by another run \\(pid {os.getpid()}"):
+        OutLock(out).acquire()
+    second.release()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_an_interrupted_run_removes_its_lock(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeprune.pipeline.compress import Pipeline
+
+    def interrupted(self: object) -> None:
+        assert (out / LOCK_NAME).exists()  # held while the stages run
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(Pipeline, "analyse", interrupted)
+    rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", out, *FAST)
+    assert rc == 130 and "interrupted" in err, err
+    assert {p.name for p in out.iterdir()} == {"work"}  # no lock left beside it
 
 
 def test_a_killed_runs_lock_is_taken_over(tmp_path: Path) -> None:

@@ -221,8 +221,20 @@ def test_module_function_source_is_used_as_is() -> None:
     data = load_data("tests.test_data:custom_loaders")
     assert data.num_classes is None and data.input_shape is None and data.normalization is None
     assert len(data.train) == 2 and len(data.val) == 1
-    assert data.train[0][1].tolist() == [0, 1]
+    assert next(iter(data.train))[1].tolist() == [0, 1] and data.labelled
     check_fits(data, 2, (1, 3, 4, 4))  # nothing known about the data: nothing to refuse
+
+
+def bare_inputs() -> tuple[list, list]:
+    """A source of inputs alone: no labels."""
+    x = torch.zeros(2, 3, 4, 4)
+    return [x, x], [x]
+
+
+def test_module_function_of_bare_inputs_is_unlabelled() -> None:
+    data = load_data("tests.test_data:bare_inputs")
+    x, y = next(iter(data.val))
+    assert y is None and x.shape == (2, 3, 4, 4) and not data.labelled
 
 
 # ----------------------------------------------------------------------------------------------- errors

@@ -23,7 +23,7 @@ from edgeprune.quantize.ort_static import OrtStaticQuantizer
 from edgeprune.runtime_bench import LatencyStats, get_runtime
 from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
 from tests.synthetic import learnable_npz
-from tests.test_cli import assert_one_line_error, run_cli
+from tests.test_cli import assert_one_line_error, listing, run_cli
 from tests.tiny_models import tiny_resnet
 
 X = (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
@@ -253,6 +253,7 @@ def test_max_accuracy_drop_refuses_the_plan_and_publishes_nothing(tmp_path: Path
     assert rc == 2 and line.startswith("error:") and "Traceback" not in err
     assert "the best plan found (fp32," in line and "over --max-accuracy-drop 0.05" in line and "nothing published" in line
     assert not (tmp_path / "o" / "model.onnx").exists() and not (tmp_path / "o" / "report.json").exists()
+    assert listing(tmp_path / "o") == set()  # work/ and cache/ only: the refused run removed its lock
 
 
 def test_max_accuracy_drop_needs_top1(tmp_path: Path, npz: Path) -> None:

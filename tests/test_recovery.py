@@ -347,6 +347,32 @@ def test_compress_train_cli_errors(npz: Path, tmp_path: Path) -> None:
         assert arch in line
 
 
+@pytest.mark.parametrize("where", ["below a file", "proc", "permission denied"])
+def test_compress_train_into_a_folder_it_cannot_write(npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """One line and exit 2 before training, not an internal error when the first checkpoint is
+    written. Tests run as root, whom chmod does not stop: a path below a file, /proc (where nobody
+    creates files) and a PermissionError as an unprivileged user meets it."""
+    from edgeprune.pipeline import training
+
+    (tmp_path / "afile").write_text("mine\n")
+    out = {"below a file": tmp_path / "afile" / "m.pt", "proc": Path("/proc/edgeprune-train/m.pt"),
+           "permission denied": tmp_path / "locked" / "m.pt"}[where]
+    if where == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc")
+    if where == "permission denied":
+        def denied(**_: object) -> tuple[int, str]:
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(training.tempfile, "mkstemp", denied)
+    trained: list[object] = []
+    monkeypatch.setattr(training, "train", lambda *a, **k: trained.append(a))
+    line = assert_one_line_error(*run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--steps", "1", "--out", out])[::2])
+    assert f"--out {out}" in line and not trained
+    assert ("is a file" in line and "pick another --out" in line) if where == "below a file" else "pick a folder you can write to" in line
+    if where == "permission denied":
+        assert "(Permission denied)" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 @pytest.fixture(scope="module")
 def pipeline_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pipe")

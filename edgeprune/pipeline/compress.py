@@ -28,7 +28,7 @@ from edgeprune.pipeline import report as report_mod
 from edgeprune.pipeline import distributed, precision as precision_mod, rundir
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.data import DataBundle, check_fits, load_data
+from edgeprune.pipeline.data import DataBundle, ModelInputs, check_fits, load_data
 from edgeprune.pipeline.decision import UNDECIDED, UNDER, Decision, too_noisy
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
@@ -39,7 +39,7 @@ from edgeprune.pipeline.prune.methods import Goal, Importance, get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.recovery import Recovery, TrainConfig, get_recovery, load_metric
-from edgeprune.pipeline.recovery.evaluate import Metric
+from edgeprune.pipeline.recovery.evaluate import Fidelity, Metric, is_class_logits
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.search import SEARCHES, SearchContext
@@ -138,15 +138,17 @@ class Checked:
         if not ok:
             raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")
         method = get_method(settings.method, **settings.method_options)
-        recovery = None if settings.recovery == "none" else get_recovery(settings.recovery, **settings.recovery_options())
         _check_layer_names(loaded.model, settings.unprunable)
         rundir.check_out(out_dir, [p for p in (loaded.source, settings.data) if p is not None])
         num_outputs = loaded.num_classes or int(modelrun.run(loaded.model, loaded.example_inputs)[0].shape[-1])
         data = None
         if settings.data is not None:
-            data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank)
+            data = load_data(settings.data, settings.batch_size, seed=0, num_replicas=ctx.world_size, rank=ctx.rank,
+                             model=ModelInputs(loaded.example_inputs, loaded.input_names, loaded.preprocess))
             check_fits(data, num_outputs, loaded.input_shape)  # before any training
-        metric_name, metric = load_metric(settings.metric)
+        name = settings.recovery_for(data.labelled) if data is not None else settings.recovery
+        recovery = None if name == "none" else get_recovery(name, **settings.recovery_options(name))
+        metric_name, metric = _metric(settings, loaded, data)
         quantizer, int8_unavailable = _quantizer(settings, loaded.example_inputs)
         return cls(budget, runtime, method, recovery, num_outputs, data, metric_name, metric, quantizer, int8_unavailable)
 
@@ -266,7 +268,9 @@ class Pipeline:
             return
 
         def evaluate() -> dict[str, Any]:
-            acc = {"metric": c.metric_name, "baseline": c.metric(self.original, data.val), "pruned": c.metric(self.pruned, data.val)}
+            acc = {"metric": c.metric_name, "about": getattr(c.metric, "describe", None),
+                   "higher_is_better": getattr(c.metric, "higher_is_better", True),
+                   "baseline": c.metric(self.original, data.val), "pruned": c.metric(self.pruned, data.val)}
             return acc | ({"prepared": c.metric(self.model, data.val)} if self.model is not self.original else {})
 
         self.accuracy = self.stage("accuracy", evaluate)
@@ -438,6 +442,18 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _metric(settings: Settings, loaded: LoadedModel, data: DataBundle | None) -> tuple[str, Metric]:
+    """--metric; else top-1 for a classifier with labels; else fidelity to the unpruned model
+    (recovery/evaluate.py: top-1 agreement for class logits, R² of the outputs otherwise)."""
+    if settings.metric or data is None:
+        return load_metric(settings.metric)
+    first = modelrun.named_outputs(modelrun.run_raw(loaded.model, loaded.example_inputs))[0]
+    if data.labelled and first[1].ndim == 2 and is_class_logits(*first):
+        return load_metric(None)
+    fidelity = Fidelity(loaded.model, loaded.example_inputs)
+    return fidelity.name, fidelity
 
 
 def nothing_prunable(space: space_mod.PruningSpace) -> str:

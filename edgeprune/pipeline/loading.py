@@ -62,6 +62,30 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def parse_example_inputs(text: str) -> tuple[torch.Tensor, ...] | None:
+    """Example inputs for a model with several inputs or integer inputs, from --input-shape:
+    shapes joined by '+', each optionally ':int' (token ids in [0, 2)) or ':intN' (ids in [0, N)),
+    e.g. '1x128:int30522+1x128:int2' for BERT's input_ids and attention_mask. None for one float
+    shape (the plain case, drawn as before)."""
+    parts = text.split("+")
+    if len(parts) == 1 and ":" not in text:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    inputs = []
+    for part in parts:
+        shape_text, _, kind = part.partition(":")
+        shape = parse_input_shape(shape_text)
+        if not kind:
+            inputs.append(torch.randn(*shape, generator=gen))
+            continue
+        high = kind[3:] if kind.startswith("int") else "x"
+        if not high.isdigit() and high != "":
+            raise EdgepruneError(f"cannot read input {part!r} of --input-shape; write SHAPE, SHAPE:int or SHAPE:intN "
+                                 "(ids in [0, N)), inputs joined by '+', e.g. 1x128:int30522+1x128:int2")
+        inputs.append(torch.randint(0, int(high or 2), shape, generator=gen))
+    return tuple(inputs)
+
+
 #: an example input may take at most this share of the memory available: the model's activations
 #: on it take many times more, and an input that cannot be allocated would fail deep inside torch
 INPUT_MEMORY_SHARE = 1 / 8
@@ -134,6 +158,7 @@ def load_model(
     arch: str | None = None,
     input_shape: Sequence[int] | None = None,
     num_classes: int | None = None,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
 ) -> LoadedModel:
     """A model as its user holds it: a module or state dict file, a library's own checkpoint or
     folder (ecosystems/: ultralytics, Hugging Face), or `--arch timm:NAME` / `torchvision:NAME`
@@ -180,7 +205,7 @@ def load_model(
         num_classes = num_classes or _classes_from_state(state)
         model = build_arch(arch, num_classes)
         load_state(model, state, str(path), arch)
-    return from_module(model, input_shape=shape, arch=arch, num_classes=num_classes, source=str(path))
+    return from_module(model, example_inputs, input_shape=shape, arch=arch, num_classes=num_classes, source=str(path))
 
 
 def read_state(path: Path) -> Mapping[str, torch.Tensor]:

@@ -61,8 +61,11 @@ class OutLock:
 
     The kernel drops a flock when its process dies, so a run killed with -9 leaves a lock file
     nobody holds: the next run takes it over (and says so), while a live run's lock stops a second
-    one at once with its pid and command. The file is emptied, never deleted, on release: deleting
-    it would let two runs lock two different files of the same name."""
+    one at once with its pid and command. Release deletes the file while still holding the flock,
+    then closes it, so a finished, refused or interrupted run leaves nothing in --out. A run that
+    opened the file just before it was deleted may then flock the deleted inode: `acquire` checks,
+    once locked, that the path still names the inode it locked, and starts again if not, so two
+    runs never hold locks on two different files of the same name."""
 
     def __init__(self, out: str | Path) -> None:
         self.path = Path(out) / LOCK_NAME
@@ -70,19 +73,29 @@ class OutLock:
         self.taken_over: dict[str, Any] | None = None  # the holder a killed run left behind, if any
 
     def acquire(self) -> "OutLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise EdgepruneError(f"cannot write in --out {self.path.parent} ({err.strerror}); pick a folder you can write to") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}: {holder.get('command', '?')}"
-            raise EdgepruneError(f"--out {self.path.parent} is in use by another run ({who}); "
-                                 "wait for it to finish or pick another --out") from None
+        while True:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise EdgepruneError(f"cannot write in --out {self.path.parent} ({err.strerror}); "
+                                     "pick a folder you can write to") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not self._names(fd):  # its holder deleted it on release since we opened it: open afresh
+                    os.close(fd)
+                    continue
+                holder = _holder(fd)
+                os.close(fd)
+                who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                       f"started {holder.get('started', '?')}: {holder.get('command', '?')}")
+                raise EdgepruneError(f"--out {self.path.parent} is in use by another run ({who}); "
+                                     "wait for it to finish or pick another --out") from None
+            if not self._names(fd):  # locked a file its holder deleted on release: lock the new one
+                os.close(fd)
+                continue
+            break
         self.taken_over = _holder(fd) or None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
@@ -90,11 +103,26 @@ class OutLock:
         self._fd = fd
         return self
 
+    def _names(self, fd: int) -> bool:
+        """Whether the lock path still names the file open as `fd` (not deleted, not replaced)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
     def release(self) -> None:
+        """Delete the lock file while still holding it, then close it (closing drops the flock)."""
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                if self._names(fd):  # ours unless someone removed it by hand
+                    self.path.unlink()
+            except OSError:
+                pass  # left behind: the next run takes it over, as after a kill -9
+            finally:
+                os.close(fd)
 
 
 def _holder(fd: int) -> dict[str, Any]:

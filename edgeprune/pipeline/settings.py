@@ -105,12 +105,27 @@ class Settings:
 
     @property
     def recovery(self) -> str:
-        """The recovery that runs: --recover, else the method's own with --data, else none."""
+        """The recovery that runs with labelled data: --recover, else the method's own with --data, else none."""
         from edgeprune.pipeline.prune.methods.base import METHODS
 
         if self.recover is not None:
             return self.recover
         return METHODS.get(self.method).default_recovery if self.data is not None else "none"
+
+    def recovery_for(self, labelled: bool) -> str:
+        """The recovery that runs on this data: without labels, distillation from the unpruned model
+        (the default) or none; a recovery or method that needs labels is refused in one line."""
+        from edgeprune.pipeline.prune.methods.base import METHODS
+
+        if labelled:
+            return self.recovery
+        if METHODS.get(self.method).needs_data:
+            raise EdgepruneError(f"--method {self.method} trains on labels and --data {self.data} has none; "
+                                 "use --method l1 (label-free distillation then recovers the model), or give labelled data")
+        if self.recover not in (None, "distill", "none"):
+            raise EdgepruneError(f"--recover {self.recover} trains on labels and --data {self.data} has none; use --recover distill "
+                                 "(the default without labels: it learns from the unpruned model's outputs) or give labelled data")
+        return self.recover or "distill"
 
     @property
     def precision_mode(self) -> str:
@@ -126,7 +141,7 @@ class Settings:
         """Why the policy is float32 when it is (for the report)."""
         return "--precision fp32" if self.precision == "fp32" else "no --data to calibrate int8 on: float32"
 
-    def recovery_options(self) -> dict[str, Any]:
-        """The options of the chosen recovery that Settings carries (distillation's, PGD's)."""
+    def recovery_options(self, name: str) -> dict[str, Any]:
+        """The options of recovery `name` that Settings carries (distillation's, PGD's)."""
         options = {"distill": {"temperature": self.temperature, "alpha": self.alpha}, "adversarial": {"pgd_steps": self.pgd_steps}}
-        return options.get(self.recovery, {})
+        return options.get(name, {})

@@ -6,6 +6,8 @@ exactly how it was obtained. Resumes from OUT.ckpt after an interruption.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from edgeprune import atomic, environment, modelrun
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline import distributed
 from edgeprune.pipeline.data import check_fits, load_data
 from edgeprune.pipeline.loading import build_arch
@@ -25,6 +28,7 @@ def train_baseline(
 ) -> dict[str, Any] | None:
     """Train and save; returns the recipe on rank 0 (None on the other ranks under torchrun)."""
     ctx = distributed.init_from_env()
+    check_out(out)  # before any training: the first checkpoint is written after an epoch
     data = load_data(data_spec, batch_size, seed=seed, num_replicas=ctx.world_size, rank=ctx.rank)
     torch.manual_seed(seed)
     model = build_arch(arch, num_classes or data.num_classes)
@@ -54,3 +58,21 @@ def train_baseline(
     }
     atomic.write_json(out.with_suffix(".json"), recipe)
     return recipe
+
+
+def check_out(out: Path) -> None:
+    """Refuse a state dict path whose folder cannot be made or written, by creating (and removing)
+    a file in its nearest existing folder: what really fails there, for root too (chmod does not
+    stop root, a read-only mount or /proc does)."""
+    folder = Path(out).absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise EdgepruneError(f"--out {out}: {existing} is a file, so the folder for the state dict cannot be made; "
+                             "pick another --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgeprune-write-check.", dir=existing)
+    except OSError as err:
+        raise EdgepruneError(f"--out {out}: cannot create a file in {existing} ({err.strerror}); "
+                             "pick a folder you can write to") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -7,14 +7,16 @@ the deployable program on this machine, not of a phone. Optional extra: `pip ins
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.runtime_bench.base import LatencyStats, Runtime, time_calls
 from edgeprune.runtime_bench.registry import register
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ONNX runtimes, and so the agent, work without it
+    import torch
 
 
 def executorch_missing() -> str | None:
@@ -47,9 +49,13 @@ class ExecuTorchRuntime(Runtime):
             raise EdgepruneError(f"{path}: ExecuTorch cannot load it ({first_line(err)}); re-export the model") from err
 
     def _tensors(self, inputs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        import torch
+
         return [torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
 
     def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
         try:
             outs = session.execute(self._tensors(inputs))
         except Exception as err:  # noqa: BLE001

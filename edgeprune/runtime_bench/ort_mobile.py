@@ -9,6 +9,7 @@ sequential execution. Measured here (ResNet-18-like / MobileNetV2-like at 224x22
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,12 @@ class OrtMobileRuntime(OrtCpuRuntime):
         if target_platform not in PLATFORMS:
             raise EdgepruneError(f"ort-mobile target platform {target_platform!r}: use one of {', '.join(PLATFORMS)}")
         self.target_platform = target_platform
+
+    def available(self) -> tuple[bool, str]:
+        ok, why = super().available()
+        if ok and importlib.util.find_spec("onnx") is None:  # onnxruntime's converter imports it (the agent image lacks it)
+            return False, "the .ort conversion (onnxruntime's converter) needs the onnx package; pip install onnx"
+        return ok, why
 
     def convert(self, onnx_path: Path) -> Path:
         """`onnx_path` as an ORT-format model next to it (converted in a temporary folder beside it, then renamed)."""

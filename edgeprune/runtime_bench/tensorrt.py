@@ -8,14 +8,16 @@ project has been run on so far, so this runtime has not been run yet.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.runtime_bench.base import LatencyStats, Runtime
 from edgeprune.runtime_bench.registry import register
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ONNX runtimes, and so the agent, work without it
+    import torch
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -26,6 +28,8 @@ def tensorrt_missing() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError as err:
         return f"tensorrt is not importable ({first_line(err)}); install TensorRT's Python package on the GPU host"
+    import torch
+
     if not torch.cuda.is_available():
         return "no CUDA device here; TensorRT engines are built and run on the GPU that will serve them"
     return None
@@ -36,6 +40,8 @@ class _Session:
         self.engine, self.context, self.inputs, self.outputs = engine, context, inputs, outputs
 
     def enqueue(self) -> None:
+        import torch
+
         self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
 
 
@@ -66,6 +72,7 @@ class TensorRtRuntime(Runtime):
     def load(self, artifact_path: str) -> Any:
         path = self.checked_path(artifact_path)
         import tensorrt as trt
+        import torch
 
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
         if engine is None:
@@ -81,6 +88,8 @@ class TensorRtRuntime(Runtime):
         return _Session(engine, context, inputs, outputs)
 
     def _feed(self, session: _Session, inputs: Sequence[np.ndarray]) -> None:
+        import torch
+
         if len(inputs) != len(session.inputs):
             raise EdgepruneError(f"the engine takes {len(session.inputs)} input(s), {len(inputs)} were given")
         for buf, x in zip(session.inputs, inputs):
@@ -89,6 +98,8 @@ class TensorRtRuntime(Runtime):
             buf.copy_(torch.from_numpy(np.ascontiguousarray(x)))
 
     def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
         self._feed(session, inputs)
         try:
             session.enqueue()
@@ -98,6 +109,8 @@ class TensorRtRuntime(Runtime):
         return [o.float().cpu().numpy() for o in session.outputs]
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        import torch
+
         self._feed(session, inputs)
         for _ in range(warmup):
             session.enqueue()

@@ -7,14 +7,16 @@ the process while a measurement runs, then restored).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.runtime_bench.base import LatencyStats, Runtime, time_calls
 from edgeprune.runtime_bench.registry import register
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ONNX runtimes, and so the agent, work without it
+    import torch
 
 
 @register
@@ -28,6 +30,8 @@ class TorchCpuRuntime(Runtime):
         return True, ""
 
     def load(self, artifact_path: str) -> Any:
+        import torch
+
         path = self.checked_path(artifact_path)
         try:
             model = torch.load(path, map_location="cpu", weights_only=False)
@@ -38,10 +42,14 @@ class TorchCpuRuntime(Runtime):
         return model.to(self.device).eval()
 
     def _tensors(self, inputs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        import torch
+
         return [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in inputs]
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:
+        import torch
+
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -50,6 +58,8 @@ class TorchCpuRuntime(Runtime):
             torch.set_num_threads(before)
 
     def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
         from edgeprune.modelrun import flatten_outputs
 
         with self._threads(), torch.inference_mode():
@@ -60,9 +70,13 @@ class TorchCpuRuntime(Runtime):
             return [t.float().cpu().numpy() for t in flatten_outputs(out)]
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        import torch
+
         xs = self._tensors(inputs)
         with self._threads(), torch.inference_mode():
             return time_calls(lambda: session(*xs), warmup, repeats)
 
     def settings(self) -> dict[str, Any]:
+        import torch
+
         return {**super().settings(), "device": self.device, "mode": "eager, inference_mode", "torch": torch.__version__}

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from edgeprune.runtime_bench.base import LatencyStats
 from edgeprune.runtime_bench.registry import register
@@ -24,12 +23,16 @@ class TorchCudaRuntime(TorchCpuRuntime):
     cpu_bound = False  # the host thread waits for the GPU
 
     def available(self) -> tuple[bool, str]:
+        import torch
+
         if not torch.cuda.is_available():
             build = "a CPU-only PyTorch build" if torch.version.cuda is None else f"PyTorch for CUDA {torch.version.cuda}, but no visible GPU"
             return False, f"no CUDA device here ({build}); run on a GPU host or use --runtime ort-cpu"
         return True, ""
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        import torch
+
         xs = self._tensors(inputs)
         runs = []
         with torch.inference_mode():
@@ -46,6 +49,8 @@ class TorchCudaRuntime(TorchCpuRuntime):
         return LatencyStats.from_runs(runs, warmup)
 
     def settings(self) -> dict[str, Any]:
+        import torch
+
         base = super().settings()
         if torch.cuda.is_available():
             base["gpu"] = torch.cuda.get_device_name()

@@ -25,26 +25,35 @@ def to_float01(images: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class ImageArrays:
-    """Labelled images: uint8 NCHW (or float NCHW, already scaled) plus int64 labels."""
+    """Images: uint8 NCHW (or float NCHW, already scaled) plus int64 labels, or None (unlabelled:
+    recovered by distillation from the unpruned model)."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.images.shape[0] != self.labels.shape[0]:
-            raise EdgepruneError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels; every image needs one label")
         if self.images.shape[0] == 0:
             raise EdgepruneError("the data set is empty; point --data at images")
+        if self.labels is None:
+            return
+        if self.images.shape[0] != self.labels.shape[0]:
+            raise EdgepruneError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels; every image needs one label")
         if int(self.labels.min()) < 0:
             raise EdgepruneError(f"a label is {int(self.labels.min())}; labels must be class indices 0, 1, 2, ...")
 
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
     @property
-    def num_classes(self) -> int:
-        return max(len(self.class_names), int(self.labels.max()) + 1)
+    def num_classes(self) -> int | None:
+        return None if self.labels is None else max(len(self.class_names), int(self.labels.max()) + 1)
+
+    def subset(self, index: torch.Tensor) -> "ImageArrays":
+        return ImageArrays(self.images[index], None if self.labels is None else self.labels[index], self.class_names)
 
     @classmethod
-    def from_numpy(cls, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...] = (), source: str = "") -> "ImageArrays":
+    def from_numpy(cls, x: np.ndarray, y: np.ndarray | None, class_names: tuple[str, ...] = (), source: str = "") -> "ImageArrays":
         """Accept NHWC (the usual on-disk layout) or NCHW, uint8 or float."""
         if x.ndim != 4:
             raise EdgepruneError(f"{source}: images must be a 4-D array (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
@@ -52,10 +61,12 @@ class ImageArrays:
             x = x.transpose(0, 3, 1, 2)
         if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
             raise EdgepruneError(f"{source}: images must be uint8 or float arrays, got {x.dtype}; convert them before saving")
+        images = torch.from_numpy(np.ascontiguousarray(x))
+        if y is None:
+            return cls(images, None, tuple(str(c) for c in class_names))
         y = np.asarray(y)
         if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
             raise EdgepruneError(f"{source}: labels must be integer class indices, got {y.dtype} values; convert them before saving")
-        images = torch.from_numpy(np.ascontiguousarray(x))
         labels = torch.from_numpy(y.astype(np.int64).reshape(-1))
         return cls(images, labels, tuple(str(c) for c in class_names))
 
@@ -101,7 +112,7 @@ class BatchLoader:
         self.pad = pad
         self.seed = seed
         self.sampler = DistributedSampler(
-            range(len(data.labels)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+            range(len(data)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
         )
         self.epoch = 0
 
@@ -117,7 +128,7 @@ class BatchLoader:
     def num_samples(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         idx = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         for start in range(0, len(idx), self.batch_size):
@@ -126,7 +137,7 @@ class BatchLoader:
             if self.augment:  # on uint8, before the float conversion: 4x less memory traffic
                 x = self._augment(x, gen)
             x = to_float01(x)
-            yield self.normalize(x), self.data.labels[b]
+            yield self.normalize(x), None if self.data.labels is None else self.data.labels[b]
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -139,3 +150,33 @@ class BatchLoader:
             crop = padded[:, :, dy : dy + h, dx : dx + w][len(crops)]
             crops.append(crop.flip(-1) if flip else crop)
         return torch.stack(crops)
+
+
+class TensorLoader:
+    """(inputs, labels) batches of named input arrays (token ids and their attention mask, or
+    any tensors a model takes), in the model's argument order: one tensor for a one-input model,
+    a tuple otherwise; labels None when the data has none. Shuffled per epoch when asked."""
+
+    def __init__(self, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor | None, batch_size: int, shuffle: bool = False,
+                 seed: int = 0) -> None:
+        self.inputs, self.labels, self.batch_size, self.shuffle, self.seed = inputs, labels, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor | None]]:
+        n = self.num_samples
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)) if self.shuffle \
+            else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            b = order[start : start + self.batch_size]
+            x = tuple(t[b] for t in self.inputs)
+            yield (x[0] if len(x) == 1 else x), None if self.labels is None else self.labels[b]

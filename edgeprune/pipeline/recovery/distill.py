@@ -1,28 +1,141 @@
-"""Knowledge distillation from the unpruned model (Hinton, Vinyals & Dean 2015), the recovery the
-TAS paper (Dong & Yang 2019) uses for searched networks.
+"""Knowledge distillation from the unpruned model, for any output structure, with or without labels.
 
-loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y).
+With labels and class logits, as Hinton, Vinyals & Dean (2015) and the TAS paper (Dong & Yang
+2019) recover searched networks:
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, y).
 The T^2 factor keeps the soft-target gradients on the scale of the hard-label ones.
+
+Without labels (the default recovery then: what users hold at deployment is unlabelled inputs) the
+teacher is the only target, as in Minitron's logit + hidden-state distillation and the feature
+imitation used for detectors: every floating output tensor of the teacher (tensors, nested
+tuples/lists/dicts, Hugging Face ModelOutputs, ultralytics' (predictions, feature maps)) gets a
+term — T^2 KL over the last dimension where it is class logits (evaluate.is_class_logits), a
+variance-normalised squared error otherwise, so boxes in pixels and probabilities weigh alike —
+averaged, plus the same squared error at up to `FEATURE_TAPS` intermediate layers whose output
+the pruning left the same shape in both models (block outputs on the kept residual width; a cut
+layer's narrower output cannot be compared), weighted by `feature_weight`.
+
+The student trains with only its normalisation and dropout layers in training mode (the rest in
+eval mode, as the teacher): a layer that returns something else while training (a YOLO head
+returns raw maps instead of (decoded boxes, maps)) then returns what the teacher returns.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeprune import modelrun
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import DataBundle
 from edgeprune.pipeline.recovery.base import Recovery, register
-from edgeprune.pipeline.recovery.evaluate import Metric, top1
+from edgeprune.pipeline.recovery.evaluate import Metric, is_class_logits, top1
 from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, train
+
+#: the most intermediate layers whose outputs the student imitates (evenly spaced in forward order)
+FEATURE_TAPS = 8
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
+    return alpha * soft_kl(student_logits, teacher_logits, temperature) + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)) over the last dimension, averaged over the rest."""
     t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1), reduction="batchmean")
-    return alpha * t * t * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+    s2, t2 = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1])
+    return t * t * F.kl_div(F.log_softmax(s2 / t, dim=1), F.softmax(t2 / t, dim=1), reduction="batchmean")
+
+
+def regression(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared error over the teacher's variance: scale-free, 1.0 for a student that outputs the teacher's mean."""
+    return F.mse_loss(student.reshape(teacher.shape), teacher) / (teacher.var() + 1e-6)
+
+
+def output_loss(student_out: Any, teacher_out: Any, temperature: float) -> torch.Tensor:
+    """The mean over the teacher's floating outputs of a term suited to each (module docstring)."""
+    want, got = modelrun.named_outputs(teacher_out), modelrun.named_outputs(student_out)
+    if len(want) != len(got):
+        raise EdgepruneError(f"the pruned model returns {len(got)} tensors and the unpruned one {len(want)}; "
+                             "distillation pairs them by position")
+    terms = [soft_kl(s, t, temperature) if is_class_logits(name, t) else regression(s, t)
+             for (name, t), (_, s) in zip(want, got) if t.is_floating_point()]
+    if not terms:
+        raise EdgepruneError("the model's outputs are all integers (indices, not scores), which cannot be distilled; "
+                             "give labelled data and --recover finetune, or a model that returns scores")
+    return torch.stack(terms).mean()
+
+
+def train_norms_only(model: nn.Module) -> None:
+    """Eval mode but for normalisation and dropout layers (the student's mode while distilling)."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, _NORMS):
+            m.train()
+
+
+class FeatureTaps:
+    """Forward hooks on the layers (of the same name in both models) whose outputs have the same
+    shape in the student as in the teacher, at most `FEATURE_TAPS`, evenly spaced in forward order."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, x: Any) -> None:
+        t_shapes, order = _output_shapes(teacher, x)
+        s_shapes, _ = _output_shapes(student, x)
+        same = [n for n in order if s_shapes.get(n) == t_shapes[n]]
+        k = min(FEATURE_TAPS, len(same))
+        self.names = [same[round(i * (len(same) - 1) / max(k - 1, 1))] for i in range(k)] if k else []
+        self.student, self.teacher = dict(student.named_modules()), dict(teacher.named_modules())
+        self.got: dict[str, torch.Tensor] = {}
+        self.want: dict[str, torch.Tensor] = {}
+
+    def loss(self) -> torch.Tensor | None:
+        terms = [regression(self.got[n], self.want[n].detach()) for n in self.names if n in self.got and n in self.want]
+        self.got, self.want = {}, {}
+        return torch.stack(terms).mean() if terms else None
+
+    def __enter__(self) -> "FeatureTaps":
+        self.handles = [m[n].register_forward_hook(_keeper(store, n)) for n in self.names
+                        for m, store in ((self.student, self.got), (self.teacher, self.want))]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _keeper(store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, out: Any) -> None:  # noqa: ARG001
+        if isinstance(out, torch.Tensor):
+            store[name] = out
+    return hook
+
+
+@torch.no_grad()
+def _output_shapes(model: nn.Module, x: Any) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Each parameterised layer's output shape on `x` (tensor outputs only), and their forward order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    order: list[str] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: Any, out: Any) -> None:  # noqa: ARG001
+            if isinstance(out, torch.Tensor) and out.is_floating_point() and name not in shapes:
+                shapes[name] = tuple(out.shape)
+                order.append(name)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if n and any(True for _ in m.parameters())]
+    try:
+        with modelrun.eval_mode(model):
+            modelrun.call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes, order
 
 
 @register
@@ -30,18 +143,33 @@ class Distill(Recovery):
     name = "distill"
     default_lr = 0.01
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9) -> None:
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, feature_weight: float = 1.0) -> None:
         self.temperature = temperature
         self.alpha = alpha
+        self.feature_weight = feature_weight
 
     def fit(self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
             metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
         teacher.eval()
+        batch = next(iter(data.train))[0]
+        first = tuple(t[:2] for t in batch) if isinstance(batch, (tuple, list)) else batch[:2]
+        taps = FeatureTaps(student, teacher, first) if not data.labelled and self.feature_weight > 0 else None
+        if taps is not None:
+            log(f"  distilling the outputs and {len(taps.names)} intermediate layers kept at full width")
 
-        def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def loss_fn(model: nn.Module, x: Any, y: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
             with torch.no_grad():
-                t_logits = teacher(x)
-            logits = model(x)
-            return kd_loss(logits, t_logits, y, self.temperature, self.alpha), logits
+                t_out = modelrun.call(teacher, x)
+            out = modelrun.call(model, x)
+            if y is not None:  # labels: the task loss joins the logit distillation, as before
+                return kd_loss(out, t_out, y, self.temperature, self.alpha), out
+            loss = output_loss(out, t_out, self.temperature)
+            feat = taps.loss() if taps is not None else None
+            return (loss if feat is None else loss + self.feature_weight * feat), out
 
-        return train(student, data.train, config, loss_fn, data.val, metric, checkpoint, log, label=self.name)
+        if taps is None:
+            return train(student, data.train, config, loss_fn, data.val, metric, checkpoint, log, label=self.name,
+                         train_mode=train_norms_only)
+        with taps:
+            return train(student, data.train, config, loss_fn, data.val, metric, checkpoint, log, label=self.name,
+                         train_mode=train_norms_only)

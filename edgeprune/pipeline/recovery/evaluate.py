@@ -1,4 +1,15 @@
-"""Accuracy of a model on a validation loader, or a user metric for models that are not classifiers."""
+"""The metric a run reports: top-1 for a classifier with labels, fidelity to the unpruned model
+without them (or for outputs that are not class logits), or a user's `--metric`.
+
+Fidelity compares the model's outputs with the unpruned model's on the held-out inputs, so it
+needs no labels and fits any output structure; higher is better and the unpruned model scores 1.0:
+- where the first output is class logits (a (batch, classes) tensor, or one a model names
+  `logits`): **top-1 agreement**, the share of inputs (and positions, for per-token logits)
+  whose arg-max class is the unpruned model's;
+- otherwise (a detector's boxes and scores, a segmenter's masks, hidden states): **R²** of every
+  floating-point output against the unpruned model's, 1 - sum((out - ref)^2) / sum((ref - mean ref)^2)
+  pooled over the outputs (0 is a model no better than predicting the reference's mean).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError, first_line
 
 Metric = Callable[[nn.Module, Iterable[Any]], float]
@@ -31,7 +43,9 @@ def top1(model: nn.Module, loader: Iterable[Any]) -> float:
     correct = total = 0
     with evaluating(model):
         for x, y in loader:
-            correct += int((model(x).argmax(dim=1) == y).sum())
+            if y is None:
+                raise EdgepruneError("top-1 needs labels and the data has none; its metric is fidelity to the unpruned model")
+            correct += int((modelrun.flatten_outputs(modelrun.call(model, x))[0].argmax(dim=1) == y).sum())
             total += int(y.numel())
     if total == 0:
         raise EdgepruneError("the validation data is empty; nothing to evaluate")
@@ -44,11 +58,14 @@ def bits_per_char(model: nn.Module, loader: Iterable[Any]) -> float:
     nats = total = 0.0
     with evaluating(model):
         for x, y in loader:
-            nats += float(nn.functional.cross_entropy(model(x), y, reduction="sum"))
+            nats += float(nn.functional.cross_entropy(modelrun.call(model, x), y, reduction="sum"))
             total += int(y.numel())
     if total == 0:
         raise EdgepruneError("the validation data is empty; nothing to evaluate")
     return nats / total / math.log(2)
+
+
+bits_per_char.higher_is_better = False  # type: ignore[attr-defined]  # read where the report states the metric
 
 
 def load_metric(spec: str | None) -> tuple[str, Metric]:
@@ -60,3 +77,47 @@ def load_metric(spec: str | None) -> tuple[str, Metric]:
         return spec, getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError, ValueError, TypeError) as err:  # TypeError: ".relative:fn"
         raise EdgepruneError(f"cannot import --metric {spec} ({first_line(err)}); name a function(model, loader) -> float") from None
+
+
+def is_class_logits(name: str, t: torch.Tensor) -> bool:
+    """Whether an output is class logits: a floating (batch, classes) tensor, or one named `logits`."""
+    last = name.rsplit(".", 1)[-1]
+    return t.is_floating_point() and t.ndim >= 2 and t.shape[-1] >= 2 and (t.ndim == 2 or last == "logits")
+
+
+class Fidelity:
+    """Fidelity to `teacher` (the unpruned model) as a `Metric`: top-1 agreement where the teacher's
+    first output is class logits, else R² pooled over the floating outputs (module docstring).
+    Outputs are paired by position, so a runtime's session (measure.RuntimeModel) is measured the same way."""
+
+    def __init__(self, teacher: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> None:
+        self.teacher = teacher
+        outs = modelrun.named_outputs(modelrun.run_raw(teacher, example_inputs))
+        if not any(t.is_floating_point() for _, t in outs):
+            raise EdgepruneError("the model's outputs are all integers (indices, not scores): neither distillation nor "
+                                 "fidelity can compare them; give labels and a --metric, or a model that returns scores")
+        self.agreement = is_class_logits(*outs[0])
+        self.name = "agreement" if self.agreement else "fidelity"
+        self.describe = ("top-1 agreement with the unpruned model" if self.agreement
+                         else "R² of the outputs against the unpruned model's")
+
+    def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
+        agree = count = 0
+        sse = sst = 0.0
+        with evaluating(model), evaluating(self.teacher):
+            for x, _ in loader:
+                want = modelrun.flatten_outputs(modelrun.call(self.teacher, x))
+                got = modelrun.flatten_outputs(modelrun.call(model, x))
+                if self.agreement:
+                    agree += int((got[0].argmax(-1) == want[0].argmax(-1)).sum())
+                    count += int(want[0].argmax(-1).numel())
+                    continue
+                for g, w in zip(got, want):
+                    if w.is_floating_point():
+                        w64, g64 = w.double(), g.double().reshape(w.shape)
+                        sse += float(((g64 - w64) ** 2).sum())
+                        sst += float(((w64 - w64.mean()) ** 2).sum())
+                        count += 1
+        if count == 0:
+            raise EdgepruneError("the validation data is empty; nothing to evaluate")
+        return agree / count if self.agreement else 1.0 - sse / max(sst, 1e-12)

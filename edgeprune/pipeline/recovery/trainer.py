@@ -62,8 +62,13 @@ class TrainResult:
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(x)
+    logits = modelrun.call(model, x)
     return nn.functional.cross_entropy(logits, y), logits
+
+
+def train_all(model: nn.Module) -> None:
+    """Every module in training mode: the default for training."""
+    model.train()
 
 
 def is_rank0() -> bool:
@@ -81,12 +86,15 @@ def train(
     log: Callable[[str], None] = print,
     label: str = "train",
     side_optimizer: torch.optim.Optimizer | None = None,
+    train_mode: Callable[[nn.Module], None] = train_all,
 ) -> TrainResult:
     """Train `model` in place; returns the per-epoch history (loss, train accuracy, val metric).
 
     `side_optimizer` steps parameters kept outside `model` (a learned method's masks or saliency
     modules) on the same loss, with their own optimizer and learning rate: SGD at the fine-tuning
-    rate barely moves them within the few hundred steps a method is given."""
+    rate barely moves them within the few hundred steps a method is given. `train_mode` sets the
+    modules' modes before each step (distillation keeps all but normalisation and dropout in eval
+    mode, so a detector's head returns what the teacher's returns)."""
     torch.manual_seed(config.seed)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     if steps_per_epoch == 0:
@@ -97,14 +105,15 @@ def train(
     with contextlib.ExitStack() as stack:
         if not any(p.requires_grad for p in model.parameters()):
             stack.enter_context(modelrun.trainable(model))
-        history, start_epoch = _train(model, train_loader, config, loss_fn, val_loader, metric, checkpoint, log, label, side_optimizer)
+        history, start_epoch = _train(model, train_loader, config, loss_fn, val_loader, metric, checkpoint, log, label, side_optimizer,
+                                      train_mode)
     model.train(was_training)
     return TrainResult(history, start_epoch)
 
 
 def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, loss_fn: LossFn, val_loader: Iterable[Any] | None,
            metric: Metric, checkpoint: Path | None, log: Callable[[str], None], label: str,
-           side_optimizer: torch.optim.Optimizer | None) -> tuple[list[dict[str, Any]], int]:
+           side_optimizer: torch.optim.Optimizer | None, train_mode: Callable[[nn.Module], None]) -> tuple[list[dict[str, Any]], int]:
     """`train`'s loop; returns the history and the epoch it resumed from."""
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = config.total_steps(steps_per_epoch)
@@ -131,12 +140,12 @@ def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, l
         for epoch in range(start_epoch, epochs):
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
-            net.train()
             t0 = time.perf_counter()
-            loss_sum = correct = seen = 0.0
+            loss_sum = correct = seen = counted = 0.0
             for x, y in train_loader:
                 if step >= total:
                     break
+                train_mode(net)
                 loss, logits = loss_fn(net, x, y)
                 opt.zero_grad(set_to_none=True)
                 if side_optimizer is not None:
@@ -147,11 +156,15 @@ def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, l
                     side_optimizer.step()
                 sched.step()
                 step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += float((logits.argmax(1) == y).sum())
-                seen += len(y)
-                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
-            record = {"epoch": epoch + 1, "steps": step, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                n = modelrun.batch_len(x)
+                loss_sum += float(loss.detach()) * n
+                seen += n
+                if y is not None and isinstance(logits, torch.Tensor) and logits.ndim == 2:  # a classifier with labels
+                    correct += float((logits.argmax(1) == y).sum())
+                    counted += n
+                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / max(counted, 1))
+            record = {"epoch": epoch + 1, "steps": step, "loss": loss_sum / max(seen, 1),
+                      "train_acc": correct / counted if counted else None,
                       "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
             _sync_buffers(model)
             if val_loader is not None:
@@ -159,7 +172,8 @@ def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, l
             history.append(record)
             if is_rank0():
                 val = f", val {record['val_metric']:.4f}" if "val_metric" in record else ""
-                log(f"[{label}] epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}, train acc {record['train_acc']:.4f}{val} ({record['seconds']:.0f}s)")
+                acc = f", train acc {record['train_acc']:.4f}" if record["train_acc"] is not None else ""
+                log(f"[{label}] epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}{acc}{val} ({record['seconds']:.0f}s)")
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total)
     return history, start_epoch

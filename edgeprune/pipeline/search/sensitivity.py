@@ -12,7 +12,7 @@ never counts as more harmful than a narrower one (measurement noise aside).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -80,8 +80,8 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch: int = 64) -> No
         bn.reset_running_stats()
         bn.momentum = None  # cumulative: every batch counts equally
     model.train()
-    for i in range(0, len(images), batch):
-        model(images[i : i + batch])
+    for i in range(0, modelrun.batch_len(images), batch):
+        modelrun.call(model, _rows(images, slice(i, i + batch)))
     model.eval()
 
 
@@ -99,15 +99,21 @@ def drop(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> 
 def _scorer(model: nn.Module, calibration: torch.Tensor) -> Callable[[nn.Module], float]:
     """A trial model's drop from `model`: half of `calibration` re-estimates the trial's BatchNorm
     statistics, the other half is scored."""
-    half = len(calibration) // 2
-    fit, held = calibration[:half], calibration[half:]
-    reference = modelrun.run(model, (held,))
+    half = modelrun.batch_len(calibration) // 2
+    fit, held = _rows(calibration, slice(0, half)), _rows(calibration, slice(half, None))
+    held_args = tuple(held) if isinstance(held, tuple) else (held,)
+    reference = modelrun.run(model, held_args)
 
     def score(trial: nn.Module) -> float:
         reestimate_bn(trial, fit)
-        return drop(reference, modelrun.run(trial, (held,)))
+        return drop(reference, modelrun.run(trial, held_args))
 
     return score
+
+
+def _rows(inputs: Any, rows: slice) -> Any:
+    """Rows of a batch of inputs: one tensor, or a tuple of them (a model with several inputs)."""
+    return tuple(t[rows] for t in inputs) if isinstance(inputs, tuple) else inputs[rows]
 
 
 def sensitivity(model: nn.Module, space: PruningSpace, scores: Scores, example_inputs: Sequence[torch.Tensor],

@@ -1,0 +1,304 @@
+"""Hugging Face `save_pretrained()` folders in, a `save_pretrained()` folder out.
+
+In: a folder holding config.json and its weights (model.safetensors). The class its config names
+(`config.architectures[0]`) is loaded with eager attention in float32; text models run on token ids
+and an attention mask of ones (batch 1, 128 tokens unless --input-shape says BATCHxTOKENS), vision
+models on an image of the size their image processor (preprocessor_config.json) or config gives.
+
+Out: the pruned model as a folder `from_pretrained` loads without edgeprune. transformers 5 keeps one
+MLP width per config (`intermediate_size`; DistilBERT's `hidden_dim`) and derives the head size from
+hidden_size / num_attention_heads, so a config can express only the MLP width cut, and only the same
+width in every layer: the door constrains the plan to the layers' MLP groups, tied to one width.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from edgeprune import modelrun
+from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, register
+from edgeprune.errors import EdgepruneError, first_line
+
+if TYPE_CHECKING:
+    from edgeprune.pipeline.loading import LoadedModel
+    from edgeprune.pipeline.prune.plan import Plan
+
+#: config attributes that hold the one MLP width of every layer, in the order they are looked for
+WIDTH_ATTRS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff")
+#: tokens per example when --input-shape does not say (capped by the model's max_position_embeddings)
+DEFAULT_TOKENS = 128
+#: files beside the weights that the pruned folder keeps as they are (tokenizer, image processor)
+KEPT_FILES = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json", "spiece.model",
+              "sentencepiece*.model", "*.tiktoken", "chat_template*", "preprocessor_config.json", "processor_config.json",
+              "image_processor*.json", "feature_extractor*.json", "video_preprocessor*.json")
+PREPROCESS_SOURCE = "Hugging Face image processor (preprocessor_config.json)"
+
+
+@register
+class HuggingFaceEcosystem(Ecosystem):
+    name = "huggingface"
+    extra = "hf"
+    packages = ("transformers",)
+    output = "hf_model"
+
+    @classmethod
+    def claims_path(cls, path: Path) -> bool:
+        return path.is_dir() and (path / "config.json").is_file()
+
+    def load(self, path: Path | None, obj: Any, arch: str | None, input_shape: tuple[int, ...] | None,  # noqa: ARG002
+             num_classes: int | None) -> LoadedModel:
+        import transformers
+
+        from edgeprune.pipeline.loading import from_module
+
+        if path is None or not self.claims_path(path):
+            raise EdgepruneError("a Hugging Face model is read from its save_pretrained() folder (config.json and its weights); "
+                                 "pass that folder as MODEL")
+        config = _config(path)
+        architecture = _architecture(config, path)
+        width_attr = _width_attr(config, architecture)
+        model = _from_pretrained(getattr(transformers, architecture), path, architecture)
+        if getattr(model.config, "use_cache", None):  # a cache object is not a tensor: outputs stay plain tensors
+            model.config.use_cache = False
+        if num_classes is not None and getattr(config, "num_labels", num_classes) != num_classes:
+            raise EdgepruneError(f"--num-classes {num_classes} but {path / 'config.json'} has num_labels {config.num_labels}; "
+                                 "drop --num-classes: the folder's config decides")
+        inputs, names, preprocess = _example_inputs(model, config, path, input_shape, architecture)
+        # arch None: plan.json names no architecture to rebuild, so edgeprune.load(out) reads model.pt (hf_model is the
+        # library's own way back); the class is in the report (native, and model.source's config.json)
+        classes = config.num_labels if architecture.endswith("Classification") else None
+        loaded = from_module(model, example_inputs=inputs, arch=None, num_classes=classes, source=str(path))
+        hidden, width = config.hidden_size, getattr(config, width_attr)
+        mlps = mlp_roots(loaded.model, loaded.example_inputs, hidden, width)
+        roots = tuple(name for mlp in mlps for name in mlp)
+        layers = getattr(config, "num_hidden_layers", None)
+        if not mlps or (isinstance(layers, int) and len(mlps) != layers):
+            found = f"found {len(mlps)}" + (f" for its {layers} layers" if isinstance(layers, int) else "")
+            raise EdgepruneError(
+                f"{architecture}: edgeprune cannot find each layer's MLP (a Linear {hidden}->{width} followed by one "
+                f"{width}->{hidden}; {found}), the only width its config can record after pruning; export it to ONNX or "
+                "torch.save() the module to prune it without the Hugging Face output")
+        why = (f"{type(config).__name__} has one {width_attr} for every layer, and transformers 5 derives the head size from "
+               "hidden_size / num_attention_heads: only the MLP width is cut, one width for all layers")
+        native = {"folder": str(path.resolve()), "architecture": architecture, "config_class": type(config).__name__,
+                  "config": config.to_dict(), "width_attr": width_attr, "mlp_roots": list(roots)}
+        return dataclasses.replace(loaded, ecosystem=self.name, native=native, input_names=names, preprocess=preprocess,
+                                   constraint=Constraint(why=why, prunable=roots, tied=True))
+
+    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:  # noqa: ARG002
+        import transformers
+
+        native = loaded.native
+        attr, roots = native["width_attr"], native["mlp_roots"]
+        widths = {root: _out_features(pruned, root) for root in roots}
+        if len(set(widths.values())) != 1:  # a layer's MLP left whole (--unprunable, or its group could not be traced)
+            shown = ", ".join(f"{r} {w}" for r, w in widths.items())
+            raise EdgepruneError(f"the pruned MLP layers kept different widths ({shown}), which one {attr} cannot record: "
+                                 "some were left whole (report.json's left_whole says why); do not name them in --unprunable, "
+                                 "or export model.onnx / model.pt instead of the Hugging Face folder")
+        width = next(iter(widths.values()))
+        config = getattr(transformers, native["config_class"]).from_dict(native["config"])
+        original = getattr(config, attr)
+        setattr(config, attr, width)
+        model = getattr(transformers, native["architecture"])(config)
+        state = pruned.state_dict()
+        own = model.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+        if missing or unexpected or shapes:
+            raise RuntimeError(
+                f"internal error: the pruned {native['architecture']} does not fit a fresh one built with {attr}={width}: "
+                f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}), "
+                f"{len(shapes)} of another shape (e.g. {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:1]]})")
+        model.load_state_dict(state, strict=True)
+        model.eval()
+        dest.mkdir(parents=True)
+        model.save_pretrained(str(dest), safe_serialization=True)
+        copied = _copy_kept(Path(native["folder"]), dest)
+        return {"format": "Hugging Face save_pretrained folder",
+                "load": f"transformers.{native['architecture']}.from_pretrained('{self.output}')",
+                "config_changes": {attr: [original, width]},
+                "copied": copied}
+
+
+def _config(path: Path) -> Any:
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - an unknown model_type, a malformed file: one line
+        raise EdgepruneError(f"transformers cannot read {path / 'config.json'} ({type(err).__name__}: {first_line(err)}); "
+                             "check it was written by save_pretrained() with this transformers version") from None
+
+
+def _from_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Module:
+    """The model in float32 with eager attention (plain matmul and softmax: traced, pruned and exported
+    as any other layers), eval mode; transformers' progress bar kept off stderr meanwhile."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        import transformers
+
+        # `torch_dtype` became `dtype` in 4.56; every 4.x knows the old name, 5 warns on it
+        dtype = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        model = model_class.from_pretrained(str(path), attn_implementation="eager", **{dtype: torch.float32})
+    except Exception as err:  # noqa: BLE001 - missing or mismatched weights, an unsupported option: one line
+        raise EdgepruneError(f"transformers cannot load {architecture} from {path} ({type(err).__name__}: {first_line(err)}); "
+                             "check the folder was written by save_pretrained() and holds its weights") from None
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    return model.float().eval()
+
+
+def _architecture(config: Any, path: Path) -> str:
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        raise EdgepruneError(f"{path / 'config.json'} names no architectures, so the model class is unknown; save the model "
+                             "with model.save_pretrained() (which records its class) or add e.g. \"architectures\": "
+                             "[\"BertForSequenceClassification\"]")
+    if not isinstance(getattr(transformers, names[0], None), type):
+        raise EdgepruneError(f"{path / 'config.json'} names architecture {names[0]!r}, which transformers "
+                             f"{transformers.__version__} does not have; upgrade transformers or fix \"architectures\"")
+    return str(names[0])
+
+
+def _width_attr(config: Any, architecture: str) -> str:
+    for attr in WIDTH_ATTRS:
+        if isinstance(getattr(config, attr, None), int):
+            return attr
+    raise EdgepruneError(f"{architecture}: its config has none of {', '.join(WIDTH_ATTRS)}, the one MLP width a pruned config "
+                         "would record; export it to ONNX or torch.save() the module to prune it without the Hugging Face output")
+
+
+def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], hidden: int, width: int) -> list[list[str]]:
+    """Each layer's MLP input Linears (hidden -> width; two in a gated MLP, gate and up, called in a
+    row) whose next Linear called maps width -> hidden back: the layers one intermediate width
+    describes, found by one forward. A gated MLP's group is rooted at either of its inputs, so both count."""
+    calls: list[str] = []
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    hooks = [m.register_forward_hook(lambda *_, n=name: calls.append(n)) for name, m in linears.items()]
+    try:
+        modelrun.run(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    mlps: list[list[str]] = []
+    run: list[str] = []  # the hidden -> width Linears called in a row so far
+    for name in calls:
+        shape = (linears[name].in_features, linears[name].out_features)
+        if shape == (width, hidden) and run and run not in mlps:
+            mlps.append(run)
+        run = [*run, name] if shape == (hidden, width) else []
+    return mlps
+
+
+def _example_inputs(model: nn.Module, config: Any, path: Path, shape: tuple[int, ...] | None,
+                    architecture: str) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...], Preprocess | None]:
+    """Example inputs in the forward's order, their names, and the image preprocessing if any."""
+    from edgeprune.pipeline.loading import check_allocatable
+
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    first = params[0].name if params else ""
+    gen = torch.Generator().manual_seed(0)
+    if first == "input_ids":
+        most = getattr(config, "max_position_embeddings", None)
+        if shape is None:
+            shape = (1, min(DEFAULT_TOKENS, most) if isinstance(most, int) else DEFAULT_TOKENS)
+        elif len(shape) == 1:
+            shape = (1, *shape)
+        if len(shape) != 2:
+            raise EdgepruneError(f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes token ids, "
+                                 "BATCHxTOKENS, e.g. 1x128")
+        if isinstance(most, int) and shape[1] > most:
+            raise EdgepruneError(f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes at most {most} tokens "
+                                 "(max_position_embeddings); pass fewer, e.g. 1x128")
+        check_allocatable(shape)
+        ids = torch.randint(0, config.vocab_size, shape, generator=gen)
+        if len(params) > 1 and params[1].name == "attention_mask":
+            return (ids, torch.ones(shape, dtype=torch.long)), ("input_ids", "attention_mask"), None
+        return (ids,), ("input_ids",), None
+    if first == "pixel_values":
+        preprocess = _preprocess(path, config)
+        channels = getattr(config, "num_channels", 3)
+        if shape is None:
+            size = preprocess.size if preprocess is not None else _pair(getattr(config, "image_size", None))
+            if size is None:
+                raise EdgepruneError(f"{architecture}: the image size is unknown (no image_size in config.json, no "
+                                     "preprocessor_config.json); pass --input-shape, e.g. 1x3x224x224")
+            shape = (1, channels, *size)
+        if len(shape) != 4:
+            raise EdgepruneError(f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes images, NxCxHxW, "
+                                 f"e.g. 1x{channels}x224x224")
+        check_allocatable(shape)
+        return (torch.randn(*shape, generator=gen),), ("pixel_values",), preprocess
+    raise EdgepruneError(f"{architecture}'s forward takes {first or 'nothing'} first; edgeprune's Hugging Face door runs "
+                         "models that take input_ids (text) or pixel_values (images)")
+
+
+def _preprocess(path: Path, config: Any) -> Preprocess | None:
+    """The image processor's size, crop and normalisation (preprocessor_config.json), where it has them."""
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        return None
+    try:
+        pp = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise EdgepruneError(f"cannot read {file} ({first_line(err)}); fix or remove it") from None
+    mean, std = pp.get("image_mean"), pp.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list)):
+        return None
+    resize = pp.get("size")
+    crop = _pair(pp.get("crop_size")) if pp.get("do_center_crop") else None
+    size = crop or _pair(resize) or _pair(getattr(config, "image_size", None))
+    if size is None:
+        return None
+    shortest = resize.get("shortest_edge") if isinstance(resize, dict) else None
+    crop_pct = pp.get("crop_pct") or (min(size) / shortest if crop and isinstance(shortest, int) else 1.0)
+    normalise = pp.get("do_normalize", True)
+    return Preprocess(size=size, mean=tuple(map(float, mean)) if normalise else None,
+                      std=tuple(map(float, std)) if normalise else None, source=PREPROCESS_SOURCE, crop_pct=float(crop_pct))
+
+
+def _pair(size: Any) -> tuple[int, int] | None:
+    """(H, W) from an image processor's or config's size: an int, [H, W], {height, width} or {shortest_edge}."""
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        return (size[0], size[1])
+    if isinstance(size, dict):
+        if isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
+            return (size["height"], size["width"])
+        if isinstance(size.get("shortest_edge"), int):
+            return (size["shortest_edge"], size["shortest_edge"])
+    return None
+
+
+def _out_features(model: nn.Module, name: str) -> int:
+    layer = model.get_submodule(name)
+    assert isinstance(layer, nn.Linear), f"{name} is a {type(layer).__name__}, not the MLP Linear it was when loaded"
+    return layer.out_features
+
+
+def _copy_kept(src: Path, dest: Path) -> list[str]:
+    """Tokenizer and image-processor files copied from the input folder (what save_pretrained did not write)."""
+    copied = []
+    for pattern in KEPT_FILES:
+        for f in sorted(src.glob(pattern)):
+            if f.is_file() and not (dest / f.name).exists():
+                shutil.copy2(f, dest / f.name)
+                copied.append(f.name)
+    return copied

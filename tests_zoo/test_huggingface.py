@@ -1,0 +1,225 @@
+"""The Hugging Face door (edgeprune/ecosystems/huggingface.py): a save_pretrained() folder in, a
+save_pretrained() folder out that transformers loads without edgeprune, with model.onnx's logits.
+
+Small configs with random weights (nothing downloaded); budgets in parameters, counted, so the
+search is deterministic and quick (the baseline and final models are still timed, briefly).
+"""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from edgeprune.cli import main  # noqa: E402
+
+#: the share of the original parameters the written folder may keep
+MAX_PARAMS = 0.6
+#: the budget asked for, as a share of the original parameters
+BUDGET_SHARE = 0.55
+FAST = ("--precision", "fp32", "--warmup", "2", "--repeats", "10")
+
+#: run in a fresh interpreter that cannot import edgeprune: load the written folder as a user would,
+#: run it and model.onnx on the same inputs (text: a padded batch, so the mask matters)
+CHECK = r"""
+import json, sys
+sys.modules["edgeprune"] = None  # the editable install would make it importable: block it
+import numpy as np, onnxruntime as ort, torch, transformers
+folder, onnx_path, auto = sys.argv[1:]
+model = getattr(transformers, auto).from_pretrained(folder).eval()
+sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+feeds = sess.get_inputs()
+gen = torch.Generator().manual_seed(1)
+if len(feeds) == 2 or feeds[0].type == "tensor(int64)":
+    shape = feeds[0].shape
+    ids = torch.randint(0, model.config.vocab_size, shape, generator=gen)
+    mask = torch.ones(shape, dtype=torch.long)
+    mask[:, shape[1] * 3 // 4:] = 0
+    args = (ids, mask)[:len(feeds)]
+else:
+    args = (torch.randn(*feeds[0].shape, generator=gen),)
+with torch.no_grad():
+    want = model(*args).logits.numpy()
+got = sess.run(None, {f.name: a.numpy() for f, a in zip(feeds, args)})[0]
+tokenizer = None
+if any(p.startswith("tokenizer") for p in __import__("os").listdir(folder)):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)("w1 w2")["input_ids"]
+print(json.dumps({"diff": float(np.abs(got - want).max()), "params": sum(p.numel() for p in model.parameters()),
+                  "shape": list(want.shape), "edgeprune": sys.modules.get("edgeprune") is not None, "tokenizer": tokenizer,
+                  "intermediate": getattr(model.config, "intermediate_size", None) or getattr(model.config, "hidden_dim", None)}))
+"""
+
+
+def run_cli(*args: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def one_line_error(rc: int, err: str) -> str:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    return lines[0]
+
+
+def _tokenizer(folder: Path) -> None:
+    vocab = folder / "vocab.src.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(995)]) + "\n")
+    transformers.BertTokenizer(str(vocab)).save_pretrained(str(folder))
+    vocab.unlink()
+
+
+def bert(folder: Path) -> None:
+    cfg = transformers.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=1024, num_labels=3, max_position_embeddings=128)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
+    _tokenizer(folder)
+
+
+def distilbert(folder: Path) -> None:
+    cfg = transformers.DistilBertConfig(vocab_size=1000, dim=128, n_layers=2, n_heads=4, hidden_dim=1024, num_labels=3,
+                                        max_position_embeddings=128)
+    transformers.DistilBertForSequenceClassification(cfg).save_pretrained(str(folder))
+
+
+def vit(folder: Path) -> None:
+    cfg = transformers.ViTConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
+                                 image_size=64, patch_size=16, num_labels=3)
+    transformers.ViTForImageClassification(cfg).save_pretrained(str(folder))
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+
+
+CASES: dict[str, tuple[Callable[[Path], None], str, str, tuple[str, ...], list[int]]] = {
+    # name: (builder, the Auto class a user loads it with, config width attribute, extra CLI args, ONNX input shape)
+    "bert": (bert, "AutoModelForSequenceClassification", "intermediate_size", ("--input-shape", "1x64"), [1, 64]),
+    "distilbert": (distilbert, "AutoModelForSequenceClassification", "hidden_dim", (), [1, 128]),
+    "vit": (vit, "AutoModelForImageClassification", "intermediate_size", (), [1, 3, 64, 64]),
+}
+
+
+def _params(folder: Path) -> int:
+    config = transformers.AutoConfig.from_pretrained(str(folder))
+    model = getattr(transformers, config.architectures[0])(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _onnx_input_shapes(path: Path) -> list[list[int]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    return [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input if i.name not in init]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_folder_in_save_pretrained_folder_out(name: str, tmp_path: Path) -> None:
+    build, auto, attr, extra, shape = CASES[name]
+    folder, out = tmp_path / name, tmp_path / "out"
+    build(folder)
+    original = json.loads((folder / "config.json").read_text())
+    params = _params(folder)
+    rc, _, err = run_cli(folder, "--budget", f"{int(params * BUDGET_SHARE)}params", "--out", out, *FAST, *extra)
+    assert rc == 0, err[-3000:]
+
+    report = json.loads((out / "report.json").read_text())
+    model = report["model"]
+    assert model["ecosystem"] == "huggingface" and model["input_shape"] == shape
+    assert model["constraint"]["tied"] and len(model["constraint"]["prunable"]) == 2
+    assert f"has one {attr} for every layer" in model["constraint"]["why"]
+    assert _onnx_input_shapes(out / "model.onnx") == [shape] * len(model["input_names"])
+    native = report["native"]
+    assert native["path"] == "hf_model" and native["format"] == "Hugging Face save_pretrained folder"
+    before, after = native["config_changes"][attr]
+    assert before == original[attr] and 0 < after < before
+
+    hf = out / "hf_model"
+    assert (hf / "config.json").is_file() and (hf / "model.safetensors").is_file()
+    written = json.loads((hf / "config.json").read_text())
+    assert written[attr] == after
+    assert {k: v for k, v in written.items() if k != attr} == {k: v for k, v in original.items() if k != attr}
+    if name == "bert":
+        assert model["input_names"] == ["input_ids", "attention_mask"]
+        assert (hf / "tokenizer.json").is_file() and "tokenizer.json" in native["copied"]
+    if name == "vit":
+        assert model["input_names"] == ["pixel_values"]
+        assert model["preprocess"]["size"] == [64, 64] and model["preprocess"]["mean"] == [0.485, 0.456, 0.406]
+        assert (hf / "preprocessor_config.json").is_file()
+
+    import edgeprune
+
+    reloaded = edgeprune.load(out)  # plan.json names no architecture: model.pt, the pruned transformers module
+    assert type(reloaded).__name__ == written["architectures"][0]
+
+    proc = subprocess.run([sys.executable, "-c", CHECK, str(hf), str(out / "model.onnx"), auto],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not got["edgeprune"]
+    assert got["diff"] <= 1e-4, got
+    assert got["params"] <= MAX_PARAMS * params, (got["params"], params)
+    assert got["intermediate"] == after and got["shape"] == [1, 3]
+    if name == "bert":
+        assert got["tokenizer"] == [2, 6, 7, 3]
+
+
+def test_folder_without_config_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    line = one_line_error(*run_cli(tmp_path, "--budget", "50%", "--out", tmp_path / "out")[::2])
+    assert "config.json" in line
+
+
+def test_config_without_architectures_is_one_line(tmp_path: Path) -> None:
+    bert(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    del config["architectures"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--out", tmp_path / "out")[::2])
+    assert "architectures" in line
+
+
+def test_model_without_mlp_width_is_refused(tmp_path: Path) -> None:
+    """GPT-2's config has no MLP width field (n_inner None, its MLP in Conv1D layers); MobileBERT's
+    intermediate_size is not the width of a hidden -> width -> hidden pair (its bottlenecks): the
+    door cannot write such models back and says so in one line."""
+    cfg = transformers.GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4, num_labels=3,
+                                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    transformers.GPT2ForSequenceClassification(cfg).save_pretrained(str(tmp_path / "gpt2"))
+    line = one_line_error(*run_cli(tmp_path / "gpt2", "--budget", "50%", "--out", tmp_path / "out")[::2])
+    assert "GPT2ForSequenceClassification" in line and "intermediate_size" in line
+    cfg = transformers.MobileBertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=256, intra_bottleneck_size=64, true_hidden_size=64, embedding_size=64,
+                                        num_labels=3, max_position_embeddings=128)
+    transformers.MobileBertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "mobilebert"))
+    line = one_line_error(*run_cli(tmp_path / "mobilebert", "--budget", "50%", "--out", tmp_path / "out")[::2])
+    assert "cannot find each layer's MLP" in line and "found 0 for its 2 layers" in line
+
+
+def test_text_input_shape_is_checked(tmp_path: Path) -> None:
+    distilbert(tmp_path / "m")
+    line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--input-shape", "1x512", "--out", tmp_path / "out")[::2])
+    assert "128 tokens" in line
+    line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--input-shape", "1x3x64x64",
+                                   "--out", tmp_path / "out")[::2])
+    assert "BATCHxTOKENS" in line
+
+
+def test_without_transformers_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "m").mkdir()
+    config = {"architectures": ["BertForSequenceClassification"], "model_type": "bert"}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails as if not installed
+    line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--out", tmp_path / "out")[::2])
+    assert "pip install 'edgeprune[hf]'" in line and "transformers" in line
