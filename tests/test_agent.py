@@ -228,3 +228,14 @@ sys.exit(main(sys.argv[1:]))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "needs PyTorch" in lines[0] and "compress agent" in lines[0], done.stderr
+
+
+def test_ort_mobile_says_it_needs_onnx_where_onnx_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent image has no onnx, which onnxruntime's .ort converter imports: ort-mobile is then
+    unavailable with that reason (not offered, then failing on every model)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    ok, why = get_runtime("ort-mobile").available()
+    assert not ok and "pip install onnx" in why

@@ -26,34 +26,36 @@ MAX_PARAMS = 0.6
 BUDGET_SHARE = 0.55
 FAST = ("--precision", "fp32", "--warmup", "2", "--repeats", "10")
 
-#: run in a fresh interpreter that cannot import edgeprune: load the written folder as a user would,
-#: run it and model.onnx on the same inputs (text: a padded batch, so the mask matters)
+#: run in a fresh interpreter that cannot import edgeprune: load each written folder as a user would,
+#: run it and its model.onnx on the same inputs (text: a padded batch, so the mask matters)
 CHECK = r"""
-import json, sys
+import json, os, sys
 sys.modules["edgeprune"] = None  # the editable install would make it importable: block it
 import numpy as np, onnxruntime as ort, torch, transformers
-folder, onnx_path, auto = sys.argv[1:]
-model = getattr(transformers, auto).from_pretrained(folder).eval()
-sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-feeds = sess.get_inputs()
-gen = torch.Generator().manual_seed(1)
-if len(feeds) == 2 or feeds[0].type == "tensor(int64)":
-    shape = feeds[0].shape
-    ids = torch.randint(0, model.config.vocab_size, shape, generator=gen)
-    mask = torch.ones(shape, dtype=torch.long)
-    mask[:, shape[1] * 3 // 4:] = 0
-    args = (ids, mask)[:len(feeds)]
-else:
-    args = (torch.randn(*feeds[0].shape, generator=gen),)
-with torch.no_grad():
-    want = model(*args).logits.numpy()
-got = sess.run(None, {f.name: a.numpy() for f, a in zip(feeds, args)})[0]
-tokenizer = None
-if any(p.startswith("tokenizer") for p in __import__("os").listdir(folder)):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)("w1 w2")["input_ids"]
-print(json.dumps({"diff": float(np.abs(got - want).max()), "params": sum(p.numel() for p in model.parameters()),
-                  "shape": list(want.shape), "edgeprune": sys.modules.get("edgeprune") is not None, "tokenizer": tokenizer,
-                  "intermediate": getattr(model.config, "intermediate_size", None) or getattr(model.config, "hidden_dim", None)}))
+results = {}
+for name, folder, onnx_path, auto in json.loads(sys.argv[1]):
+    model = getattr(transformers, auto).from_pretrained(folder).eval()
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    feeds = sess.get_inputs()
+    gen = torch.Generator().manual_seed(1)
+    if feeds[0].type == "tensor(int64)":
+        shape = feeds[0].shape
+        ids = torch.randint(0, model.config.vocab_size, shape, generator=gen)
+        mask = torch.ones(shape, dtype=torch.long)
+        mask[:, shape[1] * 3 // 4:] = 0
+        args = (ids, mask)[:len(feeds)]
+    else:
+        args = (torch.randn(*feeds[0].shape, generator=gen),)
+    with torch.no_grad():
+        want = model(*args).logits.numpy()
+    got = sess.run(None, {f.name: a.numpy() for f, a in zip(feeds, args)})[0]
+    tokenizer = None
+    if any(p.startswith("tokenizer") for p in os.listdir(folder)):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)("w1 w2")["input_ids"]
+    results[name] = {"diff": float(np.abs(got - want).max()), "params": sum(p.numel() for p in model.parameters()),
+                     "shape": list(want.shape), "tokenizer": tokenizer,
+                     "width": getattr(model.config, "intermediate_size", None) or getattr(model.config, "hidden_dim", None)}
+print(json.dumps({"edgeprune": sys.modules.get("edgeprune") is not None, "results": results}))
 """
 
 
@@ -124,15 +126,35 @@ def _onnx_input_shapes(path: Path) -> list[list[int]]:
     return [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input if i.name not in init]
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each case compressed by the CLI, then all written folders checked in one interpreter without edgeprune."""
+    done: dict[str, Any] = {}
+    for name, (build, auto, _, extra, _) in CASES.items():
+        root = tmp_path_factory.mktemp(name)
+        folder, out = root / name, root / "out"
+        build(folder)
+        params = _params(folder)
+        rc, _, err = run_cli(folder, "--budget", f"{int(params * BUDGET_SHARE)}params", "--out", out, *FAST, *extra)
+        done[name] = {"folder": folder, "out": out, "params": params, "rc": rc, "err": err, "auto": auto}
+    written = [[n, str(r["out"] / "hf_model"), str(r["out"] / "model.onnx"), r["auto"]] for n, r in done.items() if r["rc"] == 0]
+    proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(written)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checked = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not checked["edgeprune"]
+    for name, result in checked["results"].items():
+        done[name]["check"] = result
+    return done
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_folder_in_save_pretrained_folder_out(name: str, tmp_path: Path) -> None:
-    build, auto, attr, extra, shape = CASES[name]
-    folder, out = tmp_path / name, tmp_path / "out"
-    build(folder)
+def test_folder_in_save_pretrained_folder_out(name: str, runs: dict[str, Any]) -> None:
+    _, _, attr, _, shape = CASES[name]
+    run = runs[name]
+    folder, out, params = run["folder"], run["out"], run["params"]
+    assert run["rc"] == 0, run["err"][-3000:]
     original = json.loads((folder / "config.json").read_text())
-    params = _params(folder)
-    rc, _, err = run_cli(folder, "--budget", f"{int(params * BUDGET_SHARE)}params", "--out", out, *FAST, *extra)
-    assert rc == 0, err[-3000:]
 
     report = json.loads((out / "report.json").read_text())
     model = report["model"]
@@ -163,14 +185,10 @@ def test_folder_in_save_pretrained_folder_out(name: str, tmp_path: Path) -> None
     reloaded = edgeprune.load(out)  # plan.json names no architecture: model.pt, the pruned transformers module
     assert type(reloaded).__name__ == written["architectures"][0]
 
-    proc = subprocess.run([sys.executable, "-c", CHECK, str(hf), str(out / "model.onnx"), auto],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not got["edgeprune"]
+    got = run["check"]  # transformers alone, in a process that cannot import edgeprune
     assert got["diff"] <= 1e-4, got
     assert got["params"] <= MAX_PARAMS * params, (got["params"], params)
-    assert got["intermediate"] == after and got["shape"] == [1, 3]
+    assert got["width"] == after and got["shape"] == [1, 3]
     if name == "bert":
         assert got["tokenizer"] == [2, 6, 7, 3]
 

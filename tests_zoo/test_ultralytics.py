@@ -247,13 +247,14 @@ print(json.dumps({"diff": float(np.abs(got - want).max()), "scale": float(np.abs
 
 
 def test_checkpoint_matches_model_onnx_without_edgeprune(v8: dict[str, Any]) -> None:
-    """The checkpoint needs nothing of edgeprune, and computes what model.onnx does (to half precision)."""
+    """The checkpoint needs nothing of edgeprune, and computes what model.onnx does."""
     done = subprocess.run([sys.executable, "-c", CHECK, str(native_of(v8)), str(Path(v8["out"]) / "model.onnx")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["shapes"][0] == got["shapes"][1]
-    assert got["diff"] <= 0.02 * max(got["scale"], 1.0), got  # fp16 weights against the fp32 ONNX
+    # the trainer saved half-precision weights, which pruning only selects from: the fp16 checkpoint is exact
+    assert got["diff"] <= 1e-4 * max(got["scale"], 1.0), got
 
 
 # ---- training with ultralytics' trainer ---------------------------------------------------------------------------

@@ -132,6 +132,14 @@ class HuggingFaceEcosystem(Ecosystem):
 def _config(path: Path) -> Any:
     import transformers
 
+    file = path / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise EdgepruneError(f"cannot read {file} ({first_line(err)}); pass a Hugging Face save_pretrained() folder") from None
+    if isinstance(raw, dict) and "model_type" not in raw and "architecture" in raw:  # timm's hub folders hold a config.json too
+        raise EdgepruneError(f"{file} is not a transformers config (no model_type; a timm model's?): for timm pass "
+                             "--arch timm:NAME and its weights file, for transformers a save_pretrained() folder")
     try:
         return transformers.AutoConfig.from_pretrained(str(path))
     except Exception as err:  # noqa: BLE001 - an unknown model_type, a malformed file: one line
@@ -142,15 +150,14 @@ def _config(path: Path) -> Any:
 def _from_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Module:
     """The model in float32 with eager attention (plain matmul and softmax: traced, pruned and exported
     as any other layers), eval mode; transformers' progress bar kept off stderr meanwhile."""
+    import transformers
     from transformers.utils import logging as hf_logging
 
+    # `torch_dtype` became `dtype` in 4.56; every 4.x knows the old name, 5 warns on it
+    dtype = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        import transformers
-
-        # `torch_dtype` became `dtype` in 4.56; every 4.x knows the old name, 5 warns on it
-        dtype = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         model = model_class.from_pretrained(str(path), attn_implementation="eager", **{dtype: torch.float32})
     except Exception as err:  # noqa: BLE001 - missing or mismatched weights, an unsupported option: one line
         raise EdgepruneError(f"transformers cannot load {architecture} from {path} ({type(err).__name__}: {first_line(err)}); "

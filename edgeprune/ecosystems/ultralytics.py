@@ -150,7 +150,7 @@ class Ultralytics(Ecosystem):
         import ultralytics
 
         native = loaded.native
-        model = copy.deepcopy(pruned).cpu()
+        model = copy.deepcopy(pruned).cpu().eval()  # as ultralytics' EMA is (the pipeline may hand it over mid-training)
         set_export(model, False)
         resync(model)
         train_args = dict(native.get("train_args") or {})

@@ -299,7 +299,7 @@ class Pipeline:
         if s.max_accuracy_drop is not None:
             assert self.accuracy is not None and self.runtime_acc is not None
             _refuse_accuracy_drop(s, self.accuracy["baseline"], self.runtime_acc["runtime"], self.choice["precision"], self.final_d,
-                                  self.baseline_d["flops"], self.met, self.run)
+                                  self.baseline_d["flops"], self.met, self.run, c.metric_name)
         f = self.final_d
         decision = Decision.from_dict(f["decision"])
         ratio = decision.describe() if decision.relative else f"{1 / f['speedup']:.3f}"
@@ -559,7 +559,7 @@ def _quantizer(settings: Settings, inputs: tuple[torch.Tensor, ...]) -> tuple[Qu
 
 
 def _refuse_accuracy_drop(settings: Settings, baseline: float, on_runtime: float, precision: str, final_d: dict[str, Any],
-                          baseline_flops: float, met: bool, run: RunDir) -> None:
+                          baseline_flops: float, met: bool, run: RunDir, metric: str) -> None:
     """--max-accuracy-drop: one line naming the best plan found, before anything is published."""
     assert settings.max_accuracy_drop is not None
     drop = baseline - on_runtime
@@ -569,7 +569,8 @@ def _refuse_accuracy_drop(settings: Settings, baseline: float, on_runtime: float
     raise EdgepruneError(
         f"the best plan found ({precision}, {f['flops'] / baseline_flops:.1%} of the FLOPs, latency "
         f"{f['latency_ms']['median'] / b['latency_ms']['median']:.3f} of the baseline, budget {'met' if met else 'missed'}) has "
-        f"top-1 {on_runtime:.4f} on {settings.runtime}, {drop:.4f} below the baseline's {baseline:.4f}: over --max-accuracy-drop "
+        f"{'top-1' if metric == 'top1' else metric} {on_runtime:.4f} on {settings.runtime}, {drop:.4f} below the baseline's "
+        f"{baseline:.4f}: over --max-accuracy-drop "
         f"{settings.max_accuracy_drop:g}; nothing published (its files are in {run.work}): relax the budget or the drop, "
         "or recover longer (--epochs)")
 

@@ -82,6 +82,10 @@ class PruningSpace:
         allowed = set(prunable)
         kept = [g for g in self.groups if g.id in allowed]
         whole = [Skipped(g.id, why) for g in self.groups if g.id not in allowed]
+        missing = sorted(allowed - {g.id for g in kept})
+        if tied and missing:  # one of the tied groups stays whole, so all must: one width for all
+            whole += [Skipped(g.id, f"tied to {missing[0]}, which is left whole ({why})") for g in kept]
+            kept = []
         return PruningSpace(kept, self.skipped + whole, tuple(g.id for g in kept) if tied else ())
 
     @classmethod
