@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench zoo zoo-test clean
+.PHONY: demo lint test bench zoo zoo-test clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	scripts/install.sh $(VENV) test,cpu-runtimes
@@ -12,7 +12,13 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 demo: $(STAMP)
 	$(VENV)/bin/compress demo --out out/demo
 
-test: $(STAMP)
+# Style and types (pyproject.toml: [tool.ruff], [tool.mypy]); `ruff format .` and `ruff check --fix .` repair most.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy edgeprune
+
+test: lint
 	$(PY) -m pytest tests
 
 # CIFAR10 points at the full CIFAR-10 archive (x_train, y_train, x_test, y_test), see bench/README.md
@@ -48,4 +54,4 @@ zoo-test: $(ZOO_VENV)/.installed
 	$(ZOO_VENV)/bin/python -m pytest tests_zoo
 
 clean:
-	rm -rf $(VENV) $(ZOO_VENV) out .pytest_cache
+	rm -rf $(VENV) $(ZOO_VENV) out .pytest_cache .ruff_cache .mypy_cache

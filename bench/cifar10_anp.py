@@ -18,6 +18,7 @@ random start) on the first --robust-images test images, latency ratio (interleav
 
     .venv/bin/python bench/cifar10_anp.py --data PATH/cifar10.npz [--epochs 1] [--recovery-epochs 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,16 @@ ROWS = [  # (label, method, whether it trains for --epochs itself (else recovery
 ]
 LABELS = ["base", "base + AT", *(r[0] for r in ROWS)]
 #: what an earlier result file must share for its rows to be kept beside this run's
-SAME = ("smoke", "budget", "arch", "method_training", "recovery", "adversarial_training_total", "train_attack", "eval_attack")
+SAME = (
+    "smoke",
+    "budget",
+    "arch",
+    "method_training",
+    "recovery",
+    "adversarial_training_total",
+    "train_attack",
+    "eval_attack",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,17 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the full CIFAR-10 .npz")
     p.add_argument("--arch", default="resnet20")
     p.add_argument("--epochs", type=int, default=1, help="ANP's and SANP's own training (default 1)")
-    p.add_argument("--recovery-epochs", type=int, default=1, help="recovery after ANP and SANP (default 1); base + AT "
-                                                                   "and l1 + AT train for --epochs + --recovery-epochs")
-    p.add_argument("--steps", type=int, help="optimizer steps instead of epochs (each flag's epochs become this many steps: smoke runs)")
-    p.add_argument("--train-pgd-steps", type=int, default=7, help="PGD steps of adversarial training (default 7, Madry et al.)")
+    p.add_argument(
+        "--recovery-epochs",
+        type=int,
+        default=1,
+        help="recovery after ANP and SANP (default 1); base + AT and l1 + AT train for --epochs + --recovery-epochs",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="optimizer steps instead of epochs (each flag's epochs become this many steps: smoke runs)",
+    )
+    p.add_argument(
+        "--train-pgd-steps", type=int, default=7, help="PGD steps of adversarial training (default 7, Madry et al.)"
+    )
     p.add_argument("--eval-pgd-steps", type=int, default=10, help="PGD steps of the robust evaluation (default 10)")
     p.add_argument("--robust-images", type=int, default=10000, help="test images attacked (default: all 10,000)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--smoke", action="store_true", help="label the result file a smoke run (not a result)")
-    p.add_argument("--rows", nargs="+", choices=LABELS, default=LABELS,
-                   help="rows to run (default all; 'base' is the checkpoint's PGD evaluation); the others are kept from an "
-                        "earlier --out with the same settings, so two processes can split the rows, one core each")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=LABELS,
+        default=LABELS,
+        help="rows to run (default all; 'base' is the checkpoint's PGD evaluation); the others are kept from an "
+        "earlier --out with the same settings, so two processes can split the rows, one core each",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -79,13 +104,29 @@ def main(argv: list[str] | None = None) -> int:
 
     method_training, recovery, total = budget(a.epochs), budget(a.recovery_epochs), budget(a.epochs + a.recovery_epochs)
     result: dict[str, Any] = {
-        **header("cifar10_anp"), "smoke": a.smoke, "budget": a.budget, "arch": a.arch, "method_training": method_training,
-        "recovery": recovery, "adversarial_training_total": total, "train_attack": {"eps": 8 / 255, "step": 2 / 255, "steps": a.train_pgd_steps},
-        "eval_attack": {"eps": 8 / 255, "step": 2 / 255, "steps": a.eval_pgd_steps, "random_start": True, "images": a.robust_images},
-        "protocol": CIFAR10_PROTOCOL | {"robust accuracy": f"PGD top-1 on the first {a.robust_images} test images",
-                                        "training": "base + AT and l1 + AT: adversarial_training_total; anp and sanp: "
-                                                    "method_training, then recovery"},
-        "models": {}, "skipped": {},
+        **header("cifar10_anp"),
+        "smoke": a.smoke,
+        "budget": a.budget,
+        "arch": a.arch,
+        "method_training": method_training,
+        "recovery": recovery,
+        "adversarial_training_total": total,
+        "train_attack": {"eps": 8 / 255, "step": 2 / 255, "steps": a.train_pgd_steps},
+        "eval_attack": {
+            "eps": 8 / 255,
+            "step": 2 / 255,
+            "steps": a.eval_pgd_steps,
+            "random_start": True,
+            "images": a.robust_images,
+        },
+        "protocol": CIFAR10_PROTOCOL
+        | {
+            "robust accuracy": f"PGD top-1 on the first {a.robust_images} test images",
+            "training": "base + AT and l1 + AT: adversarial_training_total; anp and sanp: "
+            "method_training, then recovery",
+        },
+        "models": {},
+        "skipped": {},
     }
     work = Path(tempfile.mkdtemp(prefix="cifar10_anp_"))
     data = load_data(a.data, batch_size=128)
@@ -93,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def robust(model: torch.nn.Module) -> dict[str, Any]:
         t0 = time.perf_counter()
-        return {"robust_top1": robust_top1(model, data.val, attack, a.robust_images), "robust_seconds": round(time.perf_counter() - t0, 1)}
+        return {
+            "robust_top1": robust_top1(model, data.val, attack, a.robust_images),
+            "robust_seconds": round(time.perf_counter() - t0, 1),
+        }
 
     def save() -> None:
         atomic.write_json(a.out, _merged(a.out, result, a.arch, a.rows))
@@ -107,32 +151,60 @@ def main(argv: list[str] | None = None) -> int:
         entry["baseline"].update(robust(base))
         log(f"base: top-1 {entry['baseline']['top1']:.4f}, robust {entry['baseline']['robust_top1']:.4f}")
     if "base + AT" in a.rows:
-        entry["rows"].append(_adversarially_trained(base, data, a, total, robust, log) | {"flops": entry["baseline"]["flops"]})
+        entry["rows"].append(
+            _adversarially_trained(base, data, a, total, robust, log) | {"flops": entry["baseline"]["flops"]}
+        )
         save()
     for label, method, learns, recover in (r for r in ROWS if r[0] in a.rows):
         options = (method_training | ({"pgd_steps": a.train_pgd_steps} if method == "anp" else {})) if learns else {}
-        settings = Settings(precision="fp32", budget=a.budget, method=method, method_options=options, data=a.data, recover=recover,
-                            pgd_steps=a.train_pgd_steps, **(recovery if learns else total))
+        settings = Settings(
+            precision="fp32",
+            budget=a.budget,
+            method=method,
+            method_options=options,
+            data=a.data,
+            recover=recover,
+            pgd_steps=a.train_pgd_steps,
+            **(recovery if learns else total),
+        )
         loaded = from_module(copy.deepcopy(base), x, arch=a.arch, num_classes=10)
         extras = lambda res: robust(res.model) | {"method_state": _summary(res.report["method"]["learned"])}  # noqa: E731
-        entry["rows"].append(run_row(f"{a.arch} {label}", loaded, settings, base, measurer, x, work, log, evaluate=extras) | {"label": label})
+        entry["rows"].append(
+            run_row(f"{a.arch} {label}", loaded, settings, base, measurer, x, work, log, evaluate=extras)
+            | {"label": label}
+        )
         save()
     save()
     return 0
 
 
-def _adversarially_trained(base: torch.nn.Module, data: Any, a: argparse.Namespace, budget: dict[str, Any], robust: Any,
-                           log: Any) -> dict[str, Any]:
+def _adversarially_trained(
+    base: torch.nn.Module, data: Any, a: argparse.Namespace, budget: dict[str, Any], robust: Any, log: Any
+) -> dict[str, Any]:
     """The unpruned model after Madry et al.'s adversarial training (same architecture: latency ratio 1
     by construction, not timed)."""
     model = copy.deepcopy(base)
     t0 = time.perf_counter()
-    train(model, data.train, TrainConfig(lr=0.01, **budget), adversarial_loss(PGD.for_data(data, steps=a.train_pgd_steps)),
-          log=log, label="base + AT")
+    train(
+        model,
+        data.train,
+        TrainConfig(lr=0.01, **budget),
+        adversarial_loss(PGD.for_data(data, steps=a.train_pgd_steps)),
+        log=log,
+        label="base + AT",
+    )
     seconds = round(time.perf_counter() - t0, 1)
     model.eval()
-    row = {"label": "base + AT", "method": None, "recovery": "adversarial", "top1": top1(model, data.val), **robust(model),
-           "latency_ratio": 1.0, "latency_note": "the unpruned architecture: not re-timed", "training_seconds": seconds}
+    row = {
+        "label": "base + AT",
+        "method": None,
+        "recovery": "adversarial",
+        "top1": top1(model, data.val),
+        **robust(model),
+        "latency_ratio": 1.0,
+        "latency_note": "the unpruned architecture: not re-timed",
+        "training_seconds": seconds,
+    }
     log(f"base + AT: top-1 {row['top1']:.4f}, robust {row['robust_top1']:.4f}, {seconds:.0f}s")
     return row
 
@@ -148,8 +220,11 @@ def _merged(out: Path, result: dict[str, Any], arch: str, running: list[str]) ->
     if found is None or before is None or mine is None:
         return result
     commit = found[1]
-    baseline = mine["baseline"] if "base" in running else {**mine["baseline"], **{k: v for k, v in before["baseline"].items()
-                                                                                  if k.startswith("robust")}}
+    baseline = (
+        mine["baseline"]
+        if "base" in running
+        else {**mine["baseline"], **{k: v for k, v in before["baseline"].items() if k.startswith("robust")}}
+    )
     kept = [{"measured_at_commit": commit, **r} for r in before["rows"] if r["label"] not in running]
     rows = sorted(kept + mine["rows"], key=lambda r: LABELS.index(r["label"]))
     return {**result, "models": {**result["models"], arch: {**mine, "baseline": baseline, "rows": rows}}}

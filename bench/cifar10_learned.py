@@ -14,6 +14,7 @@ these in bench/README.md, not re-run.
 
     .venv/bin/python bench/cifar10_learned.py --data PATH/cifar10.npz [--models resnet20] [--epochs 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,18 +48,36 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the full CIFAR-10 .npz")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"])
-    p.add_argument("--epochs", type=int, default=4, help="recovery epochs for every row (default 4, as cifar10_recovery)")
-    p.add_argument("--search-epochs", type=int, default=1, help="gate learning / architecture search epochs (default 1)")
-    p.add_argument("--search-steps", type=int, help="gate learning / architecture search steps instead of epochs (ResNet-56's TAS epoch is ~50 min here)")
-    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], default=[r[0] for r in ROWS], help="which rows to run (default all)")
+    p.add_argument(
+        "--epochs", type=int, default=4, help="recovery epochs for every row (default 4, as cifar10_recovery)"
+    )
+    p.add_argument(
+        "--search-epochs", type=int, default=1, help="gate learning / architecture search epochs (default 1)"
+    )
+    p.add_argument(
+        "--search-steps",
+        type=int,
+        help="gate learning / architecture search steps instead of epochs (ResNet-56's TAS epoch is ~50 min here)",
+    )
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=[r[0] for r in ROWS],
+        default=[r[0] for r in ROWS],
+        help="which rows to run (default all)",
+    )
     p.add_argument("--budget", default="50%")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    result: dict[str, Any] = {**header("cifar10_learned"), "budget": a.budget,
-                              "protocol": CIFAR10_PROTOCOL | {"training": "the same recovery epochs for every row of a model; search on top"},
-                              "models": {}, "skipped": {}}
+    result: dict[str, Any] = {
+        **header("cifar10_learned"),
+        "budget": a.budget,
+        "protocol": CIFAR10_PROTOCOL | {"training": "the same recovery epochs for every row of a model; search on top"},
+        "models": {},
+        "skipped": {},
+    }
     carry_over(a.out, result, a.models, ("budget",))
     search = {"steps": a.search_steps} if a.search_steps else {"epochs": a.search_epochs}
     work = Path(tempfile.mkdtemp(prefix="cifar10_learned_"))
@@ -70,11 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         base, measurer, entry = found
         entry |= {"epochs": a.epochs, "search": search}
         for label, method, depth, from_scratch in (r for r in ROWS if r[0] in a.rows):
-            settings = Settings(precision="fp32", budget=a.budget, method=method, depth=depth, data=a.data, epochs=a.epochs,
-                                method_options=search)
-            loaded = (untrained(arch, 10, (1, 3, 32, 32)) if from_scratch
-                      else from_module(copy.deepcopy(base), x, arch=arch, num_classes=10))
-            entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})
+            settings = Settings(
+                precision="fp32",
+                budget=a.budget,
+                method=method,
+                depth=depth,
+                data=a.data,
+                epochs=a.epochs,
+                method_options=search,
+            )
+            loaded = (
+                untrained(arch, 10, (1, 3, 32, 32))
+                if from_scratch
+                else from_module(copy.deepcopy(base), x, arch=arch, num_classes=10)
+            )
+            entry["rows"].append(
+                run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label}
+            )
             atomic.write_json(a.out, result)
     atomic.write_json(a.out, result)
     return 0

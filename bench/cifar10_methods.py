@@ -7,6 +7,7 @@ number of epochs on the full training split and scored on the full 10,000-image 
 
     .venv/bin/python bench/cifar10_methods.py --data PATH/cifar10.npz [--epochs 2] [--models resnet20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    result: dict[str, Any] = {**header("cifar10_methods"), "budget": a.budget, "epochs": a.epochs,
-                              "protocol": CIFAR10_PROTOCOL | {"recovery": "finetune, same epochs every row"},
-                              "models": {}, "skipped": {}}
+    result: dict[str, Any] = {
+        **header("cifar10_methods"),
+        "budget": a.budget,
+        "epochs": a.epochs,
+        "protocol": CIFAR10_PROTOCOL | {"recovery": "finetune, same epochs every row"},
+        "models": {},
+        "skipped": {},
+    }
     carry_over(a.out, result, a.models, ("budget", "epochs"))
     work = Path(tempfile.mkdtemp(prefix="cifar10_methods_"))
     data = load_data(a.data, batch_size=128)
@@ -61,10 +67,20 @@ def main(argv: list[str] | None = None) -> int:
             continue
         base, measurer, entry = found
         for label, method, depth, options in ROWS:
-            settings = Settings(precision="fp32", budget=a.budget, method=method, method_options=options, depth=depth, data=a.data,
-                                recover="finetune", epochs=a.epochs)
+            settings = Settings(
+                precision="fp32",
+                budget=a.budget,
+                method=method,
+                method_options=options,
+                depth=depth,
+                data=a.data,
+                recover="finetune",
+                epochs=a.epochs,
+            )
             loaded = from_module(copy.deepcopy(base), x, arch=arch, num_classes=10)
-            entry["rows"].append(run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label})
+            entry["rows"].append(
+                run_row(f"{arch} {label}", loaded, settings, base, measurer, x, work, log) | {"label": label}
+            )
             atomic.write_json(a.out, result)
     atomic.write_json(a.out, result)
     return 0

@@ -1,4 +1,5 @@
 """What every benchmark result file carries: the code it ran, the machine, the versions."""
+
 from __future__ import annotations
 
 import subprocess
@@ -19,12 +20,17 @@ from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
 
 def git_info() -> dict[str, Any]:
     """The code these numbers were measured with: HEAD and any uncommitted package files."""
+
     def git(*cmd: str) -> str:
         try:
             return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": git("rev-parse", "HEAD"), "dirty_package_files": git("status", "--porcelain", "edgeprune").splitlines()}
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty_package_files": git("status", "--porcelain", "edgeprune").splitlines(),
+    }
 
 
 def header(name: str) -> dict[str, Any]:
@@ -74,8 +80,19 @@ def latency_ratio(measurer: TargetMeasurer, base: torch.nn.Module, model: torch.
     return {"ratio": m.median / b.median, "baseline_ms": b.to_dict(), "model_ms": m.to_dict()}
 
 
-def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measurer: TargetMeasurer, x: torch.Tensor,
-            work: Path, log: Any, out: Path | None = None, metric: str = "top1", evaluate: Any = None) -> dict[str, Any]:
+def run_row(
+    label: str,
+    loaded: Any,
+    settings: Any,
+    base: torch.nn.Module,
+    measurer: TargetMeasurer,
+    x: torch.Tensor,
+    work: Path,
+    log: Any,
+    out: Path | None = None,
+    metric: str = "top1",
+    evaluate: Any = None,
+) -> dict[str, Any]:
     """One full `compress` run, re-timed against the unpruned `base` interleaved, as a result row
     (an `error` row when the pipeline refuses with a user error). `out` (default: a folder of its
     own under `work`) may be shared by runs that should reuse each other's budget-free stages;
@@ -100,15 +117,26 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
     timings = res.report["timings_s"]
     recovery, accuracy = res.report["recovery"] or {}, res.accuracy or {}  # None under --recover none / without data
     row = {
-        "label": label, "method": settings.method, "depth": settings.depth, "recovery": recovery.get("method", "none"),
-        f"{metric}_pruned": accuracy.get("pruned"), metric: accuracy.get("recovered"), "latency_ratio": lat["ratio"], "latency": lat,
-        "met_in_run": res.met, "flops": c.flops, "params": c.params, "removed_blocks": list(res.plan.removed_blocks),
+        "label": label,
+        "method": settings.method,
+        "depth": settings.depth,
+        "recovery": recovery.get("method", "none"),
+        f"{metric}_pruned": accuracy.get("pruned"),
+        metric: accuracy.get("recovered"),
+        "latency_ratio": lat["ratio"],
+        "latency": lat,
+        "met_in_run": res.met,
+        "flops": c.flops,
+        "params": c.params,
+        "removed_blocks": list(res.plan.removed_blocks),
         "widths": {gid: len(g.keep) for gid, g in res.plan.groups.items()},
-        "candidates_measured": res.report["search"]["candidates_measured"], "stop_reason": res.report["search"]["stop_reason"],
+        "candidates_measured": res.report["search"]["candidates_measured"],
+        "stop_reason": res.report["search"]["stop_reason"],
         "predictor": res.report["search"].get("predictor"),
         "method_seconds": timings.get("prepare", 0.0) + timings.get("scores", 0.0),
         "search_and_prune_seconds": round(sum(v for k, v in timings.items() if k != "recover"), 1),
-        "recovery_seconds": recovery.get("seconds", 0.0), "wall_seconds": round(time.perf_counter() - t0, 1),
+        "recovery_seconds": recovery.get("seconds", 0.0),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
     }
     if evaluate is not None:
         row.update(evaluate(res))
@@ -118,11 +146,18 @@ def run_row(label: str, loaded: Any, settings: Any, base: torch.nn.Module, measu
 
 
 #: how the CIFAR-10 benchmarks measure, recorded in each result file (each adds its training protocol)
-CIFAR10_PROTOCOL = {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL",
-                    "latency": "median ratio to the baseline, timed interleaved", "accuracy": "top-1, full CIFAR-10 test set"}
+CIFAR10_PROTOCOL = {
+    "runtime": "ort-cpu",
+    "threads": 1,
+    "graph_optimization": "ALL",
+    "latency": "median ratio to the baseline, timed interleaved",
+    "accuracy": "top-1, full CIFAR-10 test set",
+}
 
 
-def model_entry(arch: str, data: Any, x: torch.Tensor, work: Path, result: dict[str, Any], log: Any) -> tuple[torch.nn.Module, TargetMeasurer, dict[str, Any]] | None:
+def model_entry(
+    arch: str, data: Any, x: torch.Tensor, work: Path, result: dict[str, Any], log: Any
+) -> tuple[torch.nn.Module, TargetMeasurer, dict[str, Any]] | None:
     """The trained checkpoint of `arch`, a 1-thread ort-cpu measurer and its result entry (baseline
     top-1, FLOPs, params) registered in `result["models"]`; None, recorded under `result["skipped"]`,
     when no checkpoint is committed for it yet."""

@@ -4,10 +4,11 @@
 resized on the fly by bilinear interpolation, so a 224-input model gets calibration images that
 look like images (a layerwise search's sensitivity needs them) without a 224-pixel dataset on disk.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -23,14 +23,16 @@ two conditions):
 
     python bench/noise_floor.py [--results bench/results/budget_hit.json] [--out bench/results/noise_floor.json]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -90,10 +92,16 @@ def floor(results: dict[str, Any], budgets: int) -> dict[str, Any]:
         x = np.asarray(logs)
         sigma = 1.4826 * float(np.median(np.abs(x - np.median(x)))) / math.sqrt(2.0)
         p_row = in_band(sigma)
-        p_all *= p_row ** budgets
-        rows[model] = {"pairs": len(logs), "sigma": sigma, "sigma_sd": float(x.std(ddof=1)) / math.sqrt(2.0),
-                       "median_shift": float(np.median(x)), "p_row": p_row,
-                       "confirmed": len(chosen.get(model, [])), "selection": float(np.median(chosen[model])) if chosen.get(model) else None}
+        p_all *= p_row**budgets
+        rows[model] = {
+            "pairs": len(logs),
+            "sigma": sigma,
+            "sigma_sd": float(x.std(ddof=1)) / math.sqrt(2.0),
+            "median_shift": float(np.median(x)),
+            "p_row": p_row,
+            "confirmed": len(chosen.get(model, [])),
+            "selection": float(np.median(chosen[model])) if chosen.get(model) else None,
+        }
     return {"models": rows, "p_all": p_all}
 
 
@@ -104,13 +112,19 @@ def main() -> None:
     a = p.parse_args()
     results = json.loads(a.results.read_text())
     budgets = len(results["budgets"])
-    out = header("noise_floor") | {"source": str(a.results.relative_to(REPO)) if a.results.is_relative_to(REPO) else str(a.results),
-                                   "aim": AIM, "band": list(BAND), "budgets_per_model": budgets,
-                                   "quiet": floor(results, budgets)}
+    out = header("noise_floor") | {
+        "source": str(a.results.relative_to(REPO)) if a.results.is_relative_to(REPO) else str(a.results),
+        "aim": AIM,
+        "band": list(BAND),
+        "budgets_per_model": budgets,
+        "quiet": floor(results, budgets),
+    }
     print(f"a perfect search meets the band on all rows of a quiet pass with p = {out['quiet']['p_all']:.3f}")
     for model, r in out["quiet"]["models"].items():
-        print(f"  {model:30s} {r['pairs']:3d} pairs  sigma {r['sigma']:.2%} (sd {r['sigma_sd']:.2%})  p_row {r['p_row']:.2f}  "
-              f"selection {r['selection'] or 0:+.2%} over {r['confirmed']} confirmed")
+        print(
+            f"  {model:30s} {r['pairs']:3d} pairs  sigma {r['sigma']:.2%} (sd {r['sigma_sd']:.2%})  p_row "
+            f"{r['p_row']:.2f}  selection {r['selection'] or 0:+.2%} over {r['confirmed']} confirmed"
+        )
     atomic.write_json(a.out, out)
 
 

@@ -22,9 +22,12 @@ and int8 of the unpruned model on ort-cpu and openvino-cpu, interleaved per runt
 verified against PyTorch float32 (CIFAR-10 upsampled to 224 as calibration and check images,
 bench/data224.py). Random weights time like trained ones; their int8 error is not an accuracy claim.
 
-    .venv/bin/python bench/precision.py --data ../shared/data/cifar10/cifar10.npz [--models resnet20] [--modes fp32 auto] [--runs 2]
-    .venv-zoo/bin/python bench/precision.py --models --latency resnet18 mobilenetv2 --zoo tv:efficientnet_b0 timm:regnetx_004_tv
+    .venv/bin/python bench/precision.py --data ../shared/data/cifar10/cifar10.npz \
+        [--models resnet20] [--modes fp32 auto] [--runs 2]
+    .venv-zoo/bin/python bench/precision.py --models --latency resnet18 mobilenetv2 \
+        --zoo tv:efficientnet_b0 timm:regnetx_004_tv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +65,9 @@ LATENCY_RUNTIMES = ("ort-cpu", "openvino-cpu")
 REPEATS = 1000
 
 
-def cifar_model(arch: str, data: Any, budgets: list[str], modes: list[str], epochs: int, runs: int, work: Path, log: Any) -> dict[str, Any]:
+def cifar_model(
+    arch: str, data: Any, budgets: list[str], modes: list[str], epochs: int, runs: int, work: Path, log: Any
+) -> dict[str, Any]:
     """Part 1 for one trained checkpoint: every (budget, mode) row, `runs` times (the modes
     alternating, so a slow spell of the machine falls on both), then all rows re-timed together."""
     base = trained(arch)
@@ -72,28 +77,64 @@ def cifar_model(arch: str, data: Any, budgets: list[str], modes: list[str], epoc
     outs: list[Path] = []
     for budget, run, mode in ((b, r, m) for b in budgets for r in range(runs) for m in modes):
         label, out = f"{arch} {budget} {mode} run {run + 1}", work / f"{arch}_{budget.rstrip('%')}_{mode}_{run}"
-        settings = Settings(budget=budget, runtime="ort-cpu", threads=1, data=str(data.source), recover="finetune", epochs=epochs,
-                            precision=mode)
+        settings = Settings(
+            budget=budget,
+            runtime="ort-cpu",
+            threads=1,
+            data=str(data.source),
+            recover="finetune",
+            epochs=epochs,
+            precision=mode,
+        )
         t0 = time.perf_counter()
         try:
-            res = compress(from_module(copy.deepcopy(base), x, arch=arch, num_classes=10), settings, out, lambda line: log(f"{label} {line}"))
+            res = compress(
+                from_module(copy.deepcopy(base), x, arch=arch, num_classes=10),
+                settings,
+                out,
+                lambda line: log(f"{label} {line}"),  # noqa: B023 - only while compress runs
+            )
         except EdgepruneError as err:
             log(f"{label}: {err}")
-            entry["rows"].append({"budget": budget, "mode": mode, "run": run, "error": str(err), "seconds": round(time.perf_counter() - t0, 1)})
+            entry["rows"].append(
+                {
+                    "budget": budget,
+                    "mode": mode,
+                    "run": run,
+                    "error": str(err),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             continue
         seconds = round(time.perf_counter() - t0, 1)
         rep = res.report
         runtime_top1 = top1(RuntimeModel(rt, rt.load(str(out / "model.onnx")), 1), data.val)
         acc = rep["accuracy"] or {}
-        row = {"budget": budget, "mode": mode, "run": run, "precision": rep["precision"]["chosen"], "why": rep["precision"]["why"],
-               "flops_ratio": rep["final"]["flops"] / rep["baseline"]["flops"], "params": rep["final"]["params"],
-               "widths": {r["group"]: r["kept"] for r in rep["groups"]}, "runtime_top1": runtime_top1,
-               "pytorch_top1": acc.get("recovered", acc.get("pruned")), "top1_before_recovery": acc.get("pruned"),
-               "ratio_in_run": 1 / rep["speedup"], "met_in_run": rep["budget"]["met"], "seconds": seconds,
-               "recovery_seconds": (rep["recovery"] or {}).get("seconds", 0.0), "int8_check": rep["precision"]["int8_check"],
-               "searched": rep["precision"]["searched"], "int8_unpruned": rep["precision"]["int8_unpruned"],
-               "candidates_measured": rep["search"]["candidates_measured"]}
-        log(f"{label}: {row['precision']}, FLOPs {row['flops_ratio']:.3f}, runtime top-1 {runtime_top1:.4f}, {seconds:.0f}s")
+        row = {
+            "budget": budget,
+            "mode": mode,
+            "run": run,
+            "precision": rep["precision"]["chosen"],
+            "why": rep["precision"]["why"],
+            "flops_ratio": rep["final"]["flops"] / rep["baseline"]["flops"],
+            "params": rep["final"]["params"],
+            "widths": {r["group"]: r["kept"] for r in rep["groups"]},
+            "runtime_top1": runtime_top1,
+            "pytorch_top1": acc.get("recovered", acc.get("pruned")),
+            "top1_before_recovery": acc.get("pruned"),
+            "ratio_in_run": 1 / rep["speedup"],
+            "met_in_run": rep["budget"]["met"],
+            "seconds": seconds,
+            "recovery_seconds": (rep["recovery"] or {}).get("seconds", 0.0),
+            "int8_check": rep["precision"]["int8_check"],
+            "searched": rep["precision"]["searched"],
+            "int8_unpruned": rep["precision"]["int8_unpruned"],
+            "candidates_measured": rep["search"]["candidates_measured"],
+        }
+        log(
+            f"{label}: {row['precision']}, FLOPs {row['flops_ratio']:.3f}, "
+            f"runtime top-1 {runtime_top1:.4f}, {seconds:.0f}s"
+        )
         entry["rows"].append(row)
         outs.append(out)
     # every published model and the float32 baseline's export, timed interleaved in one batch
@@ -103,11 +144,17 @@ def cifar_model(arch: str, data: Any, budgets: list[str], modes: list[str], epoc
     entry["baseline"]["latency_ms"] = stats[0].to_dict()
     for row, s in zip([r for r in entry["rows"] if "error" not in r], stats[1:]):
         fraction = float(row["budget"].rstrip("%")) / 100
-        row |= {"latency_ratio": s.median / stats[0].median, "latency_ms": s.to_dict(), "met": s.median / stats[0].median <= fraction}
+        row |= {
+            "latency_ratio": s.median / stats[0].median,
+            "latency_ms": s.to_dict(),
+            "met": s.median / stats[0].median <= fraction,
+        }
     return entry
 
 
-def latency_model(name: str, model: torch.nn.Module, x: torch.Tensor, data: Any, work: Path, log: Any) -> dict[str, Any]:
+def latency_model(
+    name: str, model: torch.nn.Module, x: torch.Tensor, data: Any, work: Path, log: Any
+) -> dict[str, Any]:
     """Part 2 for one model: float32 and int8 of the unpruned model, interleaved, on each runtime."""
     entry: dict[str, Any] = {"input_shape": list(x.shape), **vars(count(model, (x,))), "runtimes": {}}
     calibration, check = data.calibration(CALIBRATION_IMAGES), check_images(data.val)
@@ -127,11 +174,18 @@ def latency_model(name: str, model: torch.nn.Module, x: torch.Tensor, data: Any,
             log(f"{name} on {runtime}: {err}")
             continue
         b, q = interleave(rt, [m.session for m in pair], [fp32.inputs_np] * 2, 10, fp32.repeats)
-        entry["runtimes"][runtime] = {"fp32_ms": b.to_dict(), "int8_ms": q.to_dict(), "int8_over_fp32": q.median / b.median,
-                                      "int8_check": pair[1].artifact.meta["int8_check"],
-                                      "quantization": pair[1].artifact.meta["quantization"], "settings": rt.settings()}
-        log(f"{name} on {runtime}: fp32 {b.median:.2f} ms, int8 {q.median:.2f} ms ({q.median / b.median:.2f}), "
-            f"int8 rel L2 {pair[1].artifact.meta['int8_check']['rel_l2']:.3f}")
+        entry["runtimes"][runtime] = {
+            "fp32_ms": b.to_dict(),
+            "int8_ms": q.to_dict(),
+            "int8_over_fp32": q.median / b.median,
+            "int8_check": pair[1].artifact.meta["int8_check"],
+            "quantization": pair[1].artifact.meta["quantization"],
+            "settings": rt.settings(),
+        }
+        log(
+            f"{name} on {runtime}: fp32 {b.median:.2f} ms, int8 {q.median:.2f} ms ({q.median / b.median:.2f}), "
+            f"int8 rel L2 {pair[1].artifact.meta['int8_check']['rel_l2']:.3f}"
+        )
     return entry
 
 
@@ -145,23 +199,50 @@ def _zoo(spec: str) -> tuple[torch.nn.Module, torch.Tensor]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="the full CIFAR-10 .npz (part 1)")
-    p.add_argument("--models", nargs="*", default=["resnet20", "resnet56"], help="trained CIFAR-10 checkpoints (part 1); none to skip it")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=["resnet20", "resnet56"],
+        help="trained CIFAR-10 checkpoints (part 1); none to skip it",
+    )
     p.add_argument("--budgets", nargs="+", default=["50%", "25%"])
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every row that prunes")
-    p.add_argument("--runs", type=int, default=1, help="runs of each (budget, mode) row: two searches of the same budget land on "
-                                                       "different plans as the machine's timings move, so one run each compares two samples")
-    p.add_argument("--latency", nargs="*", default=[], help="registry models timed at 224x224 (part 2), e.g. resnet18 mobilenetv2")
-    p.add_argument("--zoo", nargs="*", default=[], help="zoo specs timed (part 2), e.g. tv:efficientnet_b0; needs the zoo environment")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs of each (budget, mode) row: two searches of the same budget land on "
+        "different plans as the machine's timings move, so one run each compares two samples",
+    )
+    p.add_argument(
+        "--latency", nargs="*", default=[], help="registry models timed at 224x224 (part 2), e.g. resnet18 mobilenetv2"
+    )
+    p.add_argument(
+        "--zoo",
+        nargs="*",
+        default=[],
+        help="zoo specs timed (part 2), e.g. tv:efficientnet_b0; needs the zoo environment",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     a = p.parse_args(argv)
     log = lambda line: print(line, flush=True)  # noqa: E731
     torch.set_num_threads(1)  # the fine-tune and PyTorch's evaluation: one core, as the runtime is timed on one
-    result: dict[str, Any] = {**header("precision"), "budgets": a.budgets, "epochs": a.epochs, "modes": a.modes, "runs": a.runs,
-                              "protocol": CIFAR10_PROTOCOL | {"recovery": f"finetune {a.epochs} epochs (float32) where the plan prunes",
-                                                              "runtime_top1": "published model.onnx on ort-cpu, full test set",
-                                                              "retiming": f"all rows of a model and its baseline interleaved, {REPEATS} runs each"},
-                              "models": {}, "latency_only": {}}
+    result: dict[str, Any] = {
+        **header("precision"),
+        "budgets": a.budgets,
+        "epochs": a.epochs,
+        "modes": a.modes,
+        "runs": a.runs,
+        "protocol": CIFAR10_PROTOCOL
+        | {
+            "recovery": f"finetune {a.epochs} epochs (float32) where the plan prunes",
+            "runtime_top1": "published model.onnx on ort-cpu, full test set",
+            "retiming": f"all rows of a model and its baseline interleaved, {REPEATS} runs each",
+        },
+        "models": {},
+        "latency_only": {},
+    }
     carry_over(a.out, result, a.models, ("budgets", "epochs", "modes"))
     earlier = earlier_result(a.out, result)
     if earlier is not None:  # latency rows of models not re-timed this time, with the commit they were measured at

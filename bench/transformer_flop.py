@@ -26,6 +26,7 @@ Protocol:
     .venv/bin/python bench/transformer_flop.py                 # the full run (see bench/README.md)
     .venv/bin/python bench/transformer_flop.py --smoke         # minutes: proves the script end to end
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,22 +72,35 @@ def baseline(path: Path | None, steps: int, lr: float, log: Any) -> tuple[torch.
     if path is not None:
         with atomic.atomic_path(path) as tmp:
             torch.save(model.state_dict(), tmp)
-    return model.eval(), {"checkpoint": str(path) if path else None, "trained_here": True, "config": vars(config),
-                          "history": result.history}
+    return model.eval(), {
+        "checkpoint": str(path) if path else None,
+        "trained_here": True,
+        "config": vars(config),
+        "history": result.history,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.8, 0.6, 0.4], help="latency fractions of the baseline")
+    p.add_argument(
+        "--budgets", nargs="+", type=float, default=[0.8, 0.6, 0.4], help="latency fractions of the baseline"
+    )
     p.add_argument("--train-steps", type=int, default=4000, help="baseline training steps (batch 32 x 128 characters)")
     p.add_argument("--train-lr", type=float, default=0.1, help="peak one-cycle lr (0.5 diverged in a trial)")
     p.add_argument("--flop-steps", type=int, default=600, help="FLOP's joint weight + gate training steps")
     p.add_argument("--recover-steps", type=int, default=400, help="fine-tuning steps after pruning, every row")
     p.add_argument("--lr", type=float, default=0.05, help="l1's fine-tuning learning rate")
-    p.add_argument("--flop-lr", type=float, default=0.01, help="FLOP's weight learning rate, joint training and fine-tuning "
-                                                                 "(SGD on P and Q steps W = PQ ~2 sigma times harder: 0.05 diverged)")
+    p.add_argument(
+        "--flop-lr",
+        type=float,
+        default=0.01,
+        help="FLOP's weight learning rate, joint training and fine-tuning "
+        "(SGD on P and Q steps W = PQ ~2 sigma times harder: 0.05 diverged)",
+    )
     p.add_argument("--repeats", type=int, default=400, help="timed runs per model in the interleaved re-timing")
-    p.add_argument("--checkpoint", type=Path, default=None, help="the trained baseline: loaded if it exists, else written")
+    p.add_argument(
+        "--checkpoint", type=Path, default=None, help="the trained baseline: loaded if it exists, else written"
+    )
     p.add_argument("--smoke", action="store_true", help=f"tiny settings {SMOKE}, result labelled smoke")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
@@ -103,24 +117,58 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="transformer_flop_"))
     measurer = TargetMeasurer(get_runtime("ort-cpu", threads=1), (tokens,), work, repeats=a.repeats)
     result: dict[str, Any] = {
-        **header("transformer_flop"), "smoke": a.smoke,
-        "protocol": {"runtime": "ort-cpu", "threads": 1, "graph_optimization": "ALL", "input": "1 x 128 token ids",
-                     "latency": "median ratio to the baseline, timed interleaved", "quality": "bits per character, full held-out split",
-                     "training": "flop: --flop-steps joint + --recover-steps fine-tune at --flop-lr; l1: --recover-steps + --flop-steps "
-                                 "fine-tune at --lr"},
+        **header("transformer_flop"),
+        "smoke": a.smoke,
+        "protocol": {
+            "runtime": "ort-cpu",
+            "threads": 1,
+            "graph_optimization": "ALL",
+            "input": "1 x 128 token ids",
+            "latency": "median ratio to the baseline, timed interleaved",
+            "quality": "bits per character, full held-out split",
+            "training": "flop: --flop-steps joint + --recover-steps fine-tune at --flop-lr; l1: --recover-steps + "
+            "--flop-steps fine-tune at --lr",
+        },
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-        "corpus": text.describe(), "baseline": {**recipe, "bpc": bits_per_char(base, val), "next_char_top1": top1(base, val),
-                                                 **vars(count(base, (tokens,)))},
+        "corpus": text.describe(),
+        "baseline": {
+            **recipe,
+            "bpc": bits_per_char(base, val),
+            "next_char_top1": top1(base, val),
+            **vars(count(base, (tokens,))),
+        },
         "rows": [],
     }
     log(f"baseline: {result['baseline']['bpc']:.3f} bpc, {result['baseline']['params'] / 1e6:.3f} M params")
     for budget in a.budgets:
-        for method, steps, lr, options in (("flop", a.recover_steps, a.flop_lr, {"steps": a.flop_steps, "lr": a.flop_lr}),
-                                           ("l1", a.recover_steps + a.flop_steps, a.lr, {})):
-            settings = Settings(precision="fp32", budget=f"{budget * 100:g}%", method=method, data=DATA, metric=METRIC, recover="finetune",
-                                steps=steps, lr=lr, repeats=50, method_options=options)
+        for method, steps, lr, options in (
+            ("flop", a.recover_steps, a.flop_lr, {"steps": a.flop_steps, "lr": a.flop_lr}),
+            ("l1", a.recover_steps + a.flop_steps, a.lr, {}),
+        ):
+            settings = Settings(
+                precision="fp32",
+                budget=f"{budget * 100:g}%",
+                method=method,
+                data=DATA,
+                metric=METRIC,
+                recover="finetune",
+                steps=steps,
+                lr=lr,
+                repeats=50,
+                method_options=options,
+            )
             loaded = from_module(copy.deepcopy(base), (tokens,), arch="char_lm", num_classes=text.VOCAB)
-            row = run_row(f"{method} {budget:g}", loaded, settings, base, measurer, tokens, work, log, metric=METRIC.rpartition(":")[2])
+            row = run_row(
+                f"{method} {budget:g}",
+                loaded,
+                settings,
+                base,
+                measurer,
+                tokens,
+                work,
+                log,
+                metric=METRIC.rpartition(":")[2],
+            )
             result["rows"].append(row | {"budget": budget})
             atomic.write_json(out, result)
     atomic.write_json(out, result)

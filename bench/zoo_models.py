@@ -21,10 +21,12 @@ dependency of edgeprune. A model is named by a spec, `FAMILY:NAME`:
                   small configs
 - `yolo:NAME`     ultralytics YOLOv8n, YOLO11n, YOLOv8n-seg (DetectionModel / SegmentationModel), 320x320
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,19 +44,69 @@ NUM_LABELS = 10
 
 #: the timm draw recorded (timm_sample() with timm 1.0.31), so the sample does not move with timm's list
 TIMM_SAMPLE = (
-    'bat_resnext26ts', 'cait_xxs36_224', 'coatnet_nano_cc_224', 'convmixer_768_32', 'convnext_zepto_rms_ols',
-    'crossvit_9_240', 'cs3darknet_x', 'cspresnext50', 'deit_base_patch16_384', 'dla60x', 'eca_nfnet_l1',
-    'edgenext_small', 'efficientnet_b2', 'efficientnet_em', 'efficientvim_m1_dist', 'efficientvit_m4',
-    'fasternet_m', 'fbnetv3_d', 'gcvit_tiny', 'gmixer_24_224', 'hgnet_tiny', 'hrnet_w18_small_v2',
-    'inception_next_atto', 'lcnetv2_large', 'levit_384_s8', 'lowformer_b3', 'maxvit_rmlp_pico_rw_256',
-    'mixer_b16_224', 'mobilenet_edgetpu_v2_s', 'mobilenetv3_small_075', 'mobileone_s2', 'mvitv2_tiny',
-    'nf_ecaresnet26', 'pit_b_224', 'poolformerv2_s24', 'regnetx_004_tv', 'regnety_040', 'regnetz_e8',
-    'repvgg_b3g4', 'res2next50', 'resnet26t', 'resnet61q', 'resnetblur18', 'resnetv2_50t', 'rexnet_300',
-    'selecsls60b', 'seresnet200d', 'skresnet50', 'swin_s3_base_224', 'swinv2_cr_tiny_384', 'test_nfnet',
-    'tf_efficientnet_cc_b0_8e', 'tf_mixnet_m', 'tinynet_e', 'vit_base_patch8_224',
-    'vit_base_patch16_rope_ape_224', 'vit_base_patch32_clip_256', 'vit_little_patch16_reg1_gap_256',
-    'vit_pe_spatial_small_patch16_512', 'vit_small_patch16_224', 'vit_srelpos_medium_patch16_224', 'vovnet39a',
-    'xcit_small_12_p8_384',
+    "bat_resnext26ts",
+    "cait_xxs36_224",
+    "coatnet_nano_cc_224",
+    "convmixer_768_32",
+    "convnext_zepto_rms_ols",
+    "crossvit_9_240",
+    "cs3darknet_x",
+    "cspresnext50",
+    "deit_base_patch16_384",
+    "dla60x",
+    "eca_nfnet_l1",
+    "edgenext_small",
+    "efficientnet_b2",
+    "efficientnet_em",
+    "efficientvim_m1_dist",
+    "efficientvit_m4",
+    "fasternet_m",
+    "fbnetv3_d",
+    "gcvit_tiny",
+    "gmixer_24_224",
+    "hgnet_tiny",
+    "hrnet_w18_small_v2",
+    "inception_next_atto",
+    "lcnetv2_large",
+    "levit_384_s8",
+    "lowformer_b3",
+    "maxvit_rmlp_pico_rw_256",
+    "mixer_b16_224",
+    "mobilenet_edgetpu_v2_s",
+    "mobilenetv3_small_075",
+    "mobileone_s2",
+    "mvitv2_tiny",
+    "nf_ecaresnet26",
+    "pit_b_224",
+    "poolformerv2_s24",
+    "regnetx_004_tv",
+    "regnety_040",
+    "regnetz_e8",
+    "repvgg_b3g4",
+    "res2next50",
+    "resnet26t",
+    "resnet61q",
+    "resnetblur18",
+    "resnetv2_50t",
+    "rexnet_300",
+    "selecsls60b",
+    "seresnet200d",
+    "skresnet50",
+    "swin_s3_base_224",
+    "swinv2_cr_tiny_384",
+    "test_nfnet",
+    "tf_efficientnet_cc_b0_8e",
+    "tf_mixnet_m",
+    "tinynet_e",
+    "vit_base_patch8_224",
+    "vit_base_patch16_rope_ape_224",
+    "vit_base_patch32_clip_256",
+    "vit_little_patch16_reg1_gap_256",
+    "vit_pe_spatial_small_patch16_512",
+    "vit_small_patch16_224",
+    "vit_srelpos_medium_patch16_224",
+    "vovnet39a",
+    "xcit_small_12_p8_384",
 )
 
 
@@ -139,20 +191,31 @@ def _timm(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 def _hf(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     import transformers as tf
 
-    small = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "intermediate_size": 1024, "num_labels": NUM_LABELS}
+    small = {
+        "num_hidden_layers": 4,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "num_labels": NUM_LABELS,
+    }
     text: dict[str, Callable[[], Any]] = {
         "bert": lambda: tf.BertForSequenceClassification(tf.BertConfig(**small)),
         "roberta": lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**small)),
         "distilbert": lambda: tf.DistilBertForSequenceClassification(
-            tf.DistilBertConfig(n_layers=4, dim=256, n_heads=4, hidden_dim=1024, num_labels=NUM_LABELS)),
+            tf.DistilBertConfig(n_layers=4, dim=256, n_heads=4, hidden_dim=1024, num_labels=NUM_LABELS)
+        ),
         "gpt2": lambda: tf.GPT2ForSequenceClassification(
-            tf.GPT2Config(n_layer=4, n_embd=256, n_head=4, num_labels=NUM_LABELS, pad_token_id=0, use_cache=False)),
+            tf.GPT2Config(n_layer=4, n_embd=256, n_head=4, num_labels=NUM_LABELS, pad_token_id=0, use_cache=False)
+        ),
     }
     vision: dict[str, Callable[[], Any]] = {
         "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(**small, image_size=224, patch_size=16)),
         "deit": lambda: tf.DeiTForImageClassification(tf.DeiTConfig(**small, image_size=224, patch_size=16)),
         "swin": lambda: tf.SwinForImageClassification(
-            tf.SwinConfig(image_size=224, embed_dim=48, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], num_labels=NUM_LABELS)),
+            tf.SwinConfig(
+                image_size=224, embed_dim=48, depths=[2, 2, 2, 2], num_heads=[3, 6, 12, 24], num_labels=NUM_LABELS
+            )
+        ),
     }
     if name in text:
         model = text[name]()
@@ -169,5 +232,10 @@ def _yolo(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 _BUILDERS: dict[str, Callable[[str], tuple[nn.Module, tuple[torch.Tensor, ...]]]] = {
-    "tv": _tv, "tvseg": _tvseg, "tvdet": _tvdet, "timm": _timm, "hf": _hf, "yolo": _yolo,
+    "tv": _tv,
+    "tvseg": _tvseg,
+    "tvdet": _tvdet,
+    "timm": _timm,
+    "hf": _hf,
+    "yolo": _yolo,
 }

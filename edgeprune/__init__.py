@@ -7,11 +7,13 @@ Python API (what the `compress` CLI calls):
     result.final_ms, result.speedup, result.met, result.report   # the figures of report.json
     model = edgeprune.load("out")   # the pruned model of a finished run, rebuilt from plan.json + state_dict.pt
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 # torch is imported where it is used, so `import edgeprune` stays free of it: the measuring agent
 # (`compress agent`, runtime_bench/agent.py) runs on an edge host that has ONNX Runtime alone.
@@ -26,11 +28,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def with_autograd(fn: _F) -> _F:
     """`modelrun.with_autograd` (autograd on, even under torch.inference_mode()), imported when `fn` runs."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from edgeprune.modelrun import with_autograd as autograd
 
         return autograd(fn)(*args, **kwargs)
+
     return cast(_F, wrapper)
 
 
@@ -80,7 +84,9 @@ def compress(
 
 
 @with_autograd
-def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, num_classes: int | None = None) -> nn.Module:
+def load_pruned(
+    arch: str, plan_path: str | Path, state_dict_path: str | Path, num_classes: int | None = None
+) -> nn.Module:
     """Rebuild a pruned model from the original architecture, its plan.json and state_dict.pt.
 
     Unlike the whole-module pickle (model.pt), this survives `weights_only` loading and code changes.
@@ -100,7 +106,9 @@ def load_pruned(arch: str, plan_path: str | Path, state_dict_path: str | Path, n
     try:
         state = torch.load(state_dict_path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
-        raise EdgepruneError(f"cannot read {state_dict_path}: {first_line(err)}; pass the state_dict.pt of the same run as the plan") from None
+        raise EdgepruneError(
+            f"cannot read {state_dict_path}: {first_line(err)}; pass the state_dict.pt of the same run as the plan"
+        ) from None
     load_state(model, state, str(state_dict_path), f"{arch} pruned by {plan_path}")
     return model
 

@@ -3,14 +3,16 @@
 A failed or interrupted run must leave earlier results intact, so every file edgeprune writes is
 first written beside its destination and then moved over it with `os.replace` (atomic on POSIX).
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ The CLI checks each option against its `Bound` while parsing (and prints the ran
 tolerance is refused with one line naming the option before any work starts, instead of ending in
 an internal error or a search that "found no candidate".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ class Bound:
             return f"{noun} {'<' if self.hi_open else '<='} {self.hi:g}"
         return noun
 
-    def contains(self, value: float) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int and not isinstance(value, int)):
+    def contains(self, value: object) -> bool:  # anything a user or the API may pass
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (self.kind is int and not isinstance(value, int))
+        ):
             return False
         if not math.isfinite(value):
             return False
@@ -49,7 +54,7 @@ class Bound:
         if value is not None and not self.contains(value):
             raise EdgepruneError(f"{option} {value!r}: must be {self.describe()}")
 
-    def parser(self) -> "_BoundType":
+    def parser(self) -> _BoundType:
         """An argparse `type=` that converts and checks (its error names the range)."""
         return _BoundType(self)
 

@@ -1,4 +1,5 @@
 """The machine and library versions a measurement was taken with (reports and bench results)."""
+
 from __future__ import annotations
 
 import datetime

@@ -10,8 +10,8 @@ class EdgepruneError(Exception):
     """A user-facing error: `str(err)` is a single line saying what went wrong and what to do."""
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of an exception's text, shortened: third-party errors (torch,
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
+    """The first non-empty line of an exception's (or a tool's error) text, shortened: third-party errors (torch,
     onnxruntime) span many lines, and an `EdgepruneError` message must stay on one."""
     text = str(exc).strip()
     line = text.splitlines()[0].strip() if text else type(exc).__name__

@@ -1,10 +1,12 @@
 """Running a model on example inputs: the one place that knows how inputs are passed and outputs
 flattened, shared by pruning (probes, checks), export (verification) and loading."""
+
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, Sequence, TypeVar, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -46,10 +48,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 def with_autograd(fn: F) -> F:
     """Run `fn` with autograd on, even when called under torch.inference_mode() or torch.no_grad():
     pruning traces the model through autograd and recovery trains it."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with torch.inference_mode(False), torch.enable_grad():
             return fn(*args, **kwargs)
+
     return cast(F, wrapper)
 
 
@@ -82,7 +86,9 @@ def named_outputs(out: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
     if isinstance(out, torch.Tensor):
         return [(prefix or "0", out)]
     if isinstance(out, (list, tuple)):
-        return [pair for i, item in enumerate(out) for pair in named_outputs(item, f"{prefix}.{i}" if prefix else str(i))]
+        return [
+            pair for i, item in enumerate(out) for pair in named_outputs(item, f"{prefix}.{i}" if prefix else str(i))
+        ]
     if isinstance(out, dict):
         return [pair for k, item in out.items() for pair in named_outputs(item, f"{prefix}.{k}" if prefix else str(k))]
     flatten_outputs(out)  # raises the one-line error for what is not a tensor
@@ -98,7 +104,9 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
     if isinstance(out, dict):
         return [t for item in out.values() for t in flatten_outputs(item)]
     hint = "; build it with use_cache=False (its config's use_cache)" if "Cache" in type(out).__name__ else ""
-    raise EdgepruneError(f"the model returns a {type(out).__name__}; edgeprune needs tensors (or tuples/lists/dicts of them){hint}")
+    raise EdgepruneError(
+        f"the model returns a {type(out).__name__}; edgeprune needs tensors (or tuples/lists/dicts of them){hint}"
+    )
 
 
 def output_shapes(outputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:

@@ -4,6 +4,7 @@ Each implementation is one file whose class registers itself with `@REGISTRY.reg
 package's `__init__` imports the file. Adding one is therefore one file plus one import line, and
 callers only ever ask a registry by name.
 """
+
 from __future__ import annotations
 
 import inspect

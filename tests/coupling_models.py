@@ -1,4 +1,5 @@
 """Small models, one per kind of channel coupling a structured pruner must get right."""
+
 from __future__ import annotations
 
 import torch
@@ -52,8 +53,8 @@ class SplitChunk(nn.Module):
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        l, r = torch.chunk(self.stem(x), 2, dim=1)
-        return self.fc(torch.cat([self.left(l), self.right(r)], 1).mean((2, 3)))
+        lhs, rhs = torch.chunk(self.stem(x), 2, dim=1)
+        return self.fc(torch.cat([self.left(lhs), self.right(rhs)], 1).mean((2, 3)))
 
 
 class Depthwise(nn.Module):

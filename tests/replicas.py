@@ -1,6 +1,7 @@
 """Small structural replicas of the public architectures users bring (timm, torchvision, Hugging
 Face, ultralytics), one per construct that broke edgeprune or torch-pruning: the suite runs them
 without any of those libraries installed."""
+
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,9 @@ from torch import nn
 
 def cbs(cin: int, cout: int, k: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv-BN-SiLU, ultralytics' and timm's basic block."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.SiLU()
+    )
 
 
 class ChannelShuffle(nn.Module):
@@ -286,8 +289,12 @@ class Detector(nn.Module):
         self.c1 = C2f(16, 32, 1, shortcut=True)
         self.down = cbs(32, 64, 3)
         self.c2 = C2f(64, 64, 1, shortcut=False)
-        self.box = nn.ModuleList([nn.Sequential(cbs(32, 32, 3), nn.Conv2d(32, 16, 1)), nn.Sequential(cbs(64, 32, 3), nn.Conv2d(32, 16, 1))])
-        self.cls = nn.ModuleList([nn.Sequential(cbs(32, 32, 3), nn.Conv2d(32, 5, 1)), nn.Sequential(cbs(64, 32, 3), nn.Conv2d(32, 5, 1))])
+        self.box = nn.ModuleList(
+            [nn.Sequential(cbs(32, 32, 3), nn.Conv2d(32, 16, 1)), nn.Sequential(cbs(64, 32, 3), nn.Conv2d(32, 16, 1))]
+        )
+        self.cls = nn.ModuleList(
+            [nn.Sequential(cbs(32, 32, 3), nn.Conv2d(32, 5, 1)), nn.Sequential(cbs(64, 32, 3), nn.Conv2d(32, 5, 1))]
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p3 = self.c1(self.stem(x))

@@ -1,4 +1,5 @@
 """Synthetic data sets the tests can learn from in a few steps (tests never read ../shared)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,15 @@ from pathlib import Path
 import numpy as np
 
 
-def learnable_npz(path: Path, n_train: int = 96, n_test: int = 48, size: int = 16, classes: int = 3, seed: int = 0,
-                  label_offset: int = 0) -> Path:
+def learnable_npz(
+    path: Path,
+    n_train: int = 96,
+    n_test: int = 48,
+    size: int = 16,
+    classes: int = 3,
+    seed: int = 0,
+    label_offset: int = 0,
+) -> Path:
     """Class k = noise + a bright channel k (k < 3) or a bright row stripe (k >= 3): a tiny CNN learns
     it in a few steps, and crops and flips keep the colour cue."""
     rng = np.random.default_rng(seed)

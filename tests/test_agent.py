@@ -1,14 +1,16 @@
 """The remote latency agent over loopback: a real HTTP server, the real client, and bad requests."""
+
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -41,9 +43,15 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return OnnxExporter().export(tiny_resnet().eval(), X, tmp_path_factory.mktemp("m") / "tiny.onnx").path
 
 
-def post(address: str, path: str, body: bytes, token: str = TOKEN, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://{address}{path}", data=body, method="POST",
-                                 headers={"Authorization": f"Bearer {token}", **(headers or {})})
+def post(
+    address: str, path: str, body: bytes, token: str = TOKEN, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"http://{address}{path}",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -132,6 +140,7 @@ def test_measurements_run_one_at_a_time_in_arrival_order(agent) -> None:
             time.sleep(0.05)
             spans.append((name, t0, time.perf_counter()))
             return {}
+
         return run
 
     threads = [threading.Thread(target=a.submit, args=(job(f"j{i}"),)) for i in range(4)]
@@ -141,7 +150,7 @@ def test_measurements_run_one_at_a_time_in_arrival_order(agent) -> None:
     for t in threads:
         t.join()
     assert [s[0] for s in spans] == ["j0", "j1", "j2", "j3"]
-    for (_, _, end), (_, start, _) in zip(spans, spans[1:]):
+    for (_, _, end), (_, start, _) in itertools.pairwise(spans):
         assert start >= end  # never two at once
 
 
@@ -168,7 +177,8 @@ def test_dockerfile_lints_clean_and_installs_with_the_ci_script() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     text = (repo / "Dockerfile").read_text()
     run_steps = [step for step in text.replace("\\\n", " ").splitlines() if step.startswith("RUN ")]
-    assert any("scripts/install.sh /opt/venv" in step for step in run_steps)  # the Makefile's install step, so CI runs what the image runs
+    # the Makefile's install step, so CI runs what the image runs
+    assert any("scripts/install.sh /opt/venv" in step for step in run_steps)
     assert "ARG BASE=python:3.11-slim" in text and "FROM ${BASE}" in text  # buildable on a local stand-in base image
     assert "scripts/install.sh" in (repo / "Makefile").read_text()
     assert "USER 10001" in text and "HEALTHCHECK" in text and '"agent"' in text
@@ -199,7 +209,8 @@ buf = io.BytesIO()
 np.savez(buf, model=np.frombuffer(open({str(onnx_file)!r}, "rb").read(), np.uint8), input_0=x)
 result = agent.submit(lambda: agent.measure(buf.getvalue(), {{"runtime": "ort-cpu", "repeats": "3", "warmup": "1"}}))
 assert result["stats"]["n"] == 3
-print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "torch_pruning", "onnxsim", "onnxscript", "onnx", "PIL"}}))
+heavy = {{"torch", "torch_pruning", "onnxsim", "onnxscript", "onnx", "PIL"}}
+print(sorted({{m.split(".")[0] for m in sys.modules}} & heavy))
 """
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
@@ -223,11 +234,21 @@ from edgeprune.cli import main
 sys.exit(main(sys.argv[1:]))
 """
     repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code, "x.pt", "--budget", "50%", "--out", str(tmp_path / "o")], cwd=repo,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "x.pt", "--budget", "50%", "--out", str(tmp_path / "o")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and "needs PyTorch" in lines[0] and "compress agent" in lines[0], done.stderr
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error:")
+        and "needs PyTorch" in lines[0]
+        and "compress agent" in lines[0]
+    ), done.stderr
 
 
 def test_ort_mobile_says_it_needs_onnx_where_onnx_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,7 @@
 """PGD, ANP and SANP do their jobs: the attack is real and stays in its budget, ANP's masks zero
 channels under adversarial training and those channels come out physically, SANP decides channels
 image by image and its cost term lowers what it keeps."""
+
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.prune import gating
 from edgeprune.pipeline.prune.apply import apply
@@ -80,13 +82,22 @@ def test_folding_channel_factors_into_weights_equals_applying_them_at_the_hooks(
     space = discover(model, IMAGE32)
     points = gating.hook_points(model, space, IMAGE32)
     g = torch.Generator().manual_seed(0)
-    values = {grp.id: torch.rand(grp.size, generator=g) * (torch.rand(grp.size, generator=g) > 0.3) for grp in space.groups}
+    values = {
+        grp.id: torch.rand(grp.size, generator=g) * (torch.rand(grp.size, generator=g) > 0.3) for grp in space.groups
+    }
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad(), gating.channel_hooks(model, points, lambda p, out: out * p.along(values[p.group], out)):
         hooked = model(x)
     gating.fold(model, points, values)
     with torch.no_grad():
         assert torch.allclose(model(x), hooked, atol=1e-5)
+
+
+def test_folding_into_a_batchnorm_without_affine_parameters_says_why() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, affine=False))
+    point = gating.HookPoint("g", "1", torch.arange(8), 1)
+    with pytest.raises(EdgepruneError, match="BatchNorm without affine parameters"):
+        gating.fold(model, [point], {"g": torch.ones(8)})
 
 
 def _anp(data16, kl_weight: float) -> tuple[nn.Module, object, object]:
@@ -129,9 +140,34 @@ def _compress_tiny(tmp_path: Path, method: str, *options: str) -> tuple[dict, fl
     base = count(tiny_resnet(), IMAGE32).flops
     torch.save(tiny_resnet(), tmp_path / "m.pt")
     out = tmp_path / "out"
-    rc, _, err = run_cli([tmp_path / "m.pt", "--input-shape", "1x3x32x32", "--method", method, "--data", npz,
-                          "--budget", f"{0.6 * base / 1e6:.3f}MFLOPs", "--search-steps", "2", "--steps", "1", *options,
-                          "--batch-size", "16", "--round-to", "4", "--warmup", "1", "--repeats", "3", "--out", out])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--input-shape",
+            "1x3x32x32",
+            "--method",
+            method,
+            "--data",
+            npz,
+            "--budget",
+            f"{0.6 * base / 1e6:.3f}MFLOPs",
+            "--search-steps",
+            "2",
+            "--steps",
+            "1",
+            *options,
+            "--batch-size",
+            "16",
+            "--round-to",
+            "4",
+            "--warmup",
+            "1",
+            "--repeats",
+            "3",
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0, err
     assert (out / "model.onnx").exists()
     return json.loads((out / "report.json").read_text()), base
@@ -171,7 +207,7 @@ def test_sanp_decisions_vary_from_image_to_image(sanp_pair, data32) -> None:
         dyn(data32.calibration(32))
     varying = {gid: int(((d.mean(0) > 0) & (d.mean(0) < 1)).sum()) for gid, d in dyn.decisions.items()}
     assert sum(varying.values()) > 0, varying  # some channel is on for some images and off for others
-    per_image = torch.cat([d for d in dyn.decisions.values()], 1).sum(1)
+    per_image = torch.cat(list(dyn.decisions.values()), 1).sum(1)
     assert per_image.max() > per_image.min()  # so images differ in how many channels they use
 
 

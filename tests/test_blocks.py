@@ -1,4 +1,5 @@
 """Whole-block removal: which blocks qualify, physical removal in PyTorch and ONNX, importance."""
+
 from __future__ import annotations
 
 import copy

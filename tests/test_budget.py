@@ -1,5 +1,8 @@
 """Budget text -> Budget: every accepted form, relative resolution, and one-line errors."""
+
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -43,7 +46,7 @@ def test_latency_flag_only_for_latency() -> None:
 @pytest.mark.parametrize(("text", "fraction"), [("50%", 0.5), ("2x", 0.5), ("4x", 0.25), ("75%", 0.75)])
 def test_resolve_relative_sets_value_and_fraction(text: str, fraction: float) -> None:
     b = parse_budget(text)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="relative budget"):
         b.met_by(1.0)  # a relative budget cannot judge a figure before it is resolved
     r = b.resolve(8.0)
     assert not r.relative
@@ -77,7 +80,7 @@ def test_met_by_is_inclusive() -> None:
 
 def test_budget_is_hashable_and_frozen() -> None:
     b = parse_budget("20ms")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         b.value = 1.0  # type: ignore[misc]
     assert isinstance(b, Budget)
 

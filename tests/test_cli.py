@@ -3,6 +3,7 @@
 Latency assertions use only what the tool itself guarantees and judged: the `met` flag and the
 ratio of the *interleaved* final/baseline medians in report.json, never absolute times.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,17 +69,6 @@ def listing(out: Path) -> set[str]:
 
 def snapshot(out: Path) -> dict[str, tuple[bytes, int]]:
     return {name: ((out / name).read_bytes(), (out / name).stat().st_mtime_ns) for name in OUTPUTS}
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("models")
-    torch.save(tiny_resnet(), d / "tiny.pt")
-    torch.save(tiny_resnet().state_dict(), d / "tiny_sd.pt")
-    torch.jit.script(tiny_resnet()).save(str(d / "scripted.pt"))
-    (d / "garbage.onnx").write_text("this is not an onnx model\n")
-    return {"whole": d / "tiny.pt", "state_dict": d / "tiny_sd.pt", "scripted": d / "scripted.pt",
-            "garbage": d / "garbage.onnx", "dir": d}
 
 
 def e2e_args(files: dict[str, Path], out: Path) -> list[object]:
@@ -152,7 +142,9 @@ def test_report_hashes_the_published_set(e2e: dict[str, object]) -> None:
     assert rep["noise"]["final"] == rep["final"]["latency_ms"]["noise"]
 
 
-def test_noisy_p90_is_flagged_not_printed_as_a_ratio(e2e: dict[str, object], capsys: pytest.CaptureFixture[str]) -> None:
+def test_noisy_p90_is_flagged_not_printed_as_a_ratio(
+    e2e: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
     rep = json.loads((Path(e2e["out"]) / "report.json").read_text())  # type: ignore[arg-type]
     quiet = dict(rep, noise={"baseline": None, "final": None})
     noisy = dict(rep, noise={"baseline": None, "final": "p90/median 8.59 > 1.5"})  # 6.7 ms p90 beside a 0.78 ms median
@@ -168,7 +160,9 @@ def test_noisy_p90_is_flagged_not_printed_as_a_ratio(e2e: dict[str, object], cap
     assert "noisy" in p90_line and "warning: noisy measurement" in table
 
 
-def test_resume_reuses_every_stage(e2e: dict[str, object], files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_reuses_every_stage(
+    e2e: dict[str, object], files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     out: Path = e2e["out"]  # type: ignore[assignment]
     assert e2e["rc"] == 0, e2e["stderr"]
     first_plan = (out / "plan.json").read_text()
@@ -185,8 +179,9 @@ def test_resume_reuses_every_stage(e2e: dict[str, object], files: dict[str, Path
     assert second["final"]["latency_ms"] == first["final"]["latency_ms"]
 
 
-def test_failed_run_leaves_earlier_results_intact(e2e: dict[str, object], tmp_path: Path,
-                                                  files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_run_leaves_earlier_results_intact(
+    e2e: dict[str, object], tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert e2e["rc"] == 0, e2e["stderr"]
     out = tmp_path / "out"
     shutil.copytree(e2e["out"], out)  # type: ignore[arg-type]
@@ -202,7 +197,9 @@ def test_failed_run_leaves_earlier_results_intact(e2e: dict[str, object], tmp_pa
     assert listing(out) == set(OUTPUTS)  # what was there before, and no lock left
 
 
-def test_flops_budget_is_met_by_count(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flops_budget_is_met_by_count(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flops = count(tiny_resnet(), (torch.randn(1, 3, 32, 32),)).flops
     budget = flops / 2 / 1e6
     text = f"{budget:.3f}MFLOPs"
@@ -216,11 +213,24 @@ def test_flops_budget_is_met_by_count(files: dict[str, Path], tmp_path: Path, ca
     assert rep["final"]["flops"] >= 0.5 * rep["budget"]["value"]  # pruned to the budget, not far past it
 
 
-def test_baseline_already_within_budget(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_baseline_already_within_budget(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Also the state dict + `--arch package.module:factory` route, with the arch's shape given."""
     out = tmp_path / "out"
-    rc, _, err = cli(capsys, files["state_dict"], "--arch", TINY_ARCH, "--budget", "1000ms", "--input-shape", SHAPE,
-                     "--out", out, *FAST)
+    rc, _, err = cli(
+        capsys,
+        files["state_dict"],
+        "--arch",
+        TINY_ARCH,
+        "--budget",
+        "1000ms",
+        "--input-shape",
+        SHAPE,
+        "--out",
+        out,
+        *FAST,
+    )
     assert rc == 0, err
     rep = json.loads((out / "report.json").read_text())
     assert rep["model"]["arch"] == TINY_ARCH
@@ -292,7 +302,9 @@ def test_error_torchscript(files: dict[str, Path], tmp_path: Path, capsys: pytes
     assert "TorchScript" in assert_one_line_error(rc, err)
 
 
-def test_error_state_dict_without_arch(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_error_state_dict_without_arch(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, _, err = cli(capsys, files["state_dict"], "--budget", "20ms", "--input-shape", SHAPE, "--out", tmp_path / "out")
     assert "--arch" in assert_one_line_error(rc, err)
 
@@ -311,8 +323,18 @@ def test_error_bad_budget(files: dict[str, Path], tmp_path: Path, capsys: pytest
 
 
 def test_error_unknown_runtime(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = cli(capsys, files["whole"], "--budget", "20ms", "--input-shape", SHAPE, "--runtime", "no-such-rt",
-                     "--out", tmp_path / "out")
+    rc, _, err = cli(
+        capsys,
+        files["whole"],
+        "--budget",
+        "20ms",
+        "--input-shape",
+        SHAPE,
+        "--runtime",
+        "no-such-rt",
+        "--out",
+        tmp_path / "out",
+    )
     assert "no-such-rt" in assert_one_line_error(rc, err)
     assert not (tmp_path / "out").exists()
 
@@ -330,7 +352,10 @@ def test_error_bench_garbage(files: dict[str, Path], capsys: pytest.CaptureFixtu
 def test_console_script_never_prints_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "edgeprune.cli", "check", str(tmp_path / "missing.onnx"), "--budget", "1ms"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -5,6 +5,7 @@ CLI says what it can do; noisy measurements are flagged, not passed off as figur
 Most cases stop while the options are parsed or the inputs checked, so they take milliseconds;
 the few that run the pipeline use the tiny residual CNN with few repeats.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ from edgeprune.pipeline.compress import Settings
 from edgeprune.pipeline.rundir import LOCK_NAME, OutLock, RunDir
 from edgeprune.runtime_bench import LatencyStats
 from tests.synthetic import learnable_npz
-from tests.test_cli import FAST, REPO, SHAPE, TINY_ARCH, assert_one_line_error, cli, files  # noqa: F401  (fixture)
+from tests.test_cli import FAST, REPO, SHAPE, TINY_ARCH, assert_one_line_error, cli
 from tests.tiny_models import tiny_resnet
 
 
@@ -43,14 +44,35 @@ def npz(path: Path, x_train: np.ndarray, y_train: np.ndarray) -> Path:
 # --- 1. validate at the edge ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option, value", [
-    ("--threads", "0"), ("--threads", "-1"), ("--warmup", "0"), ("--repeats", "0"), ("--repeats", "100000000"),
-    ("--max-candidates", "0"), ("--batch-size", "0"), ("--epochs", "0"), ("--steps", "-3"), ("--round-to", "0"),
-    ("--tol", "0"), ("--tol", "-0.1"), ("--tol", "0.02"), ("--tol", "1.5"), ("--alpha", "2"), ("--temperature", "0"),
-    ("--lr", "0"), ("--num-classes", "0"), ("--pgd-steps", "0"), ("--slimming-lambda", "-1"), ("--repeats", "many"),
-])
-def test_out_of_range_option_is_one_line_naming_its_range(files: dict[str, Path], tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--threads", "0"),
+        ("--threads", "-1"),
+        ("--warmup", "0"),
+        ("--repeats", "0"),
+        ("--repeats", "100000000"),
+        ("--max-candidates", "0"),
+        ("--batch-size", "0"),
+        ("--epochs", "0"),
+        ("--steps", "-3"),
+        ("--round-to", "0"),
+        ("--tol", "0"),
+        ("--tol", "-0.1"),
+        ("--tol", "0.02"),
+        ("--tol", "1.5"),
+        ("--alpha", "2"),
+        ("--temperature", "0"),
+        ("--lr", "0"),
+        ("--num-classes", "0"),
+        ("--pgd-steps", "0"),
+        ("--slimming-lambda", "-1"),
+        ("--repeats", "many"),
+    ],
+)
+def test_out_of_range_option_is_one_line_naming_its_range(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
     out = tmp_path / "out"
     rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", out, option, value)
     line = assert_one_line_error(rc, err)
@@ -58,18 +80,31 @@ def test_out_of_range_option_is_one_line_naming_its_range(files: dict[str, Path]
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv", [
-    ["bench", "x.onnx", "--threads", "0"], ["check", "x.onnx", "--budget", "1ms", "--repeats", "0"],
-    ["agent", "--port", "70000"], ["agent", "--max-upload-mb", "0"], ["demo", "--epochs", "0"],
-    ["train", "--arch", "resnet20", "--out", "m.pt", "--batch-size", "0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bench", "x.onnx", "--threads", "0"],
+        ["check", "x.onnx", "--budget", "1ms", "--repeats", "0"],
+        ["agent", "--port", "70000"],
+        ["agent", "--max-upload-mb", "0"],
+        ["demo", "--epochs", "0"],
+        ["train", "--arch", "resnet20", "--out", "m.pt", "--batch-size", "0"],
+    ],
+)
 def test_subcommands_check_their_options_too(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     rc, _, err = cli(capsys, *argv)
     assert argv[-2] in assert_one_line_error(rc, err)
 
 
 def test_python_api_checks_the_same_ranges(tmp_path: Path) -> None:
-    for bad in ({"repeats": 0}, {"tol": 0.0}, {"threads": -2}, {"round_to": 0}, {"max_candidates": 0}, {"batch_size": 0}):
+    for bad in (
+        {"repeats": 0},
+        {"tol": 0.0},
+        {"threads": -2},
+        {"round_to": 0},
+        {"max_candidates": 0},
+        {"batch_size": 0},
+    ):
         with pytest.raises(EdgepruneError, match=f"--{next(iter(bad)).replace('_', '-')}"):
             edgeprune.compress(tiny_resnet(), "60%", torch.randn(1, 3, 32, 32), out_dir=tmp_path / "out", **bad)
     assert not (tmp_path / "out").exists()
@@ -89,19 +124,36 @@ def test_bound_describes_and_checks_open_and_closed_ends() -> None:
 
 
 def test_unknown_unprunable_layer(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", tmp_path / "out",
-                     "--unprunable", "block1.conv1,block9.conv1")
+    rc, _, err = cli(
+        capsys,
+        files["whole"],
+        "--budget",
+        "60%",
+        "--input-shape",
+        SHAPE,
+        "--out",
+        tmp_path / "out",
+        "--unprunable",
+        "block1.conv1,block9.conv1",
+    )
     line = assert_one_line_error(rc, err)
     assert "--unprunable block9.conv1:" in line and "block1.conv2" in line  # names the typo alone, shows real names
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("objects", "holds Python objects"), ("strings", "must be uint8 or float"),
-    ("negative_labels", "labels must be class indices"), ("fractional_labels", "labels must be integer"),
-    ("too_many_classes", "the model outputs 10"),
-])
-def test_bad_data_arrays(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, expect: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        ("objects", "holds Python objects"),
+        ("strings", "must be uint8 or float"),
+        ("negative_labels", "labels must be class indices"),
+        ("fractional_labels", "labels must be integer"),
+        ("too_many_classes", "the model outputs 10"),
+    ],
+)
+def test_bad_data_arrays(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, expect: str
+) -> None:
     images = np.zeros((8, 32, 32, 3), np.uint8)
     x, y = {
         "objects": (np.array([None] * 8, dtype=object), np.arange(8)),
@@ -111,42 +163,91 @@ def test_bad_data_arrays(files: dict[str, Path], tmp_path: Path, capsys: pytest.
         "too_many_classes": (images, np.arange(8) * 3),  # labels up to 21 for a 10-way classifier
     }[case]
     data = npz(tmp_path / "d.npz", x, y)
-    rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", tmp_path / "out",
-                     "--data", data, "--recover", "none")
+    rc, _, err = cli(
+        capsys,
+        files["whole"],
+        "--budget",
+        "60%",
+        "--input-shape",
+        SHAPE,
+        "--out",
+        tmp_path / "out",
+        "--data",
+        data,
+        "--recover",
+        "none",
+    )
     assert expect in assert_one_line_error(rc, err)
     assert not (tmp_path / "out").exists()
 
 
-def test_input_shape_that_cannot_be_allocated(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", "1x3x200000x200000", "--out", tmp_path / "out")
+def test_input_shape_that_cannot_be_allocated(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, _, err = cli(
+        capsys, files["whole"], "--budget", "60%", "--input-shape", "1x3x200000x200000", "--out", tmp_path / "out"
+    )
     assert "smaller --input-shape" in assert_one_line_error(rc, err)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("arch, expect", [
-    ("os:getcwd", "returned a str, not an nn.Module"), ("json:dumps", "raised TypeError"),
-    ("os:sep", "is not a model factory"), ("no_such_module_xyz:f", "cannot import"),
-])
-def test_arch_that_is_not_a_model_factory(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                         arch: str, expect: str) -> None:
-    rc, _, err = cli(capsys, files["state_dict"], "--arch", arch, "--budget", "60%", "--input-shape", SHAPE, "--out", tmp_path / "out")
+@pytest.mark.parametrize(
+    ("arch", "expect"),
+    [
+        ("os:getcwd", "returned a str, not an nn.Module"),
+        ("json:dumps", "raised TypeError"),
+        ("os:sep", "is not a model factory"),
+        ("no_such_module_xyz:f", "cannot import"),
+    ],
+)
+def test_arch_that_is_not_a_model_factory(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], arch: str, expect: str
+) -> None:
+    rc, _, err = cli(
+        capsys,
+        files["state_dict"],
+        "--arch",
+        arch,
+        "--budget",
+        "60%",
+        "--input-shape",
+        SHAPE,
+        "--out",
+        tmp_path / "out",
+    )
     assert expect in assert_one_line_error(rc, err)
 
 
-def test_state_dict_mismatch_is_summarised(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_state_dict_mismatch_is_summarised(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, _, err = cli(capsys, files["state_dict"], "--arch", "resnet20", "--budget", "60%", "--out", tmp_path / "out")
     line = assert_one_line_error(rc, err)
     assert re.search(r"\d+ missing \(e\.g\. \S+\), \d+ unexpected \(e\.g\. stem\.0\.weight\)", line), line
     assert "check --arch" in line and not line.rstrip().endswith(":")
-    rc, _, err = cli(capsys, files["state_dict"], "--arch", TINY_ARCH, "--num-classes", "7", "--budget", "60%",
-                     "--input-shape", SHAPE, "--out", tmp_path / "out")
+    rc, _, err = cli(
+        capsys,
+        files["state_dict"],
+        "--arch",
+        TINY_ARCH,
+        "--num-classes",
+        "7",
+        "--budget",
+        "60%",
+        "--input-shape",
+        SHAPE,
+        "--out",
+        tmp_path / "out",
+    )
     line = assert_one_line_error(rc, err)
-    assert "2 of another shape (e.g. fc.weight: file 10x64, tests.tiny_models:tiny_resnet 7x64)" in line, line  # fc weight and bias
+    # fc weight and bias
+    assert "2 of another shape (e.g. fc.weight: file 10x64, tests.tiny_models:tiny_resnet 7x64)" in line, line
     assert "missing" not in line and "--num-classes" in line
 
 
-def test_repeats_that_would_take_too_long(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repeats_that_would_take_too_long(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(measure, "MAX_MEASURE_S", 0.001)  # any real model's 10 + 50 runs take longer
     rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", tmp_path / "out")
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -158,7 +259,9 @@ def test_repeats_that_would_take_too_long(files: dict[str, Path], tmp_path: Path
 # --- 2. protect what the user owns ---------------------------------------------------------------
 
 
-def test_out_holding_the_model_is_refused(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_holding_the_model_is_refused(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.pt").write_bytes(files["whole"].read_bytes())  # the layout that used to lose the user's model
@@ -174,7 +277,9 @@ def test_out_holding_the_model_is_refused(files: dict[str, Path], tmp_path: Path
     assert "contains the input" in assert_one_line_error(rc, err)
 
 
-def test_out_holding_or_inside_the_data_is_refused(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_holding_or_inside_the_data_is_refused(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from PIL import Image
 
     data_dir = tmp_path / "data"
@@ -185,13 +290,20 @@ def test_out_holding_or_inside_the_data_is_refused(files: dict[str, Path], tmp_p
         (images / split / "cat").mkdir(parents=True)
         Image.new("RGB", (32, 32)).save(images / split / "cat" / "0.png")
     before = tree(tmp_path)
-    for data_arg, out, expect in ((data, data_dir, "contains the input"), (images, images / "out", "inside the input folder")):
-        rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--data", data_arg, "--out", out, *FAST)
+    for data_arg, out, expect in (
+        (data, data_dir, "contains the input"),
+        (images, images / "out", "inside the input folder"),
+    ):
+        rc, _, err = cli(
+            capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--data", data_arg, "--out", out, *FAST
+        )
         assert expect in assert_one_line_error(rc, err)
     assert tree(tmp_path) == before
 
 
-def test_out_that_is_a_file_or_below_one(tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_out_that_is_a_file_or_below_one(
+    tmp_path: Path, files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     f = tmp_path / "results.txt"
     f.write_text("mine\n")
     for out, expect in ((f, "is a file"), (f / "sub", "is a file, so the folder cannot be made")):
@@ -202,12 +314,16 @@ def test_out_that_is_a_file_or_below_one(tmp_path: Path, files: dict[str, Path],
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, a folder nobody can create files in")
 def test_out_that_cannot_be_written(files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = cli(capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", "/proc/edgeprune-out", *FAST)
+    rc, _, err = cli(
+        capsys, files["whole"], "--budget", "60%", "--input-shape", SHAPE, "--out", "/proc/edgeprune-out", *FAST
+    )
     line = assert_one_line_error(rc, err)
     assert "cannot write in" in line and "--out" in line
 
 
-def test_a_second_run_on_a_locked_out_stops_at_once(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_run_on_a_locked_out_stops_at_once(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     holder = OutLock(out).acquire()  # another run, as far as the lock can tell (flock is per open file)
     try:
@@ -225,8 +341,9 @@ def test_a_second_run_on_a_locked_out_stops_at_once(files: dict[str, Path], tmp_
 
 
 @pytest.mark.parametrize("holder_at", ["closed", "unlinked"])
-def test_a_lock_released_under_a_run_opening_it_is_never_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  holder_at: str) -> None:
+def test_a_lock_released_under_a_run_opening_it_is_never_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_at: str
+) -> None:
     """A run that opened the lock file just before its holder deleted it on release must not lock
     the deleted file (a third run would then lock a new file of the same name beside it)."""
     import fcntl
@@ -257,8 +374,9 @@ def test_a_lock_released_under_a_run_opening_it_is_never_shared(tmp_path: Path, 
     assert not (out / LOCK_NAME).exists()
 
 
-def test_an_interrupted_run_removes_its_lock(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_run_removes_its_lock(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edgeprune.pipeline.compress import Pipeline
 
     def interrupted(self: object) -> None:
@@ -274,8 +392,13 @@ def test_an_interrupted_run_removes_its_lock(files: dict[str, Path], tmp_path: P
 
 def test_a_killed_runs_lock_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = f"from edgeprune.pipeline.rundir import OutLock; OutLock({str(out)!r}).acquire(); print('locked', flush=True); input()"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (
+        f"from edgeprune.pipeline.rundir import OutLock; OutLock({str(out)!r}).acquire(); "
+        "print('locked', flush=True); input()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         with pytest.raises(EdgepruneError, match=f"pid {proc.pid}"):
@@ -315,7 +438,7 @@ def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_compress_alone_shows_how_to_start(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = cli(capsys)
+    rc, _out, err = cli(capsys)
     assert rc == 2
     assert "compress demo" in err and "--budget" in err and "required" not in err
     assert all(name in err for name in SUBCOMMANDS)
@@ -343,9 +466,11 @@ def test_every_option_has_help_with_its_default_and_range(command: str) -> None:
 def test_noise_flags() -> None:
     quiet = LatencyStats.from_runs([1.0] * 9 + [1.1], warmup=1, other_cpu_s=0.0, cpus=2)
     assert quiet.noise is None
-    spread = LatencyStats.from_runs([0.78] * 8 + [7.0, 21.0], warmup=1, cpus=2)  # the p90-beside-median case of the issue
+    # the p90-beside-median case of the issue
+    spread = LatencyStats.from_runs([0.78] * 8 + [7.0, 21.0], warmup=1, cpus=2)
     assert spread.noise is not None and "p90/median" in spread.noise
-    busy = LatencyStats.from_runs([1.0] * 10, warmup=1, other_cpu_s=0.015, cpus=2)  # 15 ms of others' CPU in 10 ms x 2 CPUs
+    # 15 ms of others' CPU in 10 ms x 2 CPUs
+    busy = LatencyStats.from_runs([1.0] * 10, warmup=1, other_cpu_s=0.015, cpus=2)
     assert busy.noise is not None and "other processes used 75%" in busy.noise
     again = LatencyStats.from_dict(busy.to_dict(with_runs=True))
     assert again.noise == busy.noise and busy.to_dict()["noise"] == busy.noise

@@ -1,5 +1,6 @@
 """`--data` sources (npz, image folder, module:function), the batch loader (normalization,
 augmentation, sharding) and the one-line errors, on small synthetic data built here."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,8 +14,17 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import BatchLoader, ImageArrays, Normalization, check_fits, load_data
 
 
-def make_npz(path: Path, n_train: int = 64, n_test: int = 20, size: int = 16, classes: int = 4, seed: int = 0,
-             layout: str = "nhwc", dtype: str = "uint8", drop: tuple[str, ...] = ()) -> Path:
+def make_npz(
+    path: Path,
+    n_train: int = 64,
+    n_test: int = 20,
+    size: int = 16,
+    classes: int = 4,
+    seed: int = 0,
+    layout: str = "nhwc",
+    dtype: str = "uint8",
+    drop: tuple[str, ...] = (),
+) -> Path:
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, n in (("train", n_train), ("test", n_test)):
@@ -29,7 +39,7 @@ def make_npz(path: Path, n_train: int = 64, n_test: int = 20, size: int = 16, cl
     return path
 
 
-def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def collect(loader) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = zip(*list(loader))
     return torch.cat(xs), torch.cat(ys)
 
@@ -61,7 +71,7 @@ def test_npz_loads_normalized_nchw(tmp_path: Path) -> None:
     assert len(data.train) == 4 and data.train.num_samples == 64
 
 
-@pytest.mark.parametrize("layout,dtype", [("nchw", "uint8"), ("nhwc", "float"), ("nchw", "float")])
+@pytest.mark.parametrize(("layout", "dtype"), [("nchw", "uint8"), ("nhwc", "float"), ("nchw", "float")])
 def test_npz_layouts_and_float(tmp_path: Path, layout: str, dtype: str) -> None:
     ref = load_data(str(make_npz(tmp_path / "ref.npz")), batch_size=64, augment=False)
     data = load_data(str(make_npz(tmp_path / "d.npz", layout=layout, dtype=dtype)), batch_size=64, augment=False)
@@ -103,7 +113,9 @@ def test_no_augment_is_deterministic(tmp_path: Path) -> None:
     raw = data.train_arrays.float01()
     norm = data.normalization(raw)
     for img, label in zip(a[0][:5], a[1][:5]):
-        assert any(torch.allclose(img, norm[i], atol=1e-5) for i in range(len(raw)) if data.train_arrays.labels[i] == label)
+        assert any(
+            torch.allclose(img, norm[i], atol=1e-5) for i in range(len(raw)) if data.train_arrays.labels[i] == label
+        )
 
 
 def test_augmented_image_is_a_crop_of_the_padded_original() -> None:
@@ -117,8 +129,15 @@ def test_augmented_image_is_a_crop_of_the_padded_original() -> None:
         for img, i in zip(x, y.tolist()):
             got = torch.round(img * 255).to(torch.uint8)
             padded = torch.nn.functional.pad(images[i], (pad, pad, pad, pad))
-            matches = [(dy, dx, flip) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for flip in (False, True)
-                       if torch.equal(got, padded[:, dy:dy + h, dx:dx + w].flip(-1) if flip else padded[:, dy:dy + h, dx:dx + w])]
+            matches = [
+                (dy, dx, flip)
+                for dy in range(2 * pad + 1)
+                for dx in range(2 * pad + 1)
+                for flip in (False, True)
+                if torch.equal(
+                    got, padded[:, dy : dy + h, dx : dx + w].flip(-1) if flip else padded[:, dy : dy + h, dx : dx + w]
+                )
+            ]
             assert matches, f"sample {i} is no crop of its padded original"
             flips += all(m[2] for m in matches)
     assert 0 < flips < n  # some flipped, some not
@@ -260,11 +279,23 @@ def test_error_npz_unreadable_or_bad_shape(tmp_path: Path) -> None:
     with pytest.raises(EdgepruneError) as err:
         load_data(str(tmp_path / "bad.npz"))
     assert_one_line(err, "bad.npz")
-    np.savez(tmp_path / "flat.npz", x_train=np.zeros((4, 12), np.uint8), y_train=np.zeros(4), x_test=np.zeros((2, 12), np.uint8), y_test=np.zeros(2))
+    np.savez(
+        tmp_path / "flat.npz",
+        x_train=np.zeros((4, 12), np.uint8),
+        y_train=np.zeros(4),
+        x_test=np.zeros((2, 12), np.uint8),
+        y_test=np.zeros(2),
+    )
     with pytest.raises(EdgepruneError) as err:
         load_data(str(tmp_path / "flat.npz"))
     assert_one_line(err, "4-D")
-    np.savez(tmp_path / "count.npz", x_train=np.zeros((4, 8, 8, 3), np.uint8), y_train=np.zeros(3), x_test=np.zeros((2, 8, 8, 3), np.uint8), y_test=np.zeros(2))
+    np.savez(
+        tmp_path / "count.npz",
+        x_train=np.zeros((4, 8, 8, 3), np.uint8),
+        y_train=np.zeros(3),
+        x_test=np.zeros((2, 8, 8, 3), np.uint8),
+        y_test=np.zeros(2),
+    )
     with pytest.raises(EdgepruneError) as err:
         load_data(str(tmp_path / "count.npz"))
     assert_one_line(err, "label")
@@ -322,7 +353,9 @@ def test_error_image_size_does_not_fit_model(tmp_path: Path) -> None:
     assert_one_line(err, "3x16x16", "1x3x32x32")
 
 
-@pytest.mark.parametrize("spec", ["no_such_module_xyz:loaders", "tests.test_data:no_such_function", ":loaders", ".relative:loaders"])
+@pytest.mark.parametrize(
+    "spec", ["no_such_module_xyz:loaders", "tests.test_data:no_such_function", ":loaders", ".relative:loaders"]
+)
 def test_error_unimportable_function(spec: str) -> None:
     with pytest.raises(EdgepruneError) as err:
         load_data(spec)

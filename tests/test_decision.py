@@ -3,12 +3,14 @@ interval decides, CPU time for rounds that waited for a CPU, and "too noisy" as 
 
 The runtimes here are scripted, not timed: each "run" returns a latency drawn from a known
 distribution, so the assertions are about the rule, never about this machine's speed."""
+
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +35,9 @@ class Scripted(Runtime):
     name = "scripted"
     cpu_bound = True
 
-    def __init__(self, threads: int = 1, sigma: float = 0.01, preempt: float = 0.0, wait_ms: float = 5.0, seed: int = 0) -> None:
+    def __init__(
+        self, threads: int = 1, sigma: float = 0.01, preempt: float = 0.0, wait_ms: float = 5.0, seed: int = 0
+    ) -> None:
         super().__init__(threads)
         self.sigma, self.preempt, self.wait_ms = sigma, preempt, wait_ms
         self.rng = np.random.default_rng(seed)
@@ -94,7 +98,8 @@ def test_rounds_that_waited_for_the_cpu_are_judged_on_cpu_time_and_re_measured()
     d, cand, ref = decide(rt, 1.0, [], 0.6, reference=2.0, warmup=1, chunk=10)
     assert d.cpu_rounds == d.rounds >= 2 * decision.ROUNDS and d.was_busy
     assert d.verdict == UNDER and abs(d.estimate - 0.5) < 0.01
-    assert ref is not None and abs(np.median(cand.runs_ms) / np.median(ref.runs_ms) - 0.5) > 0.05  # what the wall clock alone says
+    # what the wall clock alone says
+    assert ref is not None and abs(np.median(cand.runs_ms) / np.median(ref.runs_ms) - 0.5) > 0.05
     rt.cpu_bound = False  # a runtime whose CPU time is not its latency (a GPU, another host) keeps the wall clock
     d, _, _ = decide(rt, 1.0, [], 0.6, reference=2.0, warmup=1, chunk=10)
     assert d.cpu_rounds == 0
@@ -112,7 +117,7 @@ def test_a_busy_verdict_must_clear_the_budget_by_the_margin() -> None:
 
 
 def test_an_absolute_budget_is_decided_on_the_candidates_own_rounds() -> None:
-    d, cand, ref = decide(Scripted(sigma=0.01), 3.0, [], 4.0, warmup=1, chunk=5)
+    d, _cand, ref = decide(Scripted(sigma=0.01), 3.0, [], 4.0, warmup=1, chunk=5)
     assert ref is None and not d.relative and d.verdict == UNDER and abs(d.estimate - 3.0) < 0.05
 
 
@@ -146,7 +151,9 @@ def test_the_objective_stops_on_an_interval_wider_than_the_window(tmp_path: Path
     measurer = TargetMeasurer(NoisyRuntime(), x, tmp_path, warmup=1, repeats=30)
     baseline = measurer.prepare(model, "baseline")
     objective = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, lambda: baseline, resolution=0.05)
-    with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidate candidate_01 measured .* after \d+ interleaved rounds"):
+    with pytest.raises(
+        TooNoisy, match=r"^machine too noisy to decide: candidate candidate_01 measured .* after \d+ interleaved rounds"
+    ):
         objective.evaluate(model, "candidate_01")
     lenient = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, lambda: baseline, resolution=1.0)
     ev = lenient.evaluate(model, "candidate_02")
@@ -155,8 +162,23 @@ def test_the_objective_stops_on_an_interval_wider_than_the_window(tmp_path: Path
 
 def test_compress_on_a_machine_too_noisy_to_decide_exits_2_with_one_line(tmp_path: Path) -> None:
     torch.save(tiny_resnet().eval(), tmp_path / "m.pt")
-    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--runtime", "test-noisy",
-                          "--warmup", "1", "--repeats", "10", "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            "50%",
+            "--input-shape",
+            "1x3x32x32",
+            "--runtime",
+            "test-noisy",
+            "--warmup",
+            "1",
+            "--repeats",
+            "10",
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert rc == 2 and "Traceback" not in err
     line = err.strip().splitlines()[-1]  # the progress lines before it go to stderr too
     assert line.startswith("error: machine too noisy to decide:") and "re-run on a quieter machine" in line
@@ -166,13 +188,21 @@ def test_compress_on_a_machine_too_noisy_to_decide_exits_2_with_one_line(tmp_pat
 def test_the_report_says_which_decisions_were_taken_on_a_busy_machine() -> None:
     from edgeprune.pipeline import report
 
-    quiet, busy = {"index": 1, "decision": {"was_busy": False, "busy": 0.1}}, {"index": 2, "decision": {"was_busy": True, "busy": 0.8}}
-    summary = report.busy_summary([quiet, busy, {"index": 3}], {"was_busy": False, "busy": 0.2})  # step 3: a counted figure
+    quiet, busy = (
+        {"index": 1, "decision": {"was_busy": False, "busy": 0.1}},
+        {"index": 2, "decision": {"was_busy": True, "busy": 0.8}},
+    )
+    # step 3: a counted figure
+    summary = report.busy_summary([quiet, busy, {"index": 3}], {"was_busy": False, "busy": 0.2})
     assert summary == {"candidates": [2], "final": False, "most_busy": 0.8}
     line = report.busy_line({"search": {"busy": summary}})
     assert line is not None and "candidate 2;" in line and "80%" in line
-    assert report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": False, "busy": 0.0})}}) is None
-    assert "the final timing" in str(report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": True, "busy": 0.6})}}))
+    assert (
+        report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": False, "busy": 0.0})}}) is None
+    )
+    assert "the final timing" in str(
+        report.busy_line({"search": {"busy": report.busy_summary([quiet], {"was_busy": True, "busy": 0.6})}})
+    )
 
 
 def test_candidates_are_judged_against_the_budget_less_the_drift_allowance() -> None:
@@ -241,7 +271,9 @@ class TransientRuntime(NoisyRuntime):
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
         slow = getattr(session, "slow", 1.0)
         burst = 1.0 + 0.6 * self.rng.random() if self.bursts and slow > 1.0 else 1.0
-        return Scripted.measure(self, sum(p.numel() for p in session.parameters()) / 1e4 * slow * burst, inputs, warmup, repeats)
+        return Scripted.measure(
+            self, sum(p.numel() for p in session.parameters()) / 1e4 * slow * burst, inputs, warmup, repeats
+        )
 
 
 def _final_of(tmp_path: Path, runtime: TransientRuntime, over: float = 1.2) -> tuple[dict[str, Any], float]:
@@ -259,7 +291,9 @@ def _final_of(tmp_path: Path, runtime: TransientRuntime, over: float = 1.2) -> t
     measurer = TargetMeasurer(runtime, x, tmp_path, warmup=1, repeats=20)
     measurer.prepare(model, "baseline")
     ratio = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
-    return _final(pruned, measurer, measurer, x, parse_budget(f"{100 * over * ratio:.2f}%").resolve(1.0), tol=0.05), ratio
+    return _final(
+        pruned, measurer, measurer, x, parse_budget(f"{100 * over * ratio:.2f}%").resolve(1.0), tol=0.05
+    ), ratio
 
 
 def test_a_final_verdict_against_the_search_is_timed_once_more_with_fresh_sessions(tmp_path: Path) -> None:
@@ -267,7 +301,11 @@ def test_a_final_verdict_against_the_search_is_timed_once_more_with_fresh_sessio
     final, ratio = _final_of(tmp_path, runtime)  # under the budget as the plan is, over it 1.5x slower
     assert runtime.model_loads == 2 and len(final["earlier_decisions"]) == 1
     first = final["earlier_decisions"][0]
-    assert first["verdict"] == OVER and first["estimate"] == pytest.approx(1.5 * ratio, rel=0.02) and first["resolution"] < 0.05
+    assert (
+        first["verdict"] == OVER
+        and first["estimate"] == pytest.approx(1.5 * ratio, rel=0.02)
+        and first["resolution"] < 0.05
+    )
     assert final["decision"]["verdict"] == UNDER and final["decision"]["estimate"] == pytest.approx(ratio, rel=0.02)
     settled, _ = _final_of(tmp_path / "settled", runtime)  # no transient now: one timing, no second
     assert runtime.model_loads == 3 and settled["earlier_decisions"] == [] and settled["decision"]["verdict"] == UNDER
@@ -285,7 +323,9 @@ def test_a_final_verdict_wider_than_the_window_is_timed_again(tmp_path: Path) ->
     against the search, and the third, quiet, timing decides."""
     runtime = TransientRuntime(slow=2, bursts=True)
     final, ratio = _final_of(tmp_path, runtime)
-    assert runtime.model_loads == 3 and [d["verdict"] != UNDER and d["resolution"] > 0.05 for d in final["earlier_decisions"]] == [True, True]
+    assert runtime.model_loads == 3 and [
+        d["verdict"] != UNDER and d["resolution"] > 0.05 for d in final["earlier_decisions"]
+    ] == [True, True]
     assert final["decision"]["verdict"] == UNDER and final["decision"]["estimate"] == pytest.approx(ratio, rel=0.02)
 
 

@@ -5,6 +5,7 @@ trained state dict and history after `train()`, the other records every file the
 through `edgeprune.atomic`. The test then checks that DDP kept the ranks in lockstep (identical
 weights), that each rank saw its own shard, and that only rank 0 wrote outputs.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ from tests.tiny_models import tiny_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 
-HARNESS = r'''
+HARNESS = r"""
 import os, sys
 import torch
 import edgeprune.atomic as atomic
@@ -45,7 +46,7 @@ def atomic_path(dest):
 
 training.train, atomic.atomic_path = train, atomic_path
 sys.exit(main(sys.argv[1:]))
-'''
+"""
 
 
 def free_port() -> int:
@@ -74,13 +75,40 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     spy = d / "spy"
     spy.mkdir()
     out = d / "out" / "m.pt"
-    env = dict(os.environ, PYTHONPATH=str(REPO), EDGEPRUNE_TEST_SPY_DIR=str(spy), OMP_NUM_THREADS="1",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        EDGEPRUNE_TEST_SPY_DIR=str(spy),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(free_port()),
+    )
     # 64 images, 2 ranks, batch 16: 2 steps per epoch on each rank; 4 steps = 2 epochs
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", env["MASTER_ADDR"], "--master_port", env["MASTER_PORT"], str(d / "harness.py"),
-           "train", "--arch", "tests.tiny_models:tiny_resnet", "--data", str(make_npz(d / "d.npz")),
-           "--steps", "4", "--batch-size", "16", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        env["MASTER_ADDR"],
+        "--master_port",
+        env["MASTER_PORT"],
+        str(d / "harness.py"),
+        "train",
+        "--arch",
+        "tests.tiny_models:tiny_resnet",
+        "--data",
+        str(make_npz(d / "d.npz")),
+        "--steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     return {"proc": proc, "out": out, "spy": spy}
 

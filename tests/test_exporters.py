@@ -1,4 +1,5 @@
 """ONNX export: the file matches PyTorch, a wrong file is caught, a failed export changes nothing."""
+
 from __future__ import annotations
 
 import warnings
@@ -17,8 +18,12 @@ from edgeprune.exporters import Artifact, OnnxExporter, get_exporter, onnx_initi
 def tiny_net(width: int = 8) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
@@ -153,7 +158,10 @@ def test_initializers_show_the_narrower_conv(tmp_path):
     exporter = OnnxExporter()
     wide = exporter.export(tiny_net(8), [X], tmp_path / "wide.onnx").path
     narrow = exporter.export(tiny_net(4), [X], tmp_path / "narrow.onnx").path
-    wide_shapes, narrow_shapes = set(onnx_initializer_shapes(wide).values()), set(onnx_initializer_shapes(narrow).values())
+    wide_shapes, narrow_shapes = (
+        set(onnx_initializer_shapes(wide).values()),
+        set(onnx_initializer_shapes(narrow).values()),
+    )
     assert {(8, 3, 3, 3), (4, 8, 3, 3)} <= wide_shapes
     assert {(4, 3, 3, 3), (4, 4, 3, 3)} <= narrow_shapes
     # BatchNorm folds into the first conv: conv1 (27w + w) + conv2 (36w + 4)
@@ -164,14 +172,14 @@ def test_initializers_show_the_narrower_conv(tmp_path):
 def test_reading_a_non_onnx_file_is_a_user_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\xff\x00 definitely not protobuf")
-    with pytest.raises(EdgepruneError, match="bad.onnx"):
+    with pytest.raises(EdgepruneError, match=r"bad.onnx"):
         onnx_param_count(bad)
 
 
 def test_exporter_registry():
     exporter = get_exporter("onnx", opset=13)
     assert isinstance(exporter, OnnxExporter) and exporter.opset == 13
-    with pytest.raises(EdgepruneError, match="unknown export format .*choose one of: .*onnx"):
+    with pytest.raises(EdgepruneError, match=r"unknown export format .*choose one of: .*onnx"):
         get_exporter("tflite")
     with pytest.raises(EdgepruneError, match="does not accept"):
         get_exporter("onnx", opsett=13)

@@ -1,6 +1,7 @@
 """FLOP (factorized L0 pruning): the factorization, the L0 gates under the augmented Lagrangian,
 physical removal of zero ranks, the merge-back rule, heads and MLP units on a transformer, the
 end-to-end pipeline, and the character language model it is benchmarked on."""
+
 from __future__ import annotations
 
 import copy
@@ -128,8 +129,16 @@ def test_zero_gates_are_removed_without_changing_the_function(flop_mlp) -> None:
     space = discover(model, VECTOR)
     keep_prob = method.result["keep_probability"]
     threshold = float(torch.sigmoid(torch.tensor(np.log(1 / 11)) + 2 / 3 * np.log(11)))  # keep prob of a gate at 0
-    groups = {g.id: GroupKeep(g.kind, g.size, tuple(i for i, p in enumerate(keep_prob[g.id]) if p > threshold + 1e-6)
-                              if g.id in keep_prob else tuple(range(g.size))) for g in space.groups}
+    groups = {
+        g.id: GroupKeep(
+            g.kind,
+            g.size,
+            tuple(i for i, p in enumerate(keep_prob[g.id]) if p > threshold + 1e-6)
+            if g.id in keep_prob
+            else tuple(range(g.size)),
+        )
+        for g in space.groups
+    }
     pruned = apply(copy.deepcopy(model), Plan(groups), VECTOR)
     assert count(pruned, VECTOR).params < count(model, VECTOR).params
     x = torch.randn(16, 32)
@@ -156,7 +165,9 @@ def test_pruned_factorized_linears_are_smaller_in_onnx(flop_mlp, tmp_path: Path)
     factorized = [n for n, m in pruned.named_modules() if isinstance(m, FactorizedLinear)]
     assert factorized and len(small) == len(dense) + len(factorized)  # each factorized pair: two matrices
     x = torch.randn(1, 32)
-    out = ort.InferenceSession(str(path)).run(None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()})[0]
+    out = ort.InferenceSession(str(path)).run(None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()})[
+        0
+    ]
     assert np.allclose(out, pruned(x).detach().numpy(), atol=1e-5)
 
 
@@ -168,9 +179,15 @@ def test_flop_gates_heads_and_mlp_units_of_a_transformer(tmp_path: Path) -> None
     tokens = (torch.randint(0, 128, (1, 16)),)
     train_b, val_b = char_corpus(context=16, batch_size=8)
     method = get_method("flop", steps=20, min_params=1024)
-    method.prepare(model, discover(model, tokens), tokens, DataBundle(train_b, val_b, None, None, "text"), Goal(cost_fraction=0.5))
-    assert set(method.result["keep_probability"]) == {"blocks.0.mlp.fc1.down", "blocks.0.mlp.fc1.up", "blocks.0.mlp.fc2.down",
-                                                      "blocks.0.attn:heads"}
+    method.prepare(
+        model, discover(model, tokens), tokens, DataBundle(train_b, val_b, None, None, "text"), Goal(cost_fraction=0.5)
+    )
+    assert set(method.result["keep_probability"]) == {
+        "blocks.0.mlp.fc1.down",
+        "blocks.0.mlp.fc1.up",
+        "blocks.0.mlp.fc2.down",
+        "blocks.0.attn:heads",
+    }
     space = discover(model, tokens)
     from edgeprune.pipeline.prune.select import plan_at_level
 
@@ -191,8 +208,14 @@ def test_flop_end_to_end_with_a_flops_budget_and_resume(tmp_path: Path) -> None:
     from edgeprune.pipeline.loading import from_module
 
     budget = 0.5 * count(mlp(), VECTOR).flops
-    settings = Settings(budget=f"{budget / 1e6:.6f}MFLOPs", method="flop", data="tests.test_flop:linear_task", recover="none",
-                        round_to=8, method_options={"steps": 40, "min_params": 1024})
+    settings = Settings(
+        budget=f"{budget / 1e6:.6f}MFLOPs",
+        method="flop",
+        data="tests.test_flop:linear_task",
+        recover="none",
+        round_to=8,
+        method_options={"steps": 40, "min_params": 1024},
+    )
     runs = []
     for _ in range(2):
         lines: list[str] = []

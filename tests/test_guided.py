@@ -1,9 +1,11 @@
 """The default search (guided.py): bracket along a path, then fill the gap by width steps, most
 valuable per predicted FLOP first, until a candidate lands in the window under the budget."""
+
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,12 @@ from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search import guided, latency_table
-from edgeprune.pipeline.search.layerwise import plan_for
 from edgeprune.pipeline.search.cost_model import CostModel
+from edgeprune.pipeline.search.layerwise import plan_for
 from edgeprune.pipeline.search.level_search import LevelSearch
 from edgeprune.pipeline.search.objective import CountObjective
 from tests.test_layerwise import on_fake_target, two_branches
-from tests.test_search import X, OverheadLatency
+from tests.test_search import OverheadLatency, X
 
 
 def level_guide(model: nn.Module, objective: object, round_to: int = 16) -> guided.LevelGuide:
@@ -42,7 +44,7 @@ def test_fill_steps_are_single_width_steps_most_valuable_per_flop_first(resnet20
     start = guide.levels.plan(0.6)
     ceiling = guide.cost.flops(guide.levels.plan(0.4))
     steps = guided.fill_sequence(guide, start, ceiling, round_to=16)
-    assert steps and all(a.flops < b.flops <= ceiling for a, b in zip(steps, steps[1:]))
+    assert steps and all(a.flops < b.flops <= ceiling for a, b in itertools.pairwise(steps))
     counts = guided.counts_of(guide.space, start)
     sizes = {g.id: tuple(len(s) for s in g.segments) for g in guide.space.groups}
     # the first step, found by brute force on whole plans: the option with the most score share per FLOP
@@ -57,7 +59,11 @@ def test_fill_steps_are_single_width_steps_most_valuable_per_flop_first(resnet20
     assert steps[0].flops == pytest.approx(best[3])  # the incremental FLOPs agree with the whole plan's
     for step in steps:  # each step widens one group by one width step
         old = counts[step.group]
-        assert step.counts != old and sum(step.counts) > sum(old) and all(n <= s for n, s in zip(step.counts, sizes[step.group]))
+        assert (
+            step.counts != old
+            and sum(step.counts) > sum(old)
+            and all(n <= s for n, s in zip(step.counts, sizes[step.group]))
+        )
         counts[step.group] = step.counts
 
 
@@ -65,7 +71,9 @@ def test_fill_steps_are_single_width_steps_most_valuable_per_flop_first(resnet20
 def test_guided_lands_within_five_percent_under_the_budget(resnet20: nn.Module, fraction: float) -> None:
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = OverheadLatency(Budget("latency", baseline * fraction))
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(baseline)
+    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(
+        baseline
+    )
     budget = objective.budget.value
     assert budget * 0.95 <= result.evaluation.value <= budget, result.stop_reason
     assert len(result.steps) == objective.calls <= 6
@@ -98,7 +106,9 @@ def test_no_finer_plan_is_said_and_the_plan_under_is_kept(resnet20: nn.Module) -
     k = len(steps) // 2
     between = (steps[k - 1].flops + steps[k].flops) / 2  # strictly between two neighbouring fill plans
     objective = CountObjective(Budget("flops", between), X)
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=30).run(total)
+    result = guided.Guided(
+        resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=30
+    ).run(total)
     assert result.stop_reason.startswith("no finer plan"), result.stop_reason
     assert result.evaluation.within and result.evaluation.value <= between
     assert all(s.evaluation.value <= result.evaluation.value for s in result.steps if s.within_budget)
@@ -107,7 +117,9 @@ def test_no_finer_plan_is_said_and_the_plan_under_is_kept(resnet20: nn.Module) -
 def test_with_sensitivity_the_fill_gives_back_the_layer_that_matters_first() -> None:
     model, space, scores, sens = two_branches()
     cost = CostModel(model, space, X)
-    guide = guided.SensitivityGuide.for_cost(model, X, space, scores, sens, CountObjective(Budget("flops", 1.0), X), cost)
+    guide = guided.SensitivityGuide.for_cost(
+        model, X, space, scores, sens, CountObjective(Budget("flops", 1.0), X), cost
+    )
     narrow = plan_at_level(space, scores, 0.75, 8)  # both branches at 8 of 32 channels, the same FLOPs each
     steps = guided.fill_sequence(guide, narrow, cost.total, round_to=8)
     assert [s.group for s in steps[:3]] == ["a", "a", "a"]  # `a` carries the signal: all of it back before `b`
@@ -138,8 +150,12 @@ def latency_cost(tmp_path: Path, b_slower: float) -> tuple[nn.Module, object, di
     ms = flops.total * 1e-6
     table = latency_table.build(model, X, flops, rt, ms, ms, round_to=8, cache=tmp_path / "cache.json")
     b_sig = table.shapes["b"].signature()
-    table = dataclasses.replace(table, entries={sig: {k: v * (b_slower if sig == b_sig else 1.0) for k, v in e.items()}
-                                                for sig, e in table.entries.items()})
+    table = dataclasses.replace(
+        table,
+        entries={
+            sig: {k: v * (b_slower if sig == b_sig else 1.0) for k, v in e.items()} for sig, e in table.entries.items()
+        },
+    )
     return model, space, scores, latency_table.LatencyCost(model, space, X, table)
 
 
@@ -163,7 +179,9 @@ def test_against_latency_the_allocation_narrows_what_is_slow_on_the_target(tmp_p
     """`a` costs half the accuracy of `b` per channel removed, and the same FLOPs: against FLOPs `a`
     narrows first; on a target where b's layer runs 4 times slower, `b` does."""
     model, space, scores, lat = latency_cost(tmp_path, b_slower=4.0)
-    sens = {g.id: {w: (g.size - w) / g.size * (2.0 if g.id == "b" else 1.0) for w in (8, 16, 24, 32)} for g in space.groups}
+    sens = {
+        g.id: {w: (g.size - w) / g.size * (2.0 if g.id == "b" else 1.0) for w in (8, 16, 24, 32)} for g in space.groups
+    }
     objective = CountObjective(Budget("flops", 1.0), X)
     for cost, narrower in ((flops_cost(model, space), "a"), (lat, "b")):
         guide = guided.SensitivityGuide.for_cost(model, X, space, scores, sens, objective, cost)
@@ -184,7 +202,7 @@ class DriftingLatency(OverheadLatency):
         super().__init__(budget)
         self.slowdown, self.slowdown_at_confirm, self.tags = 1.0, 1.04, []
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         self.calls += 1
         self.tags.append(tag)
         if tag.endswith("_confirm"):
@@ -205,8 +223,16 @@ def test_a_candidate_in_the_window_is_confirmed_afresh_before_the_search_stops(r
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = DriftingLatency(Budget("latency", baseline * 0.5))
     budget, lines = objective.budget.value, []
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05,
-                           max_candidates=12, log=lines.append).run(baseline)
+    result = guided.Guided(
+        resnet20,
+        X,
+        level_guide(resnet20, objective),
+        objective,
+        round_to=16,
+        tol=0.05,
+        max_candidates=12,
+        log=lines.append,
+    ).run(baseline)
     confirms = [s for s in result.steps if s.scalar == "confirm"]
     assert confirms and not confirms[0].within_budget  # the machine slowed: the candidate in the window no longer fits
     rejected = next(s for s in result.steps if s.scalar != "confirm" and s.index == confirms[0].index)
@@ -215,14 +241,20 @@ def test_a_candidate_in_the_window_is_confirmed_afresh_before_the_search_stops(r
     assert len(again) == 2 and not again[1].within_budget  # decided a third time, and over again
     assert again[1].evaluation.value == pytest.approx(again[0].evaluation.value)
     assert objective.drift == 0.02
-    assert any(f"candidate {rejected.index} read" in line and "set aside (the other two agree within 0.0%)" in line for line in lines), lines
+    assert any(
+        f"candidate {rejected.index} read" in line and "set aside (the other two agree within 0.0%)" in line
+        for line in lines
+    ), lines
     assert result.evaluation is not rejected.evaluation  # the search went on and did not return it
     assert result.evaluation.within and result.evaluation.value <= budget * (1 - objective.drift)
     # what is returned was decided again after the machine slowed (plans read before it may no longer fit)
     chosen = next(s for s in result.steps if s.evaluation is result.evaluation)
     assert any(c.index == chosen.index and c.within_budget for c in confirms[2:]) and confirms[-1].within_budget
-    assert sum(s.scalar != "confirm" for s in result.steps) == len({s.index for s in result.steps})  # confirmations are not candidates
-    assert [t for t in objective.tags if t.endswith("_confirm")] == [f"candidate_{s.index:02d}_confirm" for s in confirms]
+    # confirmations are not candidates
+    assert sum(s.scalar != "confirm" for s in result.steps) == len({s.index for s in result.steps})
+    assert [t for t in objective.tags if t.endswith("_confirm")] == [
+        f"candidate_{s.index:02d}_confirm" for s in confirms
+    ]
 
 
 class WanderingLatency(OverheadLatency):
@@ -236,7 +268,7 @@ class WanderingLatency(OverheadLatency):
         self.tags: list[str] = []
         self.wandering: str | None = None
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         self.tags.append(tag)
         plan = tag.removesuffix("_confirm")
         if tag.endswith("_confirm") and self.wandering is None:
@@ -250,8 +282,16 @@ def test_readings_that_wander_raise_the_drift_allowance_to_the_closest_two(resne
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = WanderingLatency(Budget("latency", baseline * 0.5))
     budget, lines = objective.budget.value, []
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05,
-                           max_candidates=12, log=lines.append).run(baseline)
+    result = guided.Guided(
+        resnet20,
+        X,
+        level_guide(resnet20, objective),
+        objective,
+        round_to=16,
+        tol=0.05,
+        max_candidates=12,
+        log=lines.append,
+    ).run(baseline)
     first = int(objective.wandering.removeprefix("candidate_"))
     assert len(confirms_of(result.steps, first)) == 2
     # three readings 4 % apart each: the closest two moved 4 %, so candidates are now decided that far under
@@ -266,7 +306,9 @@ def test_a_confirmation_that_agrees_leaves_the_window_where_it_was(resnet20: nn.
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = DriftingLatency(Budget("latency", baseline * 0.5))
     objective.slowdown_at_confirm = 1.005  # within the 2 % allowance
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(baseline)
+    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(
+        baseline
+    )
     assert objective.drift == 0.02 and result.stop_reason.startswith("within tolerance (at most 5% under")
     assert result.steps[-1].scalar == "confirm" and result.evaluation is result.steps[-1].evaluation
 
@@ -277,7 +319,9 @@ def test_a_confirmation_keeps_the_higher_reading(resnet20: nn.Module) -> None:
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = DriftingLatency(Budget("latency", baseline * 0.5))
     objective.slowdown_at_confirm = 0.99
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(baseline)
+    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(
+        baseline
+    )
     confirm = result.steps[-1]
     assert confirm.scalar == "confirm" and result.stop_reason.startswith("within tolerance")
     first = next(s for s in result.steps if s.scalar != "confirm" and s.index == confirm.index)
@@ -299,7 +343,7 @@ class SlowOnceConfirmed(OverheadLatency):
         first_confirm = tag.endswith("_confirm") and sum(t.endswith("_confirm") for t in self.tags) == 1
         return self.slower if first_confirm else 1.0
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         self.tags.append(tag)
         value = self.latency(model) * self.factor(tag)
         return guided.Evaluation(value, counted_within=value <= self.budget.value * (1 - self.drift))
@@ -311,15 +355,20 @@ def test_one_burst_in_a_confirmation_neither_rejects_the_plan_nor_raises_the_all
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = SlowOnceConfirmed(Budget("latency", baseline * 0.5))
     lines: list[str] = []
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05,
-                           log=lines.append).run(baseline)
+    result = guided.Guided(
+        resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05, log=lines.append
+    ).run(baseline)
     confirms = [s for s in result.steps if s.scalar == "confirm"]
     burst, third = confirms
     assert burst.index == third.index and not burst.within_budget and third.within_budget
     candidate = next(s for s in result.steps if s.scalar != "confirm" and s.index == burst.index)
-    assert result.evaluation.value == pytest.approx(candidate.evaluation.value) and result.stop_reason.startswith("within tolerance (at most 5% under")
+    assert result.evaluation.value == pytest.approx(candidate.evaluation.value) and result.stop_reason.startswith(
+        "within tolerance (at most 5% under"
+    )
     assert objective.drift == 0.02
-    assert any(f"{burst.evaluation.value:.4g} set aside (the other two agree within 0.0%)" in line for line in lines), lines
+    assert any(f"{burst.evaluation.value:.4g} set aside (the other two agree within 0.0%)" in line for line in lines), (
+        lines
+    )
 
 
 class UndecidedOnce(SlowOnceConfirmed):
@@ -327,7 +376,7 @@ class UndecidedOnce(SlowOnceConfirmed):
 
     slower = 1.0
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         ev = super().evaluate(model, tag)
         first_confirm = tag.endswith("_confirm") and sum(t.endswith("_confirm") for t in self.tags) == 1
         return dataclasses.replace(ev, counted_within=False) if first_confirm else ev
@@ -339,8 +388,9 @@ def test_a_plan_most_of_whose_decisions_are_under_holds(resnet20: nn.Module) -> 
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = UndecidedOnce(Budget("latency", baseline * 0.5))
     lines: list[str] = []
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05,
-                           log=lines.append).run(baseline)
+    result = guided.Guided(
+        resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05, log=lines.append
+    ).run(baseline)
     undecided, third = [s for s in result.steps if s.scalar == "confirm"]
     assert undecided.index == third.index and not undecided.within_budget and third.within_budget
     assert result.stop_reason.startswith("within tolerance") and objective.drift == 0.02
@@ -364,8 +414,16 @@ def test_the_plan_returned_is_confirmed_even_when_no_candidate_lands_in_the_wind
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = FirstConfirmedReadsHigher(Budget("latency", baseline * 0.5))
     lines: list[str] = []
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=30,
-                           log=lines.append).run(baseline)
+    result = guided.Guided(
+        resnet20,
+        X,
+        level_guide(resnet20, objective),
+        objective,
+        round_to=16,
+        tol=1e-9,
+        max_candidates=30,
+        log=lines.append,
+    ).run(baseline)
     confirms = [s for s in result.steps if s.scalar == "confirm"]
     rejected = confirms[0]
     assert not rejected.within_budget and f"candidate {rejected.index}, timed afresh" in "\n".join(lines)
@@ -381,7 +439,7 @@ class ConfirmsReadHigher(SlowOnceConfirmed):
     """Every decision on a plan after its first reads 12 % higher: a machine whose ratios move
     further between a search's decision and a later one than the window is wide."""
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         value = self.latency(model) * (1.12 if tag.endswith("_confirm") else 1.0)
         return guided.Evaluation(value, counted_within=value <= self.budget.value * (1 - self.drift))
 
@@ -393,9 +451,14 @@ def test_no_candidate_holding_when_timed_afresh_is_a_machine_too_noisy_stop(resn
 
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = ConfirmsReadHigher(Budget("latency", baseline * 0.5))
-    with pytest.raises(TooNoisy, match=r"^machine too noisy to decide: candidates? [\d, ]+ decided under budget .* "
-                                       r"moved up to 12\.0% between two decisions.*raise --max-candidates$"):
-        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=4).run(baseline)
+    with pytest.raises(
+        TooNoisy,
+        match=r"^machine too noisy to decide: candidates? [\d, ]+ decided under budget .* "
+        r"moved up to 12\.0% between two decisions.*raise --max-candidates$",
+    ):
+        guided.Guided(
+            resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=1e-9, max_candidates=4
+        ).run(baseline)
 
 
 class LeftOpen(OverheadLatency):
@@ -404,7 +467,7 @@ class LeftOpen(OverheadLatency):
 
     drift = 0.02
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         from edgeprune.pipeline.decision import UNDECIDED, Decision
 
         value, line = self.latency(model), self.budget.value * (1 - self.drift)
@@ -419,7 +482,9 @@ def test_candidates_read_under_but_left_undecided_are_a_machine_too_noisy_stop(r
     objective = LeftOpen(Budget("latency", baseline * 0.5))
     noisy = r"^machine too noisy to decide: candidates? [\d, ]+ read under budget .* left (them|it) undecided"
     with pytest.raises(TooNoisy, match=noisy):
-        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(baseline)
+        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(
+            baseline
+        )
     levels = level_guide(resnet20, objective).levels  # `--search uniform` ends the same way (search/base.none_met)
     levels.max_candidates = 4
     with pytest.raises(TooNoisy, match=noisy):
@@ -427,7 +492,9 @@ def test_candidates_read_under_but_left_undecided_are_a_machine_too_noisy_stop(r
     # a budget every candidate reads over stays "no candidate met": nothing was left open under it
     objective = LeftOpen(Budget("latency", baseline * 0.01))
     with pytest.raises(guided.EdgepruneError, match=r"^(no candidate met|budget .* is infeasible)"):
-        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(baseline)
+        guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, max_candidates=4).run(
+            baseline
+        )
 
 
 class Busy(OverheadLatency):
@@ -436,14 +503,16 @@ class Busy(OverheadLatency):
 
     drift = 0.02
 
-    def evaluate(self, model: nn.Module, tag: str) -> "guided.Evaluation":
+    def evaluate(self, model: nn.Module, tag: str) -> guided.Evaluation:
         from edgeprune.pipeline.decision import BUSY_MARGIN, OVER, UNDER, Decision
 
         self.calls += 1
         value, line = self.latency(model), self.budget.value * (1 - self.drift)
         low, high = value * 0.995, value * 1.005
         verdict = UNDER if high < line * (1 - BUSY_MARGIN) else OVER
-        return guided.Evaluation(value, decision=Decision(verdict, value, low, high, line, 20, 15, 0.6, 10.0, False, BUSY_MARGIN))
+        return guided.Evaluation(
+            value, decision=Decision(verdict, value, low, high, line, 20, 15, 0.6, 10.0, False, BUSY_MARGIN)
+        )
 
 
 @pytest.mark.parametrize("fraction", [0.7, 0.5])
@@ -454,7 +523,9 @@ def test_on_a_busy_machine_the_window_moves_down_by_the_busy_margin(resnet20: nn
 
     baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
     objective = Busy(Budget("latency", baseline * fraction))
-    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(baseline)
+    result = guided.Guided(resnet20, X, level_guide(resnet20, objective), objective, round_to=16, tol=0.05).run(
+        baseline
+    )
     budget, top = objective.budget.value, 0.98 * (1 - BUSY_MARGIN)
     assert budget * (top - 0.03) <= result.evaluation.value <= budget * top, result.stop_reason
     assert result.stop_reason.startswith("within tolerance (at most 8% under budget, lowered by the busy margin)")

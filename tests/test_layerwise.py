@@ -1,8 +1,10 @@
 """The layerwise search: sensitivity per layer, a cost table and its predictor, allocation by one multiplier."""
+
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 from pathlib import Path
 
@@ -49,14 +51,19 @@ def two_branches() -> tuple[nn.Module, object, dict, dict]:
     model = TwoBranches().eval()
     space = discover(model, X)
     scores = get_method("l1").scores(model, space, X)
-    return model, space, scores, sensitivity.sensitivity(model, space, scores, X, torch.randn(64, 3, 32, 32), round_to=8)
+    return (
+        model,
+        space,
+        scores,
+        sensitivity.sensitivity(model, space, scores, X, torch.randn(64, 3, 32, 32), round_to=8),
+    )
 
 
 def test_sensitivity_is_monotone_and_finds_the_layer_that_matters() -> None:
-    model, space, scores, sens = two_branches()
+    _model, _space, _scores, sens = two_branches()
     for drops in sens.values():
         widths = sorted(drops)
-        assert all(drops[w1] >= drops[w2] for w1, w2 in zip(widths, widths[1:]))  # non-increasing in width
+        assert all(drops[w1] >= drops[w2] for w1, w2 in itertools.pairwise(widths))  # non-increasing in width
         assert drops[widths[-1]] == 0.0
     assert sens["a"][8] > 100 * sens["b"][8]
 
@@ -89,7 +96,7 @@ def tiny_search():
 
 
 def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_search) -> None:
-    model, space, scores, sens, objective, table, base, cost = tiny_search
+    model, space, scores, sens, objective, table, _base, cost = tiny_search
     gid = space.groups[0].id
     w = min(sens[gid])
     pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {gid: w}), X)
@@ -103,10 +110,12 @@ def test_cost_table_predicts_single_group_plans_exactly_and_others_closely(tiny_
 
 
 def test_allocation_narrows_monotonically_and_meets_the_budget(tiny_search) -> None:
-    model, space, scores, sens, objective, table, base, cost = tiny_search
-    search = layerwise.LayerwiseSearch(model, X, space, scores, sens, lambda w, r: table.predict(w, cost, r), objective, tol=0.2)
+    model, space, scores, sens, objective, table, _base, cost = tiny_search
+    search = layerwise.LayerwiseSearch(
+        model, X, space, scores, sens, lambda w, r: table.predict(w, cost, r), objective, tol=0.2
+    )
     costs = [search.predicted(search.choice_at(lam)) for lam in (0.0, 1e-9, 1e-6, 1e-3, 1.0)]
-    assert all(c1 >= c2 for c1, c2 in zip(costs, costs[1:]))  # more weight on cost, never a costlier plan
+    assert all(c1 >= c2 for c1, c2 in itertools.pairwise(costs))  # more weight on cost, never a costlier plan
     result = search.run()
     pruned = apply(copy.deepcopy(model), result.plan, X)
     assert count(pruned, X).flops <= objective.budget.value
@@ -117,7 +126,8 @@ def test_next_target_interpolates_between_measured_candidates() -> None:
     """One candidate each side of the goal: the goal's place between their measurements carried
     onto their predictions; one side only: the nearest one's bias; the lambda fallback in between."""
     over, under = layerwise.Point(1.0, 12.0, 11.0), layerwise.Point(4.0, 6.0, 4.0)
-    assert layerwise.next_target([over, under], 7.5) == pytest.approx(9.0)  # halfway in measured -> halfway in predicted
+    # halfway in measured -> halfway in predicted
+    assert layerwise.next_target([over, under], 7.5) == pytest.approx(9.0)
     far_over = layerwise.Point(0.5, 14.0, 13.0)
     assert layerwise.next_target([far_over, over], 8.0) == pytest.approx(12.0 * 8.0 / 11.0)
     assert layerwise.between([far_over, over, under], 7.5) == pytest.approx(2.0)
@@ -134,7 +144,7 @@ def test_search_converges_under_a_plan_dependent_bias(tiny_search) -> None:
     result = search.run()
     flops = lambda widths: count(apply(copy.deepcopy(model), layerwise.plan_for(space, scores, widths), X), X).flops  # noqa: E731
     path = {tuple(sorted(search.choice_at(lam)[0].items())) for lam in np.geomspace(1e-10, 1e-2, 400)}
-    best = max(f for f in map(lambda c: flops(dict(c)), path) if f <= objective.budget.value)
+    best = max(f for f in (flops(dict(c)) for c in path) if f <= objective.budget.value)
     assert best <= flops({g: len(k.keep) for g, k in result.plan.groups.items()}) <= objective.budget.value
     assert len(result.steps) <= 4  # (the ratio correction alone ended at 5 % of the FLOPs here)
 
@@ -157,19 +167,64 @@ def test_layerwise_from_the_cli_reports_the_predictor(tmp_path: Path) -> None:
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
     torch.save(tiny_resnet(), tmp_path / "m.pt")
     base = count(tiny_resnet(), X).flops
-    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", f"{0.55 * base / 1e6:.3f}MFLOPs", "--input-shape", "1x3x32x32",
-                          "--search", "layerwise", "--data", npz, "--recover", "none", "--round-to", "4", "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            f"{0.55 * base / 1e6:.3f}MFLOPs",
+            "--input-shape",
+            "1x3x32x32",
+            "--search",
+            "layerwise",
+            "--data",
+            npz,
+            "--recover",
+            "none",
+            "--round-to",
+            "4",
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert rc == 0, err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     assert rep["search"]["strategy"] == "layerwise" and rep["final"]["flops"] <= 0.55 * base
     assert len(rep["search"]["predictor"]["held_out"]) == layerwise.HELD_OUT
     # another budget in the same output folder reuses the sensitivity map (it does not depend on the budget)
-    rc, out, err = run_cli([tmp_path / "m.pt", "--budget", f"{0.7 * base / 1e6:.3f}MFLOPs", "--input-shape", "1x3x32x32",
-                            "--search", "layerwise", "--data", npz, "--recover", "none", "--round-to", "4", "--out", tmp_path / "o"])
+    rc, out, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            f"{0.7 * base / 1e6:.3f}MFLOPs",
+            "--input-shape",
+            "1x3x32x32",
+            "--search",
+            "layerwise",
+            "--data",
+            npz,
+            "--recover",
+            "none",
+            "--round-to",
+            "4",
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert rc == 0, err
     assert "[sensitivity] resumed" in out + err and "[cost_table] done" in out + err
-    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--search", "layerwise",
-                          "--out", tmp_path / "o2"])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            "50%",
+            "--input-shape",
+            "1x3x32x32",
+            "--search",
+            "layerwise",
+            "--out",
+            tmp_path / "o2",
+        ]
+    )
     assert rc == 2 and "--data" in err
 
 
@@ -213,7 +268,6 @@ class FakeRuntime:
 
 def macs_of(proto) -> float:
     """Conv/Gemm MACs of an ONNX graph from its weight shapes and the inferred output shapes."""
-    import onnx
     from onnx import shape_inference
 
     g = shape_inference.infer_shapes(proto).graph
@@ -260,7 +314,9 @@ def test_latency_table_predicts_coupled_widths_from_single_layers(tmp_path: Path
     assert 0.0 < extra < 0.01
     # a second build measures nothing: every entry comes from the cache
     lines: list[str] = []
-    latency_table.build(model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append)
+    latency_table.build(
+        model, X, cost, rt, layers_ms, layers_ms, round_to=4, cache=tmp_path / "cache.json", on_entry=lines.append
+    )
     assert lines and all(" 0 timed" in line for line in lines)
 
 
@@ -277,9 +333,11 @@ def test_calibration_removes_the_bias_of_layers_timed_alone(tmp_path: Path) -> N
     whole_ms = rt.OVERHEAD_MS + cost.total * 1e-6  # what the fake target measures for the unpruned model
     table = latency_table.build(model, X, cost, rt, whole_ms, whole_ms, round_to=4, cache=tmp_path / "cache.json")
     per_layer = rt.OVERHEAD_MS
-    alone = dataclasses.replace(table, entries={sig: {k: 1.3 * v + per_layer for k, v in e.items()} for sig, e in table.entries.items()})
+    alone = dataclasses.replace(
+        table, entries={sig: {k: 1.3 * v + per_layer for k, v in e.items()} for sig, e in table.entries.items()}
+    )
     sizes = {g.id: g.size for g in space.groups}
-    sens = {g.id: {w: 0.0 for w in sensitivity.candidate_widths(g, 4)} for g in space.groups}
+    sens = {g.id: dict.fromkeys(sensitivity.candidate_widths(g, 4), 0.0) for g in space.groups}
     objective = LatencyObjective(parse_budget("1000ms"), TargetMeasurer(rt, X, tmp_path / "m", warmup=1, repeats=3))
     plans = layerwise.calibration_plans(sens, ())
     kept = [np.mean([w[g] / sizes[g] for g in w]) for w, _ in plans]
@@ -290,11 +348,17 @@ def test_calibration_removes_the_bias_of_layers_timed_alone(tmp_path: Path) -> N
     entries_full = 1.3 * cost.total * 1e-6 + len(alone.shapes) * per_layer  # the table's full-width sum
     assert a == pytest.approx(entries_full / (1.3 * whole_ms), rel=1e-3) and b == pytest.approx(0.0, abs=1e-3)
     assert c == pytest.approx(1.0 - a, abs=1e-9) and c < 0
-    uncalibrated = layerwise.predictor_error(model, X, space, scores, sens, lambda w, r: alone.predict(w, sizes, cost, r), objective)
-    held = layerwise.predictor_error(model, X, space, scores, sens, lambda w, r: calibrated.predict(w, sizes, cost, r), objective)
+    uncalibrated = layerwise.predictor_error(
+        model, X, space, scores, sens, lambda w, r: alone.predict(w, sizes, cost, r), objective
+    )
+    held = layerwise.predictor_error(
+        model, X, space, scores, sens, lambda w, r: calibrated.predict(w, sizes, cost, r), objective
+    )
     assert all(row["error"] > 0.1 for row in uncalibrated)
     assert all(abs(row["error"]) < 0.01 for row in held)
-    assert latency_table.LatencyTable.from_dict(calibrated.to_dict()).coefficients == pytest.approx(calibrated.coefficients)
+    assert latency_table.LatencyTable.from_dict(calibrated.to_dict()).coefficients == pytest.approx(
+        calibrated.coefficients
+    )
 
 
 def test_fit_ratio_stays_physical() -> None:
@@ -305,14 +369,15 @@ def test_fit_ratio_stays_physical() -> None:
 
     rng = np.random.default_rng(0)
     feats = rng.uniform(0.4, 1.0, size=(6, 2))
-    exact = [(l, w, 0.6 * l + 0.3 * w + 0.1) for l, w in feats]
+    exact = [(lay, w, 0.6 * lay + 0.3 * w + 0.1) for lay, w in feats]
     assert fit_ratio(exact) == pytest.approx((0.6, 0.3, 0.1), abs=1e-9)
-    steep = [(l, w, 1.3 * l - 0.3) for l, w in feats]  # faster than the layers shrink: a fixed cost per layer timed alone
+    # faster than the layers shrink: a fixed cost per layer timed alone
+    steep = [(lay, w, 1.3 * lay - 0.3) for lay, w in feats]
     assert fit_ratio(steep) == pytest.approx((1.3, 0.0, -0.3), abs=1e-9)
-    wider_is_faster = [(l, w, 1.2 - 0.4 * w + 0.2 * l) for l, w in feats]  # b < 0 is not physical: held at 0
+    wider_is_faster = [(lay, w, 1.2 - 0.4 * w + 0.2 * lay) for lay, w in feats]  # b < 0 is not physical: held at 0
     a, b, c = fit_ratio(wider_is_faster)
     assert min(a, b) >= 0.0 and b == 0.0 and a + b + c == pytest.approx(1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one measured plan"):
         fit_ratio([])
 
 
@@ -341,14 +406,18 @@ def test_depth_enters_the_trade_off() -> None:
     objective = CountObjective(parse_budget(f"{0.8 * base / 1e6:.4f}MFLOPs"), X)
     cost = CostModel(model, space, X)
     full = {g.id: {g.size: 0.0} for g in space.groups}  # widths stay whole: depth alone is traded here
-    table = layerwise.CostTable(base, {g: {w: 0.0 for w in d} for g, d in full.items()}, 1.0, {g.id: g.size for g in space.groups})
+    table = layerwise.CostTable(
+        base, {g: dict.fromkeys(d, 0.0) for g, d in full.items()}, 1.0, {g.id: g.size for g in space.groups}
+    )
     predict = lambda w, r: table.predict(w, cost, r)  # noqa: E731
     pruned = apply(copy.deepcopy(model), layerwise.plan_for(space, scores, {}, removed=found[:1]), X)
     assert predict({}, found[:1]) == pytest.approx(count(pruned, X).flops, rel=0.02)
     search = layerwise.LayerwiseSearch(model, X, space, scores, full, predict, objective, tol=0.2, block_drops=drops)
     assert search.choice_at(0.0)[1] == ()
     assert set(search.choice_at(1e6)[1]) == set(found)  # everything priced away at a huge lambda
-    price = {b: drops[b] / search.block_savings[b] for b in found}  # drop per FLOP saved: the first to go is the cheapest
+    price = {
+        b: drops[b] / search.block_savings[b] for b in found
+    }  # drop per FLOP saved: the first to go is the cheapest
     cheapest = min(price, key=price.get)
     assert search.choice_at(1.0001 * price[cheapest])[1] == (cheapest,)
     result = search.run()

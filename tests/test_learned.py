@@ -1,4 +1,5 @@
 """The learned methods do their own jobs: Pruning from Scratch's gates, TAS's width/depth search."""
+
 from __future__ import annotations
 
 import copy
@@ -99,8 +100,17 @@ def test_pfs_threshold_search_meets_a_flops_budget(data32) -> None:
     scores = method.scores(model, space, IMAGE32, data32)
     base = count(model, IMAGE32).flops
     budget = parse_budget(f"{0.45 * base / 1e6:.4f}MFLOPs")
-    search = LevelSearch(model, IMAGE32, space, scores, CountObjective(budget, IMAGE32), round_to=4, method="pfs",
-                         tol=0.1, ranking="global")
+    search = LevelSearch(
+        model,
+        IMAGE32,
+        space,
+        scores,
+        CountObjective(budget, IMAGE32),
+        round_to=4,
+        method="pfs",
+        tol=0.1,
+        ranking="global",
+    )
     result = search.run(base)
     pruned = apply(copy.deepcopy(model), result.plan, IMAGE32)
     assert count(pruned, IMAGE32).flops <= budget.value
@@ -112,9 +122,32 @@ def test_pfs_from_random_weights_end_to_end(tmp_path: Path) -> None:
     npz = learnable_npz(tmp_path / "d.npz", n_train=64, n_test=32, size=32, classes=10)
     base = count(tiny_resnet(), IMAGE32).flops
     out = tmp_path / "out"
-    rc, stdout, err = run_cli(["--arch", "tests.tiny_models:tiny_resnet", "--method", "pfs", "--data", npz,
-                               "--budget", f"{0.6 * base / 1e6:.3f}MFLOPs", "--search-steps", "3", "--steps", "2",
-                               "--batch-size", "16", "--round-to", "4", "--warmup", "1", "--repeats", "3", "--out", out])
+    rc, _stdout, err = run_cli(
+        [
+            "--arch",
+            "tests.tiny_models:tiny_resnet",
+            "--method",
+            "pfs",
+            "--data",
+            npz,
+            "--budget",
+            f"{0.6 * base / 1e6:.3f}MFLOPs",
+            "--search-steps",
+            "3",
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--round-to",
+            "4",
+            "--warmup",
+            "1",
+            "--repeats",
+            "3",
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0, err
     rep = json.loads((out / "report.json").read_text())
     assert "random initialization" in rep["model"]["source"]
@@ -124,11 +157,29 @@ def test_pfs_from_random_weights_end_to_end(tmp_path: Path) -> None:
 
 
 def test_no_model_is_refused_for_methods_that_need_a_trained_one(tmp_path: Path) -> None:
-    line = assert_one_line_error(*run_cli(["--arch", "resnet20", "--method", "l1", "--budget", "50%", "--out", tmp_path])[::2])
+    line = assert_one_line_error(
+        *run_cli(["--arch", "resnet20", "--method", "l1", "--budget", "50%", "--out", tmp_path])[::2]
+    )
     assert "pfs" in line and "trained model" in line
     npz = learnable_npz(tmp_path / "d.npz", n_train=8, n_test=4, size=32, classes=10)
-    line = assert_one_line_error(*run_cli(["--arch", "resnet20", "--method", "pfs", "--data", npz, "--recover", "distill",
-                                           "--budget", "50%", "--out", tmp_path / "o"])[::2])
+    line = assert_one_line_error(
+        *run_cli(
+            [
+                "--arch",
+                "resnet20",
+                "--method",
+                "pfs",
+                "--data",
+                npz,
+                "--recover",
+                "distill",
+                "--budget",
+                "50%",
+                "--out",
+                tmp_path / "o",
+            ]
+        )[::2]
+    )
     assert "teacher" in line
 
 
@@ -150,7 +201,11 @@ def test_block_runs_group_neighbours_and_keep_a_whole_stage_alive() -> None:
 
     model = create("resnet20").eval()
     runs = block_runs(model, find_blocks(model, IMAGE32))
-    assert [r.blocks for r in runs] == [["layer1.0", "layer1.1", "layer1.2"], ["layer2.1", "layer2.2"], ["layer3.1", "layer3.2"]]
+    assert [r.blocks for r in runs] == [
+        ["layer1.0", "layer1.1", "layer1.2"],
+        ["layer2.1", "layer2.2"],
+        ["layer3.1", "layer3.2"],
+    ]
     assert runs[0].choices == [1, 2, 3]  # layer1 is all removable: keep at least one block
     assert runs[1].choices == [0, 1, 2]  # layer2.0 (the downsampling block) always stays
 
@@ -184,7 +239,7 @@ def test_tas_scores_reproduce_the_searched_architecture_and_it_exports(tas_resul
     level = sum(g.size - widths[g.id] for g in space.groups) / sum(g.size for g in space.groups)
     plan = plan_at_level(space, scores, level, 16, "tas", "global", "on", blocks, blocks_by_threshold=True)
     assert {gid: len(g.keep) for gid, g in plan.groups.items()} == widths
-    removed = {b for run in method.result["runs"] for b in run["blocks"][run["keep"]:]}
+    removed = {b for run in method.result["runs"] for b in run["blocks"][run["keep"] :]}
     assert set(plan.removed_blocks) == removed
     for gid, g in plan.groups.items():  # the first (strongest by L1) channels are the ones kept
         assert set(g.keep) == set(method.result["order"][gid][: widths[gid]])
@@ -203,8 +258,15 @@ def test_tas_resumes_its_search_from_the_run_directory(tmp_path: Path) -> None:
     from edgeprune.pipeline.loading import from_module
 
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=16, size=32, classes=10)
-    settings = Settings(budget=f"{0.6 * count(tiny_resnet(), IMAGE32).flops / 1e6:.3f}MFLOPs", method="tas", data=str(npz),
-                        recover="none", round_to=4, batch_size=16, method_options={"steps": 2, "round_to": 4})
+    settings = Settings(
+        budget=f"{0.6 * count(tiny_resnet(), IMAGE32).flops / 1e6:.3f}MFLOPs",
+        method="tas",
+        data=str(npz),
+        recover="none",
+        round_to=4,
+        batch_size=16,
+        method_options={"steps": 2, "round_to": 4},
+    )
     runs = []
     for _ in range(2):
         lines: list[str] = []

@@ -1,4 +1,5 @@
 """Loading a user's model: whole modules, state dicts with --arch, and one-line errors for the rest."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from tests.tiny_models import TinyResNet, tiny_resnet
 TINY_ARCH = "tests.tiny_models:tiny_resnet"
 
 
-def one_line_error(fn, *args, **kwargs) -> str:  # noqa: ANN001
+def one_line_error(fn, *args, **kwargs) -> str:
     with pytest.raises(EdgepruneError) as info:
         fn(*args, **kwargs)
     msg = str(info.value)
@@ -169,8 +170,10 @@ def test_from_module_uses_registry_shape() -> None:
     assert loaded.input_shape == (1, 3, 32, 32)
 
 
-@pytest.mark.parametrize(("text", "shape"), [("1x3x224x224", (1, 3, 224, 224)), ("1,3,32,32", (1, 3, 32, 32)),
-                                             ("1X16", (1, 16)), (" 2x3x8x8 ", (2, 3, 8, 8))])
+@pytest.mark.parametrize(
+    ("text", "shape"),
+    [("1x3x224x224", (1, 3, 224, 224)), ("1,3,32,32", (1, 3, 32, 32)), ("1X16", (1, 16)), (" 2x3x8x8 ", (2, 3, 8, 8))],
+)
 def test_parse_input_shape(text: str, shape: tuple[int, ...]) -> None:
     assert parse_input_shape(text) == shape
 

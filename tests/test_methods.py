@@ -1,4 +1,5 @@
 """Each pruning method does its own job on small constructed cases."""
+
 from __future__ import annotations
 
 import copy
@@ -82,7 +83,7 @@ def test_global_ranking_discovers_per_layer_widths() -> None:
 def test_slimming_refuses_a_model_without_batchnorm(data) -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
     space = discover(model.eval(), IMAGE)
-    with pytest.raises(EdgepruneError, match="no BatchNorm.*--method l1"):
+    with pytest.raises(EdgepruneError, match=r"no BatchNorm.*--method l1"):
         get_method("slimming", steps=1).prepare(model, space, IMAGE, data)
 
 
@@ -122,12 +123,15 @@ def _c2_error(model: nn.Module, pruned: nn.Module, images: torch.Tensor) -> floa
     def c2_out(net: nn.Module) -> torch.Tensor:
         with torch.no_grad():
             return net.c2(torch.relu(net.c1(images)))
+
     return float(((c2_out(pruned) - c2_out(model)) ** 2).mean())
 
 
 @pytest.fixture(scope="module")
 def calib_data(tmp_path_factory: pytest.TempPathFactory):
-    return load_data(str(learnable_npz(tmp_path_factory.mktemp("c") / "c.npz", n_train=128, n_test=16, size=16)), batch_size=32)
+    return load_data(
+        str(learnable_npz(tmp_path_factory.mktemp("c") / "c.npz", n_train=128, n_test=16, size=16)), batch_size=32
+    )
 
 
 @pytest.mark.parametrize("name", ["thinet", "lasso"])
@@ -148,7 +152,9 @@ def test_reconstruction_methods_beat_l1_and_random_at_the_same_width(name: str, 
     err_l1 = _c2_error(model, apply(copy.deepcopy(model), l1_plan, IMAGE), held_out)
     rng = np.random.default_rng(0)
     random_scores = {g.id: rng.random(g.size) for g in space.groups}
-    err_random = _c2_error(model, apply(copy.deepcopy(model), plan_at_level(space, random_scores, 0.5, round_to=1), IMAGE), held_out)
+    err_random = _c2_error(
+        model, apply(copy.deepcopy(model), plan_at_level(space, random_scores, 0.5, round_to=1), IMAGE), held_out
+    )
     assert len(plan.groups["c1"].keep) == len(l1_plan.groups["c1"].keep) == 16
     assert err < 0.5 * err_l1 and err < 0.5 * err_random
 

@@ -3,6 +3,7 @@
 Small inputs and few calibration samples keep this fast; what is checked is that each method runs
 on each real architecture and leaves a smaller model with the same output shape.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,10 +21,25 @@ from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 
-MODELS = {"resnet20": 32, "resnet56": 32, "mobilenetv2": 32, "vgg16": 32, "vit_tiny": 32, "resnet18": 64, "resnet50": 64}
-FAST = {"thinet": {"calibration_images": 8, "samples": 256}, "lasso": {"calibration_images": 8, "samples": 256},
-        "slimming": {"steps": 1}, "l1": {}, "pfs": {"steps": 1}, "tas": {"steps": 1},
-        "anp": {"steps": 1, "pgd_steps": 1}, "sanp": {"steps": 1, "calibration": 8}}
+MODELS = {
+    "resnet20": 32,
+    "resnet56": 32,
+    "mobilenetv2": 32,
+    "vgg16": 32,
+    "vit_tiny": 32,
+    "resnet18": 64,
+    "resnet50": 64,
+}
+FAST = {
+    "thinet": {"calibration_images": 8, "samples": 256},
+    "lasso": {"calibration_images": 8, "samples": 256},
+    "slimming": {"steps": 1},
+    "l1": {},
+    "pfs": {"steps": 1},
+    "tas": {"steps": 1},
+    "anp": {"steps": 1, "pgd_steps": 1},
+    "sanp": {"steps": 1, "calibration": 8},
+}
 #: methods that learn channel gates, masks or widths; attention heads are not channels to them
 CHANNELS_ONLY = {"pfs", "tas", "anp", "sanp"}
 
@@ -42,7 +58,12 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, object]:
 
 #: ResNet-50's 2048-wide groups make the calibration methods take minutes: covered by ResNet-18's
 #: identical block structure (Bottleneck aside) in the unit suite
-CASES = [(a, m) for a in sorted(MODELS) for m in sorted(FAST) if not (a == "resnet50" and m in ("thinet", "lasso", "pfs", "tas", "anp", "sanp"))]
+CASES = [
+    (a, m)
+    for a in sorted(MODELS)
+    for m in sorted(FAST)
+    if not (a == "resnet50" and m in ("thinet", "lasso", "pfs", "tas", "anp", "sanp"))
+]
 
 
 @pytest.mark.parametrize(("arch", "method"), CASES)
@@ -66,8 +87,16 @@ def test_method_prunes_registry_model(arch: str, method: str, datasets) -> None:
     prepared = m.prepare(copy.deepcopy(model), space, x, data, goal).eval()
     found = find_blocks(prepared, x)
     blocks = m.block_scores(prepared, found, data) if found else {}
-    plan = plan_at_level(space, m.scores(prepared, space, x, data), 0.5, 16, ranking=m.ranking, depth="on",
-                         block_scores=blocks, blocks_by_threshold=m.blocks_on_unit_scale)
+    plan = plan_at_level(
+        space,
+        m.scores(prepared, space, x, data),
+        0.5,
+        16,
+        ranking=m.ranking,
+        depth="on",
+        block_scores=blocks,
+        blocks_by_threshold=m.blocks_on_unit_scale,
+    )
     pruned = apply(copy.deepcopy(prepared), plan, x)
     m.reconstruct(prepared, pruned, space, plan, x, data)
     assert pruned(*x).shape == (1, 10)

@@ -1,4 +1,5 @@
 """The model registry: every bundled architecture builds, runs, matches its paper, and exports."""
+
 from __future__ import annotations
 
 import copy
@@ -50,15 +51,13 @@ def test_unknown_name_is_a_user_error(call) -> None:
 
 
 def test_register_twice_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="registered twice"):
         models.register("resnet20")(lambda num_classes=10: nn.Identity())
 
 
 def paper_depth(model: nn.Module) -> tuple[int, int]:
     """(main-path convs, fcs): the weighted layers He et al. count; projection shortcuts excluded."""
-    convs = sum(
-        isinstance(m, nn.Conv2d) and ".shortcut." not in f".{name}." for name, m in model.named_modules()
-    )
+    convs = sum(isinstance(m, nn.Conv2d) and ".shortcut." not in f".{name}." for name, m in model.named_modules())
     fcs = sum(isinstance(m, nn.Linear) for m in model.modules())
     return convs, fcs
 

@@ -1,6 +1,7 @@
 """The models users bring, as small replicas (tests/replicas.py): every one prunes without a raw
 exception, and every group that ships computes exactly the original with its removed units
 silenced; what cannot be shown so is left whole with a reason."""
+
 from __future__ import annotations
 
 import copy
@@ -97,7 +98,7 @@ def test_hf_attention_heads_go_with_its_outside_output_projection() -> None:
 
 
 def test_grouped_query_attention_keeps_its_heads_but_not_its_widths() -> None:
-    model, x, res = _pruned("gqa")
+    _model, _x, res = _pruned("gqa")
     assert "grouped-query attention" in _reasons(res)["layers.0.attention:heads"]
     assert res.model.layers[0].attention.num_attention_heads == 4
     assert res.model.layers[0].intermediate.out_features < 128
@@ -124,7 +125,12 @@ def test_swapped_attention_matches_pytorch_with_masks_and_weights(batch_first: b
     pad = torch.tensor([[False] * 6 + [True], [False] * 7])
     causal = torch.ones(5, 7, dtype=torch.bool).triu(1)
     per_head = torch.randn(2 * 4, 5, 7)
-    for kwargs in ({}, {"key_padding_mask": pad}, {"attn_mask": causal}, {"attn_mask": per_head, "average_attn_weights": False}):
+    for kwargs in (
+        {},
+        {"key_padding_mask": pad},
+        {"attn_mask": causal},
+        {"attn_mask": per_head, "average_attn_weights": False},
+    ):
         want, want_w = native(q, kv, kv, **kwargs)
         got, got_w = ours(q, kv, kv, **kwargs)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -132,7 +138,7 @@ def test_swapped_attention_matches_pytorch_with_masks_and_weights(batch_first: b
 
 
 def test_conv1d_layers_become_linears_and_gpt2_heads_go() -> None:
-    _, x, res = _pruned("gpt2_conv1d")
+    _, _x, res = _pruned("gpt2_conv1d")
     attn = res.model.attn
     assert isinstance(attn.c_attn, nn.Linear) and attn.num_heads == 2 and attn.split_size == 16
     assert attn.c_attn.out_features == 3 * 16
@@ -147,7 +153,7 @@ def test_detector_outputs_keep_their_channels() -> None:
 
 @pytest.mark.parametrize("name", ["resnext", "regnet"])
 def test_grouped_convolutions_shrink_evenly_per_group(name: str) -> None:
-    model, x, res = _pruned(name)
+    model, _x, res = _pruned(name)
     grouped = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels}
     assert grouped
     for n, m in grouped.items():
@@ -201,7 +207,9 @@ class _FunctionalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = nn.functional.linear(x, self.qkv.weight, self.qkv.bias).reshape(b, n, 3, self.num_heads, c // self.num_heads)
+        qkv = nn.functional.linear(x, self.qkv.weight, self.qkv.bias).reshape(
+            b, n, 3, self.num_heads, c // self.num_heads
+        )
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         out = ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
         return nn.functional.linear(out, self.proj.weight, self.proj.bias)

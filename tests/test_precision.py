@@ -1,12 +1,14 @@
 """int8 in the same budget: quantizing for real (ONNX Runtime, NNCF), the int8 check against PyTorch,
 the refusals, the --precision policy end to end on a runtime whose cost is known, the report, and
 `compress bench` / `check` on a quantized file."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -37,7 +39,9 @@ def npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _int8(runtime: str, work: Path, npz: Path, calibration_scale: float = 1.0) -> QuantizedMeasurer:
     data = load_data(str(npz), batch_size=32)
     base = TargetMeasurer(get_runtime(runtime), X, work, warmup=1, repeats=5)
-    return QuantizedMeasurer(base, quantizer_for(runtime), data.calibration(64) * calibration_scale, check_images(data.val))
+    return QuantizedMeasurer(
+        base, quantizer_for(runtime), data.calibration(64) * calibration_scale, check_images(data.val)
+    )
 
 
 def _op_types(path: Path) -> set[str]:
@@ -45,13 +49,17 @@ def _op_types(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("runtime", ["ort-cpu", "openvino-cpu"])
-def test_int8_model_is_quantized_by_the_backend_and_matches_pytorch_on_the_runtime(tmp_path: Path, npz: Path, runtime: str) -> None:
+def test_int8_model_is_quantized_by_the_backend_and_matches_pytorch_on_the_runtime(
+    tmp_path: Path, npz: Path, runtime: str
+) -> None:
     rt = get_runtime(runtime)
     if not rt.available()[0]:
         pytest.skip(rt.available()[1])
     model = tiny_resnet()
     m = _int8(runtime, tmp_path, npz).measure(model, "t")
-    assert m.artifact.path == tmp_path / "t.int8.onnx" and {"QuantizeLinear", "DequantizeLinear"} <= _op_types(m.artifact.path)
+    assert m.artifact.path == tmp_path / "t.int8.onnx" and {"QuantizeLinear", "DequantizeLinear"} <= _op_types(
+        m.artifact.path
+    )
     check = m.artifact.meta["int8_check"]
     assert check["images"] == 40 and 0 <= check["rel_l2"] <= INT8_TOLERANCE  # all 40 validation images (fewer than 64)
     # what the check claims, recomputed here from the runtime's own outputs
@@ -71,25 +79,56 @@ def test_int8_over_its_tolerance_is_refused(tmp_path: Path, npz: Path) -> None:
 def test_int8_without_data_is_refused_in_one_line(tmp_path: Path) -> None:
     torch.save(tiny_resnet(), tmp_path / "m.pt")
     for precision in ("int8", "auto"):
-        rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--precision", precision,
-                              "--out", tmp_path / "o"])
+        rc, _, err = run_cli(
+            [
+                tmp_path / "m.pt",
+                "--budget",
+                "50%",
+                "--input-shape",
+                "1x3x32x32",
+                "--precision",
+                precision,
+                "--out",
+                tmp_path / "o",
+            ]
+        )
         assert "needs --data" in assert_one_line_error(rc, err)
     assert not (tmp_path / "o").exists()
 
 
 def test_int8_on_a_runtime_without_a_backend_is_refused_in_one_line(tmp_path: Path, npz: Path) -> None:
     torch.save(tiny_resnet(), tmp_path / "m.pt")
-    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--precision", "int8",
-                          "--runtime", "torch-cpu", "--data", npz, "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            "50%",
+            "--input-shape",
+            "1x3x32x32",
+            "--precision",
+            "int8",
+            "--runtime",
+            "torch-cpu",
+            "--data",
+            npz,
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert "int8 not available on torch-cpu" in assert_one_line_error(rc, err)
     assert not (tmp_path / "o").exists()
 
 
-# --- the policy alone, with a fake measurer behind its probe and searches -------------------------------------------------
+# --- the policy alone, with a fake measurer behind its probe and searches ---------------------------------------------
 
 
-def _policy(mode: str, probe_value: float, searches: dict[str, float | str], unavailable: str | None = None,
-            calls: list[str] | None = None) -> Policy:
+def _policy(
+    mode: str,
+    probe_value: float,
+    searches: dict[str, float | str],
+    unavailable: str | None = None,
+    calls: list[str] | None = None,
+) -> Policy:
     """A run whose float32 baseline is 1.0 and budget 0.5: int8 of the unpruned model measures
     `probe_value`; the search at a precision keeps the FLOPs fraction given, or fails with the text."""
     calls = [] if calls is None else calls
@@ -105,21 +144,36 @@ def _policy(mode: str, probe_value: float, searches: dict[str, float | str], una
         calls.append("probe")
         return {"value": probe_value, "ratio": probe_value, "within": probe_value <= 0.5 * 0.97, "plan": {"kept": 1.0}}
 
-    return Policy(mode=mode, fp32_why="--precision fp32", unavailable=unavailable, counted=False, baseline_within=False, probe=probe, search=search,
-                  flops=lambda d: d["plan"]["kept"] * 100.0, baseline_flops=100.0, baseline_value=1.0)
+    return Policy(
+        mode=mode,
+        fp32_why="--precision fp32",
+        unavailable=unavailable,
+        counted=False,
+        baseline_within=False,
+        probe=probe,
+        search=search,
+        flops=lambda d: d["plan"]["kept"] * 100.0,
+        baseline_flops=100.0,
+        baseline_value=1.0,
+    )
 
 
-@pytest.mark.parametrize("mode, probe_value, searches, chosen, kept, calls", [
-    ("auto", 0.45, {}, "int8", 1.0, ["probe"]),  # int8 alone fits: nothing pruned, nothing searched
-    ("auto", 0.60, {"int8": 0.8, "fp32": 0.45}, "int8", 0.8, ["probe", "int8", "fp32"]),  # int8 prunes less
-    ("auto", 0.60, {"int8": 0.3, "fp32": 0.45}, "fp32", 0.45, ["probe", "int8", "fp32"]),  # float32 prunes less
-    ("auto", 0.60, {"int8": 0.45, "fp32": 0.45}, "fp32", 0.45, ["probe", "int8", "fp32"]),  # a tie: no int8 error
-    ("auto", 0.60, {"int8": "infeasible", "fp32": 0.2}, "fp32", 0.2, ["probe", "int8", "fp32"]),
-    ("auto", 1.10, {"fp32": 0.45}, "fp32", 0.45, ["probe", "fp32"]),  # int8 no faster: not searched
-    ("int8", 0.60, {"int8": 0.3}, "int8", 0.3, ["probe", "int8"]),
-    ("fp32", 0.45, {"fp32": 0.45}, "fp32", 0.45, ["fp32"]),
-])
-def test_precision_policy(mode: str, probe_value: float, searches: dict[str, Any], chosen: str, kept: float, calls: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "probe_value", "searches", "chosen", "kept", "calls"),
+    [
+        ("auto", 0.45, {}, "int8", 1.0, ["probe"]),  # int8 alone fits: nothing pruned, nothing searched
+        ("auto", 0.60, {"int8": 0.8, "fp32": 0.45}, "int8", 0.8, ["probe", "int8", "fp32"]),  # int8 prunes less
+        ("auto", 0.60, {"int8": 0.3, "fp32": 0.45}, "fp32", 0.45, ["probe", "int8", "fp32"]),  # float32 prunes less
+        ("auto", 0.60, {"int8": 0.45, "fp32": 0.45}, "fp32", 0.45, ["probe", "int8", "fp32"]),  # a tie: no int8 error
+        ("auto", 0.60, {"int8": "infeasible", "fp32": 0.2}, "fp32", 0.2, ["probe", "int8", "fp32"]),
+        ("auto", 1.10, {"fp32": 0.45}, "fp32", 0.45, ["probe", "fp32"]),  # int8 no faster: not searched
+        ("int8", 0.60, {"int8": 0.3}, "int8", 0.3, ["probe", "int8"]),
+        ("fp32", 0.45, {"fp32": 0.45}, "fp32", 0.45, ["fp32"]),
+    ],
+)
+def test_precision_policy(
+    mode: str, probe_value: float, searches: dict[str, Any], chosen: str, kept: float, calls: list[str]
+) -> None:
     seen: list[str] = []
     lines: list[str] = []
     choice = choose(_policy(mode, probe_value, searches, calls=seen), lines.append)
@@ -129,7 +183,10 @@ def test_precision_policy(mode: str, probe_value: float, searches: dict[str, Any
 
 def test_precision_policy_without_an_int8_backend_says_why_and_stays_float32() -> None:
     seen: list[str] = []
-    choice = choose(_policy("auto", 0.3, {"fp32": 0.45}, unavailable="int8 not available on torch-cpu", calls=seen), lambda line: None)
+    choice = choose(
+        _policy("auto", 0.3, {"fp32": 0.45}, unavailable="int8 not available on torch-cpu", calls=seen),
+        lambda line: None,
+    )
     assert choice["precision"] == "fp32" and "int8 not available on torch-cpu" in choice["why"] and seen == ["fp32"]
 
 
@@ -138,7 +195,7 @@ def test_precision_policy_fails_when_no_precision_meets_the_budget() -> None:
         choose(_policy("auto", 0.6, {"int8": "too slow", "fp32": "too tight"}), lambda line: None)
 
 
-# --- end to end, on a runtime whose latency is a known function of the file ---------------------------------------------
+# --- end to end, on a runtime whose latency is a known function of the file -------------------------------------------
 
 
 class _CostRuntime(OrtCpuRuntime):
@@ -183,9 +240,34 @@ def cost_runs(tmp_path_factory: pytest.TempPathFactory, npz: Path) -> dict[str, 
             out = tmp / budget.rstrip("%")
             # --search uniform: the cost runtime's latency follows parameters, which a uniform level
             # cuts evenly; the default search's FLOP-guided path jumps in parameters on this tiny net
-            rc, _, err = run_cli([tmp / "m.pt", "--budget", budget, "--input-shape", "1x3x32x32", "--runtime", _CostRuntime.name,
-                                  "--search", "uniform", *([] if budget == "60%" else ["--precision", "auto"]), "--data", npz, "--recover", "finetune", "--steps", "2", "--round-to", "4",
-                                  "--warmup", "1", "--repeats", "5", "--out", out])
+            rc, _, err = run_cli(
+                [
+                    tmp / "m.pt",
+                    "--budget",
+                    budget,
+                    "--input-shape",
+                    "1x3x32x32",
+                    "--runtime",
+                    _CostRuntime.name,
+                    "--search",
+                    "uniform",
+                    *([] if budget == "60%" else ["--precision", "auto"]),
+                    "--data",
+                    npz,
+                    "--recover",
+                    "finetune",
+                    "--steps",
+                    "2",
+                    "--round-to",
+                    "4",
+                    "--warmup",
+                    "1",
+                    "--repeats",
+                    "5",
+                    "--out",
+                    out,
+                ]
+            )
             rep = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
             runs[budget] = (rc, err, rep, out)
     finally:
@@ -218,7 +300,11 @@ def test_auto_falls_back_to_float32_where_int8_cannot_reach_the_budget(cost_runs
     rc, err, rep, out = cost_runs["20%"]  # int8 never goes under its fixed 0.25
     assert rc == 0, err
     p = rep["precision"]
-    assert p["chosen"] == "fp32" and "error" in p["searched"]["int8"] and "int8 candidates could not meet the budget" in p["why"]
+    assert (
+        p["chosen"] == "fp32"
+        and "error" in p["searched"]["int8"]
+        and "int8 candidates could not meet the budget" in p["why"]
+    )
     assert "QuantizeLinear" not in _op_types(out / "model.onnx") and p["quantization"] is None
 
 
@@ -227,19 +313,30 @@ def test_int8_report_fields(cost_runs: dict) -> None:
     PyTorch, its top-1 on the runtime beside PyTorch's, and the published int8 file's hash."""
     _, _, rep, out = cost_runs["40%"]
     p = rep["precision"]
-    assert p["mode"] == "auto" and p["why"] and p["quantization"]["format"] == "QDQ" and p["quantization"]["weights"].endswith("per channel")
+    assert (
+        p["mode"] == "auto"
+        and p["why"]
+        and p["quantization"]["format"] == "QDQ"
+        and p["quantization"]["weights"].endswith("per channel")
+    )
     assert 0 <= p["int8_check"]["rel_l2"] <= p["int8_check"]["tolerance"] == INT8_TOLERANCE
     ra = rep["runtime_accuracy"]
-    assert ra["metric"] == "top1" and ra["images"] == 40 and ra["pytorch"] == pytest.approx(rep["accuracy"]["recovered"])
+    assert (
+        ra["metric"] == "top1" and ra["images"] == 40 and ra["pytorch"] == pytest.approx(rep["accuracy"]["recovered"])
+    )
     assert ra["delta"] == pytest.approx(ra["runtime"] - ra["pytorch"])
     assert rep["outputs_sha256"]["model.onnx"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     plan = json.loads((out / "plan.json").read_text())
     assert (plan["meta"]["precision"], plan["meta"]["precision_why"]) == ("int8", p["why"])
     md = (out / "report.md").read_text()
-    assert "## Precision: int8 (--precision auto)" in md and f"{ra['runtime']:.4f}" in md and "quantized after recovery" in md
+    assert (
+        "## Precision: int8 (--precision auto)" in md
+        and f"{ra['runtime']:.4f}" in md
+        and "quantized after recovery" in md
+    )
 
 
-# --- the accuracy gate ---------------------------------------------------------------------------------------------------
+# --- the accuracy gate ------------------------------------------------------------------------------------------------
 
 
 def test_max_accuracy_drop_refuses_the_plan_and_publishes_nothing(tmp_path: Path) -> None:
@@ -247,23 +344,57 @@ def test_max_accuracy_drop_refuses_the_plan_and_publishes_nothing(tmp_path: Path
     (a counted budget: the gate is under test, not a timing a busy machine could leave undecided)."""
     from edgeprune.assets import asset
 
-    rc, _, err = run_cli([asset("resnet20_cifar10.pt"), "--arch", "resnet20", "--budget", "14MFLOPs", "--data", asset("cifar10_demo.npz"),
-                          "--recover", "none", "--max-accuracy-drop", "0.05", "--warmup", "2", "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [
+            asset("resnet20_cifar10.pt"),
+            "--arch",
+            "resnet20",
+            "--budget",
+            "14MFLOPs",
+            "--data",
+            asset("cifar10_demo.npz"),
+            "--recover",
+            "none",
+            "--max-accuracy-drop",
+            "0.05",
+            "--warmup",
+            "2",
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     line = err.strip().splitlines()[-1]  # after the progress lines, the refusal: one line, exit 2
     assert rc == 2 and line.startswith("error:") and "Traceback" not in err
-    assert "the best plan found (fp32," in line and "over --max-accuracy-drop 0.05" in line and "nothing published" in line
+    assert (
+        "the best plan found (fp32," in line and "over --max-accuracy-drop 0.05" in line and "nothing published" in line
+    )
     assert not (tmp_path / "o" / "model.onnx").exists() and not (tmp_path / "o" / "report.json").exists()
     assert listing(tmp_path / "o") == set()  # work/ and cache/ only: the refused run removed its lock
 
 
 def test_max_accuracy_drop_needs_top1(tmp_path: Path, npz: Path) -> None:
     torch.save(tiny_resnet(), tmp_path / "m.pt")
-    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "50%", "--input-shape", "1x3x32x32", "--data", npz, "--max-accuracy-drop",
-                          "0.01", "--metric", "edgeprune.pipeline.recovery.evaluate:bits_per_char", "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            "50%",
+            "--input-shape",
+            "1x3x32x32",
+            "--data",
+            npz,
+            "--max-accuracy-drop",
+            "0.01",
+            "--metric",
+            "edgeprune.pipeline.recovery.evaluate:bits_per_char",
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert "--max-accuracy-drop needs --data and top-1" in assert_one_line_error(rc, err)
 
 
-# --- bench and check time a quantized file unchanged --------------------------------------------------------------------
+# --- bench and check time a quantized file unchanged ------------------------------------------------------------------
 
 
 def test_bench_and_check_time_an_int8_onnx(tmp_path: Path, npz: Path) -> None:
@@ -271,7 +402,11 @@ def test_bench_and_check_time_an_int8_onnx(tmp_path: Path, npz: Path) -> None:
     fp32 = tmp_path / "t.int8-source.onnx"
     rc, out, err = run_cli(["bench", m.artifact.path, "--runtime", "all", "--warmup", "1", "--repeats", "5"])
     assert rc == 0, err
-    rows = {line.strip("│ ").split()[0]: line for line in out.splitlines() if line.strip("│ ").startswith(("ort-", "openvino"))}
+    rows = {
+        line.strip("│ ").split()[0]: line
+        for line in out.splitlines()
+        if line.strip("│ ").startswith(("ort-", "openvino"))
+    }
     assert "ort-mobile" in rows and "skipped" not in rows["ort-cpu"] + rows["ort-mobile"]  # timed on both ORT runtimes
     for budget in (["50%", "--baseline", fp32], ["20ms"]):  # timed and judged (0 within, 1 over), whichever it is
         rc, out, err = run_cli(["check", m.artifact.path, "--budget", *budget, "--warmup", "1", "--repeats", "5"])
@@ -305,7 +440,18 @@ def test_the_int8_search_reuses_what_does_not_depend_on_the_precision(tmp_path: 
 
     for stage in (stages, stages.prefixed("int8_")):
         stage("sensitivity", work("sensitivity"), key={"model": 1})
-        stage("latency_calibration", work("calibration"), key={"model": 1, "precision": "fp32" if stage is stages else "int8"})
+        stage(
+            "latency_calibration",
+            work("calibration"),
+            key={"model": 1, "precision": "fp32" if stage is stages else "int8"},
+        )
         stage("search", work("search"))
     assert computed == ["sensitivity", "calibration", "search", "calibration", "search"]
-    assert set(stages.timings) == {"sensitivity", "latency_calibration", "search", "int8_sensitivity", "int8_latency_calibration", "int8_search"}
+    assert set(stages.timings) == {
+        "sensitivity",
+        "latency_calibration",
+        "search",
+        "int8_sensitivity",
+        "int8_latency_calibration",
+        "int8_search",
+    }

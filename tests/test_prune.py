@@ -1,4 +1,5 @@
 """The pruning core: discovery, plans, physical removal, and that removal is numerically exact."""
+
 from __future__ import annotations
 
 import copy
@@ -57,7 +58,9 @@ def test_chunk_halves_shrink_together_and_reach_the_right_consumers() -> None:
     pruned = edgeprune.prune(model, x, ratio=0.5, round_to=8)
     assert pruned.stem[0].out_channels == 2 * pruned.left[0].in_channels == 2 * pruned.right[0].in_channels < 64
     plan = plan_at_level(space, get_method("l1").scores(model, space, x), 0.5, round_to=8)
-    torch.testing.assert_close(apply(copy.deepcopy(model), plan, x)(*x), silenced_outputs(model, plan, x)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        apply(copy.deepcopy(model), plan, x)(*x), silenced_outputs(model, plan, x)[0], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_equal_segments_of_a_group_keep_equal_widths() -> None:
@@ -161,7 +164,11 @@ def test_widths_stay_on_multiples_and_rounding_is_recorded() -> None:
             assert kept % step == 0 or kept == g.size
             assert step <= kept <= g.size
             assert plan.meta["requested"][g.id] == pytest.approx(g.size * (1 - level), abs=0.01)
-    assert width_step(64, "channels", 16) == 16 and width_step(32, "channels", 16) == 8 and width_step(16, "channels", 16) == 4
+    assert (
+        width_step(64, "channels", 16) == 16
+        and width_step(32, "channels", 16) == 8
+        and width_step(16, "channels", 16) == 4
+    )
 
 
 def test_plan_round_trips_through_json_and_rebuilds_the_same_model(tmp_path) -> None:
@@ -223,7 +230,7 @@ def test_constrained_space_ties_or_leaves_whole() -> None:
     from edgeprune.pipeline.prune.space import Group, PruningSpace
 
     groups = [Group(f"l{i}.fc1", "channels", 32, (f"l{i}.fc1(out)",), ((0,),), (tuple(range(32)),)) for i in range(3)]
-    space = PruningSpace(groups + [Group("other", "channels", 16, ("other(out)",), ((0,),), (tuple(range(16)),))], [])
+    space = PruningSpace([*groups, Group("other", "channels", 16, ("other(out)",), ((0,),), (tuple(range(16)),))], [])
     tied = space.constrained(["l0.fc1", "l1.fc1", "l2.fc1"], True, "one width")
     assert [g.id for g in tied.groups] == ["l0.fc1", "l1.fc1", "l2.fc1"] and tied.tied == ("l0.fc1", "l1.fc1", "l2.fc1")
     assert [s.id for s in tied.skipped] == ["other"]

@@ -1,14 +1,15 @@
 """Recovery: the metric, the training loop (fine-tune, distill, scratch), checkpoint/resume, and
 `compress train` / `compress --data --recover` end to end on small synthetic data built here."""
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import io
 import json
+from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -29,11 +30,11 @@ FAST = ["--repeats", "20", "--warmup", "3"]
 QUIET = lambda line: None  # noqa: E731
 
 
-
-
 def small_cnn(num_classes: int = 3, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, loader, fn) -> float:  # noqa: ANN001
+def mean_loss(model: nn.Module, loader, fn) -> float:
     was = model.training
     model.eval()
     total = n = 0.0
@@ -84,8 +85,10 @@ class FixedPredictions(nn.Module):
 
 
 def test_top1_exact_and_restores_mode() -> None:
-    loader = [(torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([0, 1, 1])),  # 2 right
-              (torch.tensor([[2.0], [0.0]]), torch.tensor([2, 1]))]  # 1 right
+    loader = [
+        (torch.tensor([[0.0], [1.0], [2.0]]), torch.tensor([0, 1, 1])),  # 2 right
+        (torch.tensor([[2.0], [0.0]]), torch.tensor([2, 1])),  # 1 right
+    ]
     model = FixedPredictions().train()
     assert top1(model, loader) == pytest.approx(3 / 5)
     assert model.training and model.modes == [False, False]
@@ -157,7 +160,9 @@ def test_distill_moves_toward_a_fixed_teacher(npz: Path) -> None:
         return kd_loss(m(x), teacher(x), y, temperature=4.0, alpha=1.0)
 
     before = mean_loss(student, data.train, kd)
-    result = get_recovery("distill", temperature=4.0, alpha=1.0).fit(student, teacher, data, TrainConfig(steps=30, lr=0.05), log=QUIET)
+    result = get_recovery("distill", temperature=4.0, alpha=1.0).fit(
+        student, teacher, data, TrainConfig(steps=30, lr=0.05), log=QUIET
+    )
     after = mean_loss(student, data.train, kd)
     assert result.history[-1]["steps"] == 30
     assert after < 0.5 * before, (before, after)
@@ -194,11 +199,14 @@ def test_reinitialize_resets_weights_and_bn_stats() -> None:
 def test_scratch_reinitializes_even_with_a_stale_checkpoint(npz: Path, tmp_path: Path) -> None:
     data = load_data(str(npz), batch_size=16)
     ck = tmp_path / "ck.pt"
-    train(tiny_resnet(3), data.train, TrainConfig(steps=2, lr=0.5), checkpoint=ck, log=QUIET)  # another config's checkpoint
+    # another config's checkpoint
+    train(tiny_resnet(3), data.train, TrainConfig(steps=2, lr=0.5), checkpoint=ck, log=QUIET)
     fresh = tiny_resnet(3)
     reinitialize(fresh, seed=0)
     student = tiny_resnet(3)
-    result = get_recovery("scratch").fit(student, tiny_resnet(3), data, TrainConfig(steps=1, lr=0.0), checkpoint=ck, log=QUIET)
+    result = get_recovery("scratch").fit(
+        student, tiny_resnet(3), data, TrainConfig(steps=1, lr=0.0), checkpoint=ck, log=QUIET
+    )
     assert result.resumed_from_epoch == 0
     for (name, p), q in zip(student.named_parameters(), fresh.parameters()):  # lr 0: still the fresh weights
         assert torch.equal(p, q), name
@@ -211,8 +219,14 @@ def test_scratch_resume_keeps_the_trained_weights(npz: Path, tmp_path: Path) -> 
     get_recovery("scratch").fit(reference, None, data, config, log=QUIET)
     ck = tmp_path / "ck.pt"
     with pytest.raises(KeyboardInterrupt):
-        get_recovery("scratch").fit(tiny_resnet(3), None, dataclasses.replace(data, train=Interrupting(data.train, epoch=1)),
-                                    config, checkpoint=ck, log=QUIET)
+        get_recovery("scratch").fit(
+            tiny_resnet(3),
+            None,
+            dataclasses.replace(data, train=Interrupting(data.train, epoch=1)),
+            config,
+            checkpoint=ck,
+            log=QUIET,
+        )
     resumed = tiny_resnet(3)
     result = get_recovery("scratch").fit(resumed, None, data, config, checkpoint=ck, log=QUIET)
     assert result.resumed_from_epoch == 1
@@ -225,7 +239,7 @@ def test_scratch_resume_keeps_the_trained_weights(npz: Path, tmp_path: Path) -> 
 class Interrupting:
     """Wraps a BatchLoader and raises KeyboardInterrupt after `after_batches` batches of epoch `epoch`."""
 
-    def __init__(self, loader, epoch: int, after_batches: int = 1) -> None:  # noqa: ANN001
+    def __init__(self, loader, epoch: int, after_batches: int = 1) -> None:
         self.loader, self.stop_epoch, self.after = loader, epoch, after_batches
 
     def __len__(self) -> int:
@@ -310,14 +324,22 @@ def test_training_budget_is_required(npz: Path) -> None:
 
 def test_compress_train_cli(npz: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt" / "m.pt"
-    rc, stdout, err = run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--steps", "5", "--batch-size", "32", "--out", out])
+    rc, stdout, err = run_cli(
+        ["train", "--arch", TINY_ARCH, "--data", npz, "--steps", "5", "--batch-size", "32", "--out", out]
+    )
     assert rc == 0, err
     model = tiny_resnet(3)
     model.load_state_dict(torch.load(out, map_location="cpu", weights_only=True))
     recipe = json.loads(out.with_suffix(".json").read_text())
     assert recipe["arch"] == TINY_ARCH and recipe["num_classes"] == 3
-    assert 0.0 <= recipe["test_metric"] <= 1.0 and recipe["test_metric"] == pytest.approx(top1(model, load_data(str(npz)).val))
-    assert recipe["history"] and recipe["history"][-1]["steps"] == 5 and recipe["epochs_run"] == len(recipe["history"]) == 2
+    assert 0.0 <= recipe["test_metric"] <= 1.0 and recipe["test_metric"] == pytest.approx(
+        top1(model, load_data(str(npz)).val)
+    )
+    assert (
+        recipe["history"]
+        and recipe["history"][-1]["steps"] == 5
+        and recipe["epochs_run"] == len(recipe["history"]) == 2
+    )
     assert recipe["environment"]["versions"]["torch"] and recipe["config"]["processes"] == 1
     assert recipe["data"]["num_classes"] == 3 and recipe["input_shape"] == [1, 3, 16, 16]
     assert "test top1" in stdout
@@ -327,47 +349,97 @@ def bn_after_pool(num_classes: int = 10) -> nn.Module:
     """A factory for `--arch tests.test_recovery:bn_after_pool`: in train mode, BatchNorm on 1x1 maps
     (like resnet18's last stage on 32x32 images), which a batch of one cannot run in train mode."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.BatchNorm2d(8),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
 
 
 def test_compress_train_cli_probe_leaves_the_model_alone(npz: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.pt"
-    rc, _, err = run_cli(["train", "--arch", "tests.test_recovery:bn_after_pool", "--data", npz, "--steps", "3", "--batch-size", "32", "--out", out])
+    rc, _, err = run_cli(
+        [
+            "train",
+            "--arch",
+            "tests.test_recovery:bn_after_pool",
+            "--data",
+            npz,
+            "--steps",
+            "3",
+            "--batch-size",
+            "32",
+            "--out",
+            out,
+        ]
+    )
     assert rc == 0, err
     assert int(torch.load(out, weights_only=True)["2.num_batches_tracked"]) == 3  # the training steps, nothing else
 
 
 def test_compress_train_cli_errors(npz: Path, tmp_path: Path) -> None:
     assert_one_line_error(*run_cli(["train", "--arch", TINY_ARCH, "--steps", "1", "--out", tmp_path / "m.pt"])[::2])
-    line = assert_one_line_error(*run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--num-classes", "2", "--steps", "1",
-                                           "--out", tmp_path / "m.pt"])[::2])
+    line = assert_one_line_error(
+        *run_cli(
+            [
+                "train",
+                "--arch",
+                TINY_ARCH,
+                "--data",
+                npz,
+                "--num-classes",
+                "2",
+                "--steps",
+                "1",
+                "--out",
+                tmp_path / "m.pt",
+            ]
+        )[::2]
+    )
     assert "3 classes" in line and not (tmp_path / "m.pt").exists()
     for arch in ("no_such_module_xyz:f", ":f", ".relative:f"):
-        line = assert_one_line_error(*run_cli(["train", "--arch", arch, "--data", npz, "--steps", "1", "--out", tmp_path / "m.pt"])[::2])
+        line = assert_one_line_error(
+            *run_cli(["train", "--arch", arch, "--data", npz, "--steps", "1", "--out", tmp_path / "m.pt"])[::2]
+        )
         assert arch in line
 
 
 @pytest.mark.parametrize("where", ["below a file", "proc", "permission denied"])
-def test_compress_train_into_a_folder_it_cannot_write(npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+def test_compress_train_into_a_folder_it_cannot_write(
+    npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     """One line and exit 2 before training, not an internal error when the first checkpoint is
     written. Tests run as root, whom chmod does not stop: a path below a file, /proc (where nobody
     creates files) and a PermissionError as an unprivileged user meets it."""
     from edgeprune.pipeline import training
 
     (tmp_path / "afile").write_text("mine\n")
-    out = {"below a file": tmp_path / "afile" / "m.pt", "proc": Path("/proc/edgeprune-train/m.pt"),
-           "permission denied": tmp_path / "locked" / "m.pt"}[where]
+    out = {
+        "below a file": tmp_path / "afile" / "m.pt",
+        "proc": Path("/proc/edgeprune-train/m.pt"),
+        "permission denied": tmp_path / "locked" / "m.pt",
+    }[where]
     if where == "proc" and not Path("/proc/self").is_dir():
         pytest.skip("needs Linux /proc")
     if where == "permission denied":
+
         def denied(**_: object) -> tuple[int, str]:
             raise PermissionError(13, "Permission denied")
+
         monkeypatch.setattr(training.tempfile, "mkstemp", denied)
     trained: list[object] = []
     monkeypatch.setattr(training, "train", lambda *a, **k: trained.append(a))
-    line = assert_one_line_error(*run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--steps", "1", "--out", out])[::2])
+    line = assert_one_line_error(
+        *run_cli(["train", "--arch", TINY_ARCH, "--data", npz, "--steps", "1", "--out", out])[::2]
+    )
     assert f"--out {out}" in line and not trained
-    assert ("is a file" in line and "pick another --out" in line) if where == "below a file" else "pick a folder you can write to" in line
+    assert (
+        ("is a file" in line and "pick another --out" in line)
+        if where == "below a file"
+        else "pick a folder you can write to" in line
+    )
     if where == "permission denied":
         assert "(Permission denied)" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
@@ -377,14 +449,37 @@ def test_compress_train_into_a_folder_it_cannot_write(npz: Path, tmp_path: Path,
 def pipeline_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pipe")
     torch.save(tiny_resnet(), d / "tiny.pt")
-    return {"model": d / "tiny.pt", "npz": learnable_npz(d / "d32.npz", n_train=64, n_test=32, size=32, classes=10),
-            "wide": learnable_npz(d / "wide.npz", n_train=16, n_test=8, size=32, classes=12), "dir": d}
+    return {
+        "model": d / "tiny.pt",
+        "npz": learnable_npz(d / "d32.npz", n_train=64, n_test=32, size=32, classes=10),
+        "wide": learnable_npz(d / "wide.npz", n_train=16, n_test=8, size=32, classes=12),
+        "dir": d,
+    }
 
 
 def test_pipeline_with_data_and_distill(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
-    rc, stdout, err = run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data", pipeline_files["npz"],
-                               "--recover", "distill", "--steps", "3", "--precision", "fp32", "--out", out, *FAST])  # pruned, not int8 alone
+    # pruned, not int8 alone
+    rc, _stdout, err = run_cli(
+        [
+            pipeline_files["model"],
+            "--budget",
+            "60%",
+            "--input-shape",
+            "1x3x32x32",
+            "--data",
+            pipeline_files["npz"],
+            "--recover",
+            "distill",
+            "--steps",
+            "3",
+            "--precision",
+            "fp32",
+            "--out",
+            out,
+            *FAST,
+        ]
+    )
     assert rc in (0, 1), err
     rep = json.loads((out / "report.json").read_text())
     acc = rep["accuracy"]
@@ -398,7 +493,11 @@ def test_pipeline_with_data_and_distill(pipeline_files: dict[str, Path], tmp_pat
     md = (out / "report.md").read_text()
     assert "## Accuracy" in md and "distill" in md
     # with --data under a latency budget, the default search prices widths by the latency table
-    assert rep["search"]["guide"] == "lambda" and rep["search"]["cost"] == "latency_table" and "latency_table" in rep["timings_s"]
+    assert (
+        rep["search"]["guide"] == "lambda"
+        and rep["search"]["cost"] == "latency_table"
+        and "latency_table" in rep["timings_s"]
+    )
     assert "per-layer table timed on the target" in md
     # the published model is the recovered one: its accuracy is the one reported
     data = load_data(str(pipeline_files["npz"]))
@@ -410,15 +509,47 @@ def test_pipeline_with_data_and_distill(pipeline_files: dict[str, Path], tmp_pat
 
 
 def test_pipeline_recover_without_data_is_refused(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
-    line = assert_one_line_error(*run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32",
-                                           "--recover", "finetune", "--out", tmp_path / "out", *FAST])[::2])
+    line = assert_one_line_error(
+        *run_cli(
+            [
+                pipeline_files["model"],
+                "--budget",
+                "60%",
+                "--input-shape",
+                "1x3x32x32",
+                "--recover",
+                "finetune",
+                "--out",
+                tmp_path / "out",
+                *FAST,
+            ]
+        )[::2]
+    )
     assert "--data" in line
 
 
-def test_pipeline_labels_beyond_outputs_are_refused_before_training(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
+def test_pipeline_labels_beyond_outputs_are_refused_before_training(
+    pipeline_files: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "out"
-    line = assert_one_line_error(*run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data",
-                                           pipeline_files["wide"], "--steps", "2", "--out", out, *FAST])[::2])
+    line = assert_one_line_error(
+        *run_cli(
+            [
+                pipeline_files["model"],
+                "--budget",
+                "60%",
+                "--input-shape",
+                "1x3x32x32",
+                "--data",
+                pipeline_files["wide"],
+                "--steps",
+                "2",
+                "--out",
+                out,
+                *FAST,
+            ]
+        )[::2]
+    )
     assert "12 classes" in line and "10" in line
     assert not (out / "work" / "baseline.json").exists() and not (out / "work" / "recover_checkpoint.pt").exists()
     assert not (out / "report.json").exists()
@@ -426,6 +557,22 @@ def test_pipeline_labels_beyond_outputs_are_refused_before_training(pipeline_fil
 
 def test_pipeline_image_size_mismatch_is_refused(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
     small = learnable_npz(tmp_path / "small.npz", n_train=8, n_test=4, size=16)
-    line = assert_one_line_error(*run_cli([pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data",
-                                           small, "--steps", "2", "--out", tmp_path / "out", *FAST])[::2])
+    line = assert_one_line_error(
+        *run_cli(
+            [
+                pipeline_files["model"],
+                "--budget",
+                "60%",
+                "--input-shape",
+                "1x3x32x32",
+                "--data",
+                small,
+                "--steps",
+                "2",
+                "--out",
+                tmp_path / "out",
+                *FAST,
+            ]
+        )[::2]
+    )
     assert "3x16x16" in line

@@ -1,4 +1,5 @@
 """ort-cpu runtime, latency statistics and the runtime registry."""
+
 from __future__ import annotations
 
 import warnings
@@ -9,8 +10,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.runtime_bench import LatencyStats, Runtime, get_runtime, runtime_names
-from edgeprune.runtime_bench import registry
+from edgeprune.runtime_bench import LatencyStats, Runtime, get_runtime, registry, runtime_names
 from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
 
 SHAPE = (1, 3, 16, 16)
@@ -53,7 +53,7 @@ def test_measure_statistics(onnx_file, x):
 
 
 @pytest.mark.parametrize(
-    "inputs, match",
+    ("inputs", "match"),
     [
         ([np.zeros((1, 3, 8, 8), np.float32)], r"expects shape \(1, 3, 16, 16\), got \(1, 3, 8, 8\)"),
         ([np.zeros((3, 16, 16), np.float32)], r"expects shape \(1, 3, 16, 16\), got \(3, 16, 16\)"),
@@ -74,7 +74,7 @@ def test_mismatched_inputs_are_user_errors(onnx_file, inputs, match):
 def test_garbage_file_is_a_one_line_user_error(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not an onnx model")
-    with pytest.raises(EdgepruneError, match="bad.onnx") as err:
+    with pytest.raises(EdgepruneError, match=r"bad.onnx") as err:
         OrtCpuRuntime().load(str(bad))
     assert "\n" not in str(err.value)
 
@@ -115,7 +115,7 @@ def test_registry_lookup():
 
 
 def test_unknown_runtime_lists_the_known_ones():
-    with pytest.raises(EdgepruneError, match="unknown runtime .*choose one of: .*ort-cpu"):
+    with pytest.raises(EdgepruneError, match=r"unknown runtime .*choose one of: .*ort-cpu"):
         get_runtime("tflite-npu")
 
 

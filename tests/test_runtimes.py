@@ -1,5 +1,6 @@
 """The other target runtimes: OpenVINO (explicit precision), ORT Mobile's .ort format, the
 `--runtime NAME:SETTING` syntax, per-runtime verification, and `compress bench --runtime all`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,12 +77,18 @@ def test_bench_all_lists_every_runtime(model, tmp_path: Path) -> None:
     assert rc == 0, err
     for name in ("ort-cpu", "ort-mobile", "openvino-cpu"):
         assert name in out
-    assert main(["bench", str(path), "--runtime", "openvino-cpu:bf16", "--repeats", "2"]) in (0, 2)  # runs, or says why not
+    # runs, or says why not
+    assert main(["bench", str(path), "--runtime", "openvino-cpu:bf16", "--repeats", "2"]) in (
+        0,
+        2,
+    )
 
 
 def test_torch_cpu_runtime_times_the_module_itself(model, tmp_path: Path) -> None:
     m = TargetMeasurer(get_runtime("torch-cpu"), X, tmp_path, warmup=2, repeats=10).measure(model, "t")
-    assert (tmp_path / "t.pt").is_file() and (tmp_path / "t.onnx").is_file()  # its own file, and the ONNX reports describe
+    assert (tmp_path / "t.pt").is_file() and (
+        tmp_path / "t.onnx"
+    ).is_file()  # its own file, and the ONNX reports describe
     assert m.max_abs_diff == 0.0 and m.stats.n == 10
 
 
@@ -94,8 +101,27 @@ def test_compress_measures_on_a_non_onnx_runtime(tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.save(tiny_resnet(), path)
     out = tmp_path / "out"
-    rc, stdout, err = run_cli([path, "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "torch-cpu", "--round-to", "4",
-                               "--warmup", "2", "--repeats", "20", "--tol", "0.5", "--out", out])
+    rc, _stdout, err = run_cli(
+        [
+            path,
+            "--budget",
+            "60%",
+            "--input-shape",
+            "1x3x32x32",
+            "--runtime",
+            "torch-cpu",
+            "--round-to",
+            "4",
+            "--warmup",
+            "2",
+            "--repeats",
+            "20",
+            "--tol",
+            "0.5",
+            "--out",
+            out,
+        ]
+    )
     assert rc in (0, 1), err  # 1: budget missed on a noisy machine is a verdict, not a failure
     import json
 
@@ -113,7 +139,9 @@ def test_gpu_runtimes_skip_with_a_reason_here(tmp_path: Path) -> None:
     assert not ok and ("tensorrt" in why or "CUDA" in why), why
     path = tmp_path / "tiny.pt"
     torch.save(tiny_resnet(), path)
-    rc, _, err = run_cli([path, "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "torch-cuda", "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [path, "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "torch-cuda", "--out", tmp_path / "o"]
+    )
     assert rc == 2 and "cannot run here" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "report.json").exists()
 
@@ -124,8 +152,19 @@ def test_executorch_runtime_measures_the_lowered_program_or_says_why_not(model, 
     if not ok:  # the optional [mobile] extra is not installed: a clear reason, never a crash
         assert "pip install 'edgeprune[mobile]'" in why
         torch.save(model, tmp_path / "m.pt")
-        rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "executorch-xnnpack",
-                              "--out", tmp_path / "o"])
+        rc, _, err = run_cli(
+            [
+                tmp_path / "m.pt",
+                "--budget",
+                "60%",
+                "--input-shape",
+                "1x3x32x32",
+                "--runtime",
+                "executorch-xnnpack",
+                "--out",
+                tmp_path / "o",
+            ]
+        )
         assert rc == 2 and "cannot run here" in err and len(err.strip().splitlines()) == 1
         return
     m = TargetMeasurer(rt, X, tmp_path, warmup=2, repeats=10).measure(model, "t")
@@ -157,12 +196,34 @@ def test_reduced_precision_runtime_reports_its_accuracy_effect(tmp_path: Path, m
     monkeypatch.setitem(RUNTIMES._classes, _CoarseRuntime.name, _CoarseRuntime)  # registered for this test only
     npz = learnable_npz(tmp_path / "d.npz", n_train=32, n_test=24, size=32, classes=10)
     torch.save(tiny_resnet(), tmp_path / "m.pt")
-    rc, _, err = run_cli([tmp_path / "m.pt", "--budget", "60%", "--input-shape", "1x3x32x32", "--runtime", "test-coarse",
-                          "--data", npz, "--recover", "none", "--round-to", "4", "--warmup", "1", "--repeats", "5", "--out", tmp_path / "o"])
+    rc, _, err = run_cli(
+        [
+            tmp_path / "m.pt",
+            "--budget",
+            "60%",
+            "--input-shape",
+            "1x3x32x32",
+            "--runtime",
+            "test-coarse",
+            "--data",
+            npz,
+            "--recover",
+            "none",
+            "--round-to",
+            "4",
+            "--warmup",
+            "1",
+            "--repeats",
+            "5",
+            "--out",
+            tmp_path / "o",
+        ]
+    )
     assert rc in (0, 1), err
     rep = json.loads((tmp_path / "o" / "report.json").read_text())
     ra = rep["runtime_accuracy"]
     assert ra["images"] == 24  # every validation image, one inference each
-    assert ra["metric"] == "top1" and ra["pytorch"] == pytest.approx(rep["accuracy"]["pruned"])  # the same images as PyTorch's
+    # the same images as PyTorch's
+    assert ra["metric"] == "top1" and ra["pytorch"] == pytest.approx(rep["accuracy"]["pruned"])
     assert ra["delta"] == pytest.approx(ra["runtime"] - ra["pytorch"])
     assert "reduced precision" in (tmp_path / "o" / "report.md").read_text()

@@ -1,4 +1,5 @@
 """The budget search on objectives without timing noise: counted FLOPs and a modelled latency."""
+
 from __future__ import annotations
 
 import pytest
@@ -70,7 +71,9 @@ def test_infeasible_budget_names_the_lowest_value_reached(resnet56) -> None:
     model, space, scores = resnet56
     total = count(model, X).flops
     objective = CountObjective(Budget("flops", total * 0.001), X)
-    with pytest.raises(EdgepruneError, match=r"infeasible: the most pruning allowed reaches [\d.]+[kMG]? FLOPs at best"):
+    with pytest.raises(
+        EdgepruneError, match=r"infeasible: the most pruning allowed reaches [\d.]+[kMG]? FLOPs at best"
+    ):
         LevelSearch(model, X, space, scores, objective, round_to=16, method="l1").run(float(total))
 
 
@@ -90,7 +93,7 @@ def test_widths_are_monotone_in_the_level(resnet56) -> None:
 
     _, space, scores = resnet56
     previous = None
-    for k in range(0, 101):
+    for k in range(101):
         widths = {gid: len(g.keep) for gid, g in plan_at_level(space, scores, k / 100, 16).groups.items()}
         if previous is not None:
             assert all(widths[g] <= previous[g] for g in widths)

@@ -1,5 +1,6 @@
 """Models and data as users hold them: frozen checkpoints, calls under torch.inference_mode(),
 unlabelled images and token arrays, outputs that are not class logits (issue 31 and 32's front)."""
+
 from __future__ import annotations
 
 import copy
@@ -15,7 +16,6 @@ from torch import nn
 
 import edgeprune
 from edgeprune import cli
-from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import ModelInputs, load_data
 from edgeprune.pipeline.loading import load_model, parse_example_inputs
 from edgeprune.pipeline.recovery import TrainConfig, get_recovery
@@ -48,7 +48,7 @@ def test_inference_mode_prunes_as_the_plain_one() -> None:
     assert not any(p.is_inference() for p in pruned.parameters())
 
 
-def test_frozen_model_is_recovered(data32) -> None:  # noqa: ANN001
+def test_frozen_model_is_recovered(data32) -> None:
     student = copy.deepcopy(tiny_resnet()).requires_grad_(False)
     before = [p.clone() for p in student.parameters()]
     get_recovery("distill").fit(student, tiny_resnet(), data32, TrainConfig(steps=2, lr=0.01), log=lambda _: None)
@@ -68,7 +68,19 @@ class _OutputOnly(nn.Module):
 def test_nothing_prunable_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "m.pt"
     torch.save(_OutputOnly(), path)
-    rc = cli.main([str(path), "--input-shape", "1x8", "--budget", "0.00001MFLOPs", "--precision", "fp32", "--out", str(tmp_path / "o")])
+    rc = cli.main(
+        [
+            str(path),
+            "--input-shape",
+            "1x8",
+            "--budget",
+            "0.00001MFLOPs",
+            "--precision",
+            "fp32",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(errors) == 1 and "nothing in the model can be pruned" in errors[0] and "round-to" not in err
@@ -119,7 +131,9 @@ def test_token_arrays_fill_the_missing_input(tmp_path: Path) -> None:
     ids = np.random.default_rng(0).integers(0, 50, (30, 12))
     np.savez(tmp_path / "ids.npz", input_ids=ids)
     example = (torch.zeros(1, 16, dtype=torch.long), torch.ones(1, 16, dtype=torch.long))
-    data = load_data(str(tmp_path / "ids.npz"), batch_size=4, model=ModelInputs(example, ("input_ids", "attention_mask")))
+    data = load_data(
+        str(tmp_path / "ids.npz"), batch_size=4, model=ModelInputs(example, ("input_ids", "attention_mask"))
+    )
     (got_ids, got_mask), y = next(iter(data.train))
     assert y is None and got_ids.shape == (4, 16) and got_mask.shape == (4, 16) and bool((got_mask == 1).all())
     assert bool((got_ids[:, 12:] == 0).all()), "shorter sequences are padded to the model's length"
@@ -141,11 +155,17 @@ class _Detector(nn.Module):
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
         self.head = nn.Conv2d(width, 6, 1)
 
-    def forward(self, x: torch.Tensor):  # noqa: ANN201
+    def forward(self, x: torch.Tensor):
         maps = [self.head(self.body(x))]
         if self.training:
             return maps
@@ -161,7 +181,9 @@ def test_distillation_and_fidelity_fit_structured_outputs(tmp_path: Path) -> Non
     fidelity = Fidelity(teacher, (X,))
     assert fidelity.name == "fidelity" and fidelity(teacher, loaded_data.val) == pytest.approx(1.0)
     before = fidelity(pruned, loaded_data.val)
-    result = get_recovery("distill").fit(pruned, teacher, loaded_data, TrainConfig(epochs=6, lr=0.02), fidelity, log=lambda _: None)
+    result = get_recovery("distill").fit(
+        pruned, teacher, loaded_data, TrainConfig(epochs=6, lr=0.02), fidelity, log=lambda _: None
+    )
     assert result.final_metric is not None and result.final_metric > before
 
 
@@ -180,7 +202,9 @@ def test_integer_outputs_cannot_be_distilled() -> None:
             return self.fc(x).argmax(-1)
 
     assert "integers" in one_line_error(Fidelity, Argmax(), (torch.randn(2, 4),))
-    assert "integers" in one_line_error(output_loss, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 4.0)
+    assert "integers" in one_line_error(
+        output_loss, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 4.0
+    )
 
 
 def test_label_free_compress_reports_fidelity(tmp_path: Path) -> None:
@@ -189,8 +213,29 @@ def test_label_free_compress_reports_fidelity(tmp_path: Path) -> None:
     torch.save(model, tmp_path / "m.pt")
     imgs = _image_folder(tmp_path / "imgs", n=24)
     out = tmp_path / "out"
-    rc = cli.main([str(tmp_path / "m.pt"), "--input-shape", "1x3x32x32", "--budget", "60%", "--data", str(imgs), "--precision",
-                   "fp32", "--search", "uniform", "--steps", "3", "--out", str(out), "--repeats", "20", "--warmup", "2"])
+    rc = cli.main(
+        [
+            str(tmp_path / "m.pt"),
+            "--input-shape",
+            "1x3x32x32",
+            "--budget",
+            "60%",
+            "--data",
+            str(imgs),
+            "--precision",
+            "fp32",
+            "--search",
+            "uniform",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--repeats",
+            "20",
+            "--warmup",
+            "2",
+        ]
+    )
     report = json.loads((out / "report.json").read_text())
     assert rc in (0, 1)  # the budget's verdict is timing's; this test is about recovery and the metric
     assert report["recovery"]["method"] == "distill" and report["accuracy"]["metric"] == "agreement"
@@ -200,8 +245,11 @@ def test_label_free_compress_reports_fidelity(tmp_path: Path) -> None:
 
 def test_split_npz_without_labels_is_unlabelled(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8),
-             x_test=rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8))
+    np.savez(
+        tmp_path / "d.npz",
+        x_train=rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8),
+        x_test=rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8),
+    )
     data = load_data(str(tmp_path / "d.npz"), batch_size=4, model=ModelInputs((X,)))
     x, y = next(iter(data.val))
     assert y is None and x.shape == (4, 3, 32, 32) and not data.labelled and data.num_classes is None

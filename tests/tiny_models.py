@@ -1,4 +1,5 @@
 """Tiny models for fast tests: `--arch tests.tiny_models:tiny_resnet` (run from the repo root)."""
+
 from __future__ import annotations
 
 import torch
@@ -52,7 +53,10 @@ def tiny_resnet(num_classes: int = 10) -> TinyResNet:
     model = TinyResNet(num_classes)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 0.1) + (1.0 if p.dim() == 1 and p.shape[0] != num_classes else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.5 if p.dim() > 1 else 0.1)
+                + (1.0 if p.dim() == 1 and p.shape[0] != num_classes else 0.0)
+            )
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)

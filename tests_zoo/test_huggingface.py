@@ -4,15 +4,17 @@ save_pretrained() folder out that transformers loads without edgeprune, with mod
 Small configs with random weights (nothing downloaded); budgets in parameters, counted, so the
 search is deterministic and quick (the baseline and final models are still timed, briefly).
 """
+
 from __future__ import annotations
 
 import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -54,7 +56,8 @@ for name, folder, onnx_path, auto in json.loads(sys.argv[1]):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)("w1 w2")["input_ids"]
     results[name] = {"diff": float(np.abs(got - want).max()), "params": sum(p.numel() for p in model.parameters()),
                      "shape": list(want.shape), "tokenizer": tokenizer,
-                     "width": getattr(model.config, "intermediate_size", None) or getattr(model.config, "hidden_dim", None)}
+                     "width": getattr(model.config, "intermediate_size", None)
+                     or getattr(model.config, "hidden_dim", None)}
 print(json.dumps({"edgeprune": sys.modules.get("edgeprune") is not None, "results": results}))
 """
 
@@ -82,26 +85,51 @@ def _tokenizer(folder: Path) -> None:
 
 
 def bert(folder: Path) -> None:
-    cfg = transformers.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=1024, num_labels=3, max_position_embeddings=128)
+    cfg = transformers.BertConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        num_labels=3,
+        max_position_embeddings=128,
+    )
     transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
     _tokenizer(folder)
 
 
 def distilbert(folder: Path) -> None:
-    cfg = transformers.DistilBertConfig(vocab_size=1000, dim=128, n_layers=2, n_heads=4, hidden_dim=1024, num_labels=3,
-                                        max_position_embeddings=128)
+    cfg = transformers.DistilBertConfig(
+        vocab_size=1000, dim=128, n_layers=2, n_heads=4, hidden_dim=1024, num_labels=3, max_position_embeddings=128
+    )
     transformers.DistilBertForSequenceClassification(cfg).save_pretrained(str(folder))
 
 
 def vit(folder: Path) -> None:
-    cfg = transformers.ViTConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
-                                 image_size=64, patch_size=16, num_labels=3)
+    cfg = transformers.ViTConfig(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        image_size=64,
+        patch_size=16,
+        num_labels=3,
+    )
     transformers.ViTForImageClassification(cfg).save_pretrained(str(folder))
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    (folder / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "ViTImageProcessor",
+                "do_resize": True,
+                "size": {"height": 64, "width": 64},
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+            }
+        )
+    )
 
 
 CASES: dict[str, tuple[Callable[[Path], None], str, str, tuple[str, ...], list[int]]] = {
@@ -137,9 +165,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         params = _params(folder)
         rc, _, err = run_cli(folder, "--budget", f"{int(params * BUDGET_SHARE)}params", "--out", out, *FAST, *extra)
         done[name] = {"folder": folder, "out": out, "params": params, "rc": rc, "err": err, "auto": auto}
-    written = [[n, str(r["out"] / "hf_model"), str(r["out"] / "model.onnx"), r["auto"]] for n, r in done.items() if r["rc"] == 0]
-    proc = subprocess.run([sys.executable, "-c", CHECK, json.dumps(written)], capture_output=True, text=True, timeout=300,
-                          check=False)
+    written = [
+        [n, str(r["out"] / "hf_model"), str(r["out"] / "model.onnx"), r["auto"]]
+        for n, r in done.items()
+        if r["rc"] == 0
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(written)], capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     checked = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not checked["edgeprune"]
@@ -212,14 +245,32 @@ def test_model_without_mlp_width_is_refused(tmp_path: Path) -> None:
     """GPT-2's config has no MLP width field (n_inner None, its MLP in Conv1D layers); MobileBERT's
     intermediate_size is not the width of a hidden -> width -> hidden pair (its bottlenecks): the
     door cannot write such models back and says so in one line."""
-    cfg = transformers.GPT2Config(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4, num_labels=3,
-                                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=1000,
+        n_positions=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        num_labels=3,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     transformers.GPT2ForSequenceClassification(cfg).save_pretrained(str(tmp_path / "gpt2"))
     line = one_line_error(*run_cli(tmp_path / "gpt2", "--budget", "50%", "--out", tmp_path / "out")[::2])
     assert "GPT2ForSequenceClassification" in line and "intermediate_size" in line
-    cfg = transformers.MobileBertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                        intermediate_size=256, intra_bottleneck_size=64, true_hidden_size=64, embedding_size=64,
-                                        num_labels=3, max_position_embeddings=128)
+    cfg = transformers.MobileBertConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        intra_bottleneck_size=64,
+        true_hidden_size=64,
+        embedding_size=64,
+        num_labels=3,
+        max_position_embeddings=128,
+    )
     transformers.MobileBertForSequenceClassification(cfg).save_pretrained(str(tmp_path / "mobilebert"))
     line = one_line_error(*run_cli(tmp_path / "mobilebert", "--budget", "50%", "--out", tmp_path / "out")[::2])
     assert "cannot find each layer's MLP" in line and "found 0 for its 2 layers" in line
@@ -227,10 +278,13 @@ def test_model_without_mlp_width_is_refused(tmp_path: Path) -> None:
 
 def test_text_input_shape_is_checked(tmp_path: Path) -> None:
     distilbert(tmp_path / "m")
-    line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--input-shape", "1x512", "--out", tmp_path / "out")[::2])
+    line = one_line_error(
+        *run_cli(tmp_path / "m", "--budget", "50%", "--input-shape", "1x512", "--out", tmp_path / "out")[::2]
+    )
     assert "128 tokens" in line
-    line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--input-shape", "1x3x64x64",
-                                   "--out", tmp_path / "out")[::2])
+    line = one_line_error(
+        *run_cli(tmp_path / "m", "--budget", "50%", "--input-shape", "1x3x64x64", "--out", tmp_path / "out")[::2]
+    )
     assert "BATCHxTOKENS" in line
 
 

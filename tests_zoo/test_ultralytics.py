@@ -6,6 +6,7 @@ YOLO11n are trained on it for one epoch at 64x64 by ultralytics itself, so the c
 exactly what a user holds (half precision, frozen). Budgets are in FLOPs, counted, so the search is
 deterministic and quick (the baseline and final models are still timed, briefly).
 """
+
 from __future__ import annotations
 
 import io
@@ -22,19 +23,29 @@ import torch
 
 pytest.importorskip("ultralytics")
 
-from ultralytics import YOLO  # noqa: E402
+from ultralytics import YOLO
 
-from edgeprune.cli import main  # noqa: E402
-from edgeprune.ecosystems.ultralytics import PrunedTrainer, Ultralytics, pruned_trainer  # noqa: E402
-from edgeprune.errors import EdgepruneError  # noqa: E402
-from edgeprune.pipeline.counting import count  # noqa: E402
-from edgeprune.pipeline.loading import load_model  # noqa: E402
+from edgeprune.cli import main
+from edgeprune.ecosystems.ultralytics import PrunedTrainer, Ultralytics, pruned_trainer
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.loading import load_model
 
 IMGSZ = 64
 NAMES = ("red", "green")
 #: what ultralytics' trainer is run with here: one epoch, CPU, no plots (no fonts to download), no AMP check
-TRAIN = {"epochs": 1, "imgsz": IMGSZ, "batch": 8, "workers": 0, "device": "cpu", "amp": False, "plots": False,
-         "verbose": False, "exist_ok": True, "seed": 0}
+TRAIN = {
+    "epochs": 1,
+    "imgsz": IMGSZ,
+    "batch": 8,
+    "workers": 0,
+    "device": "cpu",
+    "amp": False,
+    "plots": False,
+    "verbose": False,
+    "exist_ok": True,
+    "seed": 0,
+}
 FAST = ("--precision", "fp32", "--warmup", "2", "--repeats", "10")
 NATIVE = "model_ultralytics.pt"
 
@@ -66,8 +77,10 @@ def write_dataset(root: Path, names: tuple[str, ...] = NAMES, n_train: int = 16,
                 c = int(rng.integers(0, 2))
                 w, h = (int(v) for v in rng.integers(IMGSZ // 6, IMGSZ // 2, 2))
                 x0, y0 = int(rng.integers(0, IMGSZ - w)), int(rng.integers(0, IMGSZ - h))
-                img[y0:y0 + h, x0:x0 + w] = colours[c]
-                lines.append(f"{c} {(x0 + w / 2) / IMGSZ:.6f} {(y0 + h / 2) / IMGSZ:.6f} {w / IMGSZ:.6f} {h / IMGSZ:.6f}")
+                img[y0 : y0 + h, x0 : x0 + w] = colours[c]
+                lines.append(
+                    f"{c} {(x0 + w / 2) / IMGSZ:.6f} {(y0 + h / 2) / IMGSZ:.6f} {w / IMGSZ:.6f} {h / IMGSZ:.6f}"
+                )
             Image.fromarray(img).save(root / "images" / split / f"{i}.png")
             (root / "labels" / split / f"{i}.txt").write_text("\n".join(lines) + "\n")
     listed = "".join(f"  {i}: {n}\n" for i, n in enumerate(names))
@@ -179,10 +192,12 @@ def test_claims_only_ultralytics_dicts() -> None:
 
 
 def test_without_ultralytics_installed_names_the_extra(v8: dict[str, Any], tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['ultralytics'] = None\n"
-            "import edgeprune.ecosystems.ultralytics as door\n"
-            "from edgeprune.cli import main\n"
-            f"sys.exit(main([{str(v8['ckpt'])!r}, '--budget', '1MFLOPs', '--out', {str(tmp_path / 'out')!r}]))\n")
+    code = (
+        "import sys; sys.modules['ultralytics'] = None\n"
+        "import edgeprune.ecosystems.ultralytics as door\n"
+        "from edgeprune.cli import main\n"
+        f"sys.exit(main([{str(v8['ckpt'])!r}, '--budget', '1MFLOPs', '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "pip install 'edgeprune[ultralytics]'" in done.stderr and "Traceback" not in done.stderr
@@ -248,8 +263,12 @@ print(json.dumps({"diff": float(np.abs(got - want).max()), "scale": float(np.abs
 
 def test_checkpoint_matches_model_onnx_without_edgeprune(v8: dict[str, Any]) -> None:
     """The checkpoint needs nothing of edgeprune, and computes what model.onnx does."""
-    done = subprocess.run([sys.executable, "-c", CHECK, str(native_of(v8)), str(Path(v8["out"]) / "model.onnx")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK, str(native_of(v8)), str(Path(v8["out"]) / "model.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["shapes"][0] == got["shapes"][1]
@@ -271,7 +290,8 @@ def test_pruned_trainer_keeps_the_pruned_structure(v8: dict[str, Any], data: Pat
     for name in ("best.pt", "last.pt"):
         assert params(YOLO(str(weights / name)).model) == pruned, name
     after = YOLO(str(weights / "last.pt")).model.state_dict()
-    assert any(not torch.equal(before[k], after[k].float()) for k in before if before[k].is_floating_point())  # it trained
+    # it trained
+    assert any(not torch.equal(before[k], after[k].float()) for k in before if before[k].is_floating_point())
     again = YOLO(str(weights / "best.pt"))
     again.train(data=str(data), project=str(tmp_path), name="second", trainer=PrunedTrainer, val=False, **TRAIN)
     assert params(again.model) == pruned
@@ -281,7 +301,9 @@ def test_pruned_trainer_keeps_the_pruned_structure(v8: dict[str, Any], data: Pat
 def test_pruned_trainer_refuses_other_classes(v8: dict[str, Any], tmp_path: Path) -> None:
     three = write_dataset(tmp_path / "three", names=("red", "green", "blue"), n_train=2, n_val=2)
     with pytest.raises(ValueError, match="predicts 2 classes and the data has 3"):
-        YOLO(str(native_of(v8))).train(data=str(three), project=str(tmp_path), name="nc", trainer=PrunedTrainer, **TRAIN)
+        YOLO(str(native_of(v8))).train(
+            data=str(three), project=str(tmp_path), name="nc", trainer=PrunedTrainer, **TRAIN
+        )
 
 
 def test_pruned_trainer_takes_the_models_task(data: Path, tmp_path: Path) -> None:
@@ -308,8 +330,9 @@ def test_arch_name_round_trip(tmp_path: Path) -> None:
     import edgeprune
 
     out = tmp_path / "out"
-    rc, stdout, err = run_cli("--arch", "ultralytics:yolov8n", "--input-shape", "1x3x32x32", "--budget", "5MFLOPs", "--out", out,
-                              *FAST)
+    rc, stdout, err = run_cli(
+        "--arch", "ultralytics:yolov8n", "--input-shape", "1x3x32x32", "--budget", "5MFLOPs", "--out", out, *FAST
+    )
     assert rc == 0 and "Traceback" not in stdout + err, err
     native = YOLO(str(out / NATIVE)).model.float().eval()
     rebuilt = edgeprune.load(out).half().float().eval()  # the checkpoint's weights are half precision

@@ -2,6 +2,7 @@
 
 See README.md in this folder for where they come from and how they were made.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,12 +2,28 @@
 
 Each library is one file that registers itself; none imports its library until such a model arrives.
 """
-from edgeprune.ecosystems.base import (
-    ECOSYSTEMS, Constraint, Ecosystem, Preprocess, ecosystem, for_arch, for_missing_module, for_object, for_path,
-)
-from edgeprune.ecosystems import timm, torchvision  # noqa: F401  (registration)
-from edgeprune.ecosystems import huggingface  # noqa: F401  (registration)
-from edgeprune.ecosystems import ultralytics  # noqa: F401  (registration)
 
-__all__ = ["ECOSYSTEMS", "Constraint", "Ecosystem", "Preprocess", "ecosystem", "for_arch", "for_missing_module", "for_object",
-           "for_path"]
+from edgeprune.ecosystems import huggingface, timm, torchvision, ultralytics  # noqa: F401 - each registers itself
+from edgeprune.ecosystems.base import (
+    ECOSYSTEMS,
+    Constraint,
+    Ecosystem,
+    Preprocess,
+    ecosystem,
+    for_arch,
+    for_missing_module,
+    for_object,
+    for_path,
+)
+
+__all__ = [
+    "ECOSYSTEMS",
+    "Constraint",
+    "Ecosystem",
+    "Preprocess",
+    "ecosystem",
+    "for_arch",
+    "for_missing_module",
+    "for_object",
+    "for_path",
+]

@@ -2,6 +2,7 @@
 `--arch torchvision:mobilenet_v3_large`): random weights or a state dict file, the input size and
 normalisation from the library's own config, and `edgeprune.load` rebuilding the pruned model from
 plan.json (its `arch`) and state_dict.pt, so their back door is those two files."""
+
 from __future__ import annotations
 
 import abc
@@ -38,8 +39,10 @@ class NamedArch(Ecosystem):
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise EdgepruneError(f"--arch {arch}: {self.name} has no model {name!r}{hint}; "
-                                 f"pick one of {self.name}'s model names, e.g. {self.name}:{known[0]}")
+            raise EdgepruneError(
+                f"--arch {arch}: {self.name} has no model {name!r}{hint}; "
+                f"pick one of {self.name}'s model names, e.g. {self.name}:{known[0]}"
+            )
         return name
 
     def build(self, arch: str, num_classes: int | None) -> nn.Module:
@@ -47,11 +50,19 @@ class NamedArch(Ecosystem):
         try:
             return self.create(name, num_classes)
         except Exception as err:  # noqa: BLE001 - the library's own refusal (options, downloads): one line
-            raise EdgepruneError(f"{self.name} could not build {name} ({type(err).__name__}: {first_line(err)}); "
-                                 "pick another model or pass --num-classes") from None
+            raise EdgepruneError(
+                f"{self.name} could not build {name} ({type(err).__name__}: {first_line(err)}); "
+                "pick another model or pass --num-classes"
+            ) from None
 
-    def load(self, path: Path | None, obj: Any, arch: str | None, input_shape: tuple[int, ...] | None,
-             num_classes: int | None) -> Any:
+    def load(
+        self,
+        path: Path | None,
+        obj: Any,
+        arch: str | None,
+        input_shape: tuple[int, ...] | None,
+        num_classes: int | None,
+    ) -> Any:
         from edgeprune.pipeline.loading import _classes_from_state, from_module, load_state, read_state
 
         assert arch is not None
@@ -63,7 +74,13 @@ class NamedArch(Ecosystem):
             load_state(model, state, str(path), arch)
         pre = self.preprocess(model, name)
         shape = input_shape or (1, 3, *pre.size)
+        pre = dataclasses.replace(pre, size=(int(shape[-2]), int(shape[-1])))  # --input-shape: the size it ships at
         source = str(path) if path is not None else f"{arch} (random weights)"
         loaded = from_module(model.eval(), input_shape=shape, arch=arch, num_classes=num_classes, source=source)
-        return dataclasses.replace(loaded, ecosystem=self.name, preprocess=pre, input_names=("pixel_values",),
-                                   native={"arch": arch, "num_classes": num_classes})
+        return dataclasses.replace(
+            loaded,
+            ecosystem=self.name,
+            preprocess=pre,
+            input_names=("pixel_values",),
+            native={"arch": arch, "num_classes": num_classes},
+        )

@@ -9,6 +9,7 @@ express), and how it writes the pruned model back (`save`) so the user's next st
 `from_pretrained`, `edgeprune.load`) works on it. The libraries stay optional: `require` imports
 them only when such an input arrives, and names the pip extra when one is missing.
 """
+
 from __future__ import annotations
 
 import abc
@@ -75,11 +76,13 @@ class Ecosystem(abc.ABC):
             try:
                 importlib.import_module(package)
             except ImportError as err:
-                raise EdgepruneError(f"this {self.name} model needs the {package} package, which is not installed here "
-                                     f"({err.name or package}); pip install 'edgeprune[{self.extra}]'") from None
+                raise EdgepruneError(
+                    f"this {self.name} model needs the {package} package, which is not installed here "
+                    f"({err.name or package}); pip install 'edgeprune[{self.extra}]'"
+                ) from None
 
     @classmethod
-    def claims_path(cls, path: Path) -> bool:  # noqa: ARG003 - most doors claim by what a file holds, not its name
+    def claims_path(cls, path: Path) -> bool:  # most doors claim by what a file holds, not its name
         """Whether the input at `path` is this ecosystem's, decided without importing the library."""
         return False
 
@@ -89,21 +92,29 @@ class Ecosystem(abc.ABC):
         return arch is not None and arch.startswith(cls.name + ":")
 
     @classmethod
-    def claims_object(cls, obj: Any) -> bool:  # noqa: ARG003
+    def claims_object(cls, obj: Any) -> bool:
         """Whether an object torch.load read from a file is this ecosystem's checkpoint."""
         return False
 
     @abc.abstractmethod
-    def load(self, path: Path | None, obj: Any, arch: str | None, input_shape: tuple[int, ...] | None,
-             num_classes: int | None) -> LoadedModel:
+    def load(
+        self,
+        path: Path | None,
+        obj: Any,
+        arch: str | None,
+        input_shape: tuple[int, ...] | None,
+        num_classes: int | None,
+    ) -> LoadedModel:
         """The model ready to prune: float32, eval mode, example inputs, preprocessing, constraint.
         `obj` is what torch.load read from `path` when the door claimed it by content."""
 
     def build(self, arch: str, num_classes: int | None) -> nn.Module:
         """A fresh model of `arch` (random weights), for `edgeprune.load` to rebuild a pruned one."""
-        raise EdgepruneError(f"{self.name} models are rebuilt from their own output ({self.output}), not from plan.json")
+        raise EdgepruneError(
+            f"{self.name} models are rebuilt from their own output ({self.output}), not from plan.json"
+        )
 
-    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:  # noqa: ARG002
+    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:
         """Write the pruned model in the ecosystem's format at `dest` (a file or folder that does not
         exist yet); returns what report.json says of it (format, how to load it)."""
         raise NotImplementedError

@@ -10,6 +10,7 @@ MLP width per config (`intermediate_size`; DistilBERT's `hidden_dim`) and derive
 hidden_size / num_attention_heads, so a config can express only the MLP width cut, and only the same
 width in every layer: the door constrains the plan to the layers' MLP groups, tied to one width.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,9 +36,22 @@ WIDTH_ATTRS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff")
 #: tokens per example when --input-shape does not say (capped by the model's max_position_embeddings)
 DEFAULT_TOKENS = 128
 #: files beside the weights that the pruned folder keeps as they are (tokenizer, image processor)
-KEPT_FILES = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json", "spiece.model",
-              "sentencepiece*.model", "*.tiktoken", "chat_template*", "preprocessor_config.json", "processor_config.json",
-              "image_processor*.json", "feature_extractor*.json", "video_preprocessor*.json")
+KEPT_FILES = (
+    "tokenizer*",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "spiece.model",
+    "sentencepiece*.model",
+    "*.tiktoken",
+    "chat_template*",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "image_processor*.json",
+    "feature_extractor*.json",
+    "video_preprocessor*.json",
+)
 PREPROCESS_SOURCE = "Hugging Face image processor (preprocessor_config.json)"
 
 
@@ -52,24 +66,35 @@ class HuggingFaceEcosystem(Ecosystem):
     def claims_path(cls, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").is_file()
 
-    def load(self, path: Path | None, obj: Any, arch: str | None, input_shape: tuple[int, ...] | None,  # noqa: ARG002
-             num_classes: int | None) -> LoadedModel:
+    def load(
+        self,
+        path: Path | None,
+        obj: Any,
+        arch: str | None,
+        input_shape: tuple[int, ...] | None,
+        num_classes: int | None,
+    ) -> LoadedModel:
         import transformers
 
         from edgeprune.pipeline.loading import from_module
 
         if path is None or not self.claims_path(path):
-            raise EdgepruneError("a Hugging Face model is read from its save_pretrained() folder (config.json and its weights); "
-                                 "pass that folder as MODEL")
+            raise EdgepruneError(
+                "a Hugging Face model is read from its save_pretrained() folder "
+                "(config.json and its weights); pass that folder as MODEL"
+            )
         config = _config(path)
         architecture = _architecture(config, path)
         width_attr = _width_attr(config, architecture)
         model = _from_pretrained(getattr(transformers, architecture), path, architecture)
-        if getattr(model.config, "use_cache", None):  # a cache object is not a tensor: outputs stay plain tensors
-            model.config.use_cache = False
+        model_config: Any = model.config  # transformers' PretrainedConfig (untyped here)
+        if getattr(model_config, "use_cache", None):  # a cache object is not a tensor: outputs stay plain tensors
+            model_config.use_cache = False
         if num_classes is not None and getattr(config, "num_labels", num_classes) != num_classes:
-            raise EdgepruneError(f"--num-classes {num_classes} but {path / 'config.json'} has num_labels {config.num_labels}; "
-                                 "drop --num-classes: the folder's config decides")
+            raise EdgepruneError(
+                f"--num-classes {num_classes} but {path / 'config.json'} has num_labels {config.num_labels}; "
+                "drop --num-classes: the folder's config decides"
+            )
         inputs, names, preprocess = _example_inputs(model, config, path, input_shape, architecture)
         # arch None: plan.json names no architecture to rebuild, so edgeprune.load(out) reads model.pt (hf_model is the
         # library's own way back); the class is in the report (native, and model.source's config.json)
@@ -83,16 +108,31 @@ class HuggingFaceEcosystem(Ecosystem):
             found = f"found {len(mlps)}" + (f" for its {layers} layers" if isinstance(layers, int) else "")
             raise EdgepruneError(
                 f"{architecture}: edgeprune cannot find each layer's MLP (a Linear {hidden}->{width} followed by one "
-                f"{width}->{hidden}; {found}), the only width its config can record after pruning; export it to ONNX or "
-                "torch.save() the module to prune it without the Hugging Face output")
-        why = (f"{type(config).__name__} has one {width_attr} for every layer, and transformers 5 derives the head size from "
-               "hidden_size / num_attention_heads: only the MLP width is cut, one width for all layers")
-        native = {"folder": str(path.resolve()), "architecture": architecture, "config_class": type(config).__name__,
-                  "config": config.to_dict(), "width_attr": width_attr, "mlp_roots": list(roots)}
-        return dataclasses.replace(loaded, ecosystem=self.name, native=native, input_names=names, preprocess=preprocess,
-                                   constraint=Constraint(why=why, prunable=roots, tied=True))
+                f"{width}->{hidden}; {found}), the only width its config can record after pruning; export it to ONNX "
+                "or torch.save() the module to prune it without the Hugging Face output"
+            )
+        why = (
+            f"{type(config).__name__} has one {width_attr} for every layer, and transformers 5 derives the head size "
+            "from hidden_size / num_attention_heads: only the MLP width is cut, one width for all layers"
+        )
+        native = {
+            "folder": str(path.resolve()),
+            "architecture": architecture,
+            "config_class": type(config).__name__,
+            "config": config.to_dict(),
+            "width_attr": width_attr,
+            "mlp_roots": list(roots),
+        }
+        return dataclasses.replace(
+            loaded,
+            ecosystem=self.name,
+            native=native,
+            input_names=names,
+            preprocess=preprocess,
+            constraint=Constraint(why=why, prunable=roots, tied=True),
+        )
 
-    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:  # noqa: ARG002
+    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:
         import transformers
 
         native = loaded.native
@@ -100,9 +140,11 @@ class HuggingFaceEcosystem(Ecosystem):
         widths = {root: _out_features(pruned, root) for root in roots}
         if len(set(widths.values())) != 1:  # a layer's MLP left whole (--unprunable, or its group could not be traced)
             shown = ", ".join(f"{r} {w}" for r, w in widths.items())
-            raise EdgepruneError(f"the pruned MLP layers kept different widths ({shown}), which one {attr} cannot record: "
-                                 "some were left whole (report.json's left_whole says why); do not name them in --unprunable, "
-                                 "or export model.onnx / model.pt instead of the Hugging Face folder")
+            raise EdgepruneError(
+                f"the pruned MLP layers kept different widths ({shown}), which one {attr} cannot record: "
+                "some were left whole (report.json's left_whole says why); do not name them in --unprunable, "
+                "or export model.onnx / model.pt instead of the Hugging Face folder"
+            )
         width = next(iter(widths.values()))
         config = getattr(transformers, native["config_class"]).from_dict(native["config"])
         original = getattr(config, attr)
@@ -115,18 +157,22 @@ class HuggingFaceEcosystem(Ecosystem):
         shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
         if missing or unexpected or shapes:
             raise RuntimeError(
-                f"internal error: the pruned {native['architecture']} does not fit a fresh one built with {attr}={width}: "
-                f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}), "
-                f"{len(shapes)} of another shape (e.g. {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:1]]})")
+                f"internal error: the pruned {native['architecture']} does not fit a fresh one built with "
+                f"{attr}={width}: {len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. "
+                f"{unexpected[:1]}), {len(shapes)} of another shape (e.g. "
+                f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:1]]})"
+            )
         model.load_state_dict(state, strict=True)
         model.eval()
         dest.mkdir(parents=True)
         model.save_pretrained(str(dest), safe_serialization=True)
         copied = _copy_kept(Path(native["folder"]), dest)
-        return {"format": "Hugging Face save_pretrained folder",
-                "load": f"transformers.{native['architecture']}.from_pretrained('{self.output}')",
-                "config_changes": {attr: [original, width]},
-                "copied": copied}
+        return {
+            "format": "Hugging Face save_pretrained folder",
+            "load": f"transformers.{native['architecture']}.from_pretrained('{self.output}')",
+            "config_changes": {attr: [original, width]},
+            "copied": copied,
+        }
 
 
 def _config(path: Path) -> Any:
@@ -136,15 +182,23 @@ def _config(path: Path) -> Any:
     try:
         raw = json.loads(file.read_text())
     except (OSError, ValueError) as err:
-        raise EdgepruneError(f"cannot read {file} ({first_line(err)}); pass a Hugging Face save_pretrained() folder") from None
-    if isinstance(raw, dict) and "model_type" not in raw and "architecture" in raw:  # timm's hub folders hold a config.json too
-        raise EdgepruneError(f"{file} is not a transformers config (no model_type; a timm model's?): for timm pass "
-                             "--arch timm:NAME and its weights file, for transformers a save_pretrained() folder")
+        raise EdgepruneError(
+            f"cannot read {file} ({first_line(err)}); pass a Hugging Face save_pretrained() folder"
+        ) from None
+    if (
+        isinstance(raw, dict) and "model_type" not in raw and "architecture" in raw
+    ):  # timm's hub folders hold a config.json too
+        raise EdgepruneError(
+            f"{file} is not a transformers config (no model_type; a timm model's?): for timm pass "
+            "--arch timm:NAME and its weights file, for transformers a save_pretrained() folder"
+        )
     try:
         return transformers.AutoConfig.from_pretrained(str(path))
     except Exception as err:  # noqa: BLE001 - an unknown model_type, a malformed file: one line
-        raise EdgepruneError(f"transformers cannot read {path / 'config.json'} ({type(err).__name__}: {first_line(err)}); "
-                             "check it was written by save_pretrained() with this transformers version") from None
+        raise EdgepruneError(
+            f"transformers cannot read {path / 'config.json'} ({type(err).__name__}: {first_line(err)}); "
+            "check it was written by save_pretrained() with this transformers version"
+        ) from None
 
 
 def _from_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Module:
@@ -160,8 +214,10 @@ def _from_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Modu
     try:
         model = model_class.from_pretrained(str(path), attn_implementation="eager", **{dtype: torch.float32})
     except Exception as err:  # noqa: BLE001 - missing or mismatched weights, an unsupported option: one line
-        raise EdgepruneError(f"transformers cannot load {architecture} from {path} ({type(err).__name__}: {first_line(err)}); "
-                             "check the folder was written by save_pretrained() and holds its weights") from None
+        raise EdgepruneError(
+            f"transformers cannot load {architecture} from {path} ({type(err).__name__}: {first_line(err)}); "
+            "check the folder was written by save_pretrained() and holds its weights"
+        ) from None
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -173,12 +229,16 @@ def _architecture(config: Any, path: Path) -> str:
 
     names = getattr(config, "architectures", None) or []
     if not names:
-        raise EdgepruneError(f"{path / 'config.json'} names no architectures, so the model class is unknown; save the model "
-                             "with model.save_pretrained() (which records its class) or add e.g. \"architectures\": "
-                             "[\"BertForSequenceClassification\"]")
+        raise EdgepruneError(
+            f"{path / 'config.json'} names no architectures, so the model class is unknown; save the model "
+            'with model.save_pretrained() (which records its class) or add e.g. "architectures": '
+            '["BertForSequenceClassification"]'
+        )
     if not isinstance(getattr(transformers, names[0], None), type):
-        raise EdgepruneError(f"{path / 'config.json'} names architecture {names[0]!r}, which transformers "
-                             f"{transformers.__version__} does not have; upgrade transformers or fix \"architectures\"")
+        raise EdgepruneError(
+            f"{path / 'config.json'} names architecture {names[0]!r}, which transformers "
+            f'{transformers.__version__} does not have; upgrade transformers or fix "architectures"'
+        )
     return str(names[0])
 
 
@@ -186,8 +246,10 @@ def _width_attr(config: Any, architecture: str) -> str:
     for attr in WIDTH_ATTRS:
         if isinstance(getattr(config, attr, None), int):
             return attr
-    raise EdgepruneError(f"{architecture}: its config has none of {', '.join(WIDTH_ATTRS)}, the one MLP width a pruned config "
-                         "would record; export it to ONNX or torch.save() the module to prune it without the Hugging Face output")
+    raise EdgepruneError(
+        f"{architecture}: its config has none of {', '.join(WIDTH_ATTRS)}, the one MLP width a pruned config "
+        "would record; export it to ONNX or torch.save() the module to prune it without the Hugging Face output"
+    )
 
 
 def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], hidden: int, width: int) -> list[list[str]]:
@@ -212,13 +274,17 @@ def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], hidden: int, w
     return mlps
 
 
-def _example_inputs(model: nn.Module, config: Any, path: Path, shape: tuple[int, ...] | None,
-                    architecture: str) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...], Preprocess | None]:
+def _example_inputs(
+    model: nn.Module, config: Any, path: Path, shape: tuple[int, ...] | None, architecture: str
+) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...], Preprocess | None]:
     """Example inputs in the forward's order, their names, and the image preprocessing if any."""
     from edgeprune.pipeline.loading import check_allocatable
 
-    params = [p for p in inspect.signature(model.forward).parameters.values()
-              if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params = [
+        p
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
     first = params[0].name if params else ""
     gen = torch.Generator().manual_seed(0)
     if first == "input_ids":
@@ -228,11 +294,14 @@ def _example_inputs(model: nn.Module, config: Any, path: Path, shape: tuple[int,
         elif len(shape) == 1:
             shape = (1, *shape)
         if len(shape) != 2:
-            raise EdgepruneError(f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes token ids, "
-                                 "BATCHxTOKENS, e.g. 1x128")
+            raise EdgepruneError(
+                f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes token ids, BATCHxTOKENS, e.g. 1x128"
+            )
         if isinstance(most, int) and shape[1] > most:
-            raise EdgepruneError(f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes at most {most} tokens "
-                                 "(max_position_embeddings); pass fewer, e.g. 1x128")
+            raise EdgepruneError(
+                f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes at most {most} tokens "
+                "(max_position_embeddings); pass fewer, e.g. 1x128"
+            )
         check_allocatable(shape)
         ids = torch.randint(0, config.vocab_size, shape, generator=gen)
         if len(params) > 1 and params[1].name == "attention_mask":
@@ -244,16 +313,22 @@ def _example_inputs(model: nn.Module, config: Any, path: Path, shape: tuple[int,
         if shape is None:
             size = preprocess.size if preprocess is not None else _pair(getattr(config, "image_size", None))
             if size is None:
-                raise EdgepruneError(f"{architecture}: the image size is unknown (no image_size in config.json, no "
-                                     "preprocessor_config.json); pass --input-shape, e.g. 1x3x224x224")
+                raise EdgepruneError(
+                    f"{architecture}: the image size is unknown (no image_size in config.json, no "
+                    "preprocessor_config.json); pass --input-shape, e.g. 1x3x224x224"
+                )
             shape = (1, channels, *size)
         if len(shape) != 4:
-            raise EdgepruneError(f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes images, NxCxHxW, "
-                                 f"e.g. 1x{channels}x224x224")
+            raise EdgepruneError(
+                f"--input-shape {'x'.join(map(str, shape))}: {architecture} "
+                f"takes images, NxCxHxW, e.g. 1x{channels}x224x224"
+            )
         check_allocatable(shape)
         return (torch.randn(*shape, generator=gen),), ("pixel_values",), preprocess
-    raise EdgepruneError(f"{architecture}'s forward takes {first or 'nothing'} first; edgeprune's Hugging Face door runs "
-                         "models that take input_ids (text) or pixel_values (images)")
+    raise EdgepruneError(
+        f"{architecture}'s forward takes {first or 'nothing'} first; edgeprune's Hugging Face door runs "
+        "models that take input_ids (text) or pixel_values (images)"
+    )
 
 
 def _preprocess(path: Path, config: Any) -> Preprocess | None:
@@ -276,8 +351,13 @@ def _preprocess(path: Path, config: Any) -> Preprocess | None:
     shortest = resize.get("shortest_edge") if isinstance(resize, dict) else None
     crop_pct = pp.get("crop_pct") or (min(size) / shortest if crop and isinstance(shortest, int) else 1.0)
     normalise = pp.get("do_normalize", True)
-    return Preprocess(size=size, mean=tuple(map(float, mean)) if normalise else None,
-                      std=tuple(map(float, std)) if normalise else None, source=PREPROCESS_SOURCE, crop_pct=float(crop_pct))
+    return Preprocess(
+        size=size,
+        mean=tuple(map(float, mean)) if normalise else None,
+        std=tuple(map(float, std)) if normalise else None,
+        source=PREPROCESS_SOURCE,
+        crop_pct=float(crop_pct),
+    )
 
 
 def _pair(size: Any) -> tuple[int, int] | None:

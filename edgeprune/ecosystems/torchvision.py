@@ -1,6 +1,7 @@
 """torchvision by name: `--arch torchvision:NAME` with a state dict (or none, for latency alone);
 the input size, mean and std from the model's default weights' transforms (their metadata, nothing
 downloaded). Out: plan.json + state_dict.pt, which `edgeprune.load(out)` rebuilds."""
+
 from __future__ import annotations
 
 import functools

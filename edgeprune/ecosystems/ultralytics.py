@@ -12,6 +12,7 @@ pose, obb, classify), and the best.pt / last.pt it writes hold the pruned struct
 
 ultralytics is imported only when such a model arrives (or a trainer is asked for), never at import.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,9 @@ import dataclasses
 import datetime
 import functools
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,8 +33,10 @@ from edgeprune.errors import EdgepruneError, first_line
 #: ultralytics' default training size, when a checkpoint records none
 DEFAULT_IMGSZ = 640
 #: what the README shows, and report.json repeats
-TRAIN_RECIPE = ("from edgeprune.ecosystems.ultralytics import PrunedTrainer; "
-                "YOLO('{path}').train(data='your.yaml', epochs=10, trainer=PrunedTrainer)")
+TRAIN_RECIPE = (
+    "from edgeprune.ecosystems.ultralytics import PrunedTrainer; "
+    "YOLO('{path}').train(data='your.yaml', epochs=10, trainer=PrunedTrainer)"
+)
 #: the trainer of each task; PrunedTrainer picks one by the task ultralytics passes it
 TASK_TRAINERS = {
     "detect": ("ultralytics.models.yolo.detect", "DetectionTrainer"),
@@ -88,9 +92,11 @@ class Ultralytics(Ecosystem):
             return _is_ultralytics(module)
         if _looks_ultralytics(obj):
             held = ", ".join(f"{k}: {type(obj[k]).__name__}" for k in ("model", "ema") if k in obj) or "neither key"
-            raise EdgepruneError(f"this ultralytics checkpoint holds no model under 'model' or 'ema' ({held}): a stripped or "
-                                 "state-dict-only file; pass the best.pt or last.pt ultralytics' trainer wrote, or save one "
-                                 "with YOLO(...).save('model.pt')")
+            raise EdgepruneError(
+                f"this ultralytics checkpoint holds no model under 'model' or 'ema' ({held}): a stripped or "
+                "state-dict-only file; pass the best.pt or last.pt ultralytics' trainer wrote, or save one "
+                "with YOLO(...).save('model.pt')"
+            )
         return False
 
     def build(self, arch: str, num_classes: int | None) -> nn.Module:
@@ -102,24 +108,35 @@ class Ultralytics(Ecosystem):
         try:
             model = YOLO(cfg).model
         except Exception as err:  # noqa: BLE001 - ultralytics' own refusal: one line
-            raise EdgepruneError(f"--arch {arch}: ultralytics cannot build {cfg} ({type(err).__name__}: {first_line(err)}); "
-                                 "name a model yaml ultralytics ships, e.g. ultralytics:yolov8n or ultralytics:yolo11n") from None
+            raise EdgepruneError(
+                f"--arch {arch}: ultralytics cannot build {cfg} ({type(err).__name__}: {first_line(err)}); "
+                "name a model yaml ultralytics ships, e.g. ultralytics:yolov8n or ultralytics:yolo11n"
+            ) from None
         if num_classes is not None and num_classes != _classes(model):
             raise EdgepruneError(f"--arch {arch}: --num-classes is not supported for ultralytics models; leave it out")
         set_export(model, True)  # as load() has it, so plan.json applies to a rebuilt one (edgeprune.load)
         return model
 
-    def load(self, path: Path | None, obj: Any, arch: str | None, input_shape: tuple[int, ...] | None,
-             num_classes: int | None) -> Any:
+    def load(
+        self,
+        path: Path | None,
+        obj: Any,
+        arch: str | None,
+        input_shape: tuple[int, ...] | None,
+        num_classes: int | None,
+    ) -> Any:
         import ultralytics
         from ultralytics.nn.tasks import guess_model_task
 
         from edgeprune.pipeline.loading import from_module
 
         ckpt: Mapping[str, Any] = {}
+        model: nn.Module | None
         if obj is None:  # --arch ultralytics:NAME, random weights: plan.json rebuilds it from that name
             if path is not None:
-                raise EdgepruneError(f"{path}: an ultralytics checkpoint carries its own architecture; pass it without --arch")
+                raise EdgepruneError(
+                    f"{path}: an ultralytics checkpoint carries its own architecture; pass it without --arch"
+                )
             assert arch is not None
             model, source = self.build(arch, num_classes), f"{arch} (random weights)"
         else:  # a checkpoint, or a module saved whole: the file is the architecture
@@ -130,7 +147,9 @@ class Ultralytics(Ecosystem):
         h, w = _imgsz(train_args.get("imgsz", DEFAULT_IMGSZ))
         model = model.float().cpu().eval()
         set_export(model, True)
-        loaded = from_module(model, input_shape=input_shape or (1, 3, h, w), arch=arch, num_classes=_classes(model), source=source)
+        loaded = from_module(
+            model, input_shape=input_shape or (1, 3, h, w), arch=arch, num_classes=_classes(model), source=source
+        )
         h, w = loaded.input_shape[-2:]  # --input-shape, where given, is the size the model is pruned and shipped at
         task = getattr(model, "task", None) or train_args.get("task") or guess_model_task(model)
         names = getattr(model, "names", None)
@@ -141,7 +160,9 @@ class Ultralytics(Ecosystem):
             "version": str(ckpt.get("version") or ultralytics.__version__),
             "date": str(ckpt["date"]) if ckpt.get("date") else None,
         }
-        pre = Preprocess(size=(h, w), mean=None, std=None, source="ultralytics: letterbox to imgsz, RGB scaled to [0, 1]")
+        pre = Preprocess(
+            size=(h, w), mean=None, std=None, source="ultralytics: letterbox to imgsz, RGB scaled to [0, 1]"
+        )
         return dataclasses.replace(loaded, ecosystem=self.name, native=native, input_names=("images",), preprocess=pre)
 
     def save(self, pruned: nn.Module, loaded: Any, plan: Any, dest: Path) -> dict[str, Any]:
@@ -150,18 +171,20 @@ class Ultralytics(Ecosystem):
         import ultralytics
 
         native = loaded.native
-        model = copy.deepcopy(pruned).cpu().eval()  # as ultralytics' EMA is (the pipeline may hand it over mid-training)
+        # as ultralytics' EMA is (the pipeline may hand it over mid-training)
+        model = copy.deepcopy(pruned).cpu().eval()
         set_export(model, False)
         resync(model)
         train_args = dict(native.get("train_args") or {})
         if native.get("task"):
             train_args.setdefault("task", native["task"])
             model.task = native["task"]
+        # torch types a module's attributes as tensors and modules; ultralytics keeps others on its models
         if hasattr(model, "args"):
-            model.args = dict(train_args)
+            model.args = dict(train_args)  # type: ignore[assignment]
         if hasattr(model, "criterion"):
-            model.criterion = None  # the loss is rebuilt by the trainer for the current data
-        model.half().to(memory_format=torch.contiguous_format)
+            model.criterion = None  # type: ignore[assignment]  # the loss is rebuilt by the trainer for the current data
+        model.half().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks it
         for p in model.parameters():
             p.requires_grad = False
         params = sum(p.numel() for p in model.parameters())
@@ -179,12 +202,21 @@ class Ultralytics(Ecosystem):
             "optimizer": None,
             "scaler": None,
             "train_args": train_args,
-            "edgeprune": {"pruned_from": loaded.source, "params": params, "params_before": before,
-                          "train": TRAIN_RECIPE.format(path=dest.name)},
+            "edgeprune": {
+                "pruned_from": loaded.source,
+                "params": params,
+                "params_before": before,
+                "train": TRAIN_RECIPE.format(path=dest.name),
+            },
         }
         torch.save(ckpt, dest)
-        return {"format": "ultralytics checkpoint", "load": f"YOLO('{dest.name}')", "train": TRAIN_RECIPE.format(path=dest.name),
-                "params": params, "params_before": before}
+        return {
+            "format": "ultralytics checkpoint",
+            "load": f"YOLO('{dest.name}')",
+            "train": TRAIN_RECIPE.format(path=dest.name),
+            "params": params,
+            "params_before": before,
+        }
 
 
 def set_export(model: nn.Module, on: bool) -> None:
@@ -195,7 +227,7 @@ def set_export(model: nn.Module, on: bool) -> None:
     for m in model.modules():
         if type(m).__module__.startswith("ultralytics") and isinstance(getattr(type(m), "export", None), bool):
             if on:
-                m.export = True
+                m.export = True  # type: ignore[assignment]  # a bool (torch types module attributes as tensors)
             else:
                 m.__dict__.pop("export", None)
 
@@ -208,7 +240,7 @@ def resync(model: nn.Module) -> None:
         cv1 = getattr(m, "cv1", None)
         conv = getattr(cv1, "conv", None)
         if hasattr(m, "forward_split") and isinstance(getattr(m, "c", None), int) and isinstance(conv, nn.Conv2d):
-            m.c = conv.out_channels // 2
+            m.c = conv.out_channels // 2  # type: ignore[assignment]  # an int (torch types module attributes as tensors)
 
 
 def _imgsz(value: Any) -> tuple[int, int]:
@@ -243,8 +275,10 @@ def _same_classes(model: nn.Module, data: Mapping[str, Any]) -> None:
     """The pruned head keeps the classes it was trained on; other data needs a model trained on it."""
     nc, want = _classes(model), data.get("nc")
     if nc is not None and want is not None and int(nc) != int(want):
-        raise ValueError(f"this pruned model predicts {nc} classes and the data has {want}: PrunedTrainer keeps the pruned "
-                         "model as it is, head included; train the unpruned model on this data first, then prune it")
+        raise ValueError(
+            f"this pruned model predicts {nc} classes and the data has {want}: PrunedTrainer keeps the pruned "
+            "model as it is, head included; train the unpruned model on this data first, then prune it"
+        )
 
 
 class _KeepsPrunedModel:
@@ -257,8 +291,10 @@ class _KeepsPrunedModel:
         if not isinstance(weights, nn.Module):  # nothing pruned to keep (a yaml, pretrained=False): ultralytics' own
             from ultralytics.utils import LOGGER
 
-            LOGGER.warning("PrunedTrainer: no model given, building the full-width model from the yaml; pass a pruned "
-                           "checkpoint with pretrained=True to train it as pruned")
+            LOGGER.warning(
+                "PrunedTrainer: no model given, building the full-width model from the yaml; pass a pruned "
+                "checkpoint with pretrained=True to train it as pruned"
+            )
             return super().get_model(cfg=cfg, weights=weights, verbose=verbose)  # type: ignore[misc]
         from ultralytics.utils import RANK
 
@@ -271,7 +307,7 @@ class _KeepsPrunedModel:
             if p.dtype.is_floating_point:
                 p.requires_grad_(True)
         if verbose and RANK == -1 and hasattr(model, "info"):
-            model.info()
+            model.info()  # type: ignore[operator]  # ultralytics' model summary (untyped here)
         return model
 
 
@@ -286,8 +322,12 @@ def pruned_trainer(task: str = "detect") -> type:
     try:
         base = getattr(importlib.import_module(module), name)
     except ImportError as err:
-        raise ImportError(f"PrunedTrainer needs ultralytics ({first_line(err)}); pip install 'edgeprune[ultralytics]'") from None
-    return type(f"Pruned{name}", (_KeepsPrunedModel, base), {"__module__": __name__, "__doc__": _KeepsPrunedModel.__doc__})
+        raise ImportError(
+            f"PrunedTrainer needs ultralytics ({first_line(err)}); pip install 'edgeprune[ultralytics]'"
+        ) from None
+    return type(
+        f"Pruned{name}", (_KeepsPrunedModel, base), {"__module__": __name__, "__doc__": _KeepsPrunedModel.__doc__}
+    )
 
 
 @functools.cache
@@ -304,9 +344,17 @@ def _pruned_trainer_class() -> type:
             return pruned_trainer(task)(cfg if cfg is not None else DEFAULT_CFG, overrides, _callbacks)
         return object.__new__(cls)
 
-    return type("PrunedTrainer", (base,), {"__module__": __name__, "__new__": __new__, "_by_task": True,
-                                           "__doc__": "ultralytics' trainer for the model's task, training the pruned "
-                                                      "model as it is (edgeprune.ecosystems.ultralytics)."})
+    return type(
+        "PrunedTrainer",
+        (base,),
+        {
+            "__module__": __name__,
+            "__new__": __new__,
+            "_by_task": True,
+            "__doc__": "ultralytics' trainer for the model's task, training the pruned "
+            "model as it is (edgeprune.ecosystems.ultralytics).",
+        },
+    )
 
 
 def __getattr__(name: str) -> Any:

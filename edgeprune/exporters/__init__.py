@@ -2,8 +2,9 @@
 
 Each exporter module registers itself on import, so adding one means one file and one line here.
 """
-from edgeprune.exporters.base import Artifact, Exporter
+
 from edgeprune.exporters import executorch, tensorrt, torch_module  # noqa: F401  (registration)
+from edgeprune.exporters.base import Artifact, Exporter
 from edgeprune.exporters.onnx import OnnxExporter, onnx_initializer_shapes, onnx_param_count
 from edgeprune.exporters.registry import exporter_formats, get_exporter
 

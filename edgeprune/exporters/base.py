@@ -1,10 +1,12 @@
 """The `Exporter` interface: turn a (pruned) nn.Module into a deployable file, and prove it matches."""
+
 from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

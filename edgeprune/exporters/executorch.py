@@ -6,10 +6,11 @@ kernels) and `to_executorch()`; the program's bytes are the `.pte` an Android/iO
 ExecuTorch is an optional extra (`pip install 'edgeprune[mobile]'`, about 540 MB of dependencies),
 imported only here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -37,9 +38,11 @@ class ExecuTorchExporter(Exporter):
             try:
                 exported = torch.export.export(model, tuple(example_inputs))
                 program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
-            except Exception as err:  # noqa: BLE001 - torch.export / lowering raise many types; all mean "cannot export"
-                raise EdgepruneError(f"cannot export {type(model).__name__} to ExecuTorch: {first_line(err)}; "
-                                     "the model needs to be torch.export-able (no data-dependent control flow)") from err
+            except Exception as err:  # torch.export / lowering raise many types; all mean "cannot export"
+                raise EdgepruneError(
+                    f"cannot export {type(model).__name__} to ExecuTorch: {first_line(err)}; "
+                    "the model needs to be torch.export-able (no data-dependent control flow)"
+                ) from err
         with atomic_path(out_path) as tmp:
             tmp.write_bytes(program.buffer)
         return Artifact(Path(out_path), self.format, {"exporter": "torch.export + executorch", "delegate": "XNNPACK"})

@@ -4,14 +4,16 @@ The budget search exports every candidate it measures, so export speed matters: 
 TorchScript exporter takes ~0.05 s on a small CNN where the dynamo exporter takes ~3.3 s (~60x).
 The TorchScript one is used first; the dynamo one only for a model the tracer cannot handle.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,9 +21,9 @@ import torch
 
 from edgeprune.atomic import atomic_path
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.modelrun import eval_mode, flatten_outputs
 from edgeprune.exporters.base import Artifact, Exporter
 from edgeprune.exporters.registry import register
+from edgeprune.modelrun import eval_mode, flatten_outputs
 from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,11 @@ class OnnxExporter(Exporter):
         out_path = Path(out_path)
         weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         if weights >= PROTOBUF_LIMIT:
-            raise EdgepruneError(f"{type(model).__name__}'s weights take {weights / 2**30:.2f} GiB, over the 2 GiB a single-file "
-                                 "ONNX model can hold (protobuf's limit); prune it with edgeprune.prune and export it yourself "
-                                 "with external data, or measure it on a runtime that loads PyTorch (--runtime torch-cpu)")
+            raise EdgepruneError(
+                f"{type(model).__name__}'s weights take {weights / 2**30:.2f} GiB, over the 2 GiB a single-file "
+                "ONNX model can hold (protobuf's limit); prune it with edgeprune.prune and export it yourself "
+                "with external data, or measure it on a runtime that loads PyTorch (--runtime torch-cpu)"
+            )
         with eval_mode(model):
             n_outputs = len(flatten_outputs(_forward(model, inputs)))
             with atomic_path(out_path) as tmp:
@@ -93,7 +97,9 @@ class OnnxExporter(Exporter):
             )
         return diff
 
-    def _torch_export(self, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, n_outputs: int) -> str:
+    def _torch_export(
+        self, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, n_outputs: int
+    ) -> str:
         """Export with TorchScript, falling back to dynamo once; returns the name of the one that worked."""
         common: dict[str, Any] = {
             "input_names": _names("input", len(inputs)),
@@ -106,10 +112,17 @@ class OnnxExporter(Exporter):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 torch.onnx.export(model, inputs, str(path), dynamo=False, do_constant_folding=True, **common)
             return "torchscript"
-        except Exception as ts_err:  # torch raises many unrelated types here; each means "could not export"
+        except Exception as ts_err:  # noqa: BLE001 - torch raises many unrelated types here; each means "could not export"
             try:
-                torch.onnx.export(model, inputs, str(path), dynamo=True, external_data=False, verbose=False,
-                                  **common | {"opset_version": max(self.opset, DYNAMO_MIN_OPSET)})
+                torch.onnx.export(
+                    model,
+                    inputs,
+                    str(path),
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                    **common | {"opset_version": max(self.opset, DYNAMO_MIN_OPSET)},
+                )
                 return "dynamo"
             except Exception as dyn_err:
                 hint = "install onnxscript so the dynamo exporter can try, " if isinstance(dyn_err, ImportError) else ""
@@ -119,7 +132,9 @@ class OnnxExporter(Exporter):
                     "ones, or try another opset"
                 ) from dyn_err
 
-    def _compare(self, artifact: Artifact, model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> tuple[float, float]:
+    def _compare(
+        self, artifact: Artifact, model: torch.nn.Module, inputs: Sequence[torch.Tensor]
+    ) -> tuple[float, float]:
         """(max |ONNX Runtime - PyTorch|, max |PyTorch output|) over all outputs.
 
         ONNX Runtime runs as `ort-cpu` does when timing (optimization ALL, 1 thread), so what is
@@ -177,7 +192,7 @@ def _simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
     try:
         simplified, ok = onnxsim.simplify(proto)
-    except Exception as e:  # onnxsim surfaces C++ failures as assorted exception types
+    except Exception as e:  # noqa: BLE001 - onnxsim surfaces C++ failures as assorted exception types
         note = f"onnxsim failed: {first_line(e)}"
     else:
         if ok:

@@ -1,4 +1,5 @@
 """Artifact formats (``onnx``, ...) mapped to `Exporter` classes; callers go through `get_exporter`."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -7,11 +7,12 @@ where faster; the runtime then checks outputs at a looser tolerance. TensorRT is
 the machines this project is developed on (its PyPI package fetches from NVIDIA's index), so this
 path has not been run there; the runtime says so instead of failing.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -57,7 +58,9 @@ class TensorRtExporter(Exporter):
             raise EdgepruneError("TensorRT could not build an engine for this model (see its log above)")
         with atomic_path(out_path) as tmp_path:
             tmp_path.write_bytes(bytes(engine))
-        return Artifact(Path(out_path), self.format, {"exporter": "onnx + tensorrt", "fp16": self.fp16, "tensorrt": trt.__version__})
+        return Artifact(
+            Path(out_path), self.format, {"exporter": "onnx + tensorrt", "fp16": self.fp16, "tensorrt": trt.__version__}
+        )
 
     def verify(self, artifact: Artifact, model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> float:
         from edgeprune import modelrun

@@ -4,10 +4,11 @@
 shape, so a state dict alone could not be loaded without the plan. Loading it needs the model's
 classes importable, as any pickled module does.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -2,6 +2,7 @@
 
 Importing this package imports every architecture module, each of which registers its variants.
 """
+
 from edgeprune.models import char_lm, mobilenetv2, resnet, resnet_cifar, vgg, vit  # noqa: F401  (registration)
 from edgeprune.models.registry import available, create, default_input_shape, register, takes_tokens
 

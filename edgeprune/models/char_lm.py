@@ -10,6 +10,7 @@ so head pruning, MLP-width pruning and FLOP's factorization apply to it as to th
 absolute positions for `context` tokens; the vocabulary is 7-bit ASCII (data/text.py maps every
 other character to id 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,7 +44,13 @@ class CharTransformer(nn.Module):
 
 
 @register("char_lm", (1, CONTEXT), tokens=True)
-def char_lm(num_classes: int = VOCAB, dim: int = 128, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 4.0,
-            context: int = CONTEXT) -> CharTransformer:
+def char_lm(
+    num_classes: int = VOCAB,
+    dim: int = 128,
+    depth: int = 2,
+    num_heads: int = 4,
+    mlp_ratio: float = 4.0,
+    context: int = CONTEXT,
+) -> CharTransformer:
     """2 layers, d = 128, 4 heads, MLP 512, 128-character context; `num_classes` is the vocabulary."""
     return CharTransformer(num_classes, context, dim, depth, num_heads, mlp_ratio)

@@ -9,12 +9,13 @@ downsampled 8x to a 4x4 map before pooling; the ImageNet strides (32x) would shr
 leaving the 3x3 depthwise convs of the last stages looking mostly at padding. The remaining
 strides, widths and depths follow the paper's Table 2.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from edgeprune.models.resnet import init_weights
 from edgeprune.models.registry import CIFAR_INPUT, register
+from edgeprune.models.resnet import init_weights
 
 # (expansion t, output channels c, repeats n, stride s) per stage; paper Table 2 except the
 # second stage's stride (2 -> 1 for CIFAR).

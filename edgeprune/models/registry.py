@@ -4,14 +4,14 @@ The architectures are written in this package rather than imported from torchvis
 those are not installed on the edge build machines, and owning the code lets every module be
 shaped for physical pruning (no hidden channel couplings, no hard-coded head sizes).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-
 
 # A model constructor `(num_classes: int = 10, **kw) -> nn.Module`: `num_classes` sizes the head,
 # other keywords are architecture options (width_mult, depth, ...).
@@ -25,7 +25,9 @@ CIFAR_INPUT: tuple[int, ...] = (1, 3, 32, 32)
 IMAGENET_INPUT: tuple[int, ...] = (1, 3, 224, 224)
 
 
-def register(name: str, input_shape: tuple[int, ...] = CIFAR_INPUT, tokens: bool = False) -> Callable[[Factory], Factory]:
+def register(
+    name: str, input_shape: tuple[int, ...] = CIFAR_INPUT, tokens: bool = False
+) -> Callable[[Factory], Factory]:
     """Register a factory under `name`; `input_shape` is the example input used for tracing and export,
     `tokens` says it is integer token ids rather than floats (a language model).
 

@@ -7,6 +7,7 @@ structured pruner can shrink, which the zero-padding shortcut (option A) is not.
 stride in the 3x3 conv (the "v1.5" placement torchvision also uses), which is more accurate than
 striding the first 1x1 conv and costs the same to prune.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

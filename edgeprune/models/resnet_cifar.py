@@ -9,6 +9,7 @@ owns, so a structured pruner cannot physically remove those channels consistentl
 residual add. Option B makes every coupling a real layer that shrinks with its stage; it adds
 only two projections (~2.7k parameters, about 1% of ResNet-20).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

@@ -8,15 +8,33 @@ features. Li et al. 2017 ("Pruning Filters for Efficient ConvNets") use the same
 two-layer head, Linear(512, 512) + BN + ReLU + Linear(512, 10), so their parameter and FLOP
 counts differ from ours by that extra layer (~0.26M parameters).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from edgeprune.models.resnet import init_weights
 from edgeprune.models.registry import CIFAR_INPUT, register
+from edgeprune.models.resnet import init_weights
 
 VGG16_CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
 )
 
 

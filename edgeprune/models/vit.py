@@ -13,6 +13,7 @@ Attention uses `F.scaled_dot_product_attention`: it exports with the TorchScript
 scale, the same ops an explicit softmax(q @ k^T * scale) @ v gives; tests/test_models.py checks
 the export against ONNX Runtime.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Accepted: ``20ms``, ``0.02s``, ``p90<=20ms`` (the p90 instead of the median), ``
 the measured baseline), ``50%`` (of the baseline latency), ``300MFLOPs`` / ``1.2GFLOPs``,
 ``1.5Mparams`` / ``2M params``. Relative budgets become absolute once the baseline is measured.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,14 @@ class Budget:
     def is_latency(self) -> bool:
         return self.metric == "latency"
 
-    def resolve(self, baseline: float) -> "Budget":
+    @property
+    def baseline_fraction(self) -> float:
+        """`fraction`, for code that holds a resolved relative budget (any other budget is a TypeError)."""
+        if self.fraction is None:
+            raise TypeError(f"budget {self.text or self.value} is not a resolved relative budget")
+        return float(self.fraction)
+
+    def resolve(self, baseline: float) -> Budget:
         """The absolute budget given the baseline's figure for this metric."""
         if not self.relative:
             return self
@@ -45,7 +53,10 @@ class Budget:
         if self.relative:
             return f"{self.value:.0%} of baseline {self.metric}"
         if self.is_latency and self.fraction is not None:
-            return f"{self.statistic} <= {self.fraction:.0%} of baseline (~{self.value:.3f} ms at the baseline's own measurement)"
+            return (
+                f"{self.statistic} <= {self.fraction:.0%} of baseline "
+                f"(~{self.value:.3f} ms at the baseline's own measurement)"
+            )
         if self.is_latency:
             return f"{self.statistic} <= {self.value:.3f} ms"
         return f"<= {self.quantity(self.value)}"
@@ -89,9 +100,7 @@ def parse_budget(text: str) -> Budget:
         if not 0 < pct < 100:
             raise EdgepruneError(f"budget {t!r} must be between 0% and 100% of the baseline latency, e.g. 50%")
         return Budget("latency", pct / 100.0, relative=True, text=t)
-    raise EdgepruneError(
-        f"cannot read budget {text!r}; use e.g. 20ms, p90<=20ms, 2x, 50%, 300MFLOPs or 1.5Mparams"
-    )
+    raise EdgepruneError(f"cannot read budget {text!r}; use e.g. 20ms, p90<=20ms, 2x, 50%, 300MFLOPs or 1.5Mparams")
 
 
 def _positive(b: Budget, text: str) -> Budget:

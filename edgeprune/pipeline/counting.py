@@ -3,10 +3,12 @@
 "FLOPs" here are multiply-accumulates counted by torch-pruning's op counter, the pruning
 literature's convention (ResNet-56 = 125 MFLOPs).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -37,12 +39,12 @@ def layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict
     """Multiply-accumulates of each Conv/Linear layer on the example inputs, from one forward pass."""
     macs: dict[str, float] = {}
 
-    def hook(name: str):
-        def fn(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], None]:
+        def fn(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
             if isinstance(mod, nn.Linear):
                 macs[name] = macs.get(name, 0.0) + out.numel() * mod.in_features
             else:  # convolution: each output element costs (in/groups)·k products
-                k = mod.weight[0].numel()
+                k = cast(torch.Tensor, mod.weight)[0].numel()
                 macs[name] = macs.get(name, 0.0) + out.numel() * k
 
         return fn
@@ -51,7 +53,9 @@ def layer_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict
     return macs
 
 
-def run_hooked_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor], hook: Callable[[str], Callable[..., None]]) -> None:
+def run_hooked_layers(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], hook: Callable[[str], Callable[..., None]]
+) -> None:
     """One forward pass with `hook(name)` as a forward hook on every Conv/Linear layer (removed after)."""
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, graph.ROOT_TYPES)]
     try:

@@ -30,11 +30,13 @@ so all use one rule:
   rounds waiting, and 0.347 on the next, quiet, decision; a ResNet-20's wall-clock ratio read 1.8 %
   low beside a CPU hog). The decision records how busy it was; the report says so.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,14 +92,16 @@ class Decision:
 
     def describe(self) -> str:
         unit = "" if self.relative else " ms"
-        return (f"{self.estimate:.4g}{unit} in [{self.low:.4g}, {self.high:.4g}] ({CONFIDENCE:.0%}, {self.rounds} interleaved rounds"
-                f"{f', {self.cpu_rounds} on CPU time' if self.cpu_rounds else ''})")
+        return (
+            f"{self.estimate:.4g}{unit} in [{self.low:.4g}, {self.high:.4g}] ({CONFIDENCE:.0%}, {self.rounds} "
+            f"interleaved rounds{f', {self.cpu_rounds} on CPU time' if self.cpu_rounds else ''})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"resolution": self.resolution, "was_busy": self.was_busy}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Decision":
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -105,9 +109,12 @@ def too_noisy(d: Decision, what: str) -> TooNoisy:
     """The one-line error for a decision the machine's noise left open."""
     unit = "x the baseline" if d.relative else "ms"
     margin = f" (busy: it must end {d.margin:.0%} under it)" if d.margin else ""
-    return TooNoisy(f"machine too noisy to decide: {what} measured {d.estimate:.4g} {unit}, between {d.low:.4g} and {d.high:.4g} "
-                    f"after {d.rounds} interleaved rounds (+-{d.resolution:.1%}), against the budget {d.threshold:.4g}{margin}; other "
-                    f"processes used {d.busy:.0%} of the CPUs; re-run on a quieter machine (the same command resumes where it stopped)")
+    return TooNoisy(
+        f"machine too noisy to decide: {what} measured {d.estimate:.4g} {unit}, between {d.low:.4g} and {d.high:.4g} "
+        f"after {d.rounds} interleaved rounds (+-{d.resolution:.1%}), against the budget {d.threshold:.4g}{margin}; "
+        f"other processes used {d.busy:.0%} of the CPUs; re-run on a quieter "
+        "machine (the same command resumes where it stopped)"
+    )
 
 
 def median_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -141,9 +148,18 @@ def _waited(chunks: Sequence[LatencyStats]) -> bool:
     return wall - cpu > PREEMPTED * wall
 
 
-def decide(runtime: Runtime, candidate: Any, inputs: Sequence[np.ndarray], threshold: float, reference: Any = None,
-           relative: bool = True, statistic: str = "median", warmup: int = 10, chunk: int = 5,
-           max_rounds: int = MAX_ROUNDS) -> tuple[Decision, LatencyStats, LatencyStats | None]:
+def decide(
+    runtime: Runtime,
+    candidate: Any,
+    inputs: Sequence[np.ndarray],
+    threshold: float,
+    reference: Any = None,
+    relative: bool = True,
+    statistic: str = "median",
+    warmup: int = 10,
+    chunk: int = 5,
+    max_rounds: int = MAX_ROUNDS,
+) -> tuple[Decision, LatencyStats, LatencyStats | None]:
     """Time the loaded `candidate` session (and `reference`, alternating) in rounds of `chunk` runs
     each until the interval of the median round figure lies on one side of `threshold` (module
     docstring). Returns the decision and each session's pooled runs. `relative`: a round's figure
@@ -165,7 +181,8 @@ def decide(runtime: Runtime, candidate: Any, inputs: Sequence[np.ndarray], thres
             cand = _figure(chunks[len(sessions) - 1], statistic, on_cpu)
             figures.append(cand / _figure(chunks[0], statistic, on_cpu) if relative and reference is not None else cand)
             for i, c in chunks.items():
-                pooled[i] = c if pooled[i] is None else pooled[i].merged(c)
+                prev = pooled[i]
+                pooled[i] = c if prev is None else prev.merged(c)
                 other_s += c.other_cpu_s
                 wall_s += c.window_s or sum(c.runs_ms) / 1e3
                 cpus = cpus or c.cpus
@@ -179,6 +196,17 @@ def decide(runtime: Runtime, candidate: Any, inputs: Sequence[np.ndarray], thres
         if (verdict != UNDECIDED and len(figures) >= needed) or len(figures) >= max_rounds:
             break
     stats = [dataclasses.replace(s, warmup=warmup) for s in pooled if s is not None]
-    decision = Decision(verdict, estimate, low, high, threshold, len(figures), cpu_rounds, busy, other_s,
-                        relative and reference is not None, margin)
+    decision = Decision(
+        verdict,
+        estimate,
+        low,
+        high,
+        threshold,
+        len(figures),
+        cpu_rounds,
+        busy,
+        other_s,
+        relative and reference is not None,
+        margin,
+    )
     return decision, stats[-1], (stats[0] if reference is not None else None)

@@ -5,11 +5,13 @@ otherwise quiet; training is what parallelizes. So rank 0 runs the measuring sta
 their results (the plan), all ranks run the recovery stage under DistributedDataParallel, and rank 0
 alone measures the final model and writes the outputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 

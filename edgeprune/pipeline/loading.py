@@ -4,6 +4,7 @@ Accepted: a whole module saved with ``torch.save(model)``; a state dict with ``-
 registry name) or ``--arch package.module:factory``; an nn.Module through the Python API. TorchScript
 archives are refused: a scripted graph cannot be restructured by the DependencyGraph.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,9 @@ import importlib
 import inspect
 import math
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import psutil
 import torch
@@ -80,8 +82,10 @@ def parse_example_inputs(text: str) -> tuple[torch.Tensor, ...] | None:
             continue
         high = kind[3:] if kind.startswith("int") else "x"
         if not high.isdigit() and high != "":
-            raise EdgepruneError(f"cannot read input {part!r} of --input-shape; write SHAPE, SHAPE:int or SHAPE:intN "
-                                 "(ids in [0, N)), inputs joined by '+', e.g. 1x128:int30522+1x128:int2")
+            raise EdgepruneError(
+                f"cannot read input {part!r} of --input-shape; write SHAPE, SHAPE:int or SHAPE:intN "
+                "(ids in [0, N)), inputs joined by '+', e.g. 1x128:int30522+1x128:int2"
+            )
         inputs.append(torch.randint(0, int(high or 2), shape, generator=gen))
     return tuple(inputs)
 
@@ -97,8 +101,10 @@ def check_allocatable(shape: Sequence[int], itemsize: int = 8) -> None:
     available = psutil.virtual_memory().available
     if need > available * INPUT_MEMORY_SHARE:
         text = "x".join(map(str, shape))
-        raise EdgepruneError(f"input shape {text} needs {need / 2**30:.3g} GiB for the input tensor alone and its activations many "
-                             f"times more; this machine has {available / 2**30:.3g} GiB available: pass a smaller --input-shape")
+        raise EdgepruneError(
+            f"input shape {text} needs {need / 2**30:.3g} GiB for the input tensor alone and its activations many "
+            f"times more; this machine has {available / 2**30:.3g} GiB available: pass a smaller --input-shape"
+        )
 
 
 def build_arch(arch: str, num_classes: int | None) -> nn.Module:
@@ -111,15 +117,22 @@ def build_arch(arch: str, num_classes: int | None) -> nn.Module:
     if ":" not in arch:
         return models.create(arch, **kwargs)
     mod_name, _, fn_name = arch.partition(":")
-    fix = "--arch must name a function or class that takes no required arguments and returns an nn.Module, e.g. mypackage.models:resnet"
+    fix = (
+        "--arch must name a function or class that takes no required arguments "
+        "and returns an nn.Module, e.g. mypackage.models:resnet"
+    )
     try:
         factory: Callable[..., nn.Module] = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError: ":f"; TypeError: ".relative:f"
-        raise EdgepruneError(f"cannot import --arch {arch!r} ({first_line(err)}); check the module is importable and names a factory") from None
+        raise EdgepruneError(
+            f"cannot import --arch {arch!r} ({first_line(err)}); check the module is importable and names a factory"
+        ) from None
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # not callable, or a builtin without a signature
-        raise EdgepruneError(f"--arch {arch}: {type(factory).__name__} {fn_name} is not a model factory; {fix}") from None
+        raise EdgepruneError(
+            f"--arch {arch}: {type(factory).__name__} {fn_name} is not a model factory; {fix}"
+        ) from None
     accepts = "num_classes" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     try:
         model = factory(**kwargs) if accepts else factory()
@@ -138,14 +151,22 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or shapes:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(shapes)} of another shape (e.g. {shapes[0]}: file {_dims(state[shapes[0]])}, "
-                 f"{arch} {_dims(own[shapes[0]])})" if shapes else ""]
-        fix = ("check --arch names the architecture it was saved from" if missing or unexpected
-               else "check --arch and --num-classes (the file's classifier width is read from its last Linear)")
-        raise EdgepruneError(f"the state dict in {source} does not fit --arch {arch}: keys "
-                             f"{', '.join(p for p in parts if p)}; {fix}")
+        parts = [
+            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+            f"{len(shapes)} of another shape (e.g. {shapes[0]}: file {_dims(state[shapes[0]])}, "
+            f"{arch} {_dims(own[shapes[0]])})"
+            if shapes
+            else "",
+        ]
+        fix = (
+            "check --arch names the architecture it was saved from"
+            if missing or unexpected
+            else "check --arch and --num-classes (the file's classifier width is read from its last Linear)"
+        )
+        raise EdgepruneError(
+            f"the state dict in {source} does not fit --arch {arch}: keys {', '.join(p for p in parts if p)}; {fix}"
+        )
     model.load_state_dict(state)
 
 
@@ -167,15 +188,19 @@ def load_model(
     door = ecosystems.for_arch(arch)
     if path is None:
         if door is None:
-            raise EdgepruneError("no model given; pass a model file or folder, or --arch timm:NAME / torchvision:NAME for random weights")
+            raise EdgepruneError(
+                "no model given; pass a model file or folder, or --arch timm:NAME / torchvision:NAME for random weights"
+            )
         door.require()
         return door.load(None, None, arch, shape, num_classes)
     path = Path(path)
     if path.is_dir():
         door = door or ecosystems.for_path(path)
         if door is None:
-            raise EdgepruneError(f"{path} is a folder without config.json; pass a Hugging Face save_pretrained() folder "
-                                 "(config.json and its weights) or a torch.save()d model file")
+            raise EdgepruneError(
+                f"{path} is a folder without config.json; pass a Hugging Face save_pretrained() folder "
+                "(config.json and its weights) or a torch.save()d model file"
+            )
         door.require()
         return door.load(path, None, arch, shape, num_classes)
     if not path.is_file():
@@ -226,19 +251,32 @@ def _read(path: Path) -> Any:
     except ModuleNotFoundError as err:
         door = ecosystems.for_missing_module(err.name or "")
         if door is not None:
-            raise EdgepruneError(f"{path} is a {door.name} model and {err.name} is not installed here; "
-                                 f"pip install 'edgeprune[{door.extra}]'") from None
-        raise EdgepruneError(f"{path} was saved with the {err.name} package, which is not installed here; install it, "
-                             "or save the model's state_dict and pass --arch") from None
+            raise EdgepruneError(
+                f"{path} is a {door.name} model and {err.name} is not installed here; "
+                f"pip install 'edgeprune[{door.extra}]'"
+            ) from None
+        raise EdgepruneError(
+            f"{path} was saved with the {err.name} package, which is not installed here; install it, "
+            "or save the model's state_dict and pass --arch"
+        ) from None
     except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors all mean "unreadable"
-        raise EdgepruneError(f"cannot read model file {path}: {type(err).__name__}: {first_line(err)}; save it with torch.save()") from None
+        raise EdgepruneError(
+            f"cannot read model file {path}: {type(err).__name__}: {first_line(err)}; save it with torch.save()"
+        ) from None
 
 
-def untrained(arch: str, num_classes: int, input_shape: Sequence[int] | None = None, seed: int = 0) -> LoadedModel:
+def untrained(
+    arch: str, num_classes: int | None, input_shape: Sequence[int] | None = None, seed: int = 0
+) -> LoadedModel:
     """A randomly initialized --arch, for methods that learn the pruned structure from scratch."""
     torch.manual_seed(seed)
-    return from_module(build_arch(arch, num_classes), input_shape=input_shape, arch=arch, num_classes=num_classes,
-                       source=f"{arch} (random initialization, seed {seed})")
+    return from_module(
+        build_arch(arch, num_classes),
+        input_shape=input_shape,
+        arch=arch,
+        num_classes=num_classes,
+        source=f"{arch} (random initialization, seed {seed})",
+    )
 
 
 def from_module(
@@ -251,15 +289,20 @@ def from_module(
 ) -> LoadedModel:
     """Wrap an nn.Module, checking it runs on the example inputs."""
     if example_inputs is None:
-        registered = arch is not None and ":" not in arch
-        if input_shape is None and registered:
-            input_shape = models.default_input_shape(arch)
+        registered = arch if arch is not None and ":" not in arch else None  # a name in edgeprune.models
+        if input_shape is None and registered is not None:
+            input_shape = models.default_input_shape(registered)
         if input_shape is None:
             raise EdgepruneError("the model's input shape is unknown; pass --input-shape, e.g. 1x3x224x224")
         check_allocatable(input_shape)
         gen = torch.Generator().manual_seed(0)
-        tokens = registered and models.takes_tokens(arch)  # a language model: ids 0/1, as runtime_bench/inputs.py draws them
-        example_inputs = (torch.randint(0, 2, tuple(input_shape), generator=gen) if tokens else torch.randn(*input_shape, generator=gen),)
+        # a language model: ids 0/1, as runtime_bench/inputs.py draws them
+        tokens = registered is not None and models.takes_tokens(registered)
+        example_inputs = (
+            torch.randint(0, 2, tuple(input_shape), generator=gen)
+            if tokens
+            else torch.randn(*input_shape, generator=gen),
+        )
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     # Tensors made under torch.inference_mode() cannot be traced or trained: normal copies instead.
@@ -272,8 +315,10 @@ def from_module(
     except Exception as err:  # noqa: BLE001 - any failure here is a shape/model mismatch to report
         shapes = "x".join(str(d) for d in example_inputs[0].shape)
         if isinstance(err, MemoryError) or "allocate" in str(err):
-            raise EdgepruneError(f"the model's activations on input shape {shapes} do not fit in memory "
-                                 f"({type(err).__name__}); pass a smaller --input-shape") from None
+            raise EdgepruneError(
+                f"the model's activations on input shape {shapes} do not fit in memory "
+                f"({type(err).__name__}); pass a smaller --input-shape"
+            ) from None
         raise EdgepruneError(
             f"the model does not run on input shape {shapes} ({type(err).__name__}: {first_line(err)}); "
             "pass the shape it expects with --input-shape"
@@ -309,7 +354,10 @@ def _state_dict_of(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
                 break
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise EdgepruneError(f"{path} holds a {type(obj).__name__}, neither an nn.Module nor a state dict; save the model with torch.save(model)")
+    raise EdgepruneError(
+        f"{path} holds a {type(obj).__name__}, neither an nn.Module nor a "
+        "state dict; save the model with torch.save(model)"
+    )
 
 
 def _classes_from_state(state: Mapping[str, torch.Tensor]) -> int | None:

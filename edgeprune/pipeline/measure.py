@@ -4,11 +4,13 @@ The baseline, every search candidate and the final model all go through `TargetM
 numbers come from the same exporter, the same runtime settings and the same protocol
 (docs/ARCHITECTURE.md, "Measuring"): verified outputs before timing, warm-up, many repeats, median and p90.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,7 +18,6 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
-
 from edgeprune.exporters import OnnxExporter, get_exporter
 from edgeprune.exporters.base import Artifact
 from edgeprune.pipeline.decision import MIN_CHUNK, ROUNDS, Decision, decide
@@ -49,9 +50,11 @@ def check_time_bound(runtime: Runtime, session: Any, inputs: Sequence[np.ndarray
     seconds = probe.median / 1e3 * (warmup + repeats)
     if seconds > MAX_MEASURE_S:
         fits = max(1, int(MAX_MEASURE_S * 1e3 / probe.median) - warmup)
-        raise EdgepruneError(f"--warmup {warmup} + --repeats {repeats} at {probe.median:.3g} ms per run would take about "
-                             f"{seconds / 60:.1f} min per measurement, over the {MAX_MEASURE_S / 60:g} min bound; "
-                             f"use --repeats {fits} or fewer")
+        raise EdgepruneError(
+            f"--warmup {warmup} + --repeats {repeats} at {probe.median:.3g} ms per run would take about "
+            f"{seconds / 60:.1f} min per measurement, over the "
+            f"{MAX_MEASURE_S / 60:g} min bound; use --repeats {fits} or fewer"
+        )
 
 
 class TargetMeasurer:
@@ -76,7 +79,11 @@ class TargetMeasurer:
         self.exporter = exporter or OnnxExporter()
         # a runtime that does not load ONNX (eager PyTorch, ExecuTorch) gets its own file too; the
         # verified ONNX stays what reports describe and what compress publishes
-        self.native = None if runtime.artifact_format == "onnx" else get_exporter(runtime.artifact_format, **runtime.exporter_options())
+        self.native = (
+            None
+            if runtime.artifact_format == "onnx"
+            else get_exporter(runtime.artifact_format, **runtime.exporter_options())
+        )
 
     def export(self, model: nn.Module, path: Path) -> tuple[Artifact, float]:
         """Export and verify against PyTorch; a mismatch over tolerance raises."""
@@ -96,11 +103,13 @@ class TargetMeasurer:
         (the exporter checked the file on its reference backend; a runtime can still differ: its
         own kernels, fusions, precision). Over the runtime's tolerance raises: a latency of a model
         that computes something else does not count."""
-        artifact, _ = self.export(model, self.onnx_path(tag))
+        _artifact, _ = self.export(model, self.onnx_path(tag))
         if self.native is not None:
             self.native.export(model, self.example_inputs, self.target_path(tag))
         m = self.load(tag)
-        diff = check_outputs(self.runtime, self.runtime.run(m.session, self.inputs_np), modelrun.run(model, self.example_inputs))
+        diff = check_outputs(
+            self.runtime, self.runtime.run(m.session, self.inputs_np), modelrun.run(model, self.example_inputs)
+        )
         return dataclasses.replace(m, max_abs_diff=diff)
 
     def onnx_path(self, tag: str) -> Path:
@@ -113,14 +122,18 @@ class TargetMeasurer:
 
     def load(self, tag: str) -> Measurement:
         """Load the already exported (and verified) `tag` on the runtime."""
-        return Measurement(None, float("nan"), Artifact(self.onnx_path(tag), "onnx"), self.runtime.load(str(self.target_path(tag))))
+        return Measurement(
+            None, float("nan"), Artifact(self.onnx_path(tag), "onnx"), self.runtime.load(str(self.target_path(tag)))
+        )
 
     def time(self, m: Measurement) -> Measurement:
         """Time a loaded model; runs pool with any earlier ones (a candidate at the budget's edge)."""
         more = self.runtime.measure(m.session, self.inputs_np, self.warmup, self.repeats)
         return dataclasses.replace(m, stats=more if m.stats is None else m.stats.merged(more))
 
-    def runtime_accuracy(self, m: Measurement, model: nn.Module, loader: Iterable[Any], metric_name: str, metric: Metric) -> dict[str, Any]:
+    def runtime_accuracy(
+        self, m: Measurement, model: nn.Module, loader: Iterable[Any], metric_name: str, metric: Metric
+    ) -> dict[str, Any]:
         """The metric of the loaded model *on the runtime* next to PyTorch's, over every batch of
         `loader` (the validation split), fed in slices of the export's batch size: the accuracy
         effect of int8 or a reduced-precision runtime (bf16, fp16), which an output difference on a
@@ -130,16 +143,35 @@ class TargetMeasurer:
         if on_runtime.samples == 0:
             raise EdgepruneError("the validation data is empty; nothing to evaluate the runtime's accuracy on")
         pytorch_value = metric(model, loader)
-        return {"metric": metric_name, "images": on_runtime.samples, "pytorch": pytorch_value, "runtime": runtime_value,
-                "delta": runtime_value - pytorch_value}
+        return {
+            "metric": metric_name,
+            "images": on_runtime.samples,
+            "pytorch": pytorch_value,
+            "runtime": runtime_value,
+            "delta": runtime_value - pytorch_value,
+        }
 
-    def decide(self, candidate: Measurement, threshold: float, reference: Measurement | None = None, relative: bool = True,
-               statistic: str = "median") -> tuple[Decision, Measurement, Measurement | None]:
+    def decide(
+        self,
+        candidate: Measurement,
+        threshold: float,
+        reference: Measurement | None = None,
+        relative: bool = True,
+        statistic: str = "median",
+    ) -> tuple[Decision, Measurement, Measurement | None]:
         """Over or under `threshold`, timed in rounds interleaved with `reference` until a confidence
         interval decides (decision.py); each measurement comes back with its pooled runs."""
-        d, stats, ref_stats = decide(self.runtime, candidate.session, self.inputs_np, threshold,
-                                     None if reference is None else reference.session, relative, statistic, self.warmup,
-                                     chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)))
+        d, stats, ref_stats = decide(
+            self.runtime,
+            candidate.session,
+            self.inputs_np,
+            threshold,
+            None if reference is None else reference.session,
+            relative,
+            statistic,
+            self.warmup,
+            chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)),
+        )
         ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
         return d, dataclasses.replace(candidate, stats=stats), ref
 
@@ -152,18 +184,25 @@ class TargetMeasurer:
 def check_outputs(runtime: Runtime, got: Sequence[np.ndarray], expected: Sequence[torch.Tensor]) -> float:
     """Max |runtime - PyTorch| over all outputs; raises when over the runtime's atol + rtol x max|output|."""
     if len(got) != len(expected):
-        raise EdgepruneError(f"{runtime.name} returned {len(got)} outputs, PyTorch {len(expected)}; the exported graph is wrong")
+        raise EdgepruneError(
+            f"{runtime.name} returned {len(got)} outputs, PyTorch {len(expected)}; the exported graph is wrong"
+        )
     diff = scale = 0.0
     for g, e in zip(got, expected):
         ref = e.detach().float().numpy()
         if np.shape(g) != ref.shape:
-            raise EdgepruneError(f"{runtime.name} output shape {np.shape(g)} differs from PyTorch's {ref.shape}; the exported graph is wrong")
+            raise EdgepruneError(
+                f"{runtime.name} output shape {np.shape(g)} differs from "
+                f"PyTorch's {ref.shape}; the exported graph is wrong"
+            )
         diff = max(diff, float(np.max(np.abs(np.asarray(g, dtype=np.float64) - ref))) if ref.size else 0.0)
         scale = max(scale, float(np.max(np.abs(ref))) if ref.size else 0.0)
     tol = runtime.atol + runtime.rtol * scale
     if not diff <= tol:  # `not <=` so a NaN difference fails too
-        raise EdgepruneError(f"{runtime.name} output differs from PyTorch by {diff:.3g} (max abs), over its tolerance {tol:.3g} "
-                             f"(atol {runtime.atol:g} + rtol {runtime.rtol:g} x max|output| {scale:.3g}); its latency would not count")
+        raise EdgepruneError(
+            f"{runtime.name} output differs from PyTorch by {diff:.3g} (max abs), over its tolerance {tol:.3g} "
+            f"(atol {runtime.atol:g} + rtol {runtime.rtol:g} x max|output| {scale:.3g}); its latency would not count"
+        )
     return diff
 
 

@@ -15,12 +15,14 @@ alone often fits; at a tight one its fixed costs (quantize/dequantize at the gra
 that do not shrink with the width) can leave float32 pruning the only way there, which is why both
 are searched rather than assumed.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,15 +55,19 @@ class QuantizedMeasurer(TargetMeasurer):
 
     precision = "int8"
 
-    def __init__(self, base: TargetMeasurer, quantizer: Quantizer, calibration: torch.Tensor, check_images: torch.Tensor) -> None:
+    def __init__(
+        self, base: TargetMeasurer, quantizer: Quantizer, calibration: torch.Tensor, check_images: torch.Tensor
+    ) -> None:
         super().__init__(base.runtime, base.example_inputs, base.work_dir, base.warmup, base.repeats, base.exporter)
         self.quantizer = quantizer
         self.batch = int(self.example_inputs[0].shape[0])
         whole = len(calibration) - len(calibration) % self.batch
         self.feeds = [[calibration[i : i + self.batch].numpy()] for i in range(0, whole, self.batch)]
         if not self.feeds:
-            raise EdgepruneError(f"--data gave {len(calibration)} training images; int8 calibration needs at least the export's "
-                                 f"batch of {self.batch} (a few hundred is right); pass more data or use --precision fp32")
+            raise EdgepruneError(
+                f"--data gave {len(calibration)} training images; int8 calibration needs at least the export's "
+                f"batch of {self.batch} (a few hundred is right); pass more data or use --precision fp32"
+            )
         self.check_images = check_images
 
     def onnx_path(self, tag: str) -> Path:
@@ -74,7 +80,9 @@ class QuantizedMeasurer(TargetMeasurer):
         m = self.load(tag)
         check = check_int8(self.runtime, m.session, model, self.check_images, self.batch)
         meta = source.meta | {"precision": "int8", "quantization": how, "int8_check": check}
-        return dataclasses.replace(m, max_abs_diff=check["max_abs_diff"], artifact=dataclasses.replace(m.artifact, meta=meta))
+        return dataclasses.replace(
+            m, max_abs_diff=check["max_abs_diff"], artifact=dataclasses.replace(m.artifact, meta=meta)
+        )
 
 
 def check_int8(runtime: Runtime, session: Any, model: nn.Module, images: torch.Tensor, batch: int) -> dict[str, Any]:
@@ -85,18 +93,27 @@ def check_int8(runtime: Runtime, session: Any, model: nn.Module, images: torch.T
     got_list = [got] if isinstance(got, torch.Tensor) else list(got)
     want = modelrun.run(model, (images,))
     if [tuple(g.shape) for g in got_list] != [tuple(w.shape) for w in want]:
-        raise EdgepruneError(f"{runtime.name}: the int8 model's outputs have shapes {[tuple(g.shape) for g in got_list]}, "
-                             f"PyTorch's {[tuple(w.shape) for w in want]}; the quantized graph is wrong")
+        raise EdgepruneError(
+            f"{runtime.name}: the int8 model's outputs have shapes {[tuple(g.shape) for g in got_list]}, "
+            f"PyTorch's {[tuple(w.shape) for w in want]}; the quantized graph is wrong"
+        )
     err = sum(float(torch.sum((g.double() - w.double()) ** 2)) for g, w in zip(got_list, want))
     ref = sum(float(torch.sum(w.double() ** 2)) for w in want)
     rel = math.sqrt(err / ref) if ref > 0 else (0.0 if err == 0 else math.inf)
     diff = max(float(torch.max(torch.abs(g.double() - w.double()))) for g, w in zip(got_list, want))
     if not rel <= INT8_TOLERANCE:  # `not <=` so a NaN fails too
-        raise EdgepruneError(f"{runtime.name}: the int8 model differs from PyTorch float32 by {rel:.3f} (relative L2 error over "
-                             f"{len(images)} validation images), over the int8 tolerance {INT8_TOLERANCE:g}; its latency would not "
-                             "count: use --precision fp32 (int8 cannot represent this model's activations well)")
-    return {"rel_l2": rel, "max_abs_diff": diff, "images": len(images), "tolerance": INT8_TOLERANCE,
-            "top1_agreement": _agreement(got_list[0], want[0])}
+        raise EdgepruneError(
+            f"{runtime.name}: the int8 model differs from PyTorch float32 by {rel:.3f} (relative L2 error over "
+            f"{len(images)} validation images), over the int8 tolerance {INT8_TOLERANCE:g}; its latency would not "
+            "count: use --precision fp32 (int8 cannot represent this model's activations well)"
+        )
+    return {
+        "rel_l2": rel,
+        "max_abs_diff": diff,
+        "images": len(images),
+        "tolerance": INT8_TOLERANCE,
+        "top1_agreement": _agreement(got_list[0], want[0]),
+    }
 
 
 def _agreement(got: torch.Tensor, want: torch.Tensor) -> float | None:
@@ -122,8 +139,10 @@ def check_images(val: Any, n: int = CHECK_IMAGES) -> torch.Tensor:
 def refuse_int8_inputs(example_inputs: tuple[torch.Tensor, ...]) -> None:
     """int8 is calibrated from --data, which gives one input tensor per sample."""
     if len(example_inputs) != 1:
-        raise EdgepruneError(f"int8 calibration feeds one input tensor from --data and this model takes {len(example_inputs)}; "
-                             "use --precision fp32")
+        raise EdgepruneError(
+            f"int8 calibration feeds one input tensor from --data and this model takes {len(example_inputs)}; "
+            "use --precision fp32"
+        )
 
 
 @dataclasses.dataclass
@@ -150,7 +169,14 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
 
     def done(precision: str, why: str, search: dict[str, Any], probe: dict[str, Any] | None = None) -> dict[str, Any]:
         log(f"  precision: {precision} ({why})")
-        return {"mode": p.mode, "precision": precision, "why": why, "search": search, "int8_unpruned": probe, "tried": tried}
+        return {
+            "mode": p.mode,
+            "precision": precision,
+            "why": why,
+            "search": search,
+            "int8_unpruned": probe,
+            "tried": tried,
+        }
 
     def searched(precision: str, tolerant: bool = False) -> dict[str, Any]:
         """The search at `precision`; with `tolerant`, a search that finds no plan within the budget
@@ -162,8 +188,11 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
                 raise
             tried[precision] = {"error": str(err)}
             return {"error": str(err)}
-        tried[precision] = {"flops_ratio": p.flops(result) / p.baseline_flops, "stop_reason": result["stop_reason"],
-                            "candidates_measured": candidates_measured(result["steps"])}
+        tried[precision] = {
+            "flops_ratio": p.flops(result) / p.baseline_flops,
+            "stop_reason": result["stop_reason"],
+            "candidates_measured": candidates_measured(result["steps"]),
+        }
         return result
 
     if p.mode == "fp32":
@@ -172,11 +201,16 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
         return done("fp32", f"{p.unavailable}; float32", searched("fp32"))
     if p.counted:
         why = "a FLOPs/params budget is counted on the model, and int8 does not change the count"
-        return done(p.mode if p.mode == "int8" else "fp32", why + ("; quantized after pruning as asked" if p.mode == "int8" else ": float32"),
-                    searched("fp32"))
+        return done(
+            p.mode if p.mode == "int8" else "fp32",
+            why + ("; quantized after pruning as asked" if p.mode == "int8" else ": float32"),
+            searched("fp32"),
+        )
     if p.baseline_within:
         if p.mode == "auto":
-            return done("fp32", "the float32 model already meets the budget: nothing to prune or quantize", searched("fp32"))
+            return done(
+                "fp32", "the float32 model already meets the budget: nothing to prune or quantize", searched("fp32")
+            )
         return done("int8", "the float32 model already meets the budget; quantized as asked", searched("fp32"))
     try:
         probe = p.probe()
@@ -187,27 +221,55 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
         return done("fp32", f"int8 of the unpruned model failed: {err}; float32 pruning", searched("fp32"))
     ratio = probe["value"] / p.baseline_value
     if probe["within"]:
-        return done("int8", f"int8 of the unpruned model measured {ratio:.3f} of the float32 baseline: within the budget, "
-                            "no pruning", {"plan": probe["plan"], "steps": [], "stop_reason": "int8 of the unpruned model within budget"}, probe)
+        return done(
+            "int8",
+            f"int8 of the unpruned model measured {ratio:.3f} of the float32 baseline: within the budget, no pruning",
+            {"plan": probe["plan"], "steps": [], "stop_reason": "int8 of the unpruned model within budget"},
+            probe,
+        )
     if p.mode == "int8":
-        return done("int8", f"--precision int8; int8 of the unpruned model measured {ratio:.3f} of the float32 baseline, "
-                            "over the budget: widths searched with int8 candidates", searched("int8"), probe)
+        return done(
+            "int8",
+            f"--precision int8; int8 of the unpruned model measured {ratio:.3f} of the float32 baseline, "
+            "over the budget: widths searched with int8 candidates",
+            searched("int8"),
+            probe,
+        )
     if probe["value"] >= p.baseline_value:
-        return done("fp32", f"int8 of the unpruned model is not faster than float32 on this runtime ({ratio:.3f} of its "
-                            "latency): float32 pruning", searched("fp32"), probe)
+        return done(
+            "fp32",
+            f"int8 of the unpruned model is not faster than float32 on this runtime ({ratio:.3f} of its "
+            "latency): float32 pruning",
+            searched("fp32"),
+            probe,
+        )
     int8, fp32 = searched("int8", tolerant=True), searched("fp32", tolerant=True)
     if "error" in int8 and "error" in fp32:
-        raise EdgepruneError(f"no plan met the budget at either precision: int8: {int8['error']}; float32: {fp32['error']}")
+        raise EdgepruneError(
+            f"no plan met the budget at either precision: int8: {int8['error']}; float32: {fp32['error']}"
+        )
     if "error" in int8:
-        return done("fp32", f"int8 of the unpruned model measured {ratio:.3f} of the float32 baseline, and int8 candidates "
-                            f"could not meet the budget ({int8['error']}): float32 pruning", fp32, probe)
+        return done(
+            "fp32",
+            f"int8 of the unpruned model measured {ratio:.3f} of the float32 baseline, and int8 candidates "
+            f"could not meet the budget ({int8['error']}): float32 pruning",
+            fp32,
+            probe,
+        )
     if "error" in fp32:
         return done("int8", f"float32 pruning could not meet the budget ({fp32['error']}); int8 did", int8, probe)
     kept8, kept32 = tried["int8"]["flops_ratio"], tried["fp32"]["flops_ratio"]
     if kept8 > kept32:
-        return done("int8", f"int8 keeps {kept8:.1%} of the FLOPs within the budget, float32 {kept32:.1%}: the least pruning",
-                    int8, probe)
-    return done("fp32", f"float32 keeps {kept32:.1%} of the FLOPs within the budget, int8 {kept8:.1%}: the least pruning, "
-                        "without int8's own error", fp32, probe)
-
-
+        return done(
+            "int8",
+            f"int8 keeps {kept8:.1%} of the FLOPs within the budget, float32 {kept32:.1%}: the least pruning",
+            int8,
+            probe,
+        )
+    return done(
+        "fp32",
+        f"float32 keeps {kept32:.1%} of the FLOPs within the budget, int8 {kept8:.1%}: the least pruning, "
+        "without int8's own error",
+        fp32,
+        probe,
+    )

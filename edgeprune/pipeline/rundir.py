@@ -12,6 +12,7 @@ the first missing one; different settings start the work folder afresh. The user
 ``OUT/`` are replaced only when a run has finished: all are copied beside their destinations first,
 then moved over them together, so a failed run leaves the previous set intact.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,9 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from edgeprune import atomic
 from edgeprune.errors import EdgepruneError
@@ -45,15 +47,19 @@ def check_out(out: str | Path, inputs: Iterable[str | Path]) -> None:
             continue
         real = src.resolve()
         if real == target or target in real.parents:
-            raise EdgepruneError(f"--out {out} contains the input {given}, which the run's outputs could overwrite; "
-                                 "pick a folder that holds none of your inputs")
+            raise EdgepruneError(
+                f"--out {out} contains the input {given}, which the run's outputs could overwrite; "
+                "pick a folder that holds none of your inputs"
+            )
         if src.is_dir() and real in target.parents:
             raise EdgepruneError(f"--out {out} is inside the input folder {given}; pick a folder outside it")
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir():
         raise EdgepruneError(f"--out {out}: {existing} is a file, so the folder cannot be made; pick another --out")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise EdgepruneError(f"--out {out}: cannot write in {existing} (permission denied); pick a folder you can write to")
+        raise EdgepruneError(
+            f"--out {out}: cannot write in {existing} (permission denied); pick a folder you can write to"
+        )
 
 
 class OutLock:
@@ -72,14 +78,15 @@ class OutLock:
         self._fd: int | None = None
         self.taken_over: dict[str, Any] | None = None  # the holder a killed run left behind, if any
 
-    def acquire(self) -> "OutLock":
+    def acquire(self) -> OutLock:
         while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as err:
-                raise EdgepruneError(f"cannot write in --out {self.path.parent} ({err.strerror}); "
-                                     "pick a folder you can write to") from None
+                raise EdgepruneError(
+                    f"cannot write in --out {self.path.parent} ({err.strerror}); pick a folder you can write to"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -88,18 +95,32 @@ class OutLock:
                     continue
                 holder = _holder(fd)
                 os.close(fd)
-                who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                       f"started {holder.get('started', '?')}: {holder.get('command', '?')}")
-                raise EdgepruneError(f"--out {self.path.parent} is in use by another run ({who}); "
-                                     "wait for it to finish or pick another --out") from None
+                who = (
+                    f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                    f"started {holder.get('started', '?')}: {holder.get('command', '?')}"
+                )
+                raise EdgepruneError(
+                    f"--out {self.path.parent} is in use by another run ({who}); "
+                    "wait for it to finish or pick another --out"
+                ) from None
             if not self._names(fd):  # locked a file its holder deleted on release: lock the new one
                 os.close(fd)
                 continue
             break
         self.taken_over = _holder(fd) or None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+        os.pwrite(
+            fd,
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": " ".join(sys.argv),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            ).encode(),
+            0,
+        )
         self._fd = fd
         return self
 
@@ -187,7 +208,9 @@ class RunDir:
             atomic.write_json(p, result)
         return result, False
 
-    def kept(self, stage: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    def kept(
+        self, stage: str, key: dict[str, Any], compute: Callable[[], dict[str, Any]]
+    ) -> tuple[dict[str, Any], bool]:
         """Like `stage`, for results that depend on less than the whole config (a layerwise
         search's sensitivity map does not depend on the budget): kept in ``OUT/cache/`` under a
         hash of `key`, which a re-run with other settings does not wipe."""

@@ -6,6 +6,7 @@ checks here, before a model is loaded or a file is written: every number in its 
 readable, and the combinations that cannot work (a method or recovery that trains, without
 --data) refused with one line naming the option and the fix.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,9 @@ class Settings:
     unprunable: tuple[str, ...] = ()
     # accuracy and recovery (with --data)
     data: str | None = None
-    recover: str | None = None  # finetune | distill | scratch | adversarial | none; None: the method's default with data
+    recover: str | None = (
+        None  # finetune | distill | scratch | adversarial | none; None: the method's default with data
+    )
     epochs: int | None = None
     steps: int | None = None
     lr: float | None = None  # default: the recovery method's own
@@ -69,7 +72,9 @@ class Settings:
     search: str = "guided"  # a registered Search (search/__init__.py): guided (the default), uniform, layerwise
     analysis_time_s: float = 60.0  # discovering the pruning space; what is not analysed by then is left whole
     precision: str | None = None  # fp32 | int8 | auto (pipeline/precision.py); None: the default, `precision_mode`
-    max_accuracy_drop: float | None = None  # refuse a plan whose accuracy on the runtime falls more than this below the baseline
+    max_accuracy_drop: float | None = (
+        None  # refuse a plan whose accuracy on the runtime falls more than this below the baseline
+    )
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""
@@ -80,8 +85,12 @@ class Settings:
         for name, (option, bound) in BOUNDS.items():
             bound.check(option, getattr(self, name))
         self.unprunable = tuple(self.unprunable)
-        for option, value, allowed in (("--recover", self.recover, RECOVERIES), ("--search", self.search, tuple(SEARCHES.names())),
-                                       ("--depth", self.depth, DEPTHS), ("--precision", self.precision, PRECISIONS)):
+        for option, value, allowed in (
+            ("--recover", self.recover, RECOVERIES),
+            ("--search", self.search, tuple(SEARCHES.names())),
+            ("--depth", self.depth, DEPTHS),
+            ("--precision", self.precision, PRECISIONS),
+        ):
             if value is not None and value not in allowed:
                 raise EdgepruneError(f"{option} {value!r}: use one of {', '.join(allowed)}")
         method = METHODS.get(self.method)
@@ -97,11 +106,15 @@ class Settings:
         if self.data is None and self.metric is not None:
             raise EdgepruneError("--metric needs --data to evaluate on")
         if self.precision in ("int8", "auto") and self.data is None:
-            raise EdgepruneError(f"--precision {self.precision} needs --data: int8 is calibrated on training images and checked on "
-                                 "validation images, never on random inputs; pass --data or use --precision fp32")
+            raise EdgepruneError(
+                f"--precision {self.precision} needs --data: int8 is calibrated on training images and checked on "
+                "validation images, never on random inputs; pass --data or use --precision fp32"
+            )
         if self.max_accuracy_drop is not None and (self.data is None or self.metric is not None):
-            raise EdgepruneError("--max-accuracy-drop needs --data and top-1 (no --metric): it compares the top-1 measured on the "
-                                 "runtime with the baseline's, and a --metric may be better when lower")
+            raise EdgepruneError(
+                "--max-accuracy-drop needs --data and top-1 (no --metric): it compares the top-1 measured on the "
+                "runtime with the baseline's, and a --metric may be better when lower"
+            )
 
     @property
     def recovery(self) -> str:
@@ -120,11 +133,15 @@ class Settings:
         if labelled:
             return self.recovery
         if METHODS.get(self.method).needs_data:
-            raise EdgepruneError(f"--method {self.method} trains on labels and --data {self.data} has none; "
-                                 "use --method l1 (label-free distillation then recovers the model), or give labelled data")
+            raise EdgepruneError(
+                f"--method {self.method} trains on labels and --data {self.data} has none; "
+                "use --method l1 (label-free distillation then recovers the model), or give labelled data"
+            )
         if self.recover not in (None, "distill", "none"):
-            raise EdgepruneError(f"--recover {self.recover} trains on labels and --data {self.data} has none; use --recover distill "
-                                 "(the default without labels: it learns from the unpruned model's outputs) or give labelled data")
+            raise EdgepruneError(
+                f"--recover {self.recover} trains on labels and --data {self.data} has none; use --recover distill "
+                "(the default without labels: it learns from the unpruned model's outputs) or give labelled data"
+            )
         return self.recover or "distill"
 
     @property
@@ -143,5 +160,8 @@ class Settings:
 
     def recovery_options(self, name: str) -> dict[str, Any]:
         """The options of recovery `name` that Settings carries (distillation's, PGD's)."""
-        options = {"distill": {"temperature": self.temperature, "alpha": self.alpha}, "adversarial": {"pgd_steps": self.pgd_steps}}
+        options: dict[str, dict[str, Any]] = {
+            "distill": {"temperature": self.temperature, "alpha": self.alpha},
+            "adversarial": {"pgd_steps": self.pgd_steps},
+        }
         return options.get(name, {})

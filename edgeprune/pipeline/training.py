@@ -4,13 +4,15 @@ The state dict goes to OUT and a recipe (architecture, data, schedule, epochs, a
 full validation split, time, machine) to OUT with a .json suffix, so a committed checkpoint says
 exactly how it was obtained. Resumes from OUT.ckpt after an interruption.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -23,8 +25,17 @@ from edgeprune.pipeline.recovery import TrainConfig, top1, train
 
 
 def train_baseline(
-    arch: str, data_spec: str, out: Path, epochs: int | None, steps: int | None, lr: float, schedule: str,
-    batch_size: int, num_classes: int | None, seed: int, log: Callable[[str], None] = print,
+    arch: str,
+    data_spec: str,
+    out: Path,
+    epochs: int | None,
+    steps: int | None,
+    lr: float,
+    schedule: str,
+    batch_size: int,
+    num_classes: int | None,
+    seed: int,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any] | None:
     """Train and save; returns the recipe on rank 0 (None on the other ranks under torchrun)."""
     ctx = distributed.init_from_env()
@@ -39,22 +50,44 @@ def train_baseline(
         check_fits(data, int(modelrun.run(model, (torch.zeros(shape),))[0].shape[-1]), shape)
     config = TrainConfig(epochs=epochs, steps=steps, lr=lr, schedule=schedule, seed=seed)
     t0 = time.perf_counter()
-    result = train(model, data.train, config, val_loader=data.val, checkpoint=out.with_suffix(".ckpt"),
-                   log=log if ctx.is_rank0 else (lambda line: None), label=f"train {arch}")
+    result = train(
+        model,
+        data.train,
+        config,
+        val_loader=data.val,
+        checkpoint=out.with_suffix(".ckpt"),
+        log=log if ctx.is_rank0 else (lambda line: None),
+        label=f"train {arch}",
+    )
     if not ctx.is_rank0:
         return None
     with atomic.atomic_path(out) as tmp:
         torch.save(model.state_dict(), tmp)
     recipe = {
-        "arch": arch, "num_classes": num_classes or data.num_classes, "data": data.describe(),
+        "arch": arch,
+        "num_classes": num_classes or data.num_classes,
+        "data": data.describe(),
         "input_shape": list(shape) if shape else None,
-        "config": {"epochs": epochs, "steps": steps, "lr": lr, "schedule": schedule, "batch_size": batch_size,
-                   "optimizer": "SGD momentum 0.9 nesterov, weight decay 5e-4 (not on BN/bias)",
-                   "augmentation": "random crop (pad 4) + horizontal flip" if getattr(data.train, "augment", False) else "none",
-                   "seed": seed, "processes": ctx.world_size},
-        "metric": "top1", "test_metric": top1(model, data.val), "epochs_run": len(result.history),
-        "history": result.history, "train_seconds": round(time.perf_counter() - t0, 1),
-        "environment": environment.describe(), "recipe_path": str(out.with_suffix(".json")),
+        "config": {
+            "epochs": epochs,
+            "steps": steps,
+            "lr": lr,
+            "schedule": schedule,
+            "batch_size": batch_size,
+            "optimizer": "SGD momentum 0.9 nesterov, weight decay 5e-4 (not on BN/bias)",
+            "augmentation": "random crop (pad 4) + horizontal flip"
+            if getattr(data.train, "augment", False)
+            else "none",
+            "seed": seed,
+            "processes": ctx.world_size,
+        },
+        "metric": "top1",
+        "test_metric": top1(model, data.val),
+        "epochs_run": len(result.history),
+        "history": result.history,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "environment": environment.describe(),
+        "recipe_path": str(out.with_suffix(".json")),
     }
     atomic.write_json(out.with_suffix(".json"), recipe)
     return recipe
@@ -67,12 +100,14 @@ def check_out(out: Path) -> None:
     folder = Path(out).absolute().parent
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise EdgepruneError(f"--out {out}: {existing} is a file, so the folder for the state dict cannot be made; "
-                             "pick another --out")
+        raise EdgepruneError(
+            f"--out {out}: {existing} is a file, so the folder for the state dict cannot be made; pick another --out"
+        )
     try:
         fd, probe = tempfile.mkstemp(prefix=".edgeprune-write-check.", dir=existing)
     except OSError as err:
-        raise EdgepruneError(f"--out {out}: cannot create a file in {existing} ({err.strerror}); "
-                             "pick a folder you can write to") from None
+        raise EdgepruneError(
+            f"--out {out}: cannot create a file in {existing} ({err.strerror}); pick a folder you can write to"
+        ) from None
     os.close(fd)
     os.unlink(probe)

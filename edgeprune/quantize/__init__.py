@@ -2,6 +2,7 @@
 
 Each backend registers itself on import, so adding one means one file and one line here.
 """
+
 from edgeprune.quantize import nncf_ptq, ort_static  # noqa: F401  (registration)
 from edgeprune.quantize.base import Feed, Quantizer, int8_dot_product, int8_runtimes, quantizer_for
 

@@ -6,12 +6,14 @@ names gets one line, "int8 not available on RUNTIME", instead of a file it canno
 backends call the field's own post-training quantizers (ONNX Runtime's, NNCF): edgeprune chooses
 their settings and checks their output, it does not quantize by hand.
 """
+
 from __future__ import annotations
 
 import abc
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,5 +85,7 @@ def quantizer_for(runtime_name: str) -> Quantizer:
             if not ok:
                 raise EdgepruneError(f"int8 not available on {runtime_name}: {why}")
             return quantizer
-    raise EdgepruneError(f"int8 not available on {runtime_name}: no int8 quantization backend for it (int8 runs on "
-                         f"{', '.join(int8_runtimes())}); use --precision fp32 or one of those runtimes")
+    raise EdgepruneError(
+        f"int8 not available on {runtime_name}: no int8 quantization backend for it (int8 runs on "
+        f"{', '.join(int8_runtimes())}); use --precision fp32 or one of those runtimes"
+    )

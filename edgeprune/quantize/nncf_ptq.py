@@ -7,13 +7,15 @@ file, so `compress bench` and `check` time it like any other. NNCF is part of th
 extra; without it int8 on openvino-cpu is refused with that reason. OpenVINO must report INT8
 among the CPU's optimization capabilities, else int8 would run emulated.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgeprune.atomic import atomic_path
 from edgeprune.errors import EdgepruneError, first_line
@@ -46,9 +48,13 @@ class NncfQuantizer(Quantizer):
         dataset = nncf.Dataset([dict(zip(names, feed)) for feed in calibration])
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
-                quantized = nncf.quantize(model, dataset, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU)
+                quantized = nncf.quantize(
+                    model, dataset, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU
+                )
         except Exception as e:  # NNCF raises assorted types for graphs it cannot quantize
-            raise EdgepruneError(f"{source}: NNCF could not quantize it to int8 ({first_line(e)}); use --precision fp32") from e
+            raise EdgepruneError(
+                f"{source}: NNCF could not quantize it to int8 ({first_line(e)}); use --precision fp32"
+            ) from e
         with atomic_path(out) as dest:
             onnx.save(quantized, str(dest))
         return self.settings()
@@ -56,5 +62,9 @@ class NncfQuantizer(Quantizer):
     def settings(self) -> dict[str, Any]:
         import nncf
 
-        return super().settings() | {"format": "QDQ (ONNX)", "preset": "performance (CPU)", "nncf": nncf.__version__,
-                                     "int8_dot_product": int8_dot_product() or "none reported"}
+        return super().settings() | {
+            "format": "QDQ (ONNX)",
+            "preset": "performance (CPU)",
+            "nncf": nncf.__version__,
+            "int8_dot_product": int8_dot_product() or "none reported",
+        }

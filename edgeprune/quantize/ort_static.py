@@ -7,12 +7,14 @@ are collected. QDQ keeps the file a standard ONNX graph that every ORT build (an
 converter) fuses into int8 kernels. Measured on a CPU with AVX-512 VNNI (1 thread): the trained
 CIFAR ResNet-20 ran at 0.45x its float32 latency on ort-cpu, 0.25x on ort-mobile (ARM graph).
 """
+
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from edgeprune.atomic import atomic_path
 from edgeprune.errors import EdgepruneError, first_line
@@ -38,7 +40,13 @@ class OrtStaticQuantizer(Quantizer):
         return True, ""
 
     def quantize(self, source: Path, calibration: Sequence[Feed], out: Path) -> dict[str, Any]:
-        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         class Reader(CalibrationDataReader):  # ORT pulls the calibration batches one at a time
@@ -55,7 +63,7 @@ class OrtStaticQuantizer(Quantizer):
             note = ""
             try:
                 quant_pre_process(str(source), str(pre))
-            except Exception as e:  # symbolic shape inference fails on some graphs; quantizing the raw graph still works
+            except Exception as e:  # noqa: BLE001 - shape inference fails on some graphs; the raw graph still quantizes
                 note = f"quant_pre_process failed ({first_line(e)}); quantized the exported graph as it is"
                 pre = source
             names = _input_names(pre)
@@ -63,20 +71,32 @@ class OrtStaticQuantizer(Quantizer):
             logging.getLogger().setLevel(max(quiet, logging.ERROR))  # ORT's quantizer logs every op it skips
             try:
                 with atomic_path(out) as dest:
-                    quantize_static(str(pre), str(dest), Reader(names), quant_format=QuantFormat.QDQ, per_channel=True,
-                                    reduce_range=self.reduce_range, activation_type=QuantType.QUInt8,
-                                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                    quantize_static(
+                        str(pre),
+                        str(dest),
+                        Reader(names),
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=True,
+                        reduce_range=self.reduce_range,
+                        activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                    )
             except Exception as e:  # ORT raises assorted types for graphs it cannot quantize
-                raise EdgepruneError(f"{source}: ONNX Runtime could not quantize it to int8 ({first_line(e)}); "
-                                     "use --precision fp32") from e
+                raise EdgepruneError(
+                    f"{source}: ONNX Runtime could not quantize it to int8 ({first_line(e)}); use --precision fp32"
+                ) from e
             finally:
                 logging.getLogger().setLevel(quiet)
         return self.settings() | ({"pre_process": note} if note else {"pre_process": "quant_pre_process"})
 
     def settings(self) -> dict[str, Any]:
         return super().settings() | {
-            "format": "QDQ", "weights": "int8, symmetric, per channel", "activations": "uint8, asymmetric, per tensor",
-            "calibration": "MinMax", "reduce_range": self.reduce_range,
+            "format": "QDQ",
+            "weights": "int8, symmetric, per channel",
+            "activations": "uint8, asymmetric, per tensor",
+            "calibration": "MinMax",
+            "reduce_range": self.reduce_range,
             "int8_dot_product": self.dot_product or ("none (x86 without VNNI)" if is_x86() else "not x86"),
         }
 

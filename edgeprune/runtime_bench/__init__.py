@@ -2,8 +2,17 @@
 
 Each runtime module registers itself on import, so adding one means one file and one line here.
 """
+
 from edgeprune.runtime_bench import (  # noqa: F401  (registration)
-    executorch_xnnpack, openvino_cpu, ort_cpu, ort_cuda, ort_mobile, remote, tensorrt, torch_cpu, torch_cuda,
+    executorch_xnnpack,
+    openvino_cpu,
+    ort_cpu,
+    ort_cuda,
+    ort_mobile,
+    remote,
+    tensorrt,
+    torch_cpu,
+    torch_cuda,
 )
 from edgeprune.runtime_bench.base import LatencyStats, Runtime
 from edgeprune.runtime_bench.registry import get_runtime, runtime_names

@@ -22,6 +22,7 @@ Protocol: POST /measure?runtime=NAME&threads=N&warmup=W&repeats=R with an .npz b
 (LatencyStats, runs included; absent when repeats=0), `outputs` (base64 .npz of the outputs on
 the given inputs) and `settings`. GET /runtimes lists this host's runtimes and machine.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,9 +35,10 @@ import json
 import queue
 import tempfile
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -115,9 +117,13 @@ class Agent:
         """Run on the worker thread only (via `submit`)."""
         name = params.get("runtime", "ort-cpu")
         if name.partition(":")[0] not in onnx_runtimes():
-            raise _Refused(400, f"runtime {name!r} is not offered by this agent; choose one of: {', '.join(onnx_runtimes())}")
-        threads, warmup, repeats = (_int(params, k, d, hi) for k, d, hi in (("threads", 1, MAX_THREADS), ("warmup", 10, MAX_WARMUP),
-                                                                              ("repeats", 50, MAX_REPEATS)))
+            raise _Refused(
+                400, f"runtime {name!r} is not offered by this agent; choose one of: {', '.join(onnx_runtimes())}"
+            )
+        threads, warmup, repeats = (
+            _int(params, k, d, hi)
+            for k, d, hi in (("threads", 1, MAX_THREADS), ("warmup", 10, MAX_WARMUP), ("repeats", 50, MAX_REPEATS))
+        )
         model, inputs = _unpack(body)
         try:
             runtime = get_runtime(name, threads=threads)
@@ -147,9 +153,14 @@ class Agent:
         except EdgepruneError as err:
             raise _Refused(400, first_line(err)) from None
         buf = io.BytesIO()
-        np.savez(buf, **{f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)})
-        return {"stats": stats.to_dict(with_runs=True) if stats else None, "outputs": base64.b64encode(buf.getvalue()).decode(),
-                "settings": runtime.settings(), "sha256": digest}
+        arrays: dict[str, Any] = {f"output_{i}": np.asarray(o) for i, o in enumerate(outputs)}
+        np.savez(buf, **arrays)
+        return {
+            "stats": stats.to_dict(with_runs=True) if stats else None,
+            "outputs": base64.b64encode(buf.getvalue()).decode(),
+            "settings": runtime.settings(),
+            "sha256": digest,
+        }
 
 
 def _int(params: dict[str, str], key: str, default: int, high: int) -> int:
@@ -169,11 +180,15 @@ def _unpack(body: bytes) -> tuple[bytes, list[np.ndarray]]:
         with np.load(io.BytesIO(body), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as err:  # noqa: BLE001 - zip/format errors all mean "not an npz"
-        raise _Refused(400, f"the body is not an .npz archive ({first_line(err)}); send model + input_0.. as np.savez does") from None
+        raise _Refused(
+            400, f"the body is not an .npz archive ({first_line(err)}); send model + input_0.. as np.savez does"
+        ) from None
     model = arrays.pop("model", None)
     if model is None or model.dtype != np.uint8:
         raise _Refused(400, "the .npz has no uint8 array 'model' holding the ONNX file's bytes")
-    names = sorted(arrays, key=lambda k: int(k.split("_")[-1]) if k.startswith("input_") and k.split("_")[-1].isdigit() else -1)
+    names = sorted(
+        arrays, key=lambda k: int(k.split("_")[-1]) if k.startswith("input_") and k.split("_")[-1].isdigit() else -1
+    )
     if not names or any(not (k.startswith("input_") and k[6:].isdigit()) for k in names):
         raise _Refused(400, f"inputs must be named input_0, input_1, ...; got {sorted(arrays) or 'none'}")
     return model.tobytes(), [arrays[k] for k in names]
@@ -185,7 +200,7 @@ def make_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgeprune-agent"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:  # the base class's name
             print(f"[agent] {self.address_string()} {format % args}", flush=True)
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
@@ -224,10 +239,10 @@ def make_server(agent: Agent, host: str, port: int) -> ThreadingHTTPServer:
                 raise _Refused(413, f"upload of {int(length)} bytes is over this agent's limit of {agent.max_upload}")
             return self.rfile.read(int(length))
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:  # http.server's naming
             self._route("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._route("POST")
 
     return ThreadingHTTPServer((host, port), Handler)

@@ -4,13 +4,15 @@ A runtime is one file in this package implementing `Runtime`; `registry.py` maps
 ``ort-cpu`` to them. Statistics follow ../shared/BENCHMARKING.md: warm-up, many repeats, median
 and p90, the spread, and how busy the rest of the machine was while we measured.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import psutil
@@ -65,8 +67,15 @@ class LatencyStats:
         return "; ".join(reasons) or None
 
     @classmethod
-    def from_runs(cls, runs_ms: Sequence[float], warmup: int, other_cpu_s: float = 0.0, cpus: int = 0,
-                  cpu_ms: Sequence[float] = (), window_s: float = 0.0) -> "LatencyStats":
+    def from_runs(
+        cls,
+        runs_ms: Sequence[float],
+        warmup: int,
+        other_cpu_s: float = 0.0,
+        cpus: int = 0,
+        cpu_ms: Sequence[float] = (),
+        window_s: float = 0.0,
+    ) -> LatencyStats:
         arr = np.asarray(runs_ms, dtype=np.float64)
         return cls(
             median=float(np.median(arr)),
@@ -82,19 +91,28 @@ class LatencyStats:
             window_s=window_s,
         )
 
-    def merged(self, other: "LatencyStats") -> "LatencyStats":
+    def merged(self, other: LatencyStats) -> LatencyStats:
         """Pool the runs of two measurements of the same model (a re-measure at the budget edge)."""
         return LatencyStats.from_runs(
-            self.runs_ms + other.runs_ms, self.warmup + other.warmup, self.other_cpu_s + other.other_cpu_s, self.cpus or other.cpus,
+            self.runs_ms + other.runs_ms,
+            self.warmup + other.warmup,
+            self.other_cpu_s + other.other_cpu_s,
+            self.cpus or other.cpus,
             self.cpu_ms + other.cpu_ms if self.cpu_ms and other.cpu_ms else (),
             self.window_s + other.window_s if self.window_s and other.window_s else 0.0,
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatencyStats":
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
         """Back from `to_dict(with_runs=True)` (a stage file, a remote agent's answer)."""
-        return cls.from_runs(d["runs_ms"], d["warmup"], d.get("other_cpu_s", 0.0), d.get("cpus", 0), d.get("cpu_ms", ()),
-                             d.get("window_s", 0.0))
+        return cls.from_runs(
+            d["runs_ms"],
+            d["warmup"],
+            d.get("other_cpu_s", 0.0),
+            d.get("cpus", 0),
+            d.get("cpu_ms", ()),
+            d.get("window_s", 0.0),
+        )
 
     def to_dict(self, with_runs: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -140,7 +158,12 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> LatencyStats
 
 
 def interleave(
-    runtime: "Runtime", sessions: Sequence[Any], inputs: Sequence[Sequence[np.ndarray]], warmup: int, repeats: int, rounds: int = 10
+    runtime: Runtime,
+    sessions: Sequence[Any],
+    inputs: Sequence[Sequence[np.ndarray]],
+    warmup: int,
+    repeats: int,
+    rounds: int = 10,
 ) -> list[LatencyStats]:
     """Time several loaded models alternately (A B A B ...) and pool each one's runs.
 
@@ -155,7 +178,8 @@ def interleave(
     for _ in range(rounds):
         for i, (session, x) in enumerate(zip(sessions, inputs)):
             s = runtime.measure(session, x, 0, chunk)
-            pooled[i] = s if pooled[i] is None else pooled[i].merged(s)
+            prev = pooled[i]
+            pooled[i] = s if prev is None else prev.merged(s)
     return [dataclasses.replace(s, warmup=warmup) for s in pooled if s is not None]
 
 
@@ -236,4 +260,3 @@ class Runtime(abc.ABC):
     def settings(self) -> dict[str, Any]:
         """What the report records about how this runtime was configured."""
         return {"runtime": self.name, "threads": self.threads}
-

@@ -5,9 +5,11 @@ C++ runtime and XNNPACK kernels an Android or iOS app links, here on the host CP
 the deployable program on this machine, not of a phone. Optional extra: `pip install
 'edgeprune[mobile]'`; without it the runtime is unavailable with that reason.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,7 +47,7 @@ class ExecuTorchRuntime(Runtime):
         _set_threads(self.threads)
         try:
             return EtRuntime.get().load_program(str(path)).load_method("forward")
-        except Exception as err:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError for any bad program
+        except Exception as err:  # the runtime raises RuntimeError/ValueError for any bad program
             raise EdgepruneError(f"{path}: ExecuTorch cannot load it ({first_line(err)}); re-export the model") from err
 
     def _tensors(self, inputs: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -59,8 +61,10 @@ class ExecuTorchRuntime(Runtime):
         try:
             outs = session.execute(self._tensors(inputs))
         except Exception as err:  # noqa: BLE001
-            raise EdgepruneError(f"ExecuTorch could not run the program on inputs of shape "
-                                 f"{[tuple(np.shape(x)) for x in inputs]}: {first_line(err)}") from None
+            raise EdgepruneError(
+                f"ExecuTorch could not run the program on inputs of shape "
+                f"{[tuple(np.shape(x)) for x in inputs]}: {first_line(err)}"
+            ) from None
         return [o.float().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in outs]
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:

@@ -3,18 +3,25 @@
 `compress bench` and `compress check` time a model file on its own, without the PyTorch module, so
 inputs come from the graph; a dynamic dimension needs `--input-shape`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import onnx
 
 from edgeprune.errors import EdgepruneError, first_line
 
-_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
-           onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8}
+_DTYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.UINT8: np.uint8,
+}
 
 
 def example_inputs_for(path: str | Path, input_shape: Sequence[int] | None = None, seed: int = 0) -> list[np.ndarray]:
@@ -32,10 +39,16 @@ def example_inputs_for(path: str | Path, input_shape: Sequence[int] | None = Non
         if input_shape is not None and k == 0:
             dims = list(input_shape)
         if any(d is None or d <= 0 for d in dims):
-            raise EdgepruneError(f"input {spec.name!r} of {path} has dynamic shape {dims}; pass --input-shape, e.g. 1x3x224x224")
+            raise EdgepruneError(
+                f"input {spec.name!r} of {path} has dynamic shape {dims}; pass --input-shape, e.g. 1x3x224x224"
+            )
         dtype = _DTYPES.get(t.elem_type)
         if dtype is None:
             raise EdgepruneError(f"input {spec.name!r} of {path} has an unsupported element type {t.elem_type}")
-        arrays.append(rng.standard_normal(dims).astype(dtype) if np.issubdtype(dtype, np.floating)
-                      else rng.integers(0, 2, size=dims).astype(dtype))
+        shape = [d for d in dims if d is not None]  # all of them (checked above)
+        arrays.append(
+            rng.standard_normal(shape).astype(dtype)
+            if np.issubdtype(dtype, np.floating)
+            else rng.integers(0, 2, size=shape).astype(dtype)
+        )
     return arrays

@@ -8,9 +8,11 @@ without bf16 units, where OpenVINO would emulate it; its output difference is re
 against a looser tolerance). One stream, a latency hint and `threads` inference threads match the
 other runtimes' single-request protocol.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +58,12 @@ class OpenVinoCpuRuntime(Runtime):
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": self.threads,
-                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+        config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "INFERENCE_NUM_THREADS": self.threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         try:
             compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError with a multi-line C++ message for any defect
@@ -77,7 +83,13 @@ class OpenVinoCpuRuntime(Runtime):
     def settings(self) -> dict[str, Any]:
         import openvino as ov
 
-        return {**super().settings(), "precision": self.precision, "streams": 1, "hint": "LATENCY", "openvino": ov.__version__}
+        return {
+            **super().settings(),
+            "precision": self.precision,
+            "streams": 1,
+            "hint": "LATENCY",
+            "openvino": ov.__version__,
+        }
 
 
 def _check_inputs(session: Any, inputs: Sequence[np.ndarray]) -> None:
@@ -88,5 +100,7 @@ def _check_inputs(session: Any, inputs: Sequence[np.ndarray]) -> None:
     for spec, value in zip(expected, inputs):
         shape = spec.get_partial_shape()
         if shape.is_static and tuple(shape.to_shape()) != tuple(np.shape(value)):
-            raise EdgepruneError(f"input {spec.get_any_name()!r}: the model expects shape {tuple(shape.to_shape())}, "
-                                 f"got {tuple(np.shape(value))}; pass inputs of the shape the model was exported with")
+            raise EdgepruneError(
+                f"input {spec.get_any_name()!r}: the model expects shape {tuple(shape.to_shape())}, "
+                f"got {tuple(np.shape(value))}; pass inputs of the shape the model was exported with"
+            )

@@ -5,9 +5,11 @@ timing with less would misstate what a deployment gets. One inter-op thread and 
 execution keep timings stable on the shared 2-core hosts; intra-op threads come from `threads`.
 onnxruntime is imported lazily so a missing install shows up in `available()`, not at import.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +23,15 @@ _PROVIDER = "CPUExecutionProvider"
 _NUMPY_DTYPES: dict[str, np.dtype] = {
     f"tensor({onnx_name})": np.dtype(np_name)
     for onnx_name, np_name in [
-        ("float", "float32"), ("double", "float64"), ("float16", "float16"),
-        ("int64", "int64"), ("int32", "int32"), ("int16", "int16"), ("int8", "int8"),
-        ("uint8", "uint8"), ("bool", "bool"),
+        ("float", "float32"),
+        ("double", "float64"),
+        ("float16", "float16"),
+        ("int64", "int64"),
+        ("int32", "int32"),
+        ("int16", "int16"),
+        ("int8", "int8"),
+        ("uint8", "uint8"),
+        ("bool", "bool"),
     ]
 }
 
@@ -58,8 +66,10 @@ class OrtCpuRuntime(Runtime):
                 "re-export it, the file may be truncated or not ONNX"
             ) from e
         if session.get_providers()[0] != self.provider:  # onnxruntime-gpu falls back to the CPU silently
-            raise EdgepruneError(f"onnxruntime ran {path.name} on {session.get_providers()[0]}, not {self.provider}; "
-                                 "its latency would not be the target's")
+            raise EdgepruneError(
+                f"onnxruntime ran {path.name} on {session.get_providers()[0]}, not {self.provider}; "
+                "its latency would not be the target's"
+            )
         return session
 
     def session_options(self) -> Any:
@@ -111,7 +121,8 @@ def _feed(session: Any, inputs: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         value = np.asarray(value)
         want_shape = tuple(spec.shape)
         shape_ok = len(want_shape) == value.ndim and all(
-            not isinstance(w, int) or w == g for w, g in zip(want_shape, value.shape)  # str/None: dynamic dim
+            not isinstance(w, int) or w == g
+            for w, g in zip(want_shape, value.shape)  # str/None: dynamic dim
         )
         if not shape_ok:
             raise EdgepruneError(

@@ -5,6 +5,7 @@ is available only when the CUDA provider is present *and* a GPU is visible, and 
 checked to really run on the CUDA provider before its latency counts (ort_cpu.py). Timing is
 host-side around `session.run`, which returns only after the outputs are copied back to the host.
 """
+
 from __future__ import annotations
 
 from edgeprune.runtime_bench.ort_cpu import OrtCpuRuntime

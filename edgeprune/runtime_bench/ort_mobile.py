@@ -7,6 +7,7 @@ the mobile runtime loads it: ORT model format, bytes used in place, `threads` in
 sequential execution. Measured here (ResNet-18-like / MobileNetV2-like at 224x224, 1 thread) it runs
 1.5-2.5x slower than ``ort-cpu`` on the same host: the latency of the portable graph, not of a phone.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,7 +39,9 @@ class OrtMobileRuntime(OrtCpuRuntime):
 
     def available(self) -> tuple[bool, str]:
         ok, why = super().available()
-        if ok and importlib.util.find_spec("onnx") is None:  # onnxruntime's converter imports it (the agent image lacks it)
+        if (
+            ok and importlib.util.find_spec("onnx") is None
+        ):  # onnxruntime's converter imports it (the agent image lacks it)
             return False, "the .ort conversion (onnxruntime's converter) needs the onnx package; pip install onnx"
         return ok, why
 
@@ -48,14 +51,26 @@ class OrtMobileRuntime(OrtCpuRuntime):
         with tempfile.TemporaryDirectory(dir=onnx_path.parent) as tmp:
             src = Path(tmp) / "model.onnx"
             shutil.copyfile(onnx_path, src)  # the converter names its output after the real file
-            cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src), "--output_dir", tmp,
-                   "--optimization_style", "Fixed", "--target_platform", self.target_platform]
+            cmd = [
+                sys.executable,
+                "-m",
+                "onnxruntime.tools.convert_onnx_models_to_ort",
+                str(src),
+                "--output_dir",
+                tmp,
+                "--optimization_style",
+                "Fixed",
+                "--target_platform",
+                self.target_platform,
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True)
             converted = Path(tmp) / "model.ort"
             if done.returncode != 0 or not converted.is_file():
                 reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                raise EdgepruneError(f"{onnx_path}: conversion to the .ort format failed ({first_line(reason)}); "
-                                     "the model may use an operator ORT Mobile lacks")
+                raise EdgepruneError(
+                    f"{onnx_path}: conversion to the .ort format failed ({first_line(reason)}); "
+                    "the model may use an operator ORT Mobile lacks"
+                )
             converted.replace(out)  # same folder, so the rename is atomic
         return out
 
@@ -71,13 +86,20 @@ class OrtMobileRuntime(OrtCpuRuntime):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             return ort.InferenceSession(str(ort_path), sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - any load failure means an unusable .ort file
+        except Exception as e:  # any load failure means an unusable .ort file
             raise EdgepruneError(f"{ort_path}: onnxruntime cannot load the .ort model ({first_line(e)})") from e
 
     def settings(self) -> dict[str, Any]:
         import onnxruntime as ort
 
-        return {"runtime": self.name, "threads": self.threads, "format": "ORT (flatbuffer)", "optimization_style": "Fixed",
-                "load_time_optimization": "none",
-                "target_platform": self.target_platform, "inter_op_threads": 1, "execution_mode": "sequential",
-                "onnxruntime": ort.__version__}
+        return {
+            "runtime": self.name,
+            "threads": self.threads,
+            "format": "ORT (flatbuffer)",
+            "optimization_style": "Fixed",
+            "load_time_optimization": "none",
+            "target_platform": self.target_platform,
+            "inter_op_threads": 1,
+            "execution_mode": "sequential",
+            "onnxruntime": ort.__version__,
+        }

@@ -1,4 +1,5 @@
 """Runtime names (``ort-cpu``, ...) mapped to `Runtime` classes; callers go through `get_runtime`."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ start) and returns the outputs, which the pipeline checks against PyTorch like a
 token comes from EDGEPRUNE_AGENT_TOKEN, the file named by EDGEPRUNE_AGENT_TOKEN_FILE, or a secret
 mounted at /run/secrets/edgeprune_token.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,8 +16,9 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +41,16 @@ def agent_token() -> str:
     """The shared token from the environment (the variable itself, or a file it names), else from
     the mounted secret DEFAULT_TOKEN_FILE when there is one."""
     token = os.environ.get("EDGEPRUNE_AGENT_TOKEN", "").strip()
-    path = os.environ.get("EDGEPRUNE_AGENT_TOKEN_FILE") or (str(DEFAULT_TOKEN_FILE) if DEFAULT_TOKEN_FILE.is_file() else None)
+    path = os.environ.get("EDGEPRUNE_AGENT_TOKEN_FILE") or (
+        str(DEFAULT_TOKEN_FILE) if DEFAULT_TOKEN_FILE.is_file() else None
+    )
     if not token and path:
         try:
             token = Path(path).read_text(encoding="utf-8").strip()
         except OSError as err:
-            raise EdgepruneError(f"cannot read the agent token file {path}: {err.strerror}; check EDGEPRUNE_AGENT_TOKEN_FILE") from None
+            raise EdgepruneError(
+                f"cannot read the agent token file {path}: {err.strerror}; check EDGEPRUNE_AGENT_TOKEN_FILE"
+            ) from None
     return token
 
 
@@ -60,15 +66,21 @@ class RemoteRuntime(Runtime):
         address, _, self.inner = target.partition("/")
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit() or not self.inner:
-            raise EdgepruneError(f"remote runtime {target!r}: write it as remote:HOST:PORT/RUNTIME, e.g. remote:10.0.0.7:8765/ort-cpu")
+            raise EdgepruneError(
+                f"remote runtime {target!r}: write it as remote:HOST:PORT/RUNTIME, e.g. remote:10.0.0.7:8765/ort-cpu"
+            )
         self.url = f"http://{host}:{port}"
         self.token = token if token is not None else agent_token()
         self._remote_settings: dict[str, Any] = {}
         self._max_upload: int | None = None  # the agent's limit, learned from /runtimes
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> dict[str, Any]:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/octet-stream"})
+        req = urllib.request.Request(
+            self.url + path,
+            data=body,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/octet-stream"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
                 return json.loads(resp.read())
@@ -80,7 +92,9 @@ class RemoteRuntime(Runtime):
             raise EdgepruneError(f"agent at {self.url} refused: {message} (HTTP {err.code})") from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise EdgepruneError(f"cannot reach the agent at {self.url} ({first_line(reason)}); is `compress agent` running there?") from None
+            raise EdgepruneError(
+                f"cannot reach the agent at {self.url} ({first_line(reason)}); is `compress agent` running there?"
+            ) from None
 
     def available(self) -> tuple[bool, str]:
         if not self.token:
@@ -104,11 +118,14 @@ class RemoteRuntime(Runtime):
 
     def _measure(self, session: _Upload, inputs: Sequence[np.ndarray], warmup: int, repeats: int) -> dict[str, Any]:
         buf = io.BytesIO()
-        np.savez(buf, model=np.frombuffer(session.model, dtype=np.uint8), **{f"input_{i}": np.asarray(x) for i, x in enumerate(inputs)})
+        arrays: dict[str, Any] = {f"input_{i}": np.asarray(x) for i, x in enumerate(inputs)}
+        np.savez(buf, model=np.frombuffer(session.model, dtype=np.uint8), **arrays)
         if self._max_upload is not None and buf.tell() > self._max_upload:
             # the agent would refuse it before reading; say so here rather than as a broken connection
-            raise EdgepruneError(f"the upload ({buf.tell()} bytes) is over the agent's limit of {self._max_upload} bytes; "
-                                 "raise it with `compress agent --max-upload-mb`")
+            raise EdgepruneError(
+                f"the upload ({buf.tell()} bytes) is over the agent's limit of {self._max_upload} bytes; "
+                "raise it with `compress agent --max-upload-mb`"
+            )
         query = f"/measure?runtime={self.inner}&threads={self.threads}&warmup={warmup}&repeats={repeats}"
         answer = self._call("POST", query, buf.getvalue())
         self._remote_settings = answer.get("settings", {})
@@ -123,5 +140,8 @@ class RemoteRuntime(Runtime):
         return LatencyStats.from_dict(self._measure(session, inputs, warmup, max(repeats, 1))["stats"])
 
     def settings(self) -> dict[str, Any]:
-        return {"runtime": f"remote:{self.url.removeprefix('http://')}/{self.inner}", "threads": self.threads,
-                "agent": self._remote_settings}
+        return {
+            "runtime": f"remote:{self.url.removeprefix('http://')}/{self.inner}",
+            "threads": self.threads,
+            "agent": self._remote_settings,
+        }

@@ -6,9 +6,11 @@ engine on the current stream and synchronizes. Timing uses CUDA events around th
 Unavailable, with the reason, where TensorRT or a GPU is missing: that is every machine this
 project has been run on so far, so this runtime has not been run yet.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -76,9 +78,12 @@ class TensorRtRuntime(Runtime):
 
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise EdgepruneError(f"{path}: TensorRT cannot deserialize it (built for another GPU or TensorRT version?); rebuild it here")
+            raise EdgepruneError(
+                f"{path}: TensorRT cannot deserialize it (built for another GPU or TensorRT version?); rebuild it here"
+            )
         context = engine.create_execution_context()
-        inputs, outputs = [], []
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = torch.from_numpy(np.zeros(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype

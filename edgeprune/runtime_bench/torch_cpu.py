@@ -4,10 +4,12 @@ The reference every other runtime is compared with, and what a Python service th
 module directly gets. Runs under `torch.inference_mode()` with `threads` intra-op threads (set for
 the process while a measurement runs, then restored).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +37,10 @@ class TorchCpuRuntime(Runtime):
         path = self.checked_path(artifact_path)
         try:
             model = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - pickle/zip/IO errors all mean "not a saved module"
-            raise EdgepruneError(f"{path}: cannot load the saved module ({first_line(e)}); save it with torch.save(model)") from e
+        except Exception as e:  # pickle/zip/IO errors all mean "not a saved module"
+            raise EdgepruneError(
+                f"{path}: cannot load the saved module ({first_line(e)}); save it with torch.save(model)"
+            ) from e
         if not isinstance(model, torch.nn.Module):
             raise EdgepruneError(f"{path} holds a {type(model).__name__}, not an nn.Module")
         return model.to(self.device).eval()
@@ -66,7 +70,9 @@ class TorchCpuRuntime(Runtime):
             try:
                 out = session(*self._tensors(inputs))
             except RuntimeError as e:
-                raise EdgepruneError(f"the model does not run on inputs of shape {[tuple(x.shape) for x in inputs]}: {first_line(e)}") from None
+                raise EdgepruneError(
+                    f"the model does not run on inputs of shape {[tuple(x.shape) for x in inputs]}: {first_line(e)}"
+                ) from None
             return [t.float().cpu().numpy() for t in flatten_outputs(out)]
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
@@ -79,4 +85,9 @@ class TorchCpuRuntime(Runtime):
     def settings(self) -> dict[str, Any]:
         import torch
 
-        return {**super().settings(), "device": self.device, "mode": "eager, inference_mode", "torch": torch.__version__}
+        return {
+            **super().settings(),
+            "device": self.device,
+            "mode": "eager, inference_mode",
+            "torch": torch.__version__,
+        }

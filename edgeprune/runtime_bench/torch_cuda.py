@@ -5,9 +5,11 @@ run is bracketed by CUDA events on the current stream and synchronized, so the f
 own elapsed time for the forward pass (the protocol BENCHMARKING.md asks for on GPUs). Without a
 CUDA device it is unavailable, with that reason, and the pipeline stops before measuring anything.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,11 @@ class TorchCudaRuntime(TorchCpuRuntime):
         import torch
 
         if not torch.cuda.is_available():
-            build = "a CPU-only PyTorch build" if torch.version.cuda is None else f"PyTorch for CUDA {torch.version.cuda}, but no visible GPU"
+            build = (
+                "a CPU-only PyTorch build"
+                if torch.version.cuda is None
+                else f"PyTorch for CUDA {torch.version.cuda}, but no visible GPU"
+            )
             return False, f"no CUDA device here ({build}); run on a GPU host or use --runtime ort-cpu"
         return True, ""
 

@@ -6,10 +6,11 @@ per-sample Dataset + DataLoader, which matters when recovery runs inside the com
 Shuffling and sharding go through torch's DistributedSampler, so the same loader feeds one process
 or a DDP group.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,7 +39,9 @@ class ImageArrays:
         if self.labels is None:
             return
         if self.images.shape[0] != self.labels.shape[0]:
-            raise EdgepruneError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels; every image needs one label")
+            raise EdgepruneError(
+                f"{self.images.shape[0]} images but {self.labels.shape[0]} labels; every image needs one label"
+            )
         if int(self.labels.min()) < 0:
             raise EdgepruneError(f"a label is {int(self.labels.min())}; labels must be class indices 0, 1, 2, ...")
 
@@ -49,24 +52,34 @@ class ImageArrays:
     def num_classes(self) -> int | None:
         return None if self.labels is None else max(len(self.class_names), int(self.labels.max()) + 1)
 
-    def subset(self, index: torch.Tensor) -> "ImageArrays":
+    def subset(self, index: torch.Tensor) -> ImageArrays:
         return ImageArrays(self.images[index], None if self.labels is None else self.labels[index], self.class_names)
 
     @classmethod
-    def from_numpy(cls, x: np.ndarray, y: np.ndarray | None, class_names: tuple[str, ...] = (), source: str = "") -> "ImageArrays":
+    def from_numpy(
+        cls, x: np.ndarray, y: np.ndarray | None, class_names: tuple[str, ...] = (), source: str = ""
+    ) -> ImageArrays:
         """Accept NHWC (the usual on-disk layout) or NCHW, uint8 or float."""
         if x.ndim != 4:
-            raise EdgepruneError(f"{source}: images must be a 4-D array (N, H, W, C) or (N, C, H, W), got shape {x.shape}")
+            raise EdgepruneError(
+                f"{source}: images must be a 4-D array (N, H, W, C) or (N, C, H, W), got shape {x.shape}"
+            )
         if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
             x = x.transpose(0, 3, 1, 2)
         if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
-            raise EdgepruneError(f"{source}: images must be uint8 or float arrays, got {x.dtype}; convert them before saving")
+            raise EdgepruneError(
+                f"{source}: images must be uint8 or float arrays, got {x.dtype}; convert them before saving"
+            )
         images = torch.from_numpy(np.ascontiguousarray(x))
         if y is None:
             return cls(images, None, tuple(str(c) for c in class_names))
         y = np.asarray(y)
-        if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
-            raise EdgepruneError(f"{source}: labels must be integer class indices, got {y.dtype} values; convert them before saving")
+        if not (
+            np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))
+        ):
+            raise EdgepruneError(
+                f"{source}: labels must be integer class indices, got {y.dtype} values; convert them before saving"
+            )
         labels = torch.from_numpy(y.astype(np.int64).reshape(-1))
         return cls(images, labels, tuple(str(c) for c in class_names))
 
@@ -111,8 +124,14 @@ class BatchLoader:
         self.augment = augment
         self.pad = pad
         self.seed = seed
-        self.sampler = DistributedSampler(
-            range(len(data)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        # the sampler reads only len(): the indices stand in for the dataset (torch types it a Dataset)
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(data)),  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
         )
         self.epoch = 0
 
@@ -145,7 +164,7 @@ class BatchLoader:
         padded = torch.nn.functional.pad(x, (p, p, p, p))
         offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=gen).tolist()
         flips = (torch.rand(n, generator=gen) < 0.5).tolist()
-        crops = []
+        crops: list[torch.Tensor] = []
         for (dy, dx), flip in zip(offsets, flips):
             crop = padded[:, :, dy : dy + h, dx : dx + w][len(crops)]
             crops.append(crop.flip(-1) if flip else crop)
@@ -157,8 +176,14 @@ class TensorLoader:
     any tensors a model takes), in the model's argument order: one tensor for a one-input model,
     a tuple otherwise; labels None when the data has none. Shuffled per epoch when asked."""
 
-    def __init__(self, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor | None, batch_size: int, shuffle: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        labels: torch.Tensor | None,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.inputs, self.labels, self.batch_size, self.shuffle, self.seed = inputs, labels, batch_size, shuffle, seed
         self.epoch = 0
 
@@ -174,8 +199,11 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor | None]]:
         n = self.num_samples
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)) if self.shuffle \
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+            if self.shuffle
             else torch.arange(n)
+        )
         for start in range(0, n, self.batch_size):
             b = order[start : start + self.batch_size]
             x = tuple(t[b] for t in self.inputs)

@@ -16,12 +16,14 @@ Images are normalised with the model's own mean/std where its ecosystem records 
 (ecosystems/), else with the training split's channel statistics; a held-out split is taken from
 unlabelled data (`HELD_OUT`), and `describe()` says which of these applied.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,9 +53,13 @@ class ModelInputs:
     def image_size(self) -> tuple[int, int] | None:
         """(H, W) of the model's one image input, None when its input is not an image."""
         if self.preprocess is not None:
-            return tuple(self.preprocess.size)  # type: ignore[return-value]
+            return tuple(self.preprocess.size)
         x = self.example[0]
-        return (int(x.shape[-2]), int(x.shape[-1])) if len(self.example) == 1 and x.ndim == 4 and x.is_floating_point() else None
+        return (
+            (int(x.shape[-2]), int(x.shape[-1]))
+            if len(self.example) == 1 and x.ndim == 4 and x.is_floating_point()
+            else None
+        )
 
 
 @dataclasses.dataclass
@@ -99,8 +105,15 @@ class DataBundle:
 
 
 def load_data(
-    spec: str, batch_size: int = 128, eval_batch_size: int = 500, augment: bool = True, seed: int = 0,
-    num_replicas: int = 1, rank: int = 0, limit_train: int | None = None, model: ModelInputs | None = None,
+    spec: str,
+    batch_size: int = 128,
+    eval_batch_size: int = 500,
+    augment: bool = True,
+    seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    limit_train: int | None = None,
+    model: ModelInputs | None = None,
 ) -> DataBundle:
     """Resolve `--data SPEC` into train and validation loaders, fitted to `model`'s inputs when given."""
     path = Path(spec)
@@ -116,8 +129,10 @@ def load_data(
     elif ":" in spec and not path.exists():
         return _custom(spec)
     else:
-        raise EdgepruneError(f"--data {spec}: no such .npz/.pt file or image folder; pass data.npz, a folder of images "
-                             "(or one with train/ and val/), inputs.npz keyed by input name, or module:function")
+        raise EdgepruneError(
+            f"--data {spec}: no such .npz/.pt file or image folder; pass data.npz, a folder of images "
+            "(or one with train/ and val/), inputs.npz keyed by input name, or module:function"
+        )
     if limit_train is not None and limit_train < len(train):
         train = train.subset(torch.arange(limit_train))
     norm, notes["normalization_from"] = _normalization(train, model)
@@ -125,7 +140,16 @@ def load_data(
     small = train.images.shape[-1] <= 64
     classes = [c for c in (train.num_classes, val.num_classes) if c is not None]
     return DataBundle(
-        train=BatchLoader(train, batch_size, norm, shuffle=True, augment=augment and small, seed=seed, num_replicas=num_replicas, rank=rank),
+        train=BatchLoader(
+            train,
+            batch_size,
+            norm,
+            shuffle=True,
+            augment=augment and small,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+        ),
         val=BatchLoader(val, eval_batch_size, norm),
         num_classes=max(classes) if classes else None,
         input_shape=tuple(train.images.shape[1:]),
@@ -152,10 +176,16 @@ def _normalization(train: ImageArrays, model: ModelInputs | None) -> tuple[Norma
 def _held_out(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Train and validation indices of `n` inputs that came without a split, and the report's line."""
     if n < 2:
-        raise EdgepruneError(f"--data has {n} input(s); give at least two, so one can be held out to measure the pruned model on")
+        raise EdgepruneError(
+            f"--data has {n} input(s); give at least two, so one can be held out to measure the pruned model on"
+        )
     k = min(HELD_OUT_MAX, max(1, round(n * HELD_OUT)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[k:], order[:k], f"{k} of the {n} inputs held out for validation (seeded shuffle, seed {seed}); the rest trains"
+    return (
+        order[k:],
+        order[:k],
+        f"{k} of the {n} inputs held out for validation (seeded shuffle, seed {seed}); the rest trains",
+    )
 
 
 def _is_split_npz(path: Path) -> bool:
@@ -171,7 +201,9 @@ def _is_split_npz(path: Path) -> bool:
 
 def _npz(path: Path) -> tuple[ImageArrays, ImageArrays]:
     if not path.is_file():
-        raise EdgepruneError(f"--data {path} does not exist; pass the path of an .npz with x_train, y_train, x_test, y_test")
+        raise EdgepruneError(
+            f"--data {path} does not exist; pass the path of an .npz with x_train, y_train, x_test, y_test"
+        )
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - zip/format errors all mean "unreadable"
@@ -180,13 +212,17 @@ def _npz(path: Path) -> tuple[ImageArrays, ImageArrays]:
     needed = ("x_train", "x_test") if unlabelled else ("x_train", "y_train", "x_test", "y_test")
     missing = [k for k in needed if k not in z.files]
     if missing:
-        raise EdgepruneError(f"{path} lacks arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test "
-                             f"(or x_train, x_test alone, unlabelled) (found {', '.join(z.files)})")
+        raise EdgepruneError(
+            f"{path} lacks arrays {', '.join(missing)}; it needs x_train, y_train, x_test, y_test "
+            f"(or x_train, x_test alone, unlabelled) (found {', '.join(z.files)})"
+        )
     arrays = {k: _array(z, k, path) for k in ("x_train", "y_train", "x_test", "y_test", "class_names") if k in z.files}
     names = tuple(arrays["class_names"]) if "class_names" in arrays else ()
     src = str(path)
-    return (ImageArrays.from_numpy(arrays["x_train"], arrays.get("y_train"), names, src),
-            ImageArrays.from_numpy(arrays["x_test"], arrays.get("y_test"), names, src))
+    return (
+        ImageArrays.from_numpy(arrays["x_train"], arrays.get("y_train"), names, src),
+        ImageArrays.from_numpy(arrays["x_test"], arrays.get("y_test"), names, src),
+    )
 
 
 def _array(z: Any, key: str, path: Path) -> np.ndarray:
@@ -194,10 +230,14 @@ def _array(z: Any, key: str, path: Path) -> np.ndarray:
     try:
         return z[key]
     except ValueError as err:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
-        raise EdgepruneError(f"{path}: array {key} holds Python objects ({first_line(err)}); "
-                             "save numeric arrays (uint8 or float images, integer labels) with numpy.savez") from None
+        raise EdgepruneError(
+            f"{path}: array {key} holds Python objects ({first_line(err)}); "
+            "save numeric arrays (uint8 or float images, integer labels) with numpy.savez"
+        ) from None
     except Exception as err:  # noqa: BLE001 - a truncated or corrupt member
-        raise EdgepruneError(f"cannot read array {key} of {path}: {first_line(err)}; write the file again with numpy.savez") from None
+        raise EdgepruneError(
+            f"cannot read array {key} of {path}: {first_line(err)}; write the file again with numpy.savez"
+        ) from None
 
 
 def _folder(root: Path, size: tuple[int, int] | None = None) -> tuple[ImageArrays, ImageArrays]:
@@ -216,12 +256,16 @@ def _flat_folder(root: Path, model: ModelInputs | None, seed: int) -> tuple[Imag
 
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise EdgepruneError(f"--data {root} holds no images (.png, .jpg, .jpeg, .bmp, .webp); pass a folder of images, "
-                             "or one with train/<class>/ and val/<class>/")
+        raise EdgepruneError(
+            f"--data {root} holds no images (.png, .jpg, .jpeg, .bmp, .webp); pass a folder of images, "
+            "or one with train/<class>/ and val/<class>/"
+        )
     size = model.image_size if model is not None else None
     if size is None:
-        raise EdgepruneError(f"--data {root} is a folder of images and the model's input is not one image; "
-                             "pass an .npz of the model's inputs keyed by their names")
+        raise EdgepruneError(
+            f"--data {root} is a folder of images and the model's input is not one image; "
+            "pass an .npz of the model's inputs keyed by their names"
+        )
     crop_pct = model.preprocess.crop_pct if model is not None and model.preprocess is not None else 1.0
     images = []
     for f in files:
@@ -232,8 +276,14 @@ def _flat_folder(root: Path, model: ModelInputs | None, seed: int) -> tuple[Imag
             raise EdgepruneError(f"cannot decode image {f}: {first_line(err)}; remove or replace it") from None
     arrays = ImageArrays.from_numpy(np.stack(images), None, (), str(root))
     train_idx, val_idx, note = _held_out(len(arrays), seed)
-    return arrays.subset(train_idx), arrays.subset(val_idx), {
-        "held_out": note, "resized": f"shorter side to {round(min(size) / crop_pct)}, centre crop {size[0]}x{size[1]}, RGB"}
+    return (
+        arrays.subset(train_idx),
+        arrays.subset(val_idx),
+        {
+            "held_out": note,
+            "resized": f"shorter side to {round(min(size) / crop_pct)}, centre crop {size[0]}x{size[1]}, RGB",
+        },
+    )
 
 
 def _fit(img: Any, size: tuple[int, int], crop_pct: float = 1.0) -> Any:
@@ -242,7 +292,9 @@ def _fit(img: Any, size: tuple[int, int], crop_pct: float = 1.0) -> Any:
 
     h, w = size
     scale = max(h, w) / crop_pct / min(img.size)
-    img = img.resize((max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))), Image.BILINEAR)
+    # Image.BILINEAR: Pillow sets it at import, untyped (Image.Resampling only from 9.1; pillow>=9 allows 9.0)
+    resample = Image.BILINEAR  # type: ignore[attr-defined]
+    img = img.resize((max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))), resample)
     left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
     return img.crop((left, top, left + w, top + h))
 
@@ -260,45 +312,70 @@ def _named(path: Path, batch_size: int, eval_batch_size: int, seed: int, model: 
     if not given and "x" in arrays and len(model.example) == 1:
         given = {names[0]: arrays["x"]}
     if not given:
-        raise EdgepruneError(f"--data {path} holds {', '.join(sorted(arrays))} and the model takes {', '.join(names)}; "
-                             f"key the arrays by those names (or one array x)")
+        raise EdgepruneError(
+            f"--data {path} holds {', '.join(sorted(arrays))} and the model takes {', '.join(names)}; "
+            f"key the arrays by those names (or one array x)"
+        )
     n = int(next(iter(given.values())).shape[0])
     inputs = tuple(_fitted(given.get(name), ex, n, name, path) for name, ex in zip(names, model.example))
     label_key = next((k for k in ("y", "labels", "label") if k in arrays), None)
     labels = torch.as_tensor(arrays[label_key]).long().reshape(-1) if label_key else None
     if labels is not None and len(labels) != n:
-        raise EdgepruneError(f"--data {path}: {n} inputs but {len(labels)} labels in {label_key}; give one label per input")
+        raise EdgepruneError(
+            f"--data {path}: {n} inputs but {len(labels)} labels in {label_key}; give one label per input"
+        )
     train_idx, val_idx, note = _held_out(n, seed)
 
     def part(idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         return tuple(t[idx] for t in inputs), None if labels is None else labels[idx]
 
     (tx, ty), (vx, vy) = part(train_idx), part(val_idx)
-    notes = {"held_out": note, "inputs": ", ".join(f"{name} {'x'.join(map(str, t.shape[1:]))} "
-                                                   f"({'from the file' if name in given else 'the example input, repeated'})"
-                                                   for name, t in zip(names, inputs))}
-    return DataBundle(train=TensorLoader(tx, ty, batch_size, shuffle=True, seed=seed), val=TensorLoader(vx, vy, eval_batch_size),
-                      num_classes=int(labels.max()) + 1 if labels is not None else None, input_shape=None, source=str(path),
-                      labelled=labels is not None, notes=notes)
+    notes = {
+        "held_out": note,
+        "inputs": ", ".join(
+            f"{name} {'x'.join(map(str, t.shape[1:]))} "
+            f"({'from the file' if name in given else 'the example input, repeated'})"
+            for name, t in zip(names, inputs)
+        ),
+    }
+    return DataBundle(
+        train=TensorLoader(tx, ty, batch_size, shuffle=True, seed=seed),
+        val=TensorLoader(vx, vy, eval_batch_size),
+        num_classes=int(labels.max()) + 1 if labels is not None else None,
+        input_shape=None,
+        source=str(path),
+        labelled=labels is not None,
+        notes=notes,
+    )
 
 
-def _unsplit_images(arrays: dict[str, Any], key: str, path: Path, batch_size: int, eval_batch_size: int, seed: int,
-                    model: ModelInputs) -> DataBundle:
+def _unsplit_images(
+    arrays: dict[str, Any], key: str, path: Path, batch_size: int, eval_batch_size: int, seed: int, model: ModelInputs
+) -> DataBundle:
     """uint8 images stored under one name (labels optional), held out and prepared as a folder's are."""
     label_key = next((k for k in ("y", "labels", "label") if k in arrays), None)
     labels = arrays[label_key].numpy() if label_key else None
     every = ImageArrays.from_numpy(arrays[key].numpy(), labels, (), str(path))
     size = model.image_size
     if size is not None and tuple(every.images.shape[-2:]) != size:
-        raise EdgepruneError(f"--data {path}: {key} holds {'x'.join(map(str, every.images.shape[-2:]))} images and the model takes "
-                             f"{size[0]}x{size[1]}; resize them, or save them as image files in a folder (resized for you)")
+        raise EdgepruneError(
+            f"--data {path}: {key} holds {'x'.join(map(str, every.images.shape[-2:]))} images and the model takes "
+            f"{size[0]}x{size[1]}; resize them, or save them as image files in a folder (resized for you)"
+        )
     train_idx, val_idx, note = _held_out(len(every), seed)
     train, val = every.subset(train_idx), every.subset(val_idx)
     norm, origin = _normalization(train, model)
-    return DataBundle(train=BatchLoader(train, batch_size, norm, shuffle=True, augment=train.images.shape[-1] <= 64, seed=seed),
-                      val=BatchLoader(val, eval_batch_size, norm), num_classes=train.num_classes,
-                      input_shape=tuple(train.images.shape[1:]), source=str(path), normalization=norm, train_arrays=train,
-                      labelled=labels is not None, notes={"held_out": note, "normalization_from": origin})
+    return DataBundle(
+        train=BatchLoader(train, batch_size, norm, shuffle=True, augment=train.images.shape[-1] <= 64, seed=seed),
+        val=BatchLoader(val, eval_batch_size, norm),
+        num_classes=train.num_classes,
+        input_shape=tuple(train.images.shape[1:]),
+        source=str(path),
+        normalization=norm,
+        train_arrays=train,
+        labelled=labels is not None,
+        notes={"held_out": note, "normalization_from": origin},
+    )
 
 
 def _read_arrays(path: Path) -> dict[str, Any]:
@@ -328,14 +405,22 @@ def _fitted(given: torch.Tensor | None, example: torch.Tensor, n: int, name: str
     if given is None:
         return example.expand(n, *example.shape[1:]).clone()
     if int(given.shape[0]) != n:
-        raise EdgepruneError(f"--data {path}: {name} has {given.shape[0]} rows and the other inputs {n}; give one row per sample")
+        raise EdgepruneError(
+            f"--data {path}: {name} has {given.shape[0]} rows and the other inputs {n}; give one row per sample"
+        )
     t = given.to(example.dtype)
     if t.ndim == example.ndim and not example.is_floating_point() and t.shape[2:] == example.shape[2:] and t.ndim >= 2:
         length = int(example.shape[1])
-        t = t[:, :length] if t.shape[1] >= length else torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, length - t.shape[1]))
+        t = (
+            t[:, :length]
+            if t.shape[1] >= length
+            else torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, length - t.shape[1]))
+        )
     if tuple(t.shape[1:]) != tuple(example.shape[1:]):
-        raise EdgepruneError(f"--data {path}: {name} is {'x'.join(map(str, t.shape[1:]))} per sample and the model takes "
-                             f"{'x'.join(map(str, example.shape[1:]))}; pass --input-shape to match, or reshape the data")
+        raise EdgepruneError(
+            f"--data {path}: {name} is {'x'.join(map(str, t.shape[1:]))} per sample and the model takes "
+            f"{'x'.join(map(str, example.shape[1:]))}; pass --input-shape to match, or reshape the data"
+        )
     return t
 
 
@@ -345,7 +430,9 @@ def _read_split(split: Path, classes: Sequence[str], fit: tuple[int, int] | None
     images, labels, size = [], [], (fit[1], fit[0]) if fit else None
     extra = sorted(d.name for d in split.iterdir() if d.is_dir() and d.name not in classes)
     if extra:
-        raise EdgepruneError(f"{split} has class folders {', '.join(extra)} that train/ lacks; both splits need the same classes")
+        raise EdgepruneError(
+            f"{split} has class folders {', '.join(extra)} that train/ lacks; both splits need the same classes"
+        )
     for label, cls in enumerate(classes):
         folder = split / cls
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if folder.is_dir() else []
@@ -371,7 +458,9 @@ def _custom(spec: str) -> DataBundle:
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError: ":fn"; TypeError: ".relative:fn"
-        raise EdgepruneError(f"cannot import --data {spec} ({first_line(err)}); name a function returning (train_loader, val_loader)") from None
+        raise EdgepruneError(
+            f"cannot import --data {spec} ({first_line(err)}); name a function returning (train_loader, val_loader)"
+        ) from None
     result = fn()
     if not (isinstance(result, tuple) and len(result) == 2):
         raise EdgepruneError(f"--data {spec} must return (train_loader, val_loader), got {type(result).__name__}")

@@ -11,11 +11,12 @@ seeded, so a resumed run sees the same batches); validation windows tile the hel
 
     --data edgeprune.pipeline.data.text:char_corpus --metric edgeprune.pipeline.recovery.evaluate:bits_per_char
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -27,7 +28,10 @@ VOCAB = 128
 
 def project_text(root: Path = PACKAGE_ROOT) -> str:
     """Every .py and .md file under `root`, in sorted relative-path order, joined by newlines."""
-    files = sorted((p for p in root.rglob("*") if p.suffix in (".py", ".md") and p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        (p for p in root.rglob("*") if p.suffix in (".py", ".md") and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     return "\n".join(p.read_text(encoding="utf-8") for p in files)
 
 
@@ -41,7 +45,9 @@ class CharBatches:
 
     def __init__(self, ids: torch.Tensor, context: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
         if len(ids) < context + 1:
-            raise EdgepruneError(f"the text has {len(ids)} characters, fewer than one window of {context + 1}; use a shorter context")
+            raise EdgepruneError(
+                f"the text has {len(ids)} characters, fewer than one window of {context + 1}; use a shorter context"
+            )
         self.ids, self.context, self.batch_size, self.shuffle, self.seed = ids, context, batch_size, shuffle, seed
         self.windows = (len(ids) - 1) // context
         self.epoch = 0
@@ -64,15 +70,22 @@ class CharBatches:
             yield chunk[:, :-1], chunk[:, 1:].reshape(-1)
 
 
-def char_corpus(context: int = 128, batch_size: int = 32, val_fraction: float = 0.1, seed: int = 0) -> tuple[CharBatches, CharBatches]:
+def char_corpus(
+    context: int = 128, batch_size: int = 32, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[CharBatches, CharBatches]:
     """(train, val) over the project's own text; the last `val_fraction` is validation."""
     ids = encode(project_text())
     cut = int(len(ids) * (1 - val_fraction))
-    return CharBatches(ids[:cut], context, batch_size, shuffle=True, seed=seed), CharBatches(ids[cut:], context, batch_size, shuffle=False)
+    return CharBatches(ids[:cut], context, batch_size, shuffle=True, seed=seed), CharBatches(
+        ids[cut:], context, batch_size, shuffle=False
+    )
 
 
 def describe(root: Path = PACKAGE_ROOT) -> dict[str, object]:
     """Size and SHA-256 of the corpus, so a result names the exact text it was measured on."""
     text = project_text(root)
-    return {"source": "edgeprune package .py and .md files, sorted by path", "characters": len(text),
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    return {
+        "source": "edgeprune package .py and .md files, sorted by path",
+        "characters": len(text),
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }

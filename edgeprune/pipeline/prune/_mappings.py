@@ -20,14 +20,16 @@ Reshapes, expands and unbinds keep torch-pruning's per-node update functions. Ea
 built on its own; one that fails (torchvision's channel shuffle makes the reshape update divide by
 zero) is returned as broken, with the reason, instead of failing the whole graph.
 """
+
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
 import torch_pruning as tp
-from torch_pruning import _helpers
 from torch.overrides import TorchFunctionMode
+from torch_pruning import _helpers
 from torch_pruning.dependency import index_mapping, shape_infer
 
 from edgeprune.errors import first_line
@@ -38,8 +40,12 @@ _UPDATES = {
     tp.ops.OPTYPE.EXPAND: index_mapping.update_expand_index_mapping,
 }
 #: layers whose outputs carry channels on axis 1 / on the last axis
-_CHANNELS_FIRST = (torch.nn.modules.conv._ConvNd, torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm,
-                   torch.nn.modules.instancenorm._InstanceNorm)
+_CHANNELS_FIRST = (
+    torch.nn.modules.conv._ConvNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+)
 _CHANNELS_LAST = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding, torch.nn.RMSNorm)
 
 
@@ -53,15 +59,17 @@ class Shapes(TorchFunctionMode):
         self.callers: dict[Any, torch.nn.Module] = {}
         self._stack: list[torch.nn.Module] = []
 
-    def __enter__(self) -> "Shapes":
+    def __enter__(self) -> Shapes:
         def enter(module: torch.nn.Module, args: Any) -> None:
             self._stack.append(module)
 
         def leave(module: torch.nn.Module, args: Any, out: Any) -> None:
             self._stack.pop()
 
-        self._hooks = [torch.nn.modules.module.register_module_forward_pre_hook(enter),
-                       torch.nn.modules.module.register_module_forward_hook(leave)]
+        self._hooks = [
+            torch.nn.modules.module.register_module_forward_pre_hook(enter),
+            torch.nn.modules.module.register_module_forward_hook(leave),
+        ]
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
@@ -90,15 +98,15 @@ def build(dg: tp.DependencyGraph, recorded: Shapes) -> dict[Any, str]:
     nodes = list(dg.module2node.values())
     for node in reversed(nodes):  # the trace went from the outputs back: reversed, producers come first
         if node.type == tp.ops.OPTYPE.SPLIT:
-            _guarded(broken, node, lambda: _split(dg, node, recorded.callers.get(node.grad_fn)))
+            _guarded(broken, node, lambda: _split(dg, node, recorded.callers.get(node.grad_fn)))  # noqa: B023 - called at once
         elif node.type == tp.ops.OPTYPE.CONCAT:
-            _guarded(broken, node, lambda: _concat(dg, node, shapes))
+            _guarded(broken, node, lambda: _concat(dg, node, shapes))  # noqa: B023 - called at once
         elif node.type == tp.ops.OPTYPE.SLICE:
-            _guarded(broken, node, lambda: _slice(dg, node))
+            _guarded(broken, node, lambda: _slice(dg, node))  # noqa: B023 - called at once
     for node in nodes:
         update = _UPDATES.get(node.type)
         if update is not None:
-            _guarded(broken, node, lambda: update(dg, node))
+            _guarded(broken, node, lambda: update(dg, node))  # noqa: B023 - called at once
     return broken
 
 
@@ -128,7 +136,7 @@ def _channel_axis(dg: tp.DependencyGraph, sources: list[tuple[Any, tuple[int, ..
     if len(axes) == 1:
         return axes.pop()
     node, shape = sources[0]
-    frontier, seen = [node], set()
+    frontier, seen = [node], set[Any]()
     while frontier and len(seen) < 64:
         n = frontier.pop(0)
         if n in seen:
@@ -193,8 +201,10 @@ def _listed_split(dg: tp.DependencyGraph, node: Any, sizes: list[int], caller: t
     attrs = [a for a, v in vars(caller).items() if isinstance(v, (list, tuple)) and list(v) == sizes] if caller else []
     name = dg._module2name.get(caller)
     if len(attrs) != 1 or name is None:
-        raise _Broken("torch.split into listed sizes that no single module attribute holds, which pruning its input "
-                      "would no longer add up to")
+        raise _Broken(
+            "torch.split into listed sizes that no single module attribute holds, which pruning its input "
+            "would no longer add up to"
+        )
     offsets = [0]
     for s in sizes:
         offsets.append(offsets[-1] + s)
@@ -205,10 +215,11 @@ def _listed_split(dg: tp.DependencyGraph, node: Any, sizes: list[int], caller: t
         if not (len(parts) == len(forward) == len(backward)):
             raise _Broken("its graph edges do not match autograd's")
         for nr, there, back in zip(parts, forward, backward):
-            there.index_mapping[0] = index_mapping._SplitIndexMapping(offsets[nr:nr + 2], reverse=False)
-            back.index_mapping[0] = index_mapping._SplitIndexMapping(offsets[nr:nr + 2], reverse=True)
-    node.module.split_sizes = [sizes[next(nr for fn, nr in out.grad_fn.next_functions if fn is node.grad_fn)]
-                               for out in node.outputs]
+            there.index_mapping[0] = index_mapping._SplitIndexMapping(offsets[nr : nr + 2], reverse=False)
+            back.index_mapping[0] = index_mapping._SplitIndexMapping(offsets[nr : nr + 2], reverse=True)
+    node.module.split_sizes = [
+        sizes[next(nr for fn, nr in out.grad_fn.next_functions if fn is node.grad_fn)] for out in node.outputs
+    ]
     node.module.offsets = offsets
     node.module.sizes_attr = f"{name}.{attrs[0]}" if name else attrs[0]
 
@@ -230,7 +241,11 @@ class _InEveryPart:
         self.size, self.parts = size, parts
 
     def __call__(self, idxs: list[Any]) -> list[Any]:
-        return [_helpers._HybridIndex(idx=i.idx + p * self.size, root_idx=i.root_idx) for i in idxs for p in range(self.parts)]
+        return [
+            _helpers._HybridIndex(idx=i.idx + p * self.size, root_idx=i.root_idx)
+            for i in idxs
+            for p in range(self.parts)
+        ]
 
 
 def _concat(dg: tp.DependencyGraph, node: Any, shapes: dict[tuple[Any, int], tuple[int, ...]]) -> None:
@@ -247,15 +262,17 @@ def _concat(dg: tp.DependencyGraph, node: Any, shapes: dict[tuple[Any, int], tup
     if dim != _channel_axis(dg, recorded or [(node.inputs[0], out_shape)]):
         node.enable_index_mapping = False  # along tokens or space: every input carries all channels
         return
-    sizes = [shapes[(fn, nr)][dim] if (fn, nr) in shapes else shape_infer.infer_out_channels_recursively(dg, by_fn[fn], [0])
-             for fn, nr in entries]
+    sizes = [
+        shapes[(fn, nr)][dim] if (fn, nr) in shapes else shape_infer.infer_out_channels_recursively(dg, by_fn[fn], [0])
+        for fn, nr in entries
+    ]
     if None in sizes or sum(sizes) != out_shape[dim]:
         raise _Broken("the concat's input sizes do not add up to its output")
     offsets = [0]
     for s in sizes:
         offsets.append(offsets[-1] + s)
     by_source: dict[Any, list[tuple[int, int]]] = {}
-    for (fn, nr), (start, end) in zip(entries, zip(offsets, offsets[1:])):
+    for (fn, _nr), (start, end) in zip(entries, itertools.pairwise(offsets)):
         by_source.setdefault(fn, []).append((start, end))
     for source in dict.fromkeys(node.inputs):
         spans = by_source.get(source.grad_fn, [])

@@ -5,9 +5,10 @@ depthwise and grouped convs, norms, attention projections) are cut in the origin
 (removal.py), attention heads by attention.py, whole residual blocks by blocks.py, last. The
 result is checked: it must run on the example inputs and produce outputs of the original shapes.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -37,16 +38,22 @@ def apply(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor], 
                 for site, removed in heads.items():
                     attention.keep_heads(model, site, [h for h in range(site.num_heads) if h not in set(removed)])
         except GraphError as err:
-            raise EdgepruneError(f"the plan cannot be applied to this model: {first_line(err)}; "
-                                 "apply the plan to the architecture it was made for") from None
+            raise EdgepruneError(
+                f"the plan cannot be applied to this model: {first_line(err)}; "
+                "apply the plan to the architecture it was made for"
+            ) from None
         except Exception as err:  # noqa: BLE001 - a layer torch-pruning's functions cannot cut
-            raise EdgepruneError(f"cutting the plan's channels failed ({type(err).__name__}: {first_line(err)}); "
-                                 "mark the layer it names --unprunable") from None
+            raise EdgepruneError(
+                f"cutting the plan's channels failed ({type(err).__name__}: {first_line(err)}); "
+                "mark the layer it names --unprunable"
+            ) from None
     blocks.bypass(model, plan.removed_blocks)
     if check:
         shapes = modelrun.output_shapes(modelrun.run(model, example_inputs))
         if shapes != ref_shapes:
-            raise EdgepruneError(f"pruning changed the output shapes {ref_shapes} -> {shapes}; mark the output layer unprunable")
+            raise EdgepruneError(
+                f"pruning changed the output shapes {ref_shapes} -> {shapes}; mark the output layer unprunable"
+            )
     return model
 
 
@@ -59,18 +66,26 @@ def _check_sizes(model: nn.Module, graph: Graph, plan: Plan) -> None:
             continue
         if g.kind == "heads":
             if sites.get(gid) != g.size:
-                raise EdgepruneError(f"plan group {gid} does not match an attention module with {g.size} heads in this model")
+                raise EdgepruneError(
+                    f"plan group {gid} does not match an attention module with {g.size} heads in this model"
+                )
             continue
         if gid not in roots:
             _submodule(model, gid)
-            raise EdgepruneError(f"plan group {gid} is not a prunable layer of this model; use the plan made for this architecture")
+            raise EdgepruneError(
+                f"plan group {gid} is not a prunable layer of this model; use the plan made for this architecture"
+            )
         if roots[gid] % g.size:  # a chunked layer's group counts one unit per channel of each part
-            raise EdgepruneError(f"plan group {gid} expects {g.size} channels but the model has {roots[gid]}; "
-                                 "apply the plan to the architecture it was made for")
+            raise EdgepruneError(
+                f"plan group {gid} expects {g.size} channels but the model has {roots[gid]}; "
+                "apply the plan to the architecture it was made for"
+            )
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise EdgepruneError(f"plan names layer {name!r}, which this model does not have; use the plan made for this architecture") from None
+        raise EdgepruneError(
+            f"plan names layer {name!r}, which this model does not have; use the plan made for this architecture"
+        ) from None

@@ -21,11 +21,13 @@ exactly (space.py), and a module whose reshape ignores its attributes is left wh
 Grouped-query attention (fewer key/value heads than query heads) keeps its heads: removing a query
 head would have to keep the key/value groups even. Its input and output channels can still go.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -84,14 +86,17 @@ class AttentionSite:
         """The output projection's input columns that one head writes."""
         return list(range(head * self.head_dim, (head + 1) * self.head_dim))
 
-    def with_proj(self, proj: str) -> "AttentionSite":
+    def with_proj(self, proj: str) -> AttentionSite:
         return dataclasses.replace(self, proj=proj)
 
 
 def find_attention(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[AttentionSite]:
     """Every attention module of `model`, from its attributes and one forward pass (see the module doc)."""
-    candidates = {name: m for name, m in model.named_modules() if _head_count(m) is not None and any(
-        isinstance(c, nn.Linear) for c in m.children())}
+    candidates = {
+        name: m
+        for name, m in model.named_modules()
+        if _head_count(m) is not None and any(isinstance(c, nn.Linear) for c in m.children())
+    }
     if not candidates:
         return []
     calls: dict[str, list[tuple[str, int]]] = {n: [] for n in candidates}  # module -> [(linear path, id(input))]
@@ -100,8 +105,11 @@ def find_attention(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
         for child_name, child in m.named_children():
             if isinstance(child, nn.Linear):
                 path = f"{name}.{child_name}" if name else child_name
-                handles.append(child.register_forward_hook(
-                    lambda mod, args, out, name=name, path=path: calls[name].append((path, id(args[0])))))
+                handles.append(
+                    child.register_forward_hook(
+                        lambda mod, args, out, name=name, path=path: calls[name].append((path, id(args[0])))
+                    )
+                )
     try:
         modelrun.run(model, example_inputs)
     finally:
@@ -134,12 +142,16 @@ def _site(model: nn.Module, name: str, m: nn.Module, calls: list[tuple[str, int]
             inputs[path] = tensor
     if not order:
         return None
-    layers = {p: model.get_submodule(p) for p in order}
+    layers = {p: projection(model, p) for p in order}  # only Linear children were hooked
     first = layers[order[0]]
     c = first.in_features
-    separate = len(order) >= 3 and _separate_qkv(*(layers[p] for p in order[:3]), heads) and (
-        inputs[order[1]] in (inputs[order[0]], inputs[order[2]]))  # k reads what q or v reads; a fused qkv's
-    if separate:                                                    # next Linear reads the attention output
+    # separate q, k, v: k reads what q or v reads; a fused qkv's next Linear reads the attention output
+    separate = (
+        len(order) >= 3
+        and _separate_qkv(layers[order[0]], layers[order[1]], layers[order[2]], heads)
+        and (inputs[order[1]] in (inputs[order[0]], inputs[order[2]]))
+    )
+    if separate:
         q, k = layers[order[0]], layers[order[1]]
         inner, kv_inner = q.out_features, k.out_features
         projections = tuple(order[:3])
@@ -155,8 +167,25 @@ def _site(model: nn.Module, name: str, m: nn.Module, calls: list[tuple[str, int]
         return None
     rest = [p for p in order if p not in projections]
     proj = rest[-1] if rest and layers[rest[-1]].in_features == inner else None
-    return AttentionSite(name, attr, heads, head_dim, projections, not separate, proj, kv_inner // head_dim, c,
-                         len({layers[p].in_features for p in projections}) == 1)
+    return AttentionSite(
+        name,
+        attr,
+        heads,
+        head_dim,
+        projections,
+        not separate,
+        proj,
+        kv_inner // head_dim,
+        c,
+        len({layers[p].in_features for p in projections}) == 1,
+    )
+
+
+def projection(model: nn.Module, path: str | None) -> nn.Linear:
+    """The projection at `path`: attention sites are made of Linear layers only."""
+    if path is None:
+        raise ValueError("this attention site has no output projection")
+    return cast(nn.Linear, model.get_submodule(path))
 
 
 def _separate_qkv(q: nn.Linear, k: nn.Linear, v: nn.Linear, heads: int) -> bool:
@@ -199,12 +228,12 @@ def keep_heads(model: nn.Module, site: AttentionSite, keep: Iterable[int]) -> No
         _set_tensor(module, path, tensor.detach().index_select(dim, index).clone())
     rows = torch.tensor(site.head_rows(keep), dtype=torch.long)
     for p in site.projections:
-        layer = model.get_submodule(p)
+        layer = projection(model, p)
         layer.weight = nn.Parameter(layer.weight[rows].clone())
         if layer.bias is not None:
             layer.bias = nn.Parameter(layer.bias[rows].clone())
         layer.out_features = len(rows)
-    proj = model.get_submodule(site.proj)  # type: ignore[arg-type]
+    proj = projection(model, site.proj)
     cols = torch.tensor([c for h in keep for c in site.head_cols(h)], dtype=torch.long)
     proj.weight = nn.Parameter(proj.weight[:, cols].clone())
     proj.in_features = len(cols)
@@ -220,17 +249,17 @@ def keep_heads(model: nn.Module, site: AttentionSite, keep: Iterable[int]) -> No
 @torch.no_grad()
 def silence_heads(model: nn.Module, site: AttentionSite, heads: Iterable[int]) -> None:
     """Zero the output projection's columns of `heads`: the heads then contribute nothing."""
-    proj = model.get_submodule(site.proj)  # type: ignore[arg-type]
+    proj = projection(model, site.proj)
     for h in heads:
         proj.weight[:, site.head_cols(h)] = 0
 
 
 def head_weight_norms(model: nn.Module, site: AttentionSite) -> list[float]:
     """Each head's L1 norm: its rows of the input projections plus its output-projection columns."""
-    norms = []
+    norms: list[float] = []
     for h in range(site.num_heads):
         rows = site.head_rows([h])
-        total = sum(float(model.get_submodule(p).weight[rows].abs().sum()) for p in site.projections)
-        total += float(model.get_submodule(site.proj).weight[:, site.head_cols(h)].abs().sum())  # type: ignore[arg-type]
+        total: float = sum(float(projection(model, p).weight[rows].abs().sum()) for p in site.projections)
+        total += float(projection(model, site.proj).weight[:, site.head_cols(h)].abs().sum())
         norms.append(total)
     return norms

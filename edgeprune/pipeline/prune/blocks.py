@@ -9,11 +9,13 @@ still run with its output shapes. A block's importance is how much bypassing it
 changes the model's outputs on calibration inputs (mean squared difference of the outputs), the
 output-reconstruction criterion; residual blocks that barely change the output go first.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,14 +34,23 @@ def find_blocks(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> lis
     seen: dict[str, torch.Tensor] = {}
     containers = {n for n, m in model.named_modules() if isinstance(m, (nn.Sequential, nn.ModuleList))}
 
-    def record(name: str):
-        def hook(mod: nn.Module, args: tuple, out: object) -> None:
-            if args and isinstance(args[0], torch.Tensor) and isinstance(out, torch.Tensor) and args[0].shape == out.shape:
+    def record(name: str) -> Callable[[nn.Module, tuple[Any, ...], object], None]:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: object) -> None:
+            if (
+                args
+                and isinstance(args[0], torch.Tensor)
+                and isinstance(out, torch.Tensor)
+                and args[0].shape == out.shape
+            ):
                 seen.setdefault(name, args[0].detach().clone())
+
         return hook
 
-    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules()
-             if name and name.rpartition(".")[0] in containers and any(isinstance(c, graph.ROOT_TYPES) for c in m.modules())]
+    hooks = [
+        m.register_forward_hook(record(name))
+        for name, m in model.named_modules()
+        if name and name.rpartition(".")[0] in containers and any(isinstance(c, graph.ROOT_TYPES) for c in m.modules())
+    ]
     try:
         ref = modelrun.output_shapes(modelrun.run(model, example_inputs))
     finally:

@@ -9,10 +9,11 @@
 The model's outputs on its example inputs must be unchanged (to float tolerance), else nothing is
 swapped. The caller's module is never modified: the swaps happen on a copy.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,11 @@ def canonical(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple
         notes.append(f"{name}: {type(getattr(owner, leaf)).__name__} -> {type(new).__module__}.{type(new).__name__}")
         setattr(owner, leaf, new)
     after = modelrun.run(out, example_inputs)
-    if not all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max())))
-               for a, b in zip(after, before) if b.is_floating_point()):
+    if not all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + float(b.abs().max())))
+        for a, b in zip(after, before)
+        if b.is_floating_point()
+    ):
         return model, []
     return out, notes
 
@@ -51,11 +55,16 @@ def _replacement(m: nn.Module) -> nn.Module | None:
 @torch.no_grad()
 def _as_linear(m: nn.Module) -> nn.Linear | None:
     """An nn.Linear computing what leaf module `m` computes, if `m` is a linear layer in disguise."""
-    if isinstance(m, (nn.Linear, nn.Embedding)) or list(m.children()) or list(m.buffers()):
+    if isinstance(m, (nn.Linear, nn.Embedding)) or len(list(m.children())) or len(list(m.buffers())):
         return None
     params = dict(m.named_parameters())
     weight, bias = params.get("weight"), params.get("bias")
-    if weight is None or weight.dim() != 2 or set(params) - {"weight", "bias"} or (bias is not None and bias.dim() != 1):
+    if (
+        weight is None
+        or weight.dim() != 2
+        or set(params) - {"weight", "bias"}
+        or (bias is not None and bias.dim() != 1)
+    ):
         return None
     for w in (weight.t(), weight):  # stored (in, out) as in Conv1D, or (out, in) as in nn.Linear
         if bias is not None and bias.shape[0] != w.shape[0]:

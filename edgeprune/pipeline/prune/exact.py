@@ -10,12 +10,14 @@ GroupNorm pruned unevenly regroups its channels and fails). Whatever else mixes 
 over channels, a channel shuffle the graph cannot follow, a GLU whose halves were paired wrongly)
 is not modelled, so the pruned model differs from the reference and the group is left whole.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import inspect
-from typing import Any, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +39,12 @@ class Unverifiable(Exception):
 
 
 @torch.no_grad()
-def reference_outputs(model: nn.Module, cuts: Cuts, heads: dict[attention.AttentionSite, list[int]],
-                      example_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def reference_outputs(
+    model: nn.Module,
+    cuts: Cuts,
+    heads: dict[attention.AttentionSite, list[int]],
+    example_inputs: Sequence[torch.Tensor],
+) -> list[torch.Tensor]:
     """Outputs of a copy of `model` with every unit the cuts and head removals take out silenced."""
     quiet = copy.deepcopy(model)
     kept: dict[Any, torch.Tensor] = {}  # norm module or weight tensor -> its kept channels (bool)
@@ -97,7 +103,7 @@ def _silence(target: Any, kind: str, dim: int, idxs: list[int], name: str) -> to
 def _norm_size(norm: nn.Module) -> int:
     """Channels of a norm without affine weights (LayerNorm/RMSNorm, GroupNorm, InstanceNorm)."""
     shape = getattr(norm, "normalized_shape", None)
-    return int(shape[-1]) if shape else int(getattr(norm, "num_channels", None) or getattr(norm, "num_features"))
+    return int(shape[-1]) if shape else int(getattr(norm, "num_channels", None) or cast(int, norm.num_features))
 
 
 def _mask(size: int, removed: list[int]) -> torch.Tensor:
@@ -116,6 +122,7 @@ def _masked_norms(model: nn.Module, kept: dict[Any, torch.Tensor]) -> Iterator[N
         if isinstance(t, nn.Module) and isinstance(getattr(t, "weight", None), torch.Tensor):
             by_weight[id(t.weight)] = m
     mode = _Masking(by_weight, by_module)
+
     def enter(mod: nn.Module, args: Any) -> None:
         mode.current.append(id(mod))
 
@@ -175,7 +182,7 @@ def _group_norm(a: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
     per = x.shape[1] // groups
     out = torch.zeros_like(x)
     for g in range(groups):
-        idx = (mask[g * per:(g + 1) * per].nonzero().flatten() + g * per)
+        idx = mask[g * per : (g + 1) * per].nonzero().flatten() + g * per
         if not len(idx):
             continue
         part = x.index_select(1, idx)
@@ -192,7 +199,7 @@ def _group_norm(a: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-_MASKED = {
+_MASKED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {
     F.layer_norm: lambda a, m: _last_dim(F.layer_norm, a, m, "bias"),
     F.rms_norm: lambda a, m: _last_dim(F.rms_norm, a, m),
     F.group_norm: _group_norm,

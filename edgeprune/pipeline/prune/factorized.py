@@ -10,7 +10,10 @@ the pruned model is two smaller dense Linears in ONNX (two MatMul initializers o
 A factorization only pays when r·(in + out) < in·out; a pair pruned to a rank where it does not is
 merged back into one dense Linear (W = P Q), the cheaper of the two forms (`merge_expensive`).
 """
+
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 from torch import nn
@@ -25,7 +28,7 @@ class FactorizedLinear(nn.Module):
         self.up = nn.Linear(rank, out_features, bias=bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "FactorizedLinear":
+    def from_linear(cls, linear: nn.Linear) -> FactorizedLinear:
         """The full-rank factorization of `linear` by SVD: the same function, split at the rank."""
         w = linear.weight.detach().double()
         u, s, vt = torch.linalg.svd(w, full_matrices=False)
@@ -45,7 +48,9 @@ class FactorizedLinear(nn.Module):
     @property
     def costs_more_than_dense(self) -> bool:
         """Whether the pair has at least the parameters (and per-token MACs) of the dense Linear."""
-        return self.rank * (self.down.in_features + self.up.out_features) >= self.down.in_features * self.up.out_features
+        return (
+            self.rank * (self.down.in_features + self.up.out_features) >= self.down.in_features * self.up.out_features
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
@@ -81,5 +86,5 @@ def merge_expensive(model: nn.Module) -> list[str]:
     in place; returns the merged names."""
     names = [n for n, m in model.named_modules() if isinstance(m, FactorizedLinear) and m.costs_more_than_dense]
     for name in names:
-        replace(model, name, model.get_submodule(name).merged())
+        replace(model, name, cast(FactorizedLinear, model.get_submodule(name)).merged())
     return names

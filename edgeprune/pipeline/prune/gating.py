@@ -10,11 +10,13 @@ otherwise on the Conv/Linear itself. Each hook point carries the map from its ow
 to the group's unit index, so a group that reaches a layer at an offset (a concat) is still
 addressed in the group's units.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,6 +28,7 @@ from edgeprune.pipeline.prune.space import PruningSpace
 _BN = nn.modules.batchnorm._BatchNorm
 #: the touched layers that write a group's channels and can carry a hook
 _PRODUCERS = ("conv", "gconv", "dwconv", "linear", "bn")
+
 
 @dataclasses.dataclass(frozen=True)
 class HookPoint:
@@ -63,8 +66,10 @@ def require_channel_groups(space: PruningSpace, method: str) -> None:
     points, and a head group has none."""
     heads = [g.id for g in space.groups if g.kind != "channels"]
     if heads:
-        raise EdgepruneError(f"--method {method} acts on channels; {heads[0]} is an attention-head group: "
-                             "mark it --unprunable or use --method l1")
+        raise EdgepruneError(
+            f"--method {method} acts on channels; {heads[0]} is an attention-head group: "
+            "mark it --unprunable or use --method l1"
+        )
 
 
 def hook_points(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> list[HookPoint]:
@@ -93,9 +98,10 @@ def hook_points(model: nn.Module, space: PruningSpace, example_inputs: Sequence[
 def channel_hooks(model: nn.Module, points: Sequence[HookPoint], fn: ChannelFn) -> Iterator[None]:
     """Apply `fn` to the output of every hook point while the context is open."""
 
-    def hook(point: HookPoint):
-        def run(mod: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    def hook(point: HookPoint) -> Callable[[nn.Module, tuple[Any, ...], torch.Tensor], torch.Tensor]:
+        def run(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             return fn(point, out)
+
         return run
 
     handles = [model.get_submodule(p.layer).register_forward_hook(hook(p)) for p in points]
@@ -106,7 +112,6 @@ def channel_hooks(model: nn.Module, points: Sequence[HookPoint], fn: ChannelFn) 
             h.remove()
 
 
-
 @torch.no_grad()
 def fold(model: nn.Module, points: Sequence[HookPoint], values: dict[str, torch.Tensor]) -> None:
     """Scale, in the weights themselves, the channels every hook point produces by its group's
@@ -115,13 +120,16 @@ def fold(model: nn.Module, points: Sequence[HookPoint], values: dict[str, torch.
     everywhere it flows, and removing it changes nothing."""
     for p in points:
         layer = model.get_submodule(p.layer)
-        v = values[p.group][p.units].to(layer.weight.dtype)
-        if isinstance(layer, _BN) and not layer.affine:
-            raise EdgepruneError(f"{p.layer} is a BatchNorm without affine parameters, so a channel mask cannot be folded "
-                                 "into it; give it affine=True or mark the layer --unprunable")
+        if isinstance(layer, _BN) and not layer.affine:  # (its weight is None)
+            raise EdgepruneError(
+                f"{p.layer} is a BatchNorm without affine parameters, so a channel mask cannot be folded "
+                "into it; give it affine=True or mark the layer --unprunable"
+            )
+        weight, bias = cast(torch.Tensor, layer.weight), cast("torch.Tensor | None", layer.bias)
+        v = values[p.group][p.units].to(weight.dtype)
         if isinstance(layer, _BN):
-            layer.weight.mul_(v)
+            weight.mul_(v)
         else:  # Conv / Linear: output channels are the weight's first dimension
-            layer.weight.mul_(v.view(-1, *[1] * (layer.weight.dim() - 1)))
-        if layer.bias is not None:
-            layer.bias.mul_(v)
+            weight.mul_(v.view(-1, *[1] * (weight.dim() - 1)))
+        if bias is not None:
+            bias.mul_(v)

@@ -22,11 +22,13 @@ torch-pruning traces a forward pass and links every layer whose channels must sh
   projections' input columns, its output channels the output projection's rows; heads are
   attention.py's business.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -37,7 +39,7 @@ from torch_pruning.dependency import shape_infer
 from edgeprune import modelrun
 from edgeprune.errors import first_line
 from edgeprune.pipeline.prune import _mappings
-from edgeprune.pipeline.prune.attention import WIDTH_NAME, AttentionSite, find_attention
+from edgeprune.pipeline.prune.attention import WIDTH_NAME, AttentionSite, find_attention, projection
 
 #: layer types whose output channels start a pruning group
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
@@ -72,6 +74,8 @@ class _Stand(nn.Module):
     """Takes an attention module's place while tracing: runs it without autograd, then links its
     output to its inputs through a single autograd node (`_Link`), so the graph sees one op."""
 
+    inner: nn.Module  # the attention module, set past nn.Module's registration (see __init__)
+
     def __init__(self, site: AttentionSite, module: nn.Module, out_channels: int | None) -> None:
         super().__init__()
         object.__setattr__(self, "inner", module)  # not a registered child: its layers stay hidden
@@ -90,7 +94,7 @@ class _Stand(nn.Module):
 
 class _Link(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, *sources: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+    def forward(ctx: Any, out: torch.Tensor, *sources: torch.Tensor) -> torch.Tensor:
         ctx.n = len(sources)
         return out.clone()
 
@@ -159,8 +163,17 @@ class Graph:
         self.callers = recorder.callers
         self._stands = {id(s): s for s in stands.values()}
         #: the widest layer's channel count: no channel set between layers is wider in a sound mapping
-        self._widest = max([1, *(int(c) for m in self.dg.module2node if isinstance(m, ROOT_TYPES)
-                                 for c in (m.weight.shape[0], m.weight.shape[1] * getattr(m, "groups", 1)))])
+        self._widest = max(
+            [
+                1,
+                *(
+                    int(c)
+                    for m in self.dg.module2node
+                    if isinstance(m, ROOT_TYPES)
+                    for c in (m.weight.shape[0], m.weight.shape[1] * getattr(m, "groups", 1))
+                ),
+            ]
+        )
         self.sites = [self._resolved(s, stands.get(s.name)) for s in sites]
 
     # ----------------------------------------------------------------------------------- lookups
@@ -212,7 +225,8 @@ class Graph:
             self._walk(start_node, handler, start, seen)
         except GraphError as err:
             # the layers written so far share the failing coupling: their own queries would fail alike
-            err.reached = {self.name(n.module) for (n, fn), p in seen.items() if p and self.dg.is_out_channel_pruning_fn(fn)} - {None}
+            names = (self.name(n.module) for (n, fn), p in seen.items() if p and self.dg.is_out_channel_pruning_fn(fn))
+            err.reached = {name for name in names if name is not None}
             raise
         return [t for (node, fn), pairs in seen.items() if pairs for t in self._touches(node, fn, pairs)]
 
@@ -223,7 +237,9 @@ class Graph:
         while stack:
             node, fn, pairs = stack.pop()
             if node in self.broken:
-                raise GraphError(f"it passes through {_describe(node)}, whose channel mapping cannot be traced ({self.broken[node]})")
+                raise GraphError(
+                    f"it passes through {_describe(node)}, whose channel mapping cannot be traced ({self.broken[node]})"
+                )
             for dep in node.dependencies:
                 if not dep.is_triggered_by(fn):
                     continue
@@ -232,8 +248,10 @@ class Graph:
                     continue
                 work += len(fresh)
                 if work > WORK_LIMIT:
-                    raise GraphError(f"its channel coupling does not resolve within {WORK_LIMIT:,} index steps "
-                                     f"(a reshape the graph cannot map, near {_describe(dep.target)})")
+                    raise GraphError(
+                        f"its channel coupling does not resolve within {WORK_LIMIT:,} index steps "
+                        f"(a reshape the graph cannot map, near {_describe(dep.target)})"
+                    )
                 if self.deadline is not None and time.perf_counter() > self.deadline:
                     raise GraphError("not analysed within the time limit")
                 stack.append((dep.target, dep.handler, fresh))
@@ -247,8 +265,10 @@ class Graph:
                 if mapping is not None:
                     mapped = mapping(mapped)
         except Exception as err:  # noqa: BLE001 - torch-pruning's mappings fail on shapes they do not expect
-            raise GraphError(f"the graph cannot map channels into {_describe(dep.target)} "
-                             f"({type(err).__name__}: {first_line(err, 120)})") from None
+            raise GraphError(
+                f"the graph cannot map channels into {_describe(dep.target)} "
+                f"({type(err).__name__}: {first_line(err, 120)})"
+            ) from None
         fresh = [p for p in set(mapped) if p not in seen]
         if not fresh:
             return fresh
@@ -257,12 +277,15 @@ class Graph:
         side_out = self.dg.is_out_channel_pruning_fn(dep.handler)
         size = self.dg.get_out_channels(dep.target) if side_out else self.dg.get_in_channels(dep.target)
         if size is not None and any(not 0 <= p.idx < size for p in fresh):
-            raise GraphError(f"the graph maps channels out of the range of {_describe(dep.target)} "
-                             f"({'out' if side_out else 'in'}, {size} channels): a reshape it cannot follow")
+            raise GraphError(
+                f"the graph maps channels out of the range of {_describe(dep.target)} "
+                f"({'out' if side_out else 'in'}, {size} channels): a reshape it cannot follow"
+            )
         seen.update(fresh)
         if len(seen) > UNITS_PER_CHANNEL * (size or self._widest):  # an op between layers has no width of its own
-            raise GraphError(f"the graph couples each channel of {_describe(dep.target)} to many units: "
-                             "a reshape it cannot follow")
+            raise GraphError(
+                f"the graph couples each channel of {_describe(dep.target)} to many units: a reshape it cannot follow"
+            )
         return fresh
 
     def _touches(self, node: Any, fn: Any, pairs: set[Any]) -> list[Touch]:
@@ -332,14 +355,15 @@ class Graph:
 
 def _out_channels(model: nn.Module, site: AttentionSite) -> int | None:
     inside = site.proj is not None and site.proj.startswith(site.name + ".")
-    return model.get_submodule(site.proj).out_features if inside else None  # type: ignore[arg-type]
+    return projection(model, site.proj).out_features if inside else None
 
 
 class _swapped:
     """Put the stand-ins in their modules' places for the duration of a trace."""
 
     def __init__(self, model: nn.Module, stands: dict[str, _Stand]) -> None:
-        self.model, self.stands, self.saved = model, stands, {}
+        self.model, self.stands = model, stands
+        self.saved: dict[str, nn.Module] = {}
 
     def __enter__(self) -> None:
         for name, stand in self.stands.items():
@@ -393,7 +417,16 @@ def _kind(module: Any) -> str:
         if tp.ops.module2type(module) == tp.ops.OPTYPE.DEPTHWISE_CONV:
             return "dwconv"
         return "gconv" if module.groups > 1 else "conv"
-    kinds = ((nn.Linear, "linear"), (nn.modules.batchnorm._BatchNorm, "bn"), (nn.LayerNorm, "ln"), (nn.GroupNorm, "gn"),
-             (nn.modules.instancenorm._InstanceNorm, "inorm"), (nn.RMSNorm, "rms"), (nn.Embedding, "embed"),
-             (nn.PReLU, "prelu"), (nn.LSTM, "lstm"), (nn.MultiheadAttention, "mha"))
+    kinds = (
+        (nn.Linear, "linear"),
+        (nn.modules.batchnorm._BatchNorm, "bn"),
+        (nn.LayerNorm, "ln"),
+        (nn.GroupNorm, "gn"),
+        (nn.modules.instancenorm._InstanceNorm, "inorm"),
+        (nn.RMSNorm, "rms"),
+        (nn.Embedding, "embed"),
+        (nn.PReLU, "prelu"),
+        (nn.LSTM, "lstm"),
+        (nn.MultiheadAttention, "mha"),
+    )
     return next((k for t, k in kinds if isinstance(module, t)), "other")

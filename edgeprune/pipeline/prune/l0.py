@@ -8,6 +8,7 @@ probability that a gate is non-zero, sigmoid(log_alpha - beta log(-gamma / zeta)
 L0 norm per unit: differentiable, it is what a sparsity constraint acts on. At test time the gate
 is deterministic, clip(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1).
 """
+
 from __future__ import annotations
 
 import math

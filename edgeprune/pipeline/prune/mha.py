@@ -8,6 +8,7 @@ that on the model's own inputs before swapping one in) with q, k, v and the outp
 plain Linears and a head count that is only ever read, so attention.py finds it like any other
 attention module (torchvision's ViTs, nn.Transformer*).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,19 @@ class MultiheadAttention(nn.Module):
     _qkv_same_embed_dim = False
     in_proj_weight = None
     in_proj_bias = None
+    head_index: torch.Tensor  # a buffer: the original index of each head still here
 
-    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, kdim: int, vdim: int, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        head_dim: int,
+        kdim: int,
+        vdim: int,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -40,15 +51,22 @@ class MultiheadAttention(nn.Module):
         self.register_buffer("head_index", torch.arange(num_heads), persistent=False)
 
     @classmethod
-    def from_native(cls, m: nn.MultiheadAttention) -> "MultiheadAttention | None":
+    def from_native(cls, m: nn.MultiheadAttention) -> MultiheadAttention | None:
         """The equivalent of `m` with its weights, or None for options it does not support."""
         if m.bias_k is not None or m.bias_v is not None or m.add_zero_attn:
             return None
         e = m.embed_dim
-        new = cls(e, m.num_heads, e // m.num_heads, m.kdim, m.vdim, m.in_proj_bias is not None, m.batch_first, m.dropout)
+        new = cls(
+            e, m.num_heads, e // m.num_heads, m.kdim, m.vdim, m.in_proj_bias is not None, m.batch_first, m.dropout
+        )
         with torch.no_grad():
-            weights = m.in_proj_weight.chunk(3) if m._qkv_same_embed_dim else (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
-            biases = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
+            weights = (
+                m.in_proj_weight.chunk(3)
+                if m._qkv_same_embed_dim
+                else (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
+            )
+            in_bias: torch.Tensor | None = m.in_proj_bias  # None when built with bias=False (torch types it Tensor)
+            biases = in_bias.chunk(3) if in_bias is not None else (None, None, None)
             for layer, w, b in zip((new.q_proj, new.k_proj, new.v_proj), weights, biases):
                 layer.weight.copy_(w)
                 if b is not None:
@@ -58,9 +76,17 @@ class MultiheadAttention(nn.Module):
                 new.out_proj.bias.copy_(m.out_proj.bias)
         return new.train(m.training)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         unbatched = query.dim() == 2
         if unbatched:
             query, key, value = (t.unsqueeze(0) for t in (query, key, value))
@@ -70,7 +96,7 @@ class MultiheadAttention(nn.Module):
         q = self.q_proj(query).view(b, n, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(key).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(value).view(b, s, -1, self.head_dim).transpose(1, 2)
-        scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
         bias = self._mask(attn_mask, key_padding_mask, is_causal, b, n, s, scores.dtype)
         if bias is not None:
             scores = scores + bias
@@ -86,8 +112,16 @@ class MultiheadAttention(nn.Module):
         w = weights.mean(1) if average_attn_weights else weights
         return out, (w.squeeze(0) if unbatched else w)
 
-    def _mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool, b: int, n: int, s: int,
-              dtype: torch.dtype) -> Tensor | None:
+    def _mask(
+        self,
+        attn_mask: Tensor | None,
+        key_padding_mask: Tensor | None,
+        is_causal: bool,
+        b: int,
+        n: int,
+        s: int,
+        dtype: torch.dtype,
+    ) -> Tensor | None:
         """One additive (batch or 1, heads or 1, n, s) mask from the module's mask arguments."""
         total = None
         if attn_mask is None and is_causal:

@@ -3,12 +3,13 @@
 Kept apart from the `edgeprune.prune` wrapper so that callers who want more than the pruned module
 (the zoo benchmark, tools that report what was left whole) get the space and the plan as well.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

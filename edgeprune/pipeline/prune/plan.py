@@ -4,6 +4,7 @@ A plan is plain JSON and refers to groups by the stable name of their root modul
 to a fresh copy of the original architecture is deterministic: it can be saved, reviewed, re-applied
 to rebuild a pruned model from its state dict, or trained from scratch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,9 +48,11 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
         if d.get("version") != PLAN_VERSION or "groups" not in d:
-            raise EdgepruneError(f"not an edgeprune plan (version {d.get('version')!r}); re-create it with this edgeprune")
+            raise EdgepruneError(
+                f"not an edgeprune plan (version {d.get('version')!r}); re-create it with this edgeprune"
+            )
         groups = {
             gid: GroupKeep(kind=g["kind"], size=int(g["size"]), keep=tuple(int(i) for i in g["keep"]))
             for gid, g in d["groups"].items()
@@ -60,7 +63,7 @@ class Plan:
         atomic.write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         try:
             return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as err:

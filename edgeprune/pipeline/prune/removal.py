@@ -10,10 +10,12 @@ space's segments make the counts equal) and its input channels too, each group k
 local indices, which torch-pruning's conv pruner does not do (it keeps the first group's indices for
 all of them). That is what makes ResNeXt, RegNet and ResNeSt blocks prunable.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch_pruning as tp
@@ -27,9 +29,18 @@ Cuts = dict[tuple[str, str], tuple[str, int, set[int]]]
 
 _F = tp.pruner.function
 _PRUNERS = {
-    "conv": _F.ConvPruner(), "gconv": _F.ConvPruner(), "convT": _F.ConvPruner(), "dwconv": _F.DepthwiseConvPruner(),
-    "linear": _F.LinearPruner(), "bn": _F.BatchnormPruner(), "ln": _F.LayernormPruner(), "gn": _F.GroupNormPruner(),
-    "inorm": _F.InstanceNormPruner(), "embed": _F.EmbeddingPruner(), "prelu": _F.PReLUPruner(), "lstm": _F.LSTMPruner(),
+    "conv": _F.ConvPruner(),
+    "gconv": _F.ConvPruner(),
+    "convT": _F.ConvPruner(),
+    "dwconv": _F.DepthwiseConvPruner(),
+    "linear": _F.LinearPruner(),
+    "bn": _F.BatchnormPruner(),
+    "ln": _F.LayernormPruner(),
+    "gn": _F.GroupNormPruner(),
+    "inorm": _F.InstanceNormPruner(),
+    "embed": _F.EmbeddingPruner(),
+    "prelu": _F.PReLUPruner(),
+    "lstm": _F.LSTMPruner(),
 }
 
 #: torch's own layers: removing a channel from one of them is exact by construction
@@ -39,7 +50,7 @@ STANDARD = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def merge(touches: Iterable[Touch]) -> Cuts:
     cuts: Cuts = {}
     for t in touches:
-        kind, dim, idxs = cuts.setdefault((t.name, t.side), (t.kind, t.dim, set()))
+        _kind, _dim, idxs = cuts.setdefault((t.name, t.side), (t.kind, t.dim, set()))
         idxs.update(t.idxs)
     return cuts
 
@@ -53,7 +64,9 @@ def remove(model: nn.Module, cuts: Cuts) -> None:
             owner, leaf = _owner(model, name)
             old = getattr(owner, leaf)
             keep = torch.tensor([i for i in range(old.shape[dim]) if i not in idxs], dtype=torch.long)
-            setattr(owner, leaf, nn.Parameter(old.detach().index_select(dim, keep).clone(), requires_grad=old.requires_grad))
+            setattr(
+                owner, leaf, nn.Parameter(old.detach().index_select(dim, keep).clone(), requires_grad=old.requires_grad)
+            )
             continue
         if kind == "width":
             owner, leaf = _owner(model, name)
@@ -68,9 +81,9 @@ def remove(model: nn.Module, cuts: Cuts) -> None:
             continue
         layer = model.get_submodule(name)
         if kind == "gconv" and side == "in":
-            _grouped_inputs(layer, idxs)
+            _grouped_inputs(cast(nn.Conv2d, layer), idxs)
         elif kind == "rms":
-            _rms_norm(layer, idxs)
+            _rms_norm(cast(nn.RMSNorm, layer), idxs)
         elif kind in _PRUNERS:
             pruner = _PRUNERS[kind]
             before = getattr(layer, "out_channels", getattr(layer, "out_features", None))
@@ -88,7 +101,9 @@ def _per_output(layer: nn.Module, size: int, removed: set[int]) -> None:
     for name, t in [*layer.named_parameters(recurse=False), *layer.named_buffers(recurse=False)]:
         if name not in ("weight", "bias") and t.dim() and t.shape[0] == size:
             new = t.detach().index_select(0, keep).clone()
-            setattr(layer, name, nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new)
+            setattr(
+                layer, name, nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new
+            )
 
 
 @torch.no_grad()
@@ -97,8 +112,13 @@ def inexact_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
     silencing it: a weight-standardized conv (NFNet's ScaledStdConv2d) normalizes each filter over
     its input channels, so taking one out changes the others. Each subclass layer is tried alone on
     a random input of the shape it sees in the model; torch's own classes need no trial."""
-    custom = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-              and type(m) not in STANDARD and not getattr(m, "transposed", False)}
+    custom = {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+        and type(m) not in STANDARD
+        and not getattr(m, "transposed", False)
+    }
     if not custom:
         return {}
     shapes: dict[str, torch.Size] = {}
@@ -106,6 +126,7 @@ def inexact_layers(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> 
     def seen(name: str) -> Any:
         def record(mod: nn.Module, args: tuple) -> None:
             shapes.setdefault(name, args[0].shape)
+
         return record
 
     hooks = [m.register_forward_pre_hook(seen(n)) for n, m in custom.items()]
@@ -145,8 +166,8 @@ def _trial(layer: nn.Module, shape: torch.Size) -> dict[str, str]:
                     keep = torch.tensor([c for c in range(size) if c not in drop])
                     if depthwise:
                         _PRUNERS["dwconv"].prune_out_channels(cut, drop)
-                    elif groups > 1:
-                        _grouped_inputs(cut, set(drop))
+                    elif groups > 1:  # a grouped conv
+                        _grouped_inputs(cast(nn.Conv2d, cut), set(drop))
                     else:
                         _PRUNERS["linear" if linear else "conv"].prune_in_channels(cut, drop)
                     want = layer(x.index_fill(axis, torch.tensor(drop), 0.0))
@@ -161,8 +182,10 @@ def _trial(layer: nn.Module, shape: torch.Size) -> dict[str, str]:
             except Exception:  # noqa: BLE001 - a layer that fails once cut is as unusable as an inexact one
                 exact = False
             if not exact:
-                out[side] = (f"{type(layer).__name__} transforms its weights or outputs (e.g. weight standardization): "
-                             f"removing one {'input' if side == 'in' else 'output'} channel changes the others")
+                out[side] = (
+                    f"{type(layer).__name__} transforms its weights or outputs (e.g. weight standardization): "
+                    f"removing one {'input' if side == 'in' else 'output'} channel changes the others"
+                )
     return out
 
 
@@ -178,9 +201,13 @@ def _owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
 def _grouped_inputs(conv: nn.Conv2d, removed: set[int]) -> None:
     """Remove input channels of a grouped conv evenly per group, each group keeping its own local indices."""
     per_in = conv.in_channels // conv.groups
-    kept = [[c - g * per_in for c in range(g * per_in, (g + 1) * per_in) if c not in removed] for g in range(conv.groups)]
+    kept = [
+        [c - g * per_in for c in range(g * per_in, (g + 1) * per_in) if c not in removed] for g in range(conv.groups)
+    ]
     if len({len(k) for k in kept}) != 1 or not kept[0]:
-        raise GraphError(f"grouped convolution (groups={conv.groups}) must keep the same number of input channels in every group")
+        raise GraphError(
+            f"grouped convolution (groups={conv.groups}) must keep the same number of input channels in every group"
+        )
     per_out = conv.out_channels // conv.groups
     index = torch.tensor([kept[o // per_out] for o in range(conv.out_channels)], dtype=torch.long)
     index = index.view(*index.shape, *[1] * (conv.weight.dim() - 2)).expand(-1, -1, *conv.weight.shape[2:])

@@ -14,13 +14,13 @@ level rises, groups drop a step one at a time instead of all at once. The config
 change one group-step at a time, every group's width is non-increasing in the level (so the cost
 is monotone and bisection on the level is sound), and each group stays on its multiple.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
-
 
 _GOLDEN = (5**0.5 - 1) / 2
 
@@ -36,8 +36,15 @@ def width_step(size: int, kind: str, round_to: int) -> int:
 
 
 def plan_at_level(
-    space: PruningSpace, scores: Scores, level: float, round_to: int, method: str = "", ranking: str = "uniform",
-    depth: str = "off", block_scores: dict[str, float] | None = None, blocks_by_threshold: bool = False,
+    space: PruningSpace,
+    scores: Scores,
+    level: float,
+    round_to: int,
+    method: str = "",
+    ranking: str = "uniform",
+    depth: str = "off",
+    block_scores: dict[str, float] | None = None,
+    blocks_by_threshold: bool = False,
 ) -> Plan:
     """Prune `level` of the units, rounded per segment to its step, keeping the best-scored ones.
 
@@ -67,7 +74,12 @@ def plan_at_level(
         tied = g.id in space.tied  # tied groups share one phase and keep one width (space.constrained)
         phase = _GOLDEN if tied else ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
         uniform = dropped is None or g.kind == "heads" or tied  # head scores are not on the channels' scale
-        ideals = [len(seg) * (1.0 - level) if uniform else float(sum((g.id, u) not in dropped for u in seg)) for seg in g.segments]
+        ideals = [
+            len(seg) * (1.0 - level)
+            if uniform or dropped is None
+            else float(sum((g.id, u) not in dropped for u in seg))
+            for seg in g.segments
+        ]
         if g.even_by:  # every segment keeps the same count (a grouped conv's groups, a chunk's parts)
             ideals = [float(np.mean(ideals))] * len(ideals)
         for seg, ideal in zip(g.segments, ideals):
@@ -79,10 +91,16 @@ def plan_at_level(
             wanted += ideal
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))
         requested[g.id] = round(wanted, 2)
-    meta = {"level": round(level, 6), "round_to": round_to, "method": method, "ranking": ranking, "depth": depth,
-            "requested": requested,
-            # groups whose units went the same count per segment, each ranked within its segment (a grouped conv's groups)
-            "even": {g.id: g.even_by for g in space.groups if g.even_by}}
+    meta = {
+        "level": round(level, 6),
+        "round_to": round_to,
+        "method": method,
+        "ranking": ranking,
+        "depth": depth,
+        "requested": requested,
+        # groups whose units went the same count per segment, each ranked within its segment (a grouped conv's groups)
+        "even": {g.id: g.even_by for g in space.groups if g.even_by},
+    }
     return Plan(groups, meta=meta, removed_blocks=removed_blocks)
 
 
@@ -95,16 +113,23 @@ def blocks_at_level(block_scores: dict[str, float], level: float) -> tuple[str, 
 def _globally_dropped(space: PruningSpace, scores: Scores, level: float) -> set[tuple[str, int]]:
     """The `level` fraction of all channel units with the lowest scores (ties broken by position)."""
     units = [(g.id, u) for g in space.groups if g.kind == "channels" for u in range(g.size)]
-    pooled = np.concatenate([np.asarray(scores[g.id], dtype=np.float64) for g in space.groups if g.kind == "channels"] or [np.zeros(0)])
+    pooled = np.concatenate(
+        [np.asarray(scores[g.id], dtype=np.float64) for g in space.groups if g.kind == "channels"] or [np.zeros(0)]
+    )
     order = np.argsort(pooled, kind="stable")
-    return {units[i] for i in order[: int(round(min(max(level, 0.0), 1.0) * len(units)))]}
+    return {units[i] for i in order[: round(min(max(level, 0.0), 1.0) * len(units))]}
 
 
 def _threshold(space: PruningSpace, scores: Scores, dropped: set[tuple[str, int]]) -> float:
     """A score between the highest dropped and the lowest kept unit (-inf when none is dropped)."""
     if not dropped:
         return float("-inf")
-    units = [(float(scores[g.id][u]), (g.id, u) in dropped) for g in space.groups if g.kind == "channels" for u in range(g.size)]
+    units = [
+        (float(scores[g.id][u]), (g.id, u) in dropped)
+        for g in space.groups
+        if g.kind == "channels"
+        for u in range(g.size)
+    ]
     gone = max(v for v, d in units if d)
     kept = min((v for v, d in units if not d), default=gone)
     return (gone + kept) / 2

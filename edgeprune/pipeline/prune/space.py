@@ -11,12 +11,14 @@ about k·log2(n) trials.
 Everything is bounded by a time limit (default 60 s): what is not analysed or not verified by then
 is left whole ("not analysed within 60 s"), so a user's run never hangs here.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +78,7 @@ class PruningSpace:
             "tied": list(self.tied),
         }
 
-    def constrained(self, prunable: Iterable[str], tied: bool, why: str) -> "PruningSpace":
+    def constrained(self, prunable: Iterable[str], tied: bool, why: str) -> PruningSpace:
         """Only the groups rooted at `prunable` layers stay (the others left whole because `why`),
         all to keep one width when `tied`."""
         allowed = set(prunable)
@@ -89,7 +91,7 @@ class PruningSpace:
         return PruningSpace(kept, self.skipped + whole, tuple(g.id for g in kept) if tied else ())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PruningSpace":
+    def from_dict(cls, d: dict[str, Any]) -> PruningSpace:
         def tuples(v: Any) -> Any:
             return tuple(tuples(x) for x in v) if isinstance(v, list) else v
 
@@ -98,7 +100,9 @@ class PruningSpace:
 
 
 def discover(
-    model: nn.Module, example_inputs: Sequence[torch.Tensor], unprunable: Iterable[str] = (),
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    unprunable: Iterable[str] = (),
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> PruningSpace:
     """Find the prunable groups of `model` (not modified). `unprunable` names layers to leave whole."""
@@ -108,18 +112,24 @@ def discover(
     try:
         graph = Graph(model, example_inputs, deadline)
     except Exception as err:  # noqa: BLE001 - a model the tracer cannot follow is left whole, not crashed
-        return PruningSpace([], [Skipped("(model)", f"the model cannot be traced ({type(err).__name__}: {first_line(err, 160)})")])
+        return PruningSpace(
+            [], [Skipped("(model)", f"the model cannot be traced ({type(err).__name__}: {first_line(err, 160)})")]
+        )
     unprunable = set(unprunable)
     outputs = output_layers(model, example_inputs)
     try:
         inexact = removal.inexact_layers(model, example_inputs)
     except Exception as err:  # noqa: BLE001 - the layers could not be tried: none of their channels go
-        inexact = {(n, side): f"could not be tried alone ({type(err).__name__})" for n, m in model.named_modules()
-                   if isinstance(m, ROOT_TYPES) and type(m) not in removal.STANDARD for side in ("in", "out")}
+        inexact = {
+            (n, side): f"could not be tried alone ({type(err).__name__})"
+            for n, m in model.named_modules()
+            if isinstance(m, ROOT_TYPES) and type(m) not in removal.STANDARD
+            for side in ("in", "out")
+        }
     candidates: list[Group] = []
     skipped: list[Skipped] = []
     visited: set[str] = set()  # layers whose output channels already belong to a group
-    for name, layer, size in graph.roots():
+    for name, _layer, size in graph.roots():
         if name in visited:
             continue
         if time.perf_counter() > deadline:
@@ -136,7 +146,10 @@ def discover(
             visited |= err.reached
             group, reason = None, late if "time limit" in str(err) else str(err)
         except Exception as err:  # noqa: BLE001 - whatever torch-pruning raises leaves this group whole, not the run
-            group, reason = None, f"its channel coupling cannot be traced ({type(err).__name__}: {first_line(err, 160)})"
+            group, reason = (
+                None,
+                f"its channel coupling cannot be traced ({type(err).__name__}: {first_line(err, 160)})",
+            )
         if reason:
             skipped.append(Skipped(name, reason))
         else:
@@ -154,8 +167,15 @@ def discover(
     return PruningSpace([g for g in candidates if g.id not in out], skipped)
 
 
-def _channel_group(model: nn.Module, name: str, size: int, touches: list[Touch], outputs: set[str],
-                   unprunable: set[str], inexact: dict[tuple[str, str], str]) -> tuple[Group | None, str]:
+def _channel_group(
+    model: nn.Module,
+    name: str,
+    size: int,
+    touches: list[Touch],
+    outputs: set[str],
+    unprunable: set[str],
+    inexact: dict[tuple[str, str], str],
+) -> tuple[Group | None, str]:
     """The group rooted at layer `name`, or the reason it is left whole."""
     layers = {t.name for t in touches}
     written = {t.name for t in touches if t.side == "out"}
@@ -167,8 +187,10 @@ def _channel_group(model: nn.Module, name: str, size: int, touches: list[Touch],
         return None, "a single channel"
     coupled = next(_shared_channels(touches), None)
     if coupled:
-        return None, (f"units {coupled[1]} and {coupled[2]} are one channel of {coupled[0]} (e.g. a GLU's halves "
-                      "multiplied together): they cannot be removed one at a time")
+        return None, (
+            f"units {coupled[1]} and {coupled[2]} are one channel of {coupled[0]} (e.g. a GLU's halves "
+            "multiplied together): they cannot be removed one at a time"
+        )
     for t in touches:
         why = _unsupported(model, t) or inexact.get((t.name, t.side), "")
         if why:
@@ -216,12 +238,14 @@ def _shared_channels(touches: list[Touch]) -> Iterator[tuple[str, int, int]]:
 
 def _unsupported(model: nn.Module, t: Touch) -> str:
     """Why a touched layer makes its group unprunable ('' when it does not)."""
-    if t.kind == "convT" and model.get_submodule(t.name).groups > 1:
+    if t.kind == "convT" and getattr(model.get_submodule(t.name), "groups", 1) > 1:
         return f"grouped transposed convolution {t.name}"
     return ""
 
 
-def _segments(model: nn.Module, touches: list[Touch], size: int) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...], str]:
+def _segments(
+    model: nn.Module, touches: list[Touch], size: int
+) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...], str]:
     """Members, the units each one touches, and the partition of the units those induce.
 
     Units touched by the same set of layers form one segment. Most groups are one segment; a concat
@@ -282,7 +306,9 @@ def through_norm(model: nn.Module, group: Group) -> bool:
             m = model.get_submodule(member.rpartition("(")[0])
         except AttributeError:  # a parameter, not a layer
             continue
-        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) or (isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels):
+        if isinstance(m, (nn.LayerNorm, nn.RMSNorm)) or (
+            isinstance(m, nn.GroupNorm) and m.num_groups != m.num_channels
+        ):
             return True
     return False
 
@@ -386,12 +412,17 @@ def verified_plan(model: nn.Module, example_inputs: Sequence[torch.Tensor], plan
     if not bad:
         return plan, []
     out = {gid for gid, _ in bad}
-    kept = {gid: (GroupKeep(k.kind, k.size, tuple(range(k.size))) if gid in out else k) for gid, k in plan.groups.items()}
-    return dataclasses.replace(plan, groups=kept), [Skipped(gid, f"at the chosen widths: {reason}") for gid, reason in bad]
+    kept = {
+        gid: (GroupKeep(k.kind, k.size, tuple(range(k.size))) if gid in out else k) for gid, k in plan.groups.items()
+    }
+    return dataclasses.replace(plan, groups=kept), [
+        Skipped(gid, f"at the chosen widths: {reason}") for gid, reason in bad
+    ]
 
 
-def _failing(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: Graph, groups: list[Group],
-             deadline: float) -> tuple[list[tuple[Group, str]], list[Group]]:
+def _failing(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], graph: Graph, groups: list[Group], deadline: float
+) -> tuple[list[tuple[Group, str]], list[Group]]:
     """The groups whose probe fails, each with the reason, and those not verified before `deadline`."""
     return _isolate(groups, lambda subset: check_plan(model, example_inputs, graph, probe_plan(subset)), deadline)
 
@@ -420,5 +451,5 @@ def _isolate(items: list[Any], reason_of: Any, deadline: float | None) -> tuple[
         elif halves >= 2 and failed > 0.6 * halves:
             pending += [([item], False) for item in subset]
         else:
-            pending += [(subset[: len(subset) // 2], True), (subset[len(subset) // 2:], True)]
+            pending += [(subset[: len(subset) // 2], True), (subset[len(subset) // 2 :], True)]
     return bad, []

@@ -1,5 +1,6 @@
 """Recovery after pruning (`--recover`): fine-tune, distill from the unpruned model, scratch training,
 or adversarial (PGD) fine-tuning."""
+
 from edgeprune.pipeline.recovery import adversarial, distill, finetune, scratch  # noqa: F401  (registration)
 from edgeprune.pipeline.recovery.base import Recovery, get_recovery, recovery_names
 from edgeprune.pipeline.recovery.evaluate import load_metric, top1

@@ -1,10 +1,11 @@
 """Adversarial fine-tuning (`--recover adversarial`): continue training the pruned weights on PGD
 examples (Madry et al. 2018), so a model pruned for robustness (ANP) is recovered for robustness
 too; the clean-loss recoveries would trade the robustness away again."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -23,8 +24,25 @@ class AdversarialFineTune(Recovery):
     def __init__(self, pgd_steps: int = 7, eps: float = 8 / 255, step: float = 2 / 255) -> None:
         self.options = {"steps": pgd_steps, "eps": eps, "step": step}
 
-    def fit(self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
-            metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    def fit(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        data: DataBundle,
+        config: TrainConfig,
+        metric: Metric = top1,
+        checkpoint: Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> TrainResult:
         loss = adversarial_loss(PGD.for_data(data, **self.options))
-        return train(student, data.train, config, loss, val_loader=data.val, metric=metric, checkpoint=checkpoint, log=log,
-                     label=self.name)
+        return train(
+            student,
+            data.train,
+            config,
+            loss,
+            val_loader=data.val,
+            metric=metric,
+            checkpoint=checkpoint,
+            log=log,
+            label=self.name,
+        )

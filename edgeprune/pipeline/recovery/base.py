@@ -3,11 +3,13 @@
 `fit(student, teacher, data, config)` trains the pruned `student` in place; `teacher` is the
 unpruned model (used by distillation, ignored by the others). Each method is one file.
 """
+
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from torch import nn
 
@@ -24,8 +26,14 @@ class Recovery(abc.ABC):
 
     @abc.abstractmethod
     def fit(
-        self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
-        metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print,
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        data: DataBundle,
+        config: TrainConfig,
+        metric: Metric = top1,
+        checkpoint: Path | None = None,
+        log: Callable[[str], None] = print,
     ) -> TrainResult: ...
 
 

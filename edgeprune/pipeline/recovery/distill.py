@@ -19,10 +19,12 @@ The student trains with only its normalisation and dropout layers in training mo
 eval mode, as the teacher): a layer that returns something else while training (a YOLO head
 returns raw maps instead of (decoded boxes, maps)) then returns what the teacher returns.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +42,12 @@ FEATURE_TAPS = 8
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
-    return alpha * soft_kl(student_logits, teacher_logits, temperature) + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    return alpha * soft_kl(student_logits, teacher_logits, temperature) + (1.0 - alpha) * F.cross_entropy(
+        student_logits, labels
+    )
 
 
 def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,13 +66,20 @@ def output_loss(student_out: Any, teacher_out: Any, temperature: float) -> torch
     """The mean over the teacher's floating outputs of a term suited to each (module docstring)."""
     want, got = modelrun.named_outputs(teacher_out), modelrun.named_outputs(student_out)
     if len(want) != len(got):
-        raise EdgepruneError(f"the pruned model returns {len(got)} tensors and the unpruned one {len(want)}; "
-                             "distillation pairs them by position")
-    terms = [soft_kl(s, t, temperature) if is_class_logits(name, t) else regression(s, t)
-             for (name, t), (_, s) in zip(want, got) if t.is_floating_point()]
+        raise EdgepruneError(
+            f"the pruned model returns {len(got)} tensors and the unpruned one {len(want)}; "
+            "distillation pairs them by position"
+        )
+    terms = [
+        soft_kl(s, t, temperature) if is_class_logits(name, t) else regression(s, t)
+        for (name, t), (_, s) in zip(want, got)
+        if t.is_floating_point()
+    ]
     if not terms:
-        raise EdgepruneError("the model's outputs are all integers (indices, not scores), which cannot be distilled; "
-                             "give labelled data and --recover finetune, or a model that returns scores")
+        raise EdgepruneError(
+            "the model's outputs are all integers (indices, not scores), which cannot be distilled; "
+            "give labelled data and --recover finetune, or a model that returns scores"
+        )
     return torch.stack(terms).mean()
 
 
@@ -97,9 +110,12 @@ class FeatureTaps:
         self.got, self.want = {}, {}
         return torch.stack(terms).mean() if terms else None
 
-    def __enter__(self) -> "FeatureTaps":
-        self.handles = [m[n].register_forward_hook(_keeper(store, n)) for n in self.names
-                        for m, store in ((self.student, self.got), (self.teacher, self.want))]
+    def __enter__(self) -> FeatureTaps:
+        self.handles = [
+            m[n].register_forward_hook(_keeper(store, n))
+            for n in self.names
+            for m, store in ((self.student, self.got), (self.teacher, self.want))
+        ]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -108,9 +124,10 @@ class FeatureTaps:
 
 
 def _keeper(store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:
-    def hook(module: nn.Module, args: Any, out: Any) -> None:  # noqa: ARG001
+    def hook(module: nn.Module, args: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor):
             store[name] = out
+
     return hook
 
 
@@ -121,14 +138,16 @@ def _output_shapes(model: nn.Module, x: Any) -> tuple[dict[str, tuple[int, ...]]
     order: list[str] = []
 
     def hook(name: str) -> Callable[..., None]:
-        def record(module: nn.Module, args: Any, out: Any) -> None:  # noqa: ARG001
+        def record(module: nn.Module, args: Any, out: Any) -> None:
             if isinstance(out, torch.Tensor) and out.is_floating_point() and name not in shapes:
                 shapes[name] = tuple(out.shape)
                 order.append(name)
+
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if n and any(True for _ in m.parameters())]
+    handles = [
+        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n and any(True for _ in m.parameters())
+    ]
     try:
         with modelrun.eval_mode(model):
             modelrun.call(model, x)
@@ -148,8 +167,16 @@ class Distill(Recovery):
         self.alpha = alpha
         self.feature_weight = feature_weight
 
-    def fit(self, student: nn.Module, teacher: nn.Module, data: DataBundle, config: TrainConfig,
-            metric: Metric = top1, checkpoint: Path | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    def fit(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        data: DataBundle,
+        config: TrainConfig,
+        metric: Metric = top1,
+        checkpoint: Path | None = None,
+        log: Callable[[str], None] = print,
+    ) -> TrainResult:
         teacher.eval()
         batch = next(iter(data.train))[0]
         first = tuple(t[:2] for t in batch) if isinstance(batch, (tuple, list)) else batch[:2]
@@ -168,8 +195,28 @@ class Distill(Recovery):
             return (loss if feat is None else loss + self.feature_weight * feat), out
 
         if taps is None:
-            return train(student, data.train, config, loss_fn, data.val, metric, checkpoint, log, label=self.name,
-                         train_mode=train_norms_only)
+            return train(
+                student,
+                data.train,
+                config,
+                loss_fn,
+                data.val,
+                metric,
+                checkpoint,
+                log,
+                label=self.name,
+                train_mode=train_norms_only,
+            )
         with taps:
-            return train(student, data.train, config, loss_fn, data.val, metric, checkpoint, log, label=self.name,
-                         train_mode=train_norms_only)
+            return train(
+                student,
+                data.train,
+                config,
+                loss_fn,
+                data.val,
+                metric,
+                checkpoint,
+                log,
+                label=self.name,
+                train_mode=train_norms_only,
+            )

@@ -10,12 +10,14 @@ needs no labels and fits any output structure; higher is better and the unpruned
   floating-point output against the unpruned model's, 1 - sum((out - ref)^2) / sum((ref - mean ref)^2)
   pooled over the outputs (0 is a model no better than predicting the reference's mean).
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import math
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +46,9 @@ def top1(model: nn.Module, loader: Iterable[Any]) -> float:
     with evaluating(model):
         for x, y in loader:
             if y is None:
-                raise EdgepruneError("top-1 needs labels and the data has none; its metric is fidelity to the unpruned model")
+                raise EdgepruneError(
+                    "top-1 needs labels and the data has none; its metric is fidelity to the unpruned model"
+                )
             correct += int((modelrun.flatten_outputs(modelrun.call(model, x))[0].argmax(dim=1) == y).sum())
             total += int(y.numel())
     if total == 0:
@@ -76,7 +80,9 @@ def load_metric(spec: str | None) -> tuple[str, Metric]:
     try:
         return spec, getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError, ValueError, TypeError) as err:  # TypeError: ".relative:fn"
-        raise EdgepruneError(f"cannot import --metric {spec} ({first_line(err)}); name a function(model, loader) -> float") from None
+        raise EdgepruneError(
+            f"cannot import --metric {spec} ({first_line(err)}); name a function(model, loader) -> float"
+        ) from None
 
 
 def is_class_logits(name: str, t: torch.Tensor) -> bool:
@@ -94,12 +100,17 @@ class Fidelity:
         self.teacher = teacher
         outs = modelrun.named_outputs(modelrun.run_raw(teacher, example_inputs))
         if not any(t.is_floating_point() for _, t in outs):
-            raise EdgepruneError("the model's outputs are all integers (indices, not scores): neither distillation nor "
-                                 "fidelity can compare them; give labels and a --metric, or a model that returns scores")
+            raise EdgepruneError(
+                "the model's outputs are all integers (indices, not scores): neither distillation nor "
+                "fidelity can compare them; give labels and a --metric, or a model that returns scores"
+            )
         self.agreement = is_class_logits(*outs[0])
         self.name = "agreement" if self.agreement else "fidelity"
-        self.describe = ("top-1 agreement with the unpruned model" if self.agreement
-                         else "R² of the outputs against the unpruned model's")
+        self.describe = (
+            "top-1 agreement with the unpruned model"
+            if self.agreement
+            else "R² of the outputs against the unpruned model's"
+        )
 
     def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
         agree = count = 0

@@ -12,10 +12,12 @@ The attack runs the model in eval mode (BatchNorm's running statistics, a masked
 deterministic masks): it attacks the network that would be deployed, and its k extra forward
 passes do not disturb the BatchNorm statistics being trained.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,18 +36,22 @@ class PGD:
     random_start: bool = True
 
     @classmethod
-    def for_data(cls, data: Any, **options: Any) -> "PGD":
+    def for_data(cls, data: Any, **options: Any) -> PGD:
         """The attack for a DataBundle, whose normalization says where the pixel range is."""
         if getattr(data, "normalization", None) is None:
-            raise EdgepruneError("an adversarial attack needs the images' pixel range; pass --data as an .npz or an image folder "
-                                 "(a module:function loader does not say how its inputs were normalized)")
+            raise EdgepruneError(
+                "an adversarial attack needs the images' pixel range; pass --data as an .npz or an image folder "
+                "(a module:function loader does not say how its inputs were normalized)"
+            )
         return cls(data.normalization, **options)
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Adversarial versions of the normalized inputs `x` (labels `y`), normalized like them."""
         mean, std = self._stats(x)
         pixels = x.detach() * std + mean
-        delta = torch.empty_like(pixels).uniform_(-self.eps, self.eps) if self.random_start else torch.zeros_like(pixels)
+        delta = (
+            torch.empty_like(pixels).uniform_(-self.eps, self.eps) if self.random_start else torch.zeros_like(pixels)
+        )
         delta = (pixels + delta).clamp(0, 1) - pixels
         was_training = model.training
         model.eval()
@@ -67,8 +73,10 @@ class PGD:
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (torch.tensor(self.normalization.mean, dtype=x.dtype).view(shape),
-                torch.tensor(self.normalization.std, dtype=x.dtype).view(shape))
+        return (
+            torch.tensor(self.normalization.mean, dtype=x.dtype).view(shape),
+            torch.tensor(self.normalization.std, dtype=x.dtype).view(shape),
+        )
 
 
 def robust_top1(model: nn.Module, loader: Iterable[Any], pgd: PGD, limit: int | None = None) -> float:

@@ -5,14 +5,16 @@ optimizer steps. A checkpoint is written (atomically) after every epoch and an i
 resumes from it. Under `torchrun` the model is wrapped in DistributedDataParallel, each rank reads
 its shard of the data, and only rank 0 writes checkpoints and prints.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -23,8 +25,8 @@ from edgeprune import atomic, modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.recovery.evaluate import Metric, top1
 
-#: loss(model, inputs, labels) -> (loss, logits)
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: loss(model, inputs, labels) -> (loss, outputs): logits for a classifier, any output structure otherwise
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Any]]
 
 
 @dataclasses.dataclass
@@ -38,7 +40,7 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def budget(cls, epochs: int | None, steps: int | None, **settings: Any) -> "TrainConfig":
+    def budget(cls, epochs: int | None, steps: int | None, **settings: Any) -> TrainConfig:
         """A config training for `steps` when given, else `epochs`, else one epoch: the default
         budget of every method that trains and of recovery."""
         return cls(epochs=epochs if (epochs or steps) else 1, steps=steps, **settings)
@@ -105,15 +107,26 @@ def train(
     with contextlib.ExitStack() as stack:
         if not any(p.requires_grad for p in model.parameters()):
             stack.enter_context(modelrun.trainable(model))
-        history, start_epoch = _train(model, train_loader, config, loss_fn, val_loader, metric, checkpoint, log, label, side_optimizer,
-                                      train_mode)
+        history, start_epoch = _train(
+            model, train_loader, config, loss_fn, val_loader, metric, checkpoint, log, label, side_optimizer, train_mode
+        )
     model.train(was_training)
     return TrainResult(history, start_epoch)
 
 
-def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, loss_fn: LossFn, val_loader: Iterable[Any] | None,
-           metric: Metric, checkpoint: Path | None, log: Callable[[str], None], label: str,
-           side_optimizer: torch.optim.Optimizer | None, train_mode: Callable[[nn.Module], None]) -> tuple[list[dict[str, Any]], int]:
+def _train(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    config: TrainConfig,
+    loss_fn: LossFn,
+    val_loader: Iterable[Any] | None,
+    metric: Metric,
+    checkpoint: Path | None,
+    log: Callable[[str], None],
+    label: str,
+    side_optimizer: torch.optim.Optimizer | None,
+    train_mode: Callable[[nn.Module], None],
+) -> tuple[list[dict[str, Any]], int]:
     """`train`'s loop; returns the history and the epoch it resumed from."""
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = config.total_steps(steps_per_epoch)
@@ -121,8 +134,12 @@ def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, l
     net = _wrap(model)
     params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no decay on BN and biases
-    opt = torch.optim.SGD([{"params": params_decay, "weight_decay": config.weight_decay},
-                           {"params": params_other, "weight_decay": 0.0}], lr=config.lr, momentum=config.momentum, nesterov=True)
+    opt = torch.optim.SGD(
+        [{"params": params_decay, "weight_decay": config.weight_decay}, {"params": params_other, "weight_decay": 0.0}],
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
+    )
     sched = _schedule(opt, config, total)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -163,9 +180,14 @@ def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, l
                     correct += float((logits.argmax(1) == y).sum())
                     counted += n
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / max(counted, 1))
-            record = {"epoch": epoch + 1, "steps": step, "loss": loss_sum / max(seen, 1),
-                      "train_acc": correct / counted if counted else None,
-                      "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+            record = {
+                "epoch": epoch + 1,
+                "steps": step,
+                "loss": loss_sum / max(seen, 1),
+                "train_acc": correct / counted if counted else None,
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
             _sync_buffers(model)
             if val_loader is not None:
                 record["val_metric"] = metric(model, val_loader)
@@ -173,7 +195,10 @@ def _train(model: nn.Module, train_loader: Iterable[Any], config: TrainConfig, l
             if is_rank0():
                 val = f", val {record['val_metric']:.4f}" if "val_metric" in record else ""
                 acc = f", train acc {record['train_acc']:.4f}" if record["train_acc"] is not None else ""
-                log(f"[{label}] epoch {epoch + 1}/{epochs}: loss {record['loss']:.4f}{acc}{val} ({record['seconds']:.0f}s)")
+                log(
+                    f"[{label}] epoch {epoch + 1}/{epochs}: loss "
+                    f"{record['loss']:.4f}{acc}{val} ({record['seconds']:.0f}s)"
+                )
                 if checkpoint is not None:
                     _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total)
     return history, start_epoch
@@ -203,15 +228,33 @@ def _schedule(opt: torch.optim.Optimizer, config: TrainConfig, total: int) -> to
     raise EdgepruneError(f"unknown schedule {config.schedule!r}; use cosine or onecycle")
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt: Any, sched: Any, epoch: int, history: list, config: TrainConfig, total: int) -> None:
+def _save_checkpoint(
+    path: Path, model: nn.Module, opt: Any, sched: Any, epoch: int, history: list, config: TrainConfig, total: int
+) -> None:
     with atomic.atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "history": history, "config": dataclasses.asdict(config), "total": total}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "config": dataclasses.asdict(config),
+                "total": total,
+            },
+            tmp,
+        )
 
 
 def _progress(label: str) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), disable=not is_rank0(), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not is_rank0(),
+        transient=True,
     )

@@ -5,25 +5,27 @@ imports the file); `compress` hands it a `SearchContext` (the model, its pruning
 the objective that measures or counts candidates, the run's stages for resumable work) and gets
 back the chosen plan with every measured step. `--search NAME` picks one by name.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.registry import Registry
 from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.decision import UNDECIDED, TooNoisy
 from edgeprune.pipeline.measure import TargetMeasurer
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.search.objective import Evaluation, Objective
+from edgeprune.registry import Registry
 
 
 @dataclasses.dataclass
@@ -63,7 +65,11 @@ class SearchResult:
     stop_reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "steps": [s.to_dict() for s in self.steps], "stop_reason": self.stop_reason}
+        return {
+            "plan": self.plan.to_dict(),
+            "steps": [s.to_dict() for s in self.steps],
+            "stop_reason": self.stop_reason,
+        }
 
 
 @dataclasses.dataclass
@@ -119,7 +125,7 @@ def candidates_measured(steps: Sequence[dict[str, Any]]) -> int:
 
 
 def candidates_named(indices: Sequence[int]) -> str:
-    """"candidate 3" or "candidates 3, 8", for a report or progress line."""
+    """ "candidate 3" or "candidates 3, 8", for a report or progress line."""
     return f"candidate{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))}"
 
 
@@ -138,11 +144,16 @@ def none_met(budget: Budget, steps: Sequence[Step], fix: str) -> EdgepruneError:
     wrong advice. Otherwise "no candidate met", with `fix` (what else to try)."""
     left_open = sorted({s.index for s in steps if left_open_under(s.evaluation)})
     if left_open:
-        return TooNoisy(f"machine too noisy to decide: {candidates_named(left_open)} read under budget {budget.describe()} but the "
-                        f"machine's noise left {'them' if len(left_open) > 1 else 'it'} undecided, and no candidate was decided "
-                        "under it; re-run on a quieter machine, or raise --max-candidates")
+        return TooNoisy(
+            f"machine too noisy to decide: {candidates_named(left_open)} read under budget {budget.describe()} but the "
+            f"machine's noise left {'them' if len(left_open) > 1 else 'it'} undecided, and no candidate was decided "
+            "under it; re-run on a quieter machine, or raise --max-candidates"
+        )
     lowest = min((s.evaluation.value for s in steps), default=float("nan"))
-    return EdgepruneError(f"no candidate met budget {budget.describe()} in {len(steps)} tries (lowest {lowest:.4g}); relax the budget or {fix}")
+    return EdgepruneError(
+        f"no candidate met budget {budget.describe()} in {len(steps)} tries "
+        f"(lowest {lowest:.4g}); relax the budget or {fix}"
+    )
 
 
 def infeasible(budget: Budget, narrowest: Evaluation) -> EdgepruneError:
@@ -150,12 +161,20 @@ def infeasible(budget: Budget, narrowest: Evaluation) -> EdgepruneError:
     with its unit and, for a relative budget, as a share of the baseline (a bare figure was read as
     a ratio where it was milliseconds: int8 ResNet-20 "reaches 0.2598", 0.36 of the baseline)."""
     share = f" ({narrowest.ratio:.3g} of the baseline)" if narrowest.ratio is not None else ""
-    return EdgepruneError(f"budget {budget.describe()} is infeasible: the most pruning allowed reaches {budget.quantity(narrowest.value)}"
-                          f"{share} at best; relax the budget or lower --round-to")
+    return EdgepruneError(
+        f"budget {budget.describe()} is infeasible: the most pruning allowed reaches {budget.quantity(narrowest.value)}"
+        f"{share} at best; relax the budget or lower --round-to"
+    )
 
 
-def timed_step(index: int, scalar_value: float, predicted: float, evaluate: Callable[[], Evaluation], scalar: str = "level",
-               predicts: str = "flops") -> Step:
+def timed_step(
+    index: int,
+    scalar_value: float,
+    predicted: float,
+    evaluate: Callable[[], Evaluation],
+    scalar: str = "level",
+    predicts: str = "flops",
+) -> Step:
     """Evaluate one candidate and wrap it as a `Step` with its wall time."""
     t0 = time.perf_counter()
     ev = evaluate()
@@ -167,14 +186,30 @@ def step_line(step: Step, budget: Budget, limit: int) -> str:
     ev = step.evaluation
     unit = "ms" if budget.is_latency else budget.metric
     d = ev.decision
-    verdict = "within" if step.within_budget else ("undecided at" if d is not None and d.verdict == "undecided" else "over")
-    measured = (f"{ev.value:.4g} ms, ratio {d.describe()}" if d is not None and d.relative
-                else f"{d.describe()}" if d is not None else f"{ev.value:.4g} {unit}")
-    predicted = (f"{step.predicted_flops:.4g} {unit}" if step.predicts == "budget" else f"{step.predicted_flops / 1e6:.1f} MFLOPs")
+    verdict = (
+        "within" if step.within_budget else ("undecided at" if d is not None and d.verdict == "undecided" else "over")
+    )
+    measured = (
+        f"{ev.value:.4g} ms, ratio {d.describe()}"
+        if d is not None and d.relative
+        else f"{d.describe()}"
+        if d is not None
+        else f"{ev.value:.4g} {unit}"
+    )
+    predicted = (
+        f"{step.predicted_flops:.4g} {unit}"
+        if step.predicts == "budget"
+        else f"{step.predicted_flops / 1e6:.1f} MFLOPs"
+    )
     noisy = ev.measurement.stats.noise if ev.measurement is not None and ev.measurement.stats is not None else None
     busy = f" [busy: other processes used {d.busy:.0%} of the CPUs]" if d is not None and d.was_busy else ""
-    what = (f"candidate {step.index} confirmed: exported and timed afresh" if step.scalar == "confirm"
-            else f"candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}")
-    return (f"  {what}, predicted {predicted} -> {measured}, "
-            f"{verdict} budget {budget.value:.4g} ({step.seconds:.1f}s){busy}{f' [noisy: {noisy}]' if noisy and not busy else ''}")
-
+    what = (
+        f"candidate {step.index} confirmed: exported and timed afresh"
+        if step.scalar == "confirm"
+        else f"candidate {step.index}/{limit}: {step.scalar} {step.level:.4g}"
+    )
+    return (
+        f"  {what}, predicted {predicted} -> {measured}, "
+        f"{verdict} budget {budget.value:.4g} "
+        f"({step.seconds:.1f}s){busy}{f' [noisy: {noisy}]' if noisy and not busy else ''}"
+    )

@@ -5,9 +5,11 @@ by the kept fraction of its input group and of its output group (a depthwise con
 are the same channels, counted once). Norms, activations and attention's matmuls are not modelled:
 the predictor only *proposes*; what a candidate costs is always counted or measured exactly.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,7 +51,9 @@ class CostModel:
                 (self._out if side == "out" else self._in).setdefault(name, []).append((g.id, units, tuple(segs)))
                 self.touching.setdefault(g.id, set()).add(name)
         self._depthwise = {
-            name for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
         }
         self.total = float(self._total(lambda gid, units, segs: 1.0, {}))
 
@@ -59,20 +63,26 @@ class CostModel:
         def fraction(gid: str, units: frozenset[int], segs: tuple[int, ...]) -> float:
             return len(units & kept[gid]) / len(units) if gid in kept else 1.0
 
-        return float(self._total(fraction, {b: 0.0 for b in plan.removed_blocks}))
+        return float(self._total(fraction, dict.fromkeys(plan.removed_blocks, 0.0)))
 
-    def flops_at(self, counts: Mapping[str, Sequence[int]], sizes: Mapping[str, Sequence[int]], removed_blocks: Sequence[str] = (),
-                 layers: Iterable[str] | None = None) -> float:
+    def flops_at(
+        self,
+        counts: Mapping[str, Sequence[int]],
+        sizes: Mapping[str, Sequence[int]],
+        removed_blocks: Sequence[str] = (),
+        layers: Iterable[str] | None = None,
+    ) -> float:
         """The cost when group `gid` keeps `counts[gid][s]` of the `sizes[gid][s]` units of its
         segment s (absent: whole), over `layers` only when given: how the default search's gap
         filling prices one width step without building plans (only the layers touching the widened
         group change)."""
+
         def fraction(gid: str, units: frozenset[int], segs: tuple[int, ...]) -> float:
             if gid not in counts:
                 return 1.0
             return sum(counts[gid][s] for s in segs) / sum(sizes[gid][s] for s in segs)
 
-        return float(self._total(fraction, {b: 0.0 for b in removed_blocks}, layers))
+        return float(self._total(fraction, dict.fromkeys(removed_blocks, 0.0), layers))
 
     def expected_flops(self, keep: Mapping[str, Any], block_keep: Mapping[str, Any] | None = None) -> Any:
         """The cost when each group keeps the fraction `keep[gid]` of its units and each named block
@@ -93,7 +103,11 @@ class CostModel:
         """The kept fractions of `layer`'s input and output channels when each group keeps the
         fraction `keep[gid]` (1 when absent); a depthwise conv's input is its output."""
         f_out = self._share(self._out.get(layer), lambda gid, units, segs: keep.get(gid, 1.0))
-        return (f_out if layer in self._depthwise else self._share(self._in.get(layer), lambda gid, units, segs: keep.get(gid, 1.0))), f_out
+        return (
+            f_out
+            if layer in self._depthwise
+            else self._share(self._in.get(layer), lambda gid, units, segs: keep.get(gid, 1.0))
+        ), f_out
 
     @staticmethod
     def _share(entries: list[_Entry] | None, fraction: _Fraction) -> Any:

@@ -6,8 +6,8 @@ machine, quiet (bench/noise_floor.py), and the search stops on readings.
 
 1. **Path.** Plans are proposed for a target in predicted cost (cost_model.py: FLOPs, or with
    the sensitivity guide under a latency budget the latency a per-layer table predicts; "FLOPs"
-   below means either), the target interpolated between the closest measured candidates over and under the budget (regula falsi,
-   `level_search.target_flops`). The path is the `Guide`:
+   below means either), the target interpolated between the closest measured candidates over and
+   under the budget (regula falsi, `level_search.target_flops`). The path is the `Guide`:
    - with --data (channel widths, a uniformly ranked method): each group's width from its
      sensitivity (sensitivity.py, computed once per model and kept across budgets) traded against
      its cost by one multiplier and widened toward the target (the allocation of layerwise.py):
@@ -61,13 +61,15 @@ machine, quiet (bench/noise_floor.py), and the search stops on readings.
    against a 0.70 budget): "no candidate met" is kept for budgets the candidates read over
    (`base.none_met`, which every search's end goes through).
 """
+
 from __future__ import annotations
 
 import abc
 import copy
 import dataclasses
 import itertools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,8 +83,17 @@ from edgeprune.pipeline.prune.select import width_step, widths_key
 from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores
 from edgeprune.pipeline.search import latency_table
 from edgeprune.pipeline.search import sensitivity as sensitivity_mod
-from edgeprune.pipeline.search.base import (SEARCHES, Search, SearchContext, SearchResult, Step, candidates_named, infeasible, none_met,
-                                            timed_step)
+from edgeprune.pipeline.search.base import (
+    SEARCHES,
+    Search,
+    SearchContext,
+    SearchResult,
+    Step,
+    candidates_named,
+    infeasible,
+    none_met,
+    timed_step,
+)
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.layerwise import LayerwiseSearch, plan_for
 from edgeprune.pipeline.search.level_search import MAX_LEVEL, LevelSearch, Point, target_flops
@@ -130,8 +141,10 @@ class LevelGuide(Guide):
         super().__init__(levels.space, levels.scores, levels.cost)
         self.levels = levels
         self.global_ranking = levels.ranking == "global"
-        self._ranked = {g.id: [np.sort(np.asarray(levels.scores[g.id], dtype=np.float64)[list(seg)])[::-1] for seg in g.segments]
-                        for g in levels.space.groups}
+        self._ranked = {
+            g.id: [np.sort(np.asarray(levels.scores[g.id], dtype=np.float64)[list(seg)])[::-1] for seg in g.segments]
+            for g in levels.space.groups
+        }
 
     def propose(self, flops: float) -> tuple[float, Plan]:
         level = self.levels.level_for(flops, 0.0, MAX_LEVEL)
@@ -155,11 +168,22 @@ class SensitivityGuide(Guide):
     def __init__(self, allocation: LayerwiseSearch, cost: CostModel) -> None:
         super().__init__(allocation.space, allocation.scores, cost)
         self.allocation = allocation
-        self._curves = {g: (np.array(sorted(d), dtype=np.float64), np.array([d[w] for w in sorted(d)])) for g, d in allocation.sensitivity.items()}
+        self._curves = {
+            g: (np.array(sorted(d), dtype=np.float64), np.array([d[w] for w in sorted(d)]))
+            for g, d in allocation.sensitivity.items()
+        }
 
     @classmethod
-    def for_cost(cls, model: nn.Module, inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                  sens: sensitivity_mod.Sensitivity, objective: Objective, cost: CostModel) -> "SensitivityGuide":
+    def for_cost(
+        cls,
+        model: nn.Module,
+        inputs: Sequence[torch.Tensor],
+        space: PruningSpace,
+        scores: Scores,
+        sens: sensitivity_mod.Sensitivity,
+        objective: Objective,
+        cost: CostModel,
+    ) -> SensitivityGuide:
         sizes = {g.id: g.size for g in space.groups}
         predict = lambda widths, removed: float(cost.expected_flops({g: w / sizes[g] for g, w in widths.items()}))  # noqa: E731
         return cls(LayerwiseSearch(model, inputs, space, scores, sens, predict, objective), cost)
@@ -195,6 +219,7 @@ def counts_of(space: PruningSpace, plan: Plan) -> Counts:
 def widenings(group: Group, counts: tuple[int, ...], round_to: int) -> list[tuple[int, ...]]:
     """The one-step wider counts of `group`: one segment to its next multiple of its width step,
     or every segment together when they must stay equal (`even_by`)."""
+
     def wider(n: int, size: int) -> int:
         step = width_step(size, group.kind, round_to)
         return min(size, (n // step + 1) * step)
@@ -204,7 +229,9 @@ def widenings(group: Group, counts: tuple[int, ...], round_to: int) -> list[tupl
         if counts[0] >= sizes[0] or len(set(sizes)) > 1:
             return []
         return [tuple(wider(counts[0], sizes[0]) for _ in sizes)]
-    return [counts[:i] + (wider(n, size),) + counts[i + 1:] for i, (n, size) in enumerate(zip(counts, sizes)) if n < size]
+    return [
+        (*counts[:i], wider(n, size), *counts[i + 1 :]) for i, (n, size) in enumerate(zip(counts, sizes)) if n < size
+    ]
 
 
 def fill_sequence(guide: Guide, start: Plan, ceiling: float, round_to: int, limit: int = FILL_STEPS) -> list[FillStep]:
@@ -269,18 +296,36 @@ class _Measured:
 class Guided:
     """The search itself (module docstring), on any `Guide`."""
 
-    def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], guide: Guide, objective: Objective,
-                 round_to: int, tol: float = 0.05, max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None,
-                 meta: dict[str, Any] | None = None, log: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        guide: Guide,
+        objective: Objective,
+        round_to: int,
+        tol: float = 0.05,
+        max_candidates: int = 8,
+        on_step: Callable[[Step], None] = lambda step: None,
+        meta: dict[str, Any] | None = None,
+        log: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.model, self.example_inputs, self.guide, self.objective = model, tuple(example_inputs), guide, objective
-        self.round_to, self.tol, self.max_candidates, self.on_step, self.log = round_to, tol, max_candidates, on_step, log
+        self.round_to, self.tol, self.max_candidates, self.on_step, self.log = (
+            round_to,
+            tol,
+            max_candidates,
+            on_step,
+            log,
+        )
         self.meta = dict(meta or {})
         self.steps: list[Step] = []
         # the bracket: the closest candidates measured over (or not decided under) the budget and
         # decided within it; on the fill sequence, the neighbours of the gap left
         self.over: _Measured | None = None
         self.under: _Measured | None = None
-        self.within: list[_Measured] = []  # every candidate decided within the budget, at its higher reading when confirmed
+        self.within: list[
+            _Measured
+        ] = []  # every candidate decided within the budget, at its higher reading when confirmed
         self._start: Plan | None = None  # where the fill sequence starts
         self._confirmed: set[tuple[Any, ...]] = set()  # the plans (widths_key) decided a second time
         self._failed: list[int] = []  # candidates whose confirmation at the end did not hold
@@ -311,7 +356,9 @@ class Guided:
 
     def _margin(self) -> float:
         """The busy margin the latest decision had to clear (0 on a quiet machine, or for counts)."""
-        return next((s.evaluation.decision.margin for s in reversed(self.steps) if s.evaluation.decision is not None), 0.0)
+        return next(
+            (s.evaluation.decision.margin for s in reversed(self.steps) if s.evaluation.decision is not None), 0.0
+        )
 
     def _ceiling(self) -> float:
         """The line a candidate must be decided under: the budget less the drift allowance."""
@@ -323,7 +370,8 @@ class Guided:
         narrowest = widths_key(self.guide.propose(0.0)[1])
         seen = {widths_key(full_plan)}
         fill: list[FillStep] | None = None
-        lo = hi = 0  # the fill's bracket: sequence indices of the plans under (0: its start) and over (len + 1: the plan over)
+        # the fill's bracket: sequence indices of the plans under (0: its start) and over (len + 1: the plan over)
+        lo = hi = 0
         while True:
             if self._candidates() >= self.max_candidates:
                 while not self._best_holds():  # no candidate left to measure: down the list
@@ -339,7 +387,8 @@ class Guided:
                 fill = fill_sequence(self.guide, self._start, self.over.point.flops, self.round_to)
                 lo, hi = 0, len(fill) + 1
             if fill is not None:
-                k = min(range(lo + 1, hi), key=lambda i: abs(fill[i - 1].flops - target), default=None)
+                sequence = fill
+                k = min(range(lo + 1, hi), key=lambda i: abs(sequence[i - 1].flops - target), default=None)
                 if k is None:
                     if self._best_holds():
                         stop = self._no_finer(fill, hi)
@@ -348,6 +397,7 @@ class Guided:
                     continue
                 scalar, plan, flops = float(k), self._fill_plan(fill, k), fill[k - 1].flops
             else:
+                assert proposal is not None  # a None proposal started the fill above
                 scalar, plan = proposal
                 flops = self.guide.cost.flops(plan)
             seen.add(widths_key(plan))
@@ -370,7 +420,8 @@ class Guided:
                 if measured.point.value >= floor:
                     if self._best_holds():
                         busy = ", lowered by the busy margin" if self._margin() else ""
-                        stop = f"within tolerance (at most {1.0 - floor / self.objective.budget.value:.0%} under budget{busy})"
+                        below = 1.0 - floor / self.objective.budget.value
+                        stop = f"within tolerance (at most {below:.0%} under budget{busy})"
                         break
                     fill = None  # an earlier, higher candidate did not hold: bracketed anew
             else:
@@ -383,9 +434,12 @@ class Guided:
         if self._failed:
             stop += f"; {candidates_named(self._failed)} did not hold under the budget when timed afresh"
         if self.best is None and self._failed:
-            raise TooNoisy(f"machine too noisy to decide: {candidates_named(self._failed)} decided under budget {self.objective.budget.describe()} did not "
-                           f"hold when timed afresh (the same plan moved up to {self._moved:.1%} between two decisions) and none "
-                           f"of the {self._candidates()} candidates held under it; re-run on a quieter machine, or raise --max-candidates")
+            raise TooNoisy(
+                f"machine too noisy to decide: {candidates_named(self._failed)} decided under budget "
+                f"{self.objective.budget.describe()} did not hold when timed afresh (the same plan moved up to "
+                f"{self._moved:.1%} between two decisions) and none of the {self._candidates()} candidates held under "
+                "it; re-run on a quieter machine, or raise --max-candidates"
+            )
         if self.best is None:
             raise none_met(self.objective.budget, self.steps, "raise --max-candidates")
         return SearchResult(self.best.plan, self.steps, self.best.evaluation, stop)
@@ -398,6 +452,7 @@ class Guided:
         were under the budget (a MobileNetV2 plan read 0.670, 0.670 and 0.671 of the baseline
         against a 0.686 line, its second decision left undecided by a wide interval) and that
         reading fits under the (possibly raised) line; and whether the drift allowance was raised."""
+
         def again() -> Evaluation:
             return self._measure(m.plan, m.index, float(m.index), m.point.flops, "confirm").evaluation
 
@@ -425,7 +480,9 @@ class Guided:
             self.within.append(confirmed)
             return True
         self._failed.append(best.index)
-        self.log(f"  candidate {best.index}, timed afresh, read {_read(confirmed.evaluation)}: no longer under the budget")
+        self.log(
+            f"  candidate {best.index}, timed afresh, read {_read(confirmed.evaluation)}: no longer under the budget"
+        )
         self._over(confirmed)
         self.under = self.best
         return False
@@ -443,8 +500,10 @@ class Guided:
         moved, shown = _apart(*pair), ", ".join(_read(ev) for ev in readings[1:])
         aside = next((ev for ev in readings if ev is not pair[0] and ev is not pair[1]), None)
         if aside is not None and moved <= self.objective.drift < min(_apart(aside, pair[0]), _apart(aside, pair[1])):
-            self.log(f"  candidate {index} read {_read(readings[0])} and, timed afresh, {shown}: {_read(aside)} set aside "
-                     f"(the other two agree within {moved:.1%})")
+            self.log(
+                f"  candidate {index} read {_read(readings[0])} and, timed afresh, {shown}: {_read(aside)} set aside "
+                f"(the other two agree within {moved:.1%})"
+            )
         if moved <= self.objective.drift:
             return False
         self.objective.drift = min(moved, MAX_DRIFT)
@@ -453,8 +512,11 @@ class Guided:
             self.within.remove(m)
             self._over(m)
         self.under = self.best
-        self.log(f"  candidate {index} read {_read(readings[0])} and, timed afresh, {shown}: the closest two of its decisions moved "
-                 f"{moved:.1%} apart, so candidates must now be decided {self.objective.drift:.1%} under the budget (the drift allowance)")
+        self.log(
+            f"  candidate {index} read {_read(readings[0])} and, timed afresh, {shown}: the closest two of its "
+            f"decisions moved {moved:.1%} apart, so candidates must now be decided {self.objective.drift:.1%} under "
+            "the budget (the drift allowance)"
+        )
         return True
 
     def _over(self, m: _Measured) -> None:
@@ -475,8 +537,14 @@ class Guided:
         """Prune, export and judge `plan` (candidate `index`, or its confirmation), as a recorded step."""
         tag = f"candidate_{index:02d}" + ("_confirm" if kind == "confirm" else "")
         judge = self.objective.confirm if kind == "confirm" else self.objective.evaluate
-        step = timed_step(index, scalar, flops, lambda: judge(apply(copy.deepcopy(self.model), plan, self.example_inputs), tag), kind,
-                          self.guide.cost.unit)
+        step = timed_step(
+            index,
+            scalar,
+            flops,
+            lambda: judge(apply(copy.deepcopy(self.model), plan, self.example_inputs), tag),
+            kind,
+            self.guide.cost.unit,
+        )
         self.steps.append(step)
         self.on_step(step)
         return step
@@ -485,6 +553,7 @@ class Guided:
         """The path's untried plan for `target`, strictly between the closest candidates over and
         under the budget in predicted cost; None once the path has none there (then the fill takes
         over). With nothing under the budget yet, a repeated plan lowers the target instead."""
+        assert self.over is not None  # the path is searched once a candidate is over the budget
         for _ in range(NUDGES):
             scalar, plan = self.guide.propose(target)
             flops = self.guide.cost.flops(plan)
@@ -494,8 +563,10 @@ class Guided:
             if new:
                 return scalar, plan
             target = min(target, flops) * (1.0 - self.tol)
-        raise EdgepruneError(f"no untried plan predicted under {target:.4g} {'FLOPs' if self.guide.cost.unit == 'flops' else 'ms'} on the search's path; "
-                             "lower --round-to or relax the budget")
+        raise EdgepruneError(
+            f"no untried plan predicted under {target:.4g} {'FLOPs' if self.guide.cost.unit == 'flops' else 'ms'} on "
+            "the search's path; lower --round-to or relax the budget"
+        )
 
     def _fill_plan(self, fill: list[FillStep], k: int) -> Plan:
         """The plan `k` steps along the fill sequence."""
@@ -503,17 +574,26 @@ class Guided:
         counts = counts_of(self.guide.space, self._start)
         for s in fill[:k]:
             counts[s.group] = s.counts
-        return plan_of(self.guide.space, self.guide.scores, counts, self._start.removed_blocks,
-                       self.meta | {"fill_steps": k, "fill_from": self._start.meta})
+        return plan_of(
+            self.guide.space,
+            self.guide.scores,
+            counts,
+            self._start.removed_blocks,
+            self.meta | {"fill_steps": k, "fill_from": self._start.meta},
+        )
 
     def _no_finer(self, fill: list[FillStep], hi: int) -> str:
         """Why no plan lies between the closest candidates under and over the budget."""
         if hi <= len(fill):
             g = fill[hi - 1]
-            return (f"no finer plan: the closest candidates under and over the budget differ by one width step "
-                    f"({g.group} to {sum(g.counts)} units), which crosses it")
-        return ("no finer plan: no single width step from the closest candidate under the budget stays predicted under the "
-                "closest one over it (widths at their rounding steps)")
+            return (
+                f"no finer plan: the closest candidates under and over the budget differ by one width step "
+                f"({g.group} to {sum(g.counts)} units), which crosses it"
+            )
+        return (
+            "no finer plan: no single width step from the closest candidate under the budget stays predicted under the "
+            "closest one over it (widths at their rounding steps)"
+        )
 
 
 @SEARCHES.register
@@ -521,8 +601,10 @@ class GuidedSearch(Search):
     """`--search guided`, the default (module docstring)."""
 
     name = "guided"
-    summary = ("the default: bracket the budget along one path of plans (each layer's width from its sensitivity with --data, "
-               "else one global level), then fill the gap by measured width steps until within --tol under the budget")
+    summary = (
+        "the default: bracket the budget along one path of plans (each layer's width from its sensitivity with --data, "
+        "else one global level), then fill the gap by measured width steps until within --tol under the budget"
+    )
 
     def run(self, ctx: SearchContext) -> dict[str, Any]:
         s = ctx.settings
@@ -533,15 +615,36 @@ class GuidedSearch(Search):
             if ctx.budget.is_latency and ctx.measurer.precision == "fp32":  # (the table times float32 layers)
                 cost = latency_table.LatencyCost(ctx.model, ctx.space, ctx.inputs, latency_table.of_run(ctx, cost))
                 why += " against its latency in a per-layer table timed on the target"
-            guide: Guide = SensitivityGuide.for_cost(ctx.model, ctx.inputs, ctx.space, ctx.scores, sens, ctx.objective, cost)
+            guide: Guide = SensitivityGuide.for_cost(
+                ctx.model, ctx.inputs, ctx.space, ctx.scores, sens, ctx.objective, cost
+            )
         else:
-            guide = LevelGuide(LevelSearch(ctx.model, ctx.inputs, ctx.space, ctx.scores, ctx.objective, s.round_to, s.method,
-                                           ranking=ctx.method.ranking, depth=s.depth, block_scores=ctx.block_scores,
-                                           blocks_by_threshold=ctx.method.blocks_on_unit_scale))
+            guide = LevelGuide(
+                LevelSearch(
+                    ctx.model,
+                    ctx.inputs,
+                    ctx.space,
+                    ctx.scores,
+                    ctx.objective,
+                    s.round_to,
+                    s.method,
+                    ranking=ctx.method.ranking,
+                    depth=s.depth,
+                    block_scores=ctx.block_scores,
+                    blocks_by_threshold=ctx.method.blocks_on_unit_scale,
+                )
+            )
             why = "one global level" + ("" if ctx.data is not None else " (no --data to measure sensitivity on)")
         ctx.log(f"  guided search along {why}")
-        meta = {"search": "guided", "guide": guide.scalar, "cost": cost.name, "method": s.method, "round_to": s.round_to}
-        result = Guided(ctx.model, ctx.inputs, guide, ctx.objective, s.round_to, s.tol, s.max_candidates, ctx.on_step, meta,
-                        ctx.log).run(ctx.baseline_value)
+        meta = {
+            "search": "guided",
+            "guide": guide.scalar,
+            "cost": cost.name,
+            "method": s.method,
+            "round_to": s.round_to,
+        }
+        result = Guided(
+            ctx.model, ctx.inputs, guide, ctx.objective, s.round_to, s.tol, s.max_candidates, ctx.on_step, meta, ctx.log
+        ).run(ctx.baseline_value)
         result.plan.meta.update(meta)
         return result.to_dict() | {"guide": guide.scalar, "cost": cost.name, "drift_allowance": ctx.objective.drift}

@@ -28,16 +28,19 @@ prediction is never below the cost of a session call. Layers of the same shape s
 the entries are cached on disk per runtime, threads and CPU so that another model with the same
 layer shapes measures nothing again.
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -84,7 +87,9 @@ class LayerShape:
         if self.kind == "linear":
             return nn.Linear(c_in, c_out)
         groups = c_in if self.depthwise else 1
-        return nn.Conv2d(c_in, c_out, self.kernel, self.stride, self.padding, self.dilation, groups=groups)
+        # a Conv2d's: 2-tuples each (the fields take any length, as JSON lists load)
+        k, s, p, d = (cast(tuple[int, int], t) for t in (self.kernel, self.stride, self.padding, self.dilation))
+        return nn.Conv2d(c_in, c_out, k, s, p, d, groups=groups)
 
     def example(self, c_in: int) -> torch.Tensor:
         if self.kind == "linear":
@@ -107,11 +112,24 @@ def layer_shapes(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> di
             x, positions = args[0], out.numel() // out.shape[1 if out.dim() == 4 else -1]
             if isinstance(mod, nn.Linear):
                 shapes[name] = LayerShape("linear", mod.in_features, mod.out_features, tuple(x.shape[1:-1]), positions)
-            elif isinstance(mod, nn.Conv2d) and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple) and (
-                mod.groups == 1 or mod.groups == mod.in_channels == mod.out_channels
+            elif (
+                isinstance(mod, nn.Conv2d)
+                and mod.padding_mode == "zeros"
+                and isinstance(mod.padding, tuple)
+                and (mod.groups == 1 or mod.groups == mod.in_channels == mod.out_channels)
             ):
-                shapes[name] = LayerShape("conv", mod.in_channels, mod.out_channels, tuple(x.shape[2:]), positions, tuple(mod.kernel_size),
-                                          tuple(mod.stride), tuple(mod.padding), tuple(mod.dilation), mod.groups > 1)
+                shapes[name] = LayerShape(
+                    "conv",
+                    mod.in_channels,
+                    mod.out_channels,
+                    tuple(x.shape[2:]),
+                    positions,
+                    tuple(mod.kernel_size),
+                    tuple(mod.stride),
+                    tuple(mod.padding),
+                    tuple(mod.dilation),
+                    mod.groups > 1,
+                )
 
         return fn
 
@@ -173,11 +191,11 @@ class LatencyTable:
             return (1 - to) * table[f"{o0},{o0}"] + to * table[f"{o1},{o1}"]
         i0, i1, ti = _bracket(gin, c_in)
         at = lambda i, o: table[f"{i},{o}"]  # noqa: E731
-        return ((1 - ti) * ((1 - to) * at(i0, o0) + to * at(i0, o1))
-                + ti * ((1 - to) * at(i1, o0) + to * at(i1, o1)))
+        return (1 - ti) * ((1 - to) * at(i0, o0) + to * at(i0, o1)) + ti * ((1 - to) * at(i1, o0) + to * at(i1, o1))
 
-    def features(self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel,
-                 removed: Sequence[str] = ()) -> tuple[float, float]:
+    def features(
+        self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()
+    ) -> tuple[float, float]:
         """The plan's layers' time and the activations they write, each over its full-width value."""
         keep = {g: w / sizes[g] for g, w in widths.items()}
         total = written = 0.0
@@ -187,7 +205,9 @@ class LatencyTable:
             f_in, f_out = cost.shares(name, keep)
             total += self.layer_ms(name, shape.in_channels * f_in, shape.out_channels * f_out)
             written += shape.output_positions * shape.out_channels * f_out
-        return (total / self._full_ms if self._full_ms else 1.0), (written / self._full_written if self._full_written else 1.0)
+        return (total / self._full_ms if self._full_ms else 1.0), (
+            written / self._full_written if self._full_written else 1.0
+        )
 
     @property
     def terms(self) -> tuple[float, float, float]:
@@ -200,33 +220,55 @@ class LatencyTable:
         share = self._full_ms / self.baseline_ms if self.baseline_ms else 1.0
         return share, max(0.0, 1.0 - share), 0.0
 
-    def predict(self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()) -> float:
+    def predict(
+        self, widths: Mapping[str, int], sizes: Mapping[str, int], cost: CostModel, removed: Sequence[str] = ()
+    ) -> float:
         """The objective's value for a plan keeping `widths[gid]` of each group's `sizes[gid]` units
         and removing the `removed` blocks."""
         layers, written = self.features(widths, sizes, cost, removed)
         a, b, c = self.terms
-        floor = self.overhead_ms / self.baseline_ms if self.baseline_ms else 0.0  # no plan runs faster than an empty call
+        # no plan runs faster than an empty call
+        floor = self.overhead_ms / self.baseline_ms if self.baseline_ms else 0.0
         return self.baseline * max(a * layers + b * written + c, floor)
 
-    def calibrated(self, plans: Sequence[tuple[Mapping[str, int], Sequence[str]]], ratios: Sequence[float],
-                   sizes: Mapping[str, int], cost: CostModel) -> "LatencyTable":
+    def calibrated(
+        self,
+        plans: Sequence[tuple[Mapping[str, int], Sequence[str]]],
+        ratios: Sequence[float],
+        sizes: Mapping[str, int],
+        cost: CostModel,
+    ) -> LatencyTable:
         """This table with (a, b, c) fitted to whole plans measured on the target: `plans` of
         (widths, removed blocks) and their measured `ratios` to the baseline."""
-        samples = [(*self.features(widths, sizes, cost, removed), ratio) for (widths, removed), ratio in zip(plans, ratios)]
+        samples = [
+            (*self.features(widths, sizes, cost, removed), ratio) for (widths, removed), ratio in zip(plans, ratios)
+        ]
         return dataclasses.replace(self, coefficients=fit_ratio(samples))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"shapes": {n: dataclasses.asdict(s) for n, s in self.shapes.items()},
-                "grids": {n: [list(a), list(b)] for n, (a, b) in self.grids.items()}, "entries": self.entries,
-                "baseline": self.baseline, "baseline_ms": self.baseline_ms, "overhead_ms": self.overhead_ms,
-                "coefficients": list(self.coefficients) if self.coefficients else None}
+        return {
+            "shapes": {n: dataclasses.asdict(s) for n, s in self.shapes.items()},
+            "grids": {n: [list(a), list(b)] for n, (a, b) in self.grids.items()},
+            "entries": self.entries,
+            "baseline": self.baseline,
+            "baseline_ms": self.baseline_ms,
+            "overhead_ms": self.overhead_ms,
+            "coefficients": list(self.coefficients) if self.coefficients else None,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LatencyTable":
-        shapes = {n: LayerShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}) for n, s in d["shapes"].items()}
+    def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
+        shapes = {n: LayerShape(**_lists_as_tuples(s)) for n, s in d["shapes"].items()}
         coefficients = d.get("coefficients")
-        return cls(shapes, {n: (list(a), list(b)) for n, (a, b) in d["grids"].items()}, d["entries"], d["baseline"],
-                   d["baseline_ms"], d["overhead_ms"], tuple(coefficients) if coefficients else None)
+        return cls(
+            shapes,
+            {n: (list(a), list(b)) for n, (a, b) in d["grids"].items()},
+            d["entries"],
+            d["baseline"],
+            d["baseline_ms"],
+            d["overhead_ms"],
+            tuple(coefficients) if coefficients else None,
+        )
 
 
 class LatencyCost(CostModel):
@@ -243,7 +285,9 @@ class LatencyCost(CostModel):
     name = "latency_table"
     unit = "budget"
 
-    def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], table: LatencyTable) -> None:
+    def __init__(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], table: LatencyTable
+    ) -> None:
         self.table = table
         a, b, c = table.terms
         full_ms, full_written = table.full_sums
@@ -256,17 +300,30 @@ class LatencyCost(CostModel):
         shape = self.table.shapes.get(name)
         if shape is None:  # a layer the table leaves out: its time is in the rest, which the activations term scales
             return 0.0
-        return (self._per_ms * self.table.layer_ms(name, shape.in_channels * f_in, shape.out_channels * f_out)
-                + self._per_written * shape.output_positions * shape.out_channels * f_out)
+        return (
+            self._per_ms * self.table.layer_ms(name, shape.in_channels * f_in, shape.out_channels * f_out)
+            + self._per_written * shape.output_positions * shape.out_channels * f_out
+        )
 
 
-def of_run(ctx: "SearchContext", cost: CostModel) -> LatencyTable:
+def of_run(ctx: SearchContext, cost: CostModel) -> LatencyTable:
     """The run's table as a resumable stage, for the searches that use it (timed on the first
     budget; its entries are cached on disk, so other budgets and models with the same layer shapes
     time nothing again)."""
     s = ctx.settings
-    table_d = ctx.stage("latency_table", lambda: build(ctx.model, ctx.inputs, cost, ctx.measurer.runtime, ctx.baseline_value,
-                                                       ctx.baseline["latency_ms"]["median"], s.round_to, on_entry=ctx.log).to_dict())
+    table_d = ctx.stage(
+        "latency_table",
+        lambda: build(
+            ctx.model,
+            ctx.inputs,
+            cost,
+            ctx.measurer.runtime,
+            ctx.baseline_value,
+            ctx.baseline["latency_ms"]["median"],
+            s.round_to,
+            on_entry=ctx.log,
+        ).to_dict(),
+    )
     return LatencyTable.from_dict(table_d)
 
 
@@ -300,7 +357,10 @@ def fit_ratio(samples: Sequence[tuple[float, float, float]]) -> tuple[float, flo
 def cache_path(runtime: Runtime) -> Path:
     """Where this runtime's entries are kept across runs: per runtime settings and CPU (the table
     is only true on the machine, runtime and threads it was timed with)."""
-    key = json.dumps({**runtime.settings(), "cpu": platform.processor() or platform.machine(), "node": platform.node()}, sort_keys=True)
+    key = json.dumps(
+        {**runtime.settings(), "cpu": platform.processor() or platform.machine(), "node": platform.node()},
+        sort_keys=True,
+    )
     root = Path(os.environ.get("EDGEPRUNE_CACHE_DIR", Path.home() / ".cache" / "edgeprune"))
     return root / "latency_tables" / f"{runtime.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
@@ -312,11 +372,14 @@ def _load_cache(path: Path) -> dict[str, dict[str, float]]:
         return {}
 
 
+def _lists_as_tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    """A LayerShape's fields as JSON stored them, its tuples back from lists."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
 def _save_cache(path: Path, stored: dict[str, dict[str, float]]) -> None:
-    try:
+    with contextlib.suppress(OSError):  # a read-only home (a container user): the table still works, it is not kept
         atomic.write_json(path, stored)
-    except OSError:  # a read-only home (a container user): the table still works, it is just not kept
-        pass
 
 
 class _Trivial(nn.Module):
@@ -326,13 +389,28 @@ class _Trivial(nn.Module):
         return x + 1.0
 
 
-def build(model: nn.Module, example_inputs: Sequence[torch.Tensor], cost: CostModel, runtime: Runtime, baseline: float,
-          baseline_ms: float, round_to: int, warmup: int = 10, repeats: int = 200,
-          on_entry: Callable[[str], None] = lambda line: None, cache: Path | None = None) -> LatencyTable:
+def build(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    cost: CostModel,
+    runtime: Runtime,
+    baseline: float,
+    baseline_ms: float,
+    round_to: int,
+    warmup: int = 10,
+    repeats: int = 200,
+    on_entry: Callable[[str], None] = lambda line: None,
+    cache: Path | None = None,
+) -> LatencyTable:
     """Time every layer shape of `model` at its grid of widths on `runtime` (cached entries reused)."""
     shapes = layer_shapes(model, example_inputs)
-    grids = {n: (grid(s.in_channels, cost.prunable_input(n) and not s.depthwise, round_to), grid(s.out_channels, cost.prunable_output(n), round_to))
-             for n, s in shapes.items()}
+    grids = {
+        n: (
+            grid(s.in_channels, cost.prunable_input(n) and not s.depthwise, round_to),
+            grid(s.out_channels, cost.prunable_output(n), round_to),
+        )
+        for n, s in shapes.items()
+    }
     cache = cache or cache_path(runtime)
     stored = _load_cache(cache)
     needed: dict[str, tuple[LayerShape, set[tuple[int, int]]]] = {}
@@ -352,12 +430,23 @@ def build(model: nn.Module, example_inputs: Sequence[torch.Tensor], cost: CostMo
                 stored[sig] = have
                 _save_cache(cache, stored)
             entries[sig] = {f"{i},{o}": have[f"{i},{o}"] for i, o in pairs}
-            on_entry(f"  latency table: layer shape {k}/{len(needed)}: {len(missing)} timed, {len(pairs) - len(missing)} cached")
+            on_entry(
+                f"  latency table: layer shape {k}/{len(needed)}: "
+                f"{len(missing)} timed, {len(pairs) - len(missing)} cached"
+            )
     return LatencyTable(shapes, grids, entries, baseline, baseline_ms, overhead)
 
 
-def _time_shape(shape: LayerShape, pairs: list[tuple[int, int]], runtime: Runtime, work: Path, warmup: int, repeats: int,
-                overhead: float, into: dict[str, float]) -> None:
+def _time_shape(
+    shape: LayerShape,
+    pairs: list[tuple[int, int]],
+    runtime: Runtime,
+    work: Path,
+    warmup: int,
+    repeats: int,
+    overhead: float,
+    into: dict[str, float],
+) -> None:
     """Time one layer shape at `pairs` of widths, interleaved per input width (one example input each)."""
     by_in: dict[int, list[int]] = {}
     for i, o in pairs:

@@ -25,11 +25,13 @@
    candidates over and under, or, with all of them on one side, to a target moved further that way.
    Only measured candidates within the budget are ever returned.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +40,8 @@ from torch import nn
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
-from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, none_met, timed_step
+from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Objective
 from edgeprune.pipeline.search.sensitivity import Sensitivity, keep_top
 
@@ -71,16 +73,25 @@ class CostTable:
         keep = {g: w / self.sizes[g] for g, w in widths.items()}
         additive = self.baseline - sum(self.savings[g].get(w, 0.0) for g, w in widths.items())
         exact = float(cost.expected_flops(keep))
-        in_blocks = exact - float(cost.expected_flops(keep, {b: 0.0 for b in removed})) if removed else 0.0
+        in_blocks = exact - float(cost.expected_flops(keep, dict.fromkeys(removed, 0.0))) if removed else 0.0
         return additive + self.per_flop * (overlap(cost, keep, exact) - in_blocks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "per_flop": self.per_flop, "sizes": self.sizes,
-                "savings": {g: {str(w): v for w, v in s.items()} for g, s in self.savings.items()}}
+        return {
+            "baseline": self.baseline,
+            "per_flop": self.per_flop,
+            "sizes": self.sizes,
+            "savings": {g: {str(w): v for w, v in s.items()} for g, s in self.savings.items()},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CostTable":
-        return cls(d["baseline"], {g: {int(w): v for w, v in s.items()} for g, s in d["savings"].items()}, d["per_flop"], d["sizes"])
+    def from_dict(cls, d: dict[str, Any]) -> CostTable:
+        return cls(
+            d["baseline"],
+            {g: {int(w): v for w, v in s.items()} for g, s in d["savings"].items()},
+            d["per_flop"],
+            d["sizes"],
+        )
 
 
 def overlap(cost: CostModel, keep: dict[str, float], exact: float) -> float:
@@ -90,15 +101,31 @@ def overlap(cost: CostModel, keep: dict[str, float], exact: float) -> float:
     return exact - (cost.total - single)
 
 
-def plan_for(space: PruningSpace, scores: Scores, widths: Mapping[str, int], meta: dict[str, Any] | None = None,
-             removed: Sequence[str] = ()) -> Plan:
-    return Plan({g.id: keep_top(g, scores, widths.get(g.id, g.size)) for g in space.groups}, meta=dict(meta or {}),
-                removed_blocks=tuple(removed))
+def plan_for(
+    space: PruningSpace,
+    scores: Scores,
+    widths: Mapping[str, int],
+    meta: dict[str, Any] | None = None,
+    removed: Sequence[str] = (),
+) -> Plan:
+    return Plan(
+        {g.id: keep_top(g, scores, widths.get(g.id, g.size)) for g in space.groups},
+        meta=dict(meta or {}),
+        removed_blocks=tuple(removed),
+    )
 
 
-def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                     sensitivity: Sensitivity, objective: Objective, baseline_value: float, cost: CostModel,
-                     on_entry: Callable[[str], None] = lambda line: None) -> CostTable:
+def build_cost_table(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    space: PruningSpace,
+    scores: Scores,
+    sensitivity: Sensitivity,
+    objective: Objective,
+    baseline_value: float,
+    cost: CostModel,
+    on_entry: Callable[[str], None] = lambda line: None,
+) -> CostTable:
     """Evaluate every (group, narrower width) with the rest at full width."""
     savings: dict[str, dict[int, float]] = {}
     flops_saved = 0.0
@@ -113,10 +140,17 @@ def build_cost_table(model: nn.Module, example_inputs: Sequence[torch.Tensor], s
             flops_saved += cost.total - float(cost.expected_flops({g.id: w / g.size}))
             on_entry(f"  cost table: {g.id} at {w}/{g.size}: {value:.4g} (saves {baseline_value - value:.4g})")
     measured = sum(v for s in savings.values() for v in s.values())
-    return CostTable(baseline_value, savings, measured / flops_saved if flops_saved > 0 else 0.0, {g.id: g.size for g in space.groups})
+    return CostTable(
+        baseline_value,
+        savings,
+        measured / flops_saved if flops_saved > 0 else 0.0,
+        {g.id: g.size for g in space.groups},
+    )
 
 
-def random_plans(sensitivity: Sensitivity, blocks: Sequence[str], n: int, seed: int, spread: bool = False) -> list[Choice]:
+def random_plans(
+    sensitivity: Sensitivity, blocks: Sequence[str], n: int, seed: int, spread: bool = False
+) -> list[Choice]:
     """`n` random plans. Plain: each group at a random candidate width, each of `blocks` removed
     with probability 1/4 (held-out plans). `spread`: plan k centred on keeping (k + 1/2) / n of
     every group (each group's width the candidate nearest a jittered fraction, blocks removed more
@@ -144,8 +178,15 @@ def calibration_plans(sensitivity: Sensitivity, blocks: Sequence[str]) -> list[C
     return random_plans(sensitivity, blocks, CALIBRATION, seed=1, spread=True)
 
 
-def measure_plans(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                  plans: Sequence[Choice], objective: Objective, tag: str) -> list[float]:
+def measure_plans(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    space: PruningSpace,
+    scores: Scores,
+    plans: Sequence[Choice],
+    objective: Objective,
+    tag: str,
+) -> list[float]:
     """Each plan pruned and evaluated on the objective (measured on the target for latency)."""
     values = []
     for k, (widths, removed) in enumerate(plans):
@@ -154,21 +195,42 @@ def measure_plans(model: nn.Module, example_inputs: Sequence[torch.Tensor], spac
     return values
 
 
-def predictor_error(model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                    sensitivity: Sensitivity, predict: Predict, objective: Objective, blocks: Sequence[str] = (),
-                    seed: int = 0) -> list[dict[str, float]]:
+def predictor_error(
+    model: nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    space: PruningSpace,
+    scores: Scores,
+    sensitivity: Sensitivity,
+    predict: Predict,
+    objective: Objective,
+    blocks: Sequence[str] = (),
+    seed: int = 0,
+) -> list[dict[str, float]]:
     """Predicted vs evaluated cost on `HELD_OUT` random plans (each group at a random candidate
     width, each of `blocks` removed with probability 1/4)."""
     plans = random_plans(sensitivity, blocks, HELD_OUT, seed)
     measured = measure_plans(model, example_inputs, space, scores, plans, objective, "heldout")
-    return [{"predicted": (p := predict(*plan)), "measured": value, "error": p / value - 1.0} for plan, value in zip(plans, measured)]
+    return [
+        {"predicted": (p := predict(*plan)), "measured": value, "error": p / value - 1.0}
+        for plan, value in zip(plans, measured)
+    ]
 
 
 class LayerwiseSearch:
-    def __init__(self, model: nn.Module, example_inputs: Sequence[torch.Tensor], space: PruningSpace, scores: Scores,
-                 sensitivity: Sensitivity, predict: Predict, objective: Objective, tol: float = 0.08,
-                 max_candidates: int = 8, on_step: Callable[[Step], None] = lambda step: None,
-                 block_drops: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[torch.Tensor],
+        space: PruningSpace,
+        scores: Scores,
+        sensitivity: Sensitivity,
+        predict: Predict,
+        objective: Objective,
+        tol: float = 0.08,
+        max_candidates: int = 8,
+        on_step: Callable[[Step], None] = lambda step: None,
+        block_drops: Mapping[str, float] | None = None,
+    ) -> None:
         self.model, self.example_inputs, self.space, self.scores = model, tuple(example_inputs), space, scores
         self.sensitivity, self.predict, self.objective = sensitivity, predict, objective
         self.tol, self.max_candidates, self.on_step = tol, max_candidates, on_step
@@ -245,9 +307,21 @@ class LayerwiseSearch:
             lam, (widths, removed) = proposal
             tried.add(self._key(widths, removed))
             predicted = self.predict(widths, removed)
-            plan = plan_for(self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed)
-            step = timed_step(index, lam, predicted, lambda: self.objective.evaluate(
-                apply(copy.deepcopy(self.model), plan, self.example_inputs), f"candidate_{index:02d}"), "lambda", "budget")
+            plan = plan_for(
+                self.space, self.scores, widths, {"search": "layerwise", "lambda": lam, "predicted": predicted}, removed
+            )
+            step = timed_step(
+                index,
+                lam,
+                predicted,
+                # timed_step calls it at once, so the loop variables are this iteration's
+                lambda: self.objective.evaluate(
+                    apply(copy.deepcopy(self.model), plan, self.example_inputs),  # noqa: B023
+                    f"candidate_{index:02d}",  # noqa: B023
+                ),
+                "lambda",
+                "budget",
+            )
             ev = step.evaluation
             steps.append(step)
             points.append(Point(lam, predicted, ev.value))
@@ -262,7 +336,9 @@ class LayerwiseSearch:
             raise none_met(self.objective.budget, steps, "use the default search")
         return SearchResult(best[0], steps, best[1], stop)
 
-    def _propose(self, target: float, points: Sequence[Point], goal: float, tried: set[tuple[Any, ...]]) -> tuple[float, Choice] | None:
+    def _propose(
+        self, target: float, points: Sequence[Point], goal: float, tried: set[tuple[Any, ...]]
+    ) -> tuple[float, Choice] | None:
         """An untried plan for `target`. A repeat falls back, with candidates measured on both sides
         of the goal, to the lambda halfway between the closest two (None when that repeats too);
         with all of them on one side, to a target moved `tol / 2` further that way, until a new plan
@@ -333,21 +409,35 @@ class Layerwise(Search):
     @classmethod
     def refuse(cls, settings: Any) -> str | None:
         if settings.data is None or settings.depth == "only":
-            return ("--search layerwise needs --data (its sensitivity is measured on calibration images) "
-                    "and --depth off or on (for blocks alone use --search uniform --depth only)")
+            return (
+                "--search layerwise needs --data (its sensitivity is measured on calibration images) "
+                "and --depth off or on (for blocks alone use --search uniform --depth only)"
+            )
         return None
 
     def run(self, ctx: SearchContext) -> dict[str, Any]:
         from edgeprune.pipeline.prune import blocks as blocks_mod
         from edgeprune.pipeline.search import latency_table, sensitivity
 
-        s, model, inputs, space, scores, objective = ctx.settings, ctx.model, ctx.inputs, ctx.space, ctx.scores, ctx.objective
+        s, model, inputs, space, scores, objective = (
+            ctx.settings,
+            ctx.model,
+            ctx.inputs,
+            ctx.space,
+            ctx.scores,
+            ctx.objective,
+        )
         sens = sensitivity.of_run(ctx)
         block_drops: dict[str, float] = {}
         if s.depth == "on":
             calibration = ctx.data.calibration(sensitivity.calibration_images(inputs[0]))
-            block_drops = ctx.stage("block_sensitivity", lambda: sensitivity.block_sensitivity(
-                model, [b.name for b in blocks_mod.find_blocks(model, inputs)], calibration), key=ctx.cache_key)
+            block_drops = ctx.stage(
+                "block_sensitivity",
+                lambda: sensitivity.block_sensitivity(
+                    model, [b.name for b in blocks_mod.find_blocks(model, inputs)], calibration
+                ),
+                key=ctx.cache_key,
+            )
             ctx.log(f"  {len(block_drops)} removable residual blocks in the trade-off")
         cost = CostModel(model, space, inputs)
         sizes = {g.id: g.size for g in space.groups}
@@ -356,24 +446,62 @@ class Layerwise(Search):
         if ctx.budget.is_latency:
             plans = calibration_plans(sens, list(block_drops))
             table = latency_table.of_run(ctx, cost)
-            ratios = ctx.stage("latency_calibration", lambda: {"ratios": [v / value for v in measure_plans(
-                model, inputs, space, scores, plans, objective, "calibration")]}, key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings(), "precision": ctx.measurer.precision})["ratios"]
+            ratios = ctx.stage(
+                "latency_calibration",
+                lambda: {
+                    "ratios": [
+                        v / value for v in measure_plans(model, inputs, space, scores, plans, objective, "calibration")
+                    ]
+                },
+                key=ctx.cache_key | {"runtime": ctx.measurer.runtime.settings(), "precision": ctx.measurer.precision},
+            )["ratios"]
             lat = table.calibrated(plans, ratios, sizes, cost)
             a, b, c = lat.terms
-            predictor["calibration"] = {"plans": len(plans), "measured_ratios": ratios, "coefficients": {"layers": a, "activations": b, "fixed": c}}
-            ctx.log(f"  latency table calibrated on {len(plans)} measured plans: ratio = {a:.3f} x layers + {b:.3f} x activations + {c:.3f}")
+            predictor["calibration"] = {
+                "plans": len(plans),
+                "measured_ratios": ratios,
+                "coefficients": {"layers": a, "activations": b, "fixed": c},
+            }
+            ctx.log(
+                f"  latency table calibrated on {len(plans)} measured plans: ratio = "
+                f"{a:.3f} x layers + {b:.3f} x activations + {c:.3f}"
+            )
             predict: Predict = lambda widths, removed: lat.predict(widths, sizes, cost, removed)  # noqa: E731
         else:
-            table_d = ctx.stage("cost_table", lambda: build_cost_table(model, inputs, space, scores, sens, objective, value, cost, ctx.log).to_dict())
+            table_d = ctx.stage(
+                "cost_table",
+                lambda: build_cost_table(model, inputs, space, scores, sens, objective, value, cost, ctx.log).to_dict(),
+            )
             counted = CostTable.from_dict(table_d)
             predict = lambda widths, removed: counted.predict(widths, cost, removed)  # noqa: E731
-        held = ctx.stage("predictor_held_out", lambda: {"rows": predictor_error(model, inputs, space, scores, sens, predict, objective,
-                                                                                list(block_drops))})["rows"]
+        held = ctx.stage(
+            "predictor_held_out",
+            lambda: {
+                "rows": predictor_error(model, inputs, space, scores, sens, predict, objective, list(block_drops))
+            },
+        )["rows"]
         errors = ", ".join(f"{r['error']:+.1%}" for r in held)
         ctx.log(f"  cost predictor on {len(held)} held-out plans: errors {errors}")
-        searcher = LayerwiseSearch(model, inputs, space, scores, sens, predict, objective, s.tol, s.max_candidates,
-                                   on_step=ctx.on_step, block_drops=block_drops)
+        searcher = LayerwiseSearch(
+            model,
+            inputs,
+            space,
+            scores,
+            sens,
+            predict,
+            objective,
+            s.tol,
+            s.max_candidates,
+            on_step=ctx.on_step,
+            block_drops=block_drops,
+        )
         result = searcher.run()
-        measured = [{"predicted": st.predicted_flops, "measured": st.evaluation.value,
-                     "error": st.predicted_flops / st.evaluation.value - 1.0} for st in result.steps]
+        measured = [
+            {
+                "predicted": st.predicted_flops,
+                "measured": st.evaluation.value,
+                "error": st.predicted_flops / st.evaluation.value - 1.0,
+            }
+            for st in result.steps
+        ]
         return result.to_dict() | {"predictor": predictor | {"held_out": held, "candidates": measured}}

@@ -7,14 +7,16 @@ over and under the budget (regula falsi) to pick the next target cost, then find
 plan predicts that cost. When interpolation proposes a plan already seen it bisects the level
 interval instead. It stops as soon as a candidate is within the budget (decided under it, with
 the objective's drift allowance: decision.py, objective.py) and at least budget·(1−tol), or when
-no untried plan is left between the closest candidates over and under the budget. `--search uniform` runs it alone; the default search
-(guided.py) starts with it and then fills the gap it leaves.
+no untried plan is left between the closest candidates over and under the budget. `--search uniform`
+runs it alone; the default search (guided.py) starts with it and then fills the gap it leaves.
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,7 +25,16 @@ from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level, widths_key
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
-from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, infeasible, none_met, timed_step
+from edgeprune.pipeline.search.base import (
+    SEARCHES,
+    Search,
+    SearchContext,
+    SearchResult,
+    Step,
+    infeasible,
+    none_met,
+    timed_step,
+)
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Evaluation, Objective
 
@@ -84,8 +95,17 @@ class LevelSearch:
         self.cost = CostModel(model, space, example_inputs)
 
     def plan(self, level: float) -> Plan:
-        return plan_at_level(self.space, self.scores, level, self.round_to, self.method, self.ranking,
-                             self.depth, self.block_scores, self.blocks_by_threshold)
+        return plan_at_level(
+            self.space,
+            self.scores,
+            level,
+            self.round_to,
+            self.method,
+            self.ranking,
+            self.depth,
+            self.block_scores,
+            self.blocks_by_threshold,
+        )
 
     def run(self, baseline_value: float) -> SearchResult:
         budget = self.objective.budget.value
@@ -103,8 +123,16 @@ class LevelSearch:
                 break
             plan = self.plan(level)
             seen[widths_key(plan)] = self.cost.flops(plan)
-            step = timed_step(index, level, self.cost.flops(plan), lambda: self.objective.evaluate(
-                apply(copy.deepcopy(self.model), plan, self.example_inputs), f"candidate_{index:02d}"))
+            step = timed_step(
+                index,
+                level,
+                self.cost.flops(plan),
+                # timed_step calls it at once, so the loop variables are this iteration's
+                lambda: self.objective.evaluate(
+                    apply(copy.deepcopy(self.model), plan, self.example_inputs),  # noqa: B023
+                    f"candidate_{index:02d}",  # noqa: B023
+                ),
+            )
             steps.append(step)
             self.on_step(step)
             ev = step.evaluation
@@ -172,7 +200,20 @@ class UniformSearch(Search):
 
     def run(self, ctx: SearchContext) -> dict[str, Any]:
         s = ctx.settings
-        searcher = LevelSearch(ctx.model, ctx.inputs, ctx.space, ctx.scores, ctx.objective, s.round_to, s.method, s.tol,
-                               s.max_candidates, on_step=ctx.on_step, ranking=ctx.method.ranking, depth=s.depth,
-                               block_scores=ctx.block_scores, blocks_by_threshold=ctx.method.blocks_on_unit_scale)
+        searcher = LevelSearch(
+            ctx.model,
+            ctx.inputs,
+            ctx.space,
+            ctx.scores,
+            ctx.objective,
+            s.round_to,
+            s.method,
+            s.tol,
+            s.max_candidates,
+            on_step=ctx.on_step,
+            ranking=ctx.method.ranking,
+            depth=s.depth,
+            block_scores=ctx.block_scores,
+            blocks_by_threshold=ctx.method.blocks_on_unit_scale,
+        )
         return searcher.run(ctx.baseline_value).to_dict()

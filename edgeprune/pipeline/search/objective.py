@@ -5,11 +5,13 @@ the budget or not. Latency is decided by `decision.py` (rounds interleaved with 
 a confidence interval lies on one side of the budget; "undecided" counts as not within); FLOPs and
 parameters are counted exactly, so their verdict is the comparison itself.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,8 +89,13 @@ class LatencyObjective(Objective):
 
     drift = 0.02
 
-    def __init__(self, budget: Budget, measurer: TargetMeasurer, load_baseline: Callable[[], Measurement] | None = None,
-                 resolution: float = 0.05) -> None:
+    def __init__(
+        self,
+        budget: Budget,
+        measurer: TargetMeasurer,
+        load_baseline: Callable[[], Measurement] | None = None,
+        resolution: float = 0.05,
+    ) -> None:
         super().__init__(budget)
         self.measurer = measurer
         self._load_baseline = load_baseline if budget.fraction is not None else None
@@ -107,11 +114,11 @@ class LatencyObjective(Objective):
     def evaluate(self, model: nn.Module, tag: str) -> Evaluation:
         m = self.measurer.prepare(model, tag)
         relative = self.baseline is not None
-        threshold = (float(self.budget.fraction) if relative else self.budget.value) * (1.0 - self.drift)
+        threshold = (self.budget.baseline_fraction if relative else self.budget.value) * (1.0 - self.drift)
         d, m, ref = self.measurer.decide(m, threshold, self.baseline, relative, self.budget.statistic)
         if d.verdict == UNDECIDED and d.resolution > self.resolution:
             raise too_noisy(d, f"candidate {tag}")
-        scale = self.budget.value / float(self.budget.fraction) if relative else 1.0
+        scale = self.budget.value / self.budget.baseline_fraction if relative else 1.0
         return Evaluation(d.estimate * scale, m, d.estimate if relative else None, ref, d)
 
 

@@ -9,10 +9,12 @@ drop is the KL divergence of its outputs from the unpruned model's on held-out c
 use the mean squared difference). A group's drops are made non-increasing in width: a wider layer
 never counts as more harmful than a narrower one (measurement noise aside).
 """
+
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -90,7 +92,11 @@ def drop(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> 
     total = 0.0
     for r, o in zip(reference, outputs):
         if r.dim() == 2:
-            total += float(nn.functional.kl_div(o.float().log_softmax(1), r.float().log_softmax(1), log_target=True, reduction="batchmean"))
+            total += float(
+                nn.functional.kl_div(
+                    o.float().log_softmax(1), r.float().log_softmax(1), log_target=True, reduction="batchmean"
+                )
+            )
         else:
             total += float(((o.float() - r.float()) ** 2).mean())
     return total
@@ -116,14 +122,24 @@ def _rows(inputs: Any, rows: slice) -> Any:
     return tuple(t[rows] for t in inputs) if isinstance(inputs, tuple) else inputs[rows]
 
 
-def sensitivity(model: nn.Module, space: PruningSpace, scores: Scores, example_inputs: Sequence[torch.Tensor],
-                calibration: torch.Tensor, round_to: int) -> Sensitivity:
+def sensitivity(
+    model: nn.Module,
+    space: PruningSpace,
+    scores: Scores,
+    example_inputs: Sequence[torch.Tensor],
+    calibration: torch.Tensor,
+    round_to: int,
+) -> Sensitivity:
     """Each channel/head group's drop at each candidate width, everything else at full width."""
     score = _scorer(model, calibration)
     out: Sensitivity = {}
     for g in space.groups:
-        drops = {w: 0.0 if w == g.size else score(apply(copy.deepcopy(model), Plan({g.id: keep_top(g, scores, w)}), example_inputs))
-                 for w in candidate_widths(g, round_to)}
+        drops = {
+            w: 0.0
+            if w == g.size
+            else score(apply(copy.deepcopy(model), Plan({g.id: keep_top(g, scores, w)}), example_inputs))
+            for w in candidate_widths(g, round_to)
+        }
         out[g.id] = monotone(drops)
     return out
 
@@ -144,11 +160,19 @@ def monotone(drops: dict[int, float]) -> dict[int, float]:
     return dict(sorted(fixed.items()))
 
 
-def of_run(ctx: "SearchContext") -> Sensitivity:
+def of_run(ctx: SearchContext) -> Sensitivity:
     """The sensitivity map of the run's model as a resumable stage kept across budgets (its key
     leaves the budget out: other budgets in the same --out reuse it); shared by the searches that
     use it, so running one after the other computes it once."""
     calibration = ctx.data.calibration(calibration_images(ctx.inputs[0]))
-    sens_d = ctx.stage("sensitivity", lambda: {g: {str(w): v for w, v in d.items()} for g, d in sensitivity(
-        ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to).items()}, key=ctx.cache_key)
+    sens_d = ctx.stage(
+        "sensitivity",
+        lambda: {
+            g: {str(w): v for w, v in d.items()}
+            for g, d in sensitivity(
+                ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to
+            ).items()
+        },
+        key=ctx.cache_key,
+    )
     return {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}

@@ -31,10 +31,12 @@ hundreds of epochs), so at such budgets the mask ranking comes mostly from the a
 and VS, and the latency budget, not the masks alone, decides how many channels go. The vs_weight
 default (0.1) is not tuned.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -83,8 +85,12 @@ class BetaBernoulli(nn.Module):
     def kl(self) -> torch.Tensor:
         """KL(Kumaraswamy(a, b) || Beta(alpha, 1)), summed over channels (Lee et al. 2018, eq. 9)."""
         a, b = self.log_a.exp(), self.log_b.exp()
-        return ((1 - self.alpha / a) * (-_EULER - torch.digamma(b) - 1 / b) + (a * b).log() - math.log(self.alpha)
-                - (b - 1) / b).sum()
+        return (
+            (1 - self.alpha / a) * (-_EULER - torch.digamma(b) - 1 / b)
+            + (a * b).log()
+            - math.log(self.alpha)
+            - (b - 1) / b
+        ).sum()
 
 
 class _Masks(nn.Module):
@@ -97,12 +103,19 @@ class _Masks(nn.Module):
         self.z: list[torch.Tensor] = []
         self.features: list[torch.Tensor] | None = None  # recording when a list
 
-    def resample(self, n: int) -> None:
-        self.z = [g.sample(n) for g in self.groups]
+    def group(self, i: int) -> BetaBernoulli:
+        return cast(BetaBernoulli, self.groups[i])
 
-    def apply(self, point: gating.HookPoint, out: torch.Tensor, training: bool) -> torch.Tensor:
+    def each(self) -> list[BetaBernoulli]:
+        return [self.group(i) for i in range(len(self.groups))]
+
+    def resample(self, n: int) -> None:
+        self.z = [g.sample(n) for g in self.each()]
+
+    # not `apply`: that name is nn.Module's (module.apply(fn) recurses into children with one argument)
+    def masked(self, point: gating.HookPoint, out: torch.Tensor, training: bool) -> torch.Tensor:
         i = self.index[point.group]
-        masked = out * (point.per_sample(self.z[i], out) if training else point.along(self.groups[i].mask(), out))
+        masked = out * (point.per_sample(self.z[i], out) if training else point.along(self.group(i).mask(), out))
         if self.features is not None:
             self.features.append(masked)
         return masked
@@ -124,10 +137,22 @@ class ANP(LearnedImportance):
     needs_data = True
     default_recovery = "adversarial"
 
-    def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.01, mask_lr: float = 0.02,
-                 pgd_steps: int = 7, eps: float = 8 / 255, step: float = 2 / 255, vs_weight: float = 0.1,
-                 kl_weight: float = 1.0, alpha: float = 1e-4, keep: float = 0.9, temperature: float = 0.1,
-                 threshold: float = 1e-3) -> None:
+    def __init__(
+        self,
+        epochs: int | None = None,
+        steps: int | None = None,
+        lr: float = 0.01,
+        mask_lr: float = 0.02,
+        pgd_steps: int = 7,
+        eps: float = 8 / 255,
+        step: float = 2 / 255,
+        vs_weight: float = 0.1,
+        kl_weight: float = 1.0,
+        alpha: float = 1e-4,
+        keep: float = 0.9,
+        temperature: float = 0.1,
+        threshold: float = 1e-3,
+    ) -> None:
         super().__init__()
         self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.mask_lr = mask_lr
@@ -136,8 +161,14 @@ class ANP(LearnedImportance):
         self.kl_weight = kl_weight
         self.mask_options = {"alpha": alpha, "keep": keep, "temperature": temperature, "threshold": threshold}
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """Adversarial training of `model` in place with the masks; returns it with the masks folded in."""
         gating.require_channel_groups(space, self.name)
         pgd = PGD.for_data(data, **self.pgd_options)
@@ -152,16 +183,16 @@ class ANP(LearnedImportance):
             logits, f_adv = masks.record(net, adv)
             _, f_clean = masks.record(net, x)
             vs = torch.stack([(a - c).abs().mean() for a, c in zip(f_adv, f_clean)]).mean()
-            kl = sum(g.kl() for g in masks.groups) / n_train
+            kl = sum(g.kl() for g in masks.each()) / n_train
             ce = nn.functional.cross_entropy(logits, y)
             history.tick(lambda: self._snapshot(masks, ce, vs, kl))
             return ce + self.vs_weight * vs + self.kl_weight * kl, logits
 
         side = torch.optim.Adam(masks.parameters(), lr=self.mask_lr)
-        with gating.channel_hooks(model, points, lambda p, out: masks.apply(p, out, model.training)):
+        with gating.channel_hooks(model, points, lambda p, out: masks.masked(p, out, model.training)):
             train(model, data.train, self.config, loss_fn, label="anp adversarial", side_optimizer=side)
         with torch.no_grad():
-            keep = {gid: masks.groups[i].mask() for gid, i in masks.index.items()}
+            keep = {gid: masks.group(i).mask() for gid, i in masks.index.items()}
         gating.fold(model, points, keep)
         self.result = {
             "keep": {gid: v.tolist() for gid, v in keep.items()},
@@ -176,9 +207,16 @@ class ANP(LearnedImportance):
     @staticmethod
     def _snapshot(masks: _Masks, ce: torch.Tensor, vs: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
         with torch.no_grad():
-            keep = torch.cat([g.mask() for g in masks.groups])
-        return {"adv_ce": float(ce.detach()), "vs": float(vs.detach()), "kl": float(kl.detach()), "mean_keep": float(keep.mean()),
-                "zeroed": int((keep == 0).sum())}
+            keep = torch.cat([g.mask() for g in masks.each()])
+        return {
+            "adv_ce": float(ce.detach()),
+            "vs": float(vs.detach()),
+            "kl": float(kl.detach()),
+            "mean_keep": float(keep.mean()),
+            "zeroed": int((keep == 0).sum()),
+        }
 
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         return {g.id: np.asarray(self.learned()["keep"][g.id]) for g in space.groups}

@@ -6,10 +6,11 @@ top-scoring units of each group, so a method never needs to know about budgets o
 
 Two optional steps around the scoring let a method be faithful to its paper without the pipeline
 knowing it: `prepare` changes the model before it is scored and pruned (Network Slimming's
-sparsity training; FLOP's factorization, with `prepared_architecture`), `reconstruct` adjusts the pruned model's remaining weights (ThiNet's and
-He et al.'s least-squares reconstruction). `ranking` says whether scores are comparable across
-groups ("global": one threshold for all units, so per-layer widths are discovered) or only within
-a group ("uniform": every group keeps the same fraction).
+sparsity training; FLOP's factorization, with `prepared_architecture`), `reconstruct` adjusts the
+pruned model's remaining weights (ThiNet's and He et al.'s least-squares reconstruction).
+`ranking` says whether scores are comparable across groups ("global": one threshold for all units,
+so per-layer widths are discovered) or only within a group ("uniform": every group keeps the same
+fraction).
 
 Learned methods (Pruning from Scratch, TAS) learn something besides weights in `prepare` (gates,
 width distributions); `state` / `load_state` carry it as JSON through the run directory, so a
@@ -17,11 +18,13 @@ resumed run does not learn it again. A method that learns depth as well scores b
 (`block_scores`); when those scores are on its unit scores' scale (`blocks_on_unit_scale`), one
 global threshold decides channels and blocks together.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -30,7 +33,6 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prune import blocks
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
 from edgeprune.registry import Registry
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +58,14 @@ class Importance(abc.ABC):
     #: whether `block_scores` are comparable with the unit scores under "global" ranking
     blocks_on_unit_scale: ClassVar[bool] = False
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """The model to score and prune (default: `model` itself, unchanged)."""
         return model
 
@@ -73,7 +81,7 @@ class Importance(abc.ABC):
         """What `prepare` learned besides the model's weights, as JSON (default: nothing)."""
         return {}
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional: most methods keep no state
         """Restore what `state` returned, when `prepare` is resumed instead of run."""
 
     def block_scores(self, model: nn.Module, found: Sequence[blocks.Block], data: Any) -> dict[str, float]:
@@ -87,8 +95,15 @@ class Importance(abc.ABC):
     ) -> Scores:
         """Score every unit of every group in `space`; `data` is the DataBundle when a method needs it."""
 
-    def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Any,
-                    example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
+    def reconstruct(  # noqa: B027 - optional: only reconstructing methods override it
+        self,
+        model: nn.Module,
+        pruned: nn.Module,
+        space: PruningSpace,
+        plan: Any,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+    ) -> None:
         """Adjust `pruned` (made from `model` by `plan`) in place; default: nothing."""
 
 
@@ -108,7 +123,9 @@ class LearnedImportance(Importance):
     def learned(self) -> dict[str, Any]:
         """The result of `prepare`, which scoring needs."""
         if not self.result:
-            raise EdgepruneError(f"--method {self.name} scores come from what its prepare step learns: run prepare first")
+            raise EdgepruneError(
+                f"--method {self.name} scores come from what its prepare step learns: run prepare first"
+            )
         return self.result
 
 

@@ -38,10 +38,12 @@ the search's level uniformly (the plan's head groups are not on the channels' gl
 `load_pruned` cannot rebuild a FLOP model from plan.json (its groups name factorized layers that
 the original architecture lacks): use model.pt or model.onnx.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -52,10 +54,10 @@ from edgeprune.pipeline.counting import layer_macs
 from edgeprune.pipeline.prune import attention, gating
 from edgeprune.pipeline.prune import space as space_mod
 from edgeprune.pipeline.prune.factorized import factorize, merge_expensive
+from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.l0 import HardConcrete
 from edgeprune.pipeline.prune.methods.base import Goal, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
-from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.space import HEADS_SUFFIX, PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, cross_entropy, train
 from edgeprune.pipeline.search.cost_model import CostModel
@@ -63,8 +65,13 @@ from edgeprune.pipeline.search.cost_model import CostModel
 RANK_SUFFIX = ".down"  # a factorized Linear's rank group is rooted at its `down` layer
 
 
-def factorizable(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], min_params: int,
-                 factorize_attention: bool) -> list[str]:
+def factorizable(
+    model: nn.Module,
+    space: PruningSpace,
+    example_inputs: Sequence[torch.Tensor],
+    min_params: int,
+    factorize_attention: bool,
+) -> list[str]:
     """The Linears FLOP factorizes: large ones, not output layers, not left whole by the space
     (e.g. --unprunable), and not attention projections whose heads are a prunable group."""
     outputs = space_mod.output_layers(model, example_inputs)
@@ -72,11 +79,21 @@ def factorizable(model: nn.Module, space: PruningSpace, example_inputs: Sequence
     head_layers = set()
     if not factorize_attention:
         pruned_heads = {g.id for g in space.groups if g.kind == "heads"}
-        head_layers = {p for s in attention.find_attention(model, example_inputs) if s.name + HEADS_SUFFIX in pruned_heads
-                       for p in (*s.projections, s.proj)}
-    return [name for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and m.in_features * m.out_features >= min_params
-            and name not in outputs and name not in whole and name not in head_layers]
+        head_layers = {
+            p
+            for s in attention.find_attention(model, example_inputs)
+            if s.name + HEADS_SUFFIX in pruned_heads
+            for p in (*s.projections, s.proj)
+        }
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and m.in_features * m.out_features >= min_params
+        and name not in outputs
+        and name not in whole
+        and name not in head_layers
+    ]
 
 
 class Gates(nn.Module):
@@ -90,27 +107,40 @@ class Gates(nn.Module):
         self.current: dict[str, torch.Tensor] = {}
 
     def __getitem__(self, gid: str) -> HardConcrete:
-        return self.gates[self.ids.index(gid)]
+        return cast(HardConcrete, self.gates[self.ids.index(gid)])
+
+    def each(self) -> list[tuple[str, HardConcrete]]:
+        """(group id, its gates) for every gated group, in order."""
+        return [(gid, cast(HardConcrete, g)) for gid, g in zip(self.ids, self.gates)]
 
     def sample(self) -> None:
-        self.current = {gid: g() for gid, g in zip(self.ids, self.gates)}
+        self.current = {gid: g() for gid, g in self.each()}
 
     def keep_fractions(self) -> dict[str, torch.Tensor]:
         """Each group's expected kept fraction (mean keep probability), differentiable."""
-        return {gid: g.keep_probability().mean() for gid, g in zip(self.ids, self.gates)}
+        return {gid: g.keep_probability().mean() for gid, g in self.each()}
 
 
 @contextlib.contextmanager
-def gated(model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], heads: dict[str, attention.AttentionSite]) -> Iterator[None]:
+def gated(
+    model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], heads: dict[str, attention.AttentionSite]
+) -> Iterator[None]:
     """Multiply each gated group's units by its current gates while open: channels where they are
     produced (gating.py), heads on the output projection's input (each head's columns)."""
-    def head_hook(gid: str, site: attention.AttentionSite):
-        def run(mod: nn.Module, args: tuple) -> tuple:
+
+    def head_hook(
+        gid: str, site: attention.AttentionSite
+    ) -> Callable[[nn.Module, tuple[Any, ...]], tuple[torch.Tensor]]:
+        def run(mod: nn.Module, args: tuple[Any, ...]) -> tuple[torch.Tensor]:
             x = args[0]
             return (x * gates.current[gid].repeat_interleave(x.shape[-1] // site.num_heads),)
+
         return run
 
-    handles = [model.get_submodule(site.proj).register_forward_pre_hook(head_hook(gid, site)) for gid, site in heads.items()]
+    handles = [
+        attention.projection(model, site.proj).register_forward_pre_hook(head_hook(gid, site))
+        for gid, site in heads.items()
+    ]
     try:
         with gating.channel_hooks(model, points, lambda p, out: out * p.along(gates.current[p.group], out)):
             yield
@@ -120,20 +150,23 @@ def gated(model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], he
 
 
 @torch.no_grad()
-def fold(model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], heads: dict[str, attention.AttentionSite]) -> None:
+def fold(
+    model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint], heads: dict[str, attention.AttentionSite]
+) -> None:
     """Scale the layers by the deterministic gates, so the model without hooks computes what the
     gated model computes in eval mode (a gate of 0 silences its unit; pruning then removes it)."""
     for p in points:
         layer = model.get_submodule(p.layer)
         z = gates[p.group].deterministic()[p.units]
-        if getattr(layer, "weight", None) is None:
+        weight, bias = getattr(layer, "weight", None), getattr(layer, "bias", None)
+        if weight is None:
             raise EdgepruneError(f"FLOP cannot fold its gates into {p.layer} (no affine weight); mark it --unprunable")
-        layer.weight.mul_(z.view(-1, *[1] * (layer.weight.dim() - 1)))
-        if getattr(layer, "bias", None) is not None:
-            layer.bias.mul_(z)
+        weight.mul_(z.view(-1, *[1] * (weight.dim() - 1)))
+        if bias is not None:
+            bias.mul_(z)
     for gid, site in heads.items():
         z = gates[gid].deterministic()
-        proj = model.get_submodule(site.proj)
+        proj = attention.projection(model, site.proj)
         proj.weight.mul_(z.repeat_interleave(proj.in_features // site.num_heads)[None, :])
 
 
@@ -145,9 +178,19 @@ class FLOP(LearnedImportance):
     needs_data = True
     default_recovery = "finetune"
 
-    def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.01, gate_lr: float = 0.05,
-                 lambda_lr: float = 0.1, warmup: float = 0.5, init: float = 2.5, min_params: int = 4096,
-                 factorize_attention: bool = False, target: float | None = None) -> None:
+    def __init__(
+        self,
+        epochs: int | None = None,
+        steps: int | None = None,
+        lr: float = 0.01,
+        gate_lr: float = 0.05,
+        lambda_lr: float = 0.1,
+        warmup: float = 0.5,
+        init: float = 2.5,
+        min_params: int = 4096,
+        factorize_attention: bool = False,
+        target: float | None = None,
+    ) -> None:
         super().__init__()
         self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.gate_lr = gate_lr
@@ -158,19 +201,29 @@ class FLOP(LearnedImportance):
         self.factorize_attention = factorize_attention
         self.target = target  # the kept cost fraction; default: the budget's (Goal.cost_fraction)
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """Factorize `model` in place, learn weights and gates, fold the gates in; returns `model`."""
         fraction = self.target if self.target is not None else (goal or Goal()).cost_fraction
         if fraction is None:
-            raise EdgepruneError("FLOP prunes toward a target: give a budget (compress does) or --method-option target=0.5")
+            raise EdgepruneError(
+                "FLOP prunes toward a target: give a budget (compress does) or --method-option target=0.5"
+            )
         base_macs = sum(layer_macs(model, example_inputs).values())
         names = factorizable(model, space, example_inputs, self.min_params, self.factorize_attention)
         factorize(model, names)
         groups = self._gated_groups(model, space, example_inputs, names)
         if not groups:
-            raise EdgepruneError(f"FLOP found no Linear with at least {self.min_params} weights and no MLP unit or head to gate; "
-                                 "lower its min_params option or use --method l1")
+            raise EdgepruneError(
+                f"FLOP found no Linear with at least {self.min_params} weights and no MLP unit or head to gate; "
+                "lower its min_params option or use --method l1"
+            )
         gates = Gates({g.id: g.size for g in groups}, self.init)
         channels = PruningSpace([g for g in groups if g.kind == "channels"], [])
         points = gating.hook_points(model, channels, example_inputs)
@@ -185,27 +238,44 @@ class FLOP(LearnedImportance):
             "factorized": names,
             "target_sparsity": target,
             "expected_sparsity": history[-1]["expected_sparsity"],
-            "deterministic_zero_fraction": float(torch.cat([g.deterministic() == 0 for g in gates.gates]).float().mean()),
-            "keep_probability": {gid: g.keep_probability().detach().tolist() for gid, g in zip(gates.ids, gates.gates)},
+            "deterministic_zero_fraction": float(
+                torch.cat([g.deterministic() == 0 for _, g in gates.each()]).float().mean()
+            ),
+            "keep_probability": {gid: g.keep_probability().detach().tolist() for gid, g in gates.each()},
             "history": history,
         }
         return model
 
-    def _gated_groups(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor],
-                      names: list[str]) -> list[space_mod.Group]:
+    def _gated_groups(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], names: list[str]
+    ) -> list[space_mod.Group]:
         """The factorized model's groups that get gates: the rank groups, and the original space's
         groups (renamed when their root was factorized), less those through a LayerNorm."""
         renamed = {n: n + ".up" for n in names}
         allowed = {renamed.get(g.id, g.id) for g in space.groups} | {n + RANK_SUFFIX for n in names}
         found = space_mod.discover(model, example_inputs)
-        return [g for g in found.groups if g.id in allowed and not (g.kind == "channels" and space_mod.through_norm(model, g))]
+        return [
+            g
+            for g in found.groups
+            if g.id in allowed and not (g.kind == "channels" and space_mod.through_norm(model, g))
+        ]
 
-    def _train(self, model: nn.Module, gates: Gates, points: Sequence[gating.HookPoint],
-               heads: dict[str, attention.AttentionSite], cost: CostModel, target: float, data: Any) -> list[dict[str, float]]:
+    def _train(
+        self,
+        model: nn.Module,
+        gates: Gates,
+        points: Sequence[gating.HookPoint],
+        heads: dict[str, attention.AttentionSite],
+        cost: CostModel,
+        target: float,
+        data: Any,
+    ) -> list[dict[str, float]]:
         """Weights by the trainer's SGD; gates (Adam) and lambdas (ascent) step as soon as their
         gradients arrive, in the same backward pass (post-accumulate-grad hooks)."""
         lambdas = nn.Parameter(torch.zeros(2))
-        optimizers = {lambdas: torch.optim.SGD([lambdas], lr=self.lambda_lr, maximize=True)}
+        optimizers: dict[torch.Tensor, torch.optim.Optimizer] = {
+            lambdas: torch.optim.SGD([lambdas], lr=self.lambda_lr, maximize=True)
+        }
         optimizers |= {p: torch.optim.Adam([p], lr=self.gate_lr) for p in gates.parameters()}
 
         def step(p: torch.Tensor) -> None:
@@ -225,8 +295,16 @@ class FLOP(LearnedImportance):
             sparsity = 1.0 - cost.expected_flops(gates.keep_fractions()) / cost.total
             gap = sparsity - t
             if count % max(total // 20, 1) == 0 or count == total - 1:
-                history.append({"step": count, "expected_sparsity": float(sparsity.detach()), "target": t,
-                                "lambda1": float(lambdas[0].detach()), "lambda2": float(lambdas[1].detach()), "task_loss": float(loss.detach())})
+                history.append(
+                    {
+                        "step": count,
+                        "expected_sparsity": float(sparsity.detach()),
+                        "target": t,
+                        "lambda1": float(lambdas[0].detach()),
+                        "lambda2": float(lambdas[1].detach()),
+                        "task_loss": float(loss.detach()),
+                    }
+                )
             count += 1
             return loss + lambdas[0] * gap + lambdas[1] * gap**2, logits
 
@@ -242,16 +320,27 @@ class FLOP(LearnedImportance):
     def prepared_architecture(self, model: nn.Module) -> nn.Module:
         return factorize(model, self.result.get("factorized", []))
 
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         """Keep probabilities of the gated units; ungated groups (the residual stream) score above
         every gate, 1 + their L1 share, so they go last and in L1 order."""
         learned = self.learned()["keep_probability"]
         rest = PruningSpace([g for g in space.groups if g.id not in learned], [])
         l1 = L1Importance().scores(model, rest, example_inputs) if rest.groups else {}
-        return {g.id: np.asarray(learned[g.id]) if g.id in learned else 1.0 + l1[g.id] / max(l1[g.id].max(), 1e-12)
-                for g in space.groups}
+        return {
+            g.id: np.asarray(learned[g.id]) if g.id in learned else 1.0 + l1[g.id] / max(l1[g.id].max(), 1e-12)
+            for g in space.groups
+        }
 
-    def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Any,
-                    example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
+    def reconstruct(
+        self,
+        model: nn.Module,
+        pruned: nn.Module,
+        space: PruningSpace,
+        plan: Any,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+    ) -> None:
         """Merge each factorized pair that pruning left no cheaper than a dense Linear."""
         self.result["merged"] = merge_expensive(pruned)

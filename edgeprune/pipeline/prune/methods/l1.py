@@ -6,9 +6,11 @@ residual stream, a concat, a depthwise conv following its producer) every produc
 norm for that channel is summed, so the group is ranked as one unit, as the paper does for the
 layers of a residual stage. A head's importance is the L1 norm of its q, k, v rows and proj columns.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,8 +35,12 @@ class L1Importance(Importance):
             return {}
         graph = Graph(model, example_inputs)
         sites = {s.name + HEADS_SUFFIX: s for s in graph.sites}
-        return {g.id: np.array(attention.head_weight_norms(model, sites[g.id])) if g.kind == "heads"
-                else filter_norms(model, graph.coupled(g.id, range(g.size)), g.size) for g in space.groups}
+        return {
+            g.id: np.array(attention.head_weight_norms(model, sites[g.id]))
+            if g.kind == "heads"
+            else filter_norms(model, graph.coupled(g.id, range(g.size)), g.size)
+            for g in space.groups
+        }
 
 
 #: the layers whose rows are filters: what writes a group's channels
@@ -47,7 +53,7 @@ def filter_norms(model: nn.Module, touches: Sequence[Touch], size: int) -> np.nd
     for t in touches:
         if t.side != "out" or t.kind not in FILTER_KINDS:
             continue
-        w = model.get_submodule(t.name).weight.detach().abs()
+        w = cast(torch.Tensor, model.get_submodule(t.name).weight).detach().abs()  # conv / convT / linear
         w = w.transpose(0, 1) if t.kind == "convT" else w  # a transposed conv's outputs are its weight's dim 1
         norms = w.reshape(w.shape[0], -1).sum(dim=1).double()
         total.index_add_(0, torch.tensor(t.roots, dtype=torch.long), norms[list(t.idxs)])

@@ -11,9 +11,11 @@ Both of the paper's steps:
 2. Feature-map reconstruction: every consuming layer's weights are re-solved by least squares on
    the kept input channels so that its outputs match the unpruned layer's on calibration data.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,12 +27,14 @@ from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace
 
 
-def lasso_entry_lambdas(z: np.ndarray, y: np.ndarray, grid: int = 40, iters: int = 100, tol: float = 1e-5) -> np.ndarray:
+def lasso_entry_lambdas(
+    z: np.ndarray, y: np.ndarray, grid: int = 40, iters: int = 100, tol: float = 1e-5
+) -> np.ndarray:
     """The largest lambda on a geometric grid at which each coefficient is non-zero (0: never).
 
     Solved by FISTA (accelerated proximal gradient) on the Gram matrix with warm starts down the
-    grid, stopping once every channel has entered: vectorized, so a 768-channel group takes ~1 s. Ties (several channels entering at one
-    grid step) are broken by |beta| at the smallest lambda.
+    grid, stopping once every channel has entered: vectorized, so a 768-channel group takes ~1 s.
+    Ties (several channels entering at one grid step) are broken by |beta| at the smallest lambda.
     """
     m = z.shape[0]
     scale = np.sqrt((z**2).mean(0)) + 1e-12  # standardize columns, as LASSO selection assumes
@@ -66,6 +70,13 @@ class LassoChannelPruning(rec.NextLayerImportance):
     def rank(self, samples: rec.GroupSamples) -> np.ndarray:
         return lasso_entry_lambdas(samples.contributions, samples.target)
 
-    def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Plan,
-                    example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
+    def reconstruct(
+        self,
+        model: nn.Module,
+        pruned: nn.Module,
+        space: PruningSpace,
+        plan: Plan,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+    ) -> None:
         rec.refit(model, pruned, plan, example_inputs, data.calibration(self.calibration_images))

@@ -11,9 +11,11 @@ No pretrained model: the structure is learned on *randomly initialized, frozen* 
 3. The pruned architecture is then trained from scratch (`--recover scratch`, this method's
    default recovery), as in the paper.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,8 +54,14 @@ class PruningFromScratch(Importance):
         self.config = TrainConfig.budget(epochs, steps, lr=lr, weight_decay=0.0)
         self.gates: dict[str, list[float]] = {}
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """Learn the gates on `model`'s current (random) weights, which stay as they are."""
         gating.require_channel_groups(space, self.name)
         groups = [g.id for g in space.groups]
@@ -87,7 +95,9 @@ class PruningFromScratch(Importance):
     def load_state(self, state: dict[str, Any]) -> None:
         self.gates = state["gates"]
 
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         if not self.gates:
             raise EdgepruneError("Pruning from Scratch scores come from its gates: run prepare first")
         return {g.id: np.asarray(self.gates[g.id]) for g in space.groups}

@@ -8,11 +8,13 @@ changes y by exactly sum_{c in T} x_c, which both papers minimise. Samples are d
 (image, output channel, location) triples; a group read by several consumers (a residual stream)
 stacks the samples of all of them, so the selection minimises the total reconstruction error.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ class Consumer:
     """A layer reading a group's channels: which of its input channels are which group units."""
 
     name: str
-    module: nn.Module
+    module: nn.Linear | nn.Conv2d
     local: np.ndarray  # the consumer's input-channel index of each covered unit
     units: np.ndarray  # the group unit of each of those channels
 
@@ -52,7 +54,14 @@ class GroupSamples:
         return self.contributions.sum(1)
 
 
-def consumers_of(model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]) -> dict[str, list[Consumer]]:
+def _layer(model: nn.Module, name: str) -> nn.Linear | nn.Conv2d:
+    """A layer these methods read or re-solve: only Linear and Conv2d layers are ever asked for."""
+    return cast("nn.Linear | nn.Conv2d", model.get_submodule(name))
+
+
+def consumers_of(
+    model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor]
+) -> dict[str, list[Consumer]]:
     """For every channel group, the Conv2d (ungrouped) / Linear layers that read its channels."""
     graph = Graph(model, example_inputs)
     out: dict[str, list[Consumer]] = {}
@@ -61,16 +70,25 @@ def consumers_of(model: nn.Module, space: PruningSpace, example_inputs: Sequence
             continue
         touches = graph.coupled(g.id, range(g.size))
         producers = {t.name for t in touches if t.side == "out"}
-        out[g.id] = [Consumer(t.name, model.get_submodule(t.name), np.array(t.idxs), np.array(t.roots))
-                     for t in touches if t.side == "in" and t.name not in producers and t.kind in ("linear", "conv")
-                     and isinstance(model.get_submodule(t.name), (nn.Linear, nn.Conv2d))]
+        out[g.id] = [
+            Consumer(t.name, _layer(model, t.name), np.array(t.idxs), np.array(t.roots))
+            for t in touches
+            if t.side == "in"
+            and t.name not in producers
+            and t.kind in ("linear", "conv")
+            and isinstance(model.get_submodule(t.name), (nn.Linear, nn.Conv2d))
+        ]
     return out
 
 
 @torch.no_grad()
 def sample_contributions(
-    model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], calibration: torch.Tensor,
-    samples: int = SAMPLES_PER_CONSUMER, seed: int = 0,
+    model: nn.Module,
+    space: PruningSpace,
+    example_inputs: Sequence[torch.Tensor],
+    calibration: torch.Tensor,
+    samples: int = SAMPLES_PER_CONSUMER,
+    seed: int = 0,
 ) -> dict[str, GroupSamples]:
     """Contributions of every group's channels to randomly sampled outputs of its consumers."""
     consumers = consumers_of(model, space, example_inputs)
@@ -92,8 +110,11 @@ def sample_contributions(
 
 def _consumer_inputs(model: nn.Module, calibration: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
     captured: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    hooks = [m.register_forward_hook(lambda mod, args, out, n=n: captured[n].append(args[0].detach()))
-             for n, m in model.named_modules() if n in names]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, n=n: captured[n].append(args[0].detach()))
+        for n, m in model.named_modules()
+        if n in names
+    ]
     try:
         for chunk in calibration.split(64):
             modelrun.run(model, (chunk,))
@@ -103,7 +124,7 @@ def _consumer_inputs(model: nn.Module, calibration: torch.Tensor, names: set[str
     return {n: torch.cat(v) for n, v in captured.items()}
 
 
-def _contributions(layer: nn.Module, x: torch.Tensor, samples: int, rng: np.random.Generator) -> np.ndarray:
+def _contributions(layer: nn.Linear | nn.Conv2d, x: torch.Tensor, samples: int, rng: np.random.Generator) -> np.ndarray:
     """x_c for `samples` random (image, output channel, location) triples of `layer`'s output."""
     w = layer.weight.detach()
     if isinstance(layer, nn.Linear):
@@ -116,10 +137,15 @@ def _contributions(layer: nn.Module, x: torch.Tensor, samples: int, rng: np.rand
     return (w[o].flatten(2) * patches).sum(-1).double().numpy()
 
 
-def _patches(layer: nn.Conv2d, x: torch.Tensor, samples: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _patches(
+    layer: nn.Conv2d, x: torch.Tensor, samples: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Input patches (samples, C, kh*kw) of random output locations, and the image of each sample."""
     if isinstance(layer.padding, str):
-        raise EdgepruneError(f"layer {layer} uses padding={layer.padding!r}; reconstruction methods need numeric padding: use --method l1")
+        raise EdgepruneError(
+            f"layer {layer} uses padding={layer.padding!r}; reconstruction "
+            "methods need numeric padding: use --method l1"
+        )
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
     xp = nn.functional.pad(x, (pw, pw, ph, ph))
     oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
@@ -156,7 +182,7 @@ def rescale(pruned: nn.Module, plan: Plan, samples: dict[str, GroupSamples]) -> 
             if blocks.inside(c.name, plan.removed_blocks):
                 continue  # removed with its block: nothing left to rescale
             units, local = kept_local(plan, gid, c)
-            layer = pruned.get_submodule(c.name)
+            layer = _layer(pruned, c.name)
             f = torch.tensor([factor[u] for u in units], dtype=layer.weight.dtype)
             shape = [1, -1] + [1] * (layer.weight.dim() - 2)
             layer.weight[:, torch.from_numpy(local)] *= f.view(shape)
@@ -170,12 +196,14 @@ def least_squares(design: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.linalg.solve(gram + ridge * np.eye(len(gram)), design.T @ target)
 
 
-def removed_channels(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor]) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
+def removed_channels(
+    model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor]
+) -> tuple[dict[str, set[int]], dict[str, set[int]]]:
     """Per layer name, the input and the output channel indices `plan` removes (all groups together)."""
     cuts, heads = plan_changes(Graph(model, example_inputs), plan)
     ins: dict[str, set[int]] = {}
     outs: dict[str, set[int]] = {}
-    for (name, side), (kind, dim, idxs) in cuts.items():
+    for (name, side), (kind, _dim, idxs) in cuts.items():
         if kind != "param":
             (outs if side == "out" else ins).setdefault(name, set()).update(idxs)
     for site, removed in heads.items():
@@ -186,15 +214,25 @@ def removed_channels(model: nn.Module, plan: Plan, example_inputs: Sequence[torc
 
 
 @torch.no_grad()
-def refit(model: nn.Module, pruned: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor],
-          calibration: torch.Tensor, seed: int = 0) -> None:
+def refit(
+    model: nn.Module,
+    pruned: nn.Module,
+    plan: Plan,
+    example_inputs: Sequence[torch.Tensor],
+    calibration: torch.Tensor,
+    seed: int = 0,
+) -> None:
     """He et al.'s second step: every layer that lost input channels has its weights re-solved by
     least squares on the inputs it kept, so that its outputs on calibration data match the unpruned
     layer's (for the outputs it kept itself)."""
     removed_in, removed_out = removed_channels(model, plan, example_inputs)
-    layers = {n: m for n, m in model.named_modules()
-              if n in removed_in and not blocks.inside(n, plan.removed_blocks)
-              and (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))}
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if n in removed_in
+        and not blocks.inside(n, plan.removed_blocks)
+        and (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
+    }
     inputs = _consumer_inputs(model, calibration, set(layers))
     rng = np.random.default_rng(seed)
     for name, layer in sorted(layers.items()):
@@ -214,7 +252,7 @@ def refit(model: nn.Module, pruned: nn.Module, plan: Plan, example_inputs: Seque
             design = patches[:, keep].reshape(samples, -1)
         solved = least_squares(design.double().numpy(), target.double().numpy())
         new = torch.from_numpy(solved.T).to(w.dtype).reshape(len(rows), len(keep), *w.shape[2:])
-        pruned.get_submodule(name).weight.copy_(new)
+        _layer(pruned, name).weight.copy_(new)
 
 
 class NextLayerImportance(Importance):
@@ -227,10 +265,16 @@ class NextLayerImportance(Importance):
         self.calibration_images = calibration_images
         self.samples = samples
 
-    def sample(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any) -> dict[str, GroupSamples]:
-        return sample_contributions(model, space, example_inputs, data.calibration(self.calibration_images), self.samples)
+    def sample(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any
+    ) -> dict[str, GroupSamples]:
+        return sample_contributions(
+            model, space, example_inputs, data.calibration(self.calibration_images), self.samples
+        )
 
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         samples = self.sample(model, space, example_inputs, data)
         fallback = L1Importance().scores(model, space, example_inputs)
         return {g.id: self.rank(samples[g.id]) if g.id in samples else fallback[g.id] for g in space.groups}

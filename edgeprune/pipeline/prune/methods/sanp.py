@@ -26,10 +26,12 @@ run (for a ResNet's stage stream: the stem's input, i.e. the image's mean colour
 decisions vary little by image. The SPMs and DynamicNet live in the process that ran `prepare`;
 a resumed run keeps their measurements (in the state), not the SPMs themselves.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,7 +48,9 @@ from edgeprune.pipeline.search.cost_model import CostModel
 _BN = nn.modules.batchnorm._BatchNorm
 
 
-def sources(model: nn.Module, points: Sequence[gating.HookPoint], example_inputs: Sequence[torch.Tensor]) -> dict[str, list[str]]:
+def sources(
+    model: nn.Module, points: Sequence[gating.HookPoint], example_inputs: Sequence[torch.Tensor]
+) -> dict[str, list[str]]:
     """Per group, the layers whose *input* decides its channels: the Conv/Linear that computes them
     (the one before a hooked BatchNorm), so a decision is known before the channel is computed."""
     graph = Graph(model, example_inputs)
@@ -71,8 +75,17 @@ class DynamicNet(nn.Module):
     group's channels are computed (the others are zeroed; a kernel that skips them saves their MACs).
     Stochastic straight-through decisions while `net` trains, hard ones (logit > 0) in eval mode."""
 
-    def __init__(self, net: nn.Module, points: Sequence[gating.HookPoint], sources: dict[str, list[str]], sizes: dict[str, int],
-                 example_inputs: Sequence[torch.Tensor], hidden: int, tau: float, init_logit: float) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        points: Sequence[gating.HookPoint],
+        sources: dict[str, list[str]],
+        sizes: dict[str, int],
+        example_inputs: Sequence[torch.Tensor],
+        hidden: int,
+        tau: float,
+        init_logit: float,
+    ) -> None:
         super().__init__()
         self.net = net
         self.points = list(points)
@@ -83,7 +96,8 @@ class DynamicNet(nn.Module):
         self.spms = nn.ModuleList()
         for gid in self.groups:
             spm = nn.Sequential(nn.Linear(widths[gid], hidden), nn.ReLU(), nn.Linear(hidden, sizes[gid]))
-            nn.init.constant_(spm[2].bias, init_logit)  # every channel kept at the start: the trained network
+            # every channel kept at the start: the trained network
+            nn.init.constant_(cast(nn.Linear, spm[2]).bias, init_logit)
             self.spms.append(spm)
         #: the SPMs' own MACs per image
         self.spm_macs = float(sum(widths[g] * hidden + hidden * sizes[g] for g in self.groups))
@@ -93,7 +107,10 @@ class DynamicNet(nn.Module):
     def _input_widths(self, example_inputs: Sequence[torch.Tensor]) -> dict[str, int]:
         """The channel count of the input each group's SPM reads (the first of its sources to run)."""
         seen: dict[str, int] = {}
-        with self._hooks(lambda gid, name, x: seen.setdefault(gid, x.shape[self._dim(name)]), gate=False), torch.no_grad():
+        with (
+            self._hooks(lambda gid, name, x: seen.setdefault(gid, x.shape[self._dim(name)]), gate=False),
+            torch.no_grad(),
+        ):
             was_training = self.net.training
             self.net.eval()
             self.net(*example_inputs)
@@ -120,13 +137,19 @@ class DynamicNet(nn.Module):
         def pre_hook(gid: str, name: str) -> Any:
             def run(mod: nn.Module, args: tuple) -> None:
                 on_input(gid, name, args[0])
+
             return run
 
-        handles = [self.net.get_submodule(name).register_forward_pre_hook(pre_hook(gid, name))
-                   for gid, names in self.sources.items() for name in names]
+        handles = [
+            self.net.get_submodule(name).register_forward_pre_hook(pre_hook(gid, name))
+            for gid, names in self.sources.items()
+            for name in names
+        ]
         try:
             if gate:
-                with gating.channel_hooks(self.net, self.points, lambda p, out: out * p.per_sample(self.decisions[p.group], out)):
+                with gating.channel_hooks(
+                    self.net, self.points, lambda p, out: out * p.per_sample(self.decisions[p.group], out)
+                ):
                     yield
             else:
                 yield
@@ -147,7 +170,9 @@ class DynamicNet(nn.Module):
 
 
 @torch.no_grad()
-def measure_dynamic(dyn: DynamicNet, cost: CostModel, loader: Iterable[Any], limit: int | None = None) -> dict[str, Any]:
+def measure_dynamic(
+    dyn: DynamicNet, cost: CostModel, loader: Iterable[Any], limit: int | None = None
+) -> dict[str, Any]:
     """The dynamic model's average MACs per image (hard decisions, SPMs included) relative to the
     unpruned network's, and its top-1, over the first `limit` images of `loader`."""
     was_training = dyn.net.training
@@ -166,9 +191,15 @@ def measure_dynamic(dyn: DynamicNet, cost: CostModel, loader: Iterable[Any], lim
     finally:
         dyn.net.train(was_training)
     per_image = torch.cat(macs) / cost.total
-    return {"images": seen, "top1": correct / max(seen, 1), "macs_fraction_mean": float(per_image.mean()),
-            "macs_saved_mean": float(1 - per_image.mean()), "macs_fraction_min": float(per_image.min()),
-            "macs_fraction_max": float(per_image.max()), "spm_macs_fraction": dyn.spm_macs / cost.total}
+    return {
+        "images": seen,
+        "top1": correct / max(seen, 1),
+        "macs_fraction_mean": float(per_image.mean()),
+        "macs_saved_mean": float(1 - per_image.mean()),
+        "macs_fraction_min": float(per_image.min()),
+        "macs_fraction_max": float(per_image.max()),
+        "spm_macs_fraction": dyn.spm_macs / cost.total,
+    }
 
 
 @register
@@ -178,29 +209,54 @@ class SANP(LearnedImportance):
     ranking = "global"
     needs_data = True
 
-    def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.01, spm_lr: float = 0.01,
-                 cost_weight: float = 2.0, target: float | None = None, hidden: int = 16, tau: float = 1.0,
-                 init_logit: float = 3.0, calibration: int = 512, eval_images: int | None = None) -> None:
+    def __init__(
+        self,
+        epochs: int | None = None,
+        steps: int | None = None,
+        lr: float = 0.01,
+        spm_lr: float = 0.01,
+        cost_weight: float = 2.0,
+        target: float | None = None,
+        hidden: int = 16,
+        tau: float = 1.0,
+        init_logit: float = 3.0,
+        calibration: int = 512,
+        eval_images: int | None = None,
+    ) -> None:
         super().__init__()
         self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.spm_lr = spm_lr
         self.cost_weight = cost_weight
         self.target = target
-        self.spm = {"hidden": hidden, "tau": tau, "init_logit": init_logit}
+        self.spm: dict[str, Any] = {"hidden": hidden, "tau": tau, "init_logit": init_logit}
         self.calibration = calibration
         self.eval_images = eval_images
         self.dynamic: DynamicNet | None = None
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """Train `model` in place jointly with the SPMs; the dynamic model stays in `self.dynamic`."""
         gating.require_channel_groups(space, self.name)
         target = self.target if self.target is not None else (goal.cost_fraction if goal else None)
         if target is None:
-            raise EdgepruneError("SANP's cost objective needs a target: give the method target=FRACTION (compress passes the budget's)")
+            raise EdgepruneError(
+                "SANP's cost objective needs a target: give the method target=FRACTION (compress passes the budget's)"
+            )
         points = gating.hook_points(model, space, example_inputs)
-        dyn = DynamicNet(model, points, sources(model, points, example_inputs), {g.id: g.size for g in space.groups},
-                         example_inputs, **self.spm)
+        dyn = DynamicNet(
+            model,
+            points,
+            sources(model, points, example_inputs),
+            {g.id: g.size for g in space.groups},
+            example_inputs,
+            **self.spm,
+        )
         cost = CostModel(model, space, example_inputs)
         history = History(self.config.total_steps(len(data.train)))
 
@@ -217,8 +273,8 @@ class SANP(LearnedImportance):
         self.dynamic = dyn
         self.result = {
             "exported": "static",
-            "why": "the target runtimes execute static graphs, where per-image channel skipping saves no time; the static "
-                   "widths keep the channels the SPMs keep most often, and the dynamic saving is measured in PyTorch",
+            "why": "the target runtimes execute static graphs, where per-image channel skipping saves no time; the "
+            "static widths keep the channels the SPMs keep most often, and the dynamic saving is measured in PyTorch",
             "target": target,
             "dynamic": measure_dynamic(dyn, cost, data.val, self.eval_images),
             "keep_frequency": {gid: f.tolist() for gid, f in freq.items()},
@@ -240,5 +296,7 @@ class SANP(LearnedImportance):
             dyn.net.train(was_training)
         return ({gid: d.mean(0) for gid, d in dyn.decisions.items()}, {gid: p.mean(0) for gid, p in dyn.probs.items()})
 
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         return {g.id: np.asarray(self.learned()["scores"][g.id]) for g in space.groups}

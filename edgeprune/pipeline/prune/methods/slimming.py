@@ -8,9 +8,11 @@ through Network Slimming", ICCV 2017).
    layer loses is decided by the scales, not set per layer. Where BatchNorms are coupled (a residual
    stream), a channel's score is the mean |gamma| of its coupled BatchNorms.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,16 +34,26 @@ class NetworkSlimming(Importance):
     ranking = "global"
     needs_data = True
 
-    def __init__(self, lam: float = 1e-4, epochs: int | None = None, steps: int | None = None, lr: float = 0.01) -> None:
+    def __init__(
+        self, lam: float = 1e-4, epochs: int | None = None, steps: int | None = None, lr: float = 0.01
+    ) -> None:
         self.lam = lam
         self.config = TrainConfig.budget(epochs, steps, lr=lr)
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """Sparsity training in place (the model then gets pruned and, usually, fine-tuned)."""
         bns = [m for m in model.modules() if isinstance(m, _BN) and m.affine]
         if not bns:
-            raise EdgepruneError("Network Slimming ranks channels by BatchNorm scales and this model has no BatchNorm; use --method l1")
+            raise EdgepruneError(
+                "Network Slimming ranks channels by BatchNorm scales and this model has no BatchNorm; use --method l1"
+            )
 
         def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = net(x)
@@ -52,21 +64,27 @@ class NetworkSlimming(Importance):
         return model
 
     @torch.no_grad()
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         graph = Graph(model, example_inputs)
         out: Scores = {}
         for g in space.groups:
             if g.kind != "channels":
-                raise EdgepruneError(f"Network Slimming scores channels through BatchNorm; group {g.id} is {g.kind}: use --method l1")
+                raise EdgepruneError(
+                    f"Network Slimming scores channels through BatchNorm; group {g.id} is {g.kind}: use --method l1"
+                )
             total = np.zeros(g.size)
             count = np.zeros(g.size)
             for t in graph.coupled(g.id, range(g.size)):
-                layer = model.get_submodule(t.name) if t.kind == "bn" else None
+                layer = cast(nn.modules.batchnorm._BatchNorm, model.get_submodule(t.name)) if t.kind == "bn" else None
                 if layer is not None and layer.affine:
                     gamma = layer.weight.detach().abs().numpy()
                     np.add.at(total, list(t.roots), gamma[list(t.idxs)])
                     np.add.at(count, list(t.roots), 1)
             if not count.any():
-                raise EdgepruneError(f"group {g.id} has no BatchNorm to rank its channels by; mark it --unprunable or use --method l1")
+                raise EdgepruneError(
+                    f"group {g.id} has no BatchNorm to rank its channels by; mark it --unprunable or use --method l1"
+                )
             out[g.id] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
         return out

@@ -35,12 +35,14 @@ from the unpruned network. Here the pruned model starts from the unpruned model'
 is distilled from it (`--recover distill`, this method's default), which needs far fewer epochs;
 `--recover scratch` trains the searched shape from random initialization instead (without KD).
 """
+
 from __future__ import annotations
 
 import copy
 import dataclasses
 import itertools
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,30 +119,47 @@ def block_runs(model: nn.Module, found: Sequence[blocks_mod.Block]) -> list[_Run
 class _Search(nn.Module):
     """The search network's architecture parameters and the hooks that make the model searchable."""
 
-    def __init__(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor],
-                 order: dict[str, list[int]], runs: list[_Run], round_to: int, prior: float) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        order: dict[str, list[int]],
+        runs: list[_Run],
+        round_to: int,
+        prior: float,
+    ) -> None:
         super().__init__()
         self.model = model
         points = gating.hook_points(model, space, example_inputs)
         mixed = {p.group for p in points if not p.is_identity}  # concat-fed groups: kept at full width
         self.groups = [g for g in space.groups if g.kind == "channels" and g.id not in mixed]
         self.points = [p for p in points if p.group not in mixed]
-        self.candidates = {g.id: list(range(width_step(g.size, g.kind, round_to), g.size + 1, width_step(g.size, g.kind, round_to)))
-                           for g in self.groups}
+        self.candidates = {
+            g.id: list(range(width_step(g.size, g.kind, round_to), g.size + 1, width_step(g.size, g.kind, round_to)))
+            for g in self.groups
+        }
         self.order = {gid: torch.tensor(order[gid]) for gid in self.candidates}
         self.inverse = {gid: torch.argsort(o) for gid, o in self.order.items()}
-        self.width_logits = nn.ParameterList([nn.Parameter(prior * torch.tensor(self.candidates[g.id], dtype=torch.float32) / g.size)
-                                              for g in self.groups])
+        self.width_logits = nn.ParameterList(
+            [
+                nn.Parameter(prior * torch.tensor(self.candidates[g.id], dtype=torch.float32) / g.size)
+                for g in self.groups
+            ]
+        )
         self.runs = runs
-        self.depth_logits = nn.ParameterList([nn.Parameter(prior * torch.tensor(r.choices, dtype=torch.float32) / len(r.blocks))
-                                              for r in runs])
+        self.depth_logits = nn.ParameterList(
+            [nn.Parameter(prior * torch.tensor(r.choices, dtype=torch.float32) / len(r.blocks)) for r in runs]
+        )
         self.tau = 10.0
         self.arch_grad = False  # whether the architecture logits get gradients from this forward
         self._picked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._outputs: dict[int, list[torch.Tensor]] = {}
 
     def forward(self, *args: Any) -> Any:
-        self._picked = {g.id: sample_two(self._logits(self.width_logits[i]), self.tau) for i, g in enumerate(self.groups)}
+        self._picked = {
+            g.id: sample_two(self._logits(self.width_logits[i]), self.tau) for i, g in enumerate(self.groups)
+        }
         self._outputs = {}
         return self.model(*args)
 
@@ -153,8 +172,10 @@ class _Search(nn.Module):
         size = out.shape[point.dim]
         ordered = out.index_select(point.dim, self.order[point.group])
         widths = self.candidates[point.group]
-        mixed = sum(w * channel_interpolate(ordered.narrow(point.dim, 0, widths[int(j)]), size, point.dim)
-                    for j, w in zip(picked, weights))
+        mixed = sum(
+            w * channel_interpolate(ordered.narrow(point.dim, 0, widths[int(j)]), size, point.dim)
+            for j, w in zip(picked, weights)
+        )
         return mixed.index_select(point.dim, self.inverse[point.group])
 
     def hooks(self) -> list[Any]:
@@ -162,9 +183,15 @@ class _Search(nn.Module):
         handles = []
         for r, run in enumerate(self.runs):
             first = self.model.get_submodule(run.blocks[0])
-            handles.append(first.register_forward_pre_hook(lambda mod, args, r=r: self._outputs.__setitem__(r, [args[0]])))
+            handles.append(
+                first.register_forward_pre_hook(lambda mod, args, r=r: self._outputs.__setitem__(r, [args[0]]))
+            )
             for b in run.blocks:
-                handles.append(self.model.get_submodule(b).register_forward_hook(lambda mod, args, out, r=r, last=b == run.blocks[-1]: self._depth(r, out, last)))
+                handles.append(
+                    self.model.get_submodule(b).register_forward_hook(
+                        lambda mod, args, out, r=r, last=b == run.blocks[-1]: self._depth(r, out, last)
+                    )
+                )
         return handles
 
     def _depth(self, r: int, out: torch.Tensor, last: bool) -> torch.Tensor | None:
@@ -175,13 +202,25 @@ class _Search(nn.Module):
         return sum(w * self._outputs[r][d] for w, d in zip(weights, self.runs[r].choices))
 
     def expected_flops(self, cost: CostModel) -> torch.Tensor:
-        keep = {g.id: (self.width_logits[i].softmax(-1) * torch.tensor(self.candidates[g.id], dtype=torch.float32)).sum() / g.size
-                for i, g in enumerate(self.groups)}
+        keep = {
+            g.id: (self.width_logits[i].softmax(-1) * torch.tensor(self.candidates[g.id], dtype=torch.float32)).sum()
+            / g.size
+            for i, g in enumerate(self.groups)
+        }
         return cost.expected_flops(keep, self._block_keep(lambda r: self.depth_logits[r].softmax(-1)))
 
     def argmax_flops(self, cost: CostModel) -> float:
-        keep = {g.id: self.candidates[g.id][int(self.width_logits[i].argmax())] / g.size for i, g in enumerate(self.groups)}
-        return float(cost.expected_flops(keep, self._block_keep(lambda r: nn.functional.one_hot(self.depth_logits[r].argmax(), len(self.runs[r].choices)).float())))
+        keep = {
+            g.id: self.candidates[g.id][int(self.width_logits[i].argmax())] / g.size for i, g in enumerate(self.groups)
+        }
+        return float(
+            cost.expected_flops(
+                keep,
+                self._block_keep(
+                    lambda r: nn.functional.one_hot(self.depth_logits[r].argmax(), len(self.runs[r].choices)).float()
+                ),
+            )
+        )
 
     def _block_keep(self, probs: Any) -> dict[str, torch.Tensor]:
         """P(block kept) = P(the run keeps at least its position) under each run's depth distribution."""
@@ -202,8 +241,17 @@ class TAS(LearnedImportance):
     default_recovery = "distill"
     blocks_on_unit_scale = True
 
-    def __init__(self, epochs: int | None = None, steps: int | None = None, lr: float = 0.02, arch_lr: float = 0.05,
-                 cost_weight: float = 2.0, tau: tuple[float, float] = (2.0, 0.1), prior: float = 4.0, round_to: int = 16) -> None:
+    def __init__(
+        self,
+        epochs: int | None = None,
+        steps: int | None = None,
+        lr: float = 0.02,
+        arch_lr: float = 0.05,
+        cost_weight: float = 2.0,
+        tau: tuple[float, float] = (2.0, 0.1),
+        prior: float = 4.0,
+        round_to: int = 16,
+    ) -> None:
         super().__init__()
         self.config = TrainConfig.budget(epochs, steps, lr=lr)
         self.arch_lr = arch_lr
@@ -212,14 +260,23 @@ class TAS(LearnedImportance):
         self.prior = prior
         self.round_to = round_to
 
-    def prepare(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None,
-                goal: Goal | None = None) -> nn.Module:
+    def prepare(
+        self,
+        model: nn.Module,
+        space: PruningSpace,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+        goal: Goal | None = None,
+    ) -> nn.Module:
         """Search on a copy; `model` itself is returned unchanged (its kept channels seed recovery)."""
         goal = goal or Goal()
         if goal.cost_fraction is None:
             raise EdgepruneError("TAS searches toward the budget: give it the budget's cost fraction (compress does)")
         gating.require_channel_groups(space, self.name)
-        order = {gid: np.argsort(-s, kind="stable").tolist() for gid, s in L1Importance().scores(model, space, example_inputs).items()}
+        order = {
+            gid: np.argsort(-s, kind="stable").tolist()
+            for gid, s in L1Importance().scores(model, space, example_inputs).items()
+        }
         net = copy.deepcopy(model)
         runs = block_runs(net, blocks_mod.find_blocks(net, example_inputs)) if goal.depth != "off" else []
         search = _Search(net, space, example_inputs, order, runs, self.round_to, self.prior)
@@ -231,10 +288,19 @@ class TAS(LearnedImportance):
         history = self._search(search, cost, target, data)
         self.result = {
             "target_flops": target,
-            "widths": {g.id: search.candidates[g.id][int(search.width_logits[i].argmax())] for i, g in enumerate(search.groups)},
+            "widths": {
+                g.id: search.candidates[g.id][int(search.width_logits[i].argmax())] for i, g in enumerate(search.groups)
+            },
             "order": order,
-            "runs": [{"blocks": r.blocks, "choices": r.choices, "keep": r.choices[int(search.depth_logits[k].argmax())],
-                      "probs": search.depth_logits[k].softmax(-1).tolist()} for k, r in enumerate(runs)],
+            "runs": [
+                {
+                    "blocks": r.blocks,
+                    "choices": r.choices,
+                    "keep": r.choices[int(search.depth_logits[k].argmax())],
+                    "probs": search.depth_logits[k].softmax(-1).tolist(),
+                }
+                for k, r in enumerate(runs)
+            ],
             "argmax_flops": search.argmax_flops(cost),
             "history": history,
         }
@@ -256,7 +322,9 @@ class TAS(LearnedImportance):
             search.arch_grad = True
             expected = search.expected_flops(cost)
             current = search.argmax_flops(cost)
-            arch_loss = nn.functional.cross_entropy(search(ax), ay) + self.cost_weight * _cost_loss(expected, current, target)
+            arch_loss = nn.functional.cross_entropy(search(ax), ay) + self.cost_weight * _cost_loss(
+                expected, current, target
+            )
             arch_opt.zero_grad(set_to_none=True)
             grads = torch.autograd.grad(arch_loss, arch_params, allow_unused=True)
             for p, g in zip(arch_params, grads):
@@ -264,8 +332,14 @@ class TAS(LearnedImportance):
             arch_opt.step()
             search.arch_grad = False
             if step % max(total // 20, 1) == 0 or step == total - 1:
-                history.append({"step": step, "expected_flops": float(expected.detach()) / cost.total,
-                                "argmax_flops": current / cost.total, "tau": search.tau})
+                history.append(
+                    {
+                        "step": step,
+                        "expected_flops": float(expected.detach()) / cost.total,
+                        "argmax_flops": current / cost.total,
+                        "tau": search.tau,
+                    }
+                )
             step += 1
             logits = net(x)
             return nn.functional.cross_entropy(logits, y), logits
@@ -279,7 +353,9 @@ class TAS(LearnedImportance):
                 h.remove()
         return history
 
-    def scores(self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None) -> Scores:
+    def scores(
+        self, model: nn.Module, space: PruningSpace, example_inputs: Sequence[torch.Tensor], data: Any = None
+    ) -> Scores:
         result = self.learned()
         out: Scores = {}
         for g in space.groups:

@@ -9,9 +9,11 @@ keeps a prefix-consistent set. After pruning, the remaining channels are rescale
 so they reconstruct the original outputs (the paper's final step). Groups without a consuming
 Conv2d/Linear (rare) fall back to L1 filter norms, and the plan says so.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +50,13 @@ class ThiNet(rec.NextLayerImportance):
         score[order] = np.arange(len(order))  # removed first = least important
         return score
 
-    def reconstruct(self, model: nn.Module, pruned: nn.Module, space: PruningSpace, plan: Plan,
-                    example_inputs: Sequence[torch.Tensor], data: Any = None) -> None:
+    def reconstruct(
+        self,
+        model: nn.Module,
+        pruned: nn.Module,
+        space: PruningSpace,
+        plan: Plan,
+        example_inputs: Sequence[torch.Tensor],
+        data: Any = None,
+    ) -> None:
         rec.rescale(pruned, plan, self.sample(model, space, example_inputs, data))
