@@ -239,6 +239,8 @@ def run_compress(work: Path, ids: Path, a: argparse.Namespace, log: Callable[[st
     out = work / "compressed"
     cmd = [sys.executable, "-m", "edgeprune.cli", str(work / "bert"), "--budget", a.budget, "--data", str(ids),
            "--epochs", str(a.epochs), "--out", str(out), "--precision", "fp32", "--input-shape", f"1x{MAX_LEN}"]
+    if a.max_candidates != 8:
+        cmd += ["--max-candidates", str(a.max_candidates)]
     if (out / "report.json").exists():
         return cmd, json.loads((work / "compress_seconds.json").read_text())["seconds"] if (work / "compress_seconds.json").exists() else float("nan")
     log("$ " + " ".join(cmd))
@@ -389,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads here (default 1, as compress uses)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--epochs", type=int, default=1, help="recovery epochs, label-free and --finetune alike (default 1)")
+    p.add_argument("--max-candidates", type=int, default=16,
+                   help="compress --max-candidates (default 16: with the default 8, a run beside other processes ended "
+                        "'machine too noisy to decide' with candidates 4 and 5 read under the budget but undecided)")
     p.add_argument("--finetune", action="store_true", help="also fine-tune the pruned model on the labels, same epochs")
     p.add_argument("--until", choices=("data", "teacher", "compress", "eval"), help="stop after this stage")
     a = p.parse_args(argv)

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": {},
     }
     if a.out.exists():  # keep the rows of doors not run this time
-        result["rows"] = {k: v for k, v in json.loads(a.out.read_text()).get("rows", {}).items() if k not in rows}
+        ran = {f"{name}@{a.budget}" for name in rows}
+        result["rows"] = {k: v for k, v in json.loads(a.out.read_text()).get("rows", {}).items() if k not in ran}
     for name in rows:
         argv_in, check = doors[name]()
         out = work / f"out_{name}"
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             row["error"] = [line for line in proc.stderr.splitlines() if line.startswith("error")][-1:] or proc.stderr[
                 -300:
             ]
-        result["rows"][name] = row
+        result["rows"][f"{name}@{a.budget}"] = row
         print(
             name,
             json.dumps({k: row.get(k) for k in ("exit", "met", "latency_ratio", "params_ratio", "seconds", "error")}),

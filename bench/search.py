@@ -54,9 +54,9 @@ from edgeprune.pipeline.counting import count  # noqa: E402
 from edgeprune.pipeline.data import load_data  # noqa: E402
 from edgeprune.pipeline.loading import from_module  # noqa: E402
 from edgeprune.pipeline.measure import TargetMeasurer  # noqa: E402
+from edgeprune.pipeline.methods import get_method  # noqa: E402
 from edgeprune.pipeline.prune import blocks  # noqa: E402
 from edgeprune.pipeline.prune.apply import apply  # noqa: E402
-from edgeprune.pipeline.prune.methods import get_method  # noqa: E402
 from edgeprune.pipeline.prune.space import discover  # noqa: E402
 from edgeprune.pipeline.search import latency_table, layerwise, sensitivity  # noqa: E402
 from edgeprune.pipeline.search.cost_model import CostModel  # noqa: E402

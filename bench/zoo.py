@@ -318,7 +318,7 @@ def _edgeprune_row(spec: str, timing_budget: float) -> dict[str, Any]:
     from edgeprune.errors import EdgepruneError, first_line
     from edgeprune.pipeline.counting import count
     from edgeprune.pipeline.loading import from_module
-    from edgeprune.pipeline.prune.oneshot import prune_to_ratio
+    from edgeprune.pipeline.oneshot import prune_to_ratio
 
     model, x = zoo_models.build(spec)
     row: dict[str, Any] = {}

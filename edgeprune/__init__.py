@@ -55,7 +55,7 @@ def prune(
     oneshot.prune_to_ratio` returns the space too, with the reason for each).
     """
     from edgeprune.pipeline.loading import from_module
-    from edgeprune.pipeline.prune.oneshot import prune_to_ratio
+    from edgeprune.pipeline.oneshot import prune_to_ratio
 
     return prune_to_ratio(from_module(model, example_inputs), ratio, method, round_to, unprunable, time_limit_s).model
 

@@ -161,7 +161,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
-    from edgeprune.pipeline.prune.methods import method_names
+    from edgeprune.pipeline.methods import method_names
     from edgeprune.pipeline.search import SEARCHES
     from edgeprune.pipeline.settings import DEPTHS, PRECISIONS, RECOVERIES, Settings
 
@@ -361,7 +361,7 @@ def _model_or_untrained(a: argparse.Namespace, shape: tuple[int, ...] | None, in
     from edgeprune import ecosystems
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.loading import load_model, untrained
-    from edgeprune.pipeline.prune.methods.base import METHODS
+    from edgeprune.pipeline.methods import METHODS
 
     if a.model is not None or ecosystems.for_arch(a.arch) is not None:  # timm:NAME alone: random weights
         return load_model(a.model, arch=a.arch, input_shape=shape, num_classes=a.num_classes, example_inputs=inputs)

@@ -15,9 +15,9 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.prune import gating
+from edgeprune.pipeline.learned import gating
+from edgeprune.pipeline.methods import Goal, get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.recovery import TrainConfig, top1, train

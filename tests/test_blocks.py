@@ -71,7 +71,7 @@ def test_block_importance_ranks_a_silenced_block_last() -> None:
 def test_depth_enters_the_plan_and_the_cost_model() -> None:
     model = create("resnet20").eval()
     space = discover(model, X)
-    from edgeprune.pipeline.prune.methods import get_method
+    from edgeprune.pipeline.methods import get_method
 
     scores = get_method("l1").scores(model, space, X)
     blocks = {b.name: float(i) for i, b in enumerate(find_blocks(model, X))}

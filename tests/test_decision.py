@@ -207,7 +207,7 @@ def test_the_report_says_which_decisions_were_taken_on_a_busy_machine() -> None:
 
 def test_candidates_are_judged_against_the_budget_less_the_drift_allowance() -> None:
     """The search's line is 2 % under the budget (a later timing of the same pair moved 1.4 %); the
-    final verdict's is the budget itself (compress._final)."""
+    final verdict's is the budget itself (final.judge)."""
     seen: dict[str, float] = {}
 
     class Recorder:
@@ -277,11 +277,11 @@ class TransientRuntime(NoisyRuntime):
 
 
 def _final_of(tmp_path: Path, runtime: TransientRuntime, over: float = 1.2) -> tuple[dict[str, Any], float]:
-    """compress._final on a tiny ResNet pruned to half its level, against a budget `over` times
+    """final.judge on a tiny ResNet pruned to half its level, against a budget `over` times
     its true ratio to the baseline; and that ratio."""
-    from edgeprune.pipeline.compress import _final
+    from edgeprune.pipeline.final import judge
+    from edgeprune.pipeline.methods import get_method
     from edgeprune.pipeline.prune.apply import apply
-    from edgeprune.pipeline.prune.methods import get_method
     from edgeprune.pipeline.prune.select import plan_at_level
     from edgeprune.pipeline.prune.space import discover
 
@@ -291,7 +291,7 @@ def _final_of(tmp_path: Path, runtime: TransientRuntime, over: float = 1.2) -> t
     measurer = TargetMeasurer(runtime, x, tmp_path, warmup=1, repeats=20)
     measurer.prepare(model, "baseline")
     ratio = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
-    return _final(
+    return judge(
         pruned, measurer, measurer, x, parse_budget(f"{100 * over * ratio:.2f}%").resolve(1.0), tol=0.05
     ), ratio
 

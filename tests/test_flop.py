@@ -20,10 +20,10 @@ from edgeprune.exporters import OnnxExporter
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle
 from edgeprune.pipeline.data.text import char_corpus, encode
+from edgeprune.pipeline.learned.factorized import FactorizedLinear, factorize, merge_expensive
+from edgeprune.pipeline.learned.l0 import HardConcrete
+from edgeprune.pipeline.methods import Goal, get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.factorized import FactorizedLinear, factorize, merge_expensive
-from edgeprune.pipeline.prune.l0 import HardConcrete
-from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.recovery.evaluate import bits_per_char

@@ -14,8 +14,8 @@ from torch import nn
 
 from edgeprune.models import create
 from edgeprune.pipeline.budget import Budget
+from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search import guided, latency_table

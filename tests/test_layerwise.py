@@ -15,8 +15,8 @@ from torch import nn
 
 from edgeprune.pipeline.budget import parse_budget
 from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search import layerwise, sensitivity
 from edgeprune.pipeline.search.cost_model import CostModel

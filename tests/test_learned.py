@@ -15,10 +15,10 @@ from torch import nn
 from edgeprune.exporters import OnnxExporter
 from edgeprune.pipeline.budget import parse_budget
 from edgeprune.pipeline.counting import count
+from edgeprune.pipeline.learned.tas import block_runs, channel_interpolate
+from edgeprune.pipeline.methods import Goal, get_method
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.blocks import find_blocks
-from edgeprune.pipeline.prune.methods import Goal, get_method
-from edgeprune.pipeline.prune.methods.tas import block_runs, channel_interpolate
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search.level_search import LevelSearch

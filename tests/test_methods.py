@@ -11,8 +11,8 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 from tests.synthetic import learnable_npz

@@ -15,9 +15,9 @@ import torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import create
 from edgeprune.pipeline.data import load_data
+from edgeprune.pipeline.methods import Goal, get_method
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.blocks import find_blocks
-from edgeprune.pipeline.prune.methods import Goal, get_method
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
 

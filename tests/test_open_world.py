@@ -16,10 +16,10 @@ from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.loading import from_module
+from edgeprune.pipeline.oneshot import PruneResult, prune_to_ratio
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.exact import matches
 from edgeprune.pipeline.prune.mha import MultiheadAttention
-from edgeprune.pipeline.prune.oneshot import PruneResult, prune_to_ratio
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover, silenced_outputs
 from tests import replicas as R

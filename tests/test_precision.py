@@ -428,9 +428,9 @@ def test_the_default_precision_is_auto_with_data_and_float32_without(npz: Path) 
 def test_the_int8_search_reuses_what_does_not_depend_on_the_precision(tmp_path: Path) -> None:
     """The int8 search's stages are its own (prefixed), but a kept stage, whose key says what it
     depends on (the sensitivity map), is computed once for both searches."""
-    from edgeprune.pipeline.compress import Stages
     from edgeprune.pipeline.distributed import DistContext
     from edgeprune.pipeline.rundir import RunDir
+    from edgeprune.pipeline.stages import Stages
 
     stages = Stages(RunDir(tmp_path / "out", {"c": 1}), DistContext(), lambda line: None)
     computed: list[str] = []

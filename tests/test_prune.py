@@ -11,8 +11,8 @@ from torch import nn
 
 import edgeprune
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import plan_at_level, width_step
 from edgeprune.pipeline.prune.space import Group, PruningSpace, discover, silenced_outputs

@@ -10,7 +10,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.models import create
 from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.prune.methods import get_method
+from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search.level_search import LevelSearch
 from edgeprune.pipeline.search.objective import CountObjective, Evaluation, Objective

@@ -78,7 +78,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""
-        from edgeprune.pipeline.prune.methods.base import METHODS
+        from edgeprune.pipeline.methods import METHODS
         from edgeprune.pipeline.search import SEARCHES
 
         parse_budget(self.budget)
@@ -119,7 +119,7 @@ class Settings:
     @property
     def recovery(self) -> str:
         """The recovery that runs with labelled data: --recover, else the method's own with --data, else none."""
-        from edgeprune.pipeline.prune.methods.base import METHODS
+        from edgeprune.pipeline.methods import METHODS
 
         if self.recover is not None:
             return self.recover
@@ -128,7 +128,7 @@ class Settings:
     def recovery_for(self, labelled: bool) -> str:
         """The recovery that runs on this data: without labels, distillation from the unpruned model
         (the default) or none; a recovery or method that needs labels is refused in one line."""
-        from edgeprune.pipeline.prune.methods.base import METHODS
+        from edgeprune.pipeline.methods import METHODS
 
         if labelled:
             return self.recovery

@@ -10,7 +10,8 @@ teacher is the only target, as in Minitron's logit + hidden-state distillation a
 imitation used for detectors: every floating output tensor of the teacher (tensors, nested
 tuples/lists/dicts, Hugging Face ModelOutputs, ultralytics' (predictions, feature maps)) gets a
 term — T^2 KL over the last dimension where it is class logits (evaluate.is_class_logits), a
-variance-normalised squared error otherwise, so boxes in pixels and probabilities weigh alike —
+squared error normalised by each channel's variance otherwise, so boxes in pixels and
+probabilities weigh alike —
 averaged, plus the same squared error at up to `FEATURE_TAPS` intermediate layers whose output
 the pruning left the same shape in both models (block outputs on the kept residual width; a cut
 layer's narrower output cannot be compared), weighted by `feature_weight`.
@@ -22,6 +23,7 @@ returns raw maps instead of (decoded boxes, maps)) then returns what the teacher
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, train
 
 #: the most intermediate layers whose outputs the student imitates (evenly spaced in forward order)
 FEATURE_TAPS = 8
+#: the gradient norm label-free distillation clips to (TrainConfig.grad_clip)
+GRAD_CLIP = 5.0
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -58,8 +62,20 @@ def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
 
 
 def regression(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Squared error over the teacher's variance: scale-free, 1.0 for a student that outputs the teacher's mean."""
-    return F.mse_loss(student.reshape(teacher.shape), teacher) / (teacher.var() + 1e-6)
+    """Squared error over the teacher's variance, per channel (dim 1) and averaged: scale-free, so a
+    detector's box coordinates in pixels and its class scores in [0, 1] weigh alike (over the whole
+    tensor the boxes drowned the scores: a YOLOv8n distilled that way kept mAP50-95 at 0.001);
+    1.0 for a student that outputs each channel's mean. One value per channel: over the whole tensor."""
+    s = student.reshape(teacher.shape)
+    dims = [d for d in range(teacher.ndim) if d != 1]
+    if teacher.ndim < 2 or teacher.numel() // teacher.shape[1] < 2:
+        return F.mse_loss(s, teacher) / (teacher.var() + 1e-6)
+    err = ((s - teacher) ** 2).mean(dim=dims)
+    var = teacher.var(dim=dims, unbiased=False)
+    # a channel (nearly) constant in the teacher (a dead ReLU channel, a class never seen) is held to
+    # the channels' mean scale, not to its own ~0
+    floor = 0.01 * var.mean() + 1e-12
+    return (err / (var + floor)).mean()
 
 
 def output_loss(student_out: Any, teacher_out: Any, temperature: float) -> torch.Tensor:
@@ -194,6 +210,8 @@ class Distill(Recovery):
             feat = taps.loss() if taps is not None else None
             return (loss if feat is None else loss + self.feature_weight * feat), out
 
+        if not data.labelled and config.grad_clip is None:
+            config = dataclasses.replace(config, grad_clip=GRAD_CLIP)
         if taps is None:
             return train(
                 student,

@@ -6,9 +6,10 @@ needs no labels and fits any output structure; higher is better and the unpruned
 - where the first output is class logits (a (batch, classes) tensor, or one a model names
   `logits`): **top-1 agreement**, the share of inputs (and positions, for per-token logits)
   whose arg-max class is the unpruned model's;
-- otherwise (a detector's boxes and scores, a segmenter's masks, hidden states): **R²** of every
-  floating-point output against the unpruned model's, 1 - sum((out - ref)^2) / sum((ref - mean ref)^2)
-  pooled over the outputs (0 is a model no better than predicting the reference's mean).
+- otherwise (a detector's boxes and scores, a segmenter's masks, hidden states): **R²** against
+  the unpruned model's outputs, 1 - sum((out - ref)^2) / sum((ref - mean ref)^2) per channel (dim 1
+  of each floating output: a detector's box coordinates and each class score apart, so pixels do not
+  drown probabilities), averaged over the channels (0 is a model no better than each channel's mean).
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class Fidelity:
 
     def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
         agree = count = 0
-        sse = sst = 0.0
+        sse: dict[int, torch.Tensor] = {}
+        sst: dict[int, torch.Tensor] = {}
         with evaluating(model), evaluating(self.teacher):
             for x, _ in loader:
                 want = modelrun.flatten_outputs(modelrun.call(self.teacher, x))
@@ -123,12 +125,24 @@ class Fidelity:
                     agree += int((got[0].argmax(-1) == want[0].argmax(-1)).sum())
                     count += int(want[0].argmax(-1).numel())
                     continue
-                for g, w in zip(got, want):
+                for i, (g, w) in enumerate(zip(got, want)):
                     if w.is_floating_point():
-                        w64, g64 = w.double(), g.double().reshape(w.shape)
-                        sse += float(((g64 - w64) ** 2).sum())
-                        sst += float(((w64 - w64.mean()) ** 2).sum())
+                        w64, g64 = _channels(w.double()), _channels(g.double().reshape(w.shape))
+                        sse[i] = sse.get(i, 0.0) + ((g64 - w64) ** 2).sum(1)
+                        sst[i] = sst.get(i, 0.0) + ((w64 - w64.mean(1, keepdim=True)) ** 2).sum(1)
                         count += 1
         if count == 0:
             raise EdgepruneError("the validation data is empty; nothing to evaluate")
-        return agree / count if self.agreement else 1.0 - sse / max(sst, 1e-12)
+        if self.agreement:
+            return agree / count
+        # channels (nearly) constant in the reference have no variance to explain: left out
+        ratios = torch.cat([(sse[i] / sst[i])[sst[i] > 0.01 * sst[i].mean() + 1e-12] for i in sse])
+        return 1.0 - float(ratios.mean()) if ratios.numel() else 1.0
+
+
+def _channels(t: torch.Tensor) -> torch.Tensor:
+    """(channels, values) of an output: dim 1 as the channels (a detector's boxes and class scores,
+    a feature map's channels), everything else as values; a 1-D output is one channel."""
+    if t.ndim < 2:
+        return t.reshape(1, -1)
+    return t.transpose(0, 1).reshape(t.shape[1], -1)

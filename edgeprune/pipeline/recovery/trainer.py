@@ -38,6 +38,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # "cosine" | "onecycle"
     seed: int = 0
+    #: the gradients' global norm is clipped to this (None: not clipped); label-free distillation's
+    #: per-channel terms weigh a near-constant channel heavily, and its first steps can spike
+    grad_clip: float | None = None
 
     @classmethod
     def budget(cls, epochs: int | None, steps: int | None, **settings: Any) -> TrainConfig:
@@ -168,6 +171,8 @@ def _train(
                 if side_optimizer is not None:
                     side_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
                 if side_optimizer is not None:
                     side_optimizer.step()

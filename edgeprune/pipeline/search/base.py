@@ -74,7 +74,7 @@ class SearchResult:
 
 @dataclasses.dataclass
 class SearchContext:
-    """What a search works with; `stage(name, fn, key=...)` runs resumable work (compress.Stages)."""
+    """What a search works with; `stage(name, fn, key=...)` runs resumable work (stages.Stages)."""
 
     model: nn.Module
     inputs: tuple[torch.Tensor, ...]

@@ -17,8 +17,8 @@ from torch import nn
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.loading import LoadedModel
+from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.methods import get_method
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import DEFAULT_TIME_LIMIT_S, PruningSpace, discover, verified_plan

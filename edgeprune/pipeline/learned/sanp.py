@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import gating
+from edgeprune.pipeline.learned import gating
 from edgeprune.pipeline.prune.graph import ROOT_TYPES, Graph
 from edgeprune.pipeline.prune.methods.base import Goal, History, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prune import gating
+from edgeprune.pipeline.learned import gating
 from edgeprune.pipeline.prune.methods.base import Goal, Importance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.trainer import TrainConfig, train

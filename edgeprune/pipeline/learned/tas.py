@@ -49,8 +49,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.learned import gating
 from edgeprune.pipeline.prune import blocks as blocks_mod
-from edgeprune.pipeline.prune import gating
 from edgeprune.pipeline.prune.methods.base import Goal, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
 from edgeprune.pipeline.prune.select import width_step

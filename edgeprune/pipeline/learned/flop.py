@@ -51,11 +51,12 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.counting import layer_macs
-from edgeprune.pipeline.prune import attention, gating
+from edgeprune.pipeline.learned import gating
+from edgeprune.pipeline.learned.factorized import factorize, merge_expensive
+from edgeprune.pipeline.learned.l0 import HardConcrete
+from edgeprune.pipeline.prune import attention
 from edgeprune.pipeline.prune import space as space_mod
-from edgeprune.pipeline.prune.factorized import factorize, merge_expensive
 from edgeprune.pipeline.prune.graph import Graph
-from edgeprune.pipeline.prune.l0 import HardConcrete
 from edgeprune.pipeline.prune.methods.base import Goal, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.methods.l1 import L1Importance
 from edgeprune.pipeline.prune.space import HEADS_SUFFIX, PruningSpace

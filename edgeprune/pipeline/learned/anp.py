@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.pipeline.prune import gating
+from edgeprune.pipeline.learned import gating
 from edgeprune.pipeline.prune.methods.base import Goal, History, LearnedImportance, Scores, register
 from edgeprune.pipeline.prune.space import PruningSpace
 from edgeprune.pipeline.recovery.pgd import PGD

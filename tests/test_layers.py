@@ -1,0 +1,73 @@
+"""The layers point one way: the cutting core (`pipeline/prune/`) imports nothing above it.
+
+The learned methods (`pipeline/learned/`) train with the recovery's trainer and price with the
+search's cost model before the core scores and cuts; the core itself never reaches up to them, to
+the trainer, the search or the loading of user models (docs/ARCHITECTURE.md, "Layers").
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent.parent / "edgeprune" / "pipeline" / "prune"
+ABOVE = (
+    "edgeprune.pipeline.recovery",
+    "edgeprune.pipeline.search",
+    "edgeprune.pipeline.loading",
+    "edgeprune.pipeline.learned",
+    "edgeprune.pipeline.methods",  # every method registered, the learned ones included
+    "edgeprune.pipeline.compress",
+)
+
+
+def _imported(source: str, package: str) -> set[str]:
+    """Every module `source` (a file of `package`) imports, at the top or inside a function, as
+    dotted names (for `from PKG import NAME` both PKG and PKG.NAME, since NAME may be a module)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolved against the file's package
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - node.level + 1], *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return names
+
+
+def _upward(source: str, package: str) -> list[str]:
+    return sorted(n for n in _imported(source, package) if any(n == a or n.startswith(a + ".") for a in ABOVE))
+
+
+def _package(path: Path) -> str:
+    return ".".join(path.relative_to(CORE.parents[2]).parent.parts)
+
+
+def test_the_cutting_core_imports_nothing_above_it() -> None:
+    files = sorted(CORE.rglob("*.py"))
+    assert len(files) > 10  # the core is where this test thinks it is
+    upward = {str(f.relative_to(CORE)): names for f in files if (names := _upward(f.read_text(), _package(f)))}
+    assert upward == {}, f"pipeline/prune/ imports from the layers above it: {upward}"
+
+
+def test_the_check_sees_every_way_of_writing_an_upward_import() -> None:
+    package = _package(CORE / "methods" / "l1.py")
+    assert package == "edgeprune.pipeline.prune.methods"
+    for source in (
+        "from edgeprune.pipeline.recovery.trainer import train",
+        "import edgeprune.pipeline.search.cost_model",
+        "from edgeprune.pipeline import loading",
+        "from ...learned import gating",
+        "def f():\n    from edgeprune.pipeline.methods import get_method",
+    ):
+        assert _upward(source, package), source
+    assert not _upward("from edgeprune.pipeline.prune.space import PruningSpace\nfrom .base import register", package)
+
+
+def test_every_method_is_registered_above_the_core() -> None:
+    from edgeprune.pipeline.methods import method_names
+
+    assert {"l1", "thinet", "lasso", "slimming", "pfs", "tas", "flop", "anp", "sanp"} <= set(method_names())
