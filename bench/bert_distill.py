@@ -29,23 +29,25 @@ finetune.json (only with --finetune).
 
     nice -n 10 .venv-zoo/bin/python bench/bert_distill.py [--work /tmp/bert_distill] [--epochs 1] [--finetune]
 """
+
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -66,9 +68,18 @@ FILLER = (100, 1000)
 VOCAB, MAX_LEN, MIN_LEN = 1000, 64, 32
 
 #: the teacher's config (dropout off: a synthetic task learnt from scratch in minutes)
-BERT = dict(vocab_size=VOCAB, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-            max_position_embeddings=128, num_labels=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-            pad_token_id=PAD)
+BERT = {
+    "vocab_size": VOCAB,
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "max_position_embeddings": 128,
+    "num_labels": 4,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+    "pad_token_id": PAD,
+}
 
 
 def make_task(n: int, seed: int) -> dict[str, np.ndarray]:
@@ -79,17 +90,17 @@ def make_task(n: int, seed: int) -> dict[str, np.ndarray]:
     mask = np.zeros((n, MAX_LEN), dtype=np.int64)
     for i in range(n):
         while True:  # counts whose weighted argmax is unique and the target class
-            e, l = rng.integers(0, MAX_EARLY + 1, 4), rng.integers(0, MAX_LATE + 1, 4)
-            score = 2 * e + l
+            e, late_n = rng.integers(0, MAX_EARLY + 1, 4), rng.integers(0, MAX_LATE + 1, 4)
+            score = 2 * e + late_n
             if score.argmax() == y[i] and (score == score.max()).sum() == 1:
                 break
         length = int(rng.integers(MIN_LEN, MAX_LEN + 1))
         seq = rng.integers(*FILLER, size=length)
         seq[0] = CLS
         early = rng.choice(np.arange(1, EARLY), size=int(e.sum()), replace=False)
-        late = rng.choice(np.arange(EARLY, length), size=int(l.sum()), replace=False)
+        late = rng.choice(np.arange(EARLY, length), size=int(late_n.sum()), replace=False)
         seq[early] = np.concatenate([rng.choice(SETS[k], size=int(e[k])) for k in range(4)])
-        seq[late] = np.concatenate([rng.choice(SETS[k], size=int(l[k])) for k in range(4)])
+        seq[late] = np.concatenate([rng.choice(SETS[k], size=int(late_n[k])) for k in range(4)])
         ids[i, :length], mask[i, :length] = seq, 1
     return {"input_ids": ids, "attention_mask": mask, "y": y.astype(np.int64)}
 
@@ -101,13 +112,21 @@ def scores(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 2 * early + late, early + late
 
 
+def position_decides(ids: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Where counting without position gets the label wrong or ties: (n,) bool."""
+    _, plain = scores(ids)
+    unique = (plain == plain.max(1, keepdims=True)).sum(1) == 1
+    return ~((plain.argmax(1) == y) & unique)
+
+
 def rule_check(d: dict[str, np.ndarray]) -> dict[str, float]:
     """The labels recomputed from the sequences by the rule (1.0: the generator is consistent), and
     how often counting without position would decide wrongly or by a tie."""
-    weighted, plain = scores(d["input_ids"])
-    unique = (plain == plain.max(1, keepdims=True)).sum(1) == 1
-    return {"rule": float((weighted.argmax(1) == d["y"]).mean()),
-            "position_blind_wrong_or_tied": float(1 - ((plain.argmax(1) == d["y"]) & unique).mean())}
+    weighted, _ = scores(d["input_ids"])
+    return {
+        "rule": float((weighted.argmax(1) == d["y"]).mean()),
+        "position_blind_wrong_or_tied": float(position_decides(d["input_ids"], d["y"]).mean()),
+    }
 
 
 def build_data(work: Path, n_train: int, n_test: int, log: Callable[[str], None]) -> dict[str, np.ndarray]:
@@ -116,9 +135,8 @@ def build_data(work: Path, n_train: int, n_test: int, log: Callable[[str], None]
         train, test = make_task(n_train, seed=0), make_task(n_test, seed=1)
         for d in (train, test):
             assert rule_check(d)["rule"] == 1.0
-        with atomic.atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **{f"{k}_train": v for k, v in train.items()}, **{f"{k}_test": v for k, v in test.items()})
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{f"{k}_train": v for k, v in train.items()}, **{f"{k}_test": v for k, v in test.items()})
         log(f"data: {n_train} train / {n_test} test sequences written to {path}")
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
@@ -132,9 +150,9 @@ def batches(n: int, lengths: np.ndarray, batch_size: int, epoch: int, seed: int)
     window = batch_size * 16
     out = []
     for s in range(0, n, window):
-        w = order[s:s + window]
+        w = order[s : s + window]
         w = w[np.argsort(lengths[w], kind="stable")]
-        out += [w[i:i + batch_size] for i in range(0, len(w), batch_size)]
+        out += [w[i : i + batch_size] for i in range(0, len(w), batch_size)]
     return [out[i] for i in rng.permutation(len(out))]
 
 
@@ -144,12 +162,20 @@ def predict(model: Any, ids: np.ndarray, mask: np.ndarray, batch_size: int = 250
     model.eval()
     out = []
     for s in range(0, len(ids), batch_size):
-        out.append(model(input_ids=torch.from_numpy(ids[s:s + batch_size]),
-                         attention_mask=torch.from_numpy(mask[s:s + batch_size])).logits.float().numpy())
+        out.append(
+            model(
+                input_ids=torch.from_numpy(ids[s : s + batch_size]),
+                attention_mask=torch.from_numpy(mask[s : s + batch_size]),
+            )
+            .logits.float()
+            .numpy()
+        )
     return np.concatenate(out)
 
 
-def train_teacher(work: Path, d: dict[str, np.ndarray], a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+def train_teacher(
+    work: Path, d: dict[str, np.ndarray], a: argparse.Namespace, log: Callable[[str], None]
+) -> dict[str, Any]:
     """BertForSequenceClassification from BERT's config, AdamW, linear warm-up and decay, cached in
     <work>/bert (save_pretrained) with its record in <work>/bert/train.json."""
     from transformers import BertConfig, BertForSequenceClassification
@@ -167,15 +193,16 @@ def train_teacher(work: Path, d: dict[str, np.ndarray], a: argparse.Namespace, l
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
     other = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": other, "weight_decay": 0.0}], lr=a.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / (total - warmup))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / (total - warmup)))
+    )
     step, history, seconds = 0, [], 0.0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         step, history, seconds = state["step"], state["history"], state["seconds"]
         log(f"teacher: resumed at step {step}/{total}")
-    weighted, plain = scores(d["input_ids_test"])
-    needs_position = plain.argmax(1) != d["y_test"]  # or a tie, which argmax breaks by the lower set
+    needs_position = position_decides(d["input_ids_test"], d["y_test"])
     probe = slice(0, 500)  # a test slice watched during training (the record's final accuracy is the full test split)
     t0, loss_sum, seen = time.perf_counter() - seconds, 0.0, 0
     while step < total:
@@ -183,8 +210,11 @@ def train_teacher(work: Path, d: dict[str, np.ndarray], a: argparse.Namespace, l
         for b in batches(len(ids), lengths, a.batch_size, epoch, seed=0)[k:]:
             model.train()
             cut = int(lengths[b].max())
-            out = model(input_ids=torch.from_numpy(ids[b, :cut]), attention_mask=torch.from_numpy(mask[b, :cut]),
-                        labels=torch.from_numpy(y[b]))
+            out = model(
+                input_ids=torch.from_numpy(ids[b, :cut]),
+                attention_mask=torch.from_numpy(mask[b, :cut]),
+                labels=torch.from_numpy(y[b]),
+            )
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -193,30 +223,67 @@ def train_teacher(work: Path, d: dict[str, np.ndarray], a: argparse.Namespace, l
             step += 1
             loss_sum, seen = loss_sum + float(out.loss.detach()), seen + 1
             if step % 100 == 0 or step == total:
-                pred, want = predict(model, d["input_ids_test"][probe], d["attention_mask_test"][probe]).argmax(1), d["y_test"][probe]
+                pred, want = (
+                    predict(model, d["input_ids_test"][probe], d["attention_mask_test"][probe]).argmax(1),
+                    d["y_test"][probe],
+                )
                 acc, hard = float((pred == want).mean()), float((pred == want)[needs_position[probe]].mean())
                 elapsed = time.perf_counter() - t0
-                history.append({"step": step, "epoch": round(step / per_epoch, 2), "loss": loss_sum / max(seen, 1),
-                                "probe_acc": acc, "probe_acc_position_needed": hard, "lr": sched.get_last_lr()[0],
-                                "seconds": round(elapsed, 1)})
-                log(f"teacher: step {step}/{total} loss {loss_sum / max(seen, 1):.4f} test[:500] acc {acc:.4f} "
-                    f"(where position decides: {hard:.3f}) ({elapsed:.0f}s)")
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": round(step / per_epoch, 2),
+                        "loss": loss_sum / max(seen, 1),
+                        "probe_acc": acc,
+                        "probe_acc_position_needed": hard,
+                        "lr": sched.get_last_lr()[0],
+                        "seconds": round(elapsed, 1),
+                    }
+                )
+                log(
+                    f"teacher: step {step}/{total} loss {loss_sum / max(seen, 1):.4f} test[:500] acc {acc:.4f} "
+                    f"(where position decides: {hard:.3f}) ({elapsed:.0f}s)"
+                )
                 loss_sum, seen = 0.0, 0
-                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
-                            "history": history, "seconds": elapsed}, ckpt)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "sched": sched.state_dict(),
+                        "step": step,
+                        "history": history,
+                        "seconds": elapsed,
+                    },
+                    ckpt,
+                )
             if step >= total:
                 break
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     test_acc = float((predict(model, d["input_ids_test"], d["attention_mask_test"]).argmax(1) == d["y_test"]).mean())
-    record = {"config": BERT, "params": sum(p.numel() for p in model.parameters()),
-              "recipe": {"optimizer": "AdamW", "lr": a.lr, "betas": [0.9, 0.999], "weight_decay": 0.01,
-                         "schedule": f"linear warm-up {warmup} steps, linear decay to 0", "grad_clip": 1.0,
-                         "batch_size": a.batch_size, "epochs": a.train_epochs, "steps": total, "train_sequences": len(ids),
-                         "batching": "length-sorted within windows of 16 batches, each batch cut to its longest sequence",
-                         "torch_threads": torch.get_num_threads(), "seed": 0},
-              "history": history, "train_seconds": round(train_s, 1), "test_accuracy": test_acc,
-              "test_eval_seconds": round(time.perf_counter() - t1, 1)}
+    record = {
+        "config": BERT,
+        "params": sum(p.numel() for p in model.parameters()),
+        "recipe": {
+            "optimizer": "AdamW",
+            "lr": a.lr,
+            "betas": [0.9, 0.999],
+            "weight_decay": 0.01,
+            "schedule": f"linear warm-up {warmup} steps, linear decay to 0",
+            "grad_clip": 1.0,
+            "batch_size": a.batch_size,
+            "epochs": a.train_epochs,
+            "steps": total,
+            "train_sequences": len(ids),
+            "batching": "length-sorted within windows of 16 batches, each batch cut to its longest sequence",
+            "torch_threads": torch.get_num_threads(),
+            "seed": 0,
+        },
+        "history": history,
+        "train_seconds": round(train_s, 1),
+        "test_accuracy": test_acc,
+        "test_eval_seconds": round(time.perf_counter() - t1, 1),
+    }
     model.save_pretrained(str(folder))
     atomic.write_json(record_path, record)
     ckpt.unlink(missing_ok=True)
@@ -228,133 +295,196 @@ def write_ids(work: Path, d: dict[str, np.ndarray]) -> Path:
     """The unlabelled recovery data: the TRAIN split's input_ids and attention_mask, no labels."""
     path = work / "ids.npz"
     if not path.exists():
-        with atomic.atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, input_ids=d["input_ids_train"], attention_mask=d["attention_mask_train"])
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, input_ids=d["input_ids_train"], attention_mask=d["attention_mask_train"])
     return path
 
 
-def run_compress(work: Path, ids: Path, a: argparse.Namespace, log: Callable[[str], None]) -> tuple[list[str], float]:
-    """`compress` in a subprocess (the zoo python running this script); it resumes itself from its work/."""
-    out = work / "compressed"
-    cmd = [sys.executable, "-m", "edgeprune.cli", str(work / "bert"), "--budget", a.budget, "--data", str(ids),
-           "--epochs", str(a.epochs), "--out", str(out), "--precision", "fp32", "--input-shape", f"1x{MAX_LEN}"]
+def run_compress(
+    work: Path, name: str, ids: Path, a: argparse.Namespace, lr: float | None, log: Callable[[str], None]
+) -> tuple[list[str], float]:
+    """`compress` in a subprocess (the zoo python running this script) into <work>/<name>; it resumes
+    itself from its work/ folder, and a finished run (report.json) is not repeated. `lr` None: the
+    recovery's default learning rate."""
+    out = work / name
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeprune.cli",
+        str(work / "bert"),
+        "--budget",
+        a.budget,
+        "--data",
+        str(ids),
+        "--epochs",
+        str(a.epochs),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--input-shape",
+        f"1x{MAX_LEN}",
+    ]
     if a.max_candidates != 8:
         cmd += ["--max-candidates", str(a.max_candidates)]
+    if lr is not None:
+        cmd += ["--lr", str(lr)]
+    timing = work / f"{name}_seconds.json"
     if (out / "report.json").exists():
-        return cmd, json.loads((work / "compress_seconds.json").read_text())["seconds"] if (work / "compress_seconds.json").exists() else float("nan")
+        return cmd, json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
     log("$ " + " ".join(cmd))
     t0 = time.perf_counter()
-    with open(work / "compress.log", "a") as logf:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    with open(work / f"{name}.log", "a") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         assert proc.stdout is not None
         for line in proc.stdout:
             logf.write(line)
             logf.flush()
-            log("  | " + line.rstrip())
+            if not any(noise in line for noise in NOISE):
+                log("  | " + line.rstrip())
         rc = proc.wait()
     seconds = time.perf_counter() - t0
     if rc != 0:
-        raise SystemExit(f"compress exited {rc}; see {work / 'compress.log'}")
-    atomic.write_json(work / "compress_seconds.json", {"seconds": round(seconds, 1)})
+        raise SystemExit(f"compress exited {rc}; see {work / f'{name}.log'}")
+    atomic.write_json(timing, {"seconds": round(seconds, 1)})
     return cmd, seconds
 
 
-def pruned_before_recovery(work: Path) -> torch.nn.Module:
+#: lines of compress's output not echoed here (export warnings; all of it is in <work>/<name>.log)
+NOISE = (
+    "Warning",
+    "padding_length",
+    "return opset9",
+    "WARNING: failed to run",
+    "Writing model shards",
+    "Loading weights",
+)
+
+
+def pruned_before_recovery(work: Path, name: str = "compressed") -> torch.nn.Module:
     """The original BERT with the run's plan.json applied by edgeprune (the weights as pruned, before recovery)."""
     from edgeprune.pipeline.loading import load_model
     from edgeprune.pipeline.prune.apply import apply
     from edgeprune.pipeline.prune.plan import Plan
 
     loaded = load_model(work / "bert", input_shape=(1, MAX_LEN))
-    return apply(loaded.model, Plan.load(work / "compressed" / "plan.json"), loaded.example_inputs).eval()
+    return apply(loaded.model, Plan.load(work / name / "plan.json"), loaded.example_inputs).eval()
 
 
 def onnx_check(folder_model: Any, onnx_path: Path, d: dict[str, np.ndarray], n: int = 8) -> dict[str, Any]:
-    """The written folder's logits against model.onnx's (onnxruntime) on `n` test inputs, one at a time."""
+    """The written folder's logits against model.onnx's (onnxruntime) on `n` test inputs, one at a
+    time. The ONNX inputs are named input0, input1 in the forward's order: input_ids, attention_mask."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     diffs = []
     for i in range(n):
-        feed = {"input_ids": d["input_ids_test"][i:i + 1], "attention_mask": d["attention_mask_test"][i:i + 1]}
-        got = sess.run(None, {k: feed[k] for k in names})[0]
-        want = predict(folder_model, feed["input_ids"], feed["attention_mask"])
+        args = (d["input_ids_test"][i : i + 1], d["attention_mask_test"][i : i + 1])
+        got = sess.run(None, dict(zip(names, args)))[0]
+        want = predict(folder_model, *args)
         diffs.append(float(np.abs(got - want).max()))
-    return {"inputs": names, "samples": n, "max_abs_diff": max(diffs), "within_1e-4": max(diffs) <= 1e-4}
+    return {
+        "onnx_inputs": names,
+        "samples": n,
+        "padded_samples": int((d["attention_mask_test"][:n] == 0).any(1).sum()),
+        "max_abs_diff": max(diffs),
+        "within_1e-4": max(diffs) <= 1e-4,
+    }
 
 
-def evaluate(work: Path, d: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
-    """Task accuracy and agreement with the teacher on the labelled test split, cached in eval.json."""
+def test_row(model: Any, d: dict[str, np.ndarray], ref: np.ndarray | None) -> tuple[dict[str, Any], np.ndarray]:
+    """Task accuracy on the labelled test split (also where position decides), agreement with the
+    teacher's predictions `ref`, size; and the predictions."""
+    t0 = time.perf_counter()
+    pred = predict(model, d["input_ids_test"], d["attention_mask_test"]).argmax(1)
+    needs_position = position_decides(d["input_ids_test"], d["y_test"])
+    return {
+        "test_accuracy": float((pred == d["y_test"]).mean()),
+        "test_accuracy_where_position_decides": float((pred == d["y_test"])[needs_position].mean()),
+        "test_agreement": float((pred == (pred if ref is None else ref)).mean()),
+        "params": sum(p.numel() for p in model.parameters()),
+        "intermediate_size": int(model.bert.encoder.layer[0].intermediate.dense.out_features),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }, pred
+
+
+def evaluate(work: Path, name: str, d: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
+    """Task accuracy and agreement with the teacher on the labelled test split of the teacher, the
+    pruned model before recovery and the recovered save_pretrained folder; cached in <name>_eval.json."""
     import transformers
 
-    path = work / "eval.json"
+    path = work / f"{name}_eval.json"
     if path.exists():
         return json.loads(path.read_text())
-    report = json.loads((work / "compressed" / "report.json").read_text())
-    native = report.get("native") or {}
-    folder = work / "compressed" / native.get("path", "hf_model")
-    ids, mask, y = d["input_ids_test"], d["attention_mask_test"], d["y_test"]
-    rows: dict[str, Any] = {}
+    report = json.loads((work / name / "report.json").read_text())
+    folder = work / name / (report.get("native") or {}).get("path", "hf_model")
     t0 = time.perf_counter()
     teacher = transformers.BertForSequenceClassification.from_pretrained(str(work / "bert")).eval()
-    ref = predict(teacher, ids, mask).argmax(1)
-    models: dict[str, Any] = {"teacher": teacher, "pruned": pruned_before_recovery(work),
-                              "recovered": transformers.BertForSequenceClassification.from_pretrained(str(folder)).eval()}
-    for name, model in models.items():
-        t1 = time.perf_counter()
-        pred = predict(model, ids, mask).argmax(1)
-        rows[name] = {"test_accuracy": float((pred == y).mean()), "test_agreement": float((pred == ref).mean()),
-                      "params": sum(p.numel() for p in model.parameters()),
-                      "intermediate_size": int(model.bert.encoder.layer[0].intermediate.dense.out_features),
-                      "seconds": round(time.perf_counter() - t1, 1)}
-        log(f"{name}: test accuracy {rows[name]['test_accuracy']:.4f}, agreement with the teacher {rows[name]['test_agreement']:.4f}")
-    check = onnx_check(models["recovered"], work / "compressed" / "model.onnx", d)
-    log(f"hf folder vs model.onnx: max |diff| {check['max_abs_diff']:.2e} over {check['samples']} test inputs")
+    rows: dict[str, Any] = {}
+    rows["teacher"], ref = test_row(teacher, d, None)
+    recovered = transformers.BertForSequenceClassification.from_pretrained(str(folder)).eval()
+    for label, model in (("pruned", pruned_before_recovery(work, name)), ("recovered", recovered)):
+        rows[label], _ = test_row(model, d, ref)
+    for label, row in rows.items():
+        acc, agree = row["test_accuracy"], row["test_agreement"]
+        log(f"{name} {label}: test accuracy {acc:.4f}, agreement with the teacher {agree:.4f}")
+    check = onnx_check(recovered, work / name / "model.onnx", d)
+    log(f"{name}: hf folder vs model.onnx max |diff| {check['max_abs_diff']:.2e} over {check['samples']} test inputs")
     result = {"folder": str(folder), "rows": rows, "onnx_check": check, "seconds": round(time.perf_counter() - t0, 1)}
     atomic.write_json(path, result)
     return result
 
 
-def finetune(work: Path, d: dict[str, np.ndarray], epochs: int, log: Callable[[str], None]) -> dict[str, Any]:
-    """The comparison a user with labels makes: edgeprune's labelled fine-tune (FineTune: SGD,
-    its default lr, cosine) of the same pruned model on the same training rows (the unlabelled
-    file's 90% split, now with their labels) for the same epochs and batch size."""
+def finetune(
+    work: Path, d: dict[str, np.ndarray], epochs: int, lr: float, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The comparison a user with labels makes: edgeprune's labelled fine-tune (FineTune: SGD
+    nesterov, cosine) of the same pruned model on the same training rows (the unlabelled file's
+    90% split, now with their labels) for the same epochs, batch size, learning rate and gradient
+    clipping as the label-free run."""
     import transformers
 
     from edgeprune.pipeline.data import load_data
     from edgeprune.pipeline.data.sources import ModelInputs
     from edgeprune.pipeline.loading import load_model
     from edgeprune.pipeline.recovery import TrainConfig, get_recovery, top1
+    from edgeprune.pipeline.recovery.distill import GRAD_CLIP
 
     path = work / "finetune.json"
     if path.exists():
         return json.loads(path.read_text())
     labelled = work / "ids_labelled.npz"
     if not labelled.exists():
-        with atomic.atomic_path(labelled) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, input_ids=d["input_ids_train"], attention_mask=d["attention_mask_train"], y=d["y_train"])
+        with atomic.atomic_path(labelled) as tmp, open(tmp, "wb") as f:
+            np.savez(f, input_ids=d["input_ids_train"], attention_mask=d["attention_mask_train"], y=d["y_train"])
     report = json.loads((work / "compressed" / "report.json").read_text())
-    batch_size = report["settings"]["batch_size"] if "settings" in report else 128
+    batch_size = int(report["settings"]["batch_size"])
     loaded = load_model(work / "bert", input_shape=(1, MAX_LEN))
     data = load_data(str(labelled), batch_size, seed=0, model=ModelInputs(loaded.example_inputs, loaded.input_names))
-    student, teacher = pruned_before_recovery(work), copy.deepcopy(loaded.model).eval()
-    recovery = get_recovery("finetune")
-    config = TrainConfig(epochs=epochs, lr=recovery.default_lr)
+    student = pruned_before_recovery(work)
+    config = TrainConfig(epochs=epochs, lr=lr, grad_clip=GRAD_CLIP)
     t0 = time.perf_counter()
-    result = recovery.fit(student, teacher, data, config, top1, None, log)
+    result = get_recovery("finetune").fit(student, loaded.model.eval(), data, config, top1, None, log)
     seconds = time.perf_counter() - t0
-    pred = predict(student,  # apply() pruned the transformers module in place
-                    d["input_ids_test"], d["attention_mask_test"]).argmax(1)
-    ref = predict(transformers.BertForSequenceClassification.from_pretrained(str(work / "bert")).eval(),
-                  d["input_ids_test"], d["attention_mask_test"]).argmax(1)
-    row = {"recovery": "finetune (labelled)", "config": {"epochs": epochs, "lr": config.lr, "schedule": config.schedule,
-                                                         "batch_size": batch_size, "optimizer": "SGD nesterov, momentum 0.9"},
-           "history": result.history, "seconds": round(seconds, 1), "val_top1": result.final_metric,
-           "test_accuracy": float((pred == d["y_test"]).mean()), "test_agreement": float((pred == ref).mean())}
+    teacher = transformers.BertForSequenceClassification.from_pretrained(str(work / "bert")).eval()
+    _, ref = test_row(teacher, d, None)
+    row, _ = test_row(student, d, ref)  # apply() pruned the transformers module in place
+    row = {
+        "recovery": "finetune (labelled)",
+        "config": {**dataclasses.asdict(config), "batch_size": batch_size, "optimizer": "SGD nesterov, momentum 0.9"},
+        "history": result.history,
+        "train_seconds": round(seconds, 1),
+        "val_top1": result.final_metric,
+        **row,
+    }
     atomic.write_json(path, row)
     log(f"labelled fine-tune: test accuracy {row['test_accuracy']:.4f} after {seconds:.0f}s")
     return row
@@ -365,18 +495,53 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     budget, search, recovery = report.get("budget") or {}, report.get("search") or {}, report.get("recovery") or {}
     decision = {k: v for k, v in (budget.get("decision") or {}).items() if k != "rounds_ms"}
     base, final = report.get("baseline") or {}, report.get("final") or {}
-    return {"met": budget.get("met"), "latency_ratio": decision.get("estimate"),
-            "latency_ratio_95": [decision.get("low"), decision.get("high")], "speedup": report.get("speedup"),
-            "baseline_ms": (base.get("latency_ms") or {}).get("median"), "final_ms": (final.get("latency_ms") or {}).get("median"),
-            "params_baseline": base.get("params"), "params_final": final.get("params"),
-            "params_ratio": final["params"] / base["params"] if base.get("params") and final.get("params") else None,
-            "flops_ratio": final["flops"] / base["flops"] if base.get("flops") and final.get("flops") else None,
-            "onnx_max_abs_diff_vs_torch": final.get("max_abs_diff"),
-            "decision": decision, "accuracy": report.get("accuracy"), "data": report.get("data"),
-            "candidates_measured": search.get("candidates_measured"), "stop_reason": search.get("stop_reason"),
-            "search_strategy": search.get("strategy"), "groups": report.get("groups"),
-            "recovery": {k: recovery.get(k) for k in ("method", "config", "history", "final_metric", "seconds")},
-            "timings_s": report.get("timings_s"), "native": report.get("native"), "noise": report.get("noise")}
+    return {
+        "met": budget.get("met"),
+        "latency_ratio": decision.get("estimate"),
+        "latency_ratio_95": [decision.get("low"), decision.get("high")],
+        "speedup": report.get("speedup"),
+        "baseline_ms": (base.get("latency_ms") or {}).get("median"),
+        "final_ms": (final.get("latency_ms") or {}).get("median"),
+        "params_baseline": base.get("params"),
+        "params_final": final.get("params"),
+        "params_ratio": final["params"] / base["params"] if base.get("params") and final.get("params") else None,
+        "flops_ratio": final["flops"] / base["flops"] if base.get("flops") and final.get("flops") else None,
+        "onnx_max_abs_diff_vs_torch": final.get("max_abs_diff"),
+        "decision": decision,
+        "accuracy": report.get("accuracy"),
+        "data": report.get("data"),
+        "candidates_measured": search.get("candidates_measured"),
+        "stop_reason": search.get("stop_reason"),
+        "search_strategy": search.get("strategy"),
+        "groups": report.get("groups"),
+        "recovery": {k: recovery.get(k) for k in ("method", "config", "history", "final_metric", "seconds")},
+        "timings_s": report.get("timings_s"),
+        "native": report.get("native"),
+        "noise": report.get("noise"),
+    }
+
+
+def compress_entry(
+    work: Path,
+    name: str,
+    ids: Path,
+    a: argparse.Namespace,
+    lr: float | None,
+    d: dict[str, np.ndarray],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One `compress` run and, unless --until compress, its test-split evaluation."""
+    cmd, seconds = run_compress(work, name, ids, a, lr, log)
+    report = json.loads((work / name / "report.json").read_text())
+    entry = {
+        "command": "compress " + " ".join(cmd[3:]).replace(str(work), "<work>"),
+        "wall_seconds": round(seconds, 1),
+        "recovery_lr": lr if lr is not None else "the recovery's default",
+        **summarise(report),
+    }
+    if a.until != "compress":
+        entry["eval"] = evaluate(work, name, d, log)
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,13 +552,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=int, default=2_000, help="test sequences (default 2000)")
     p.add_argument("--train-epochs", type=int, default=2, help="teacher epochs (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="teacher batch size (default 32)")
-    p.add_argument("--lr", type=float, default=3e-4, help="teacher peak learning rate (default 3e-4; 1e-3 collapsed to chance)")
+    p.add_argument(
+        "--lr", type=float, default=3e-4, help="teacher peak learning rate (default 3e-4; 1e-3 collapsed to chance)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads here (default 1, as compress uses)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--epochs", type=int, default=1, help="recovery epochs, label-free and --finetune alike (default 1)")
-    p.add_argument("--max-candidates", type=int, default=16,
-                   help="compress --max-candidates (default 16: with the default 8, a run beside other processes ended "
-                        "'machine too noisy to decide' with candidates 4 and 5 read under the budget but undecided)")
+    p.add_argument(
+        "--recovery-lr",
+        type=float,
+        default=1e-3,
+        help="compress --lr for the recovery, label-free and --finetune alike (default 1e-3: distillation's "
+        "default 0.01 took this BERT's agreement from 0.906 to 0.24, see --default-lr)",
+    )
+    p.add_argument(
+        "--default-lr",
+        action="store_true",
+        help="also run compress with the recovery's default learning rate (into <work>/compressed_default_lr)",
+    )
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=16,
+        help="compress --max-candidates (default 16: with the default 8, a run beside other processes ended "
+        "'machine too noisy to decide' with candidates 4 and 5 read under the budget but undecided)",
+    )
     p.add_argument("--finetune", action="store_true", help="also fine-tune the pruned model on the labels, same epochs")
     p.add_argument("--until", choices=("data", "teacher", "compress", "eval"), help="stop after this stage")
     a = p.parse_args(argv)
@@ -401,11 +584,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     a.work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {**header("bert_distill"), "budget": a.budget, "epochs": a.epochs, "work": str(a.work)}
-    result["task"] = {"vocab": VOCAB, "max_len": MAX_LEN, "min_len": MIN_LEN, "train": a.train, "test": a.test,
-                      "rule": "label = 2*[count(A={10..19}) > count(B={20..29})] + [X=30 among the first 16 tokens]; "
-                              "A, B 1-6 times each (never equal); X 1-2 times in the first 16 when the bit is set, "
-                              "never there otherwise, 0-2 times after them, filler 100..999, [CLS]=1 first, padding 0 with an attention mask",
-                      "seeds": {"train": 0, "test": 1}}
+    result["protocol"] = {
+        "runtime": "ort-cpu",
+        "threads": 1,
+        "precision": "fp32",
+        "tokens": MAX_LEN,
+        "latency": "compress's own verdict: median ratio to the baseline, timed interleaved",
+        "accuracy": f"task accuracy on the {a.test} labelled test sequences (never given to compress), "
+        "padded to 64 tokens with their attention masks; agreement = same arg-max as the teacher",
+        "unlabelled_data": f"input_ids and attention_mask of the {a.train} training sequences, no labels "
+        "(compress holds 1000 out for its own agreement metric)",
+    }
+    result["task"] = {
+        "vocab": VOCAB,
+        "max_len": MAX_LEN,
+        "min_len": MIN_LEN,
+        "train": a.train,
+        "test": a.test,
+        "rule": "label = argmax_k (2 e_k + l_k), unique; set k = {10+10k..19+10k}, e_k in 0..2 occurrences among "
+        "the first 16 tokens, l_k in 0..3 after them; filler 100..999, [CLS]=1 first, "
+        "padding 0 with an attention mask",
+        "seeds": {"train": 0, "test": 1},
+    }
     d = build_data(a.work, a.train, a.test, log)
     result["task"]["test_stats"] = rule_check({k[:-5]: v for k, v in d.items() if k.endswith("_test")})
     if a.until == "data":
@@ -414,20 +614,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.until == "teacher":
         return 0
     ids = write_ids(a.work, d)
-    cmd, seconds = run_compress(a.work, ids, a, log)
-    report = json.loads((a.work / "compressed" / "report.json").read_text())
-    result["compress"] = {"command": " ".join(cmd[2:]).replace(str(a.work), "<work>"), "wall_seconds": round(seconds, 1),
-                          "unlabelled_data": f"input_ids and attention_mask of the {a.train} training sequences, no labels",
-                          **summarise(report)}
+    result["compress"] = compress_entry(a.work, "compressed", ids, a, a.recovery_lr, d, log)
     atomic.write_json(a.out, result)
-    if a.until == "compress":
-        return 0
-    result["eval"] = evaluate(a.work, d, log)
-    atomic.write_json(a.out, result)
-    if a.until == "eval":
+    if a.until in ("compress", "eval"):
         return 0
     if a.finetune:
-        result["finetune"] = finetune(a.work, d, a.epochs, log)
+        result["finetune"] = finetune(a.work, d, a.epochs, a.recovery_lr, log)
+        atomic.write_json(a.out, result)
+    if a.default_lr:
+        result["compress_default_lr"] = compress_entry(a.work, "compressed_default_lr", ids, a, None, d, log)
         atomic.write_json(a.out, result)
     return 0
 

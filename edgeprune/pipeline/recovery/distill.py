@@ -123,7 +123,9 @@ class FeatureTaps:
 
     def loss(self) -> torch.Tensor | None:
         terms = [regression(self.got[n], self.want[n].detach()) for n in self.names if n in self.got and n in self.want]
-        self.got, self.want = {}, {}
+        # emptied in place: the hooks hold these two dicts (rebinding them silently ended feature matching after step 1)
+        self.got.clear()
+        self.want.clear()
         return torch.stack(terms).mean() if terms else None
 
     def __enter__(self) -> FeatureTaps:
