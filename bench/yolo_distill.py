@@ -30,6 +30,7 @@ finished step (delete a step's `steps/<name>.json` to redo it):
 
     YOLO_OFFLINE=1 nice -n 10 .venv-zoo/bin/python bench/yolo_distill.py [--work /tmp/yolo_bench]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing downloaded: ultralytics' online checks short-circuit
 
@@ -100,10 +102,15 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     g = int(rng.integers(3, 9))
     low = Image.fromarray(rng.uniform(0, 255, (g, g, 3)).astype(np.uint8)).resize((size, size), Image.BICUBIC)
     m = int(rng.integers(12, 41))
-    mid = Image.fromarray((rng.normal(0, 1, (m, m, 3)) * 40 + 128).clip(0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-    img = (np.asarray(low, np.float32) * rng.uniform(0.5, 0.9) + 30
-           + (np.asarray(mid, np.float32) - 128) * rng.uniform(0.2, 1.0)
-           + rng.normal(0, rng.uniform(3, 15), (size, size, 3)))
+    mid = Image.fromarray((rng.normal(0, 1, (m, m, 3)) * 40 + 128).clip(0, 255).astype(np.uint8)).resize(
+        (size, size), Image.BILINEAR
+    )
+    img = (
+        np.asarray(low, np.float32) * rng.uniform(0.5, 0.9)
+        + 30
+        + (np.asarray(mid, np.float32) - 128) * rng.uniform(0.2, 1.0)
+        + rng.normal(0, rng.uniform(3, 15), (size, size, 3))
+    )
     return img.clip(0, 255).astype(np.uint8)
 
 
@@ -119,8 +126,9 @@ def _overlap_ok(box: tuple[int, int, int], boxes: list[tuple[int, int, int]]) ->
     return True
 
 
-def build_dataset(cifar: Path, root: Path, n_train: int, n_val: int, size: int, smin: int, smax: int, exemplars: int,
-                  seed: int) -> dict[str, Any]:
+def build_dataset(
+    cifar: Path, root: Path, n_train: int, n_val: int, size: int, smin: int, smax: int, exemplars: int, seed: int
+) -> dict[str, Any]:
     """YOLO-format detection set (images/{train,val}, labels/{train,val}, data.yaml) and a flat
     folder of the training images without labels (unlabelled/).
 
@@ -136,7 +144,9 @@ def build_dataset(cifar: Path, root: Path, n_train: int, n_val: int, size: int, 
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     rng = np.random.default_rng(seed)
     if exemplars:
-        pool = np.concatenate([rng.choice(np.flatnonzero(y_train == c), exemplars, replace=False) for c in range(len(names))])
+        pool = np.concatenate(
+            [rng.choice(np.flatnonzero(y_train == c), exemplars, replace=False) for c in range(len(names))]
+        )
         pools = {"train": (x_train[pool], y_train[pool]), "val": (x_train[pool], y_train[pool])}
     else:
         pools = {"train": (x_train, y_train), "val": (arrays["x_test"], arrays["y_test"])}
@@ -163,7 +173,7 @@ def build_dataset(cifar: Path, root: Path, n_train: int, n_val: int, size: int, 
                 while not exemplars and j in used:  # distinct objects: every CIFAR image at most once
                     j = int(rng.integers(0, len(xs)))
                 used.add(j)
-                img[y:y + s, x:x + s] = np.asarray(Image.fromarray(xs[j]).resize((s, s), Image.BILINEAR))
+                img[y : y + s, x : x + s] = np.asarray(Image.fromarray(xs[j]).resize((s, s), Image.BILINEAR))
                 boxes.append((x, y, s))
                 c = int(ys[j])
                 per_class[c] += 1
@@ -182,8 +192,9 @@ def build_dataset(cifar: Path, root: Path, n_train: int, n_val: int, size: int, 
 # ---- 2-5. training, compressing, validating ------------------------------------------------------------------------
 
 
-def train_yolo(source: str, data: str, project: Path, name: str, epochs: int, imgsz: int, batch: int,
-               pruned: bool = False) -> dict[str, Any]:
+def train_yolo(
+    source: str, data: str, project: Path, name: str, epochs: int, imgsz: int, batch: int, pruned: bool = False
+) -> dict[str, Any]:
     """ultralytics' own trainer (PrunedTrainer for a pruned checkpoint); its best.pt and wall seconds."""
     from ultralytics import YOLO
 
@@ -194,16 +205,29 @@ def train_yolo(source: str, data: str, project: Path, name: str, epochs: int, im
         extra["trainer"] = PrunedTrainer
     shutil.rmtree(project / name, ignore_errors=True)
     t0 = time.perf_counter()
-    YOLO(source).train(data=data, epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name, **TRAIN, **extra)
+    YOLO(source).train(
+        data=data, epochs=epochs, imgsz=imgsz, batch=batch, project=str(project), name=name, **TRAIN, **extra
+    )
     seconds = time.perf_counter() - t0
     best = project / name / "weights" / "best.pt"
     if not best.is_file():
         raise RuntimeError(f"ultralytics wrote no {best}")
-    return {"best": str(best), "epochs": epochs, "imgsz": imgsz, "batch": batch, "seconds": round(seconds, 1),
-            "seconds_per_epoch": round(seconds / epochs, 1), "params": checkpoint_params(best),
-            "recipe": {"source": source, "trainer": "PrunedTrainer" if pruned else "ultralytics DetectionTrainer",
-                       **{k: v for k, v in TRAIN.items()}, "other_arguments": "ultralytics defaults (optimizer=auto, "
-                       "lr0, warmup_epochs=3, close_mosaic=10, mosaic/hsv/flip augmentation, val each epoch)"}}
+    return {
+        "best": str(best),
+        "epochs": epochs,
+        "imgsz": imgsz,
+        "batch": batch,
+        "seconds": round(seconds, 1),
+        "seconds_per_epoch": round(seconds / epochs, 1),
+        "params": checkpoint_params(best),
+        "recipe": {
+            "source": source,
+            "trainer": "PrunedTrainer" if pruned else "ultralytics DetectionTrainer",
+            **TRAIN,
+            "other_arguments": "ultralytics defaults (optimizer=auto, "
+            "lr0, warmup_epochs=3, close_mosaic=10, mosaic/hsv/flip augmentation, val each epoch)",
+        },
+    }
 
 
 def checkpoint_params(path: Path | str) -> int:
@@ -219,20 +243,40 @@ def validate(ckpt: Path | str, data: str, imgsz: int, batch: int, project: Path,
     from ultralytics import YOLO
 
     t0 = time.perf_counter()
-    metrics = YOLO(str(ckpt)).val(data=data, imgsz=imgsz, batch=batch, project=str(project), name=name, exist_ok=True,
-                                  verbose=False, **COMMON)
+    metrics = YOLO(str(ckpt)).val(
+        data=data, imgsz=imgsz, batch=batch, project=str(project), name=name, exist_ok=True, verbose=False, **COMMON
+    )
     box = metrics.box
-    return {"checkpoint": str(ckpt), "map50_95": round(float(box.map), 4), "map50": round(float(box.map50), 4),
-            "precision": round(float(box.mp), 4), "recall": round(float(box.mr), 4),
-            "val_seconds": round(time.perf_counter() - t0, 1), "params": checkpoint_params(ckpt)}
+    return {
+        "checkpoint": str(ckpt),
+        "map50_95": round(float(box.map), 4),
+        "map50": round(float(box.map50), 4),
+        "precision": round(float(box.mp), 4),
+        "recall": round(float(box.mr), 4),
+        "val_seconds": round(time.perf_counter() - t0, 1),
+        "params": checkpoint_params(ckpt),
+    }
 
 
 def run_compress(best: str, unlabelled: str, out: Path, budget: str, epochs: int, extra: list[str]) -> dict[str, Any]:
     """The CLI, as a user runs it, in a subprocess of this Python; its log kept beside --out."""
     exe = Path(sys.executable).with_name("compress")
-    cmd = [str(exe) if exe.is_file() else sys.executable, *([] if exe.is_file() else ["-m", "edgeprune.cli"]),
-           best, "--budget", budget, "--data", unlabelled, "--epochs", str(epochs), "--out", str(out),
-           "--precision", "fp32", *extra]
+    cmd = [
+        str(exe) if exe.is_file() else sys.executable,
+        *([] if exe.is_file() else ["-m", "edgeprune.cli"]),
+        best,
+        "--budget",
+        budget,
+        "--data",
+        unlabelled,
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        *extra,
+    ]
     log("  " + " ".join(cmd))
     t0 = time.perf_counter()
     for attempt in range(3):  # exit 2 "too noisy to decide" on a busy machine: the same command resumes at that stage
@@ -250,23 +294,37 @@ def run_compress(best: str, unlabelled: str, out: Path, budget: str, epochs: int
     recovery = report.get("recovery") or {}
     timings = report.get("timings_s") or {}
     return {
-        "command": " ".join(["compress", *cmd[1 if exe.is_file() else 3:]]),
-        "exit_code": rc, "wall_seconds": round(seconds, 1),
-        "budget": report["budget"]["describe"], "met": report["budget"]["met"],
-        "decision": {k: report["budget"]["decision"].get(k) for k in ("verdict", "estimate", "low", "high", "rounds", "busy")},
-        "baseline_ms": round(base["latency_ms"]["median"], 3), "final_ms": round(final["latency_ms"]["median"], 3),
+        "command": " ".join(["compress", *cmd[1 if exe.is_file() else 3 :]]),
+        "exit_code": rc,
+        "wall_seconds": round(seconds, 1),
+        "budget": report["budget"]["describe"],
+        "met": report["budget"]["met"],
+        "decision": {
+            k: report["budget"]["decision"].get(k) for k in ("verdict", "estimate", "low", "high", "rounds", "busy")
+        },
+        "baseline_ms": round(base["latency_ms"]["median"], 3),
+        "final_ms": round(final["latency_ms"]["median"], 3),
         # the verdict's ratio: final vs baseline timed interleaved in the same rounds (decision.py); the two
         # medians below were timed apart, at different moments of a shared machine's load
         "latency_ratio": round(report["budget"]["decision"]["estimate"], 4),
-        "latency_ratio_interval_95": [round(report["budget"]["decision"]["low"], 4), round(report["budget"]["decision"]["high"], 4)],
+        "latency_ratio_interval_95": [
+            round(report["budget"]["decision"]["low"], 4),
+            round(report["budget"]["decision"]["high"], 4),
+        ],
         "latency_ratio_of_medians": round(final["latency_ms"]["median"] / base["latency_ms"]["median"], 4),
         "speedup": round(report["speedup"], 3),
-        "flops": [base["flops"], final["flops"]], "flops_ratio": round(final["flops"] / base["flops"], 4),
-        "params": [base["params"], final["params"]], "params_ratio": round(final["params"] / base["params"], 4),
-        "candidates_measured": report["search"]["candidates_measured"], "stop_reason": report["search"]["stop_reason"],
-        "accuracy": report.get("accuracy"), "recovery": {k: v for k, v in recovery.items() if k != "history"},
-        "recovery_history": recovery.get("history"), "data": report.get("data"),
-        "timings_s": timings, "recovery_seconds": recovery.get("seconds", timings.get("recovery")),
+        "flops": [base["flops"], final["flops"]],
+        "flops_ratio": round(final["flops"] / base["flops"], 4),
+        "params": [base["params"], final["params"]],
+        "params_ratio": round(final["params"] / base["params"], 4),
+        "candidates_measured": report["search"]["candidates_measured"],
+        "stop_reason": report["search"]["stop_reason"],
+        "accuracy": report.get("accuracy"),
+        "recovery": {k: v for k, v in recovery.items() if k != "history"},
+        "recovery_history": recovery.get("history"),
+        "data": report.get("data"),
+        "timings_s": timings,
+        "recovery_seconds": recovery.get("seconds", timings.get("recovery")),
         "native": report.get("native"),
     }
 
@@ -281,15 +339,24 @@ def fidelity_parts(teacher: str, ckpt: Path | str, images: str, n: int = 100) ->
     from edgeprune.pipeline.loading import load_model
 
     files = sorted(Path(images).glob("*.png"))[:n]
-    x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).permute(0, 3, 1, 2).float() / 255
+    x = (
+        torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+    )
     with torch.no_grad():
         want, got = (load_model(p).model.eval()(x).double() for p in (teacher, ckpt))
 
     def r2(g: Any, w: Any) -> float:
         return round(float(1 - ((g - w) ** 2).sum() / ((w - w.mean()) ** 2).sum()), 4)
 
-    return {"pooled": r2(got, want), "boxes": r2(got[:, :4], want[:, :4]), "class_scores": r2(got[:, 4:], want[:, 4:]),
-            "images": len(files)}
+    return {
+        "pooled": r2(got, want),
+        "boxes": r2(got[:, :4], want[:, :4]),
+        "class_scores": r2(got[:, 4:], want[:, 4:]),
+        "images": len(files),
+    }
 
 
 def per_channel_regression(student: Any, teacher: Any) -> Any:
@@ -324,34 +391,62 @@ def recover_per_channel(best: str, done: Path, out: Path, args: list[str]) -> di
     if not (marker.is_file() and (out / "work" / "recover.json").is_file()):
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(done, out, ignore=shutil.ignore_patterns(".edgeprune.lock"))
-        for name in ("recover.json", "recovered_state.pt", "recover_checkpoint.pt", "final.json", "runtime_accuracy.json",
-                     "model.onnx", "model.pt", "model_ultralytics.pt", "state_dict.pt", "report.json", "report.md"):
+        for name in (
+            "recover.json",
+            "recovered_state.pt",
+            "recover_checkpoint.pt",
+            "final.json",
+            "runtime_accuracy.json",
+            "model.onnx",
+            "model.pt",
+            "model_ultralytics.pt",
+            "state_dict.pt",
+            "report.json",
+            "report.md",
+        ):
             (out / "work" / name).unlink(missing_ok=True)
             (out / name).unlink(missing_ok=True)
         original = distill.regression
         distill.regression = per_channel_regression
         log("  compress " + " ".join(args) + "  (in process, distill.regression patched)")
         try:
-            with open(out.parent / f"{out.name}.log", "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            with (
+                open(out.parent / f"{out.name}.log", "w") as fh,
+                contextlib.redirect_stdout(fh),
+                contextlib.redirect_stderr(fh),
+            ):
                 rc = cli(args)
         finally:
             distill.regression = original
         if not (out / "work" / "recover.json").is_file():
-            raise RuntimeError(f"compress exited {rc} before its recovery finished; see {out.parent / f'{out.name}.log'}")
+            raise RuntimeError(
+                f"compress exited {rc} before its recovery finished; see {out.parent / f'{out.name}.log'}"
+            )
         atomic.write_json(marker, {"exit_code": rc})
     rc = json.loads(marker.read_text())["exit_code"]
     recovery = json.loads((out / "work" / "recover.json").read_text())
     dest = out / "work" / "label_free_per_channel.pt"
-    built = rebuild_unrecovered(best, done / "plan.json", dest, torch.load(out / "work" / "recovered_state.pt", map_location="cpu"))
+    built = rebuild_unrecovered(
+        best, done / "plan.json", dest, torch.load(out / "work" / "recovered_state.pt", map_location="cpu")
+    )
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
     decision = (report.get("budget") or {}).get("decision") or {}
-    return {"exit_code": rc, "checkpoint": str(dest), "params": built["params"],
-            "final_timing": ("published (report.json)" if report else
-                             "not published: exit 2, the CLI could not decide the final timing on the busy machine; the "
-                             "plan is the label_free run's, its latency ratio applies"),
-            "latency_ratio": decision.get("estimate"), "accuracy": report.get("accuracy"),
-            "fidelity_history": [h.get("val_metric") for h in recovery.get("history", [])],
-            "recovery_seconds": recovery.get("seconds"), "recovery_history": recovery.get("history")}
+    return {
+        "exit_code": rc,
+        "checkpoint": str(dest),
+        "params": built["params"],
+        "final_timing": (
+            "published (report.json)"
+            if report
+            else "not published: exit 2, the CLI could not decide the final timing on the busy machine; the "
+            "plan is the label_free run's, its latency ratio applies"
+        ),
+        "latency_ratio": decision.get("estimate"),
+        "accuracy": report.get("accuracy"),
+        "fidelity_history": [h.get("val_metric") for h in recovery.get("history", [])],
+        "recovery_seconds": recovery.get("seconds"),
+        "recovery_history": recovery.get("history"),
+    }
 
 
 def rebuild_unrecovered(best: str, plan_path: Path, dest: Path, state: Any = None) -> dict[str, Any]:
@@ -380,8 +475,13 @@ def same_structure(a: Path | str, b: Path | str) -> bool:
     """Whether two checkpoints hold models of the same parameter shapes."""
     import torch
 
-    shapes = [{k: tuple(v.shape) for k, v in torch.load(p, map_location="cpu", weights_only=False)["model"].state_dict().items()}
-              for p in (a, b)]
+    shapes = [
+        {
+            k: tuple(v.shape)
+            for k, v in torch.load(p, map_location="cpu", weights_only=False)["model"].state_dict().items()
+        }
+        for p in (a, b)
+    ]
     return shapes[0] == shapes[1]
 
 
@@ -400,23 +500,37 @@ def code_fingerprint() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cifar", type=Path, default=DEFAULT_CIFAR, help="CIFAR-10 .npz (x_train, y_train, x_test, y_test, class_names)")
+    p.add_argument(
+        "--cifar",
+        type=Path,
+        default=DEFAULT_CIFAR,
+        help="CIFAR-10 .npz (x_train, y_train, x_test, y_test, class_names)",
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/yolo_bench"), help="where every step is kept (resumable)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--canvas", type=int, default=160, help="canvas side = training and validation imgsz (default 160)")
     p.add_argument("--train-images", type=int, default=800)
     p.add_argument("--val-images", type=int, default=200)
-    p.add_argument("--exemplars", type=int, default=40,
-                   help="CIFAR images per class shared by train and val canvases; 0: distinct objects, val from the test split")
+    p.add_argument(
+        "--exemplars",
+        type=int,
+        default=40,
+        help="CIFAR images per class shared by train and val canvases; 0: distinct objects, val from the test split",
+    )
     p.add_argument("--epochs", type=int, default=24, help="teacher epochs (ultralytics' trainer, from scratch)")
     p.add_argument("--batch", type=int, default=16, help="ultralytics' training batch (teacher and fine-tunes)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--recover-epochs", type=int, default=10, help="edgeprune's label-free recovery, --epochs")
     p.add_argument("--compress-args", default="", help="more compress options, e.g. '--batch-size 32' (recorded)")
     p.add_argument("--ft-epochs", type=int, default=10, help="ultralytics' labelled fine-tune of the pruned checkpoint")
-    p.add_argument("--skip-ft-after-label-free", action="store_true", help="leave out the fine-tune from the label-free checkpoint")
-    p.add_argument("--per-channel-row", action="store_true",
-                   help="add a label-free row with distillation's regression replaced by per_channel_regression (in process)")
+    p.add_argument(
+        "--skip-ft-after-label-free", action="store_true", help="leave out the fine-tune from the label-free checkpoint"
+    )
+    p.add_argument(
+        "--per-channel-row",
+        action="store_true",
+        help="add a label-free row with distillation's regression replaced by per_channel_regression (in process)",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(a.work / "ultralytics_config"))  # no writes to the user's settings
@@ -425,54 +539,86 @@ def main(argv: list[str] | None = None) -> int:
     runs = work / "runs"
     size, vb = a.canvas, 32
 
-    ds_cfg = {"cifar": str(a.cifar), "train": a.train_images, "val": a.val_images, "canvas": size, "sizes": [32, 80],
-              "exemplars": a.exemplars, "seed": a.seed}
-    ds = steps.run("dataset", ds_cfg, lambda: build_dataset(a.cifar, work / "data", a.train_images, a.val_images, size,
-                                                              32, 80, a.exemplars, a.seed))
+    ds_cfg = {
+        "cifar": str(a.cifar),
+        "train": a.train_images,
+        "val": a.val_images,
+        "canvas": size,
+        "sizes": [32, 80],
+        "exemplars": a.exemplars,
+        "seed": a.seed,
+    }
+    ds = steps.run(
+        "dataset",
+        ds_cfg,
+        lambda: build_dataset(a.cifar, work / "data", a.train_images, a.val_images, size, 32, 80, a.exemplars, a.seed),
+    )
     yaml = ds["yaml"]
     t_cfg = {"dataset": ds_cfg, "epochs": a.epochs, "batch": a.batch}
-    teacher = steps.run("teacher", t_cfg, lambda: train_yolo("yolov8n.yaml", yaml, runs, "teacher", a.epochs, size, a.batch))
+    teacher = steps.run(
+        "teacher", t_cfg, lambda: train_yolo("yolov8n.yaml", yaml, runs, "teacher", a.epochs, size, a.batch)
+    )
     best = teacher["best"]
     result: dict[str, Any] = {
         **header("yolo_distill"),
         "protocol": {
             "dataset": f"{size}x{size} canvases, 1-3 CIFAR-10 images pasted at random positions and sizes 32-80 px "
-                       "(overlap limited), box = the pasted square, class = its CIFAR class; "
-                       + (f"{a.exemplars} CIFAR training images per class shared by the train and val canvases "
-                          "(val = the same objects in new scenes)" if a.exemplars else
-                          "train objects from CIFAR's training split, val objects from its test split"),
-            "metric": f"ultralytics' validator (YOLO(ckpt).val, conf 0.001, IoU 0.7) on the {a.val_images} val canvases, imgsz {size}",
+            "(overlap limited), box = the pasted square, class = its CIFAR class; "
+            + (
+                f"{a.exemplars} CIFAR training images per class shared by the train and val canvases "
+                "(val = the same objects in new scenes)"
+                if a.exemplars
+                else "train objects from CIFAR's training split, val objects from its test split"
+            ),
+            "metric": f"ultralytics' validator (YOLO(ckpt).val, conf 0.001, IoU 0.7) on the {a.val_images} "
+            f"val canvases, imgsz {size}",
             "compress": "ONNX Runtime CPU, 1 thread, --precision fp32 (pruning only, no quantization), default search "
-                        "(guided), default method (l1); --data = the training images without labels, so recovery is "
-                        "edgeprune's label-free default (distillation from the unpruned model: outputs + intermediate "
-                        "features), fidelity = R² of the outputs against the unpruned model's on a held-out 10 % of them",
-            "training": "CPU, ultralytics defaults but device=cpu, workers=0, amp=False, plots=False, seed 0, deterministic",
-            "seconds": "wall seconds on a shared 2-core machine, niced; other sessions' load varies, so compare them loosely",
+            "(guided), default method (l1); --data = the training images without labels, so recovery is "
+            "edgeprune's label-free default (distillation from the unpruned model: outputs + intermediate "
+            "features), fidelity = R² of the outputs against the unpruned model's on a held-out 10 % of them",
+            "training": "CPU, ultralytics defaults but device=cpu, workers=0, amp=False, plots=False, seed 0, "
+            "deterministic",
+            "seconds": "wall seconds on a shared 2-core machine, niced; other sessions' load varies, "
+            "so compare them loosely",
         },
-        "dataset": ds, "teacher": teacher, "rows": {},
+        "dataset": ds,
+        "teacher": teacher,
+        "rows": {},
     }
 
     def save() -> None:
         atomic.write_json(a.out, result)
 
     rows = result["rows"]
-    rows["teacher"] = steps.run("val_teacher", {"teacher": t_cfg}, lambda: validate(best, yaml, size, vb, runs, "val_teacher"))
+    rows["teacher"] = steps.run(
+        "val_teacher", {"teacher": t_cfg}, lambda: validate(best, yaml, size, vb, runs, "val_teacher")
+    )
     log(f"teacher mAP50-95 {rows['teacher']['map50_95']:.4f}  mAP50 {rows['teacher']['map50']:.4f}")
     save()
 
     out = work / "compressed"
     extra = a.compress_args.split()
-    c_cfg = {"teacher": t_cfg, "budget": a.budget, "epochs": a.recover_epochs, "extra": extra, "code": code_fingerprint()}
+    c_cfg = {
+        "teacher": t_cfg,
+        "budget": a.budget,
+        "epochs": a.recover_epochs,
+        "extra": extra,
+        "code": code_fingerprint(),
+    }
 
     def compress_step() -> dict[str, Any]:  # afresh: edgeprune's own work/ would resume a run made by other code
         shutil.rmtree(out, ignore_errors=True)
         return run_compress(best, ds["unlabelled"], out, a.budget, a.recover_epochs, extra)
 
     comp = steps.run("compress", c_cfg, compress_step)
-    comp["stages_seconds"] = round(sum((comp.get("timings_s") or {}).values()), 1)  # wall_seconds: the last call, short when it resumed
+    comp["stages_seconds"] = round(
+        sum((comp.get("timings_s") or {}).values()), 1
+    )  # wall_seconds: the last call, short when it resumed
     result["compress"] = comp
-    log(f"compress: met {comp['met']}, latency ratio {comp['latency_ratio']}, params ratio {comp['params_ratio']}, "
-        f"recovery {comp['recovery_seconds']} s")
+    log(
+        f"compress: met {comp['met']}, latency ratio {comp['latency_ratio']}, params ratio {comp['params_ratio']}, "
+        f"recovery {comp['recovery_seconds']} s"
+    )
     save()
 
     unrec = work / "pruned_unrecovered.pt"
@@ -480,51 +626,94 @@ def main(argv: list[str] | None = None) -> int:
     native = out / "model_ultralytics.pt"
     result["structure_check"] = {"unrecovered_and_label_free_same_shapes": same_structure(unrec, native)}
     rows["pruned"] = steps.run("val_pruned", c_cfg, lambda: validate(unrec, yaml, size, vb, runs, "val_pruned"))
-    rows["label_free"] = steps.run("val_label_free", c_cfg, lambda: validate(native, yaml, size, vb, runs, "val_label_free"))
+    rows["label_free"] = steps.run(
+        "val_label_free", c_cfg, lambda: validate(native, yaml, size, vb, runs, "val_label_free")
+    )
     rows["label_free"]["recovery_seconds"] = comp["recovery_seconds"]
-    rows["label_free"]["recovery"] = f"edgeprune label-free distillation, {a.recover_epochs} epochs on {ds['train']['images']} unlabelled images"
+    rows["label_free"]["recovery"] = (
+        f"edgeprune label-free distillation, {a.recover_epochs} epochs on {ds['train']['images']} unlabelled images"
+    )
     for name in ("pruned", "label_free"):
         log(f"{name} mAP50-95 {rows[name]['map50_95']:.4f}  mAP50 {rows[name]['map50']:.4f}")
     save()
 
     if a.per_channel_row:
         pc_out = work / "compressed_per_channel"
-        args = [best, "--budget", a.budget, "--data", ds["unlabelled"], "--epochs", str(a.recover_epochs), "--out", str(pc_out),
-                "--precision", "fp32", *extra]
+        args = [
+            best,
+            "--budget",
+            a.budget,
+            "--data",
+            ds["unlabelled"],
+            "--epochs",
+            str(a.recover_epochs),
+            "--out",
+            str(pc_out),
+            "--precision",
+            "fp32",
+            *extra,
+        ]
         pc = steps.run("compress_per_channel", c_cfg, lambda: recover_per_channel(best, out, pc_out, args))
         rows["label_free_per_channel"] = {
-            **steps.run("val_label_free_per_channel", c_cfg,
-                        lambda: validate(pc["checkpoint"], yaml, size, vb, runs, "val_label_free_per_channel")),
-            "recovery_seconds": pc["recovery_seconds"], "compress": pc,
+            **steps.run(
+                "val_label_free_per_channel",
+                c_cfg,
+                lambda: validate(pc["checkpoint"], yaml, size, vb, runs, "val_label_free_per_channel"),
+            ),
+            "recovery_seconds": pc["recovery_seconds"],
+            "compress": pc,
             "recovery": f"as label_free, with distill.regression normalised per channel (patched in this process, a "
-                        f"candidate fix: see per_channel_regression), {a.recover_epochs} epochs"}
+            f"candidate fix: see per_channel_regression), {a.recover_epochs} epochs",
+        }
         log(f"label_free_per_channel mAP50-95 {rows['label_free_per_channel']['map50_95']:.4f}")
         save()
 
     f_cfg = {"compress": c_cfg, "epochs": a.ft_epochs, "batch": a.batch}
-    ft = steps.run("ft_pruned", f_cfg, lambda: train_yolo(str(unrec), yaml, runs, "ft_pruned", a.ft_epochs, size, a.batch, pruned=True))
-    rows["ultralytics_finetune"] = {**steps.run("val_ft_pruned", f_cfg, lambda: validate(ft["best"], yaml, size, vb, runs, "val_ft_pruned")),
-                                    "recovery_seconds": ft["seconds"], "training": ft,
-                                    "recovery": f"ultralytics' trainer (PrunedTrainer) with labels, {a.ft_epochs} epochs"}
+    ft = steps.run(
+        "ft_pruned",
+        f_cfg,
+        lambda: train_yolo(str(unrec), yaml, runs, "ft_pruned", a.ft_epochs, size, a.batch, pruned=True),
+    )
+    rows["ultralytics_finetune"] = {
+        **steps.run("val_ft_pruned", f_cfg, lambda: validate(ft["best"], yaml, size, vb, runs, "val_ft_pruned")),
+        "recovery_seconds": ft["seconds"],
+        "training": ft,
+        "recovery": f"ultralytics' trainer (PrunedTrainer) with labels, {a.ft_epochs} epochs",
+    }
     log(f"ultralytics fine-tune mAP50-95 {rows['ultralytics_finetune']['map50_95']:.4f}")
     save()
     if not a.skip_ft_after_label_free:
-        ft2 = steps.run("ft_label_free", f_cfg, lambda: train_yolo(str(native), yaml, runs, "ft_label_free", a.ft_epochs, size, a.batch, pruned=True))
+        ft2 = steps.run(
+            "ft_label_free",
+            f_cfg,
+            lambda: train_yolo(str(native), yaml, runs, "ft_label_free", a.ft_epochs, size, a.batch, pruned=True),
+        )
         rows["label_free_then_ultralytics"] = {
-            **steps.run("val_ft_label_free", f_cfg, lambda: validate(ft2["best"], yaml, size, vb, runs, "val_ft_label_free")),
-            "recovery_seconds": round((comp["recovery_seconds"] or 0) + ft2["seconds"], 1), "training": ft2,
-            "recovery": f"the label-free checkpoint, then ultralytics' trainer with labels, {a.ft_epochs} epochs"}
+            **steps.run(
+                "val_ft_label_free", f_cfg, lambda: validate(ft2["best"], yaml, size, vb, runs, "val_ft_label_free")
+            ),
+            "recovery_seconds": round((comp["recovery_seconds"] or 0) + ft2["seconds"], 1),
+            "training": ft2,
+            "recovery": f"the label-free checkpoint, then ultralytics' trainer with labels, {a.ft_epochs} epochs",
+        }
         log(f"label-free then ultralytics mAP50-95 {rows['label_free_then_ultralytics']['map50_95']:.4f}")
 
     val_images = str(Path(yaml).parent / "images" / "val")
     for name, row in rows.items():
         if name != "teacher":
-            row["fidelity_r2_on_val"] = steps.run(f"fidelity_{name}", {"checkpoint": row["checkpoint"], "teacher": best},
-                                                  lambda: fidelity_parts(best, row["checkpoint"], val_images))
+            row["fidelity_r2_on_val"] = steps.run(
+                f"fidelity_{name}",
+                {"checkpoint": row["checkpoint"], "teacher": best},
+                lambda: fidelity_parts(best, row["checkpoint"], val_images),  # noqa: B023 - called at once
+            )
     gap = 100 * (rows["teacher"]["map50_95"] - rows["label_free"]["map50_95"])
-    result["target"] = {"claim": f"label-free recovery within {TARGET_POINTS:g} points of the teacher's mAP50-95",
-                        "teacher": rows["teacher"]["map50_95"], "label_free": rows["label_free"]["map50_95"],
-                        "gap_points": round(gap, 2), "met": gap <= TARGET_POINTS}
+    result["target"] = {
+        "claim": f"label-free recovery within {TARGET_POINTS:g} points of the teacher's mAP50-95",
+        "teacher": rows["teacher"]["map50_95"],
+        "label_free": rows["label_free"]["map50_95"],
+        "gap_points": round(gap, 2),
+        "met": gap <= TARGET_POINTS,
+    }
     log(f"target: label-free {gap:.2f} points under the teacher -> {'met' if gap <= TARGET_POINTS else 'NOT met'}")
     save()
     return 0

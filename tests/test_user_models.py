@@ -262,3 +262,17 @@ def test_uint8_images_under_x_are_prepared_as_images(tmp_path: Path) -> None:
     x, y = next(iter(data.val))
     assert y is None and x.dtype == torch.float32 and x.shape == (2, 3, 32, 32) and abs(float(x.mean())) < 0.5
     assert "held out" in data.describe()["held_out"]
+
+
+def test_feature_taps_keep_matching_after_the_first_step() -> None:
+    from edgeprune.pipeline.recovery.distill import FeatureTaps
+
+    teacher = tiny_resnet()
+    student = copy.deepcopy(teacher)
+    taps = FeatureTaps(student, teacher, X)
+    assert taps.names
+    with taps:
+        for _ in range(3):  # every training step: both forwards, then the loss
+            teacher(X)
+            student(X)
+            assert taps.loss() is not None
