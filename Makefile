@@ -41,7 +41,7 @@ ZOO_VENV ?= .venv-zoo
 ZOO_SCRIPT ?= ../shared/zoo/make-zoo-venv.sh
 
 $(ZOO_VENV)/.installed: pyproject.toml constraints.txt
-	$(ZOO_SCRIPT) $(ZOO_VENV) .
+	bash $(ZOO_SCRIPT) $(ZOO_VENV) .
 	$(ZOO_VENV)/bin/python -m pip install -q -c constraints.txt "pytest>=8"
 	touch $@
 
