@@ -359,94 +359,74 @@ def fidelity_parts(teacher: str, ckpt: Path | str, images: str, n: int = 100) ->
     }
 
 
-def per_channel_regression(student: Any, teacher: Any) -> Any:
-    """A candidate for edgeprune's `distill.regression`: the squared error of each channel (dim 1) over
-    that channel's variance, averaged over the channels. edgeprune's pools the variance over the whole
-    tensor, so in YOLO's (batch, 4 + classes, anchors) output the box coordinates (pixels, variance
-    ~7000) drown the class scores (probabilities, variance ~0.0002): they carry no weight at all."""
+def probability_bce(student: Any, teacher: Any) -> Any:
+    """A candidate for edgeprune's `distill.regression` (label-free distillation's term for an output
+    that is not class logits): the channels (dim 1) whose teacher values all lie in [0, 1] (a detector's
+    class scores) get binary cross-entropy against the teacher's probabilities (minus the teacher's own
+    entropy: 0 at a perfect match), summed over those channels; the others a squared error over each
+    channel's own variance. Squared error on probabilities has a vanishing gradient at the ~0 scores of
+    most anchors, and a variance floor shared with the box channels (pixels) weighs the scores out."""
+    import torch
     import torch.nn.functional as F
 
     s = student.reshape(teacher.shape)
     if teacher.ndim < 3:
         return F.mse_loss(s, teacher) / (teacher.var() + 1e-6)
     dims = [d for d in range(teacher.ndim) if d != 1]
-    return ((s - teacher) ** 2 / (teacher.var(dim=dims, keepdim=True) + 1e-6)).mean()
+    prob = (teacher.amin(dim=dims) >= 0) & (teacher.amax(dim=dims) <= 1)
+
+    def scaled(idx: Any) -> Any:
+        st, tt = s.index_select(1, idx), teacher.index_select(1, idx)
+        return (((st - tt) ** 2).mean(dim=dims) / (tt.var(dim=dims, unbiased=False) + 1e-6)).mean()
+
+    if not bool(prob.any()):
+        return scaled(torch.arange(teacher.shape[1], device=teacher.device))
+    p_idx, o_idx = prob.nonzero().flatten(), (~prob).nonzero().flatten()
+    sp = s.index_select(1, p_idx).clamp(1e-6, 1 - 1e-6)
+    tp = teacher.index_select(1, p_idx).clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(sp, tp, reduction="none") - F.binary_cross_entropy(tp, tp, reduction="none")
+    return bce.sum(1).mean() + (scaled(o_idx) if o_idx.numel() else 0.0)
 
 
-def recover_per_channel(best: str, done: Path, out: Path, args: list[str]) -> dict[str, Any]:
-    """The same compress run again from its recovery stage on, with `per_channel_regression` patched
-    into edgeprune's distillation in this process (edgeprune itself unchanged): a copy of the finished
-    --out without its recovery and later stages, resumed by the CLI (same settings, so every stage
-    before the recovery is reused: the same plan, the same pruned weights). The checkpoint is built
-    from the recovered weights (work/recovered_state.pt) with the door's `save`, so a final timing
-    the CLI could not decide on a busy machine (exit 2) does not lose the recovery."""
-    import contextlib
+def candidate_recovery(best: str, plan_path: Path, unlabelled: str, dest: Path, epochs: int, batch: int,
+                       loss: Any = probability_bce) -> dict[str, Any]:
+    """edgeprune's own label-free recovery (`Distill.fit`: its feature taps, trainer, learning rate and
+    fidelity metric) on the run's pruned model before recovery, with a batch of `batch` and
+    `distill.regression` replaced by `loss` in this process (None: edgeprune's own): a candidate fix,
+    measured beside the CLI's."""
+    import copy
 
     import torch
 
     import edgeprune.pipeline.recovery.distill as distill
-    from edgeprune.cli import main as cli
+    from edgeprune.ecosystems.ultralytics import Ultralytics
+    from edgeprune.pipeline.data import ModelInputs, load_data
+    from edgeprune.pipeline.loading import load_model
+    from edgeprune.pipeline.prune.apply import apply
+    from edgeprune.pipeline.prune.plan import Plan
+    from edgeprune.pipeline.recovery.evaluate import Fidelity
+    from edgeprune.pipeline.recovery.trainer import TrainConfig
 
-    marker = out / "per_channel_recovery.json"
-    if not (marker.is_file() and (out / "work" / "recover.json").is_file()):
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(done, out, ignore=shutil.ignore_patterns(".edgeprune.lock"))
-        for name in (
-            "recover.json",
-            "recovered_state.pt",
-            "recover_checkpoint.pt",
-            "final.json",
-            "runtime_accuracy.json",
-            "model.onnx",
-            "model.pt",
-            "model_ultralytics.pt",
-            "state_dict.pt",
-            "report.json",
-            "report.md",
-        ):
-            (out / "work" / name).unlink(missing_ok=True)
-            (out / name).unlink(missing_ok=True)
-        original = distill.regression
-        distill.regression = per_channel_regression
-        log("  compress " + " ".join(args) + "  (in process, distill.regression patched)")
-        try:
-            with (
-                open(out.parent / f"{out.name}.log", "w") as fh,
-                contextlib.redirect_stdout(fh),
-                contextlib.redirect_stderr(fh),
-            ):
-                rc = cli(args)
-        finally:
-            distill.regression = original
-        if not (out / "work" / "recover.json").is_file():
-            raise RuntimeError(
-                f"compress exited {rc} before its recovery finished; see {out.parent / f'{out.name}.log'}"
-            )
-        atomic.write_json(marker, {"exit_code": rc})
-    rc = json.loads(marker.read_text())["exit_code"]
-    recovery = json.loads((out / "work" / "recover.json").read_text())
-    dest = out / "work" / "label_free_per_channel.pt"
-    built = rebuild_unrecovered(
-        best, done / "plan.json", dest, torch.load(out / "work" / "recovered_state.pt", map_location="cpu")
-    )
-    report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
-    decision = (report.get("budget") or {}).get("decision") or {}
-    return {
-        "exit_code": rc,
-        "checkpoint": str(dest),
-        "params": built["params"],
-        "final_timing": (
-            "published (report.json)"
-            if report
-            else "not published: exit 2, the CLI could not decide the final timing on the busy machine; the "
-            "plan is the label_free run's, its latency ratio applies"
-        ),
-        "latency_ratio": decision.get("estimate"),
-        "accuracy": report.get("accuracy"),
-        "fidelity_history": [h.get("val_metric") for h in recovery.get("history", [])],
-        "recovery_seconds": recovery.get("seconds"),
-        "recovery_history": recovery.get("history"),
-    }
+    loaded = load_model(best)
+    teacher = loaded.model
+    with torch.enable_grad():
+        student = apply(copy.deepcopy(teacher), Plan.load(plan_path), loaded.example_inputs)
+    inputs = ModelInputs(loaded.example_inputs, loaded.input_names, loaded.preprocess)
+    data = load_data(unlabelled, batch_size=batch, model=inputs)
+    config = TrainConfig(epochs=epochs, lr=distill.Distill.default_lr)
+    original = distill.regression
+    distill.regression = loss or original
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    try:
+        fit = distill.Distill().fit(student, teacher, data, config, Fidelity(teacher, loaded.example_inputs), None,
+                                    lambda line: log("  " + line))
+    finally:
+        distill.regression = original
+    seconds = time.perf_counter() - t0
+    info = Ultralytics().save(student, loaded, None, dest)
+    return {"checkpoint": str(dest), "params": info["params"], "recovery_seconds": round(seconds, 1), "epochs": epochs,
+            "batch": batch, "lr": config.lr, "history": fit.history}
 
 
 def rebuild_unrecovered(best: str, plan_path: Path, dest: Path, state: Any = None) -> dict[str, Any]:
@@ -483,6 +463,12 @@ def same_structure(a: Path | str, b: Path | str) -> bool:
         for p in (a, b)
     ]
     return shapes[0] == shapes[1]
+
+
+def sha256(path: Path | str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def code_fingerprint() -> str:
@@ -526,11 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--skip-ft-after-label-free", action="store_true", help="leave out the fine-tune from the label-free checkpoint"
     )
-    p.add_argument(
-        "--per-channel-row",
-        action="store_true",
-        help="add a label-free row with distillation's regression replaced by per_channel_regression (in process)",
-    )
+    p.add_argument("--skip-candidate", action="store_true",
+                   help="leave out the label-free row with distillation's term replaced by probability_bce (in process)")
+    p.add_argument("--candidate-batch", type=int, default=16, help="batch of that row's recovery (default 16)")
+    p.add_argument("--candidate-long-epochs", type=int, default=0,
+                   help="also that row with this many epochs (default 0: not run)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(a.work / "ultralytics_config"))  # no writes to the user's settings
@@ -584,6 +570,15 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": ds,
         "teacher": teacher,
         "rows": {},
+        "notes": [
+            "mAP rows: ultralytics' validator on the val canvases; fidelity_r2_on_val: R² of each row's exported output "
+            "(batch, 4 + 10, anchors) against the teacher's on 100 val canvases, pooled, box rows alone, class-score rows alone",
+            "pruned = the plan of the compress run applied to the teacher (edgeprune.pipeline.prune.apply), no training",
+            "label_free = compress's own model_ultralytics.pt (its default label-free recovery, --epochs as recorded, "
+            "default batch 128 and lr); label_free_candidate = the same recovery code with one loss term swapped "
+            "(see probability_bce), not edgeprune's default",
+            "recovery_seconds are wall seconds on a 2-core machine shared with other sessions' training: loose",
+        ],
     }
 
     def save() -> None:
@@ -615,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         sum((comp.get("timings_s") or {}).values()), 1
     )  # wall_seconds: the last call, short when it resumed
     result["compress"] = comp
+    result["code_fingerprint"] = c_cfg["code"]  # sha256 of edgeprune/**/*.py at the compress run and every row after it
     log(
         f"compress: met {comp['met']}, latency ratio {comp['latency_ratio']}, params ratio {comp['params_ratio']}, "
         f"recovery {comp['recovery_seconds']} s"
@@ -637,36 +633,46 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name} mAP50-95 {rows[name]['map50_95']:.4f}  mAP50 {rows[name]['map50']:.4f}")
     save()
 
-    if a.per_channel_row:
-        pc_out = work / "compressed_per_channel"
-        args = [
-            best,
-            "--budget",
-            a.budget,
-            "--data",
-            ds["unlabelled"],
-            "--epochs",
-            str(a.recover_epochs),
-            "--out",
-            str(pc_out),
-            "--precision",
-            "fp32",
-            *extra,
-        ]
-        pc = steps.run("compress_per_channel", c_cfg, lambda: recover_per_channel(best, out, pc_out, args))
-        rows["label_free_per_channel"] = {
-            **steps.run(
-                "val_label_free_per_channel",
-                c_cfg,
-                lambda: validate(pc["checkpoint"], yaml, size, vb, runs, "val_label_free_per_channel"),
-            ),
-            "recovery_seconds": pc["recovery_seconds"],
-            "compress": pc,
-            "recovery": f"as label_free, with distill.regression normalised per channel (patched in this process, a "
-            f"candidate fix: see per_channel_regression), {a.recover_epochs} epochs",
+    if not a.skip_candidate:
+        k_cfg = {"compress": c_cfg, "epochs": a.recover_epochs, "batch": a.candidate_batch}
+        cand = steps.run("candidate_recovery", k_cfg, lambda: candidate_recovery(
+            best, out / "plan.json", ds["unlabelled"], work / "label_free_candidate.pt", a.recover_epochs,
+            a.candidate_batch))
+        rows["label_free_candidate"] = {
+            **steps.run("val_label_free_candidate", k_cfg,
+                        lambda: validate(cand["checkpoint"], yaml, size, vb, runs, "val_label_free_candidate")),
+            "recovery_seconds": cand["recovery_seconds"], "training": cand,
+            "recovery": f"edgeprune's Distill.fit with its output/feature term replaced by probability_bce (in this "
+                        f"process, a candidate fix), batch {a.candidate_batch}, {a.recover_epochs} epochs, same images",
         }
-        log(f"label_free_per_channel mAP50-95 {rows['label_free_per_channel']['map50_95']:.4f}")
+        log(f"label_free_candidate mAP50-95 {rows['label_free_candidate']['map50_95']:.4f}")
+        # the same recovery and batch with edgeprune's own loss term: which of the two changes matters
+        b_cfg = {**k_cfg, "loss": "edgeprune's"}
+        same = steps.run("batch_recovery", b_cfg, lambda: candidate_recovery(
+            best, out / "plan.json", ds["unlabelled"], work / "label_free_batch.pt", a.recover_epochs,
+            a.candidate_batch, loss=None))
+        rows["label_free_small_batch"] = {
+            **steps.run("val_label_free_small_batch", b_cfg,
+                        lambda: validate(same["checkpoint"], yaml, size, vb, runs, "val_label_free_small_batch")),
+            "recovery_seconds": same["recovery_seconds"], "training": same,
+            "recovery": f"edgeprune's Distill.fit as the CLI runs it (its own loss), batch {a.candidate_batch} instead "
+                        f"of 128, {a.recover_epochs} epochs, same images (= compress --batch-size {a.candidate_batch})",
+        }
+        log(f"label_free_small_batch mAP50-95 {rows['label_free_small_batch']['map50_95']:.4f}")
         save()
+        if a.candidate_long_epochs:  # how far the candidate goes with more time than the fine-tune had
+            l_cfg = {**k_cfg, "epochs": a.candidate_long_epochs}
+            long = steps.run("candidate_long", l_cfg, lambda: candidate_recovery(
+                best, out / "plan.json", ds["unlabelled"], work / "label_free_candidate_long.pt",
+                a.candidate_long_epochs, a.candidate_batch))
+            rows["label_free_candidate_long"] = {
+                **steps.run("val_label_free_candidate_long", l_cfg,
+                            lambda: validate(long["checkpoint"], yaml, size, vb, runs, "val_label_free_candidate_long")),
+                "recovery_seconds": long["recovery_seconds"], "training": long,
+                "recovery": f"as label_free_candidate, {a.candidate_long_epochs} epochs",
+            }
+            log(f"label_free_candidate_long mAP50-95 {rows['label_free_candidate_long']['map50_95']:.4f}")
+            save()
 
     f_cfg = {"compress": c_cfg, "epochs": a.ft_epochs, "batch": a.batch}
     ft = steps.run(
@@ -703,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         if name != "teacher":
             row["fidelity_r2_on_val"] = steps.run(
                 f"fidelity_{name}",
-                {"checkpoint": row["checkpoint"], "teacher": best},
+                {"checkpoint": row["checkpoint"], "sha256": sha256(row["checkpoint"]), "teacher": sha256(best)},
                 lambda: fidelity_parts(best, row["checkpoint"], val_images),  # noqa: B023 - called at once
             )
     gap = 100 * (rows["teacher"]["map50_95"] - rows["label_free"]["map50_95"])

@@ -172,6 +172,28 @@ def test_distill_moves_toward_a_fixed_teacher(npz: Path) -> None:
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())  # the teacher is not trained
 
 
+class DictOutput(nn.Module):
+    """A classifier that returns its logits inside a dict beside a feature (as a Hugging Face
+    ModelOutput does): labelled recovery must read the logits, not fail on the structure."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.net = small_cnn(seed=seed)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x), "pooled": x.mean(dim=(2, 3))}
+
+
+@pytest.mark.parametrize("name", ["finetune", "distill"])
+def test_labelled_recovery_of_a_structured_output(npz: Path, name: str) -> None:
+    data = load_data(str(npz), batch_size=16)
+    model = DictOutput(seed=0)
+    before = top1(model, data.val)
+    result = get_recovery(name).fit(model, DictOutput(seed=1), data, TrainConfig(epochs=3, lr=0.05), log=QUIET)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.final_metric == top1(model, data.val) and result.final_metric > before
+
+
 # --------------------------------------------------------------------------------------------- scratch
 
 

@@ -37,7 +37,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import DataBundle
 from edgeprune.pipeline.recovery.base import Recovery, register
 from edgeprune.pipeline.recovery.evaluate import Metric, is_class_logits, top1
-from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, train
+from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, class_logits, train
 
 #: the most intermediate layers whose outputs the student imitates (evenly spaced in forward order)
 FEATURE_TAPS = 8
@@ -207,7 +207,8 @@ class Distill(Recovery):
                 t_out = modelrun.call(teacher, x)
             out = modelrun.call(model, x)
             if y is not None:  # labels: the task loss joins the logit distillation, as before
-                return kd_loss(out, t_out, y, self.temperature, self.alpha), out
+                logits = class_logits(out)
+                return kd_loss(logits, class_logits(t_out), y, self.temperature, self.alpha), logits
             loss = output_loss(out, t_out, self.temperature)
             feat = taps.loss() if taps is not None else None
             return (loss if feat is None else loss + self.feature_weight * feat), out
