@@ -6,6 +6,7 @@ wall seconds, and what loading the written output gave.
 Runs in the zoo environment (timm, torchvision, transformers, ultralytics), one `compress` at a time:
 
     .venv-zoo/bin/python bench/doors.py [--budget 50%] [--only timm,torchvision,bert,distilbert,vit,yolo11n]
+    .venv-zoo/bin/python bench/doors.py --only bert+depth,distilbert+depth,vit+depth   # --depth on: layers go too
     .venv-zoo/bin/python bench/doors.py --yolo-checkpoint /tmp/yolo_bench/.../best.pt   # a trained YOLOv8n too
 
 Models are random weights from small configs (Hugging Face: hidden 256, 4 layers, 4 heads, MLP 1024,
@@ -44,8 +45,11 @@ HF_SMALL = {
 }
 
 
-def _hf(kind: str, work: Path) -> tuple[list[str], Callable[[Path], dict[str, Any]]]:
-    """A save_pretrained folder of a small config; the check loads hf_model with from_pretrained."""
+def _hf(kind: str, work: Path, depth: bool = False) -> tuple[list[str], Callable[[Path], dict[str, Any]]]:
+    """A save_pretrained folder of a small config; the check loads hf_model with from_pretrained.
+    `depth`: with --depth on, whole layers may go too; its --data (64 random inputs, to score the
+    layers) is only that: --recover none, since random weights have nothing to recover."""
+    import numpy as np
     import transformers as tf
 
     configs = {
@@ -59,13 +63,26 @@ def _hf(kind: str, work: Path) -> tuple[list[str], Callable[[Path], dict[str, An
     }
     folder = work / kind
     configs[kind]().save_pretrained(folder)
+    extra: list[str] = []
+    if depth:
+        rng = np.random.default_rng(0)
+        data = work / f"{kind}_inputs.npz"
+        if kind == "vit":
+            np.savez(data, pixel_values=rng.standard_normal((64, 3, 224, 224), dtype=np.float32))
+        else:
+            np.savez(data, input_ids=rng.integers(0, HF_SMALL["vocab_size"], (64, 128)))
+        extra = ["--depth", "on", "--data", str(data), "--recover", "none"]
 
     def check(out: Path) -> dict[str, Any]:
         auto = tf.AutoModelForImageClassification if kind == "vit" else tf.AutoModelForSequenceClassification
         model = auto.from_pretrained(out / "hf_model")
-        return {"loads_with": auto.__name__, "params": sum(p.numel() for p in model.parameters())}
+        return {
+            "loads_with": auto.__name__,
+            "params": sum(p.numel() for p in model.parameters()),
+            "layers": model.config.num_hidden_layers,
+        }
 
-    return [str(folder)], check
+    return [str(folder), *extra], check
 
 
 def _named(arch: str, work: Path) -> tuple[list[str], Callable[[Path], dict[str, Any]]]:
@@ -159,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         "bert": lambda: _hf("bert", work),
         "distilbert": lambda: _hf("distilbert", work),
         "vit": lambda: _hf("vit", work),
+        "bert+depth": lambda: _hf("bert", work, depth=True),
+        "distilbert+depth": lambda: _hf("distilbert", work, depth=True),
+        "vit+depth": lambda: _hf("vit", work, depth=True),
         "yolo11n": lambda: _yolo(None, "yolo11n", work),
     }
     rows = a.only.split(",") + (["yolov8n"] if a.yolo_checkpoint else [])

@@ -10,7 +10,9 @@ mAP50-95 (and mAP50) by `YOLO(ckpt).val()` of
                before any recovery (rebuilt from plan.json, written with the door's `save`)
   label_free   `<out>/model_ultralytics.pt` of that same run: recovered by edgeprune's default recovery
                without labels (distillation from the unpruned model, outputs + intermediate features)
-               on the training images with their labels withheld
+               on the training images with their labels withheld (`--batch-size 16`)
+  label_free_regression_term      the same recovery with the plain per-channel squared error on the
+                                  outputs (the term before `dense_output`): the ablation
   ultralytics_finetune            the pruned, unrecovered checkpoint fine-tuned WITH labels by ultralytics'
                                   own trainer (`YOLO(ckpt).train(..., trainer=PrunedTrainer)`)
   label_free_then_ultralytics     the label-free checkpoint, then that same labelled fine-tune
@@ -359,41 +361,13 @@ def fidelity_parts(teacher: str, ckpt: Path | str, images: str, n: int = 100) ->
     }
 
 
-def probability_bce(student: Any, teacher: Any) -> Any:
-    """A candidate for edgeprune's `distill.regression` (label-free distillation's term for an output
-    that is not class logits): the channels (dim 1) whose teacher values all lie in [0, 1] (a detector's
-    class scores) get binary cross-entropy against the teacher's probabilities (minus the teacher's own
-    entropy: 0 at a perfect match), summed over those channels; the others a squared error over each
-    channel's own variance. Squared error on probabilities has a vanishing gradient at the ~0 scores of
-    most anchors, and a variance floor shared with the box channels (pixels) weighs the scores out."""
-    import torch
-    import torch.nn.functional as F
-
-    s = student.reshape(teacher.shape)
-    if teacher.ndim < 3:
-        return F.mse_loss(s, teacher) / (teacher.var() + 1e-6)
-    dims = [d for d in range(teacher.ndim) if d != 1]
-    prob = (teacher.amin(dim=dims) >= 0) & (teacher.amax(dim=dims) <= 1)
-
-    def scaled(idx: Any) -> Any:
-        st, tt = s.index_select(1, idx), teacher.index_select(1, idx)
-        return (((st - tt) ** 2).mean(dim=dims) / (tt.var(dim=dims, unbiased=False) + 1e-6)).mean()
-
-    if not bool(prob.any()):
-        return scaled(torch.arange(teacher.shape[1], device=teacher.device))
-    p_idx, o_idx = prob.nonzero().flatten(), (~prob).nonzero().flatten()
-    sp = s.index_select(1, p_idx).clamp(1e-6, 1 - 1e-6)
-    tp = teacher.index_select(1, p_idx).clamp(1e-6, 1 - 1e-6)
-    bce = F.binary_cross_entropy(sp, tp, reduction="none") - F.binary_cross_entropy(tp, tp, reduction="none")
-    return bce.sum(1).mean() + (scaled(o_idx) if o_idx.numel() else 0.0)
-
-
-def candidate_recovery(best: str, plan_path: Path, unlabelled: str, dest: Path, epochs: int, batch: int,
-                       loss: Any = probability_bce) -> dict[str, Any]:
-    """edgeprune's own label-free recovery (`Distill.fit`: its feature taps, trainer, learning rate and
-    fidelity metric) on the run's pruned model before recovery, with a batch of `batch` and
-    `distill.regression` replaced by `loss` in this process (None: edgeprune's own): a candidate fix,
-    measured beside the CLI's."""
+def ablation_recovery(
+    best: str, plan_path: Path, unlabelled: str, dest: Path, epochs: int, batch: int
+) -> dict[str, Any]:
+    """edgeprune's label-free recovery (`Distill.fit`, as the CLI runs it) on the run's pruned model
+    before recovery, with the term for outputs that are not class logits set back to the plain
+    per-channel `regression` (what the CLI used before `dense_output`): what the cross-entropy on the
+    class scores and the confidence-weighted boxes bring, at the same batch and epochs."""
     import copy
 
     import torch
@@ -414,19 +388,33 @@ def candidate_recovery(best: str, plan_path: Path, unlabelled: str, dest: Path, 
     inputs = ModelInputs(loaded.example_inputs, loaded.input_names, loaded.preprocess)
     data = load_data(unlabelled, batch_size=batch, model=inputs)
     config = TrainConfig(epochs=epochs, lr=distill.Distill.default_lr)
-    original = distill.regression
-    distill.regression = loss or original
+    original = distill.dense_output
+    distill.dense_output = distill.regression
     torch.manual_seed(0)
     t0 = time.perf_counter()
     try:
-        fit = distill.Distill().fit(student, teacher, data, config, Fidelity(teacher, loaded.example_inputs), None,
-                                    lambda line: log("  " + line))
+        fit = distill.Distill().fit(
+            student,
+            teacher,
+            data,
+            config,
+            Fidelity(teacher, loaded.example_inputs),
+            None,
+            lambda line: log("  " + line),
+        )
     finally:
-        distill.regression = original
+        distill.dense_output = original
     seconds = time.perf_counter() - t0
     info = Ultralytics().save(student, loaded, None, dest)
-    return {"checkpoint": str(dest), "params": info["params"], "recovery_seconds": round(seconds, 1), "epochs": epochs,
-            "batch": batch, "lr": config.lr, "history": fit.history}
+    return {
+        "checkpoint": str(dest),
+        "params": info["params"],
+        "recovery_seconds": round(seconds, 1),
+        "epochs": epochs,
+        "batch": batch,
+        "lr": config.lr,
+        "history": fit.history,
+    }
 
 
 def rebuild_unrecovered(best: str, plan_path: Path, dest: Path, state: Any = None) -> dict[str, Any]:
@@ -507,16 +495,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="ultralytics' training batch (teacher and fine-tunes)")
     p.add_argument("--budget", default="50%")
     p.add_argument("--recover-epochs", type=int, default=10, help="edgeprune's label-free recovery, --epochs")
-    p.add_argument("--compress-args", default="", help="more compress options, e.g. '--batch-size 32' (recorded)")
+    p.add_argument(
+        "--compress-args",
+        default="--batch-size 16",
+        help="more compress options (recorded; default '--batch-size 16': 800 images at compress's "
+        "default 128 make 6 steps an epoch)",
+    )
     p.add_argument("--ft-epochs", type=int, default=10, help="ultralytics' labelled fine-tune of the pruned checkpoint")
     p.add_argument(
         "--skip-ft-after-label-free", action="store_true", help="leave out the fine-tune from the label-free checkpoint"
     )
-    p.add_argument("--skip-candidate", action="store_true",
-                   help="leave out the label-free row with distillation's term replaced by probability_bce (in process)")
-    p.add_argument("--candidate-batch", type=int, default=16, help="batch of that row's recovery (default 16)")
-    p.add_argument("--candidate-long-epochs", type=int, default=0,
-                   help="also that row with this many epochs (default 0: not run)")
+    p.add_argument(
+        "--skip-ablation",
+        action="store_true",
+        help="leave out the label-free row with the plain per-channel regression term (the term before "
+        "dense_output), same batch and epochs",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(a.work / "ultralytics_config"))  # no writes to the user's settings
@@ -571,12 +565,17 @@ def main(argv: list[str] | None = None) -> int:
         "teacher": teacher,
         "rows": {},
         "notes": [
-            "mAP rows: ultralytics' validator on the val canvases; fidelity_r2_on_val: R² of each row's exported output "
-            "(batch, 4 + 10, anchors) against the teacher's on 100 val canvases, pooled, box rows alone, class-score rows alone",
-            "pruned = the plan of the compress run applied to the teacher (edgeprune.pipeline.prune.apply), no training",
-            "label_free = compress's own model_ultralytics.pt (its default label-free recovery, --epochs as recorded, "
-            "default batch 128 and lr); label_free_candidate = the same recovery code with one loss term swapped "
-            "(see probability_bce), not edgeprune's default",
+            (
+                "mAP rows: ultralytics' validator on the val canvases; fidelity_r2_on_val: R² of each row's exported "
+                "output (batch, 4 + 10, anchors) against the teacher's on 100 val canvases, pooled, box rows alone, "
+                "class-score rows alone"
+            ),
+            "pruned = the plan of the compress run applied to the teacher (edgeprune.pipeline.prune.apply), untrained",
+            (
+                "label_free = compress's own model_ultralytics.pt (its default label-free recovery, --epochs and "
+                "--batch-size as recorded in compress.command, default lr); label_free_regression_term = the same "
+                "recovery with the output term edgeprune had before dense_output (ablation_recovery)"
+            ),
             "recovery_seconds are wall seconds on a 2-core machine shared with other sessions' training: loose",
         ],
     }
@@ -633,46 +632,29 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name} mAP50-95 {rows[name]['map50_95']:.4f}  mAP50 {rows[name]['map50']:.4f}")
     save()
 
-    if not a.skip_candidate:
-        k_cfg = {"compress": c_cfg, "epochs": a.recover_epochs, "batch": a.candidate_batch}
-        cand = steps.run("candidate_recovery", k_cfg, lambda: candidate_recovery(
-            best, out / "plan.json", ds["unlabelled"], work / "label_free_candidate.pt", a.recover_epochs,
-            a.candidate_batch))
-        rows["label_free_candidate"] = {
-            **steps.run("val_label_free_candidate", k_cfg,
-                        lambda: validate(cand["checkpoint"], yaml, size, vb, runs, "val_label_free_candidate")),
-            "recovery_seconds": cand["recovery_seconds"], "training": cand,
-            "recovery": f"edgeprune's Distill.fit with its output/feature term replaced by probability_bce (in this "
-                        f"process, a candidate fix), batch {a.candidate_batch}, {a.recover_epochs} epochs, same images",
+    if not a.skip_ablation:
+        batch = int(extra[extra.index("--batch-size") + 1]) if "--batch-size" in extra else 128
+        k_cfg = {"compress": c_cfg, "epochs": a.recover_epochs, "batch": batch}
+        abl = steps.run(
+            "ablation_recovery",
+            k_cfg,
+            lambda: ablation_recovery(
+                best, out / "plan.json", ds["unlabelled"], work / "label_free_regression.pt", a.recover_epochs, batch
+            ),
+        )
+        rows["label_free_regression_term"] = {
+            **steps.run(
+                "val_label_free_regression",
+                k_cfg,
+                lambda: validate(abl["checkpoint"], yaml, size, vb, runs, "val_label_free_regression"),
+            ),
+            "recovery_seconds": abl["recovery_seconds"],
+            "training": abl,
+            "recovery": f"as label_free, but every output term the plain per-channel regression (edgeprune before "
+            f"dense_output; in this process), batch {batch}, {a.recover_epochs} epochs, same plan and images",
         }
-        log(f"label_free_candidate mAP50-95 {rows['label_free_candidate']['map50_95']:.4f}")
-        # the same recovery and batch with edgeprune's own loss term: which of the two changes matters
-        b_cfg = {**k_cfg, "loss": "edgeprune's"}
-        same = steps.run("batch_recovery", b_cfg, lambda: candidate_recovery(
-            best, out / "plan.json", ds["unlabelled"], work / "label_free_batch.pt", a.recover_epochs,
-            a.candidate_batch, loss=None))
-        rows["label_free_small_batch"] = {
-            **steps.run("val_label_free_small_batch", b_cfg,
-                        lambda: validate(same["checkpoint"], yaml, size, vb, runs, "val_label_free_small_batch")),
-            "recovery_seconds": same["recovery_seconds"], "training": same,
-            "recovery": f"edgeprune's Distill.fit as the CLI runs it (its own loss), batch {a.candidate_batch} instead "
-                        f"of 128, {a.recover_epochs} epochs, same images (= compress --batch-size {a.candidate_batch})",
-        }
-        log(f"label_free_small_batch mAP50-95 {rows['label_free_small_batch']['map50_95']:.4f}")
+        log(f"label_free_regression_term mAP50-95 {rows['label_free_regression_term']['map50_95']:.4f}")
         save()
-        if a.candidate_long_epochs:  # how far the candidate goes with more time than the fine-tune had
-            l_cfg = {**k_cfg, "epochs": a.candidate_long_epochs}
-            long = steps.run("candidate_long", l_cfg, lambda: candidate_recovery(
-                best, out / "plan.json", ds["unlabelled"], work / "label_free_candidate_long.pt",
-                a.candidate_long_epochs, a.candidate_batch))
-            rows["label_free_candidate_long"] = {
-                **steps.run("val_label_free_candidate_long", l_cfg,
-                            lambda: validate(long["checkpoint"], yaml, size, vb, runs, "val_label_free_candidate_long")),
-                "recovery_seconds": long["recovery_seconds"], "training": long,
-                "recovery": f"as label_free_candidate, {a.candidate_long_epochs} epochs",
-            }
-            log(f"label_free_candidate_long mAP50-95 {rows['label_free_candidate_long']['map50_95']:.4f}")
-            save()
 
     f_cfg = {"compress": c_cfg, "epochs": a.ft_epochs, "batch": a.batch}
     ft = steps.run(

@@ -20,7 +20,7 @@ from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import load_data
 from edgeprune.pipeline.recovery import TrainConfig, get_recovery, load_metric, recovery_names, top1, train
-from edgeprune.pipeline.recovery.distill import kd_loss
+from edgeprune.pipeline.recovery.distill import dense_output, kd_loss, regression
 from edgeprune.pipeline.recovery.scratch import reinitialize
 from tests.synthetic import learnable_npz
 from tests.tiny_models import tiny_resnet
@@ -192,6 +192,34 @@ def test_labelled_recovery_of_a_structured_output(npz: Path, name: str) -> None:
     result = get_recovery(name).fit(model, DictOutput(seed=1), data, TrainConfig(epochs=3, lr=0.05), log=QUIET)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert result.final_metric == top1(model, data.val) and result.final_metric > before
+
+
+def _detections(seed: int = 0) -> torch.Tensor:
+    """A detector's output as YOLO exports it: (batch, 4 boxes in pixels + 3 class probabilities, anchors),
+    most anchors background (scores near 0)."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.rand(2, 4, 50, generator=g) * 160
+    scores = torch.sigmoid(torch.randn(2, 3, 50, generator=g) * 2 - 6)
+    scores[:, 0, :5] = 0.9  # five confident anchors
+    return torch.cat([boxes, scores], dim=1)
+
+
+def test_dense_output_scores_by_cross_entropy_and_boxes_by_confidence() -> None:
+    t = _detections()
+    assert float(dense_output(t, t)) == pytest.approx(0.0, abs=1e-5)
+    off_confident, off_background = t.clone(), t.clone()
+    off_confident[:, :4, 2] += 20  # the same box error at a confident anchor ...
+    off_background[:, :4, 30] += 20  # ... and at a background one
+    assert float(dense_output(off_confident, t)) > 10 * float(dense_output(off_background, t))
+    # a near-0 score pushed further down still costs, and its gradient points back up
+    low = t.clone().requires_grad_(True)
+    with torch.no_grad():
+        low[:, 4:, 10:] *= 0.1
+    loss = dense_output(low, t)
+    loss.backward()
+    assert float(loss.detach()) > 0 and float(low.grad[:, 4:, 10:].mean()) < 0
+    values = t[:, :4]  # no probability channels: the per-channel regression
+    assert torch.equal(dense_output(values * 0.5, values), regression(values * 0.5, values))
 
 
 # --------------------------------------------------------------------------------------------- scratch

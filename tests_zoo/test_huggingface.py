@@ -226,6 +226,52 @@ def test_folder_in_save_pretrained_folder_out(name: str, runs: dict[str, Any]) -
         assert got["tokenizer"] == [2, 6, 7, 3]
 
 
+def test_depth_removes_whole_layers_and_the_config_counts_them(tmp_path: Path) -> None:
+    """--depth only on a 4-layer DistilBERT: whole layers go, the folder holds the rest renumbered
+    with n_layers (DistilBERT's name for num_hidden_layers) lowered, and transformers alone loads it
+    with model.onnx's logits."""
+    import numpy as np
+
+    folder, out = tmp_path / "distil4", tmp_path / "out"
+    cfg = transformers.DistilBertConfig(
+        vocab_size=1000, dim=128, n_layers=4, n_heads=4, hidden_dim=512, num_labels=3, max_position_embeddings=128
+    )
+    transformers.DistilBertForSequenceClassification(cfg).save_pretrained(str(folder))
+    ids = tmp_path / "ids.npz"
+    np.savez(ids, input_ids=np.random.default_rng(0).integers(0, 1000, (64, 32)))
+    params = _params(folder)
+    rc, _, err = run_cli(
+        folder, "--budget", f"{int(params * BUDGET_SHARE)}params", "--depth", "only", "--data", ids,
+        "--input-shape", "1x32", "--epochs", "1", "--out", out, *FAST,
+    )  # fmt: skip
+    assert rc == 0, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    blocks = report["model"]["constraint"]["blocks"]
+    assert blocks == [f"distilbert.transformer.layer.{i}" for i in range(4)]
+    native = report["native"]
+    before, after = native["config_changes"]["n_layers"]
+    assert before == 4 and 0 < after < 4 and "hidden_dim" not in native["config_changes"]
+    assert len(native["removed_layers"]) == 4 - after and set(native["removed_layers"]) <= set(blocks)
+    written = json.loads((out / "hf_model" / "config.json").read_text())
+    original = json.loads((folder / "config.json").read_text())
+    assert written["n_layers"] == after
+    assert {k: v for k, v in written.items() if k != "n_layers"} == {
+        k: v for k, v in original.items() if k != "n_layers"
+    }
+
+    import edgeprune
+
+    stack = edgeprune.load(out).distilbert.transformer.layer
+    assert sum(type(layer).__name__ == "TransformerBlock" for layer in stack) == after
+    job = [["distil4", str(out / "hf_model"), str(out / "model.onnx"), "AutoModelForSequenceClassification"]]
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECK, json.dumps(job)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])["results"]["distil4"]
+    assert got["diff"] <= 1e-4 and got["params"] <= MAX_PARAMS * params, (got, params)
+
+
 def test_folder_without_config_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"")
     line = one_line_error(*run_cli(tmp_path, "--budget", "50%", "--out", tmp_path / "out")[::2])

@@ -49,14 +49,24 @@ class Constraint:
     """What the output format can express, imposed on the plan: only the groups whose root layer
     is in `prunable` may be cut, all to one width when `tied` (a config with a single
     `intermediate_size`). The search then runs at one global level (`uniform`), which with tied
-    groups of one size keeps one width in all of them."""
+    groups of one size keeps one width in all of them. Under `--depth`, only the residual blocks
+    named in `blocks` may be removed (None: any; a config records a layer count, not which layers)."""
 
     why: str  # one line for the report
     prunable: tuple[str, ...]
     tied: bool = True
+    blocks: tuple[str, ...] | None = None
+
+    def allows_block(self, name: str) -> bool:
+        return self.blocks is None or name in self.blocks
 
     def to_dict(self) -> dict[str, Any]:
-        return {"why": self.why, "prunable": list(self.prunable), "tied": self.tied}
+        return {
+            "why": self.why,
+            "prunable": list(self.prunable),
+            "tied": self.tied,
+            "blocks": None if self.blocks is None else list(self.blocks),
+        }
 
 
 class Ecosystem(abc.ABC):

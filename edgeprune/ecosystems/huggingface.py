@@ -9,6 +9,9 @@ Out: the pruned model as a folder `from_pretrained` loads without edgeprune. tra
 MLP width per config (`intermediate_size`; DistilBERT's `hidden_dim`) and derives the head size from
 hidden_size / num_attention_heads, so a config can express only the MLP width cut, and only the same
 width in every layer: the door constrains the plan to the layers' MLP groups, tied to one width.
+What a config can also record is how many layers there are (`num_hidden_layers`): under `--depth on`
+the search may remove whole layers of the model's layer list, and the folder holds the layers left,
+renumbered (the convention of depth-pruned checkpoints such as Minitron's).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import nn
 from edgeprune import modelrun
 from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, register
 from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.pipeline.prune import blocks as blocks_mod
 
 if TYPE_CHECKING:
     from edgeprune.pipeline.loading import LoadedModel
@@ -113,8 +117,15 @@ class HuggingFaceEcosystem(Ecosystem):
             )
         why = (
             f"{type(config).__name__} has one {width_attr} for every layer, and transformers 5 derives the head size "
-            "from hidden_size / num_attention_heads: only the MLP width is cut, one width for all layers"
+            "from hidden_size / num_attention_heads: of the widths only the MLP's is cut, one for all layers"
         )
+        layer_list = _layer_list(loaded.model, mlps)
+        stack = loaded.model.get_submodule(layer_list) if layer_list else None
+        if isinstance(stack, nn.ModuleList) and isinstance(layers, int) and len(stack) == layers:
+            why += "; under --depth on, whole layers too (num_hidden_layers)"
+            blocks: tuple[str, ...] = tuple(f"{layer_list}.{i}" for i in range(layers))
+        else:  # the layer count is not the config's (or unknown): no layer can go
+            layer_list, blocks = None, ()
         native = {
             "folder": str(path.resolve()),
             "architecture": architecture,
@@ -122,6 +133,7 @@ class HuggingFaceEcosystem(Ecosystem):
             "config": config.to_dict(),
             "width_attr": width_attr,
             "mlp_roots": list(roots),
+            "layer_list": layer_list,
         }
         return dataclasses.replace(
             loaded,
@@ -129,28 +141,40 @@ class HuggingFaceEcosystem(Ecosystem):
             native=native,
             input_names=names,
             preprocess=preprocess,
-            constraint=Constraint(why=why, prunable=roots, tied=True),
+            constraint=Constraint(why=why, prunable=roots, tied=True, blocks=blocks),
         )
 
     def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:
         import transformers
 
         native = loaded.native
-        attr, roots = native["width_attr"], native["mlp_roots"]
+        attr, layer_list = native["width_attr"], native.get("layer_list")
+        state = pruned.state_dict()
+        config = getattr(transformers, native["config_class"]).from_dict(native["config"])
+        changes: dict[str, Any] = {}
+        gone = _removed_layers(pruned, layer_list)
+        if gone:
+            assert layer_list is not None
+            state = _renumbered(state, layer_list, gone, config.num_hidden_layers)
+            # the key config.json holds (DistilBERT's n_layers answers to num_hidden_layers)
+            key = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+            changes[key] = [config.num_hidden_layers, config.num_hidden_layers - len(gone)]
+            _drop_layers_from_config(config, gone)
+        roots = [r for r in native["mlp_roots"] if not blocks_mod.inside(r, [f"{layer_list}.{i}" for i in gone])]
         widths = {root: _out_features(pruned, root) for root in roots}
-        if len(set(widths.values())) != 1:  # a layer's MLP left whole (--unprunable, or its group could not be traced)
+        if len(set(widths.values())) > 1:  # a layer's MLP left whole (--unprunable, or its group could not be traced)
             shown = ", ".join(f"{r} {w}" for r, w in widths.items())
             raise EdgepruneError(
                 f"the pruned MLP layers kept different widths ({shown}), which one {attr} cannot record: "
                 "some were left whole (report.json's left_whole says why); do not name them in --unprunable, "
                 "or export model.onnx / model.pt instead of the Hugging Face folder"
             )
-        width = next(iter(widths.values()))
-        config = getattr(transformers, native["config_class"]).from_dict(native["config"])
         original = getattr(config, attr)
+        width = next(iter(widths.values()), original)
+        if width != original:
+            changes[attr] = [original, width]
         setattr(config, attr, width)
         model = getattr(transformers, native["architecture"])(config)
-        state = pruned.state_dict()
         own = model.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
@@ -158,7 +182,7 @@ class HuggingFaceEcosystem(Ecosystem):
         if missing or unexpected or shapes:
             raise RuntimeError(
                 f"internal error: the pruned {native['architecture']} does not fit a fresh one built with "
-                f"{attr}={width}: {len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. "
+                f"{changes}: {len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. "
                 f"{unexpected[:1]}), {len(shapes)} of another shape (e.g. "
                 f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:1]]})"
             )
@@ -170,9 +194,54 @@ class HuggingFaceEcosystem(Ecosystem):
         return {
             "format": "Hugging Face save_pretrained folder",
             "load": f"transformers.{native['architecture']}.from_pretrained('{self.output}')",
-            "config_changes": {attr: [original, width]},
+            "config_changes": changes,
+            "removed_layers": [f"{layer_list}.{i}" for i in gone],
             "copied": copied,
         }
+
+
+def _layer_list(model: nn.Module, mlps: list[list[str]]) -> str | None:
+    """The nn.ModuleList holding the layers (the parent of the module, above the first MLP, that is
+    one of its items), e.g. bert.encoder.layer; None when the MLPs are not in one."""
+    parts = mlps[0][0].split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[: i - 1])
+        if parts[i - 1].isdigit() and isinstance(model.get_submodule(parent) if parent else model, nn.ModuleList):
+            return parent
+    return None
+
+
+def _removed_layers(pruned: nn.Module, layer_list: str | None) -> list[int]:
+    """Indices of the layer list's layers that the plan removed (blocks.Skip in their place)."""
+    if layer_list is None:
+        return []
+    stack = pruned.get_submodule(layer_list)
+    assert isinstance(stack, nn.ModuleList), f"{layer_list} is a {type(stack).__name__}, not the layers' ModuleList"
+    return [i for i, layer in enumerate(stack) if isinstance(layer, blocks_mod.Skip)]
+
+
+def _renumbered(
+    state: dict[str, torch.Tensor], layer_list: str, gone: list[int], count: int
+) -> dict[str, torch.Tensor]:
+    """The state dict with the kept layers renumbered 0..k-1, as a config with k layers builds them."""
+    new_index = {old: new for new, old in enumerate(i for i in range(count) if i not in gone)}
+    prefix = layer_list + "."
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, _, rest = key[len(prefix) :].partition(".")
+            key = f"{prefix}{new_index[int(index)]}.{rest}"
+        out[key] = value
+    return out
+
+
+def _drop_layers_from_config(config: Any, gone: list[int]) -> None:
+    """num_hidden_layers lowered, and the per-layer lists some configs hold (layer_types) kept in step."""
+    count = config.num_hidden_layers
+    for key, value in config.to_dict().items():
+        if isinstance(value, list) and len(value) == count and key != "architectures":
+            setattr(config, key, [v for i, v in enumerate(value) if i not in gone])
+    config.num_hidden_layers = count - len(gone)
 
 
 def _config(path: Path) -> Any:

@@ -181,10 +181,14 @@ class Pipeline:
         )
         self.scores = {gid: np.asarray(v) for gid, v in self.scores_d.items()}
         if s.depth != "off" and data is not None:
-            self.block_scores = self.stage(
-                "blocks", lambda: method.block_scores(self.model, blocks_mod.find_blocks(self.model, self.inputs), data)
-            )
+            self.block_scores = self.stage("blocks", lambda: method.block_scores(self.model, self._blocks(), data))
             self.log(f"  {len(self.block_scores)} removable residual blocks")
+
+    def _blocks(self) -> list[blocks_mod.Block]:
+        """The removable residual blocks that the output format can record (ecosystems/)."""
+        constraint = self.loaded.constraint
+        found = blocks_mod.find_blocks(self.model, self.inputs)
+        return [b for b in found if constraint is None or constraint.allows_block(b.name)]
 
     def search(self) -> None:
         """The budget search, in float32 or int8 or both as --precision says (precision.py chooses)."""

@@ -4,8 +4,9 @@ A candidate is a child of an `nn.Sequential` / `nn.ModuleList` that holds weight
 input to an output of the same shape, and is *residual*: with every weight inside it zeroed, its
 output still follows its input (an identity path), which tells x + f(x) from a plain layer whose
 removal would cut the network. Only the outermost such modules count. Removing one replaces it with
-`nn.Identity`, so its layers disappear from the module and from the exported graph; the model must
-still run with its output shapes. A block's importance is how much bypassing it
+`Skip` (an `nn.Identity` that ignores a transformer layer's further arguments), so its layers
+disappear from the module and from the exported graph; the model must still run with its output
+shapes. A block's importance is how much bypassing it
 changes the model's outputs on calibration inputs (mean squared difference of the outputs), the
 output-reconstruction criterion; residual blocks that barely change the output go first.
 """
@@ -91,25 +92,37 @@ def inside(layer: str, blocks: Sequence[str]) -> bool:
     return any(layer == b or layer.startswith(b + ".") for b in blocks)
 
 
+class Skip(nn.Identity):
+    """A removed block: returns its first argument. Unlike nn.Identity it takes the further arguments
+    a transformer layer is called with (attention mask, position embeddings) and ignores them."""
+
+    def forward(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+        return input
+
+
 def bypass(model: nn.Module, names: Sequence[str]) -> nn.Module:
-    """Replace each named block with nn.Identity (in place)."""
+    """Replace each named block with `Skip` (in place)."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if isinstance(parent, nn.ModuleList):
-            parent[int(child)] = nn.Identity()
+            parent[int(child)] = Skip()
         else:
-            setattr(parent, child, nn.Identity())
+            setattr(parent, child, Skip())
     return model
 
 
 @torch.no_grad()
-def block_scores(model: nn.Module, blocks: Sequence[Block], calibration: torch.Tensor) -> dict[str, float]:
-    """Mean squared change of the outputs when each block alone is bypassed (higher = keep)."""
-    ref = [t.float() for t in modelrun.run(model, (calibration,))]
+def block_scores(
+    model: nn.Module, blocks: Sequence[Block], calibration: torch.Tensor | tuple[torch.Tensor, ...]
+) -> dict[str, float]:
+    """Mean squared change of the outputs when each block alone is bypassed (higher = keep).
+    `calibration`: a batch of inputs, one tensor or a tuple of them (token ids and a mask)."""
+    inputs = calibration if isinstance(calibration, tuple) else (calibration,)
+    ref = [t.float() for t in modelrun.run(model, inputs)]
     out = {}
     for b in blocks:
         trial = bypass(copy.deepcopy(model), [b.name])
-        got = modelrun.run(trial, (calibration,))
+        got = modelrun.run(trial, inputs)
         out[b.name] = float(sum(((g.float() - r) ** 2).mean() for g, r in zip(got, ref)))
     return out

@@ -9,9 +9,10 @@ Without labels (the default recovery then: what users hold at deployment is unla
 teacher is the only target, as in Minitron's logit + hidden-state distillation and the feature
 imitation used for detectors: every floating output tensor of the teacher (tensors, nested
 tuples/lists/dicts, Hugging Face ModelOutputs, ultralytics' (predictions, feature maps)) gets a
-term — T^2 KL over the last dimension where it is class logits (evaluate.is_class_logits), a
-squared error normalised by each channel's variance otherwise, so boxes in pixels and
-probabilities weigh alike —
+term — T^2 KL over the last dimension where it is class logits (evaluate.is_class_logits);
+otherwise binary cross-entropy on its probability channels (a detector's class scores) and, on
+the rest, a squared error normalised by each channel's variance (boxes in pixels and probabilities
+weigh alike), weighted by the teacher's confidence at each position (`dense_output`) —
 averaged, plus the same squared error at up to `FEATURE_TAPS` intermediate layers whose output
 the pruning left the same shape in both models (block outputs on the kept residual width; a cut
 layer's narrower output cannot be compared), weighted by `feature_weight`.
@@ -78,6 +79,38 @@ def regression(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (err / (var + floor)).mean()
 
 
+def dense_output(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The term for an output that is not class logits. Where some of its channels (dim 1) hold
+    probabilities in the teacher (every value in [0, 1]: a detector's class scores, a mask) they get
+    binary cross-entropy against the teacher's, less the teacher's own entropy (0 at a match), summed
+    over those channels: squared error on probabilities has no gradient left at the near-0 scores of
+    most positions, where a detector's ranking is decided. The other channels (boxes) get `regression`,
+    each position weighted by the teacher's highest probability there, relative to the mean: a box the
+    teacher gives no class is background, and matching it spends the capacity the kept boxes need.
+    Without probability channels this is `regression`. On the YOLOv8n of bench/yolo_distill.py, 10
+    epochs label-free: mAP50-95 0.0384 with `regression` alone, 0.0896 with the cross-entropy, 0.1101
+    with the weighting too (teacher 0.2026)."""
+    if teacher.ndim < 3:
+        return regression(student, teacher)
+    s = student.reshape(teacher.shape)
+    dims = [d for d in range(teacher.ndim) if d != 1]
+    prob = (teacher.amin(dim=dims) >= 0) & (teacher.amax(dim=dims) <= 1)
+    if not bool(prob.any()):
+        return regression(s, teacher)
+    p_idx, v_idx = prob.nonzero().flatten(), (~prob).nonzero().flatten()
+    sp = s.index_select(1, p_idx).clamp(1e-6, 1 - 1e-6)
+    tp = teacher.index_select(1, p_idx).clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(sp, tp, reduction="none") - F.binary_cross_entropy(tp, tp, reduction="none")
+    loss = bce.sum(1).mean()
+    if v_idx.numel():
+        sv, tv = s.index_select(1, v_idx), teacher.index_select(1, v_idx)
+        weight = tp.amax(dim=1, keepdim=True)
+        weight = weight / (weight.mean() + 1e-12)
+        var = tv.var(dim=dims, unbiased=False, keepdim=True)
+        loss = loss + ((sv - tv) ** 2 * weight / (var + 0.01 * var.mean() + 1e-12)).mean()
+    return loss
+
+
 def output_loss(student_out: Any, teacher_out: Any, temperature: float) -> torch.Tensor:
     """The mean over the teacher's floating outputs of a term suited to each (module docstring)."""
     want, got = modelrun.named_outputs(teacher_out), modelrun.named_outputs(student_out)
@@ -87,7 +120,7 @@ def output_loss(student_out: Any, teacher_out: Any, temperature: float) -> torch
             "distillation pairs them by position"
         )
     terms = [
-        soft_kl(s, t, temperature) if is_class_logits(name, t) else regression(s, t)
+        soft_kl(s, t, temperature) if is_class_logits(name, t) else dense_output(s, t)
         for (name, t), (_, s) in zip(want, got)
         if t.is_floating_point()
     ]

@@ -77,6 +77,11 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[t
     return nn.functional.cross_entropy(logits, y), logits
 
 
+#: fewer steps per epoch than this and the log suggests a smaller batch (a YOLOv8n distilled from
+#: 800 images at batch 128 took 60 steps in 10 epochs and kept mAP50-95 at 0.000; at 16, 0.038)
+FEW_STEPS = 20
+
+
 def train_all(model: nn.Module) -> None:
     """Every module in training mode: the default for training."""
     model.train()
@@ -110,6 +115,11 @@ def train(
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     if steps_per_epoch == 0:
         raise EdgepruneError("the training data is empty; point --data at training images")
+    if steps_per_epoch < FEW_STEPS and is_rank0():
+        log(
+            f"[{label}] note: {steps_per_epoch} steps per epoch at this batch size; with little data a smaller "
+            "--batch-size (e.g. 16) trains more steps in the same epochs"
+        )
     was_training = model.training  # restored at the end: a model given in eval mode comes back in eval mode
     # A checkpoint saved frozen (nothing requires grad) is trained whole, its flags restored at the
     # end; a model with some parts frozen keeps them frozen, as its user chose.
