@@ -194,6 +194,9 @@ def test_folder_in_save_pretrained_folder_out(name: str, runs: dict[str, Any]) -
     assert model["ecosystem"] == "huggingface" and model["input_shape"] == shape
     assert model["constraint"]["tied"] and len(model["constraint"]["prunable"]) == 2
     assert f"has one {attr} for every layer" in model["constraint"]["why"]
+    reach = model["constraint"]["reach"]  # what the constraint cost: the FLOPs its narrowest plan keeps, and without it
+    assert 0 < reach["unconstrained_flops_floor"] < reach["flops_floor"] < 1
+    assert f"keeps {reach['flops_floor']:.2f} of the FLOPs" in (out / "report.md").read_text()
     assert _onnx_input_shapes(out / "model.onnx") == [shape] * len(model["input_names"])
     native = report["native"]
     assert native["path"] == "hf_model" and native["format"] == "Hugging Face save_pretrained folder"

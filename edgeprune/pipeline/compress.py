@@ -48,6 +48,7 @@ from edgeprune.pipeline.publish import CompressResult
 from edgeprune.pipeline.recovery import Recovery, TrainConfig
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.search import SEARCHES, SearchContext
+from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.stages import Progress, Stages
@@ -152,13 +153,23 @@ class Pipeline:
         """The pruning space, narrowed to what the model's output format can express (ecosystems/)."""
         s, constraint = self.settings, self.loaded.constraint
         space = space_mod.discover(self.model, self.inputs, s.unprunable, s.analysis_time_s)
-        if constraint is not None:
-            space = space.constrained(constraint.prunable, constraint.tied, constraint.why)
-            self.log(
-                f"  {constraint.why}: {len(space.groups)} groups may be "
-                f"cut{', all to one width' if constraint.tied else ''}"
-            )
-        return space.to_dict()
+        if constraint is None:
+            return space.to_dict()
+        narrowed = space.constrained(constraint.prunable, constraint.tied, constraint.why)
+        reach = {"flops_floor": self._flops_floor(narrowed), "unconstrained_flops_floor": self._flops_floor(space)}
+        self.log(
+            f"  {constraint.why}: {len(narrowed.groups)} groups may be cut"
+            f"{', all to one width' if constraint.tied else ''} (at most to {reach['flops_floor']:.2f} of the FLOPs; "
+            f"{reach['unconstrained_flops_floor']:.2f} without the constraint)"
+        )
+        return narrowed.to_dict() | {"constraint_reach": reach}
+
+    def _flops_floor(self, space: space_mod.PruningSpace) -> float:
+        """The share of the model's FLOPs left by the narrowest plan `space` allows (widths only): what
+        a format's constraint costs in reach, set against the same figure for the unconstrained space."""
+        cost = CostModel(self.model, space, self.inputs)
+        narrowest = plan_at_level(space, {g.id: np.zeros(g.size) for g in space.groups}, 1.0, self.settings.round_to)
+        return round(cost.flops(narrowest) / cost.total, 4) if cost.total else 1.0
 
     def score(self) -> None:
         """The method's preparation (e.g. sparsity training) where it has one, then its unit and block scores."""

@@ -94,7 +94,11 @@ def publish(p: Pipeline) -> CompressResult:
             "ecosystem": loaded.ecosystem,
             "input_names": list(loaded.input_names),
             "preprocess": loaded.preprocess.to_dict() if loaded.preprocess else None,
-            "constraint": loaded.constraint.to_dict() if loaded.constraint else None,
+            "constraint": (
+                loaded.constraint.to_dict() | {"reach": p.space_d.get("constraint_reach")}
+                if loaded.constraint
+                else None
+            ),
         },
         native=p.native_d,
         settings=s,

@@ -198,6 +198,20 @@ COSTS = {
 }
 
 
+def _constraint_lines(constraint: dict[str, Any] | None) -> list[str]:
+    """What the output format allowed (ecosystems/), and what that cost in reach."""
+    if not constraint:
+        return []
+    reach = constraint.get("reach") or {}
+    cost = (
+        f" The narrowest plan it allows keeps {reach['flops_floor']:.2f} of the FLOPs; without it, "
+        f"{reach['unconstrained_flops_floor']:.2f}."
+        if reach
+        else ""
+    )
+    return [f"Constrained by the output format: {constraint['why']}.{cost}"]
+
+
 def markdown(rep: dict[str, Any]) -> str:
     b, f, rt = rep["baseline"], rep["final"], rep["runtime"]
     bl, fl = b["latency_ms"], f["latency_ms"]
@@ -208,6 +222,7 @@ def markdown(rep: dict[str, Any]) -> str:
         f"Model `{model['source']}` (arch {model['arch']}), input {'x'.join(map(str, model['input_shape']))}.",
         f"Budget **{budget['describe']}** ({budget['text']}): **{'met' if budget['met'] else 'MISSED'}**.",
         f"Method `{method['name']}` ({method['reference']}), {method['ranking']} ranking, depth {method['depth']}.",
+        *_constraint_lines(model.get("constraint")),
         "",
         (
             f"Measured on `{rt['runtime']}` ({_settings(rt)}), baseline and final timed interleaved in one run, "
