@@ -150,6 +150,16 @@ def test_finetune_lowers_the_loss(npz: Path) -> None:
     assert model.training  # given in train mode, left in train mode
 
 
+def test_few_steps_per_epoch_suggest_a_smaller_batch(npz: Path) -> None:
+    lines: list[str] = []
+    config = TrainConfig(steps=1, lr=0.01)
+    get_recovery("finetune").fit(small_cnn(), small_cnn(), load_data(str(npz), batch_size=16), config, log=lines.append)
+    assert any("6 steps per epoch" in line and "--batch-size" in line for line in lines), lines
+    lines.clear()
+    get_recovery("finetune").fit(small_cnn(), small_cnn(), load_data(str(npz), batch_size=4), config, log=lines.append)
+    assert not any("steps per epoch" in line for line in lines), lines  # 24 steps: no note
+
+
 def test_distill_moves_toward_a_fixed_teacher(npz: Path) -> None:
     data = load_data(str(npz), batch_size=16)
     teacher = small_cnn(seed=7)
