@@ -160,6 +160,14 @@ def test_few_steps_per_epoch_suggest_a_smaller_batch(npz: Path) -> None:
     assert not any("steps per epoch" in line for line in lines), lines  # 24 steps: no note
 
 
+def test_distillation_trains_batch_norm_but_not_dropout() -> None:
+    from edgeprune.pipeline.recovery.distill import train_norms_only
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2))
+    train_norms_only(model)
+    assert [m.training for m in model] == [False, True, False, False]
+
+
 def test_distill_moves_toward_a_fixed_teacher(npz: Path) -> None:
     data = load_data(str(npz), batch_size=16)
     teacher = small_cnn(seed=7)

@@ -352,3 +352,21 @@ def test_yolo11_round_trip(v11: dict[str, Any]) -> None:
     assert yolo.task == "detect" and params(yolo.model) < v11["params_before"]
     image = np.full((IMGSZ, IMGSZ, 3), 114, np.uint8)
     assert len(yolo.predict(image, imgsz=IMGSZ, device="cpu", verbose=False)) == 1
+
+
+def test_label_free_recovery_from_an_image_folder(v8: dict[str, Any], data: Path, tmp_path: Path) -> None:
+    """Issue 32's front: the trained checkpoint with a flat folder of its training images and no
+    labels is distilled from the unpruned model by default, its loss falls, and fidelity is its metric.
+    (This one-epoch model's outputs are its anchor grid: pruned, it keeps R² 0.99999 and recovery has
+    nothing to show there; bench/yolo_distill.py shows it on a trained detector, 0.256 -> 0.803.)"""
+    images = data.parent / "images" / "train"
+    run = compressed(v8["ckpt"], tmp_path / "out", 0.5, "--data", images, "--epochs", "3", "--batch-size", "4")
+    assert run["rc"] == 0, run["err"][-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["recovery"]["method"] == "distill" and report["data"]["labelled"] is False
+    accuracy = report["accuracy"]
+    assert accuracy["metric"] == "fidelity" and accuracy["higher_is_better"]
+    assert 0 < accuracy["pruned"] <= 1 and 0 < accuracy["recovered"] <= 1, accuracy
+    losses = [h["loss"] for h in report["recovery"]["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert (tmp_path / "out" / NATIVE).is_file()

@@ -17,7 +17,7 @@ averaged, plus the same squared error at up to `FEATURE_TAPS` intermediate layer
 the pruning left the same shape in both models (block outputs on the kept residual width; a cut
 layer's narrower output cannot be compared), weighted by `feature_weight`.
 
-The student trains with only its normalisation and dropout layers in training mode (the rest in
+The student trains with only its batch-norm layers in training mode (the rest, dropout included, in
 eval mode, as the teacher): a layer that returns something else while training (a YOLO head
 returns raw maps instead of (decoded boxes, maps)) then returns what the teacher returns.
 """
@@ -44,7 +44,10 @@ from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, class_
 FEATURE_TAPS = 8
 #: the gradient norm label-free distillation clips to (TrainConfig.grad_clip)
 GRAD_CLIP = 5.0
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+#: the layers the student trains in training mode. Not dropout: the teacher has none at inference, so
+#: the student would learn to undo noise the teacher never sees (a pruned 2-layer BERT distilled on 576
+#: sequences fell from agreement 0.98 to 0.86 with its dropout on, and reached 1.00 with it off)
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
 def kd_loss(
@@ -133,7 +136,7 @@ def output_loss(student_out: Any, teacher_out: Any, temperature: float) -> torch
 
 
 def train_norms_only(model: nn.Module) -> None:
-    """Eval mode but for normalisation and dropout layers (the student's mode while distilling)."""
+    """Eval mode but for batch-norm layers (the student's mode while distilling)."""
     model.eval()
     for m in model.modules():
         if isinstance(m, _NORMS):

@@ -109,7 +109,7 @@ def train(
     `side_optimizer` steps parameters kept outside `model` (a learned method's masks or saliency
     modules) on the same loss, with their own optimizer and learning rate: SGD at the fine-tuning
     rate barely moves them within the few hundred steps a method is given. `train_mode` sets the
-    modules' modes before each step (distillation keeps all but normalisation and dropout in eval
+    modules' modes before each step (distillation keeps all but batch norm in eval
     mode, so a detector's head returns what the teacher's returns)."""
     torch.manual_seed(config.seed)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ def train(
     if steps_per_epoch < FEW_STEPS and is_rank0():
         log(
             f"[{label}] note: {steps_per_epoch} steps per epoch at this batch size; with little data a smaller "
-            "--batch-size (e.g. 16) trains more steps in the same epochs"
+            "--batch-size trains more steps in the same epochs"
         )
     was_training = model.training  # restored at the end: a model given in eval mode comes back in eval mode
     # A checkpoint saved frozen (nothing requires grad) is trained whole, its flags restored at the
