@@ -109,5 +109,11 @@ def flatten_outputs(out: Any) -> list[torch.Tensor]:
     )
 
 
+def first_output(out: Any) -> torch.Tensor:
+    """The first output tensor: a classifier's logits, also inside a structured output (a Hugging
+    Face ModelOutput's `logits`), where top-1 and labelled training read them."""
+    return flatten_outputs(out)[0]
+
+
 def output_shapes(outputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in outputs]

@@ -160,7 +160,8 @@ class HuggingFaceEcosystem(Ecosystem):
             key = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
             changes[key] = [config.num_hidden_layers, config.num_hidden_layers - len(gone)]
             _drop_layers_from_config(config, gone)
-        roots = [r for r in native["mlp_roots"] if not blocks_mod.inside(r, [f"{layer_list}.{i}" for i in gone])]
+        removed = [f"{layer_list}.{i}" for i in gone]
+        roots = [r for r in native["mlp_roots"] if not blocks_mod.inside(r, removed)]
         widths = {root: _out_features(pruned, root) for root in roots}
         if len(set(widths.values())) > 1:  # a layer's MLP left whole (--unprunable, or its group could not be traced)
             shown = ", ".join(f"{r} {w}" for r, w in widths.items())
@@ -195,7 +196,7 @@ class HuggingFaceEcosystem(Ecosystem):
             "format": "Hugging Face save_pretrained folder",
             "load": f"transformers.{native['architecture']}.from_pretrained('{self.output}')",
             "config_changes": changes,
-            "removed_layers": [f"{layer_list}.{i}" for i in gone],
+            "removed_layers": removed,
             "copied": copied,
         }
 

@@ -38,7 +38,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.data import DataBundle
 from edgeprune.pipeline.recovery.base import Recovery, register
 from edgeprune.pipeline.recovery.evaluate import Metric, is_class_logits, top1
-from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, class_logits, train
+from edgeprune.pipeline.recovery.trainer import TrainConfig, TrainResult, train
 
 #: the most intermediate layers whose outputs the student imitates (evenly spaced in forward order)
 FEATURE_TAPS = 8
@@ -65,16 +65,18 @@ def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     return t * t * F.kl_div(F.log_softmax(s2 / t, dim=1), F.softmax(t2 / t, dim=1), reduction="batchmean")
 
 
-def regression(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def regression(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Squared error over the teacher's variance, per channel (dim 1) and averaged: scale-free, so a
     detector's box coordinates in pixels and its class scores in [0, 1] weigh alike (over the whole
     tensor the boxes drowned the scores: a YOLOv8n distilled that way kept mAP50-95 at 0.001);
-    1.0 for a student that outputs each channel's mean. One value per channel: over the whole tensor."""
+    1.0 for a student that outputs each channel's mean. One value per channel: over the whole tensor.
+    `weight` (broadcast over the channels) weighs each position's error: `dense_output`'s confidence."""
     s = student.reshape(teacher.shape)
     dims = [d for d in range(teacher.ndim) if d != 1]
     if teacher.ndim < 2 or teacher.numel() // teacher.shape[1] < 2:
         return F.mse_loss(s, teacher) / (teacher.var() + 1e-6)
-    err = ((s - teacher) ** 2).mean(dim=dims)
+    sq = (s - teacher) ** 2
+    err = (sq if weight is None else sq * weight).mean(dim=dims)
     var = teacher.var(dim=dims, unbiased=False)
     # a channel (nearly) constant in the teacher (a dead ReLU channel, a class never seen) is held to
     # the channels' mean scale, not to its own ~0
@@ -106,11 +108,10 @@ def dense_output(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     bce = F.binary_cross_entropy(sp, tp, reduction="none") - F.binary_cross_entropy(tp, tp, reduction="none")
     loss = bce.sum(1).mean()
     if v_idx.numel():
-        sv, tv = s.index_select(1, v_idx), teacher.index_select(1, v_idx)
         weight = tp.amax(dim=1, keepdim=True)
-        weight = weight / (weight.mean() + 1e-12)
-        var = tv.var(dim=dims, unbiased=False, keepdim=True)
-        loss = loss + ((sv - tv) ** 2 * weight / (var + 0.01 * var.mean() + 1e-12)).mean()
+        loss = loss + regression(
+            s.index_select(1, v_idx), teacher.index_select(1, v_idx), weight / (weight.mean() + 1e-12)
+        )
     return loss
 
 
@@ -243,8 +244,8 @@ class Distill(Recovery):
                 t_out = modelrun.call(teacher, x)
             out = modelrun.call(model, x)
             if y is not None:  # labels: the task loss joins the logit distillation, as before
-                logits = class_logits(out)
-                return kd_loss(logits, class_logits(t_out), y, self.temperature, self.alpha), logits
+                logits = modelrun.first_output(out)
+                return kd_loss(logits, modelrun.first_output(t_out), y, self.temperature, self.alpha), logits
             loss = output_loss(out, t_out, self.temperature)
             feat = taps.loss() if taps is not None else None
             return (loss if feat is None else loss + self.feature_weight * feat), out

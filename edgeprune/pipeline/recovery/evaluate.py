@@ -50,7 +50,7 @@ def top1(model: nn.Module, loader: Iterable[Any]) -> float:
                 raise EdgepruneError(
                     "top-1 needs labels and the data has none; its metric is fidelity to the unpruned model"
                 )
-            correct += int((modelrun.flatten_outputs(modelrun.call(model, x))[0].argmax(dim=1) == y).sum())
+            correct += int((modelrun.first_output(modelrun.call(model, x)).argmax(dim=1) == y).sum())
             total += int(y.numel())
     if total == 0:
         raise EdgepruneError("the validation data is empty; nothing to evaluate")

@@ -66,14 +66,8 @@ class TrainResult:
         return self.history[-1].get("val_metric") if self.history else None
 
 
-def class_logits(out: Any) -> torch.Tensor:
-    """A classifier's logits: its output, or the first tensor of a structured one (a Hugging Face
-    ModelOutput's `logits`), as top-1 reads them."""
-    return out if isinstance(out, torch.Tensor) else modelrun.flatten_outputs(out)[0]
-
-
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = class_logits(modelrun.call(model, x))
+    logits = modelrun.first_output(modelrun.call(model, x))
     return nn.functional.cross_entropy(logits, y), logits
 
 
