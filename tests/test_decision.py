@@ -130,8 +130,8 @@ class NoisyRuntime(Scripted):
     name = "test-noisy"
     artifact_format = "torch"
 
-    def __init__(self, threads: int = 1) -> None:
-        super().__init__(threads, sigma=0.4, seed=0)
+    def __init__(self, threads: int = 1, sigma: float = 0.4) -> None:
+        super().__init__(threads, sigma=sigma, seed=0)
 
     def load(self, artifact_path: str) -> Any:
         return torch.load(artifact_path, weights_only=False).eval()
@@ -144,20 +144,46 @@ class NoisyRuntime(Scripted):
         return super().measure(sum(p.numel() for p in session.parameters()) / 1e4, inputs, warmup, repeats)
 
 
-def test_the_objective_stops_on_an_interval_wider_than_the_window(tmp_path: Path) -> None:
-    """Undecided within +-5 % is a candidate at the budget (not within it); undecided wider than
-    the search's window is a machine that cannot place any candidate in it: the run stops."""
+@register
+class AtBudgetRuntime(NoisyRuntime):
+    """`--runtime test-at-budget`: every pruned model takes half the baseline's time, +-40 % per run,
+    so every candidate sits on a 50 % budget and no interval narrows to the search's window: the
+    machine a run must stop on, however many candidates it tries."""
+
+    name = "test-at-budget"
+
+    def load(self, artifact_path: str) -> Any:
+        module = super().load(artifact_path)
+        module.at_budget_ms = 2.0 if Path(artifact_path).stem == "baseline" else 1.0
+        return module
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        return Scripted.measure(self, session.at_budget_ms, inputs, warmup, repeats)
+
+
+def test_the_objective_stops_on_intervals_wider_than_the_window_three_times_in_a_row(tmp_path: Path) -> None:
+    """Undecided within +-5 % is a candidate at the budget (not within it); undecided wider than the
+    search's window is not within either, and the search goes on (one such decision is a burst);
+    three in a row are a machine that cannot place any candidate in the window: the run stops,
+    naming them."""
     model, x = tiny_resnet().eval(), (torch.randn(1, 3, 32, 32),)
     measurer = TargetMeasurer(NoisyRuntime(), x, tmp_path, warmup=1, repeats=30)
     baseline = measurer.prepare(model, "baseline")
     objective = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, lambda: baseline, resolution=0.05)
+    for tag in ("candidate_01", "candidate_02"):
+        ev = objective.evaluate(model, tag)
+        assert ev.decision is not None and ev.decision.verdict == UNDECIDED and ev.decision.resolution > 0.05
+        assert not ev.within
     with pytest.raises(
-        TooNoisy, match=r"^machine too noisy to decide: candidate candidate_01 measured .* after \d+ interleaved rounds"
+        TooNoisy,
+        match=r"^machine too noisy to decide: 3 decisions in a row were left open wider than the search's \+-5% "
+        r"window \(candidate_01, candidate_02, candidate_03\); the last measured .* after \d+ interleaved rounds",
     ):
-        objective.evaluate(model, "candidate_01")
+        objective.evaluate(model, "candidate_03")
+    # a window as wide as these intervals: no decision is wide, however many in a row
     lenient = LatencyObjective(parse_budget("99%").resolve(1.0), measurer, lambda: baseline, resolution=1.0)
-    ev = lenient.evaluate(model, "candidate_02")
-    assert ev.decision is not None and ev.decision.verdict == UNDECIDED and not ev.within
+    for tag in ("candidate_04", "candidate_05", "candidate_06"):
+        assert lenient.evaluate(model, tag).decision is not None
 
 
 def test_compress_on_a_machine_too_noisy_to_decide_exits_2_with_one_line(tmp_path: Path) -> None:
@@ -170,7 +196,7 @@ def test_compress_on_a_machine_too_noisy_to_decide_exits_2_with_one_line(tmp_pat
             "--input-shape",
             "1x3x32x32",
             "--runtime",
-            "test-noisy",
+            "test-at-budget",
             "--warmup",
             "1",
             "--repeats",

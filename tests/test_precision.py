@@ -4,6 +4,7 @@ the refusals, the --precision policy end to end on a runtime whose cost is known
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -179,6 +180,33 @@ def test_precision_policy(
     choice = choose(_policy(mode, probe_value, searches, calls=seen), lines.append)
     assert (choice["precision"], choice["search"]["plan"]["kept"], seen) == (chosen, kept, calls)
     assert lines == [f"  precision: {chosen} ({choice['why']})"]
+
+
+@pytest.mark.parametrize(
+    ("int8_value", "higher", "max_drop", "chosen", "calls"),
+    [
+        (0.87, True, 0.02, "int8", ["probe"]),  # one point lost: int8 alone, as on latency
+        (0.50, True, 0.02, "fp32", ["probe", "fp32"]),  # a dead int8 model is never chosen, nor searched
+        (0.50, True, 0.5, "int8", ["probe"]),  # --max-accuracy-drop allows it
+        (float("nan"), True, 0.02, "fp32", ["probe", "fp32"]),
+        (0.95, False, 0.02, "fp32", ["probe", "fp32"]),  # lower is better: a rise is the loss
+    ],
+)
+def test_auto_weighs_int8s_metric_on_the_runtime_before_its_latency(
+    int8_value: float, higher: bool, max_drop: float, chosen: str, calls: list[str]
+) -> None:
+    seen: list[str] = []
+    metric = {"metric": "top1", "images": 40, "pytorch": 0.88, "runtime": int8_value, "delta": int8_value - 0.88}
+    policy = dataclasses.replace(
+        _policy("auto", 0.45, {"fp32": 0.45}, calls=seen),
+        int8_metric=lambda: metric,
+        max_drop=max_drop,
+        higher_is_better=higher,
+    )
+    choice = choose(policy, lambda line: None)
+    assert choice["precision"] == chosen and seen == calls and choice["int8_unpruned"]["metric"] == metric
+    if chosen == "fp32":
+        assert "more than the" in choice["why"] and f"{max_drop:g} allowed" in choice["why"]
 
 
 def test_precision_policy_without_an_int8_backend_says_why_and_stays_float32() -> None:
@@ -455,3 +483,43 @@ def test_the_int8_search_reuses_what_does_not_depend_on_the_precision(tmp_path: 
         "int8_latency_calibration",
         "int8_search",
     }
+
+
+class TinyDetector(torch.nn.Module):
+    """A detector's head as exported: boxes decoded to pixels (0-256) concatenated with class
+    probabilities (0-1) into one (batch, 4 + classes, positions) output, like YOLOv8's."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, 2, 1)
+        )
+        self.head = torch.nn.Conv2d(16, 4 + classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(torch.relu(self.body(x))).flatten(2)
+        return torch.cat([torch.sigmoid(out[:, :4]) * 256.0, torch.sigmoid(out[:, 4:])], 1)
+
+
+def test_int8_keeps_a_detectors_class_scores_beside_its_boxes(tmp_path: Path, npz: Path) -> None:
+    """The nodes after the last weighted layer (the decoding, the sigmoids, the concatenation) stay
+    in float32, so the class scores are not put on the boxes' one-pixel uint8 step."""
+    from edgeprune.quantize.ort_static import float_tail
+
+    model = TinyDetector().eval()
+    m = _int8("ort-cpu", tmp_path, npz).measure(model, "det")
+    graph = onnx.load(str(m.artifact.path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    assert producers[graph.output[0].name].op_type == "Concat"  # made in float, not dequantized
+    assert "float32" in m.artifact.meta["quantization"]["float_tail"]
+    images = check_images(load_data(str(npz)).val)
+    rt = get_runtime("ort-cpu")
+    got = torch.cat([torch.from_numpy(rt.run(m.session, [images[i : i + 1].numpy()])[0]) for i in range(len(images))])
+    want = model(images).detach()
+    scores_err = float((got[:, 4:] - want[:, 4:]).abs().max())
+    assert scores_err < 0.05, scores_err  # one uint8 step over 0-256 is 1.0: scores would read 0 or 1
+    # the tail is exactly what follows the last weighted layer in the exported float32 graph
+    source = onnx.load(str(tmp_path / "det.int8-source.onnx")).graph
+    tail_ops = {n.op_type for n in source.node if n.name in set(float_tail(source))}
+    assert "Conv" not in tail_ops and {"Sigmoid", "Concat"} <= tail_ops

@@ -576,6 +576,25 @@ def test_pipeline_with_data_and_distill(pipeline_files: dict[str, Path], tmp_pat
     assert all(torch.equal(v, sd[k]) for k, v in pruned.state_dict().items())
 
 
+def test_pipeline_publishes_the_best_weights_and_names_the_epoch(
+    pipeline_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """At a rate far past any that trains, the published model is no worse on the held-out metric
+    than the pruned one it started from, and the report names the epoch kept and the optimiser."""
+    out = tmp_path / "out"
+    args = [pipeline_files["model"], "--budget", "60%", "--input-shape", "1x3x32x32", "--data", pipeline_files["npz"]]
+    rc, _stdout, err = run_cli([*args, "--epochs", "3", "--lr", "1e6", "--precision", "fp32", "--out", out, *FAST])
+    assert rc in (0, 1), err
+    rep = json.loads((out / "report.json").read_text())
+    acc, rec = rep["accuracy"], rep["recovery"]
+    assert acc["recovered"] >= acc["pruned"] and rec["kept"]["metric"] == acc["recovered"]
+    assert rec["config"]["optimizer"] == "sgd" and rec["config"]["keep_best"]
+    pruned = torch.load(out / "model.pt", weights_only=False)
+    assert top1(pruned, load_data(str(pipeline_files["npz"])).val) == pytest.approx(acc["recovered"])
+    md = (out / "report.md").read_text()
+    assert f"Kept: {rec['kept']['why']}" in md and "SGD with Nesterov momentum" in md
+
+
 def test_pipeline_recover_without_data_is_refused(pipeline_files: dict[str, Path], tmp_path: Path) -> None:
     line = assert_one_line_error(
         *run_cli(
@@ -644,3 +663,75 @@ def test_pipeline_image_size_mismatch_is_refused(pipeline_files: dict[str, Path]
         )[::2]
     )
     assert "3x16x16" in line
+
+
+def test_a_diverging_recovery_keeps_the_starting_weights(npz: Path) -> None:
+    """A loss that climbs away from the labels (gradient ascent: a recovery that can only make the
+    model worse) never beats the starting weights on the held-out metric: those are what the model
+    holds at the end, training stops after `patience` epochs, and the result says so."""
+    data = load_data(str(npz), batch_size=16)
+    model = small_cnn()
+    get_recovery("finetune").fit(model, model, data, TrainConfig(epochs=4, lr=0.05), log=QUIET)  # a trained start
+    start = copy.deepcopy(model.state_dict())
+    before = top1(model, data.val)
+    lines: list[str] = []
+
+    def ascent(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = m(x)
+        return -F.cross_entropy(logits, y), logits
+
+    config = TrainConfig(epochs=6, lr=1.0, keep_best=True, patience=2)
+    result = train(model, data.train, config, ascent, data.val, top1, log=lines.append)
+    assert before > 0.6 and all(h["val_metric"] < before for h in result.history)  # it did diverge
+    assert result.kept is not None and result.kept["epoch"] == 0 and result.kept["metric"] == before
+    assert len(result.history) == 2 and result.kept["stopped_early"]  # patience 2: stopped after two epochs
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    assert result.final_metric == top1(model, data.val) == before
+    assert any("kept the starting weights" in line and "stopped after 2 epochs" in line for line in lines), lines
+
+
+def test_keep_best_keeps_the_best_epoch_and_survives_a_resume(npz: Path, tmp_path: Path) -> None:
+    """Each epoch's metric is offered; the best one (a later tie included) is kept, and a resumed
+    run knows what the interrupted one had kept."""
+    data = load_data(str(npz), batch_size=16)
+    config = TrainConfig(epochs=4, lr=0.05, keep_best=True)
+    model = small_cnn()
+    result = get_recovery("finetune").fit(model, small_cnn(), data, config, log=QUIET)
+    metrics = [h["val_metric"] for h in result.history]
+    assert result.kept is not None and result.kept["metric"] == max(metrics)
+    assert result.kept["epoch"] == max(i + 1 for i, m in enumerate(metrics) if m == max(metrics))
+    assert top1(model, data.val) == result.kept["metric"]
+    # interrupted after 2 epochs (a checkpoint of a 2-epoch run is not resumed by a 4-epoch one: the
+    # total differs), so resume the same config from its own checkpoint after killing it mid-way
+    ckpt = tmp_path / "ckpt.pt"
+    first = small_cnn()
+    calls = {"n": 0}
+
+    def metric(m: nn.Module, loader: object) -> float:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the start, epochs 1 and 2, then stop during epoch 3's evaluation
+            raise KeyboardInterrupt
+        return top1(m, loader)  # type: ignore[arg-type]
+
+    with pytest.raises(KeyboardInterrupt):
+        get_recovery("finetune").fit(first, small_cnn(), data, config, metric=metric, checkpoint=ckpt, log=QUIET)
+    resumed_model = small_cnn()
+    resumed = get_recovery("finetune").fit(resumed_model, small_cnn(), data, config, checkpoint=ckpt, log=QUIET)
+    assert resumed.resumed_from_epoch == 2 and resumed.kept is not None
+    everything = [h["val_metric"] for h in resumed.history]
+    assert resumed.kept["metric"] == max([*everything, top1(small_cnn(), data.val)])
+
+
+def test_attention_models_recover_with_adamw_and_cnns_with_sgd() -> None:
+    from edgeprune.pipeline.recovery import optimizer_for
+
+    encoder = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), nn.LayerNorm(8))
+    distill = get_recovery("distill")
+    a = optimizer_for(encoder, distill, None)
+    assert a.optimizer == "adamw" and a.lr == pytest.approx(1e-4) and "attention" in a.why
+    assert optimizer_for(encoder, distill, 0.003).lr == 0.003  # --lr sets the rate, not the optimiser
+    c = optimizer_for(tiny_resnet(), distill, None)
+    assert c.optimizer == "sgd" and c.lr == distill.default_lr
+    # a CNN with layer norms somewhere (ConvNeXt-style heads beside batch norm) stays on SGD
+    mixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LayerNorm(4 * 30 * 30))
+    assert optimizer_for(mixed, distill, None).optimizer == "sgd"

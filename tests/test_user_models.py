@@ -187,6 +187,25 @@ def test_distillation_and_fidelity_fit_structured_outputs(tmp_path: Path) -> Non
     assert result.final_metric is not None and result.final_metric > before
 
 
+def test_fidelity_is_the_lowest_part_so_dead_class_scores_cannot_hide_behind_boxes(tmp_path: Path) -> None:
+    """A detector whose boxes are exact and whose class scores are gone (a constant 0.5: what one
+    uint8 scale over pixels and probabilities leaves) reads its scores' R², not the channels' mean."""
+    torch.manual_seed(0)
+    teacher = _Detector().eval()
+    loaded_data = load_data(str(_image_folder(tmp_path / "imgs", n=16)), batch_size=8, model=ModelInputs((X,)))
+
+    class DeadScores(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            decoded, maps = teacher(x)
+            return torch.cat([decoded[:, :4], torch.full_like(decoded[:, 4:], 0.5)], 1), maps
+
+    fidelity = Fidelity(teacher, (X,))
+    value = fidelity(DeadScores(), loaded_data.val)
+    assert value < 0.0  # no better than each score channel's mean
+    assert fidelity.parts["output 0 values"] == pytest.approx(1.0) and fidelity.parts["output 0 probabilities"] < 0
+    assert value == min(fidelity.parts.values()) and "lowest of their parts" in fidelity.describe
+
+
 def test_class_logits_are_measured_by_agreement() -> None:
     fidelity = Fidelity(tiny_resnet(), (X,))
     assert fidelity.name == "agreement" and "agreement" in fidelity.describe

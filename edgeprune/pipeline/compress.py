@@ -45,7 +45,7 @@ from edgeprune.pipeline.prune.methods import Goal, Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.publish import CompressResult
-from edgeprune.pipeline.recovery import Recovery, TrainConfig
+from edgeprune.pipeline.recovery import Recovery, TrainConfig, optimizer_for
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.search import SEARCHES, SearchContext
 from edgeprune.pipeline.search.cost_model import CostModel
@@ -223,6 +223,11 @@ class Pipeline:
                 flops=lambda d: count(self._applied(Plan.from_dict(d["plan"])), self.inputs).flops,
                 baseline_flops=self.baseline_d["flops"],
                 baseline_value=self.baseline_value,
+                int8_metric=self._int8_unpruned_metric if data is not None else None,
+                max_drop=precision_mod.INT8_MAX_DROP
+                if self.settings.max_accuracy_drop is None
+                else self.settings.max_accuracy_drop,
+                higher_is_better=getattr(c.metric, "higher_is_better", True),
             ),
             self.log,
         )
@@ -410,6 +415,23 @@ class Pipeline:
 
         return self.stage("int8_unpruned", measure)
 
+    def _int8_unpruned_metric(self) -> dict[str, Any]:
+        """The metric of the unpruned model in int8 on the runtime (the probe's file) beside PyTorch
+        float32's, over the validation split: what `auto` weighs before choosing int8."""
+
+        def measure() -> dict[str, Any]:
+            assert self.int8 is not None and self.c.data is not None
+            return self.int8.runtime_accuracy(
+                self.int8.load("unpruned"), self.model, self.c.data.val, self.c.metric_name, self.c.metric
+            )
+
+        acc = self.stage("int8_unpruned_metric", measure)
+        self.log(
+            f"  int8 of the unpruned model on {self.settings.runtime}: {acc['metric']} {acc['runtime']:.4f} against "
+            f"{acc['pytorch']:.4f} in PyTorch float32"
+        )
+        return acc
+
     def _objective(self, target: TargetMeasurer) -> Objective:
         """Candidates measured by `target` (float32 or int8). Counted figures are exact; a relative
         budget is decided against the float32 baseline stage's verified export, which the float32
@@ -475,8 +497,19 @@ def _recover(
     stage: Callable[..., dict[str, Any]],
     log: Progress,
 ) -> dict[str, Any]:
-    """Train the pruned model in place (every rank under torchrun); its weights persist in the run dir."""
-    config = TrainConfig.budget(s.epochs, s.steps, lr=s.lr or recovery.default_lr)
+    """Train the pruned model in place (every rank under torchrun); its weights persist in the run dir.
+    The weights kept are the best epoch's on the held-out metric, the pruned ones included (trainer.py:
+    a recovery that makes the model worse is not published), with an optimiser chosen for the
+    architecture (`optimizer_for`)."""
+    choice = optimizer_for(pruned, recovery, s.lr)
+    config = TrainConfig.budget(
+        s.epochs,
+        s.steps,
+        lr=choice.lr,
+        optimizer=choice.optimizer,
+        weight_decay=choice.weight_decay,
+        keep_best=True,
+    )
     weights = run.path("recovered_state.pt")
 
     def fit() -> dict[str, Any]:
@@ -489,6 +522,8 @@ def _recover(
             "config": dataclasses.asdict(config),
             "history": result.history,
             "final_metric": result.final_metric,
+            "kept": result.kept,
+            "optimizer_why": choice.why,
             "seconds": round(time.perf_counter() - t0, 2),
             "processes": ctx.world_size,
         }

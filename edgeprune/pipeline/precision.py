@@ -9,7 +9,10 @@ and verified there against PyTorch float32 on validation images (`check_int8`, w
 go through it unchanged: precision is decided around the search, not inside it.
 
 `choose` is the policy: int8 of the unpruned model first (when it meets the budget, nothing is
-pruned); else, under `auto`, the widths are searched with int8 candidates and with float32 ones and
+pruned). Under `auto` its metric is measured on the runtime over the validation split beside the
+float32 model's in PyTorch, and int8 is not chosen at all when it loses more than
+`INT8_MAX_DROP` (or --max-accuracy-drop) of it: latency alone chose a YOLOv8n's int8 `model.onnx`
+whose mAP50-95 was 0.000. Else, under `auto`, the widths are searched with int8 candidates and with float32 ones and
 the plan that prunes least (keeps the most FLOPs) wins, float32 on a tie. At a loose budget int8
 alone often fits; at a tight one its fixed costs (quantize/dequantize at the graph's edges, kernels
 that do not shrink with the width) can leave float32 pruning the only way there, which is why both
@@ -43,6 +46,11 @@ CHECK_IMAGES = 64
 #: outputs of the check images. Measured on the trained CIFAR ResNet-20: 0.02 (ORT, 256 calibration
 #: images), 0.12 (NNCF on OpenVINO), 0.33 when calibrated on random noise (top-1 -2.6 points)
 INT8_TOLERANCE = 0.2
+#: under `auto`, the most of the metric (top-1, agreement or fidelity, absolute) int8 of the unpruned
+#: model may lose on the runtime against PyTorch float32 and still be chosen: two points of top-1
+#: (the trained CIFAR ResNet-20 lost 0.2 in int8 on ort-cpu; a classifier's agreement with itself in
+#: int8 is typically 0.98-0.99), where a detector with dead class scores loses over 1.0 of fidelity
+INT8_MAX_DROP = 0.02
 
 Log = Callable[[str], None]
 
@@ -160,6 +168,11 @@ class Policy:
     flops: Callable[[dict[str, Any]], float]  # a search result's plan -> FLOPs it keeps
     baseline_flops: float
     baseline_value: float  # the float32 baseline's figure (what the probe's value compares with)
+    #: int8 of the unpruned model's metric on the runtime beside PyTorch float32's (runtime_accuracy's
+    #: dict); None where nothing measures it
+    int8_metric: Callable[[], dict[str, Any]] | None = None
+    max_drop: float = INT8_MAX_DROP  # the most of the metric int8 may lose under auto
+    higher_is_better: bool = True  # the metric's direction
 
 
 def choose(p: Policy, log: Log) -> dict[str, Any]:
@@ -220,6 +233,19 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
         tried["int8"] = {"error": str(err)}
         return done("fp32", f"int8 of the unpruned model failed: {err}; float32 pruning", searched("fp32"))
     ratio = probe["value"] / p.baseline_value
+    if p.mode == "auto" and p.int8_metric is not None:
+        acc = p.int8_metric()
+        probe = probe | {"metric": acc}
+        drop = (acc["pytorch"] - acc["runtime"]) * (1.0 if p.higher_is_better else -1.0)
+        if not drop <= p.max_drop:  # `not <=`: a NaN metric is a loss too
+            return done(
+                "fp32",
+                f"int8 of the unpruned model loses {drop:.4f} of {acc['metric']} on the runtime ({acc['runtime']:.4f} "
+                f"against {acc['pytorch']:.4f} in PyTorch float32 over {acc['images']} validation inputs), more than "
+                f"the {p.max_drop:g} allowed (--max-accuracy-drop): float32 pruning",
+                searched("fp32"),
+                probe,
+            )
     if probe["within"]:
         return done(
             "int8",

@@ -393,10 +393,12 @@ def _accuracy_lines(rep: dict[str, Any]) -> list[str]:
     if rec:
         cfg = rec["config"]
         budget = f"{cfg['steps']} steps" if cfg.get("steps") else f"{cfg['epochs']} epoch(s)"
+        optimizer = f"{cfg.get('optimizer', 'sgd')} ({rec['optimizer_why']})" if rec.get("optimizer_why") else "sgd"
+        kept = f" Kept: {rec['kept']['why']}." if rec.get("kept") else ""
         lines += [
             (
-                f"Recovery: {rec['method']}, {budget}, lr {cfg['lr']}, {cfg['schedule']} schedule, "
-                f"{rec['processes']} process(es), {rec['seconds']:.0f} s."
+                f"Recovery: {rec['method']}, {budget}, {optimizer}, lr {cfg['lr']}, {cfg['schedule']} schedule, "
+                f"{rec['processes']} process(es), {rec['seconds']:.0f} s.{kept}"
             ),
             "",
         ]
@@ -416,10 +418,15 @@ def _precision_lines(rep: dict[str, Any]) -> list[str]:
             if probe.get("ratio") is not None
             else f"{probe['value']:.4g}"
         )
-        lines += [
-            f"int8 of the unpruned model measured {ratio}: {'within' if probe['within'] else 'over'} the budget.",
-            "",
-        ]
+        acc = probe.get("metric")
+        metric = (
+            f" Its {acc['metric']} on the runtime: {acc['runtime']:.4f}, against {acc['pytorch']:.4f} in PyTorch "
+            "float32."
+            if acc
+            else ""
+        )
+        within = "within" if probe["within"] else "over"
+        lines += [f"int8 of the unpruned model measured {ratio}: {within} the budget.{metric}", ""]
     if p.get("searched"):
         lines += ["| searched with | FLOPs kept | candidates | outcome |", "|---|---:|---:|---|"]
         for name, t in p["searched"].items():

@@ -9,7 +9,11 @@ needs no labels and fits any output structure; higher is better and the unpruned
 - otherwise (a detector's boxes and scores, a segmenter's masks, hidden states): **R²** against
   the unpruned model's outputs, 1 - sum((out - ref)^2) / sum((ref - mean ref)^2) per channel (dim 1
   of each floating output: a detector's box coordinates and each class score apart, so pixels do not
-  drown probabilities), averaged over the channels (0 is a model no better than each channel's mean).
+  drown probabilities), averaged over the channels of each *part* of an output, and the lowest part
+  stands for the model (0 is a model no better than each channel's mean). An output's parts are its
+  probability channels (every reference value in [0, 1]: a detector's class scores) and the rest
+  (its boxes): averaged together, the four box channels of a one-class detector whose int8 model had
+  lost every class score still read 0.56, its boxes' 0.99 carrying the dead score channel.
 """
 
 from __future__ import annotations
@@ -110,13 +114,18 @@ class Fidelity:
         self.describe = (
             "top-1 agreement with the unpruned model"
             if self.agreement
-            else "R² of the outputs against the unpruned model's"
+            else "R² of the outputs against the unpruned model's, the lowest of their parts (probability "
+            "channels, e.g. class scores, and the rest, e.g. boxes)"
         )
+        #: the last call's R² per part ("output 0 probabilities", "output 0 values", ...), for the report
+        self.parts: dict[str, float] = {}
 
     def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
         agree = count = 0
         sse: dict[int, torch.Tensor] = {}
         sst: dict[int, torch.Tensor] = {}
+        low: dict[int, torch.Tensor] = {}
+        high: dict[int, torch.Tensor] = {}
         with evaluating(model), evaluating(self.teacher):
             for x, _ in loader:
                 want = modelrun.flatten_outputs(modelrun.call(self.teacher, x))
@@ -130,6 +139,8 @@ class Fidelity:
                         w64, g64 = _channels(w.double()), _channels(g.double().reshape(w.shape))
                         sse[i] = sse.get(i, 0.0) + ((g64 - w64) ** 2).sum(1)
                         sst[i] = sst.get(i, 0.0) + ((w64 - w64.mean(1, keepdim=True)) ** 2).sum(1)
+                        low[i] = torch.minimum(low[i], w64.amin(1)) if i in low else w64.amin(1)
+                        high[i] = torch.maximum(high[i], w64.amax(1)) if i in high else w64.amax(1)
                         count += 1
         if count == 0:
             raise EdgepruneError("the validation data is empty; nothing to evaluate")
@@ -137,8 +148,14 @@ class Fidelity:
             return agree / count
         # channels constant in the reference (a dead ReLU channel) have no variance to explain: left out;
         # a detector's class scores vary a million times less than its boxes in pixels and stay in
-        ratios = torch.cat([(sse[i] / sst[i])[sst[i] > 1e-9 * sst[i].max() + 1e-12] for i in sse])
-        return 1.0 - float(ratios.mean()) if ratios.numel() else 1.0
+        self.parts = {}
+        for i in sse:
+            varies = sst[i] > 1e-9 * sst[i].max() + 1e-12
+            prob = (low[i] >= 0) & (high[i] <= 1)
+            for part, mask in (("probabilities", prob & varies), ("values", ~prob & varies)):
+                if bool(mask.any()):
+                    self.parts[f"output {i} {part}"] = 1.0 - float((sse[i][mask] / sst[i][mask]).mean())
+        return min(self.parts.values(), default=1.0)
 
 
 def _channels(t: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """The one training loop: baseline training, fine-tuning, distillation and scratch training.
 
-SGD with momentum and weight decay under a cosine or one-cycle schedule, budgeted in epochs or
-optimizer steps. A checkpoint is written (atomically) after every epoch and an interrupted run
-resumes from it. Under `torchrun` the model is wrapped in DistributedDataParallel, each rank reads
-its shard of the data, and only rank 0 writes checkpoints and prints.
+SGD with momentum and weight decay (or AdamW, for attention models) under a cosine or one-cycle
+schedule, budgeted in epochs or optimizer steps. With `keep_best` (recovery) the starting weights
+are evaluated too and the best epoch's weights are what the model holds at the end, so a recovery
+that diverges hands back the pruned model it started from, never something worse; it stops once
+the metric has not improved for `patience` epochs. A checkpoint is written (atomically) after
+every epoch and an interrupted run resumes from it. Under `torchrun` the model is wrapped in
+DistributedDataParallel, each rank reads its shard of the data, and only rank 0 writes checkpoints
+and prints.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ class TrainConfig:
     #: the gradients' global norm is clipped to this (None: not clipped); label-free distillation's
     #: per-channel terms weigh a near-constant channel heavily, and its first steps can spike
     grad_clip: float | None = None
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) | "adamw" (`recovery_optimizer`: attention models)
+    #: evaluate the starting weights too and end on the best epoch's weights (epoch 0: the starting ones)
+    keep_best: bool = False
+    #: with `keep_best`, the epochs in a row without a better metric after which training stops
+    patience: int = 3
 
     @classmethod
     def budget(cls, epochs: int | None, steps: int | None, **settings: Any) -> TrainConfig:
@@ -60,9 +69,14 @@ class TrainConfig:
 class TrainResult:
     history: list[dict[str, Any]]
     resumed_from_epoch: int = 0
+    #: with `keep_best`: the epoch whose weights the model holds (0: the starting ones), its metric and why
+    kept: dict[str, Any] | None = None
 
     @property
     def final_metric(self) -> float | None:
+        """The metric of the weights the model holds: the kept epoch's, else the last epoch's."""
+        if self.kept is not None:
+            return self.kept["metric"]
         return self.history[-1].get("val_metric") if self.history else None
 
 
@@ -120,11 +134,54 @@ def train(
     with contextlib.ExitStack() as stack:
         if not any(p.requires_grad for p in model.parameters()):
             stack.enter_context(modelrun.trainable(model))
-        history, start_epoch = _train(
+        history, start_epoch, kept = _train(
             model, train_loader, config, loss_fn, val_loader, metric, checkpoint, log, label, side_optimizer, train_mode
         )
     model.train(was_training)
-    return TrainResult(history, start_epoch)
+    return TrainResult(history, start_epoch, kept)
+
+
+class _Best:
+    """The best weights seen while training (`TrainConfig.keep_best`): the starting ones count as
+    epoch 0. A later epoch that ties the best replaces it (it trained further toward the target at
+    no loss on the metric); a NaN metric never counts as better."""
+
+    def __init__(self, higher_is_better: bool, patience: int) -> None:
+        self.higher, self.patience = higher_is_better, patience
+        self.epoch, self.metric, self.stale = 0, math.nan, 0
+        self.state: dict[str, torch.Tensor] = {}
+
+    def offer(self, epoch: int, metric: float, model: nn.Module) -> None:
+        first = not self.state
+        improved = first or (metric > self.metric if self.higher else metric < self.metric)
+        tied = metric == self.metric
+        if improved or tied:
+            self.epoch, self.metric = epoch, metric
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.stale = 0 if improved else self.stale + 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stale >= self.patience
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "metric": self.metric, "state": self.state, "stale": self.stale}
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.epoch, self.metric, self.state, self.stale = d["epoch"], d["metric"], d["state"], d["stale"]
+
+    def restore(self, model: nn.Module, history: list[dict[str, Any]], stopped: bool) -> dict[str, Any]:
+        """Load the best weights into `model`; what was kept and why, for the report."""
+        last = history[-1]["val_metric"] if history else self.metric
+        if history and self.epoch == history[-1]["epoch"]:
+            why = "the last epoch's weights: the best on the held-out metric"
+        else:
+            model.load_state_dict(self.state)
+            what = "the starting weights" if self.epoch == 0 else f"epoch {self.epoch}'s weights"
+            why = f"{what}: the best on the held-out metric ({self.metric:.4g}; the last epoch read {last:.4g})"
+        if stopped:
+            why += f"; stopped after {self.patience} epochs in a row without a better metric"
+        return {"epoch": self.epoch, "metric": self.metric, "last_metric": last, "stopped_early": stopped, "why": why}
 
 
 def _train(
@@ -139,23 +196,19 @@ def _train(
     label: str,
     side_optimizer: torch.optim.Optimizer | None,
     train_mode: Callable[[nn.Module], None],
-) -> tuple[list[dict[str, Any]], int]:
-    """`train`'s loop; returns the history and the epoch it resumed from."""
+) -> tuple[list[dict[str, Any]], int, dict[str, Any] | None]:
+    """`train`'s loop; returns the history, the epoch it resumed from and what `keep_best` kept."""
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = config.total_steps(steps_per_epoch)
     epochs = math.ceil(total / steps_per_epoch)
     net = _wrap(model)
-    params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]  # no decay on BN and biases
-    opt = torch.optim.SGD(
-        [{"params": params_decay, "weight_decay": config.weight_decay}, {"params": params_other, "weight_decay": 0.0}],
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=True,
-    )
+    opt = _optimizer(model, config)
     sched = _schedule(opt, config, total)
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    best = _Best(getattr(metric, "higher_is_better", True), config.patience) if config.keep_best else None
+    if best is not None and val_loader is None:
+        best = None  # nothing held out to choose on
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("config") == dataclasses.asdict(config) and state.get("total") == total:
@@ -163,7 +216,15 @@ def _train(
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             history, start_epoch = state["history"], state["epoch"] + 1
+            if best is not None and state.get("best"):
+                best.load(state["best"])
             log(f"[{label}] resumed from {checkpoint} after epoch {start_epoch}/{epochs}")
+    if best is not None and start_epoch == 0:
+        assert val_loader is not None
+        best.offer(0, metric(model, val_loader), model)
+        if is_rank0():
+            log(f"[{label}] before training: val {best.metric:.4f}")
+    stopped = False
     step = start_epoch * steps_per_epoch
     with _progress(label) as bar:
         task = bar.add_task(label, total=total, completed=step, loss=float("nan"), acc=float("nan"))
@@ -207,6 +268,9 @@ def _train(
             if val_loader is not None:
                 record["val_metric"] = metric(model, val_loader)
             history.append(record)
+            if best is not None:
+                best.offer(epoch + 1, record["val_metric"], model)
+                stopped = best.exhausted and epoch + 1 < epochs
             if is_rank0():
                 val = f", val {record['val_metric']:.4f}" if "val_metric" in record else ""
                 acc = f", train acc {record['train_acc']:.4f}" if record["train_acc"] is not None else ""
@@ -215,8 +279,28 @@ def _train(
                     f"{record['loss']:.4f}{acc}{val} ({record['seconds']:.0f}s)"
                 )
                 if checkpoint is not None:
-                    _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total)
-    return history, start_epoch
+                    _save_checkpoint(checkpoint, model, opt, sched, epoch, history, config, total, best)
+            if stopped:
+                break
+    kept = best.restore(model, history, stopped) if best is not None else None
+    if kept is not None and is_rank0():
+        log(f"[{label}] kept {kept['why']}")
+    return history, start_epoch, kept
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum, or AdamW; no weight decay on norms and biases either way."""
+    params_decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    params_other = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    groups = [
+        {"params": params_decay, "weight_decay": config.weight_decay},
+        {"params": params_other, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    raise EdgepruneError(f"unknown optimizer {config.optimizer!r}; use sgd or adamw")
 
 
 def _sync_buffers(model: nn.Module) -> None:
@@ -244,7 +328,15 @@ def _schedule(opt: torch.optim.Optimizer, config: TrainConfig, total: int) -> to
 
 
 def _save_checkpoint(
-    path: Path, model: nn.Module, opt: Any, sched: Any, epoch: int, history: list, config: TrainConfig, total: int
+    path: Path,
+    model: nn.Module,
+    opt: Any,
+    sched: Any,
+    epoch: int,
+    history: list,
+    config: TrainConfig,
+    total: int,
+    best: _Best | None,
 ) -> None:
     with atomic.atomic_path(path) as tmp:
         torch.save(
@@ -256,6 +348,7 @@ def _save_checkpoint(
                 "history": history,
                 "config": dataclasses.asdict(config),
                 "total": total,
+                "best": best.to_dict() if best is not None else None,
             },
             tmp,
         )
