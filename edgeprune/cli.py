@@ -219,8 +219,10 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument(
         "--depth",
         choices=DEPTHS,
-        default="off",
-        help="also remove whole residual blocks (on), or only blocks (only); needs --data",
+        default=Settings.depth,
+        help="remove whole residual blocks (layers) too: where channels alone cannot reach the budget (auto), "
+        "always (on), instead of channels (only), or never (off); blocks are scored on --data, else on the "
+        "example inputs",
     )
     p.add_argument(
         "--precision",

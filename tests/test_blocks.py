@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import torch
 
@@ -15,6 +17,7 @@ from edgeprune.pipeline.prune.select import blocks_at_level, plan_at_level, widt
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search.cost_model import CostModel
 from tests import coupling_models as cm
+from tests.test_cli import run_cli
 
 X = (torch.randn(1, 3, 32, 32),)
 
@@ -88,3 +91,28 @@ def test_depth_enters_the_plan_and_the_cost_model() -> None:
 
 def test_no_blocks_in_a_model_without_residual_blocks() -> None:
     assert find_blocks(cm.Concat().eval(), (torch.randn(*cm.IMAGE),)) == []
+
+
+def test_depth_auto_removes_blocks_where_channels_alone_cannot_reach(tmp_path: Path) -> None:
+    """ResNet-20's narrowest channel plan keeps 8,062 parameters; 5,000 needs whole blocks gone. The
+    default (--depth auto) searches channels, finds them short, and searches again with blocks,
+    scored on the example inputs (no --data); --depth off refuses in one line that names the way."""
+    torch.save(create("resnet20").eval(), tmp_path / "r20.pt")
+    args = [tmp_path / "r20.pt", "--budget", "5000params", "--input-shape", "1x3x32x32"]
+    rc, _, err = run_cli([*args, "--out", tmp_path / "auto"])
+    assert rc == 0, err
+    assert "channels alone cannot reach the budget" in err and "scored on the example inputs (no --data)" in err
+    rep = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert rep["search"]["depth"].startswith("on (--depth auto: channels alone cannot reach the budget")
+    plan = json.loads((tmp_path / "auto" / "plan.json").read_text())
+    assert plan["removed_blocks"] and rep["final"]["params"] <= 5000
+    rc, _, err = run_cli([*args, "--depth", "off", "--out", tmp_path / "off"])
+    line = err.strip().splitlines()[-1]
+    assert rc == 2 and "infeasible" in line and "--depth auto (the default) or on" in line
+    # a budget channels reach keeps every block, and says so
+    rc, _, err = run_cli(
+        [tmp_path / "r20.pt", "--budget", "130000params", "--input-shape", "1x3x32x32", "--out", tmp_path / "w"]
+    )
+    rep = json.loads((tmp_path / "w" / "report.json").read_text())
+    assert rc == 0 and rep["search"]["depth"].startswith("off (--depth auto: channels alone reached")
+    assert not json.loads((tmp_path / "w" / "plan.json").read_text())["removed_blocks"]

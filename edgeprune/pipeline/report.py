@@ -82,6 +82,7 @@ def assemble(
             "guide": search.get("guide"),
             "cost": search.get("cost"),
             "drift_allowance": search.get("drift_allowance"),
+            "depth": search.get("depth"),  # under --depth auto: whether blocks were searched, and why
             "busy": busy_summary(search["steps"], final.get("decision")),
         },
         "groups": group_rows(space, plan),
@@ -252,6 +253,7 @@ def markdown(rep: dict[str, Any]) -> str:
         f"## Search ({rep['search']['candidates_measured']} candidates; stopped: {rep['search']['stop_reason']})",
         "",
         *([f"Widths priced by {COSTS[rep['search']['cost']]}.", ""] if rep["search"].get("cost") else []),
+        *([f"Whole blocks: {rep['search']['depth']}.", ""] if rep["search"].get("depth") else []),
         *(
             [
                 (

@@ -38,7 +38,7 @@ BOUNDS: dict[str, tuple[str, Bound]] = {
     "max_accuracy_drop": ("--max-accuracy-drop", bounds.FRACTION),
 }
 RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
-DEPTHS = ("off", "on", "only")
+DEPTHS = ("auto", "off", "on", "only")
 PRECISIONS = ("fp32", "int8", "auto")
 
 
@@ -68,7 +68,9 @@ class Settings:
     pgd_steps: int = 7  # the attack of adversarial fine-tuning (eps 8/255, step 2/255)
     metric: str | None = None  # module:function for models that are not classifiers
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. slimming's lambda
-    depth: str = "off"  # "on": remove residual blocks as well as channels; "only": blocks alone
+    #: "on": remove residual blocks as well as channels; "only": blocks alone; "auto": channels, and
+    #: blocks too where channels alone cannot reach the budget (compress.Pipeline._search_with)
+    depth: str = "auto"
     search: str = "guided"  # a registered Search (search/__init__.py): guided (the default), uniform, layerwise
     analysis_time_s: float = 60.0  # discovering the pruning space; what is not analysed by then is left whole
     precision: str | None = None  # fp32 | int8 | auto (pipeline/precision.py); None: the default, `precision_mode`
@@ -98,8 +100,6 @@ class Settings:
             raise EdgepruneError(f"--method {self.method} needs training data; pass --data or use --method l1")
         if self.recovery != "none" and self.data is None:
             raise EdgepruneError(f"--recover {self.recovery} needs training data; pass --data or --recover none")
-        if self.depth != "off" and self.data is None:
-            raise EdgepruneError("--depth needs --data: a block's importance is measured on calibration images")
         refused = SEARCHES.get(self.search).refuse(self)
         if refused:
             raise EdgepruneError(refused)
