@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 transformers = pytest.importorskip("transformers")
 
@@ -386,3 +387,61 @@ def test_without_transformers_names_the_extra(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails as if not installed
     line = one_line_error(*run_cli(tmp_path / "m", "--budget", "50%", "--out", tmp_path / "out")[::2])
     assert "pip install 'edgeprune[hf]'" in line and "transformers" in line
+
+
+def roberta(folder: Path) -> None:
+    cfg = transformers.RobertaConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=512,
+        num_labels=3,
+        max_position_embeddings=160,
+    )
+    transformers.RobertaForSequenceClassification(cfg).save_pretrained(str(folder))
+
+
+def deberta_v2(folder: Path) -> None:
+    cfg = transformers.DebertaV2Config(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=512,
+        num_labels=3,
+        max_position_embeddings=128,
+    )
+    transformers.DebertaV2ForSequenceClassification(cfg).save_pretrained(str(folder))
+
+
+def bert4(folder: Path) -> None:
+    cfg = transformers.BertConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        num_labels=3,
+        max_position_embeddings=128,
+    )
+    transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
+
+
+@pytest.mark.parametrize("build", [roberta, deberta_v2, bert4], ids=["roberta-3", "deberta-v2-2", "bert-4"])
+def test_default_flags_reach_half_the_latency_by_removing_layers(build: Callable[[Path], None], tmp_path: Path) -> None:
+    """`compress FOLDER --budget 50%` and nothing else: the MLP width alone cannot get there on these
+    encoders (attention and embeddings stay), so --depth auto removes whole layers, scored on the
+    example inputs, and the folder written counts them."""
+    folder, out = tmp_path / "m", tmp_path / "out"
+    build(folder)
+    rc, _, err = run_cli(folder, "--budget", "50%", "--out", out)
+    assert rc == 0, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["depth"].startswith("on (--depth auto"), report["search"]["depth"]
+    assert report["final"]["latency_ms"]["median"] < report["baseline"]["latency_ms"]["median"]
+    layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    written = json.loads((out / "hf_model" / "config.json").read_text())
+    assert written["num_hidden_layers"] == layers - len(report["native"]["removed_layers"]) < layers
+    reloaded = getattr(transformers, written["architectures"][0]).from_pretrained(str(out / "hf_model"))
+    assert reloaded(input_ids=torch.ones(1, 8, dtype=torch.long)).logits.shape == (1, 3)
