@@ -356,9 +356,11 @@ def test_yolo11_round_trip(v11: dict[str, Any]) -> None:
 
 def test_label_free_recovery_from_an_image_folder(v8: dict[str, Any], data: Path, tmp_path: Path) -> None:
     """Issue 32's front: the trained checkpoint with a flat folder of its training images and no
-    labels is distilled from the unpruned model by default, its loss falls, and fidelity is its metric.
-    (This one-epoch model's outputs are its anchor grid: pruned, it keeps R² 0.99999 and recovery has
-    nothing to show there; bench/yolo_distill.py shows it on a trained detector, 0.256 -> 0.803.)"""
+    labels is distilled from the unpruned model by default, fidelity is its metric, and what is published
+    is no worse on it than the pruned model. (This one-epoch model's outputs are its anchor grid:
+    pruned, it keeps R² 0.99999 and recovery has nothing to show there, and its loss need not fall in 3
+    epochs: 2.976e6, 2.956e6, 3.112e6 in one run; bench/yolo_distill.py shows recovery on a trained
+    detector, 0.256 -> 0.803.)"""
     images = data.parent / "images" / "train"
     run = compressed(v8["ckpt"], tmp_path / "out", 0.5, "--data", images, "--epochs", "3", "--batch-size", "4")
     assert run["rc"] == 0, run["err"][-3000:]
@@ -368,5 +370,7 @@ def test_label_free_recovery_from_an_image_folder(v8: dict[str, Any], data: Path
     assert accuracy["metric"] == "fidelity" and accuracy["higher_is_better"]
     assert 0 < accuracy["pruned"] <= 1 and 0 < accuracy["recovered"] <= 1, accuracy
     losses = [h["loss"] for h in report["recovery"]["history"]]
-    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert 1 <= len(losses) <= 3 and all(np.isfinite(losses)), losses
+    kept = report["recovery"]["kept"]  # the best epoch on the held-out split, the pruned weights (0) included
+    assert accuracy["recovered"] == kept["metric"] >= accuracy["pruned"] and 0 <= kept["epoch"] <= len(losses)
     assert (tmp_path / "out" / NATIVE).is_file()
