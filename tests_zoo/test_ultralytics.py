@@ -374,3 +374,37 @@ def test_label_free_recovery_from_an_image_folder(v8: dict[str, Any], data: Path
     kept = report["recovery"]["kept"]  # the best epoch on the held-out split, the pruned weights (0) included
     assert accuracy["recovered"] == kept["metric"] >= accuracy["pruned"] and 0 <= kept["epoch"] <= len(losses)
     assert (tmp_path / "out" / NATIVE).is_file()
+
+
+def test_map_by_ultralytics_validator_inside_the_run(v8: dict[str, Any], data: Path, tmp_path: Path) -> None:
+    """A dataset yaml as --data: recovery reads its training images (no labels), and the run reports
+    mAP50-95 by ultralytics' own validator on its val split for the baseline (the same figure
+    YOLO(ckpt).val gives at the pruned size), the pruned and the recovered model, and, in int8, for
+    the published model on the runtime; --max-accuracy-drop applies to it."""
+    out = tmp_path / "out"
+    run = compressed(
+        v8["ckpt"], out, 0.5, "--data", data, "--epochs", "1", "--batch-size", "4", "--max-accuracy-drop", "1"
+    )
+    assert run["rc"] == 0, run["err"][-3000:]
+    report = json.loads((out / "report.json").read_text())
+    accuracy = report["accuracy"]
+    assert accuracy["metric"] == "mAP50-95" and "ultralytics' detect validator" in accuracy["about"], accuracy
+    assert report["data"]["source"].endswith("images/train") and report["data"]["labelled"] is False
+    own = YOLO(str(v8["ckpt"])).val(
+        data=str(data), imgsz=IMGSZ, batch=16, conf=0.001, iou=0.7, rect=False, plots=False, device="cpu"
+    )
+    assert accuracy["baseline"] == pytest.approx(float(own.box.map), abs=1e-6)
+    assert 0 <= accuracy["pruned"] <= accuracy["recovered"] <= 1  # the best epoch kept, the pruned one included
+    assert report["runtime_accuracy"]["metric"] == "mAP50-95"  # --max-accuracy-drop measured it on ort-cpu
+    # int8: the published file's mAP on the runtime, through the validator too
+    int8 = compressed(v8["ckpt"], tmp_path / "int8", 0.5, "--data", data, "--recover", "none", "--precision", "int8")
+    assert int8["rc"] in (0, 1), int8["err"][-3000:]
+    ra = json.loads((tmp_path / "int8" / "report.json").read_text())["runtime_accuracy"]
+    assert ra["metric"] == "mAP50-95" and 0 <= ra["runtime"] <= 1 and ra["images"] > 0
+
+
+def test_metric_ultralytics_needs_a_yaml(v8: dict[str, Any], data: Path, tmp_path: Path) -> None:
+    images = data.parent / "images" / "train"
+    rc, _, err = run_cli(v8["ckpt"], "--budget", "50%", "--data", images, "--metric", "ultralytics", "--out", tmp_path)
+    line = err.strip().splitlines()[-1]
+    assert rc == 2 and "--metric ultralytics validates on a dataset yaml" in line

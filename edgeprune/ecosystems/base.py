@@ -129,6 +129,17 @@ class Ecosystem(abc.ABC):
         exist yet); returns what report.json says of it (format, how to load it)."""
         raise NotImplementedError
 
+    def data_source(self, data: str) -> str:
+        """Where the inputs of `--data DATA` are, when DATA names one of the library's own dataset
+        files (ultralytics' data.yaml: its training images); DATA itself otherwise."""
+        return data
+
+    def metric(self, name: str | None, data: str | None, loaded: LoadedModel) -> Any:
+        """The library's own metric (a `Metric`: model, loader -> float, higher is better) for
+        `--metric NAME`, or for a dataset file given as `--data` with no --metric; None when it has
+        none for them."""
+        return None
+
 
 ECOSYSTEMS: Registry[Ecosystem] = Registry("ecosystem")
 register = ECOSYSTEMS.register

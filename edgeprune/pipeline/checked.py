@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from edgeprune import modelrun
+from edgeprune.ecosystems.base import ecosystem
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline import precision as precision_mod
@@ -56,10 +57,11 @@ class Checked:
         _check_layer_names(loaded.model, settings.unprunable)
         rundir.check_out(out_dir, [p for p in (loaded.source, settings.data) if p is not None])
         num_outputs = loaded.num_classes or int(modelrun.run(loaded.model, loaded.example_inputs)[0].shape[-1])
+        door = ecosystem(loaded.ecosystem)
         data = None
         if settings.data is not None:
             data = load_data(
-                settings.data,
+                door.data_source(settings.data) if door is not None else settings.data,
                 settings.batch_size,
                 seed=0,
                 num_replicas=ctx.world_size,
@@ -77,8 +79,18 @@ class Checked:
 
 
 def _metric(settings: Settings, loaded: LoadedModel, data: DataBundle | None) -> tuple[str, Metric]:
-    """--metric; else top-1 for a classifier with labels; else fidelity to the unpruned model
+    """The model's library's own metric where it has one for --metric or --data (ultralytics' mAP);
+    else --metric; else top-1 for a classifier with labels; else fidelity to the unpruned model
     (recovery/evaluate.py: top-1 agreement for class logits, R² of the outputs otherwise)."""
+    door = ecosystem(loaded.ecosystem)
+    own = door.metric(settings.metric, settings.data, loaded) if door is not None else None
+    if own is not None:
+        return own.name, own
+    if settings.metric and ":" not in settings.metric:
+        raise EdgepruneError(
+            f"--metric {settings.metric}: no such metric for this model; name a function as module:function, or "
+            "--metric ultralytics for an ultralytics checkpoint"
+        )
     if settings.metric or data is None:
         return load_metric(settings.metric)
     first = modelrun.named_outputs(modelrun.run_raw(loaded.model, loaded.example_inputs))[0]

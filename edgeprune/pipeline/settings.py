@@ -110,10 +110,13 @@ class Settings:
                 f"--precision {self.precision} needs --data: int8 is calibrated on training images and checked on "
                 "validation images, never on random inputs; pass --data or use --precision fp32"
             )
-        if self.max_accuracy_drop is not None and (self.data is None or self.metric is not None):
+        if self.max_accuracy_drop is not None and (
+            self.data is None or (self.metric is not None and not self.metric.startswith("ultralytics"))
+        ):
             raise EdgepruneError(
-                "--max-accuracy-drop needs --data and top-1 (no --metric): it compares the top-1 measured on the "
-                "runtime with the baseline's, and a --metric may be better when lower"
+                "--max-accuracy-drop needs --data and top-1, fidelity or ultralytics' mAP (no --metric "
+                "module:function): it compares the metric measured on the runtime with the baseline's, and a "
+                "function of yours may be better when lower"
             )
 
     @property
