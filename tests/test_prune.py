@@ -231,12 +231,13 @@ def test_constrained_space_ties_or_leaves_whole() -> None:
 
     groups = [Group(f"l{i}.fc1", "channels", 32, (f"l{i}.fc1(out)",), ((0,),), (tuple(range(32)),)) for i in range(3)]
     space = PruningSpace([*groups, Group("other", "channels", 16, ("other(out)",), ((0,),), (tuple(range(16)),))], [])
-    tied = space.constrained(["l0.fc1", "l1.fc1", "l2.fc1"], True, "one width")
-    assert [g.id for g in tied.groups] == ["l0.fc1", "l1.fc1", "l2.fc1"] and tied.tied == ("l0.fc1", "l1.fc1", "l2.fc1")
+    tied = space.constrained([["l0.fc1", "l1.fc1", "l2.fc1"]], "one width")
+    assert [g.id for g in tied.groups] == ["l0.fc1", "l1.fc1", "l2.fc1"]
+    assert tied.tied == (("l0.fc1", "l1.fc1", "l2.fc1"),)
     assert [s.id for s in tied.skipped] == ["other"]
     from edgeprune.pipeline.prune.select import plan_at_level
 
     plan = plan_at_level(tied, {g.id: list(range(g.size)) for g in tied.groups}, 0.6, 16)
     assert len({len(g.keep) for g in plan.groups.values()}) == 1, "tied groups keep one width"
-    lacking = space.constrained(["l0.fc1", "l1.fc1", "l9.fc1"], True, "one width")
+    lacking = space.constrained([["l0.fc1", "l1.fc1", "l9.fc1"]], "one width")
     assert not lacking.groups and any("tied to l9.fc1" in s.reason for s in lacking.skipped)

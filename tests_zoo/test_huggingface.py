@@ -221,6 +221,7 @@ def test_folder_in_save_pretrained_folder_out(name: str, runs: dict[str, Any]) -
 
     reloaded = edgeprune.load(out)  # plan.json names no architecture: model.pt, the pruned transformers module
     assert type(reloaded).__name__ == written["architectures"][0]
+    assert getattr(reloaded.config, attr) == after  # model.pt's config says the width it has
 
     got = run["check"]  # transformers alone, in a process that cannot import edgeprune
     assert got["diff"] <= 1e-4, got
@@ -430,3 +431,59 @@ def test_default_flags_reach_half_the_latency_by_removing_layers(build: Callable
     assert written["num_hidden_layers"] == layers - len(report["native"]["removed_layers"]) < layers
     reloaded = getattr(transformers, written["architectures"][0]).from_pretrained(str(out / "hf_model"))
     assert reloaded(input_ids=torch.ones(1, 8, dtype=torch.long)).logits.shape == (1, 3)
+
+
+def swin(folder: Path) -> None:
+    cfg = transformers.SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=32,
+        depths=[2, 2],
+        num_heads=[2, 4],
+        window_size=4,
+        mlp_ratio=4.0,
+        num_labels=3,
+    )
+    transformers.SwinForImageClassification(cfg).save_pretrained(str(folder))
+
+
+def test_an_mlp_ratio_config_is_cut_to_one_ratio_across_stages(tmp_path: Path) -> None:
+    """Swin states its MLP as `mlp_ratio` of each stage's hidden size (32 then 64 here): the MLPs of
+    both stages keep one fraction, the folder records the new ratio, and transformers rebuilds the
+    same model from it (logits equal to model.onnx's)."""
+    import onnxruntime as ort
+
+    folder, out = tmp_path / "swin", tmp_path / "out"
+    swin(folder)
+    params = _params(folder)
+    rc, _, err = run_cli(folder, "--budget", f"{int(params * 0.7)}params", "--out", out, *FAST)
+    assert rc == 0, err[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["model"]["constraint"]["prunable"]) == 4  # one MLP per block, 2 + 2
+    assert "one fraction of each stage's hidden size" in report["model"]["constraint"]["why"]
+    before, after = report["native"]["config_changes"]["mlp_ratio"]
+    written = json.loads((out / "hf_model" / "config.json").read_text())
+    assert before == 4.0 and 0 < after < 4.0 and written["mlp_ratio"] == after and written["depths"] == [2, 2]
+    model = transformers.SwinForImageClassification.from_pretrained(str(out / "hf_model")).eval()
+    widths = sorted({m.out_features for n, m in model.named_modules() if n.endswith("mlp.fc1")})
+    assert widths == [int(after * 32), int(after * 64)] and widths[1] == 2 * widths[0]
+    assert sum(p.numel() for p in model.parameters()) <= 0.7 * params
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(pixel_values=x).logits.numpy()
+    onnx = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = onnx.run(None, {onnx.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - logits).max() <= 1e-4
+
+
+def test_a_budget_the_format_cannot_reach_says_what_it_allows(tmp_path: Path) -> None:
+    """This 64-pixel Swin's MLPs at their narrowest leave about 0.8 of its latency (window
+    attention, patch merging), and its config records no per-stage layer list edgeprune can cut:
+    50 % is refused in one line that names the format's reach."""
+    folder = tmp_path / "swin"
+    swin(folder)
+    rc, _, err = run_cli(folder, "--budget", "50%", "--out", tmp_path / "out")
+    line = err.strip().splitlines()[-1]  # after the progress lines
+    assert rc == 2 and line.startswith("error:") and "Traceback" not in err
+    assert "is infeasible" in line and "the most pruning it allows keeps" in line
+    assert "no whole block can be removed" in line

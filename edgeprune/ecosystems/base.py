@@ -45,17 +45,35 @@ class Preprocess:
 
 
 @dataclasses.dataclass(frozen=True)
+class TiedSet:
+    """Groups the output format gives one width (or one fraction of their sizes) between them: a
+    config's `intermediate_size` for every layer's MLP; a set of one is a group cut on its own.
+    `means` says what that width is in the format, for the report."""
+
+    roots: tuple[str, ...]
+    means: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Constraint:
-    """What the output format can express, imposed on the plan: only the groups whose root layer
-    is in `prunable` may be cut, all to one width when `tied` (a config with a single
-    `intermediate_size`). The search then runs at one global level (`uniform`), which with tied
-    groups of one size keeps one width in all of them. Under `--depth`, only the residual blocks
-    named in `blocks` may be removed (None: any; a config records a layer count, not which layers)."""
+    """What the output format can express, imposed on the plan: only the groups rooted in one of
+    `sets` may be cut, each set's to one width (or one fraction, for groups of different sizes:
+    select.py). A decoder language model has several (its MLP width, its query heads, its key/value
+    groups); a Hugging Face encoder one. With any set of more than one the search runs at one
+    global level (`uniform`), which keeps each set's width one. Under `--depth`, only the residual
+    blocks named in `blocks` may be removed (None: any; a config records a layer count, not which)."""
 
     why: str  # one line for the report
-    prunable: tuple[str, ...]
-    tied: bool = True
+    sets: tuple[TiedSet, ...]
     blocks: tuple[str, ...] | None = None
+
+    @property
+    def prunable(self) -> tuple[str, ...]:
+        return tuple(root for s in self.sets for root in s.roots)
+
+    @property
+    def tied(self) -> bool:
+        return any(len(s.roots) > 1 for s in self.sets)
 
     def allows_block(self, name: str) -> bool:
         return self.blocks is None or name in self.blocks
@@ -65,6 +83,7 @@ class Constraint:
             "why": self.why,
             "prunable": list(self.prunable),
             "tied": self.tied,
+            "sets": [{"roots": list(s.roots), "means": s.means} for s in self.sets],
             "blocks": None if self.blocks is None else list(self.blocks),
         }
 

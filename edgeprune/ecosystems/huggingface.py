@@ -9,6 +9,8 @@ Out: the pruned model as a folder `from_pretrained` loads without edgeprune. tra
 MLP width per config (`intermediate_size`; DistilBERT's `hidden_dim`) and derives the head size from
 hidden_size / num_attention_heads, so a config can express only the MLP width cut, and only the same
 width in every layer: the door constrains the plan to the layers' MLP groups, tied to one width.
+Configs that state the MLP as a ratio of each stage's hidden size (`mlp_ratio`: Swin, MobileViT, whose
+stages widen) tie the groups to one fraction instead, and the folder records the new ratio.
 What a config can also record is how many layers there are (`num_hidden_layers`): under `--depth on`
 the search may remove whole layers of the model's layer list, and the folder holds the layers left,
 renumbered (the convention of depth-pruned checkpoints such as Minitron's).
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 
 from edgeprune import modelrun
-from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, register
+from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, TiedSet, register
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.prune import blocks as blocks_mod
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 #: config attributes that hold the one MLP width of every layer, in the order they are looked for
 WIDTH_ATTRS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff")
+#: config attributes that hold the MLP width as a ratio of each layer's hidden size (int(ratio * dim))
+RATIO_ATTRS = ("mlp_ratio",)
 #: tokens per example when --input-shape does not say (capped by the model's max_position_embeddings)
 DEFAULT_TOKENS = 128
 #: files beside the weights that the pruned folder keeps as they are (tokenizer, image processor)
@@ -90,6 +94,7 @@ class HuggingFaceEcosystem(Ecosystem):
         config = _config(path)
         architecture = _architecture(config, path)
         width_attr = _width_attr(config, architecture)
+        ratio = width_attr in RATIO_ATTRS
         model = _from_pretrained(getattr(transformers, architecture), path, architecture)
         model_config: Any = model.config  # transformers' PretrainedConfig (untyped here)
         if getattr(model_config, "use_cache", None):  # a cache object is not a tensor: outputs stay plain tensors
@@ -104,24 +109,32 @@ class HuggingFaceEcosystem(Ecosystem):
         # library's own way back); the class is in the report (native, and model.source's config.json)
         classes = config.num_labels if architecture.endswith("Classification") else None
         loaded = from_module(model, example_inputs=inputs, arch=None, num_classes=classes, source=str(path))
-        hidden, width = config.hidden_size, getattr(config, width_attr)
-        mlps = mlp_roots(loaded.model, loaded.example_inputs, hidden, width)
+        pairs = _mlp_shapes(loaded.model, config, width_attr)
+        mlps = mlp_roots(loaded.model, loaded.example_inputs, pairs)
         roots = tuple(name for mlp in mlps for name in mlp)
-        layers = getattr(config, "num_hidden_layers", None)
+        depths = getattr(config, "depths", None)
+        layers = sum(depths) if ratio and isinstance(depths, list) else getattr(config, "num_hidden_layers", None)
         if not mlps or (isinstance(layers, int) and len(mlps) != layers):
             found = f"found {len(mlps)}" + (f" for its {layers} layers" if isinstance(layers, int) else "")
+            shapes = " or ".join(f"{h}->{w}" for h, w in sorted(pairs)[:3])
             raise EdgepruneError(
-                f"{architecture}: edgeprune cannot find each layer's MLP (a Linear {hidden}->{width} followed by one "
-                f"{width}->{hidden}; {found}), the only width its config can record after pruning; export it to ONNX "
-                "or torch.save() the module to prune it without the Hugging Face output"
+                f"{architecture}: edgeprune cannot find each layer's MLP (a Linear {shapes} followed by one back; "
+                f"{found}), the only width its config can record after pruning; export it to ONNX or torch.save() "
+                "the module to prune it without the Hugging Face output"
             )
         why = (
             f"{type(config).__name__} has one {width_attr} for every layer, and transformers 5 derives the head size "
-            "from hidden_size / num_attention_heads: of the widths only the MLP's is cut, one for all layers"
+            "from hidden_size / num_attention_heads: of the widths only the MLP's is cut, "
+            + ("one fraction of each stage's hidden size for all layers" if ratio else "one for all layers")
         )
         layer_list = _layer_list(loaded.model, mlps)
         stack = loaded.model.get_submodule(layer_list) if layer_list else None
-        if isinstance(stack, nn.ModuleList) and isinstance(layers, int) and len(stack) == layers:
+        if (
+            isinstance(stack, nn.ModuleList)
+            and isinstance(layers, int)
+            and len(stack) == layers
+            and all(blocks_mod.inside(root, [layer_list or ""]) for root in roots)  # every layer in that one list
+        ):
             why += "; under --depth on, whole layers too (num_hidden_layers)"
             blocks: tuple[str, ...] = tuple(f"{layer_list}.{i}" for i in range(layers))
         else:  # the layer count is not the config's (or unknown): no layer can go
@@ -141,7 +154,7 @@ class HuggingFaceEcosystem(Ecosystem):
             native=native,
             input_names=names,
             preprocess=preprocess,
-            constraint=Constraint(why=why, prunable=roots, tied=True, blocks=blocks),
+            constraint=Constraint(why=why, sets=(TiedSet(roots, width_attr),), blocks=blocks),
         )
 
     def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:
@@ -163,7 +176,9 @@ class HuggingFaceEcosystem(Ecosystem):
         removed = [f"{layer_list}.{i}" for i in gone]
         roots = [r for r in native["mlp_roots"] if not blocks_mod.inside(r, removed)]
         widths = {root: _out_features(pruned, root) for root in roots}
-        if len(set(widths.values())) > 1:  # a layer's MLP left whole (--unprunable, or its group could not be traced)
+        if (
+            len(set(widths.values())) > 1 and attr not in RATIO_ATTRS
+        ):  # a layer's MLP left whole (--unprunable, or its group could not be traced)
             shown = ", ".join(f"{r} {w}" for r, w in widths.items())
             raise EdgepruneError(
                 f"the pruned MLP layers kept different widths ({shown}), which one {attr} cannot record: "
@@ -171,10 +186,15 @@ class HuggingFaceEcosystem(Ecosystem):
                 "or export model.onnx / model.pt instead of the Hugging Face folder"
             )
         original = getattr(config, attr)
-        width = next(iter(widths.values()), original)
+        width: Any = (
+            _ratio_of(pruned, roots, attr, original) if attr in RATIO_ATTRS else next(iter(widths.values()), original)
+        )
         if width != original:
             changes[attr] = [original, width]
         setattr(config, attr, width)
+        own_config = getattr(pruned, "config", None)
+        if own_config is not None:  # model.pt's config says the width it has (its layer list keeps its length)
+            setattr(own_config, attr, width)
         model = getattr(transformers, native["architecture"])(config)
         own = model.state_dict()
         missing = [k for k in own if k not in state]
@@ -316,16 +336,48 @@ def _width_attr(config: Any, architecture: str) -> str:
     for attr in WIDTH_ATTRS:
         if isinstance(getattr(config, attr, None), int):
             return attr
+    for attr in RATIO_ATTRS:
+        if isinstance(getattr(config, attr, None), (int, float)):
+            return attr
     raise EdgepruneError(
-        f"{architecture}: its config has none of {', '.join(WIDTH_ATTRS)}, the one MLP width a pruned config "
-        "would record; export it to ONNX or torch.save() the module to prune it without the Hugging Face output"
+        f"{architecture}: its config has none of {', '.join(WIDTH_ATTRS + RATIO_ATTRS)}, the one MLP width (or "
+        "ratio) a pruned config would record; export it to ONNX or torch.save() the module to prune it without "
+        "the Hugging Face output"
     )
 
 
-def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], hidden: int, width: int) -> list[list[str]]:
-    """Each layer's MLP input Linears (hidden -> width; two in a gated MLP, gate and up, called in a
-    row) whose next Linear called maps width -> hidden back: the layers one intermediate width
-    describes, found by one forward. A gated MLP's group is rooted at either of its inputs, so both count."""
+def _mlp_shapes(model: nn.Module, config: Any, attr: str) -> set[tuple[int, int]]:
+    """The (hidden, width) shapes of an MLP's input Linear that the config's attribute describes: one
+    for a width; for a ratio, int(ratio x d) for every input size d a Linear of the model has."""
+    if attr in RATIO_ATTRS:
+        r = getattr(config, attr)
+        return {(m.in_features, int(r * m.in_features)) for m in model.modules() if isinstance(m, nn.Linear)}
+    return {(config.hidden_size, getattr(config, attr))}
+
+
+def _ratio_of(pruned: nn.Module, roots: list[str], attr: str, original: float) -> float:
+    """The ratio a config records for the pruned MLPs: their width over their hidden size, one for
+    all (select.py keeps tied groups at one fraction), checked as transformers rebuilds it."""
+    shapes = [(_in_features(pruned, r), _out_features(pruned, r)) for r in roots]
+    if not shapes:
+        return original
+    hidden, width = min(shapes)
+    ratio = width / hidden
+    wrong = [(h, w) for h, w in shapes if int(ratio * h) != w]
+    if wrong:
+        raise EdgepruneError(
+            f"the pruned MLP layers keep widths {sorted(set(shapes))} (hidden, width) that one {attr} cannot record "
+            f"(int({ratio:g} x {wrong[0][0]}) is not {wrong[0][1]}); export model.onnx / model.pt instead of the "
+            "Hugging Face folder"
+        )
+    return ratio
+
+
+def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], pairs: set[tuple[int, int]]) -> list[list[str]]:
+    """Each layer's MLP input Linears (hidden -> width, one of `pairs`; two in a gated MLP, gate and
+    up, called in a row) whose next Linear called maps width -> hidden back: the layers one
+    intermediate width (or ratio) describes, found by one forward. A gated MLP's group is rooted at
+    either of its inputs, so both count."""
     calls: list[str] = []
     linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     hooks = [m.register_forward_hook(lambda *_, n=name: calls.append(n)) for name, m in linears.items()]
@@ -335,12 +387,16 @@ def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], hidden: int, w
         for h in hooks:
             h.remove()
     mlps: list[list[str]] = []
-    run: list[str] = []  # the hidden -> width Linears called in a row so far
+    run: list[str] = []  # the hidden -> width Linears of one shape called in a row so far
+    opened: tuple[int, int] | None = None  # their shape
     for name in calls:
         shape = (linears[name].in_features, linears[name].out_features)
-        if shape == (width, hidden) and run and run not in mlps:
+        if opened is not None and shape == opened[::-1] and run and run not in mlps:
             mlps.append(run)
-        run = [*run, name] if shape == (hidden, width) else []
+        if shape in pairs and (not run or shape == opened):
+            run, opened = [*run, name], shape
+        else:
+            run, opened = ([name], shape) if shape in pairs else ([], None)
     return mlps
 
 
@@ -442,6 +498,12 @@ def _pair(size: Any) -> tuple[int, int] | None:
         if isinstance(size.get("shortest_edge"), int):
             return (size["shortest_edge"], size["shortest_edge"])
     return None
+
+
+def _in_features(model: nn.Module, name: str) -> int:
+    layer = model.get_submodule(name)
+    assert isinstance(layer, nn.Linear), f"{name} is a {type(layer).__name__}, not the MLP's Linear"
+    return layer.in_features
 
 
 def _out_features(model: nn.Module, name: str) -> int:

@@ -155,11 +155,12 @@ class Pipeline:
         space = space_mod.discover(self.model, self.inputs, s.unprunable, s.analysis_time_s)
         if constraint is None:
             return space.to_dict()
-        narrowed = space.constrained(constraint.prunable, constraint.tied, constraint.why)
+        narrowed = space.constrained([s.roots for s in constraint.sets], constraint.why)
         reach = {"flops_floor": self._flops_floor(narrowed), "unconstrained_flops_floor": self._flops_floor(space)}
         self.log(
             f"  {constraint.why}: {len(narrowed.groups)} groups may be cut"
-            f"{', all to one width' if constraint.tied else ''} (at most to {reach['flops_floor']:.2f} of the FLOPs; "
+            f"{', each tied set to one width' if constraint.tied else ''} "
+            f"(at most to {reach['flops_floor']:.2f} of the FLOPs; "
             f"{reach['unconstrained_flops_floor']:.2f} without the constraint)"
         )
         return narrowed.to_dict() | {"constraint_reach": reach}
@@ -314,9 +315,11 @@ class Pipeline:
         and its metric on the runtime where the runtime's precision may change it (rank 0)."""
         s, c, data = self.settings, self.c, self.c.data
         self.plan.save(self.run.path("plan.json"))
+        # the door's format first: its `save` may bring the module's own metadata in step with the cut
+        # (a Hugging Face model's config), which model.pt then keeps too
+        self.native_d = publish_mod.native(self.loaded, self.pruned, self.plan, self.run, self.log)
         torch.save(self.pruned, self.run.path("model.pt"))
         torch.save(self.pruned.state_dict(), self.run.path("state_dict.pt"))
-        self.native_d = publish_mod.native(self.loaded, self.pruned, self.plan, self.run, self.log)
         self.final_d = self.stage(
             "final", lambda: final_mod.judge(self.pruned, self.measurer, self.target, self.inputs, self.budget, s.tol)
         )
@@ -397,7 +400,7 @@ class Pipeline:
                 raise
             except EdgepruneError as err:
                 if not blocks_left:
-                    raise
+                    raise EdgepruneError(f"{err}{self._constraint_note()}") from None
                 why = f"channels alone cannot reach the budget ({err})"
         else:
             why = "no channel group may be cut"
@@ -410,6 +413,18 @@ class Pipeline:
 
         result = self._searched(target, depth_stage, log_at, dataclasses.replace(s, depth="on"), self._scored_blocks())
         return result | {"depth": f"on (--depth auto: {why})"}
+
+    def _constraint_note(self) -> str:
+        """What an output format's constraint left out of reach, for a search that could not meet the
+        budget: the FLOPs its narrowest plan keeps against the unconstrained space's."""
+        reach = self.space_d.get("constraint_reach")
+        if self.loaded.constraint is None or not reach:
+            return ""
+        return (
+            f"; {self.loaded.ecosystem}'s format lets only some widths go ({self.loaded.constraint.why}), so the "
+            f"most pruning it allows keeps {reach['flops_floor']:.2f} of the FLOPs "
+            f"({reach['unconstrained_flops_floor']:.2f} without it) and no whole block can be removed"
+        )
 
     def _searched(
         self,

@@ -13,6 +13,12 @@ rounds with its own phase (a low-discrepancy offset in [0, 1) steps, from the go
 level rises, groups drop a step one at a time instead of all at once. The configurations then
 change one group-step at a time, every group's width is non-increasing in the level (so the cost
 is monotone and bisection on the level is sound), and each group stays on its multiple.
+
+Tied groups (`space.tied`: one width a config records for all of them) share one phase, so groups
+of one size keep one width; groups of different sizes (a Swin's stages, whose config records one
+`mlp_ratio` over hidden sizes doubling by stage) keep one *fraction*: the smallest keeps its rounded
+width and each other keeps int(that width x its size / the smallest's), what a config's ratio
+rebuilds (`int(mlp_ratio * dim)`).
 """
 
 from __future__ import annotations
@@ -67,11 +73,24 @@ def plan_at_level(
         dropped = _globally_dropped(space, scores, level) if ranking == "global" else None
     groups: dict[str, GroupKeep] = {}
     requested: dict[str, float] = {}
+    refs: dict[tuple[str, ...], tuple[int, int]] = {}  # a tied set's smallest size and the width it keeps
+    for s in space.tied:  # the smallest group's width first: the others keep its fraction
+        ref = min((space.get(gid) for gid in s), key=lambda g: g.size)
+        step = width_step(ref.size, ref.kind, round_to)
+        refs[s] = ref.size, int(min(ref.size, max(step, np.floor(ref.size * (1.0 - level) / step + _GOLDEN) * step)))
     for i, g in enumerate(space.groups):
         score = np.asarray(scores[g.id])
         keep: list[int] = []
         wanted = 0.0
-        tied = g.id in space.tied  # tied groups share one phase and keep one width (space.constrained)
+        tied_set = space.tied_set(g.id)
+        tied = tied_set is not None  # tied groups share one phase and keep one width (space.constrained)
+        if tied_set is not None and g.size != refs[tied_set][0] and len(g.segments) == 1:
+            ref_size, ref_kept = refs[tied_set]
+            k, seg = min(g.size, int(ref_kept * g.size / ref_size)), g.segments[0]
+            order = np.argsort(-score[list(seg)], kind="stable")
+            groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(seg[j] for j in order[:k])))
+            requested[g.id] = round(g.size * (1.0 - level), 2)
+            continue
         phase = _GOLDEN if tied else ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
         uniform = dropped is None or g.kind == "heads" or tied  # head scores are not on the channels' scale
         ideals = [

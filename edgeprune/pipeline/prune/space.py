@@ -68,27 +68,41 @@ class PruningSpace:
     def get(self, gid: str) -> Group:
         return next(g for g in self.groups if g.id == gid)
 
-    #: groups that must keep one width (an output format with one width for them all, ecosystems/)
-    tied: tuple[str, ...] = ()
+    #: sets of groups that keep one width (or one fraction) between them: an output format that records
+    #: one width for each set (ecosystems/); groups in no set are cut on their own
+    tied: tuple[tuple[str, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "groups": [dataclasses.asdict(g) for g in self.groups],
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
-            "tied": list(self.tied),
+            "tied": [list(s) for s in self.tied],
         }
 
-    def constrained(self, prunable: Iterable[str], tied: bool, why: str) -> PruningSpace:
-        """Only the groups rooted at `prunable` layers stay (the others left whole because `why`),
-        all to keep one width when `tied`."""
-        allowed = set(prunable)
-        kept = [g for g in self.groups if g.id in allowed]
-        whole = [Skipped(g.id, why) for g in self.groups if g.id not in allowed]
-        missing = sorted(allowed - {g.id for g in kept})
-        if tied and missing:  # one of the tied groups stays whole, so all must: one width for all
-            whole += [Skipped(g.id, f"tied to {missing[0]}, which is left whole ({why})") for g in kept]
-            kept = []
-        return PruningSpace(kept, self.skipped + whole, tuple(g.id for g in kept) if tied else ())
+    def tied_set(self, gid: str) -> tuple[str, ...] | None:
+        """The set of groups `gid` keeps one width with, if any."""
+        return next((s for s in self.tied if gid in s), None)
+
+    def constrained(self, sets: Iterable[Iterable[str]], why: str) -> PruningSpace:
+        """Only the groups rooted at a layer of `sets` stay (the others left whole because `why`);
+        each set of more than one keeps one width, and when one of its groups cannot be cut (left
+        whole by the analysis) the whole set stays whole: one width for all."""
+        given = [tuple(s) for s in sets]
+        found = {g.id: g for g in self.groups}
+        whole = [Skipped(g.id, why) for g in self.groups if not any(g.id in s for s in given)]
+        kept_ids: list[str] = []
+        tied: list[tuple[str, ...]] = []
+        for s in given:
+            missing = [r for r in s if r not in found]
+            present = [r for r in s if r in found]
+            if missing and len(s) > 1:
+                whole += [Skipped(r, f"tied to {missing[0]}, which is left whole ({why})") for r in present]
+                continue
+            kept_ids += present
+            if len(present) > 1:
+                tied.append(tuple(present))
+        kept = [g for g in self.groups if g.id in kept_ids]
+        return PruningSpace(kept, self.skipped + whole, tuple(tied))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PruningSpace:
@@ -96,7 +110,10 @@ class PruningSpace:
             return tuple(tuples(x) for x in v) if isinstance(v, list) else v
 
         groups = [Group(**{k: tuples(v) for k, v in g.items()}) for g in d["groups"]]
-        return cls(groups, [Skipped(**s) for s in d["skipped"]], tuple(d.get("tied", ())))
+        tied = d.get("tied", [])
+        if tied and all(isinstance(t, str) for t in tied):  # written before several sets: one set
+            tied = [tied]
+        return cls(groups, [Skipped(**s) for s in d["skipped"]], tuple(tuple(s) for s in tied))
 
 
 def discover(

@@ -114,6 +114,7 @@ class LevelSearch:
         under: Point | None = None  # the loosest candidate known within budget
         best: tuple[Plan, Evaluation] | None = None
         seen: dict[tuple[int, ...], float] = {widths_key(self.plan(0.0)): self.cost.total}
+        narrowest = widths_key(self.plan(MAX_LEVEL))  # reached below MAX_LEVEL where widths bottom out (tied sets)
         steps: list[Step] = []
         stop = "candidate limit reached"
         for index in range(1, self.max_candidates + 1):
@@ -146,7 +147,7 @@ class LevelSearch:
                     break
             else:
                 over = point
-                if level >= MAX_LEVEL:
+                if level >= MAX_LEVEL or widths_key(plan) == narrowest:
                     raise infeasible(self.objective.budget, ev)
         if best is None:
             raise none_met(self.objective.budget, steps, "raise --max-candidates")
