@@ -8,6 +8,13 @@ drop is the KL divergence of its outputs from the unpruned model's on held-out c
 (label-free, so it needs no labels and works for any output that is a distribution; other outputs
 use the mean squared difference). A group's drops are made non-increasing in width: a wider layer
 never counts as more harmful than a narrower one (measurement noise aside).
+
+Its cost is groups x widths x a pruned copy and two forward passes, the largest of a run before
+recovery (a YOLOv8n at 256 px: 18 minutes of a 25-minute search). So only `MEASURED` widths of
+each group are measured (its narrowest and one between), and the others are interpolated along
+the share of the group's importance scores they remove (0 at full width): the scores rank what goes
+first, the measurements put a price on it (bench/sensitivity_cost.py: the A/B against measuring
+every width, and the time).
 """
 
 from __future__ import annotations
@@ -22,10 +29,10 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.pipeline.prune import blocks
-from edgeprune.pipeline.prune.apply import apply
+from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import width_step
-from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores
+from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores, plan_changes, pruned_copy
 
 if TYPE_CHECKING:
     from edgeprune.pipeline.search.base import SearchContext
@@ -39,6 +46,9 @@ Sensitivity = dict[str, dict[int, float]]
 #: most candidate widths per group: a 960-channel layer has 60 multiples of 16, and scoring each
 #: costs a pruned copy and a BN re-estimation; evenly spread ones are enough to allocate between
 MAX_CANDIDATES = 8
+#: candidate widths measured per group below its full width (the narrowest and, with 2, one near the
+#: middle); None measures every candidate
+MEASURED: int | None = 2
 
 
 #: calibration pixels per scored trial: 256 CIFAR-sized images (half re-estimate BN, half are scored)
@@ -102,7 +112,7 @@ def drop(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> 
     return total
 
 
-def _scorer(model: nn.Module, calibration: torch.Tensor) -> Callable[[nn.Module], float]:
+def scorer(model: nn.Module, calibration: torch.Tensor) -> Callable[[nn.Module], float]:
     """A trial model's drop from `model`: half of `calibration` re-estimates the trial's BatchNorm
     statistics, the other half is scored."""
     half = modelrun.batch_len(calibration) // 2
@@ -129,25 +139,53 @@ def sensitivity(
     example_inputs: Sequence[torch.Tensor],
     calibration: torch.Tensor,
     round_to: int,
+    measured: int | None = MEASURED,
 ) -> Sensitivity:
-    """Each channel/head group's drop at each candidate width, everything else at full width."""
-    score = _scorer(model, calibration)
+    """Each channel/head group's drop at each candidate width, everything else at full width:
+    `measured` of them per group measured (every one when None), the rest interpolated. The model
+    is traced once and each trial cut from a copy by name (`pruned_copy`, what `apply` does after
+    its own trace): a trace per trial was most of a trial's time on models of a few dozen layers
+    (MobileNetV2 at 32 px: 2.9 s a trial)."""
+    score = scorer(model, calibration)
+    graph = Graph(model, example_inputs)
     out: Sensitivity = {}
     for g in space.groups:
-        drops = {
-            w: 0.0
-            if w == g.size
-            else score(apply(copy.deepcopy(model), Plan({g.id: keep_top(g, scores, w)}), example_inputs))
-            for w in candidate_widths(g, round_to)
+        widths = candidate_widths(g, round_to)
+        drops = {g.size: 0.0} | {
+            w: score(pruned_copy(model, *plan_changes(graph, Plan({g.id: keep_top(g, scores, w)}))))
+            for w in measured_widths(widths[:-1], measured)
         }
-        out[g.id] = monotone(drops)
+        out[g.id] = monotone(interpolated(g, scores, widths, drops))
     return out
+
+
+def measured_widths(narrower: list[int], measured: int | None) -> list[int]:
+    """Which of a group's narrower candidate widths are measured: all, or `measured` of them evenly
+    spread from the narrowest (with 2, the narrowest and the middle one)."""
+    if measured is None or len(narrower) <= measured:
+        return narrower
+    return sorted({narrower[(i * len(narrower)) // measured] for i in range(measured)})
+
+
+def interpolated(group: Group, scores: Scores, widths: list[int], drops: dict[int, float]) -> dict[int, float]:
+    """`drops` at every width of `widths`: a measured width keeps its figure, the others are read
+    off the line between the measured ones on either side, the x axis being the share of the
+    group's importance scores the width removes (its lowest-scored units go first)."""
+    total = float(sum(abs(float(v)) for v in scores[group.id])) or 1.0
+
+    def removed(w: int) -> float:
+        kept = keep_top(group, scores, w).keep
+        return 1.0 - sum(abs(float(scores[group.id][u])) for u in kept) / total
+
+    known = sorted((removed(w), d) for w, d in drops.items())
+    xs, ys = [x for x, _ in known], [y for _, y in known]
+    return {w: drops[w] if w in drops else float(np.interp(removed(w), xs, ys)) for w in widths}
 
 
 def block_sensitivity(model: nn.Module, found: Sequence[str], calibration: torch.Tensor) -> dict[str, float]:
     """Each removable residual block's drop when it alone is bypassed, on the same scale as the
     groups' (BN re-estimated, KL on the held-out half), so depth and width trade in one currency."""
-    score = _scorer(model, calibration)
+    score = scorer(model, calibration)
     return {name: score(blocks.bypass(copy.deepcopy(model), [name])) for name in found}
 
 
@@ -173,6 +211,6 @@ def of_run(ctx: SearchContext) -> Sensitivity:
                 ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to
             ).items()
         },
-        key=ctx.cache_key,
+        key=ctx.cache_key | {"measured_widths": MEASURED},
     )
     return {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
