@@ -64,7 +64,7 @@ def cifar_test(path: str, n: int) -> torch.Tensor:
     return (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
 
 
-def ladder(data: str, zoo: bool) -> list[tuple[str, torch.nn.Module, tuple[int, ...], str]]:
+def ladder(data: str, zoo: bool, yolo_sizes: list[int]) -> list[tuple[str, torch.nn.Module, tuple[int, ...], str]]:
     """(name, model, input shape, where the calibration images come from)."""
     rows: list[tuple[str, torch.nn.Module, tuple[int, ...], str]] = [
         ("resnet20 (trained, 32 px)", trained("resnet20"), (1, 3, 32, 32), "cifar"),
@@ -76,7 +76,7 @@ def ladder(data: str, zoo: bool) -> list[tuple[str, torch.nn.Module, tuple[int, 
         import timm
 
         rows.append(("timm resnet50 (224 px)", timm.create_model("resnet50").eval(), (1, 3, 224, 224), "noise"))
-        for size in (320, 640):
+        for size in yolo_sizes:
             rows.append((f"yolov8n ({size} px)", torch.nn.Identity(), (1, 3, size, size), "noise"))
     return rows
 
@@ -205,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="the full CIFAR-10 npz (x_train, y_train, x_test, y_test)")
     p.add_argument("--zoo", action="store_true", help="add the timm and ultralytics rows (zoo environment)")
     p.add_argument("--skip-ab", action="store_true", help="the cost ladder only")
+    p.add_argument("--skip-cost", action="store_true", help="the A/B only (the cost rows of the result file kept)")
+    p.add_argument("--ab-models", nargs="+", default=["resnet20", "resnet56"], help="the A/B's trained models")
     p.add_argument("--steps", type=int, default=780, help="fine-tuning steps of each A/B arm (780: two epochs)")
     p.add_argument("--every-limit", type=float, default=900.0, help="skip the every-width maps beyond this (s)")
+    p.add_argument("--yolo-sizes", type=int, nargs="+", default=[320, 640], help="YOLOv8n input sizes (--zoo)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -219,16 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     if a.out.exists():  # keep the rows this run does not make (the zoo rows come from the other environment)
         earlier = json.loads(a.out.read_text())
-        result["cost"] = [r for r in earlier.get("cost", []) if r.get("zoo") != a.zoo]
+        result["cost"] = [
+            r | {"measured_at_commit": r.get("measured_at_commit", earlier.get("git", {}).get("commit"))}
+            for r in earlier.get("cost", [])
+            if r.get("zoo") != a.zoo or a.skip_cost
+        ]
         result["ab"] = earlier.get("ab", []) if a.skip_ab else []
-    for name, model, shape, source in ladder(a.data, a.zoo):
+    for name, model, shape, source in [] if a.skip_cost else ladder(a.data, a.zoo, a.yolo_sizes):
         if a.zoo and "yolo" not in name and "timm" not in name:
             continue
         result["cost"].append(cost_row(name, model, shape, source, a.data, a.every_limit) | {"zoo": a.zoo})
         atomic.write_text(a.out, json.dumps(result, indent=1))
     if not a.skip_ab:
         with tempfile.TemporaryDirectory() as tmp:
-            for arch in ("resnet20", "resnet56"):
+            for arch in a.ab_models:
                 result["ab"].append(ab_row(arch, a.data, a.steps, Path(tmp)))
                 atomic.write_text(a.out, json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("cost", "ab")}, indent=1))

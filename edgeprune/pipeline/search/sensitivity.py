@@ -208,7 +208,7 @@ def of_run(ctx: SearchContext) -> Sensitivity:
         lambda: {
             g: {str(w): v for w, v in d.items()}
             for g, d in sensitivity(
-                ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to
+                ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to, MEASURED
             ).items()
         },
         key=ctx.cache_key | {"measured_widths": MEASURED},
