@@ -241,3 +241,33 @@ def test_constrained_space_ties_or_leaves_whole() -> None:
     assert len({len(g.keep) for g in plan.groups.values()}) == 1, "tied groups keep one width"
     lacking = space.constrained([["l0.fc1", "l1.fc1", "l9.fc1"]], "one width")
     assert not lacking.groups and any("tied to l9.fc1" in s.reason for s in lacking.skipped)
+
+
+def test_several_tied_sets_each_keep_one_width_or_one_fraction() -> None:
+    """Two sets, as a decoder's MLP width and its heads would be: each keeps one width (one
+    fraction where its groups' sizes differ, as a Swin's stages), independently of the other; a
+    set one of whose groups cannot be cut stays whole without taking the other set with it."""
+    from edgeprune.ecosystems.base import Constraint, TiedSet
+    from edgeprune.pipeline.prune.select import plan_at_level
+    from edgeprune.pipeline.prune.space import Group, PruningSpace
+
+    def group(name: str, size: int) -> Group:
+        return Group(name, "channels", size, (f"{name}(out)",), ((0,),), (tuple(range(size)),))
+
+    space = PruningSpace([group("a0", 64), group("a1", 64), group("b0", 32), group("b1", 64), group("c", 48)], [])
+    constraint = Constraint(
+        "two widths",
+        (TiedSet(("a0", "a1"), "intermediate_size"), TiedSet(("b0", "b1"), "mlp_ratio"), TiedSet(("c",), "c")),
+    )
+    assert constraint.tied and constraint.prunable == ("a0", "a1", "b0", "b1", "c")
+    tied = space.constrained([s.roots for s in constraint.sets], constraint.why)
+    assert tied.tied == (("a0", "a1"), ("b0", "b1")) and tied.tied_set("c") is None
+    scores = {g.id: list(range(g.size)) for g in tied.groups}
+    for level in (0.3, 0.5, 0.8):
+        kept = {gid: len(k.keep) for gid, k in plan_at_level(tied, scores, level, 16).groups.items()}
+        assert kept["a0"] == kept["a1"] < 64
+        assert kept["b1"] == 2 * kept["b0"] < 64  # one fraction of sizes 32 and 64
+    assert PruningSpace.from_dict(tied.to_dict()).tied == tied.tied
+    lacking = space.constrained([("a0", "a9"), ("b0", "b1")], "two widths")
+    assert [g.id for g in lacking.groups] == ["b0", "b1"] and lacking.tied == (("b0", "b1"),)
+    assert any(s.id == "a0" and "tied to a9" in s.reason for s in lacking.skipped)
