@@ -85,17 +85,22 @@ def _tokenizer(folder: Path) -> None:
     vocab.unlink()
 
 
-def bert(folder: Path) -> None:
-    cfg = transformers.BertConfig(
+def _encoder(folder: Path, family: str, layers: int, mlp: int, positions: int = 128) -> None:
+    """A small random-weight `{family}ForSequenceClassification` (hidden 128, 4 heads, 3 labels) saved."""
+    cfg = getattr(transformers, f"{family}Config")(
         vocab_size=1000,
         hidden_size=128,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=1024,
+        intermediate_size=mlp,
         num_labels=3,
-        max_position_embeddings=128,
+        max_position_embeddings=positions,
     )
-    transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
+    getattr(transformers, f"{family}ForSequenceClassification")(cfg).save_pretrained(str(folder))
+
+
+def bert(folder: Path) -> None:
+    _encoder(folder, "Bert", layers=2, mlp=1024)
     _tokenizer(folder)
 
 
@@ -389,29 +394,11 @@ def test_without_transformers_names_the_extra(tmp_path: Path, monkeypatch: pytes
 
 
 def roberta(folder: Path) -> None:
-    cfg = transformers.RobertaConfig(
-        vocab_size=1000,
-        hidden_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=512,
-        num_labels=3,
-        max_position_embeddings=160,
-    )
-    transformers.RobertaForSequenceClassification(cfg).save_pretrained(str(folder))
+    _encoder(folder, "Roberta", layers=3, mlp=512, positions=160)  # RoBERTa offsets positions by 2
 
 
 def bert4(folder: Path) -> None:
-    cfg = transformers.BertConfig(
-        vocab_size=1000,
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=512,
-        num_labels=3,
-        max_position_embeddings=128,
-    )
-    transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
+    _encoder(folder, "Bert", layers=4, mlp=512)
 
 
 @pytest.mark.parametrize("build", [roberta, bert4], ids=["roberta-3", "bert-4"])

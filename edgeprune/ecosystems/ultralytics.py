@@ -277,7 +277,7 @@ class UltralyticsMap:
     the pipeline passes is not read (the validator reads the split, with its labels). A PyTorch
     model is validated as it is (the validator fuses and freezes a copy of its own); a runtime's
     session (measure.RuntimeModel: int8 on ort-cpu) through `_Session`, so the published file's mAP
-    is measured too. `last` holds the latest mAP50-95 and mAP50."""
+    is measured too."""
 
     name = "mAP50-95"
     higher_is_better = True
@@ -288,7 +288,6 @@ class UltralyticsMap:
             f"mAP50-95 by ultralytics' {task} validator on {yaml}'s val split (conf 0.001, IoU 0.7, "
             f"{'x'.join(map(str, imgsz))})"
         )
-        self.last: dict[str, float] = {}
 
     def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
         import importlib
@@ -320,8 +319,7 @@ class UltralyticsMap:
                 stats = validate(args=args)(model=subject)
             finally:
                 torch.set_num_threads(threads)
-        self.last = {"map50_95": float(stats["metrics/mAP50-95(B)"]), "map50": float(stats["metrics/mAP50(B)"])}
-        return self.last["map50_95"]
+        return float(stats["metrics/mAP50-95(B)"])
 
 
 class _Session(nn.Module):

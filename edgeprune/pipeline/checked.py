@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from edgeprune import modelrun
-from edgeprune.ecosystems.base import ecosystem
+from edgeprune.ecosystems.base import Ecosystem, ecosystem
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline import precision as precision_mod
@@ -71,18 +71,19 @@ class Checked:
             check_fits(data, num_outputs, loaded.input_shape)  # before any training
         name = settings.recovery_for(data.labelled) if data is not None else settings.recovery
         recovery = None if name == "none" else get_recovery(name, **settings.recovery_options(name))
-        metric_name, metric = _metric(settings, loaded, data)
+        metric_name, metric = _metric(settings, loaded, data, door)
         quantizer, int8_unavailable = _quantizer(settings, loaded.example_inputs)
         return cls(
             budget, runtime, method, recovery, num_outputs, data, metric_name, metric, quantizer, int8_unavailable
         )
 
 
-def _metric(settings: Settings, loaded: LoadedModel, data: DataBundle | None) -> tuple[str, Metric]:
+def _metric(
+    settings: Settings, loaded: LoadedModel, data: DataBundle | None, door: Ecosystem | None
+) -> tuple[str, Metric]:
     """The model's library's own metric where it has one for --metric or --data (ultralytics' mAP);
     else --metric; else top-1 for a classifier with labels; else fidelity to the unpruned model
     (recovery/evaluate.py: top-1 agreement for class logits, R² of the outputs otherwise)."""
-    door = ecosystem(loaded.ecosystem)
     own = door.metric(settings.metric, settings.data, loaded) if door is not None else None
     if own is not None:
         return own.name, own

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -199,7 +200,7 @@ class Pipeline:
         """The removable blocks' importance: by the method on the calibration data, or, without data,
         by how much bypassing each changes the outputs on the example inputs (said in the log)."""
         method, data = self.c.method, self.c.data
-        found = self._blocks()
+        found = self._blocks
         on = "the calibration data" if data is not None else "the example inputs (no --data)"
         scores = self.stage(
             "blocks",
@@ -212,8 +213,10 @@ class Pipeline:
         self.log(f"  {len(scores)} removable residual blocks, scored on {on}")
         return scores
 
+    @functools.cached_property
     def _blocks(self) -> list[blocks_mod.Block]:
-        """The removable residual blocks that the output format can record (ecosystems/)."""
+        """The removable residual blocks that the output format can record (ecosystems/), found once
+        (each candidate is bypassed and run to check it): both searches of `auto` ask for them."""
         constraint = self.loaded.constraint
         found = blocks_mod.find_blocks(self.model, self.inputs)
         return [b for b in found if constraint is None or constraint.allows_block(b.name)]
@@ -379,29 +382,27 @@ class Pipeline:
             log_at("  the unpruned model already meets the budget: exporting it unpruned")
             plan = plan_at_level(self.space, self.scores, 0.0, s.round_to, s.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-        if s.depth == "off":
-            try:
-                return self._searched(target, stage_at, log_at, s, {})
-            except TooNoisy:
-                raise
-            except EdgepruneError as err:
-                if not self._blocks():
-                    raise
-                raise EdgepruneError(f"{err}; or remove whole blocks too: --depth auto (the default) or on") from None
-        if s.depth != "auto":
+        if s.depth in ("on", "only"):
             return self._searched(target, stage_at, log_at, s, self.block_scores)
-        blocks_left = bool(self._blocks())
-        if self.space.groups:
+        if s.depth == "off" or self.space.groups:  # channels alone first
             try:
-                return self._searched(target, stage_at, log_at, dataclasses.replace(s, depth="off"), {}) | {
-                    "depth": "off (--depth auto: channels alone reached the budget)"
-                }
+                result = self._searched(target, stage_at, log_at, dataclasses.replace(s, depth="off"), {})
             except TooNoisy:
                 raise
             except EdgepruneError as err:
-                if not blocks_left:
-                    raise EdgepruneError(f"{err}{self._constraint_note()}") from None
+                if not self._blocks:
+                    raise EdgepruneError(f"{err}{self._constraint_note()}") if s.depth == "auto" else err from None
+                if s.depth == "off":
+                    raise EdgepruneError(
+                        f"{err}; or remove whole blocks too: --depth auto (the default) or on"
+                    ) from None
                 why = f"channels alone cannot reach the budget ({err})"
+            else:
+                return (
+                    result
+                    if s.depth == "off"
+                    else result | {"depth": "off (--depth auto: channels alone reached the budget)"}
+                )
         else:
             why = "no channel group may be cut"
         log_at(f"  {why}: searching again with whole blocks removable too (--depth auto)")

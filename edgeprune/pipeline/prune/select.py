@@ -76,21 +76,15 @@ def plan_at_level(
     refs: dict[tuple[str, ...], tuple[int, int]] = {}  # a tied set's smallest size and the width it keeps
     for s in space.tied:  # the smallest group's width first: the others keep its fraction
         ref = min((space.get(gid) for gid in s), key=lambda g: g.size)
-        step = width_step(ref.size, ref.kind, round_to)
-        refs[s] = ref.size, int(min(ref.size, max(step, np.floor(ref.size * (1.0 - level) / step + _GOLDEN) * step)))
+        refs[s] = ref.size, _rounded(ref.size, ref.size * (1.0 - level), ref.kind, round_to, _GOLDEN)
     for i, g in enumerate(space.groups):
         score = np.asarray(scores[g.id])
         keep: list[int] = []
         wanted = 0.0
         tied_set = space.tied_set(g.id)
         tied = tied_set is not None  # tied groups share one phase and keep one width (space.constrained)
-        if tied_set is not None and g.size != refs[tied_set][0] and len(g.segments) == 1:
-            ref_size, ref_kept = refs[tied_set]
-            k, seg = min(g.size, int(ref_kept * g.size / ref_size)), g.segments[0]
-            order = np.argsort(-score[list(seg)], kind="stable")
-            groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(seg[j] for j in order[:k])))
-            requested[g.id] = round(g.size * (1.0 - level), 2)
-            continue
+        ref_size, ref_kept = refs[tied_set] if tied_set is not None else (g.size, 0)
+        proportional = ref_size != g.size and len(g.segments) == 1  # one fraction of a tied set's smallest
         phase = _GOLDEN if tied else ((i + 1) * _GOLDEN) % 1.0  # one phase per group: a chunk's equal parts stay equal
         uniform = dropped is None or g.kind == "heads" or tied  # head scores are not on the channels' scale
         ideals = [
@@ -103,8 +97,10 @@ def plan_at_level(
             ideals = [float(np.mean(ideals))] * len(ideals)
         for seg, ideal in zip(g.segments, ideals):
             seg_scores = score[list(seg)]
-            step = width_step(len(seg), g.kind, round_to)
-            k = int(min(len(seg), max(step, np.floor(ideal / step + phase) * step)))
+            if proportional:
+                k = min(len(seg), int(ref_kept * len(seg) / ref_size))
+            else:
+                k = _rounded(len(seg), ideal, g.kind, round_to, phase)
             order = np.argsort(-seg_scores, kind="stable")
             keep += [seg[j] for j in order[:k]]
             wanted += ideal
@@ -121,6 +117,12 @@ def plan_at_level(
         "even": {g.id: g.even_by for g in space.groups if g.even_by},
     }
     return Plan(groups, meta=meta, removed_blocks=removed_blocks)
+
+
+def _rounded(size: int, ideal: float, kind: str, round_to: int, phase: float) -> int:
+    """`ideal` units of a segment of `size`, rounded to its step at `phase` (at least one step)."""
+    step = width_step(size, kind, round_to)
+    return int(min(size, max(step, np.floor(ideal / step + phase) * step)))
 
 
 def blocks_at_level(block_scores: dict[str, float], level: float) -> tuple[str, ...]:

@@ -76,7 +76,7 @@ def optimizer_for(model: nn.Module, recovery: Recovery, lr: float | None) -> Opt
     return OptimizerChoice(
         "sgd",
         lr or recovery.default_lr,
-        5e-4,
+        TrainConfig.weight_decay,
         "SGD with Nesterov momentum: a convolutional or batch-normalised model",
     )
 
