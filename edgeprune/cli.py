@@ -182,7 +182,8 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     p.add_argument(
         "--budget",
         required=True,
-        help="20ms, p90<=20ms, 2x (speed-up), 50%% (of the baseline latency), 300MFLOPs, 1.5Mparams",
+        help="20ms, p90<=20ms, 2x (speed-up), 50%% (of the baseline latency), 300MFLOPs, 1.5Mparams; "
+        "a language model: 25ms/token or 50%% (of its time per token)",
     )
     p.add_argument(
         "--input-shape",
@@ -275,6 +276,13 @@ def _compress_parser(prog: str = "compress") -> argparse.ArgumentParser:
     )
     _setting(p, "pgd_steps", "anp and --recover adversarial: PGD steps of the training attack (eps 8/255, step 2/255)")
     _bounded(p, "--sanp-cost-weight", bounds.NON_NEGATIVE, "sanp: weight of the cost objective", default=2.0)
+    _setting(
+        p,
+        "context",
+        "language models: the budget is the time per generated token with a key/value cache of this many tokens "
+        "(default 1024, or the model's max_position_embeddings - 1 if fewer)",
+    )
+    _setting(p, "prompt_tokens", "language models: the prompt whose time to the first token is reported")
     _common(p)
     return p
 
@@ -342,19 +350,24 @@ def _compress(argv: list[str]) -> int:
         analysis_time_s=a.analysis_time_s,
         precision=a.precision,
         max_accuracy_drop=a.max_accuracy_drop,
+        context=a.context,
+        prompt_tokens=a.prompt_tokens,
     )
     inputs = parse_example_inputs(a.input_shape) if a.input_shape else None
     shape = tuple(inputs[0].shape) if inputs else parse_input_shape(a.input_shape) if a.input_shape else None
     loaded = _model_or_untrained(a, shape, inputs)
     result = compress(loaded, settings, a.out, progress=_progress)
-    _summary_table(result.report)
     native = result.report.get("native")
     own = f"; in {native['ecosystem']}'s own format: {native['path']} ({native.get('load', '')})" if native else ""
-    Console().print(
-        f"outputs in {Path(a.out).resolve()}: model.onnx, model.pt, "
-        f"state_dict.pt, plan.json, report.json, report.md, widths.svg{own}",
-        markup=False,
-    )
+    if result.report.get("kind") == "decoder":
+        from edgeprune.pipeline.decoder.report import table
+
+        table(result.report)
+        files = "model.onnx (the decode step), prefill.onnx, plan.json, report.json, report.md"
+    else:
+        _summary_table(result.report)
+        files = "model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, widths.svg"
+    Console().print(f"outputs in {Path(a.out).resolve()}: {files}{own}", markup=False)
     return 0 if result.met else 1
 
 

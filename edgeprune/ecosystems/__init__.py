@@ -3,7 +3,13 @@
 Each library is one file that registers itself; none imports its library until such a model arrives.
 """
 
-from edgeprune.ecosystems import huggingface, timm, torchvision, ultralytics  # noqa: F401 - each registers itself
+from edgeprune.ecosystems import (  # noqa: F401 - each registers itself
+    causal_lm,
+    huggingface,
+    timm,
+    torchvision,
+    ultralytics,
+)
 from edgeprune.ecosystems.base import (
     ECOSYSTEMS,
     Constraint,

@@ -25,7 +25,6 @@ from edgeprune.registry import Registry
 
 if TYPE_CHECKING:
     from edgeprune.pipeline.loading import LoadedModel
-    from edgeprune.pipeline.prune.plan import Plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +97,9 @@ class Ecosystem(abc.ABC):
     packages: ClassVar[tuple[str, ...]] = ()
     #: what `save` writes in --out (a file or a folder name), None when the ecosystem has no own format
     output: ClassVar[str | None] = None
+    #: which door takes an input two doors claim: the higher (a decoder LM folder is also a Hugging
+    #: Face folder; its own door goes first); equal priorities claiming one input is an error
+    priority: ClassVar[int] = 0
 
     def require(self) -> None:
         """Import the library or say, in one line, which extra installs it."""
@@ -143,9 +145,10 @@ class Ecosystem(abc.ABC):
             f"{self.name} models are rebuilt from their own output ({self.output}), not from plan.json"
         )
 
-    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Plan, dest: Path) -> dict[str, Any]:
+    def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Any, dest: Path) -> dict[str, Any]:
         """Write the pruned model in the ecosystem's format at `dest` (a file or folder that does not
-        exist yet); returns what report.json says of it (format, how to load it)."""
+        exist yet) as `plan` (a `Plan`; a decoder's plan dict, pipeline/decoder/) cut it; returns
+        what report.json says of it (format, how to load it)."""
         raise NotImplementedError
 
     def data_source(self, data: str) -> str:
@@ -174,8 +177,18 @@ def for_arch(arch: str | None) -> Ecosystem | None:
 
 
 def for_path(path: Path) -> Ecosystem | None:
-    """The door that claims a path by its layout (a Hugging Face folder), if any."""
-    return next((ECOSYSTEMS.create(n) for n in ECOSYSTEMS.names() if ECOSYSTEMS.get(n).claims_path(path)), None)
+    """The door that claims a path by its layout (a Hugging Face folder), if any: of several, the
+    one of highest `priority`; two of the same priority is an error naming both."""
+    claims = sorted(
+        (ECOSYSTEMS.get(n) for n in ECOSYSTEMS.names() if ECOSYSTEMS.get(n).claims_path(path)),
+        key=lambda door: -door.priority,
+    )
+    if len(claims) > 1 and claims[0].priority == claims[1].priority:
+        raise EdgepruneError(
+            f"{path} is claimed by two doors of equal priority, {claims[0].name} and {claims[1].name}; "
+            "give one a higher Ecosystem.priority"
+        )
+    return ECOSYSTEMS.create(claims[0].name) if claims else None
 
 
 def for_object(obj: Any) -> Ecosystem | None:

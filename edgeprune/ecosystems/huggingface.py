@@ -31,6 +31,7 @@ from torch import nn
 from edgeprune import modelrun
 from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, TiedSet, register
 from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.pipeline.decoder.cut import drop_layers
 from edgeprune.pipeline.prune import blocks as blocks_mod
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class HuggingFaceEcosystem(Ecosystem):
             # the key config.json holds (DistilBERT's n_layers answers to num_hidden_layers)
             key = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
             changes[key] = [config.num_hidden_layers, config.num_hidden_layers - len(gone)]
-            _drop_layers_from_config(config, gone)
+            drop_layers(config, gone)
         removed = [f"{layer_list}.{i}" for i in gone]
         roots = [r for r in native["mlp_roots"] if not blocks_mod.inside(r, removed)]
         widths = {root: _out_features(pruned, root) for root in roots}
@@ -254,15 +255,6 @@ def _renumbered(
             key = f"{prefix}{new_index[int(index)]}.{rest}"
         out[key] = value
     return out
-
-
-def _drop_layers_from_config(config: Any, gone: list[int]) -> None:
-    """num_hidden_layers lowered, and the per-layer lists some configs hold (layer_types) kept in step."""
-    count = config.num_hidden_layers
-    for key, value in config.to_dict().items():
-        if isinstance(value, list) and len(value) == count and key != "architectures":
-            setattr(config, key, [v for i, v in enumerate(value) if i not in gone])
-    config.num_hidden_layers = count - len(gone)
 
 
 def _config(path: Path) -> Any:

@@ -37,13 +37,23 @@ DYNAMO_MIN_OPSET = 18
 
 @register
 class OnnxExporter(Exporter):
-    """ONNX at a fixed opset; `atol`/`rtol` are what `check` accepts as "matches PyTorch"."""
+    """ONNX at a fixed opset; `atol`/`rtol` are what `check` accepts as "matches PyTorch". `io` names
+    the inputs and outputs and their dynamic axes (input_names, output_names, dynamic_axes as
+    torch.onnx.export takes them; a decoder step's cache length), else input0.. / output0.. fixed."""
 
     format = "onnx"
     suffix = "onnx"
 
-    def __init__(self, opset: int = 17, simplify: bool = True, atol: float = 1e-3, rtol: float = 1e-3) -> None:
+    def __init__(
+        self,
+        opset: int = 17,
+        simplify: bool = True,
+        atol: float = 1e-3,
+        rtol: float = 1e-3,
+        io: dict[str, Any] | None = None,
+    ) -> None:
         self.opset = opset
+        self.io = io
         self.simplify = simplify
         self.atol = atol
         self.rtol = rtol
@@ -105,11 +115,14 @@ class OnnxExporter(Exporter):
             "input_names": _names("input", len(inputs)),
             "output_names": _names("output", n_outputs),
             "opset_version": self.opset,
-        }
+        } | (self.io or {})
         try:
             with warnings.catch_warnings():
                 # The legacy exporter warns it is deprecated on every call; we chose it knowingly (speed).
                 warnings.simplefilter("ignore", DeprecationWarning)
+                # the tracer's notes on Python values it froze: what the file computes is checked
+                # against PyTorch right after export, so a wrong trace fails there, not silently
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 torch.onnx.export(model, inputs, str(path), dynamo=False, do_constant_folding=True, **common)
             return "torchscript"
         except Exception as ts_err:  # noqa: BLE001 - torch raises many unrelated types here; each means "could not export"

@@ -73,7 +73,7 @@ def _human(v: float) -> str:
     return f"{v:.3g}"
 
 
-_LATENCY = re.compile(r"^(?:(p50|p90|median)\s*<=?\s*)?([0-9]*\.?[0-9]+)\s*(ms|s|us)$", re.I)
+_LATENCY = re.compile(r"^(?:(p50|p90|median)\s*<=?\s*)?([0-9]*\.?[0-9]+)\s*(ms|s|us)(?:\s*/\s*token)?$", re.I)
 _COUNT = re.compile(r"^([0-9]*\.?[0-9]+)\s*([kKMG]?)\s*(flops|macs|params)$", re.I)
 _SPEEDUP = re.compile(r"^([0-9]*\.?[0-9]+)\s*x$", re.I)
 _PERCENT = re.compile(r"^([0-9]*\.?[0-9]+)\s*%$")
@@ -100,7 +100,10 @@ def parse_budget(text: str) -> Budget:
         if not 0 < pct < 100:
             raise EdgepruneError(f"budget {t!r} must be between 0% and 100% of the baseline latency, e.g. 50%")
         return Budget("latency", pct / 100.0, relative=True, text=t)
-    raise EdgepruneError(f"cannot read budget {text!r}; use e.g. 20ms, p90<=20ms, 2x, 50%, 300MFLOPs or 1.5Mparams")
+    raise EdgepruneError(
+        f"cannot read budget {text!r}; use e.g. 20ms, p90<=20ms, 2x, 50%, 300MFLOPs, 1.5Mparams, "
+        "or 25ms/token for a language model"
+    )
 
 
 def _positive(b: Budget, text: str) -> Budget:

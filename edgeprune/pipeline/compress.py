@@ -67,6 +67,10 @@ def compress(
     Everything the user gave is checked before the first write (`Checked`); then --out is locked
     for the whole run and the stages run in order (`Pipeline`), each resumed when an earlier run
     finished it."""
+    if loaded.pipeline == "decoder":  # a language model: its cost is per generated token (pipeline/decoder/)
+        from edgeprune.pipeline.decoder.run import compress_decoder
+
+        return compress_decoder(loaded, settings, out_dir, progress)
     ctx = distributed.init_from_env()
     log = progress if ctx.is_rank0 else (lambda line: None)
     checked = Checked.of(loaded, settings, out_dir, ctx)

@@ -159,15 +159,19 @@ def decide(
     warmup: int = 10,
     chunk: int = 5,
     max_rounds: int = MAX_ROUNDS,
+    reference_inputs: Sequence[np.ndarray] | None = None,
 ) -> tuple[Decision, LatencyStats, LatencyStats | None]:
     """Time the loaded `candidate` session (and `reference`, alternating) in rounds of `chunk` runs
     each until the interval of the median round figure lies on one side of `threshold` (module
     docstring). Returns the decision and each session's pooled runs. `relative`: a round's figure
-    is the candidate's statistic over the reference's, else the candidate's own (ms)."""
+    is the candidate's statistic over the reference's, else the candidate's own (ms).
+    `reference_inputs`: the reference's own inputs where they differ (a decoder's cache has as
+    many heads as the model it feeds)."""
     sessions = [candidate] if reference is None else [reference, candidate]
-    for session in sessions:  # warm every session before the first timed round
+    feeds = [inputs] if reference is None else [reference_inputs or inputs, inputs]
+    for session, feed in zip(sessions, feeds):  # warm every session before the first timed round
         for _ in range(warmup):
-            runtime.run(session, inputs)
+            runtime.run(session, feed)
     figures: list[float] = []
     pooled: list[LatencyStats | None] = [None] * len(sessions)
     cpu_rounds, other_s, wall_s, cpus = 0, 0.0, 0.0, 0
@@ -175,7 +179,7 @@ def decide(
     while True:
         for _ in range(ROUNDS):
             order = range(len(sessions)) if len(figures) % 2 == 0 else reversed(range(len(sessions)))
-            chunks: dict[int, LatencyStats] = {i: runtime.measure(sessions[i], inputs, 0, chunk) for i in order}
+            chunks: dict[int, LatencyStats] = {i: runtime.measure(sessions[i], feeds[i], 0, chunk) for i in order}
             on_cpu = runtime.cpu_time_is_latency and _waited(list(chunks.values()))
             cpu_rounds += on_cpu
             cand = _figure(chunks[len(sessions) - 1], statistic, on_cpu)

@@ -46,6 +46,9 @@ class LoadedModel:
     preprocess: Preprocess | None = None
     #: what the output format can express (ecosystems/base.py), imposed on the plan
     constraint: Constraint | None = None
+    #: a pipeline of its own where one forward is not what the model costs (pipeline/decoder/: a
+    #: language model's time per generated token); None: the channel pipeline (compress.py)
+    pipeline: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

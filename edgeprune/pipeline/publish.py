@@ -31,7 +31,7 @@ class CompressResult:
     """The figures of a finished run (the same as report.json), plus the pruned module."""
 
     model: torch.nn.Module
-    plan: Plan
+    plan: Plan | dict[str, Any]  # a decoder's plan is its shape and kept heads (pipeline/decoder/)
     report: dict[str, Any]
     out_dir: Path
 
@@ -133,14 +133,14 @@ def publish_outputs(run: RunDir, rep: dict[str, Any], onnx: Path, native: str | 
     the model in its ecosystem's format (a file or folder in the work dir), if any."""
     names = (*HASHED_OUTPUTS, *([native] if native else []), "report.md", "widths.svg", "report.json")
     files = {name: run.path(name) for name in names} | {"model.onnx": onnx}
-    rep["outputs_sha256"] = {name: _file_sha256(files[name]) for name in HASHED_OUTPUTS}
+    rep["outputs_sha256"] = {name: file_sha256(files[name]) for name in HASHED_OUTPUTS}
     atomic.write_text(run.path("report.md"), report_mod.markdown(rep))
     atomic.write_text(run.path("widths.svg"), report_mod.widths_svg(rep["groups"]))
     atomic.write_json(run.path("report.json"), rep)
     run.publish(files)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

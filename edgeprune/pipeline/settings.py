@@ -36,6 +36,8 @@ BOUNDS: dict[str, tuple[str, Bound]] = {
     "pgd_steps": ("--pgd-steps", bounds.count()),
     "analysis_time_s": ("--analysis-time", bounds.POSITIVE),
     "max_accuracy_drop": ("--max-accuracy-drop", bounds.FRACTION),
+    "context": ("--context", bounds.count(1 << 20)),
+    "prompt_tokens": ("--prompt-tokens", bounds.count(1 << 20)),
 }
 RECOVERIES = ("finetune", "distill", "scratch", "adversarial", "none")
 DEPTHS = ("auto", "off", "on", "only")
@@ -77,6 +79,11 @@ class Settings:
     max_accuracy_drop: float | None = (
         None  # refuse a plan whose accuracy on the runtime falls more than this below the baseline
     )
+    #: a language model's budget is per generated token with a cache of this many tokens (None: the
+    #: decoder pipeline's default, pipeline/decoder/run.py), and its prefill is timed on a prompt of
+    #: `prompt_tokens`
+    context: int | None = None
+    prompt_tokens: int = 128
 
     def __post_init__(self) -> None:
         """Refuse what cannot run, before anything is loaded or written (one line, exit 2 in the CLI)."""

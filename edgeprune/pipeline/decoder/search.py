@@ -1,0 +1,191 @@
+"""Choosing the decoder's shape for a per-token budget: a cost model fitted to measured shapes
+proposes, the outputs choose, the target decides.
+
+1. A handful of probe shapes (the model itself, half its layers, half its MLP, half its heads, the
+   narrowest) are cut, exported and timed on the target; a linear model of the time per token in
+   what a decode step reads is fitted to them: ms = a + L (b + c I + d H + e KV) for L layers, I MLP
+   channels, H query heads and KV key/value groups (a: the embedding, the LM head and the runtime's
+   fixed cost).
+2. For every expressible (layers, key/value groups, heads per group), the widest MLP the model
+   predicts under the budget is a candidate, if predicted within `BAND` of it (a shape far under
+   the budget gives capacity away); each is cut with the calibration scores and scored by how far
+   its next-token distributions move from the unpruned model's (KL on held-out tokens, before any
+   recovery).
+3. The candidates are timed in order of that KL, interleaved with the baseline until the decision
+   rule says under or over (decision.py); a miss joins the fitted points and the candidates are
+   proposed again. The first decided under is the shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.decoder.shape import Shape
+
+#: most candidates scored by KL per proposal (each is a cut and a forward over the held-out tokens)
+MAX_SCORED = 48
+#: candidates are shapes predicted within this fraction under the budget (a shape far under it gives
+#: away capacity the budget allows); below it only when no shape falls in the band
+BAND = 0.2
+
+
+def features(s: Shape) -> list[float]:
+    return [1.0, s.layers, s.layers * s.intermediate, s.layers * s.heads, s.layers * s.kv_heads]
+
+
+@dataclasses.dataclass
+class CostModel:
+    """ms per token ~ features(shape) . coef, least squares over the measured shapes (coefficients
+    clipped at 0: no part of a model makes it faster)."""
+
+    points: list[tuple[Shape, float]]
+
+    @property
+    def coef(self) -> np.ndarray:
+        x = np.array([features(s) for s, _ in self.points])
+        y = np.array([ms for _, ms in self.points])
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        return np.clip(coef, 0.0, None)
+
+    def predict(self, s: Shape) -> float:
+        return float(np.dot(features(s), self.coef))
+
+
+def probes(old: Shape, round_to: int, allowed: Callable[[Shape], bool]) -> list[Shape]:
+    """Shapes that pull each term of the cost model apart from the others (those the config allows)."""
+    half_mlp = max(round_to, old.intermediate // 2 // round_to * round_to)
+    shapes = [
+        old,
+        dataclasses.replace(old, layers=max(1, old.layers // 2)),
+        dataclasses.replace(old, intermediate=half_mlp),
+        dataclasses.replace(old, q_per_kv=max(1, old.q_per_kv // 2)),
+        dataclasses.replace(old, kv_heads=max(1, old.kv_heads // 2)),
+        Shape(1, 1, 1, min(round_to, old.intermediate)),
+    ]
+    return [s for s in dict.fromkeys(shapes) if allowed(s)]
+
+
+def narrowest(old: Shape, round_to: int) -> Shape:
+    return Shape(1, 1, 1, min(round_to, old.intermediate))
+
+
+def frontier(
+    old: Shape, model: CostModel, limit_ms: float, round_to: int, depth: str, allowed: Callable[[Shape], bool]
+) -> list[Shape]:
+    """For each (layers, groups, heads per group) the config allows, the widest MLP (a multiple of
+    `round_to`) the cost model puts under `limit_ms`; the layer count stays under --depth off, and
+    only it moves under --depth only."""
+    layer_counts = [old.layers] if depth == "off" else range(1, old.layers + 1)
+    widths = sorted({*range(round_to, old.intermediate + 1, round_to), old.intermediate})
+    out = []
+    for layers, kv, q in itertools.product(layer_counts, range(1, old.kv_heads + 1), range(1, old.q_per_kv + 1)):
+        if (depth == "only" and (kv, q) != (old.kv_heads, old.q_per_kv)) or not allowed(Shape(layers, kv, q, 1)):
+            continue
+        fits = [
+            w
+            for w in (widths if depth != "only" else [old.intermediate])
+            if model.predict(Shape(layers, kv, q, w)) <= limit_ms
+        ]
+        if fits:
+            out.append(Shape(layers, kv, q, fits[-1]))
+    return out
+
+
+def params_of(s: Shape, head_dim: int) -> int:
+    """The weights a shape keeps in its layers, over the hidden size (which no shape changes): for
+    ordering candidates, more kept first."""
+    return s.layers * (s.heads * head_dim * 2 + s.kv_heads * head_dim * 2 + 3 * s.intermediate)
+
+
+@dataclasses.dataclass
+class Tried:
+    shape: Shape
+    kl: float
+    predicted_ms: float
+    decision: dict[str, Any]
+    ms: float
+    under: bool
+
+
+def search(
+    old: Shape,
+    head_dim: int,
+    measured: list[tuple[Shape, float]],
+    limit_ms: float,
+    round_to: int,
+    depth: str,
+    kl_of: Callable[[Shape], float],
+    decide: Callable[[Shape], tuple[bool, float, dict[str, Any]]],
+    allowed: Callable[[Shape], bool],
+    max_candidates: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The shape, and every step that led to it (module docstring). `measured`: the probes' ms;
+    `kl_of`: a cut shape's KL on held-out tokens; `decide`: a shape timed against the baseline
+    (under?, its ms, the decision); `allowed`: whether the config can state a shape."""
+    cost = CostModel(list(measured))
+    tried: list[Tried] = []
+    kls: dict[Shape, float] = {}
+    while len(tried) < max_candidates:
+        options = [
+            s for s in frontier(old, cost, limit_ms, round_to, depth, allowed) if s not in {t.shape for t in tried}
+        ]
+        if not options:
+            break
+        near = [s for s in options if cost.predict(s) >= (1 - BAND) * limit_ms]
+        options = sorted(near or options, key=lambda s: -params_of(s, head_dim))[:MAX_SCORED]
+        for s in options:
+            if s not in kls:
+                kls[s] = kl_of(s)
+        shape = min(options, key=lambda s: (kls[s], -params_of(s, head_dim)))
+        predicted = cost.predict(shape)
+        under, ms, decision = decide(shape)
+        tried.append(Tried(shape, kls[shape], predicted, decision, ms, under))
+        log(
+            f"  candidate {len(tried)}: {shape.describe()}: KL {kls[shape]:.4f}, predicted {predicted:.3f} ms, "
+            f"measured {ms:.3f} ms: {'under' if under else 'over'} the budget"
+        )
+        if under:
+            break
+        cost.points.append((shape, ms))
+    chosen = next((t for t in tried if t.under), None)
+    return {
+        "probes": [{"shape": s.to_dict(), "ms": ms} for s, ms in measured],
+        "cost_model": {"features": "1, L, L*I, L*H, L*KV", "coef": cost.coef.tolist()},
+        "scored": len(kls),
+        "tried": [dataclasses.asdict(t) | {"shape": t.shape.to_dict()} for t in tried],
+        "shape": chosen.shape.to_dict() if chosen else None,
+    }
+
+
+def no_shape(result: dict[str, Any], old: Shape, limit_ms: float, narrowest_ms: float, depth: str) -> EdgepruneError:
+    """Why no shape was chosen, with what would reach the budget."""
+    if narrowest_ms > limit_ms:
+        return EdgepruneError(
+            f"infeasible: the narrowest shape a config can state (1 layer, 1 key/value group of 1 head, the "
+            f"narrowest MLP) takes {narrowest_ms:.3f} ms per token on this target, over the budget's "
+            f"{limit_ms:.3f} ms; raise the budget, shorten --context, or choose a faster runtime"
+        )
+    more = "" if depth in ("auto", "on") else "; --depth auto lets whole layers go too"
+    return EdgepruneError(
+        f"no shape met the budget in {len(result['tried'])} tries ({old.describe()} to start, "
+        f"{limit_ms:.3f} ms per token asked){more}; raise --max-candidates or the budget"
+    )
+
+
+def kl_divergence(teacher_logits: Sequence[torch.Tensor], student_logits: Sequence[torch.Tensor]) -> float:
+    """Mean KL(teacher || student) of the next-token distributions over every position."""
+    total, n = 0.0, 0
+    for t, s in zip(teacher_logits, student_logits):
+        p = torch.log_softmax(t.float(), -1)
+        q = torch.log_softmax(s.float(), -1)
+        total += float((p.exp() * (p - q)).sum(-1).sum())
+        n += t.shape[0] * t.shape[1]
+    return total / max(n, 1)

@@ -1,0 +1,128 @@
+"""The decoder pipeline's parts that need no transformers (the door and the whole run are in
+tests_zoo/test_causal_lm.py): the per-token budget, the shape search's cost model, candidates and
+loop, and which door claims a folder two doors claim."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from edgeprune.ecosystems import base as eco_base
+from edgeprune.ecosystems.causal_lm import CausalLmEcosystem
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.budget import parse_budget
+from edgeprune.pipeline.decoder import search
+from edgeprune.pipeline.decoder.shape import Shape
+
+OLD = Shape(layers=4, kv_heads=2, q_per_kv=4, intermediate=384)
+#: a made-up target: ms = 0.1 + L (0.05 + 0.0005 I + 0.02 H + 0.03 KV)
+TRUE = (0.1, 0.05, 0.0005, 0.02, 0.03)
+
+
+def true_ms(s: Shape) -> float:
+    return sum(c * f for c, f in zip(TRUE, search.features(s)))
+
+
+def test_a_per_token_budget_reads_as_milliseconds() -> None:
+    b = parse_budget("25ms/token")
+    assert b.is_latency and b.value == 25.0 and not b.relative
+    assert parse_budget("0.5 s / token").value == 500.0
+
+
+def test_the_cost_model_recovers_a_linear_target_from_the_probes() -> None:
+    points = [(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)]
+    assert len(points) == 6 and points[0][0] == OLD
+    model = search.CostModel(points)
+    for s in (Shape(3, 1, 2, 200), Shape(1, 2, 4, 16), OLD):
+        assert model.predict(s) == pytest.approx(true_ms(s), rel=1e-6)
+
+
+def test_candidates_are_the_widest_mlp_under_the_limit_for_each_shape_the_config_allows() -> None:
+    model = search.CostModel([(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)])
+    limit = true_ms(OLD) / 2
+    odd_heads = {s for s in search.frontier(OLD, model, limit, 16, "auto", lambda s: True) if s.heads % 2}
+    assert odd_heads  # 3 heads in one group fit under the limit ...
+    even = search.frontier(OLD, model, limit, 16, "auto", lambda s: s.heads % 2 == 0)
+    assert even and all(s.heads % 2 == 0 for s in even)  # ... until the config refuses odd head counts
+    for s in even:
+        assert s.intermediate % 16 == 0 and model.predict(s) <= limit
+        wider = Shape(s.layers, s.kv_heads, s.q_per_kv, s.intermediate + 16)
+        assert s.intermediate == OLD.intermediate or model.predict(wider) > limit
+    assert {s.layers for s in search.frontier(OLD, model, limit, 16, "off", lambda s: True)} == {OLD.layers}
+    only = search.frontier(OLD, model, limit, 16, "only", lambda s: True)
+    assert only and all((s.kv_heads, s.q_per_kv, s.intermediate) == (2, 4, 384) for s in only)
+
+
+def run_search(kl: Any, under: Any, max_candidates: int = 4) -> dict[str, Any]:
+    measured = [(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)]
+    timed: list[Shape] = []
+
+    def decide(s: Shape) -> tuple[bool, float, dict[str, Any]]:
+        timed.append(s)
+        ok = under(s)
+        return ok, true_ms(s), {"verdict": "under" if ok else "over"}
+
+    result = search.search(
+        OLD, 32, measured, true_ms(OLD) / 2, 16, "auto", kl, decide, lambda s: True, max_candidates, lambda _: None
+    )
+    result["timed"] = timed
+    return result
+
+
+def test_the_search_times_the_candidate_that_moves_the_outputs_least_first() -> None:
+    result = run_search(kl=lambda s: 1.0 / s.layers + 0.01 * (8 - s.heads), under=lambda s: True)
+    chosen = Shape.from_dict(result["shape"])
+    assert result["timed"] == [chosen] and chosen.layers == 4  # fewest layers lost: lowest KL
+    assert true_ms(chosen) >= (1 - search.BAND) * true_ms(OLD) / 2  # within the band under the budget
+
+
+def test_a_candidate_decided_over_is_learned_from_and_another_tried() -> None:
+    verdicts = iter([False, True])  # the target is slower than the cost model said, once
+    result = run_search(kl=lambda s: 1.0 / s.layers, under=lambda s: next(verdicts))
+    assert [t["under"] for t in result["tried"]] == [False, True]
+    assert result["timed"][0] != result["timed"][1]
+
+
+def test_no_candidate_under_leaves_no_shape_and_a_line_naming_the_way() -> None:
+    result = run_search(kl=lambda s: 0.0, under=lambda s: False, max_candidates=3)
+    assert result["shape"] is None and len(result["tried"]) == 3
+    err = search.no_shape(result, OLD, 1.0, 0.5, "off")
+    assert "no shape met the budget in 3 tries" in str(err) and "--depth auto" in str(err)
+    assert "narrowest shape" in str(search.no_shape(result, OLD, 1.0, 2.0, "auto"))
+
+
+class _Door(eco_base.Ecosystem):
+    name = ""
+    priority: ClassVar[int] = 0
+
+    @classmethod
+    def claims_path(cls, path: Path) -> bool:
+        return (path / "config.json").is_file()
+
+    def load(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+
+@pytest.fixture
+def doors() -> Iterator[list[type[eco_base.Ecosystem]]]:
+    """Two test doors that claim every folder with a config.json, removed from the registry after."""
+    made: list[type[eco_base.Ecosystem]] = []
+    yield made
+    for door in made:
+        eco_base.ECOSYSTEMS._classes.pop(door.name, None)
+
+
+def test_a_decoder_folder_goes_to_the_decoder_door_and_equal_claims_are_an_error(
+    tmp_path: Path, doors: list[type[eco_base.Ecosystem]]
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    door = eco_base.for_path(tmp_path)
+    assert isinstance(door, CausalLmEcosystem)  # the Hugging Face door claims it too, at a lower priority
+    for name in ("zz_first", "zz_second"):
+        doors.append(eco_base.register(type(name, (_Door,), {"name": name, "priority": CausalLmEcosystem.priority})))
+    with pytest.raises(EdgepruneError, match="two doors of equal priority"):
+        eco_base.for_path(tmp_path)
