@@ -176,3 +176,28 @@ def model_entry(
     entry = {"baseline": {"top1": top1(base, data.val), **vars(count(base, (x,)))}, "rows": []}
     result["models"][arch] = entry
     return base, measurer, entry
+
+
+def run_compress(args: list[str], out: Path, log_path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`compress ARGS --out OUT` in a subprocess of this interpreter, its output appended to
+    `log_path`; the report it wrote (a finished run with a report.json is not repeated: compress
+    resumes an unfinished one from OUT/work itself). A failed run raises, naming its log."""
+    import json
+    import os
+    import time
+
+    report = out / "report.json"
+    if not report.exists():
+        t0 = time.perf_counter()
+        with open(log_path, "a") as log:
+            rc = subprocess.run(
+                [sys.executable, "-m", "edgeprune.cli", *args, "--out", str(out)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            ).returncode
+        if rc != 0:
+            raise SystemExit(f"compress exited {rc}; see {log_path}")
+        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return json.loads(report.read_text())

@@ -1,19 +1,13 @@
 """The decoder pipeline's parts that need no transformers (the door and the whole run are in
 tests_zoo/test_causal_lm.py): the per-token budget, the shape search's cost model, candidates and
-loop, and which door claims a folder two doors claim."""
+its loop."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from edgeprune.ecosystems import base as eco_base
-from edgeprune.ecosystems.causal_lm import CausalLmEcosystem
-from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.budget import parse_budget
 from edgeprune.pipeline.decoder import search
 from edgeprune.pipeline.decoder.shape import Shape
@@ -93,36 +87,3 @@ def test_no_candidate_under_leaves_no_shape_and_a_line_naming_the_way() -> None:
     err = search.no_shape(result, OLD, 1.0, 0.5, "off")
     assert "no shape met the budget in 3 tries" in str(err) and "--depth auto" in str(err)
     assert "narrowest shape" in str(search.no_shape(result, OLD, 1.0, 2.0, "auto"))
-
-
-class _Door(eco_base.Ecosystem):
-    name = ""
-    priority: ClassVar[int] = 0
-
-    @classmethod
-    def claims_path(cls, path: Path) -> bool:
-        return (path / "config.json").is_file()
-
-    def load(self, *args: Any) -> Any:
-        raise NotImplementedError
-
-
-@pytest.fixture
-def doors() -> Iterator[list[type[eco_base.Ecosystem]]]:
-    """Two test doors that claim every folder with a config.json, removed from the registry after."""
-    made: list[type[eco_base.Ecosystem]] = []
-    yield made
-    for door in made:
-        eco_base.ECOSYSTEMS._classes.pop(door.name, None)
-
-
-def test_a_decoder_folder_goes_to_the_decoder_door_and_equal_claims_are_an_error(
-    tmp_path: Path, doors: list[type[eco_base.Ecosystem]]
-) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
-    door = eco_base.for_path(tmp_path)
-    assert isinstance(door, CausalLmEcosystem)  # the Hugging Face door claims it too, at a lower priority
-    for name in ("zz_first", "zz_second"):
-        doors.append(eco_base.register(type(name, (_Door,), {"name": name, "priority": CausalLmEcosystem.priority})))
-    with pytest.raises(EdgepruneError, match="two doors of equal priority"):
-        eco_base.for_path(tmp_path)

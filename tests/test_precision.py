@@ -131,7 +131,8 @@ def _policy(
     calls: list[str] | None = None,
 ) -> Policy:
     """A run whose float32 baseline is 1.0 and budget 0.5: int8 of the unpruned model measures
-    `probe_value`; the search at a precision keeps the FLOPs fraction given, or fails with the text."""
+    `probe_value`; the search at a precision keeps the FLOPs fraction given, or fails with the text;
+    int8 of the float32 plan measures `searches["int8_of"]`, else probe_value x the FLOPs it keeps."""
     calls = [] if calls is None else calls
 
     def search(precision: str) -> dict[str, Any]:
@@ -145,6 +146,11 @@ def _policy(
         calls.append("probe")
         return {"value": probe_value, "ratio": probe_value, "within": probe_value <= 0.5 * 0.97, "plan": {"kept": 1.0}}
 
+    def int8_of(searched: dict[str, Any]) -> dict[str, Any]:
+        calls.append("int8_of")
+        value = float(searches.get("int8_of", probe_value * searched["plan"]["kept"]))
+        return {"value": value, "ratio": value, "within": value <= 0.5 * 0.97}
+
     return Policy(
         mode=mode,
         fp32_why="--precision fp32",
@@ -156,6 +162,8 @@ def _policy(
         flops=lambda d: d["plan"]["kept"] * 100.0,
         baseline_flops=100.0,
         baseline_value=1.0,
+        int8_of=int8_of,
+        budget_value=0.5,
     )
 
 
@@ -163,10 +171,14 @@ def _policy(
     ("mode", "probe_value", "searches", "chosen", "kept", "calls"),
     [
         ("auto", 0.45, {}, "int8", 1.0, ["probe"]),  # int8 alone fits: nothing pruned, nothing searched
-        ("auto", 0.60, {"int8": 0.8, "fp32": 0.45}, "int8", 0.8, ["probe", "int8", "fp32"]),  # int8 prunes less
-        ("auto", 0.60, {"int8": 0.3, "fp32": 0.45}, "fp32", 0.45, ["probe", "int8", "fp32"]),  # float32 prunes less
-        ("auto", 0.60, {"int8": 0.45, "fp32": 0.45}, "fp32", 0.45, ["probe", "int8", "fp32"]),  # a tie: no int8 error
-        ("auto", 0.60, {"int8": "infeasible", "fp32": 0.2}, "fp32", 0.2, ["probe", "int8", "fp32"]),
+        # float32 first; int8 of its plan at 0.27 leaves room under 0.5: int8 searched too, and prunes less
+        ("auto", 0.60, {"int8": 0.8, "fp32": 0.45}, "int8", 0.8, ["probe", "fp32", "int8_of", "int8"]),
+        ("auto", 0.60, {"int8": 0.3, "fp32": 0.45}, "fp32", 0.45, ["probe", "fp32", "int8_of", "int8"]),
+        ("auto", 0.60, {"int8": 0.45, "fp32": 0.45}, "fp32", 0.45, ["probe", "fp32", "int8_of", "int8"]),  # a tie
+        ("auto", 0.60, {"int8": "infeasible", "fp32": 0.2}, "fp32", 0.2, ["probe", "fp32", "int8_of", "int8"]),
+        # int8 of the float32 plan at 0.47 of 0.5: no room for a wider int8 plan, int8 not searched
+        ("auto", 0.60, {"fp32": 0.45, "int8_of": 0.47}, "fp32", 0.45, ["probe", "fp32", "int8_of"]),
+        ("auto", 0.60, {"int8": 0.3, "fp32": "infeasible"}, "int8", 0.3, ["probe", "fp32", "int8"]),  # int8 only way
         ("auto", 1.10, {"fp32": 0.45}, "fp32", 0.45, ["probe", "fp32"]),  # int8 no faster: not searched
         ("int8", 0.60, {"int8": 0.3}, "int8", 0.3, ["probe", "int8"]),
         ("fp32", 0.45, {"fp32": 0.45}, "fp32", 0.45, ["fp32"]),
@@ -179,7 +191,11 @@ def test_precision_policy(
     lines: list[str] = []
     choice = choose(_policy(mode, probe_value, searches, calls=seen), lines.append)
     assert (choice["precision"], choice["search"]["plan"]["kept"], seen) == (chosen, kept, calls)
-    assert lines == [f"  precision: {chosen} ({choice['why']})"]
+    assert lines[-1] == f"  precision: {chosen} ({choice['why']})"
+    if "int8_of" in calls:  # the log says why int8 was searched too, or the choice why it was not
+        said = " ".join(lines)
+        assert ("int8 candidates too" in said) == ("int8" in calls)
+        assert choice["int8_of_fp32_plan"]["searched_int8"] == ("int8" in calls)
 
 
 @pytest.mark.parametrize(
@@ -328,11 +344,10 @@ def test_auto_falls_back_to_float32_where_int8_cannot_reach_the_budget(cost_runs
     rc, err, rep, out = cost_runs["20%"]  # int8 never goes under its fixed 0.25
     assert rc == 0, err
     p = rep["precision"]
-    assert (
-        p["chosen"] == "fp32"
-        and "error" in p["searched"]["int8"]
-        and "int8 candidates could not meet the budget" in p["why"]
-    )
+    # int8 of the float32 plan is over the budget itself: an int8 search (as long as the float32
+    # one) could not keep more, so it is not run
+    assert p["chosen"] == "fp32" and "int8" not in p["searched"] and "int8 was not searched" in p["why"]
+    assert p["int8_of_fp32_plan"]["room"] >= 1.0 and not p["int8_of_fp32_plan"]["searched_int8"]
     assert "QuantizeLinear" not in _op_types(out / "model.onnx") and p["quantization"] is None
 
 

@@ -1,15 +1,13 @@
 """Doors in and out for models as their libraries save them (base.py: the `Ecosystem` interface).
 
-Each library is one file that registers itself; none imports its library until such a model arrives.
+Each library is one file here that registers itself (its pip extra and claim priority declared in
+it); every module of this package not named with a leading underscore is imported below, so adding
+a door is adding its file. None imports its library until such a model arrives.
 """
 
-from edgeprune.ecosystems import (  # noqa: F401 - each registers itself
-    causal_lm,
-    huggingface,
-    timm,
-    torchvision,
-    ultralytics,
-)
+import importlib
+import pkgutil
+
 from edgeprune.ecosystems.base import (
     ECOSYSTEMS,
     Constraint,
@@ -21,6 +19,10 @@ from edgeprune.ecosystems.base import (
     for_object,
     for_path,
 )
+
+for _door in pkgutil.iter_modules(__path__):
+    if not _door.name.startswith("_") and _door.name != "base":
+        importlib.import_module(f"{__name__}.{_door.name}")
 
 __all__ = [
     "ECOSYSTEMS",

@@ -123,6 +123,9 @@ class OnnxExporter(Exporter):
                 # the tracer's notes on Python values it froze: what the file computes is checked
                 # against PyTorch right after export, so a wrong trace fails there, not silently
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                # advanced indexing (a decoder's rotary cache) exported as Gather: its negative-index caveat
+                # is checked the same way
+                warnings.filterwarnings("ignore", message="Exporting aten::index operator")
                 torch.onnx.export(model, inputs, str(path), dynamo=False, do_constant_folding=True, **common)
             return "torchscript"
         except Exception as ts_err:  # noqa: BLE001 - torch raises many unrelated types here; each means "could not export"

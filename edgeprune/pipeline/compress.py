@@ -16,7 +16,6 @@ import collections
 import copy
 import dataclasses
 import functools
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +251,8 @@ class Pipeline:
                 if self.settings.max_accuracy_drop is None
                 else self.settings.max_accuracy_drop,
                 higher_is_better=getattr(c.metric, "higher_is_better", True),
+                int8_of=self._int8_of_plan,
+                budget_value=self.budget.value,
             ),
             self.log,
         )
@@ -443,7 +444,7 @@ class Pipeline:
         if not self.space.groups and not block_scores:
             raise EdgepruneError(nothing_prunable(self.space))
         cache_key = {
-            "model_sha256": _weights_sha256(self.model),
+            "model_sha256": rundir.weights_sha256(self.model),
             "scores": self.scores_d,
             "round_to": s.round_to,
             "data": str(s.data),
@@ -498,6 +499,17 @@ class Pipeline:
             }
 
         return self.stage("int8_unpruned", measure)
+
+    def _int8_of_plan(self, searched: dict[str, Any]) -> dict[str, Any]:
+        """int8 of the float32 search's plan, judged against the budget as a candidate is: whether
+        an int8 search could keep more (precision.choose)."""
+
+        def measure() -> dict[str, Any]:
+            assert self.int8 is not None
+            ev = self._objective(self.int8).evaluate(self._applied(Plan.from_dict(searched["plan"])), "int8_fp32_plan")
+            return {"value": ev.value, "ratio": ev.ratio, "within": ev.within}
+
+        return self.stage("int8_of_fp32_plan", measure)
 
     def _int8_unpruned_metric(self) -> dict[str, Any]:
         """The metric of the unpruned model in int8 on the runtime (the probe's file) beside PyTorch
@@ -621,18 +633,10 @@ def _recover(
 def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:
     """What the stage results depend on: a re-run with a different config starts afresh."""
     return {
-        "model_sha256": _weights_sha256(loaded.model),
+        "model_sha256": rundir.weights_sha256(loaded.model),
         "input_shape": list(loaded.input_shape),
         "settings": dataclasses.asdict(s),
     }
-
-
-def _weights_sha256(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _learned_depth(depth: str) -> str:

@@ -13,7 +13,8 @@ pruned). Under `auto` its metric is measured on the runtime over the validation 
 float32 model's in PyTorch, and int8 is not chosen at all when it loses more than
 `INT8_MAX_DROP` (or --max-accuracy-drop) of it: latency alone chose a YOLOv8n's int8 `model.onnx`
 whose mAP50-95 was 0.000. Else, under `auto`, the widths are searched with int8 candidates and with float32 ones and
-the plan that prunes least (keeps the most FLOPs) wins, float32 on a tie. At a loose budget int8
+the plan that prunes least (keeps the most FLOPs) wins, float32 on a tie; the float32 search runs
+first, and the int8 one only when int8 of its plan leaves room under the budget (`INT8_ROOM`). At a loose budget int8
 alone often fits; at a tight one its fixed costs (quantize/dequantize at the graph's edges, kernels
 that do not shrink with the width) can leave float32 pruning the only way there, which is why both
 are searched rather than assumed.
@@ -51,6 +52,10 @@ INT8_TOLERANCE = 0.2
 #: (the trained CIFAR ResNet-20 lost 0.2 in int8 on ort-cpu; a classifier's agreement with itself in
 #: int8 is typically 0.98-0.99), where a detector with dead class scores loses over 1.0 of fidelity
 INT8_MAX_DROP = 0.02
+#: under `auto`, int8 widths are searched only when int8 of the float32 search's plan measures under
+#: this fraction of the budget: above it, an int8 plan could keep hardly more than the float32 one
+#: (and a tie goes to float32), so a second search (as long as the first) would be wasted
+INT8_ROOM = 0.9
 
 Log = Callable[[str], None]
 
@@ -173,12 +178,17 @@ class Policy:
     int8_metric: Callable[[], dict[str, Any]] | None = None
     max_drop: float = INT8_MAX_DROP  # the most of the metric int8 may lose under auto
     higher_is_better: bool = True  # the metric's direction
+    #: int8 of a float32 search's plan against the budget ({"value", "ratio", "within"}, as `probe`):
+    #: whether an int8 search has room to keep more (None: always search both)
+    int8_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    budget_value: float = math.inf  # the resolved budget, in the baseline's unit
 
 
 def choose(p: Policy, log: Log) -> dict[str, Any]:
     """The precision and the search result to prune with, and why: {"precision", "why", "search",
     "int8_unpruned", "tried"}. `tried` holds each searched precision's outcome for the report."""
     tried: dict[str, Any] = {}
+    room_check: dict[str, Any] = {}  # int8 of the float32 plan, where it decided whether to search int8
 
     def done(precision: str, why: str, search: dict[str, Any], probe: dict[str, Any] | None = None) -> dict[str, Any]:
         log(f"  precision: {precision} ({why})")
@@ -189,6 +199,7 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
             "search": search,
             "int8_unpruned": probe,
             "tried": tried,
+            "int8_of_fp32_plan": room_check or None,
         }
 
     def searched(precision: str, tolerant: bool = False) -> dict[str, Any]:
@@ -269,7 +280,25 @@ def choose(p: Policy, log: Log) -> dict[str, Any]:
             searched("fp32"),
             probe,
         )
-    int8, fp32 = searched("int8", tolerant=True), searched("fp32", tolerant=True)
+    fp32 = searched("fp32", tolerant=True)
+    if "error" not in fp32 and p.int8_of is not None:
+        same = p.int8_of(fp32)
+        room = same["value"] / p.budget_value
+        room_check.update(same, room=room, searched_int8=room < INT8_ROOM)
+        if not room < INT8_ROOM:
+            return done(
+                "fp32",
+                f"int8 of the float32 plan measured {same['value'] / p.baseline_value:.3f} of the baseline, "
+                f"{room:.2f} of the budget: no room for an int8 plan that prunes less, so int8 was not searched; "
+                "float32 pruning",
+                fp32,
+                probe,
+            )
+        log(
+            f"  int8 of the float32 plan measured {room:.2f} of the budget: room for an int8 plan that prunes less; "
+            "searching the widths with int8 candidates too"
+        )
+    int8 = searched("int8", tolerant=True)
     if "error" in int8 and "error" in fp32:
         raise EdgepruneError(
             f"no plan met the budget at either precision: int8: {int8['error']}; float32: {fp32['error']}"

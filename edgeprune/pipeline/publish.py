@@ -159,6 +159,7 @@ def precision_report(choice: dict[str, Any], final_d: dict[str, Any], quantizer:
         "int8_unpruned": choice["int8_unpruned"]
         and {k: choice["int8_unpruned"][k] for k in ("value", "ratio", "within")},
         "searched": choice["tried"],
+        "int8_of_fp32_plan": choice.get("int8_of_fp32_plan"),
         "quantization": export.get("quantization"),
         "int8_check": export.get("int8_check"),
         "quantizer": quantizer.settings() if quantizer is not None else None,

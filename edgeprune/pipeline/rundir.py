@@ -26,10 +26,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeprune import atomic
 from edgeprune.errors import EdgepruneError
+
+if TYPE_CHECKING:
+    import torch
 
 LOCK_NAME = ".edgeprune.lock"
 
@@ -263,3 +266,12 @@ def _replace_folder(new: Path, dest: Path) -> None:
     os.replace(new, dest)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """What a run's stage results depend on of the model: its weights, name by name."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

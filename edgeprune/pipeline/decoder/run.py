@@ -67,7 +67,8 @@ def compress_decoder(
         raise EdgepruneError("a language model is cut in one process; run compress without torchrun")
     checked = _Checked.of(loaded, settings, out_dir)
     with rundir.locked(out_dir):
-        run = RunDir(out_dir, {"settings": dataclasses.asdict(settings), "source": loaded.source})
+        config = {"settings": dataclasses.asdict(settings), "model_sha256": rundir.weights_sha256(loaded.model)}
+        run = RunDir(out_dir, config)
         d = DecoderRun(loaded, settings, checked, run, Stages(run, ctx, progress), progress)
         for step in (d.analyse, d.score, d.search, d.prune, d.recover, d.measure_final):
             step()
