@@ -1,4 +1,5 @@
-"""The layers point one way: the cutting core (`pipeline/prune/`) imports nothing above it.
+"""The layers point one way: the cutting core (`pipeline/prune/`) imports nothing above it, and no
+module of edgeprune imports one that imports it back (no cycle, hidden imports included).
 
 The learned methods (`pipeline/learned/`) train with the recovery's trainer and price with the
 search's cost model before the core scores and cuts; the core itself never reaches up to them, to
@@ -71,3 +72,69 @@ def test_every_method_is_registered_above_the_core() -> None:
     from edgeprune.pipeline.methods import method_names
 
     assert {"l1", "thinet", "lasso", "slimming", "pfs", "tas", "flop", "anp", "sanp"} <= set(method_names())
+
+
+PACKAGE = CORE.parents[1]  # edgeprune/
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """edgeprune's modules and the edgeprune modules each imports (at the top, inside a function or
+    under TYPE_CHECKING alike: a hidden import is still a dependency), `from PKG import NAME`
+    resolved to the module NAME where it is one, else to PKG."""
+    modules = {}
+    for f in PACKAGE.rglob("*.py"):
+        name = ".".join(f.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in modules.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        imported = _imported(f.read_text(), package)
+        targets = set()
+        for target in imported:
+            if any(other.startswith(target + ".") and other in modules for other in imported):
+                continue  # `from PKG import MODULE`: the module, not PKG's __init__
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of `graph` (its modules in order), or [] when there is none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return []
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            found = visit(nxt)
+            if found:
+                return found
+        path.pop()
+        done.add(node)
+        return []
+
+    for start in sorted(graph):
+        found = visit(start)
+        if found:
+            return found
+    return []
+
+
+def test_edgeprune_has_no_import_cycle() -> None:
+    graph = _module_graph()
+    assert len(graph) > 100 and "edgeprune.pipeline.loaded" in graph["edgeprune.ecosystems.base"]
+    cycle = _cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_hidden_one() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycle(graph) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []

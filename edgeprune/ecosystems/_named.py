@@ -15,6 +15,7 @@ from torch import nn
 
 from edgeprune.ecosystems.base import Ecosystem, Preprocess
 from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.pipeline.loaded import classes_from_state, from_module, load_state, read_state
 
 
 class NamedArch(Ecosystem):
@@ -63,12 +64,10 @@ class NamedArch(Ecosystem):
         input_shape: tuple[int, ...] | None,
         num_classes: int | None,
     ) -> Any:
-        from edgeprune.pipeline.loading import _classes_from_state, from_module, load_state, read_state
-
         assert arch is not None
         name = self.model_name(arch)
         state = read_state(path) if path is not None else None
-        num_classes = num_classes or (_classes_from_state(state) if state is not None else None)
+        num_classes = num_classes or (classes_from_state(state) if state is not None else None)
         model = self.build(arch, num_classes)
         if state is not None:
             load_state(model, state, str(path), arch)

@@ -13,78 +13,17 @@ them only when such an input arrives, and names the pip extra when one is missin
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.loaded import Constraint, LoadedModel, Preprocess, TiedSet
 from edgeprune.registry import Registry
 
-if TYPE_CHECKING:
-    from edgeprune.pipeline.loading import LoadedModel
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocess:
-    """How the model's own ecosystem prepares an image for it: resize (keeping the aspect) so the
-    shorter side is size / crop_pct, centre-crop to size, scale to [0, 1], normalise by mean/std.
-    `source` names where these came from, for the report."""
-
-    size: tuple[int, int]  # (H, W) the model takes
-    mean: tuple[float, ...] | None  # None: no normalisation beyond [0, 1] (ultralytics)
-    std: tuple[float, ...] | None
-    source: str
-    crop_pct: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class TiedSet:
-    """Groups the output format gives one width (or one fraction of their sizes) between them: a
-    config's `intermediate_size` for every layer's MLP; a set of one is a group cut on its own.
-    `means` says what that width is in the format, for the report."""
-
-    roots: tuple[str, ...]
-    means: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Constraint:
-    """What the output format can express, imposed on the plan: only the groups rooted in one of
-    `sets` may be cut, each set's to one width (or one fraction, for groups of different sizes:
-    select.py). A decoder language model has several (its MLP width, its query heads, its key/value
-    groups); a Hugging Face encoder one. With any set of more than one the search runs at one
-    global level (`uniform`), which keeps each set's width one. Under `--depth`, only the residual
-    blocks named in `blocks` may be removed (None: any; a config records a layer count, not which)."""
-
-    why: str  # one line for the report
-    sets: tuple[TiedSet, ...]
-    blocks: tuple[str, ...] | None = None
-
-    @property
-    def prunable(self) -> tuple[str, ...]:
-        return tuple(root for s in self.sets for root in s.roots)
-
-    @property
-    def tied(self) -> bool:
-        return any(len(s.roots) > 1 for s in self.sets)
-
-    def allows_block(self, name: str) -> bool:
-        return self.blocks is None or name in self.blocks
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "why": self.why,
-            "prunable": list(self.prunable),
-            "tied": self.tied,
-            "sets": [{"roots": list(s.roots), "means": s.means} for s in self.sets],
-            "blocks": None if self.blocks is None else list(self.blocks),
-        }
+__all__ = ["ECOSYSTEMS", "Constraint", "Ecosystem", "LoadedModel", "Preprocess", "TiedSet", "register"]
 
 
 class Ecosystem(abc.ABC):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,9 +26,7 @@ from edgeprune.ecosystems.base import Ecosystem, register
 from edgeprune.ecosystems.huggingface import KEPT_FILES, _architecture, _config, _from_pretrained
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.decoder.shape import Layout, Shape, shape_of
-
-if TYPE_CHECKING:
-    from edgeprune.pipeline.loading import LoadedModel
+from edgeprune.pipeline.loaded import LoadedModel
 
 #: config model_types laid out as Llama (q/k/v/o and gate/up/down projections in model.layers) or
 #: as Phi-3 (fused qkv_proj, gate_up_proj): the families this door cuts
@@ -79,8 +77,6 @@ class CausalLmEcosystem(Ecosystem):
         num_classes: int | None,
     ) -> LoadedModel:
         import transformers
-
-        from edgeprune.pipeline.loading import LoadedModel
 
         assert path is not None  # claimed by its folder
         config = _config(path)

@@ -32,10 +32,10 @@ from edgeprune import modelrun
 from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, TiedSet, register
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.decoder.cut import drop_layers
+from edgeprune.pipeline.loaded import LoadedModel, check_allocatable, from_module
 from edgeprune.pipeline.prune import blocks as blocks_mod
 
 if TYPE_CHECKING:
-    from edgeprune.pipeline.loading import LoadedModel
     from edgeprune.pipeline.prune.plan import Plan
 
 #: config attributes that hold the one MLP width of every layer, in the order they are looked for
@@ -84,8 +84,6 @@ class HuggingFaceEcosystem(Ecosystem):
         num_classes: int | None,
     ) -> LoadedModel:
         import transformers
-
-        from edgeprune.pipeline.loading import from_module
 
         if path is None or not self.claims_path(path):
             raise EdgepruneError(
@@ -396,8 +394,6 @@ def _example_inputs(
     model: nn.Module, config: Any, path: Path, shape: tuple[int, ...] | None, architecture: str
 ) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...], Preprocess | None]:
     """Example inputs in the forward's order, their names, and the image preprocessing if any."""
-    from edgeprune.pipeline.loading import check_allocatable
-
     params = [
         p
         for p in inspect.signature(model.forward).parameters.values()

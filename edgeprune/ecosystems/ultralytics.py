@@ -36,6 +36,7 @@ from torch import nn
 
 from edgeprune.ecosystems.base import Ecosystem, Preprocess, register
 from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.pipeline.loaded import from_module
 
 #: ultralytics' default training size, when a checkpoint records none
 DEFAULT_IMGSZ = 640
@@ -134,8 +135,6 @@ class Ultralytics(Ecosystem):
     ) -> Any:
         import ultralytics
         from ultralytics.nn.tasks import guess_model_task
-
-        from edgeprune.pipeline.loading import from_module
 
         ckpt: Mapping[str, Any] = {}
         model: nn.Module | None

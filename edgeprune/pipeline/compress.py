@@ -32,6 +32,7 @@ from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline import final as final_mod
 from edgeprune.pipeline import precision as precision_mod
 from edgeprune.pipeline import publish as publish_mod
+from edgeprune.pipeline import report as report_mod
 from edgeprune.pipeline.checked import Checked
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.data import DataBundle
@@ -368,8 +369,45 @@ class Pipeline:
         )
 
     def publish(self) -> CompressResult:
-        """report.json and report.md written, then every output published together (publish.py)."""
-        return publish_mod.publish(self)
+        """report.json and report.md (report.py) from what the stages measured, then every output
+        published together (publish.py)."""
+        s, c, loaded = self.settings, self.c, self.loaded
+        constraint = loaded.constraint
+        rep = report_mod.assemble(
+            model={
+                "source": loaded.source,
+                "arch": loaded.arch,
+                "input_shape": list(loaded.input_shape),
+                "swapped": list(loaded.swapped),
+                "ecosystem": loaded.ecosystem,
+                "input_names": list(loaded.input_names),
+                "preprocess": loaded.preprocess.to_dict() if loaded.preprocess else None,
+                "constraint": constraint.to_dict() | {"reach": self.space_d.get("constraint_reach")}
+                if constraint
+                else None,
+            },
+            native=self.native_d,
+            settings=s,
+            runtime=c.runtime.settings() | {"warmup": s.warmup, "repeats": self.measurer.repeats},
+            budget=self.budget,
+            met=self.met,
+            baseline=self.baseline_d,
+            final=self.final_d,
+            method=c.method,
+            search=self.choice["search"],
+            space=self.space,
+            plan=self.plan,
+            left_whole=self.space_d["skipped"] + [dataclasses.asdict(d) for d in self.dropped],
+            timings=self.stage.timings,
+            accuracy=self.accuracy,
+            runtime_accuracy=self.runtime_acc,
+            data=c.data.describe() if c.data is not None else None,
+            recovery=self.recovery_d,
+            precision=publish_mod.precision_report(self.choice, self.final_d, c.quantizer),
+        )
+        native = self.native_d["path"] if self.native_d else None
+        publish_mod.publish_outputs(self.run, rep, self.target.onnx_path("model"), native)
+        return CompressResult(self.pruned, self.plan, rep, self.run.out)
 
     def _applied(self, plan: Plan) -> nn.Module:
         return apply(copy.deepcopy(self.model), plan, self.inputs)

@@ -1,4 +1,6 @@
-"""Loading a user's model into an nn.Module plus example inputs, with one-line errors.
+"""Loading a user's model into an nn.Module plus example inputs, with one-line errors: the
+dispatcher above the doors (ecosystems/), which decides which door takes an input; what a door
+builds on is the floor below them (loaded.py).
 
 Accepted: a whole module saved with ``torch.save(model)``; a state dict with ``--arch NAME`` (a
 registry name) or ``--arch package.module:factory``; an nn.Module through the Python API. TorchScript
@@ -7,52 +9,26 @@ archives are refused: a scripted graph cannot be restructured by the DependencyG
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import importlib
 import inspect
-import math
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from torch import nn
 
-from edgeprune import ecosystems, modelrun, models
-from edgeprune.ecosystems.base import Constraint, Preprocess
+from edgeprune import ecosystems, models
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.pipeline.prune.canonical import canonical
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    model: nn.Module
-    example_inputs: tuple[torch.Tensor, ...]
-    arch: str | None  # how to rebuild the architecture: registry name or module:factory
-    num_classes: int | None
-    source: str
-    #: layers swapped for equivalent ones edgeprune can cut (pipeline/prune/canonical.py), one line each
-    swapped: tuple[str, ...] = ()
-    #: the library the model came from (ecosystems/): how it is written back out, None for a plain module
-    ecosystem: str | None = None
-    #: JSON the ecosystem keeps to write the pruned model back (its config, training arguments)
-    native: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: the forward's argument names, parallel to example_inputs (what --data arrays are keyed by)
-    input_names: tuple[str, ...] = ()
-    #: the model's own image preprocessing, where its ecosystem records one
-    preprocess: Preprocess | None = None
-    #: what the output format can express (ecosystems/base.py), imposed on the plan
-    constraint: Constraint | None = None
-    #: a pipeline of its own where one forward is not what the model costs (pipeline/decoder/: a
-    #: language model's time per generated token); None: the channel pipeline (compress.py)
-    pipeline: str | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.example_inputs[0].shape)
+from edgeprune.pipeline.loaded import (  # the floor the doors stand on; re-exported for loading's callers
+    LoadedModel,
+    check_allocatable,
+    classes_from_state,
+    from_module,
+    load_state,
+    state_dict_of,
+)
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
@@ -93,23 +69,6 @@ def parse_example_inputs(text: str) -> tuple[torch.Tensor, ...] | None:
     return tuple(inputs)
 
 
-#: an example input may take at most this share of the memory available: the model's activations
-#: on it take many times more, and an input that cannot be allocated would fail deep inside torch
-INPUT_MEMORY_SHARE = 1 / 8
-
-
-def check_allocatable(shape: Sequence[int], itemsize: int = 8) -> None:
-    """Refuse an input shape whose tensor would not fit in memory (beside the model's activations)."""
-    need = math.prod(shape) * itemsize
-    available = psutil.virtual_memory().available
-    if need > available * INPUT_MEMORY_SHARE:
-        text = "x".join(map(str, shape))
-        raise EdgepruneError(
-            f"input shape {text} needs {need / 2**30:.3g} GiB for the input tensor alone and its activations many "
-            f"times more; this machine has {available / 2**30:.3g} GiB available: pass a smaller --input-shape"
-        )
-
-
 def build_arch(arch: str, num_classes: int | None) -> nn.Module:
     """Instantiate an architecture from a registry name or 'package.module:factory'."""
     door = ecosystems.for_arch(arch)
@@ -144,37 +103,6 @@ def build_arch(arch: str, num_classes: int | None) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise EdgepruneError(f"--arch {arch} returned a {type(model).__name__}, not an nn.Module; {fix}")
     return model
-
-
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, arch: str) -> None:
-    """`model.load_state_dict(state)`, with a mismatch summarised in one line: how many keys are
-    missing, unexpected or of another shape, one example of each, and what to try."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = [
-            f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-            f"{len(shapes)} of another shape (e.g. {shapes[0]}: file {_dims(state[shapes[0]])}, "
-            f"{arch} {_dims(own[shapes[0]])})"
-            if shapes
-            else "",
-        ]
-        fix = (
-            "check --arch names the architecture it was saved from"
-            if missing or unexpected
-            else "check --arch and --num-classes (the file's classifier width is read from its last Linear)"
-        )
-        raise EdgepruneError(
-            f"the state dict in {source} does not fit --arch {arch}: keys {', '.join(p for p in parts if p)}; {fix}"
-        )
-    model.load_state_dict(state)
-
-
-def _dims(t: torch.Tensor) -> str:
-    return "x".join(map(str, t.shape)) or "scalar"
 
 
 def load_model(
@@ -224,25 +152,16 @@ def load_model(
     if isinstance(obj, nn.Module):
         model = obj
     else:
-        state = _state_dict_of(obj, path)
+        state = state_dict_of(obj, path)
         if arch is None:
             raise EdgepruneError(
                 f"{path} holds a state dict, not a module; pass --arch NAME ({', '.join(models.available())}), "
                 "--arch timm:NAME, --arch torchvision:NAME or --arch package.module:factory"
             )
-        num_classes = num_classes or _classes_from_state(state)
+        num_classes = num_classes or classes_from_state(state)
         model = build_arch(arch, num_classes)
         load_state(model, state, str(path), arch)
     return from_module(model, example_inputs, input_shape=shape, arch=arch, num_classes=num_classes, source=str(path))
-
-
-def read_state(path: Path) -> Mapping[str, torch.Tensor]:
-    """The state dict in a file (also under a checkpoint's state_dict / model key), tensors only."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a plain state dict: read it the trusting way for a clear message
-        obj = _read(path)
-    return _state_dict_of(obj, path)
 
 
 def _read(path: Path) -> Any:
@@ -282,88 +201,8 @@ def untrained(
     )
 
 
-def from_module(
-    model: nn.Module,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,
-    input_shape: Sequence[int] | None = None,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    source: str = "python",
-) -> LoadedModel:
-    """Wrap an nn.Module, checking it runs on the example inputs."""
-    if example_inputs is None:
-        registered = arch if arch is not None and ":" not in arch else None  # a name in edgeprune.models
-        if input_shape is None and registered is not None:
-            input_shape = models.default_input_shape(registered)
-        if input_shape is None:
-            raise EdgepruneError("the model's input shape is unknown; pass --input-shape, e.g. 1x3x224x224")
-        check_allocatable(input_shape)
-        gen = torch.Generator().manual_seed(0)
-        # a language model: ids 0/1, as runtime_bench/inputs.py draws them
-        tokens = registered is not None and models.takes_tokens(registered)
-        example_inputs = (
-            torch.randint(0, 2, tuple(input_shape), generator=gen)
-            if tokens
-            else torch.randn(*input_shape, generator=gen),
-        )
-    elif isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    # Tensors made under torch.inference_mode() cannot be traced or trained: normal copies instead.
-    example_inputs = tuple(t.clone() if t.is_inference() else t for t in example_inputs)
-    model = _without_inference_tensors(model).cpu().eval()
-    try:
-        outs = modelrun.run(model, example_inputs)
-    except EdgepruneError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure here is a shape/model mismatch to report
-        shapes = "x".join(str(d) for d in example_inputs[0].shape)
-        if isinstance(err, MemoryError) or "allocate" in str(err):
-            raise EdgepruneError(
-                f"the model's activations on input shape {shapes} do not fit in memory "
-                f"({type(err).__name__}); pass a smaller --input-shape"
-            ) from None
-        raise EdgepruneError(
-            f"the model does not run on input shape {shapes} ({type(err).__name__}: {first_line(err)}); "
-            "pass the shape it expects with --input-shape"
-        ) from None
-    if not outs:
-        raise EdgepruneError("the model returned no tensor; edgeprune needs a model whose forward returns tensors")
-    model, swapped = canonical(model, example_inputs)
-    return LoadedModel(model, example_inputs, arch, num_classes, source, tuple(swapped))
-
-
-def _without_inference_tensors(model: nn.Module) -> nn.Module:
-    """`model`, or where it was built or loaded under torch.inference_mode() (its tensors then cannot
-    be traced through autograd, nor trained) a copy whose parameters and buffers are normal tensors;
-    the caller's model is never changed."""
-    if not any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
-        return model
-    with torch.inference_mode(False):  # deepcopy clones each tensor, outside inference mode: normal ones
-        return copy.deepcopy(model)
-
-
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
-def _state_dict_of(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise EdgepruneError(
-        f"{path} holds a {type(obj).__name__}, neither an nn.Module nor a "
-        "state dict; save the model with torch.save(model)"
-    )
-
-
-def _classes_from_state(state: Mapping[str, torch.Tensor]) -> int | None:
-    """The classifier width: the output size of the last 2-D weight (Linear) in the state dict."""
-    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    return int(weights[-1].shape[0]) if weights else None

@@ -1,6 +1,7 @@
-"""Publishing: the pruned model in its ecosystem's own format (`native`), report.json and report.md
-assembled from what the stages left on the `Pipeline` (`publish`), and every output published
+"""Publishing: the pruned model in its ecosystem's own format (`native`), and every output published
 together (`publish_outputs`, `RunDir.publish`), `report.json` last and recording the others' sha256.
+The report is assembled by the pipeline's own last stage (`Pipeline.publish`) from what its stages
+measured, passed here as values.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,9 +22,6 @@ from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.quantize import Quantizer
-
-if TYPE_CHECKING:
-    from edgeprune.pipeline.compress import Pipeline
 
 
 @dataclasses.dataclass
@@ -79,48 +77,6 @@ def native(
     written = door.save(pruned, loaded, plan, dest)
     log(f"  {door.name} format: {door.output} ({written.get('load', '')})")
     return {"path": door.output, "ecosystem": door.name} | written
-
-
-def publish(p: Pipeline) -> CompressResult:
-    """report.json and report.md (report.py) from what the stages left on `p`, then every output
-    published together."""
-    s, c, loaded = p.settings, p.c, p.loaded
-    rep = report_mod.assemble(
-        model={
-            "source": loaded.source,
-            "arch": loaded.arch,
-            "input_shape": list(loaded.input_shape),
-            "swapped": list(loaded.swapped),
-            "ecosystem": loaded.ecosystem,
-            "input_names": list(loaded.input_names),
-            "preprocess": loaded.preprocess.to_dict() if loaded.preprocess else None,
-            "constraint": (
-                loaded.constraint.to_dict() | {"reach": p.space_d.get("constraint_reach")}
-                if loaded.constraint
-                else None
-            ),
-        },
-        native=p.native_d,
-        settings=s,
-        runtime=c.runtime.settings() | {"warmup": s.warmup, "repeats": p.measurer.repeats},
-        budget=p.budget,
-        met=p.met,
-        baseline=p.baseline_d,
-        final=p.final_d,
-        method=c.method,
-        search=p.choice["search"],
-        space=p.space,
-        plan=p.plan,
-        left_whole=p.space_d["skipped"] + [dataclasses.asdict(d) for d in p.dropped],
-        timings=p.stage.timings,
-        accuracy=p.accuracy,
-        runtime_accuracy=p.runtime_acc,
-        data=c.data.describe() if c.data is not None else None,
-        recovery=p.recovery_d,
-        precision=precision_report(p.choice, p.final_d, c.quantizer),
-    )
-    publish_outputs(p.run, rep, p.target.onnx_path("model"), p.native_d["path"] if p.native_d else None)
-    return CompressResult(p.pruned, p.plan, rep, p.run.out)
 
 
 #: the published files whose hashes report.json records, so a reader can tell they belong together
