@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgeprune.ecosystems.base import Ecosystem, register
-from edgeprune.ecosystems.huggingface import KEPT_FILES, _architecture, _config, _from_pretrained
+from edgeprune.ecosystems.huggingface import KEPT_FILES, architecture_of, load_pretrained, read_config
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.decoder.shape import Layout, Shape, shape_of
 from edgeprune.pipeline.loaded import LoadedModel
@@ -79,8 +79,8 @@ class CausalLmEcosystem(Ecosystem):
         import transformers
 
         assert path is not None  # claimed by its folder
-        config = _config(path)
-        architecture = _architecture(config, path)
+        config = read_config(path)
+        architecture = architecture_of(config, path)
         if not architecture.endswith("ForCausalLM"):
             raise EdgepruneError(
                 f"{path / 'config.json'} names {architecture}, a {config.model_type} without its language-model head: "
@@ -94,7 +94,7 @@ class CausalLmEcosystem(Ecosystem):
                 "--input-shape does not apply to a language model: its cost is per token at --context N "
                 "(and --prompt-tokens P for the time to the first token); drop it"
             )
-        model = _from_pretrained(getattr(transformers, architecture), path, architecture)
+        model = load_pretrained(getattr(transformers, architecture), path, architecture)
         shape, head_dim = shape_of(model.config, architecture)
         layout = Layout.of(model, architecture)
         config_of: Any = model.config

@@ -90,11 +90,11 @@ class HuggingFaceEcosystem(Ecosystem):
                 "a Hugging Face model is read from its save_pretrained() folder "
                 "(config.json and its weights); pass that folder as MODEL"
             )
-        config = _config(path)
-        architecture = _architecture(config, path)
+        config = read_config(path)
+        architecture = architecture_of(config, path)
         width_attr = _width_attr(config, architecture)
         ratio = width_attr in RATIO_ATTRS
-        model = _from_pretrained(getattr(transformers, architecture), path, architecture)
+        model = load_pretrained(getattr(transformers, architecture), path, architecture)
         model_config: Any = model.config  # transformers' PretrainedConfig (untyped here)
         if getattr(model_config, "use_cache", None):  # a cache object is not a tensor: outputs stay plain tensors
             model_config.use_cache = False
@@ -255,7 +255,7 @@ def _renumbered(
     return out
 
 
-def _config(path: Path) -> Any:
+def read_config(path: Path) -> Any:
     import transformers
 
     file = path / "config.json"
@@ -281,7 +281,7 @@ def _config(path: Path) -> Any:
         ) from None
 
 
-def _from_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Module:
+def load_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Module:
     """The model in float32 with eager attention (plain matmul and softmax: traced, pruned and exported
     as any other layers), eval mode; transformers' progress bar kept off stderr meanwhile."""
     import transformers
@@ -304,7 +304,7 @@ def _from_pretrained(model_class: Any, path: Path, architecture: str) -> nn.Modu
     return model.float().eval()
 
 
-def _architecture(config: Any, path: Path) -> str:
+def architecture_of(config: Any, path: Path) -> str:
     import transformers
 
     names = getattr(config, "architectures", None) or []
