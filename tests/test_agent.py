@@ -198,7 +198,7 @@ def test_the_agent_runs_without_torch(onnx_file: Path) -> None:
     code = f"""
 import io, sys
 import numpy as np
-from edgeprune.cli import _agent_parser
+from edgeprune.cli.agent import _agent_parser
 from edgeprune.runtime_bench.agent import Agent, make_server
 from edgeprune.runtime_bench.remote import agent_token
 _agent_parser().parse_args(["--port", "0"])

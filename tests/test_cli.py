@@ -21,11 +21,12 @@ import pytest
 import torch
 
 import edgeprune
-from edgeprune.cli import _summary_table, main
+from edgeprune.cli import main
 from edgeprune.exporters.onnx import onnx_initializer_shapes, onnx_param_count
 from edgeprune.pipeline.counting import count
 from edgeprune.pipeline.report import markdown
 from edgeprune.pipeline.rundir import LOCK_NAME
+from edgeprune.pipeline.summary import summary_table
 from edgeprune.runtime_bench import get_runtime
 from tests.tiny_models import tiny_resnet
 
@@ -154,7 +155,7 @@ def test_noisy_p90_is_flagged_not_printed_as_a_ratio(
     assert "Warning: noisy measurement (final: p90/median 8.59 > 1.5)" in markdown(noisy)
     assert "Warning" not in markdown(quiet)
     capsys.readouterr()
-    _summary_table(noisy)
+    summary_table(noisy)
     table = capsys.readouterr().out
     p90_line = next(line for line in table.splitlines() if "p90 ms" in line)
     assert "noisy" in p90_line and "warning: noisy measurement" in table

@@ -51,6 +51,10 @@ from edgeprune.runtime_bench import Runtime, get_runtime
 DEFAULT_CONTEXT = 1024
 #: sequences per distillation step when --batch-size is left at its default (a CPU fits 8 x 128 tokens)
 DEFAULT_BATCH = 8
+#: when neither --epochs nor --steps says, recovery is one epoch of at most this many steps (~300 k
+#: tokens at the default batch): one epoch of a user's text folder can be millions of tokens, hours
+#: on a CPU
+DEFAULT_STEPS = 300
 #: held-out sequences the search's KL and the calibration scores read (without --data: random tokens)
 SCORED_SEQUENCES = 8
 #: timings of the final model against the baseline before a verdict that contradicts the search stands
@@ -332,8 +336,10 @@ class DecoderRun:
         batch = self.s.batch_size if self.s.batch_size != Settings.batch_size else DEFAULT_BATCH
 
         def fit() -> dict[str, Any]:
+            one_epoch = -(-len(tokens.train) // batch)
+            steps = self.s.steps or (None if self.s.epochs else min(DEFAULT_STEPS, one_epoch))
             result = recover.distill(
-                self.pruned, self.model, tokens, self.s.epochs or 1, self.s.steps, self.s.lr, batch, self.log
+                self.pruned, self.model, tokens, self.s.epochs or 1, steps, self.s.lr, batch, self.log
             )
             torch.save(self.pruned.state_dict(), weights)
             return result
