@@ -51,14 +51,15 @@ def test_candidates_are_the_widest_mlp_under_the_limit_for_each_shape_the_config
     assert only and all((s.kv_heads, s.q_per_kv, s.intermediate) == (2, 4, 384) for s in only)
 
 
-def run_search(kl: Any, under: Any, max_candidates: int = 4) -> dict[str, Any]:
+def run_search(kl: Any, under: Any, max_candidates: int = 4, speed: float = 1.0) -> dict[str, Any]:
+    """The search on the made-up target, `speed` x faster than the probes said."""
     measured = [(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)]
     timed: list[Shape] = []
 
     def decide(s: Shape) -> tuple[bool, float, dict[str, Any]]:
         timed.append(s)
         ok = under(s)
-        return ok, true_ms(s), {"verdict": "under" if ok else "over"}
+        return ok, true_ms(s) * speed, {"verdict": "under" if ok else "over"}
 
     result = search.search(
         OLD, 32, measured, true_ms(OLD) / 2, 16, "auto", kl, decide, lambda s: True, max_candidates, lambda _: None
@@ -79,6 +80,13 @@ def test_a_candidate_decided_over_is_learned_from_and_another_tried() -> None:
     result = run_search(kl=lambda s: 1.0 / s.layers, under=lambda s: next(verdicts))
     assert [t["under"] for t in result["tried"]] == [False, True]
     assert result["timed"][0] != result["timed"][1]
+
+
+def test_a_candidate_far_under_the_budget_does_not_end_the_search() -> None:
+    result = run_search(kl=lambda s: 1.0 / s.layers + 0.001 * s.kv_heads, under=lambda s: True, speed=0.6)
+    assert len(result["tried"]) == 4 and all(t["under"] for t in result["tried"])  # each far under: proposed again
+    best = min(result["tried"], key=lambda t: t["kl"])
+    assert result["shape"] == best["shape"]  # of those under, the one that moves the outputs least
 
 
 def test_no_candidate_under_leaves_no_shape_and_a_line_naming_the_way() -> None:

@@ -18,7 +18,7 @@ from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.prune.space import discover
-from edgeprune.pipeline.search import guided, latency_table
+from edgeprune.pipeline.search import _guides, guided, latency_table
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.layerwise import plan_for
 from edgeprune.pipeline.search.level_search import LevelSearch
@@ -27,10 +27,10 @@ from tests.test_layerwise import on_fake_target, two_branches
 from tests.test_search import OverheadLatency, X
 
 
-def level_guide(model: nn.Module, objective: object, round_to: int = 16) -> guided.LevelGuide:
+def level_guide(model: nn.Module, objective: object, round_to: int = 16) -> _guides.LevelGuide:
     space = discover(model, X)
     scores = get_method("l1").scores(model, space, X)
-    return guided.LevelGuide(LevelSearch(model, X, space, scores, objective, round_to, "l1"))  # type: ignore[arg-type]
+    return _guides.LevelGuide(LevelSearch(model, X, space, scores, objective, round_to, "l1"))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +43,15 @@ def test_fill_steps_are_single_width_steps_most_valuable_per_flop_first(resnet20
     guide = level_guide(resnet20, CountObjective(Budget("flops", 1.0), X))
     start = guide.levels.plan(0.6)
     ceiling = guide.cost.flops(guide.levels.plan(0.4))
-    steps = guided.fill_sequence(guide, start, ceiling, round_to=16)
+    steps = _guides.fill_sequence(guide, start, ceiling, round_to=16)
     assert steps and all(a.flops < b.flops <= ceiling for a, b in itertools.pairwise(steps))
-    counts = guided.counts_of(guide.space, start)
+    counts = _guides.counts_of(guide.space, start)
     sizes = {g.id: tuple(len(s) for s in g.segments) for g in guide.space.groups}
     # the first step, found by brute force on whole plans: the option with the most score share per FLOP
     options = []
     for g in guide.space.groups:
-        for wider in guided.widenings(g, counts[g.id], 16):
-            plan = guided.plan_of(guide.space, guide.scores, {**counts, g.id: wider}, (), {})
+        for wider in _guides.widenings(g, counts[g.id], 16):
+            plan = _guides.plan_of(guide.space, guide.scores, {**counts, g.id: wider}, (), {})
             added = guide.cost.flops(plan) - guide.cost.flops(start)
             options.append((guide.gain(g, counts[g.id], wider) / added, g.id, wider, guide.cost.flops(plan)))
     best = max(o for o in options if o[3] <= ceiling)
@@ -102,7 +102,7 @@ def test_no_finer_plan_is_said_and_the_plan_under_is_kept(resnet20: nn.Module) -
     guide = level_guide(resnet20, counted)
     total = guide.cost.total
     start = guide.levels.plan(0.55)
-    steps = guided.fill_sequence(guide, start, guide.cost.flops(guide.levels.plan(0.45)), round_to=16)
+    steps = _guides.fill_sequence(guide, start, guide.cost.flops(guide.levels.plan(0.45)), round_to=16)
     k = len(steps) // 2
     between = (steps[k - 1].flops + steps[k].flops) / 2  # strictly between two neighbouring fill plans
     objective = CountObjective(Budget("flops", between), X)
@@ -117,11 +117,11 @@ def test_no_finer_plan_is_said_and_the_plan_under_is_kept(resnet20: nn.Module) -
 def test_with_sensitivity_the_fill_gives_back_the_layer_that_matters_first() -> None:
     model, space, scores, sens = two_branches()
     cost = CostModel(model, space, X)
-    guide = guided.SensitivityGuide.for_cost(
+    guide = _guides.SensitivityGuide.for_cost(
         model, X, space, scores, sens, CountObjective(Budget("flops", 1.0), X), cost
     )
     narrow = plan_at_level(space, scores, 0.75, 8)  # both branches at 8 of 32 channels, the same FLOPs each
-    steps = guided.fill_sequence(guide, narrow, cost.total, round_to=8)
+    steps = _guides.fill_sequence(guide, narrow, cost.total, round_to=8)
     assert [s.group for s in steps[:3]] == ["a", "a", "a"]  # `a` carries the signal: all of it back before `b`
     assert steps[3].group == "b"
 
@@ -167,7 +167,7 @@ def test_the_latency_cost_is_the_tables_prediction_and_prices_one_width_step_alo
     plan = plan_for(space, scores, widths)
     assert cost.flops(plan) == pytest.approx(cost.table.predict(widths, sizes, flops_cost(model, space)))
     # what the fill adds for one step, priced on the layers it touches, is the whole plans' difference
-    counts = guided.counts_of(space, plan)
+    counts = _guides.counts_of(space, plan)
     seg = {g.id: tuple(len(x) for x in g.segments) for g in space.groups}
     wider = {**counts, "b": (16,)}
     added = cost.flops_at(wider, seg, (), cost.touching["b"]) - cost.flops_at(counts, seg, (), cost.touching["b"])
@@ -184,7 +184,7 @@ def test_against_latency_the_allocation_narrows_what_is_slow_on_the_target(tmp_p
     }
     objective = CountObjective(Budget("flops", 1.0), X)
     for cost, narrower in ((flops_cost(model, space), "a"), (lat, "b")):
-        guide = guided.SensitivityGuide.for_cost(model, X, space, scores, sens, objective, cost)
+        guide = _guides.SensitivityGuide.for_cost(model, X, space, scores, sens, objective, cost)
         plan = guide.propose(0.7 * cost.total)[1]
         widths = {g: len(k.keep) for g, k in plan.groups.items()}
         wider = "a" if narrower == "b" else "b"

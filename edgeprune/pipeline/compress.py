@@ -12,12 +12,7 @@ of the outputs (publish.py).
 
 from __future__ import annotations
 
-import collections
-import copy
 import dataclasses
-import functools
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +21,25 @@ import torch
 from torch import nn
 
 from edgeprune import modelrun
-from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter
-from edgeprune.pipeline import distributed, rundir
+from edgeprune.pipeline import distributed, rundir, training_stages
 from edgeprune.pipeline import final as final_mod
 from edgeprune.pipeline import precision as precision_mod
 from edgeprune.pipeline import publish as publish_mod
 from edgeprune.pipeline import report as report_mod
 from edgeprune.pipeline.checked import Checked
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.data import DataBundle
-from edgeprune.pipeline.decision import Decision, TooNoisy
+from edgeprune.pipeline.decision import Decision
 from edgeprune.pipeline.loading import LoadedModel
-from edgeprune.pipeline.measure import TargetMeasurer
-from edgeprune.pipeline.prune import blocks as blocks_mod
+from edgeprune.pipeline.measure import TargetMeasurer, repeats_for
 from edgeprune.pipeline.prune import space as space_mod
-from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.methods import Goal, Importance
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.select import plan_at_level
 from edgeprune.pipeline.publish import CompressResult
-from edgeprune.pipeline.recovery import Recovery, TrainConfig, optimizer_for
 from edgeprune.pipeline.rundir import RunDir
-from edgeprune.pipeline.search import SEARCHES, SearchContext
 from edgeprune.pipeline.search.cost_model import CostModel
-from edgeprune.pipeline.search.objective import CountObjective, LatencyObjective, Objective
+from edgeprune.pipeline.search_steps import SearchSteps
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.stages import Progress, Stages
 from edgeprune.runtime_bench import LatencyStats
@@ -89,7 +78,7 @@ def compress(
         return p.publish()
 
 
-class Pipeline:
+class Pipeline(SearchSteps):
     """One run as it flows through the stages, in the order `compress` calls them: each method is
     a stage of the data flow, reading what the earlier ones left on the instance and leaving its
     own results there (the figures the report states come from these)."""
@@ -124,12 +113,6 @@ class Pipeline:
         self.runtime_acc: dict[str, Any] | None = None
 
     @property
-    def search_name(self) -> str:
-        """--search, or `uniform` where tied groups must keep one width (one global level keeps one
-        width in groups of one size; the other searches move groups one at a time)."""
-        return "uniform" if self.space.tied else self.settings.search
-
-    @property
     def met(self) -> bool:
         """Whether the final verdict (measure_final) put the model within the budget."""
         return final_mod.met(self.budget, self.final_d)
@@ -151,7 +134,7 @@ class Pipeline:
         )
         self.baseline_value = final_mod.figure(self.budget, b)
         self.budget = self.budget.resolve(self.baseline_value)
-        self.measurer.repeats = _repeats_for(b["latency_ms"]["median"], s.repeats)
+        self.measurer.repeats = repeats_for(b["latency_ms"]["median"], s.repeats)
         log(f"  budget: {self.budget.describe()} (baseline {self.baseline_value:.4g})")
 
     def _discovered(self) -> dict[str, Any]:
@@ -182,7 +165,9 @@ class Pipeline:
         s, method, data = self.settings, self.c.method, self.c.data
         if type(method).prepare is not Importance.prepare:
             goal = Goal(cost_fraction=self.budget.value / self.baseline_value, depth=_learned_depth(s.depth))
-            self.model = _prepared(method, self.model, self.space, self.inputs, data, goal, self.run, self.stage)
+            self.model = training_stages.prepared(
+                method, self.model, self.space, self.inputs, data, goal, self.run, self.stage
+            )
             if type(method).prepared_architecture is not Importance.prepared_architecture:  # e.g. factorized Linears
                 self.space_d = self.stage(
                     "prepared_space",
@@ -199,31 +184,6 @@ class Pipeline:
         self.scores = {gid: np.asarray(v) for gid, v in self.scores_d.items()}
         if s.depth in ("on", "only"):
             self.block_scores = self._scored_blocks()
-
-    def _scored_blocks(self) -> dict[str, float]:
-        """The removable blocks' importance: by the method on the calibration data, or, without data,
-        by how much bypassing each changes the outputs on the example inputs (said in the log)."""
-        method, data = self.c.method, self.c.data
-        found = self._blocks
-        on = "the calibration data" if data is not None else "the example inputs (no --data)"
-        scores = self.stage(
-            "blocks",
-            lambda: (
-                method.block_scores(self.model, found, data)
-                if data is not None
-                else blocks_mod.block_scores(self.model, found, self.inputs)
-            ),
-        )
-        self.log(f"  {len(scores)} removable residual blocks, scored on {on}")
-        return scores
-
-    @functools.cached_property
-    def _blocks(self) -> list[blocks_mod.Block]:
-        """The removable residual blocks that the output format can record (ecosystems/), found once
-        (each candidate is bypassed and run to check it): both searches of `auto` ask for them."""
-        constraint = self.loaded.constraint
-        found = blocks_mod.find_blocks(self.model, self.inputs)
-        return [b for b in found if constraint is None or constraint.allows_block(b.name)]
 
     def search(self) -> None:
         """The budget search, in float32 or int8 or both as --precision says (precision.py chooses)."""
@@ -305,7 +265,7 @@ class Pipeline:
                 f"{recovery.name}, the trained weights stand as they are"
             )
         elif recovery is not None:
-            self.recovery_d = _recover(
+            self.recovery_d = training_stages.recovered(
                 recovery,
                 self.pruned,
                 self.original,
@@ -409,264 +369,6 @@ class Pipeline:
         publish_mod.publish_outputs(self.run, rep, self.target.onnx_path("model"), native)
         return CompressResult(self.pruned, self.plan, rep, self.run.out)
 
-    def _applied(self, plan: Plan) -> nn.Module:
-        return apply(copy.deepcopy(self.model), plan, self.inputs)
-
-    def _search_with(
-        self, target: TargetMeasurer, stage_at: Callable[..., dict[str, Any]], log_at: Progress
-    ) -> dict[str, Any]:
-        """The budget search with `target` measuring the candidates (float32 or int8). Under --depth
-        auto, channels first; where they cannot reach the budget (the narrowest plan over it, or no
-        candidate within it) and the model has removable blocks, the search runs again with blocks
-        removable too, and the result says why (a 3-layer RoBERTa's MLP width alone reached 5.5 ms
-        against 4.9: "no candidate met"; with its layers, 0.27 of the baseline)."""
-        s = self.settings
-        if self.budget.met_by(self.baseline_value):
-            log_at("  the unpruned model already meets the budget: exporting it unpruned")
-            plan = plan_at_level(self.space, self.scores, 0.0, s.round_to, s.method)
-            return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
-        if s.depth in ("on", "only"):
-            return self._searched(target, stage_at, log_at, s, self.block_scores)
-        if s.depth == "off" or self.space.groups:  # channels alone first
-            try:
-                result = self._searched(target, stage_at, log_at, dataclasses.replace(s, depth="off"), {})
-            except TooNoisy:
-                raise
-            except EdgepruneError as err:
-                if not self._blocks:
-                    raise EdgepruneError(f"{err}{self._constraint_note()}") if s.depth == "auto" else err from None
-                if s.depth == "off":
-                    raise EdgepruneError(
-                        f"{err}; or remove whole blocks too: --depth auto (the default) or on"
-                    ) from None
-                why = f"channels alone cannot reach the budget ({err})"
-            else:
-                return (
-                    result
-                    if s.depth == "off"
-                    else result | {"depth": "off (--depth auto: channels alone reached the budget)"}
-                )
-        else:
-            why = "no channel group may be cut"
-        log_at(f"  {why}: searching again with whole blocks removable too (--depth auto)")
-
-        def depth_stage(
-            name: str, fn: Callable[[], dict[str, Any]], everywhere: bool = False, key: dict[str, Any] | None = None
-        ) -> dict[str, Any]:  # the second search's stages beside the first's
-            return stage_at("depth_" + name, fn, everywhere, key)
-
-        result = self._searched(target, depth_stage, log_at, dataclasses.replace(s, depth="on"), self._scored_blocks())
-        return result | {"depth": f"on (--depth auto: {why})"}
-
-    def _constraint_note(self) -> str:
-        """What an output format's constraint left out of reach, for a search that could not meet the
-        budget: the FLOPs its narrowest plan keeps against the unconstrained space's."""
-        reach = self.space_d.get("constraint_reach")
-        if self.loaded.constraint is None or not reach:
-            return ""
-        return (
-            f"; {self.loaded.ecosystem}'s format lets only some widths go ({self.loaded.constraint.why}), so the "
-            f"most pruning it allows keeps {reach['flops_floor']:.2f} of the FLOPs "
-            f"({reach['unconstrained_flops_floor']:.2f} without it) and no whole block can be removed"
-        )
-
-    def _searched(
-        self,
-        target: TargetMeasurer,
-        stage_at: Callable[..., dict[str, Any]],
-        log_at: Progress,
-        s: Settings,
-        block_scores: dict[str, float],
-    ) -> dict[str, Any]:
-        """One search over widths (and the blocks in `block_scores`, under `s.depth`)."""
-        if not self.space.groups and not block_scores:
-            raise EdgepruneError(nothing_prunable(self.space))
-        cache_key = {
-            "model_sha256": rundir.weights_sha256(self.model),
-            "scores": self.scores_d,
-            "round_to": s.round_to,
-            "data": str(s.data),
-            "input_shape": [list(t.shape) for t in self.inputs],
-        }  # no budget: other budgets reuse it
-        ctx = SearchContext(
-            self.model,
-            self.inputs,
-            self.space,
-            self.scores,
-            self._objective(target),
-            self.budget,
-            self.baseline_d,
-            self.baseline_value,
-            target,
-            s,
-            self.c.method,
-            block_scores,
-            self.c.data,
-            stage_at,
-            log_at,
-            cache_key,
-        )
-        return SEARCHES.create(self.search_name).run(ctx) | {"strategy": self.search_name}
-
-    def _search_at(self, precision: str) -> dict[str, Any]:
-        if precision == "fp32":
-            return self.stage("search", lambda: self._search_with(self.measurer, self.stage, self.log))
-        int8 = self.int8
-        assert int8 is not None
-        return self.stage(
-            "search_int8",
-            lambda: self._search_with(
-                int8, self.stage.prefixed("int8_"), lambda line: self.log(f"  int8 {line.lstrip()}")
-            ),
-        )
-
-    def _int8_unpruned(self) -> dict[str, Any]:
-        """int8 of the unpruned model, judged against the budget as a search candidate is (the
-        objective's drift allowance included)."""
-
-        def measure() -> dict[str, Any]:
-            assert self.int8 is not None
-            ev = self._objective(self.int8).evaluate(self.model, "unpruned")
-            plan = plan_at_level(self.space, self.scores, 0.0, self.settings.round_to, self.settings.method)
-            return {
-                "value": ev.value,
-                "ratio": ev.ratio,
-                "within": ev.within,
-                "evaluation": ev.to_dict(),
-                "plan": plan.to_dict(),
-            }
-
-        return self.stage("int8_unpruned", measure)
-
-    def _int8_of_plan(self, searched: dict[str, Any]) -> dict[str, Any]:
-        """int8 of the float32 search's plan, judged against the budget as a candidate is: whether
-        an int8 search could keep more (precision.choose)."""
-
-        def measure() -> dict[str, Any]:
-            assert self.int8 is not None
-            ev = self._objective(self.int8).evaluate(self._applied(Plan.from_dict(searched["plan"])), "int8_fp32_plan")
-            return {"value": ev.value, "ratio": ev.ratio, "within": ev.within}
-
-        return self.stage("int8_of_fp32_plan", measure)
-
-    def _int8_unpruned_metric(self) -> dict[str, Any]:
-        """The metric of the unpruned model in int8 on the runtime (the probe's file) beside PyTorch
-        float32's, over the validation split: what `auto` weighs before choosing int8."""
-
-        def measure() -> dict[str, Any]:
-            assert self.int8 is not None and self.c.data is not None
-            return self.int8.runtime_accuracy(
-                self.int8.load("unpruned"), self.model, self.c.data.val, self.c.metric_name, self.c.metric
-            )
-
-        acc = self.stage("int8_unpruned_metric", measure)
-        self.log(
-            f"  int8 of the unpruned model on {self.settings.runtime}: {acc['metric']} {acc['runtime']:.4f} against "
-            f"{acc['pytorch']:.4f} in PyTorch float32"
-        )
-        return acc
-
-    def _objective(self, target: TargetMeasurer) -> Objective:
-        """Candidates measured by `target` (float32 or int8). Counted figures are exact; a relative
-        budget is decided against the float32 baseline stage's verified export, which the float32
-        measurer loads; a machine whose noise is wider than the search's window (--tol) stops the run."""
-        if not self.budget.is_latency:
-            return CountObjective(self.budget, self.inputs)
-        return LatencyObjective(
-            self.budget, target, lambda: self.measurer.load("baseline"), resolution=self.settings.tol
-        )
-
-
-def nothing_prunable(space: space_mod.PruningSpace) -> str:
-    """Why no plan can prune the model: its layers were all left whole, with the commonest reason."""
-    if not space.skipped:
-        return "the model has no convolution or linear layer to prune; edgeprune cuts channels, heads and blocks"
-    reasons = collections.Counter(s.reason for s in space.skipped)
-    reason, n = reasons.most_common(1)[0]
-    example = next(s.id for s in space.skipped if s.reason == reason)
-    return (
-        f"nothing in the model can be pruned: all {len(space.skipped)} layer groups are left whole, {n} of them "
-        f"because {reason} (e.g. {example}); see the reasons with "
-        "edgeprune.pipeline.prune.space.discover, or free layers named in --unprunable"
-    )
-
-
-def _prepared(
-    method: Importance,
-    model: torch.nn.Module,
-    space: space_mod.PruningSpace,
-    inputs: tuple[torch.Tensor, ...],
-    data: DataBundle | None,
-    goal: Goal,
-    run: RunDir,
-    stage: Callable[..., dict[str, Any]],
-) -> torch.nn.Module:
-    """The method's prepared copy of the model (e.g. sparsity-trained), its weights kept in the run
-    dir and what else it learned (gates, searched widths) in the stage's JSON."""
-    weights = run.path("prepared_state.pt")
-    prepared = copy.deepcopy(model)
-
-    def prepare() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        trained = method.prepare(prepared, space, inputs, data, goal)
-        torch.save(trained.state_dict(), weights)
-        return {"method": method.name, "seconds": round(time.perf_counter() - t0, 2), "state": method.state()}
-
-    result = stage("prepare", prepare)
-    method.load_state(result["state"])
-    prepared = method.prepared_architecture(prepared)
-    prepared.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return prepared.eval()
-
-
-def _recover(
-    recovery: Recovery,
-    pruned: torch.nn.Module,
-    teacher: torch.nn.Module,
-    data: DataBundle,
-    s: Settings,
-    metric: Any,
-    run: RunDir,
-    ctx: distributed.DistContext,
-    stage: Callable[..., dict[str, Any]],
-    log: Progress,
-) -> dict[str, Any]:
-    """Train the pruned model in place (every rank under torchrun); its weights persist in the run dir.
-    The weights kept are the best epoch's on the held-out metric, the pruned ones included (trainer.py:
-    a recovery that makes the model worse is not published), with an optimiser chosen for the
-    architecture (`optimizer_for`)."""
-    choice = optimizer_for(pruned, recovery, s.lr)
-    config = TrainConfig.budget(
-        s.epochs,
-        s.steps,
-        lr=choice.lr,
-        optimizer=choice.optimizer,
-        weight_decay=choice.weight_decay,
-        keep_best=True,
-    )
-    weights = run.path("recovered_state.pt")
-
-    def fit() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        result = recovery.fit(pruned, teacher, data, config, metric, run.path("recover_checkpoint.pt"), log)
-        if ctx.is_rank0:
-            torch.save(pruned.state_dict(), weights)
-        return {
-            "method": recovery.name,
-            "config": dataclasses.asdict(config),
-            "history": result.history,
-            "final_metric": result.final_metric,
-            "kept": result.kept,
-            "optimizer_why": choice.why,
-            "seconds": round(time.perf_counter() - t0, 2),
-            "processes": ctx.world_size,
-        }
-
-    done = distributed.rank0_then_broadcast(ctx, lambda: run.done("recover"))
-    if done:
-        pruned.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return stage("recover", fit, everywhere=True)
-
 
 def _config(loaded: LoadedModel, s: Settings) -> dict[str, Any]:
     """What the stage results depend on: a re-run with a different config starts afresh."""
@@ -685,12 +387,3 @@ def _learned_depth(depth: str) -> str:
 def _prunes_nothing(plan: Plan) -> bool:
     """Every unit of every group kept and no block removed: the model as it was, nothing to recover."""
     return not plan.removed_blocks and all(len(g.keep) == g.size for g in plan.groups.values())
-
-
-#: the least time one measurement should spend in its timed loop: sub-millisecond models need
-#: hundreds of repeats before their median stops moving on this noisy machine
-MIN_TIMED_S = 0.5
-
-
-def _repeats_for(median_ms: float, repeats: int) -> int:
-    return int(min(2000, max(repeats, np.ceil(MIN_TIMED_S * 1e3 / max(median_ms, 1e-3)))))

@@ -228,3 +228,13 @@ class RuntimeModel(nn.Module):
         self.samples += len(x)
         outs = tuple(torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(len(parts[0])))
         return outs[0] if len(outs) == 1 else outs
+
+
+#: the least time one measurement should spend in its timed loop: sub-millisecond models need
+#: hundreds of repeats before their median stops moving on this noisy machine
+MIN_TIMED_S = 0.5
+
+
+def repeats_for(median_ms: float, repeats: int) -> int:
+    """Repeats for a model whose median is `median_ms`: at least `repeats`, enough to spend MIN_TIMED_S timing it."""
+    return int(min(2000, max(repeats, np.ceil(MIN_TIMED_S * 1e3 / max(median_ms, 1e-3)))))

@@ -45,6 +45,7 @@ from edgeprune.pipeline.search.objective import LatencyObjective
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.stages import Progress, Stages
 from edgeprune.runtime_bench import Runtime, get_runtime
+from edgeprune.runtime_bench.base import interleave
 
 #: the cache length the budget is measured at when --context does not say: a chat turn's worth of
 #: history on a phone (capped below the model's max_position_embeddings)
@@ -265,11 +266,21 @@ class DecoderRun:
                 return {"shape": self.old.to_dict(), "tried": [], "why": "baseline already within budget"}
             measured = [(self.old, float(self.baseline_d["decode_ms"]["median"]))]
             narrow = search.narrowest(self.old, self.s.round_to)
+            base = self._step_measurer(self.old)
+            reference = base.load("baseline")
             for i, shape in enumerate(search.probes(self.old, self.s.round_to, self._allowed)[1:]):
-                m = self._step_measurer(shape).measure(DecodeStep(self._cut(shape), shape.layers).eval(), f"probe_{i}")
-                assert m.stats is not None
-                measured.append((shape, m.stats.median))
-                self.log(f"  probe {shape.describe()}: {m.stats.median:.3f} ms per token")
+                m = self._step_measurer(shape)
+                probe = m.prepare(DecodeStep(self._cut(shape), shape.layers).eval(), f"probe_{i}")
+                ref, timed = interleave(
+                    self.c.runtime,
+                    [reference.session, probe.session],
+                    [base.inputs_np, m.inputs_np],
+                    self.s.warmup,
+                    self.s.repeats,
+                )
+                ms = timed.median / ref.median * measured[0][1]  # the ratio, in the baseline stage's ms
+                measured.append((shape, ms))
+                self.log(f"  probe {shape.describe()}: {timed.median / ref.median:.3f} of the baseline ({ms:.3f} ms)")
             limit = self.budget.value
             narrowest_ms = dict(measured).get(narrow, float("inf"))
             if narrowest_ms > limit * 1.5:  # far over even at the narrowest: no candidate can make it

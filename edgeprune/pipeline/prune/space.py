@@ -14,6 +14,7 @@ is left whole ("not analysed within 60 s"), so a user's run never hangs here.
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import time
@@ -470,3 +471,17 @@ def _isolate(items: list[Any], reason_of: Any, deadline: float | None) -> tuple[
         else:
             pending += [(subset[: len(subset) // 2], True), (subset[len(subset) // 2 :], True)]
     return bad, []
+
+
+def nothing_prunable(space: PruningSpace) -> str:
+    """Why no plan can prune the model: its layers were all left whole, with the commonest reason."""
+    if not space.skipped:
+        return "the model has no convolution or linear layer to prune; edgeprune cuts channels, heads and blocks"
+    reasons = collections.Counter(s.reason for s in space.skipped)
+    reason, n = reasons.most_common(1)[0]
+    example = next(s.id for s in space.skipped if s.reason == reason)
+    return (
+        f"nothing in the model can be pruned: all {len(space.skipped)} layer groups are left whole, {n} of them "
+        f"because {reason} (e.g. {example}); see the reasons with "
+        "edgeprune.pipeline.prune.space.discover, or free layers named in --unprunable"
+    )
