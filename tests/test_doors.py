@@ -4,6 +4,7 @@ priority, and a missing library is one line naming its extra."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any, ClassVar
 
 import pytest
 import tomllib
+import torch
 
 from edgeprune.ecosystems import base as eco_base
 from edgeprune.ecosystems.causal_lm import CausalLmEcosystem
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.loaded import Constraint, LoadedModel, TiedSet, from_module
 
 PYPROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
 
@@ -75,3 +78,65 @@ def test_a_door_whose_library_is_missing_names_its_extra(doors: list[type[eco_ba
         eco_base.ECOSYSTEMS.create("zz_absent").require()
     assert "pip install 'edgeprune[hf]'" in str(err.value) and "\n" not in str(err.value)
     assert type(eco_base.for_missing_module("edgeprune_no_such_library.sub")).__name__ == "zz_absent"
+
+
+class _TwoMlps(torch.nn.Module):
+    """Two residual MLPs of width 64 and a head of width 48: what a door may tie (the MLPs, one
+    width, as a config's intermediate_size) and cut alone (the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1, self.a2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+        self.b1, self.b2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+        self.c1, self.c2 = torch.nn.Linear(32, 48), torch.nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.a2(torch.relu(self.a1(x)))
+        x = x + self.b2(torch.relu(self.b1(x)))
+        return self.c2(torch.relu(self.c1(x)))
+
+
+class _FileDoor(eco_base.Ecosystem):
+    """A door of one file's worth: claims a folder holding door.json, loads `_TwoMlps`, constrains
+    the plan to two tied sets and writes the pruned model back as fake_model.pt."""
+
+    name = "zz_file_door"
+    extra = "hf"
+    output = "fake_model.pt"
+    priority: ClassVar[int] = 50
+
+    @classmethod
+    def claims_path(cls, path: Path) -> bool:
+        return (path / "door.json").is_file()
+
+    def load(self, path: Path | None, obj: Any, arch: Any, input_shape: Any, num_classes: Any) -> LoadedModel:
+        torch.manual_seed(0)
+        loaded = from_module(_TwoMlps(), torch.randn(1, 32), source=str(path))
+        sets = (TiedSet(("a1", "b1"), "mlp_width"), TiedSet(("c1",), "head_width"))
+        return dataclasses.replace(
+            loaded, ecosystem=self.name, constraint=Constraint("a format of two widths", sets, blocks=())
+        )
+
+    def save(self, pruned: torch.nn.Module, loaded: LoadedModel, plan: Any, dest: Path) -> dict[str, Any]:
+        torch.save(pruned, dest)
+        return {"format": "a whole module", "load": "torch.load('fake_model.pt', weights_only=False)"}
+
+
+def test_a_door_added_in_one_file_is_claimed_constrained_and_saved(
+    tmp_path: Path, doors: list[type[eco_base.Ecosystem]]
+) -> None:
+    from edgeprune.cli import main
+
+    doors.append(eco_base.register(_FileDoor))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "door.json").write_text("{}")
+    out = tmp_path / "out"
+    rc = main([str(folder), "--budget", "6kparams", "--warmup", "1", "--repeats", "3", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["model"]["ecosystem"] == "zz_file_door" and len(rep["model"]["constraint"]["sets"]) == 2
+    pruned = torch.load(out / "fake_model.pt", weights_only=False)
+    assert pruned.a1.out_features == pruned.b1.out_features < 64  # one width for the tied set
+    assert pruned.a2.out_features == pruned.b2.out_features == 32  # nothing outside the sets is cut
+    assert rep["final"]["params"] <= 6000 and rep["native"]["path"] == "fake_model.pt"

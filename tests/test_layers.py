@@ -138,3 +138,16 @@ def test_the_cycle_check_finds_a_hidden_one() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycle(graph) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+#: the most lines a module of edgeprune may hold: past it, a file holds more than one concern
+MAX_LINES = 500
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    long = {
+        str(f.relative_to(PACKAGE)): n
+        for f in PACKAGE.rglob("*.py")
+        if (n := len(f.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}, f"split these modules (over {MAX_LINES} lines): {long}"

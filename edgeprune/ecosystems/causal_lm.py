@@ -15,15 +15,14 @@ its time per token with a cache, not one forward of a fixed sequence.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgeprune.ecosystems._transformers import KEPT_FILES, architecture_of, copy_kept, load_pretrained, read_config
 from edgeprune.ecosystems.base import Ecosystem, register
-from edgeprune.ecosystems.huggingface import KEPT_FILES, architecture_of, load_pretrained, read_config
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.decoder.shape import Layout, Shape, shape_of
 from edgeprune.pipeline.loaded import LoadedModel
@@ -134,12 +133,7 @@ class CausalLmEcosystem(Ecosystem):
         old, new = Shape.from_dict(native["shape"]), Shape.from_dict(plan["shape"])
         dest.mkdir(parents=True)
         pruned.save_pretrained(str(dest), safe_serialization=True)  # type: ignore[operator]
-        copied = []
-        for pattern in KEPT:
-            for f in sorted(Path(native["folder"]).glob(pattern)):
-                if f.is_file() and not (dest / f.name).exists():
-                    shutil.copy2(f, dest / f.name)
-                    copied.append(f.name)
+        copied = copy_kept(Path(native["folder"]), dest, KEPT)
         return {
             "format": "Hugging Face save_pretrained folder",
             "load": f"transformers.AutoModelForCausalLM.from_pretrained('{self.output}')",

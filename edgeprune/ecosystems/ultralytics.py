@@ -26,14 +26,14 @@ import dataclasses
 import datetime
 import functools
 import math
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from edgeprune.ecosystems._ultralytics_map import VALIDATORS, UltralyticsMap, dataset_of, is_ultralytics, is_yaml
 from edgeprune.ecosystems.base import Ecosystem, Preprocess, register
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.loaded import from_module
@@ -53,10 +53,6 @@ TASK_TRAINERS = {
     "obb": ("ultralytics.models.yolo.obb", "OBBTrainer"),
     "classify": ("ultralytics.models.yolo.classify", "ClassificationTrainer"),
 }
-
-
-def _is_ultralytics(m: Any) -> bool:
-    return isinstance(m, nn.Module) and type(m).__module__.startswith("ultralytics")
 
 
 def _checkpoint_module(obj: Mapping[str, Any]) -> nn.Module | None:
@@ -91,13 +87,13 @@ class Ultralytics(Ecosystem):
 
     @classmethod
     def claims_object(cls, obj: Any) -> bool:
-        if _is_ultralytics(obj) and type(obj).__module__ == "ultralytics.nn.tasks":  # torch.save(yolo.model)
+        if is_ultralytics(obj) and type(obj).__module__ == "ultralytics.nn.tasks":  # torch.save(yolo.model)
             return True
         if not isinstance(obj, Mapping):
             return False
         module = _checkpoint_module(obj)
         if module is not None:
-            return _is_ultralytics(module)
+            return is_ultralytics(module)
         if _looks_ultralytics(obj):
             held = ", ".join(f"{k}: {type(obj[k]).__name__}" for k in ("model", "ema") if k in obj) or "neither key"
             raise EdgepruneError(
@@ -226,9 +222,9 @@ class Ultralytics(Ecosystem):
 
     def data_source(self, data: str) -> str:
         """A dataset yaml's training images (a folder: label-free recovery reads them, labels unread)."""
-        if not _is_yaml(data):
+        if not is_yaml(data):
             return data
-        train = _dataset(data)["train"]
+        train = dataset_of(data)["train"]
         folder = Path(train[0] if isinstance(train, list) else train)
         if not folder.is_dir():
             raise EdgepruneError(
@@ -239,11 +235,11 @@ class Ultralytics(Ecosystem):
 
     def metric(self, name: str | None, data: str | None, loaded: Any) -> UltralyticsMap | None:
         """`--metric ultralytics` (the dataset --data names) or `ultralytics:DATA.yaml`, or --data a yaml."""
-        if name is None and data is not None and _is_yaml(data):
+        if name is None and data is not None and is_yaml(data):
             yaml = data
         elif name is not None and name.partition(":")[0] == "ultralytics":
             yaml = name.partition(":")[2] or (data or "")
-            if not _is_yaml(yaml):
+            if not is_yaml(yaml):
                 raise EdgepruneError(
                     "--metric ultralytics validates on a dataset yaml: pass it as --data data.yaml, or as "
                     "--metric ultralytics:data.yaml beside --data IMAGES"
@@ -255,105 +251,10 @@ class Ultralytics(Ecosystem):
             raise EdgepruneError(
                 f"--metric ultralytics measures box mAP (detect, segment, pose, obb); this model's task is {task}"
             )
-        _dataset(yaml)  # a yaml ultralytics cannot read is refused now, not after the search
+        dataset_of(yaml)  # a yaml ultralytics cannot read is refused now, not after the search
         names = {int(k): v for k, v in (loaded.native.get("names") or {}).items()}
         stride = getattr(loaded.model, "stride", torch.tensor([32.0]))
         return UltralyticsMap(yaml, tuple(loaded.input_shape[-2:]), task, names, stride)
-
-
-#: the validator of each task whose metric is box mAP
-VALIDATORS = {
-    "detect": ("ultralytics.models.yolo.detect", "DetectionValidator"),
-    "segment": ("ultralytics.models.yolo.segment", "SegmentationValidator"),
-    "pose": ("ultralytics.models.yolo.pose", "PoseValidator"),
-    "obb": ("ultralytics.models.yolo.obb", "OBBValidator"),
-}
-
-
-class UltralyticsMap:
-    """mAP50-95 by ultralytics' own validator on a dataset yaml's val split, with its `val` defaults
-    (conf 0.001, IoU 0.7), letterboxed to the size the model is pruned at. A `Metric`: the loader
-    the pipeline passes is not read (the validator reads the split, with its labels). A PyTorch
-    model is validated as it is (the validator fuses and freezes a copy of its own); a runtime's
-    session (measure.RuntimeModel: int8 on ort-cpu) through `_Session`, so the published file's mAP
-    is measured too."""
-
-    name = "mAP50-95"
-    higher_is_better = True
-
-    def __init__(self, yaml: str, imgsz: tuple[int, ...], task: str, names: dict[int, str], stride: Any) -> None:
-        self.yaml, self.imgsz, self.task, self.names, self.stride = yaml, list(imgsz), task, names, stride
-        self.describe = (
-            f"mAP50-95 by ultralytics' {task} validator on {yaml}'s val split (conf 0.001, IoU 0.7, "
-            f"{'x'.join(map(str, imgsz))})"
-        )
-
-    def __call__(self, model: nn.Module, loader: Iterable[Any]) -> float:
-        import importlib
-
-        module, cls = VALIDATORS[self.task]
-        validate = getattr(importlib.import_module(module), cls)
-        subject = model if _is_ultralytics(model) else _Session(model, self.stride, self.names)
-        with tempfile.TemporaryDirectory() as tmp:
-            args = {
-                "task": self.task,
-                "data": self.yaml,
-                "imgsz": self.imgsz,
-                "batch": 16,
-                "conf": 0.001,
-                "iou": 0.7,
-                "device": "cpu",
-                "half": False,
-                "rect": False,  # the size the model is pruned (and exported) at, as a session requires
-                "plots": False,
-                "save_json": False,
-                "verbose": False,
-                "workers": 0,
-                "project": tmp,
-                "name": "val",
-                "exist_ok": True,
-            }
-            threads = torch.get_num_threads()  # its select_device resets PyTorch's threads to the machine's
-            try:
-                stats = validate(args=args)(model=subject)
-            finally:
-                torch.set_num_threads(threads)
-        return float(stats["metrics/mAP50-95(B)"])
-
-
-class _Session(nn.Module):
-    """A runtime's session dressed as an ultralytics model for its validator: the stride and class
-    names its letterbox and NMS read, and a forward that returns the session's predictions."""
-
-    def __init__(self, session: nn.Module, stride: Any, names: dict[int, str]) -> None:
-        super().__init__()
-        self.session, self.names = session, names
-        self.register_buffer("stride", torch.as_tensor(stride, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.session(x)
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Session:
-        """Itself: the validator copies what it validates, and a runtime's session cannot be copied
-        (nor needs to be: validating only reads it)."""
-        return self
-
-
-def _is_yaml(path: str) -> bool:
-    return path.lower().endswith((".yaml", ".yml"))
-
-
-def _dataset(yaml: str) -> dict[str, Any]:
-    """ultralytics' own reading of a dataset yaml (paths resolved), or one line when it cannot."""
-    from ultralytics.data.utils import check_det_dataset
-
-    try:
-        return check_det_dataset(yaml, autodownload=False)
-    except Exception as err:  # noqa: BLE001 - ultralytics raises assorted types for a yaml it cannot use
-        raise EdgepruneError(
-            f"ultralytics cannot read the dataset {yaml} ({type(err).__name__}: {first_line(err)}); "
-            "pass a data.yaml with train and val image folders"
-        ) from None
 
 
 def set_export(model: nn.Module, on: bool) -> None:

@@ -208,3 +208,25 @@ class TensorLoader:
             b = order[start : start + self.batch_size]
             x = tuple(t[b] for t in self.inputs)
             yield (x[0] if len(x) == 1 else x), None if self.labels is None else self.labels[b]
+
+
+#: the share of unlabelled inputs held out for validation (at least one, at most `HELD_OUT_MAX`)
+HELD_OUT = 0.1
+
+
+HELD_OUT_MAX = 1000
+
+
+def held_out(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Train and validation indices of `n` inputs that came without a split, and the report's line."""
+    if n < 2:
+        raise EdgepruneError(
+            f"--data has {n} input(s); give at least two, so one can be held out to measure the pruned model on"
+        )
+    k = min(HELD_OUT_MAX, max(1, round(n * HELD_OUT)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return (
+        order[k:],
+        order[:k],
+        f"{k} of the {n} inputs held out for validation (seeded shuffle, seed {seed}); the rest trains",
+    )

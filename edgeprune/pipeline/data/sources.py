@@ -30,14 +30,16 @@ import torch
 
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError, first_line
-from edgeprune.pipeline.data.arrays import BatchLoader, ImageArrays, Normalization, TensorLoader, to_float01
+from edgeprune.pipeline.data.arrays import (
+    BatchLoader,
+    ImageArrays,
+    Normalization,
+    TensorLoader,
+    held_out,
+    to_float01,
+)
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
-
-#: the share of unlabelled inputs held out for validation (at least one, at most `HELD_OUT_MAX`)
-HELD_OUT = 0.1
-HELD_OUT_MAX = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,21 +175,6 @@ def _normalization(train: ImageArrays, model: ModelInputs | None) -> tuple[Norma
     return Normalization(mean, std), "the training images' own channel statistics"
 
 
-def _held_out(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Train and validation indices of `n` inputs that came without a split, and the report's line."""
-    if n < 2:
-        raise EdgepruneError(
-            f"--data has {n} input(s); give at least two, so one can be held out to measure the pruned model on"
-        )
-    k = min(HELD_OUT_MAX, max(1, round(n * HELD_OUT)))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return (
-        order[k:],
-        order[:k],
-        f"{k} of the {n} inputs held out for validation (seeded shuffle, seed {seed}); the rest trains",
-    )
-
-
 def _is_split_npz(path: Path) -> bool:
     """An .npz with x_train/x_test (the labelled layout) rather than arrays keyed by input name."""
     if path.suffix != ".npz":
@@ -275,7 +262,7 @@ def _flat_folder(root: Path, model: ModelInputs | None, seed: int) -> tuple[Imag
         except OSError as err:
             raise EdgepruneError(f"cannot decode image {f}: {first_line(err)}; remove or replace it") from None
     arrays = ImageArrays.from_numpy(np.stack(images), None, (), str(root))
-    train_idx, val_idx, note = _held_out(len(arrays), seed)
+    train_idx, val_idx, note = held_out(len(arrays), seed)
     return (
         arrays.subset(train_idx),
         arrays.subset(val_idx),
@@ -324,7 +311,7 @@ def _named(path: Path, batch_size: int, eval_batch_size: int, seed: int, model: 
         raise EdgepruneError(
             f"--data {path}: {n} inputs but {len(labels)} labels in {label_key}; give one label per input"
         )
-    train_idx, val_idx, note = _held_out(n, seed)
+    train_idx, val_idx, note = held_out(n, seed)
 
     def part(idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         return tuple(t[idx] for t in inputs), None if labels is None else labels[idx]
@@ -362,7 +349,7 @@ def _unsplit_images(
             f"--data {path}: {key} holds {'x'.join(map(str, every.images.shape[-2:]))} images and the model takes "
             f"{size[0]}x{size[1]}; resize them, or save them as image files in a folder (resized for you)"
         )
-    train_idx, val_idx, note = _held_out(len(every), seed)
+    train_idx, val_idx, note = held_out(len(every), seed)
     train, val = every.subset(train_idx), every.subset(val_idx)
     norm, origin = _normalization(train, model)
     return DataBundle(

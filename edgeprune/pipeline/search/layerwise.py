@@ -40,6 +40,7 @@ from torch import nn
 from edgeprune.pipeline.prune.apply import apply
 from edgeprune.pipeline.prune.plan import Plan
 from edgeprune.pipeline.prune.space import PruningSpace, Scores
+from edgeprune.pipeline.search._targets import Point, between, closest, next_target
 from edgeprune.pipeline.search.base import SEARCHES, Search, SearchContext, SearchResult, Step, none_met, timed_step
 from edgeprune.pipeline.search.cost_model import CostModel
 from edgeprune.pipeline.search.objective import Objective
@@ -343,7 +344,7 @@ class LayerwiseSearch:
         of the goal, to the lambda halfway between the closest two (None when that repeats too);
         with all of them on one side, to a target moved `tol / 2` further that way, until a new plan
         comes (at most `NUDGES` times: a plan repeats when the target moved less than one width step)."""
-        over, under = _closest(points, goal)
+        over, under = closest(points, goal)
         for _ in range(NUDGES):
             lam = self.lam_for(target)
             choice = self.filled(self.choice_at(lam), target)
@@ -360,42 +361,6 @@ class LayerwiseSearch:
 
     def _key(self, widths: Mapping[str, int], removed: Sequence[str]) -> tuple[Any, ...]:
         return (*(widths[g.id] for g in self.space.groups), tuple(removed))
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    """A measured candidate: its lambda, its predicted and its measured value."""
-
-    lam: float
-    predicted: float
-    measured: float
-
-
-def _closest(points: Sequence[Point], goal: float) -> tuple[Point | None, Point | None]:
-    """The measured candidates closest to `goal` from above and from below (None: no such side)."""
-    over = min((p for p in points if p.measured > goal), key=lambda p: p.measured, default=None)
-    under = max((p for p in points if p.measured <= goal), key=lambda p: p.measured, default=None)
-    return over, under
-
-
-def next_target(points: Sequence[Point], goal: float) -> float:
-    """The predicted value expected to measure `goal`: interpolated between the closest measured
-    candidates on either side of it, else scaled by the nearest one's measured/predicted ratio."""
-    over, under = _closest(points, goal)
-    if over is not None and under is not None and over.measured > under.measured:
-        t = (goal - under.measured) / (over.measured - under.measured)
-        return under.predicted + t * (over.predicted - under.predicted)
-    nearest = min(points, key=lambda p: abs(p.measured - goal))
-    return nearest.predicted * goal / nearest.measured
-
-
-def between(points: Sequence[Point], goal: float) -> float | None:
-    """The lambda halfway (geometrically) between the closest candidates over and under `goal`;
-    None without one on each side (a larger lambda prunes more: the one over has the smaller)."""
-    over, under = _closest(points, goal)
-    if over is None or under is None or not 0.0 < over.lam < under.lam:
-        return None
-    return float(np.sqrt(over.lam * under.lam))
 
 
 @SEARCHES.register
