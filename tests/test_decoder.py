@@ -13,12 +13,13 @@ from edgeprune.pipeline.decoder import search
 from edgeprune.pipeline.decoder.shape import Shape
 
 OLD = Shape(layers=4, kv_heads=2, q_per_kv=4, intermediate=384)
-#: a made-up target: ms = 0.1 + L (0.05 + 0.0005 I + 0.02 H + 0.03 KV)
-TRUE = (0.1, 0.05, 0.0005, 0.02, 0.03)
+TRAFFIC = search.Traffic(hidden=128, head_dim=32, context=64)
 
 
 def true_ms(s: Shape) -> float:
-    return sum(c * f for c, f in zip(TRUE, search.features(s)))
+    """A made-up target whose time rises with what a step reads, steeper past a cache's size."""
+    x = TRAFFIC(s) / 1e6
+    return 0.05 + 0.2 * x + 0.3 * max(0.0, x - 0.8)
 
 
 def test_a_per_token_budget_reads_as_milliseconds() -> None:
@@ -27,16 +28,27 @@ def test_a_per_token_budget_reads_as_milliseconds() -> None:
     assert parse_budget("0.5 s / token").value == 500.0
 
 
-def test_the_cost_model_recovers_a_linear_target_from_the_probes() -> None:
+def test_the_cost_model_goes_through_what_was_measured_and_never_falls_with_traffic() -> None:
     points = [(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)]
     assert len(points) == 6 and points[0][0] == OLD
-    model = search.CostModel(points)
-    for s in (Shape(3, 1, 2, 200), Shape(1, 2, 4, 16), OLD):
-        assert model.predict(s) == pytest.approx(true_ms(s), rel=1e-6)
+    model = search.CostModel(points, TRAFFIC)
+    for s, ms in points:
+        assert model.predict(s) == pytest.approx(ms)
+    shapes = sorted(
+        {search.Shape(n, kv, q, w) for n in (1, 2, 3, 4) for kv in (1, 2) for q in (1, 4) for w in (16, 384)},
+        key=TRAFFIC,
+    )
+    predicted = [model.predict(s) for s in shapes]
+    assert predicted == sorted(predicted)
+    noisy = search.CostModel([*points, (Shape(3, 2, 4, 384), true_ms(OLD) * 1.5)], TRAFFIC)  # a burst: read high
+    assert noisy.predict(OLD) >= noisy.predict(Shape(3, 2, 4, 384))  # still monotone
+    near = Shape(3, 2, 4, 200)
+    corrected = search.CostModel([*points, (near, 2 * true_ms(near))], TRAFFIC)  # the target said otherwise
+    assert corrected.predict(near) == pytest.approx(2 * true_ms(near))  # a measurement overrides the curve there
 
 
 def test_candidates_are_the_widest_mlp_under_the_limit_for_each_shape_the_config_allows() -> None:
-    model = search.CostModel([(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)])
+    model = search.CostModel([(s, true_ms(s)) for s in search.probes(OLD, 16, lambda s: True)], TRAFFIC)
     limit = true_ms(OLD) / 2
     odd_heads = {s for s in search.frontier(OLD, model, limit, 16, "auto", lambda s: True) if s.heads % 2}
     assert odd_heads  # 3 heads in one group fit under the limit ...
@@ -62,7 +74,7 @@ def run_search(kl: Any, under: Any, max_candidates: int = 4, speed: float = 1.0)
         return ok, true_ms(s) * speed, {"verdict": "under" if ok else "over"}
 
     result = search.search(
-        OLD, 32, measured, true_ms(OLD) / 2, 16, "auto", kl, decide, lambda s: True, max_candidates, lambda _: None
+        OLD, 32, measured, true_ms(OLD) / 2, 16, "auto", kl, decide, lambda s: True, TRAFFIC, max_candidates, print
     )
     result["timed"] = timed
     return result
@@ -83,7 +95,7 @@ def test_a_candidate_decided_over_is_learned_from_and_another_tried() -> None:
 
 
 def test_a_candidate_far_under_the_budget_does_not_end_the_search() -> None:
-    result = run_search(kl=lambda s: 1.0 / s.layers + 0.001 * s.kv_heads, under=lambda s: True, speed=0.6)
+    result = run_search(kl=lambda s: 1.0 / s.layers + 1.0 / (s.intermediate + s.heads), under=lambda s: True, speed=0.6)
     assert len(result["tried"]) == 4 and all(t["under"] for t in result["tried"])  # each far under: proposed again
     best = min(result["tried"], key=lambda t: t["kl"])
     assert result["shape"] == best["shape"]  # of those under, the one that moves the outputs least

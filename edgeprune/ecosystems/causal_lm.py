@@ -124,6 +124,7 @@ class CausalLmEcosystem(Ecosystem):
                 "shape": shape.to_dict(),
                 "head_dim": head_dim,
                 "vocab": vocab,
+                "hidden": int(config_of.hidden_size),
                 "max_positions": _max_positions(model.config),
             },
         )

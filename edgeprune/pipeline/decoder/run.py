@@ -309,6 +309,7 @@ class DecoderRun:
                     kl_of,
                     decided,
                     self._allowed,
+                    search.Traffic(int(self.loaded.native["hidden"]), self.head_dim, self.c.context),
                     self.s.max_candidates,
                     self.log,
                 )
