@@ -12,9 +12,9 @@ proposes, the outputs choose, the target decides.
 3. The candidates are timed in order of that KL, interleaved with the baseline until the decision
    rule says under or over (decision.py); every timed candidate joins the fitted points and the
    candidates are proposed again. The search ends at a candidate decided under the budget and
-   within `CLOSE` of it (a shape far under it gives capacity away: a first run here chose 3 of 8
-   layers at 0.26 of the baseline against a 0.5 budget, on probes timed while other jobs ran), or
-   after --max-candidates; of those decided under, the lowest KL is the shape.
+   within `CLOSE` of it (a shape far under it gives capacity away: a first run here stopped at 3 of
+   8 layers at 0.26 of the baseline against a 0.5 budget, its probes timed while other jobs ran),
+   or after --max-candidates; of those decided under, the lowest KL is the shape.
 
 The probes are timed interleaved with the baseline's step and kept as ratios to it (times the
 baseline stage's ms): absolute times drift by tens of percent between minutes on a shared machine,
@@ -48,9 +48,8 @@ class Traffic:
     """What a decode step reads in its layers, in elements: each layer's projection weights (query
     and output per query head, key and value per group, three MLP matrices) and its attention over
     the cache (per query head and per group: eager attention expands each group to its heads). A
-    step at batch 1 is bound by what it reads, so its time rises with this, though not in
-    proportion: a model whose weights fit the CPU's caches runs faster per byte (here a 3-of-8-layer
-    cut read 0.25 of the baseline's time where a 4-layer one read 0.76)."""
+    step at batch 1 is bound by what it reads, so its time rises with this, though not always in
+    proportion (a model whose weights fit the CPU's caches may run faster per byte)."""
 
     hidden: int
     head_dim: int
@@ -66,9 +65,10 @@ class Traffic:
 class CostModel:
     """ms per token as a monotone piecewise-linear function of the traffic through the measured
     shapes (their running maximum: reading more never makes a step faster), proportional beyond
-    the ends. Local, so a measurement near the budget corrects what the probes far from it say; a
-    global fit (least squares on layers, widths and heads) kept predicting 7.3 ms for shapes the
-    target ran in 2.4-3.9 ms across the caches' cliff."""
+    the ends. Local, so a measurement near the budget corrects what the probes far from it say: a
+    global fit (least squares on layers, widths and heads) to probes timed while other processes
+    loaded the machine kept predicting 7.3 ms for shapes the target then ran in 2.4-3.9 ms, and six
+    candidates went by without reaching the budget's neighbourhood."""
 
     points: list[tuple[Shape, float]]
     traffic: Callable[[Shape], float]

@@ -2,8 +2,9 @@
 
 `--data` is an `.npz` holding `input_ids` (sequences x tokens, already tokenised), or text: a `.txt`
 file or a folder of text files (.txt, .md, .py, .rst, .json), tokenised with the model folder's own
-tokenizer. The token stream is cut into sequences of `seq_len`; one in ten (at least one) is held
-out for the metric (perplexity and next-token agreement) and the search's KL, the rest train.
+tokenizer. The token stream is cut into sequences of `seq_len`; one in ten (at least one, at most
+`MAX_HELD`) is held out for the metric (perplexity and next-token agreement) and the search's KL,
+the rest train.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 SEQ_LEN = 128
 #: the most text read from a folder (characters): enough for a recovery on this machine
 MAX_CHARS = 20_000_000
+#: the most sequences held out (8 k tokens): perplexity is evaluated on them before recovery and
+#: four times an epoch, beside the teacher's agreement; a tenth of 3 M tokens took 230 s each time
+MAX_HELD = 64
 
 
 @dataclasses.dataclass
@@ -59,7 +63,7 @@ def load_tokens(data: str, folder: Path, vocab: int, seq_len: int = SEQ_LEN) -> 
             f"--data {data}: {stream.size} tokens make {n} sequence(s) of {seq_len}; give at least {2 * seq_len} tokens"
         )
     seqs = torch.from_numpy(stream[: n * seq_len].reshape(n, seq_len).astype(np.int64))
-    held = max(1, n // 10)
+    held = min(MAX_HELD, max(1, n // 10))
     return Tokens(train=seqs[: n - held], val=seqs[n - held :], source=str(path))
 
 
