@@ -293,7 +293,14 @@ class DecoderRun:
                     return search.kl_divergence(teacher, [recover.logits(student, ids) for ids in self.held.split(4)])
 
             def decided(shape: Shape) -> tuple[bool, float, dict[str, Any]]:
-                _m, d = self._decided(self._cut(shape), shape, "candidate", LatencyObjective.drift)
+                """Under only when two timings, each with sessions loaded afresh, say so: one reading of
+                a sub-millisecond step moved 15 % (decided 0.46 of the baseline, then 0.53 twice in the
+                final timing against a 0.5 budget)."""
+                cut = self._cut(shape)
+                _m, d = self._decided(cut, shape, "candidate", LatencyObjective.drift)
+                if d["verdict"] == UNDER:
+                    _m, again = self._decided(cut, shape, "candidate", LatencyObjective.drift)
+                    d = again | {"first": d}
                 # in the probes' unit: the ratio decided against the baseline, times the baseline stage's ms
                 base_ms = float(self.baseline_d["decode_ms"]["median"])
                 return d["verdict"] == UNDER, d["estimate"] * base_ms if d["relative"] else d["estimate"], d
