@@ -41,7 +41,6 @@ from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer, check_time_bound
 from edgeprune.pipeline.publish import CompressResult, file_sha256
 from edgeprune.pipeline.rundir import RunDir
-from edgeprune.pipeline.search.objective import LatencyObjective
 from edgeprune.pipeline.settings import Settings
 from edgeprune.pipeline.stages import Progress, Stages
 from edgeprune.runtime_bench import Runtime, get_runtime
@@ -60,6 +59,10 @@ DEFAULT_STEPS = 300
 SCORED_SEQUENCES = 8
 #: timings of the final model against the baseline before a verdict that contradicts the search stands
 FINAL_TIMINGS = 2
+#: how far under the budget a candidate must be decided (twice): a decode step of a millisecond or
+#: less read 4-9 % higher in the final timing than in the search's two (0.476 -> 0.518, 0.445 ->
+#: 0.492 against 0.5, in the zoo tests), more than the channel search's 2 % allowance
+DRIFT = 0.06
 
 
 @modelrun.with_autograd
@@ -297,9 +300,9 @@ class DecoderRun:
                 a sub-millisecond step moved 15 % (decided 0.46 of the baseline, then 0.53 twice in the
                 final timing against a 0.5 budget)."""
                 cut = self._cut(shape)
-                _m, d = self._decided(cut, shape, "candidate", LatencyObjective.drift)
+                _m, d = self._decided(cut, shape, "candidate", DRIFT)
                 if d["verdict"] == UNDER:
-                    _m, again = self._decided(cut, shape, "candidate", LatencyObjective.drift)
+                    _m, again = self._decided(cut, shape, "candidate", DRIFT)
                     d = again | {"first": d}
                 # in the probes' unit: the ratio decided against the baseline, times the baseline stage's ms
                 base_ms = float(self.baseline_d["decode_ms"]["median"])
@@ -310,7 +313,7 @@ class DecoderRun:
                     self.old,
                     self.head_dim,
                     measured,
-                    limit * (1 - self.s.tol / 2),
+                    limit * (1 - DRIFT - self.s.tol / 2),
                     self.s.round_to,
                     self.s.depth,
                     kl_of,
