@@ -223,19 +223,30 @@ def read_state(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not a plain state dict: read it the trusting way for a clear message
-        obj = _trusted(path)
+        obj = trusted_load(path)
     return state_dict_of(obj, path)
 
 
-def _trusted(path: Path) -> Any:
-    """torch.load of a pickle that is more than tensors (the caller trusts the file)."""
+class MissingPackage(EdgepruneError):
+    """A pickle that needs a package not installed here. `package` names it, so that the dispatcher
+    above the doors (loading.py) can name the pip extra of the door whose library it is."""
+
+    def __init__(self, path: Path, package: str) -> None:
+        super().__init__(
+            f"{path} was saved with the {package} package, which is not installed here; install it, "
+            "or save the model's state_dict and pass --arch"
+        )
+        self.path, self.package = path, package
+
+
+def trusted_load(path: Path) -> Any:
+    """torch.load of a model file that is more than tensors. A full module pickle needs
+    weights_only=False: it runs the pickled class's code, as torch.load always did; only load model
+    files you trust."""
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as err:
-        raise EdgepruneError(
-            f"{path} was saved with the {err.name} package, which is not installed here; install it, "
-            "or save the model's state_dict"
-        ) from None
+        raise MissingPackage(path, err.name or "") from None
     except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors all mean "unreadable"
         raise EdgepruneError(
             f"cannot read model file {path}: {type(err).__name__}: {first_line(err)}; save it with torch.save()"

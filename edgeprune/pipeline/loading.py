@@ -14,7 +14,6 @@ import inspect
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -23,11 +22,13 @@ from edgeprune import ecosystems, models
 from edgeprune.errors import EdgepruneError, first_line
 from edgeprune.pipeline.loaded import (  # the floor the doors stand on; re-exported for loading's callers
     LoadedModel,
+    MissingPackage,
     check_allocatable,
     classes_from_state,
     from_module,
     load_state,
     state_dict_of,
+    trusted_load,
 )
 
 
@@ -114,7 +115,27 @@ def load_model(
 ) -> LoadedModel:
     """A model as its user holds it: a module or state dict file, a library's own checkpoint or
     folder (ecosystems/: ultralytics, Hugging Face), or `--arch timm:NAME` / `torchvision:NAME`
-    with a state dict file or, for latency alone, none (random weights)."""
+    with a state dict file or, for latency alone, none (random weights). A pickle that needs a
+    library not installed here names the pip extra of the door whose library it is."""
+    try:
+        return _loaded(path, arch, input_shape, num_classes, example_inputs)
+    except MissingPackage as err:
+        door = ecosystems.for_missing_module(err.package)
+        if door is None:
+            raise
+        raise EdgepruneError(
+            f"{err.path} is a {door.name} model and {err.package} is not installed here; "
+            f"pip install 'edgeprune[{door.extra}]'"
+        ) from None
+
+
+def _loaded(
+    path: str | Path | None,
+    arch: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+) -> LoadedModel:
     shape = tuple(input_shape) if input_shape is not None else None
     door = ecosystems.for_arch(arch)
     if path is None:
@@ -144,7 +165,7 @@ def load_model(
     if door is not None:  # a state dict of a library's named architecture
         door.require()
         return door.load(path, None, arch, shape, num_classes)
-    obj = _read(path)
+    obj = trusted_load(path)
     door = ecosystems.for_object(obj)
     if door is not None:
         door.require()
@@ -162,29 +183,6 @@ def load_model(
         model = build_arch(arch, num_classes)
         load_state(model, state, str(path), arch)
     return from_module(model, example_inputs, input_shape=shape, arch=arch, num_classes=num_classes, source=str(path))
-
-
-def _read(path: Path) -> Any:
-    """torch.load of a model file; a pickle that needs a library not installed here names its extra."""
-    try:
-        # A full module pickle needs weights_only=False: it runs the pickled class's code, as
-        # torch.load always did. Only load model files you trust.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as err:
-        door = ecosystems.for_missing_module(err.name or "")
-        if door is not None:
-            raise EdgepruneError(
-                f"{path} is a {door.name} model and {err.name} is not installed here; "
-                f"pip install 'edgeprune[{door.extra}]'"
-            ) from None
-        raise EdgepruneError(
-            f"{path} was saved with the {err.name} package, which is not installed here; install it, "
-            "or save the model's state_dict and pass --arch"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors all mean "unreadable"
-        raise EdgepruneError(
-            f"cannot read model file {path}: {type(err).__name__}: {first_line(err)}; save it with torch.save()"
-        ) from None
 
 
 def untrained(
