@@ -180,7 +180,11 @@ class DecoderRun:
         m = self._step_measurer(shape)
         prepared = m.prepare(DecodeStep(model, shape.layers).eval(), tag)
         check_time_bound(self.c.runtime, prepared.session, m.inputs_np, self.s.warmup, self.s.repeats)
-        timed = m.time(prepared)
+        return self._figures(model, shape, m.time(prepared), tag)
+
+    def _figures(self, model: nn.Module, shape: Shape, timed: Measurement, tag: str) -> dict[str, Any]:
+        """What the report states of a timed decode step (the baseline's or the published one's):
+        its time per token, its prefill timed here, its bytes and its file."""
         assert timed.stats is not None
         return {
             "decode_ms": timed.stats.to_dict(with_runs=True),
@@ -385,17 +389,7 @@ class DecoderRun:
                     break
             prompt = self.held[:1, :16]
             checked = verify.chained(self.pruned, self.shape.layers, self.c.runtime, m.session, prompt)
-            assert m.stats is not None
-            described = {
-                "decode_ms": m.stats.to_dict(with_runs=True),
-                "prefill_ms": self._prefill_ms(self.pruned, self.shape.layers, "model_prefill"),
-                "max_abs_diff": m.max_abs_diff,
-                "weight_bytes": weight_bytes(self.pruned),
-                "kv_bytes": kv_bytes(self.shape, self.head_dim, self.c.context),
-                "params": sum(p.numel() for p in self.pruned.parameters()),
-                "onnx_bytes": m.artifact.path.stat().st_size,
-                "shape": self.shape.to_dict(),
-            }
+            described = self._figures(self.pruned, self.shape, m, "model")
             return {"final": described, "decisions": decisions, "verification": checked}
 
         self.final_d = self.stage("final", judge)

@@ -72,13 +72,20 @@ class CostModel:
 
     points: list[tuple[Shape, float]]
     traffic: Callable[[Shape], float]
+    #: the curve and the number of points it was computed from
+    _cached: tuple[int, tuple[np.ndarray, np.ndarray]] | None = dataclasses.field(default=None, init=False, repr=False)
 
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The measured (traffic, ms) points, sorted, repeated traffic averaged, made monotone;
+        computed again only when a point was added (the frontier predicts thousands of shapes)."""
+        if self._cached is not None and self._cached[0] == len(self.points):
+            return self._cached[1]
         by_x: dict[float, list[float]] = {}
         for s, ms in self.points:
             by_x.setdefault(self.traffic(s), []).append(ms)
         xs = np.array(sorted(by_x))
         ys = np.maximum.accumulate(np.array([float(np.mean(by_x[x])) for x in xs]))
+        self._cached = (len(self.points), (xs, ys))
         return xs, ys
 
     def predict(self, s: Shape) -> float:
