@@ -56,7 +56,7 @@ def test_bypass_equals_the_identity_branch_for_a_zeroed_block() -> None:
     with torch.no_grad():
         model.layer1[1].bn2.weight.zero_()
         model.layer1[1].bn2.bias.zero_()
-    bypassed = bypass(copy.deepcopy(model), ["layer1.1"])
+    bypassed = bypass(copy.deepcopy(model), ["layer1.1"], X)
     torch.testing.assert_close(bypassed(*X), model(*X), rtol=1e-5, atol=1e-5)
 
 
@@ -116,3 +116,44 @@ def test_depth_auto_removes_blocks_where_channels_alone_cannot_reach(tmp_path: P
     rep = json.loads((tmp_path / "w" / "report.json").read_text())
     assert rc == 0 and rep["search"]["depth"].startswith("off (--depth auto: channels alone reached")
     assert not json.loads((tmp_path / "w" / "plan.json").read_text())["removed_blocks"]
+
+
+class _MaskedLayer(torch.nn.Module):
+    """A transformer-like layer as Hugging Face writes them (DeBERTa, Swin): a required mask argument
+    and a tuple (hidden states, attention weights) returned, which its encoder unpacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x + self.fc(x) * mask, None
+
+
+class _MaskedEncoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_MaskedLayer() for _ in range(3))
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones_like(x)
+        for layer in self.layers:
+            x, _weights = layer(x, mask)
+        return self.head(x)
+
+
+def test_a_layer_that_takes_a_mask_and_returns_a_tuple_is_a_block() -> None:
+    """Such a layer is found (re-run alone with the mask it was given) and its bypass returns what the
+    encoder unpacks: the model without it computes what it computes with that layer's branch at zero."""
+    torch.manual_seed(0)
+    model, x = _MaskedEncoder().eval(), (torch.randn(2, 5, 8),)
+    found = find_blocks(model, x)
+    assert [(b.name, b.returns) for b in found] == [("layers.0", 2), ("layers.1", 2), ("layers.2", 2)]
+    silenced = copy.deepcopy(model)
+    with torch.no_grad():
+        silenced.layers[1].fc.weight.zero_()
+        silenced.layers[1].fc.bias.zero_()
+    pruned = apply(copy.deepcopy(model), Plan({}, removed_blocks=("layers.1",)), x)
+    assert not any(p.shape == (8, 8) for n, p in pruned.named_parameters() if n.startswith("layers.1"))
+    torch.testing.assert_close(pruned(*x), silenced(*x))

@@ -11,9 +11,10 @@ hidden_size / num_attention_heads, so a config can express only the MLP width cu
 width in every layer: the door constrains the plan to the layers' MLP groups, tied to one width.
 Configs that state the MLP as a ratio of each stage's hidden size (`mlp_ratio`: Swin, MobileViT, whose
 stages widen) tie the groups to one fraction instead, and the folder records the new ratio.
-What a config can also record is how many layers there are (`num_hidden_layers`): under `--depth on`
-the search may remove whole layers of the model's layer list, and the folder holds the layers left,
-renumbered (the convention of depth-pruned checkpoints such as Minitron's).
+What a config can also record is how many layers there are (`num_hidden_layers`, or a Swin's
+`depths` per stage): under `--depth` the search may remove whole layers of the model's layer list
+(of a stage, its last block only), and the folder holds the layers left, renumbered (the convention
+of depth-pruned checkpoints such as Minitron's).
 """
 
 from __future__ import annotations
@@ -109,18 +110,12 @@ class HuggingFaceEcosystem(Ecosystem):
             "from hidden_size / num_attention_heads: of the widths only the MLP's is cut, "
             + ("one fraction of each stage's hidden size for all layers" if ratio else "one for all layers")
         )
-        layer_list = _layer_list(loaded.model, mlps)
-        stack = loaded.model.get_submodule(layer_list) if layer_list else None
-        if (
-            isinstance(stack, nn.ModuleList)
-            and isinstance(layers, int)
-            and len(stack) == layers
-            and all(blocks_mod.inside(root, [layer_list or ""]) for root in roots)  # every layer in that one list
-        ):
-            why += "; under --depth on, whole layers too (num_hidden_layers)"
-            blocks: tuple[str, ...] = tuple(f"{layer_list}.{i}" for i in range(layers))
-        else:  # the layer count is not the config's (or unknown): no layer can go
-            layer_list, blocks = None, ()
+        stacks = _layer_stacks(loaded.model, config, roots)
+        if stacks and stacks[0]["stage"] is None:
+            why += "; under --depth, whole layers too (num_hidden_layers)"
+        elif stacks:
+            why += "; under --depth, the last block of a stage too (depths: the others keep their place)"
+        blocks = tuple(block for stack in stacks for block in stack["removable"])
         native = {
             "folder": str(path.resolve()),
             "architecture": architecture,
@@ -128,7 +123,7 @@ class HuggingFaceEcosystem(Ecosystem):
             "config": config.to_dict(),
             "width_attr": width_attr,
             "mlp_roots": list(roots),
-            "layer_list": layer_list,
+            "stacks": [{"list": stack["list"], "stage": stack["stage"]} for stack in stacks],
         }
         return dataclasses.replace(
             loaded,
@@ -143,19 +138,29 @@ class HuggingFaceEcosystem(Ecosystem):
         import transformers
 
         native = loaded.native
-        attr, layer_list = native["width_attr"], native.get("layer_list")
+        attr = native["width_attr"]
         state = pruned.state_dict()
         config = getattr(transformers, native["config_class"]).from_dict(native["config"])
         changes: dict[str, Any] = {}
-        gone = _removed_layers(pruned, layer_list)
-        if gone:
-            assert layer_list is not None
-            state = _renumbered(state, layer_list, gone, config.num_hidden_layers)
-            # the key config.json holds (DistilBERT's n_layers answers to num_hidden_layers)
-            key = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
-            changes[key] = [config.num_hidden_layers, config.num_hidden_layers - len(gone)]
-            drop_layers(config, gone)
-        removed = [f"{layer_list}.{i}" for i in gone]
+        removed: list[str] = []
+        for stack in native["stacks"]:
+            layers, stage = stack["list"], stack["stage"]
+            gone = _removed_layers(pruned, layers)
+            if not gone:
+                continue
+            removed += [f"{layers}.{i}" for i in gone]
+            if stage is None:
+                state = _renumbered(state, layers, gone, config.num_hidden_layers)
+                # the key config.json holds (DistilBERT's n_layers answers to num_hidden_layers)
+                key = getattr(config, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+                changes[key] = [config.num_hidden_layers, config.num_hidden_layers - len(gone)]
+                drop_layers(config, gone)
+            else:
+                state = _renumbered(state, layers, gone, config.depths[stage])
+                depths = list(config.depths)
+                depths[stage] -= len(gone)
+                changes.setdefault("depths", [list(config.depths), None])[1] = depths
+                config.depths = depths
         roots = [r for r in native["mlp_roots"] if not blocks_mod.inside(r, removed)]
         widths = {root: _out_features(pruned, root) for root in roots}
         if (
@@ -203,10 +208,35 @@ class HuggingFaceEcosystem(Ecosystem):
         }
 
 
-def _layer_list(model: nn.Module, mlps: list[list[str]]) -> str | None:
-    """The nn.ModuleList holding the layers (the parent of the module, above the first MLP, that is
-    one of its items), e.g. bert.encoder.layer; None when the MLPs are not in one."""
-    parts = mlps[0][0].split(".")
+def _layer_stacks(model: nn.Module, config: Any, roots: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The layer lists (nn.ModuleList) holding the MLPs, where the config counts their layers, each
+    with the layers the door may remove: the one list of `num_hidden_layers` layers (BERT's
+    encoder.layer), any of them; or one list per stage whose lengths the config's `depths` holds
+    (Swin), only its last block, since a block's place in its stage sets its computation (Swin's
+    shifted windows alternate) and only the last leaves the others' places unchanged. None where
+    the MLPs are not in such lists: no layer can go."""
+    lists = list(dict.fromkeys(_layer_list(model, root) for root in roots))
+    if not lists or None in lists:
+        return []
+    stacks = [model.get_submodule(name) for name in lists if name is not None]
+    if not all(isinstance(stack, nn.ModuleList) for stack in stacks):
+        return []
+    lengths = [len(stack) for stack in stacks if isinstance(stack, nn.ModuleList)]
+    depths = getattr(config, "depths", None)
+    if isinstance(depths, list) and lengths == depths:
+        return [
+            {"list": name, "stage": stage, "removable": [f"{name}.{length - 1}"] if length > 1 else []}
+            for stage, (name, length) in enumerate(zip(lists, lengths))
+        ]
+    if len(lists) == 1 and lengths[0] == getattr(config, "num_hidden_layers", None):
+        return [{"list": lists[0], "stage": None, "removable": [f"{lists[0]}.{i}" for i in range(lengths[0])]}]
+    return []
+
+
+def _layer_list(model: nn.Module, root: str) -> str | None:
+    """The nn.ModuleList holding the layer a module is in (the nearest parent that is one of its
+    items), e.g. bert.encoder.layer; None when the module is in no such list."""
+    parts = root.split(".")
     for i in range(len(parts) - 1, 0, -1):
         parent = ".".join(parts[: i - 1])
         if parts[i - 1].isdigit() and isinstance(model.get_submodule(parent) if parent else model, nn.ModuleList):
@@ -214,10 +244,8 @@ def _layer_list(model: nn.Module, mlps: list[list[str]]) -> str | None:
     return None
 
 
-def _removed_layers(pruned: nn.Module, layer_list: str | None) -> list[int]:
+def _removed_layers(pruned: nn.Module, layer_list: str) -> list[int]:
     """Indices of the layer list's layers that the plan removed (blocks.Skip in their place)."""
-    if layer_list is None:
-        return []
     stack = pruned.get_submodule(layer_list)
     assert isinstance(stack, nn.ModuleList), f"{layer_list} is a {type(stack).__name__}, not the layers' ModuleList"
     return [i for i, layer in enumerate(stack) if isinstance(layer, blocks_mod.Skip)]

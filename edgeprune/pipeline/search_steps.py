@@ -132,19 +132,29 @@ class SearchSteps:
         ) -> dict[str, Any]:  # the second search's stages beside the first's
             return stage_at("depth_" + name, fn, everywhere, key)
 
-        result = self._searched(target, depth_stage, log_at, dataclasses.replace(s, depth="on"), self._scored_blocks())
+        try:
+            result = self._searched(
+                target, depth_stage, log_at, dataclasses.replace(s, depth="on"), self._scored_blocks()
+            )
+        except TooNoisy:
+            raise
+        except EdgepruneError as err:
+            raise EdgepruneError(f"{err}{self._constraint_note()}") from None
         return result | {"depth": f"on (--depth auto: {why})"}
 
     def _constraint_note(self) -> str:
         """What an output format's constraint left out of reach, for a search that could not meet the
-        budget: the FLOPs its narrowest plan keeps against the unconstrained space's."""
+        budget: the FLOPs its narrowest plan keeps against the unconstrained space's, and the blocks
+        it lets go."""
         reach = self.space_d.get("constraint_reach")
         if self.loaded.constraint is None or not reach:
             return ""
+        n = len(self._blocks)
         return (
             f"; {self.loaded.ecosystem}'s format lets only some widths go ({self.loaded.constraint.why}), so the "
             f"most pruning it allows keeps {reach['flops_floor']:.2f} of the FLOPs "
-            f"({reach['unconstrained_flops_floor']:.2f} without it) and no whole block can be removed"
+            f"({reach['unconstrained_flops_floor']:.2f} without it) and "
+            + (f"only {n} whole block{'s' * (n > 1)} can be removed" if n else "no whole block can be removed")
         )
 
     def _searched(

@@ -278,7 +278,9 @@ class TAS(LearnedImportance):
             for gid, s in L1Importance().scores(model, space, example_inputs).items()
         }
         net = copy.deepcopy(model)
-        runs = block_runs(net, blocks_mod.find_blocks(net, example_inputs)) if goal.depth != "off" else []
+        # the depth mixture sums block outputs: blocks that return a tensor (not a tuple) only
+        found = [b for b in blocks_mod.find_blocks(net, example_inputs) if not b.returns] if goal.depth != "off" else []
+        runs = block_runs(net, found)
         search = _Search(net, space, example_inputs, order, runs, self.round_to, self.prior)
         if goal.depth == "only":  # widths stay whole: one candidate per group
             search.candidates = {gid: [c[-1]] for gid, c in search.candidates.items()}

@@ -47,7 +47,7 @@ def apply(model: nn.Module, plan: Plan, example_inputs: Sequence[torch.Tensor], 
                 f"cutting the plan's channels failed ({type(err).__name__}: {first_line(err)}); "
                 "mark the layer it names --unprunable"
             ) from None
-    blocks.bypass(model, plan.removed_blocks)
+    blocks.bypass(model, plan.removed_blocks, example_inputs)
     if check:
         shapes = modelrun.output_shapes(modelrun.run(model, example_inputs))
         if shapes != ref_shapes:

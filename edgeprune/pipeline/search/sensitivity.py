@@ -186,7 +186,7 @@ def block_sensitivity(model: nn.Module, found: Sequence[str], calibration: torch
     """Each removable residual block's drop when it alone is bypassed, on the same scale as the
     groups' (BN re-estimated, KL on the held-out half), so depth and width trade in one currency."""
     score = scorer(model, calibration)
-    return {name: score(blocks.bypass(copy.deepcopy(model), [name])) for name in found}
+    return {name: score(blocks.bypass(copy.deepcopy(model), [name], (calibration,))) for name in found}
 
 
 def monotone(drops: dict[int, float]) -> dict[int, float]:
