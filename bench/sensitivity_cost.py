@@ -109,17 +109,25 @@ def cost_row(
     variants = (  # the cheapest first: its time per trial estimates the others'
         (
             "after",
-            sensitivity.MEASURED,
+            (sensitivity.MEASURED, sensitivity.ESTIMATE_ABOVE),
             lambda: sensitivity.sensitivity(loaded.model, space, scores, x, calib, ROUND_TO),
         ),
-        ("every", None, lambda: sensitivity.sensitivity(loaded.model, space, scores, x, calib, ROUND_TO, None)),
-        ("before", None, lambda: before_change(loaded.model, space, scores, x, calib)),
+        (
+            "measured",
+            (sensitivity.MEASURED, None),
+            lambda: sensitivity.sensitivity(loaded.model, space, scores, x, calib, ROUND_TO, estimate_above=None),
+        ),
+        (
+            "every",
+            (None, None),
+            lambda: sensitivity.sensitivity(loaded.model, space, scores, x, calib, ROUND_TO, None, None),
+        ),
+        ("before", (None, None), lambda: before_change(loaded.model, space, scores, x, calib)),
     )
-    for label, measured, compute in variants:
-        trials = sum(
-            len(sensitivity.measured_widths(sensitivity.candidate_widths(g, ROUND_TO)[:-1], measured))
-            for g in space.groups
-        )
+    for label, (measured, estimate_above), compute in variants:
+        trials = sensitivity.trials(space, ROUND_TO, measured, estimate_above)
+        if label == "measured" and not sensitivity.estimated(space, sensitivity.ESTIMATE_ABOVE):
+            continue  # the same map as `after`: a model of few groups is measured group by group
         if "after" in row and row["after"]["seconds_per_trial"] * trials > every_limit:
             row[label] = {"trials": trials, "skipped": f"at least {row['after']['seconds_per_trial'] * trials:.0f} s"}
             continue
@@ -129,11 +137,12 @@ def cost_row(
         row[label] = {"trials": trials, "seconds": round(seconds, 1), "seconds_per_trial": round(seconds / trials, 3)}
         print(f"{name}: {label}: {trials} trials, {seconds:.1f} s", flush=True)
     reference = maps.get("before", maps.get("every"))
-    if reference is not None and "after" in maps:
-        a = [reference[g][w] for g in reference for w in reference[g]]
-        b = [maps["after"][g][w] for g in reference for w in reference[g]]
-        ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-        row["spearman_after_vs_every_width"] = round(float(np.corrcoef(ra, rb)[0, 1]), 4)
+    for label in ("after", "measured"):
+        if reference is not None and label in maps:
+            a = [reference[g][w] for g in reference for w in reference[g]]
+            b = [maps[label][g][w] for g in reference for w in reference[g]]
+            ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+            row[f"spearman_{label}_vs_every_width"] = round(float(np.corrcoef(ra, rb)[0, 1]), 4)
     if "before" in maps and "every" in maps:  # the one trace changes the cost, not the figures
         row["every_equals_before"] = max(
             abs(maps["before"][g][w] - maps["every"][g][w]) for g in maps["before"] for w in maps["before"][g]
@@ -162,16 +171,24 @@ def before_change(
     }
 
 
-def ab_row(arch: str, data: str, steps: int, work: Path) -> dict[str, Any]:
-    """The same FLOPs budget searched with each map, fine-tuned alike: top-1 and the plans."""
+#: the A/B's arms: label -> (MEASURED, ESTIMATE_ABOVE) the map is made with
+ARMS: dict[str, tuple[int | None, int | None]] = {
+    "every": (None, None),
+    "measured": (sensitivity.MEASURED, None),
+    "estimated": (sensitivity.MEASURED, 0),
+}
+
+
+def ab_row(arch: str, data: str, steps: int, work: Path, arms: tuple[str, str]) -> dict[str, Any]:
+    """The same FLOPs budget searched with each of two maps, fine-tuned alike: top-1 and the plans."""
     model = trained(arch)
     x = (torch.zeros(1, 3, 32, 32),)
     budget = f"{0.5 * count(model, x).flops / 1e6:.4f}MFLOPs"
-    row: dict[str, Any] = {"model": arch, "budget": budget, "steps": steps}
-    default = sensitivity.MEASURED
+    row: dict[str, Any] = {"model": arch, "budget": budget, "steps": steps, "arms": list(arms)}
+    default = sensitivity.MEASURED, sensitivity.ESTIMATE_ABOVE
     try:
-        for label, measured in (("measured", default), ("every", None)):
-            sensitivity.MEASURED = measured
+        for label in arms:
+            sensitivity.MEASURED, sensitivity.ESTIMATE_ABOVE = ARMS[label]
             settings = Settings(
                 budget=budget, data=data, method="l1", recover="finetune", steps=steps, precision="fp32", threads=1
             )
@@ -193,10 +210,9 @@ def ab_row(arch: str, data: str, steps: int, work: Path) -> dict[str, Any]:
             }
             print(f"{arch}: {label}: top-1 {row[label]['top1_recovered']:.4f}", flush=True)
     finally:
-        sensitivity.MEASURED = default
-    row["top1_delta_measured_minus_every"] = round(
-        row["measured"]["top1_recovered"] - row["every"]["top1_recovered"], 4
-    )
+        sensitivity.MEASURED, sensitivity.ESTIMATE_ABOVE = default
+    first, second = arms
+    row[f"top1_delta_{first}_minus_{second}"] = round(row[first]["top1_recovered"] - row[second]["top1_recovered"], 4)
     return row
 
 
@@ -207,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-ab", action="store_true", help="the cost ladder only")
     p.add_argument("--skip-cost", action="store_true", help="the A/B only (the cost rows of the result file kept)")
     p.add_argument("--ab-models", nargs="+", default=["resnet20", "resnet56"], help="the A/B's trained models")
+    p.add_argument(
+        "--ab-arms", nargs=2, default=["estimated", "measured"], choices=sorted(ARMS), help="the two maps compared"
+    )
     p.add_argument("--steps", type=int, default=780, help="fine-tuning steps of each A/B arm (780: two epochs)")
     p.add_argument("--every-limit", type=float, default=900.0, help="skip the every-width maps beyond this (s)")
     p.add_argument("--yolo-sizes", type=int, nargs="+", default=[320, 640], help="YOLOv8n input sizes (--zoo)")
@@ -215,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     result: dict[str, Any] = header("sensitivity_cost") | {
         "measured_widths": sensitivity.MEASURED,
+        "estimate_above": sensitivity.ESTIMATE_ABOVE,
+        "calibration_groups": sensitivity.CALIBRATION_GROUPS,
         "round_to": ROUND_TO,
         "threads": 1,
         "cost": [],
@@ -227,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
             for r in earlier.get("cost", [])
             if r.get("zoo") != a.zoo or a.skip_cost
         ]
-        result["ab"] = earlier.get("ab", []) if a.skip_ab else []
+        # an earlier A/B of other arms or models stays (one row per model and pair of arms)
+        result["ab"] = [
+            r
+            for r in earlier.get("ab", [])
+            if a.skip_ab or r["model"] not in a.ab_models or r.get("arms", ["measured", "every"]) != a.ab_arms
+        ]
     for name, model, shape, source in [] if a.skip_cost else ladder(a.data, a.zoo, a.yolo_sizes):
         if a.zoo and "yolo" not in name and "timm" not in name:
             continue
@@ -236,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_ab:
         with tempfile.TemporaryDirectory() as tmp:
             for arch in a.ab_models:
-                result["ab"].append(ab_row(arch, a.data, a.steps, Path(tmp)))
+                result["ab"].append(ab_row(arch, a.data, a.steps, Path(tmp), (a.ab_arms[0], a.ab_arms[1])))
                 atomic.write_text(a.out, json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("cost", "ab")}, indent=1))
     return 0

@@ -217,13 +217,10 @@ class Distill(Recovery):
     name = "distill"
     default_lr = 0.01
 
-    def __init__(
-        self, temperature: float = 4.0, alpha: float = 0.9, feature_weight: float = 1.0, mixup: float = 0.0
-    ) -> None:
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, feature_weight: float = 1.0) -> None:
         self.temperature = temperature
         self.alpha = alpha
         self.feature_weight = feature_weight
-        self.mixup = mixup
 
     def fit(
         self,
@@ -243,21 +240,12 @@ class Distill(Recovery):
             log(f"  distilling the outputs and {len(taps.names)} intermediate layers kept at full width")
 
         def loss_fn(model: nn.Module, x: Any, y: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
-            lam, perm = 1.0, None
-            if self.mixup > 0 and isinstance(x, torch.Tensor) and x.ndim == 4 and x.is_floating_point():
-                lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
-                perm = torch.randperm(len(x))
-                x = lam * x + (1 - lam) * x[perm]
             with torch.no_grad():
                 t_out = modelrun.call(teacher, x)
             out = modelrun.call(model, x)
             if y is not None:  # labels: the task loss joins the logit distillation, as before
                 logits = modelrun.first_output(out)
-                t_logits = modelrun.first_output(t_out)
-                loss = kd_loss(logits, t_logits, y, self.temperature, self.alpha)
-                if perm is not None:
-                    loss = lam * loss + (1 - lam) * kd_loss(logits, t_logits, y[perm], self.temperature, self.alpha)
-                return loss, logits
+                return kd_loss(logits, modelrun.first_output(t_out), y, self.temperature, self.alpha), logits
             loss = output_loss(out, t_out, self.temperature)
             feat = taps.loss() if taps is not None else None
             return (loss if feat is None else loss + self.feature_weight * feat), out

@@ -14,7 +14,10 @@ recovery (a YOLOv8n at 256 px: 18 minutes of a 25-minute search). So only `MEASU
 each group are measured (its narrowest and one between), and the others are interpolated along
 the share of the group's importance scores they remove (0 at full width): the scores rank what goes
 first, the measurements put a price on it (bench/sensitivity_cost.py: the A/B against measuring
-every width, and the time).
+every width, and the time). Even so a model of many groups made many trials (timm's ResNet-50 at
+224 px: 74, 279 s), so above `ESTIMATE_ABOVE` groups every group's drop is estimated from a few
+backward passes (_fisher.py) and only `CALIBRATION_GROUPS` groups are measured, to put the
+estimates on the measurements' scale.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from edgeprune.pipeline.prune.graph import Graph
 from edgeprune.pipeline.prune.plan import GroupKeep, Plan
 from edgeprune.pipeline.prune.select import width_step
 from edgeprune.pipeline.prune.space import Group, PruningSpace, Scores, plan_changes, pruned_copy
+from edgeprune.pipeline.search import _fisher
 
 if TYPE_CHECKING:
     from edgeprune.pipeline.search.base import SearchContext
@@ -50,6 +54,11 @@ MAX_CANDIDATES = 8
 #: middle); None measures every candidate
 MEASURED: int | None = 2
 
+
+#: a model with more channel/head groups than this has its map estimated (_fisher.py) and calibrated
+#: on `CALIBRATION_GROUPS` measured groups; None measures every group
+ESTIMATE_ABOVE: int | None = 12
+CALIBRATION_GROUPS = 6
 
 #: calibration pixels per scored trial: 256 CIFAR-sized images (half re-estimate BN, half are scored)
 CALIBRATION_PIXELS = 256 * 32 * 32
@@ -140,23 +149,72 @@ def sensitivity(
     calibration: torch.Tensor,
     round_to: int,
     measured: int | None = MEASURED,
+    estimate_above: int | None = ESTIMATE_ABOVE,
 ) -> Sensitivity:
     """Each channel/head group's drop at each candidate width, everything else at full width:
     `measured` of them per group measured (every one when None), the rest interpolated. The model
     is traced once and each trial cut from a copy by name (`pruned_copy`, what `apply` does after
     its own trace and two shape checks): that saved 5-25 % of a trial here, whose time is its two
-    forward passes over the calibration images (bench/sensitivity_cost.py)."""
+    forward passes over the calibration images (bench/sensitivity_cost.py).
+
+    A model of more than `estimate_above` groups has its channel groups priced by estimates of
+    their output change (_fisher.py: a few backward passes for all of them), of which
+    `CALIBRATION_GROUPS`, spread over the estimates' range, are measured and the rest mapped onto
+    those measurements: the trials no longer grow with the model."""
     score = scorer(model, calibration)
     graph = Graph(model, example_inputs)
-    out: Sensitivity = {}
-    for g in space.groups:
-        widths = candidate_widths(g, round_to)
-        drops = {g.size: 0.0} | {
+    widths = {g.id: candidate_widths(g, round_to) for g in space.groups}
+    estimates: dict[str, dict[int, float]] = {}
+    chosen: set[str] = set()
+    if estimated(space, estimate_above):
+        removed = {g.id: {w: _removed_units(g, scores, w) for w in widths[g.id]} for g in space.groups}
+        estimates = _fisher.estimates(model, space, scores, example_inputs, calibration, widths, removed)
+        chosen = _spread(estimates, CALIBRATION_GROUPS)
+    drops: dict[str, dict[int, float]] = {
+        g.id: {
             w: score(pruned_copy(model, *plan_changes(graph, Plan({g.id: keep_top(g, scores, w)}))))
-            for w in measured_widths(widths[:-1], measured)
+            for w in measured_widths(widths[g.id][:-1], measured)
         }
-        out[g.id] = monotone(interpolated(g, scores, widths, drops))
-    return out
+        for g in space.groups
+        if g.id not in estimates or g.id in chosen
+    }
+    fitted = _fisher.calibrated(estimates, drops)
+    return {
+        g.id: monotone(
+            fitted[g.id] if g.id not in drops else interpolated(g, scores, widths[g.id], {g.size: 0.0} | drops[g.id])
+        )
+        for g in space.groups
+    }
+
+
+def estimated(space: PruningSpace, estimate_above: int | None) -> bool:
+    """Whether `sensitivity` estimates this space's map rather than measuring every group."""
+    return estimate_above is not None and len(space.groups) > estimate_above
+
+
+def trials(space: PruningSpace, round_to: int, measured: int | None, estimate_above: int | None) -> int:
+    """The pruned copies `sensitivity` scores: every group's measured widths or, where the map is
+    estimated, the calibration groups' (at most; the widest groups counted) and those of the groups
+    without a place to mask (attention heads)."""
+    per_group = {g.id: len(measured_widths(candidate_widths(g, round_to)[:-1], measured)) for g in space.groups}
+    if not estimated(space, estimate_above):
+        return sum(per_group.values())
+    channels = [g.id for g in space.groups if g.kind == "channels"]
+    calibrating = sorted(per_group[g] for g in channels)[-CALIBRATION_GROUPS:]
+    return sum(calibrating) + sum(n for g, n in per_group.items() if g not in channels)
+
+
+def _removed_units(group: Group, scores: Scores, width: int) -> list[int]:
+    kept = set(keep_top(group, scores, width).keep)
+    return [u for u in range(group.size) if u not in kept]
+
+
+def _spread(estimated: dict[str, dict[int, float]], k: int) -> set[str]:
+    """`k` groups evenly spread over the order of their estimated drop at their narrowest width."""
+    order = sorted(estimated, key=lambda g: estimated[g][min(estimated[g])])
+    if len(order) <= k:
+        return set(order)
+    return {order[round(i * (len(order) - 1) / (k - 1))] for i in range(k)}
 
 
 def measured_widths(narrower: list[int], measured: int | None) -> list[int]:
@@ -203,14 +261,30 @@ def of_run(ctx: SearchContext) -> Sensitivity:
     leaves the budget out: other budgets in the same --out reuse it); shared by the searches that
     use it, so running one after the other computes it once."""
     calibration = ctx.data.calibration(calibration_images(ctx.inputs[0]))
+    n = trials(ctx.space, ctx.settings.round_to, MEASURED, ESTIMATE_ABOVE)
+    ctx.log(
+        f"  sensitivity of {len(ctx.space.groups)} groups: "
+        + (
+            f"estimated by {_fisher.PROBES} backward passes per image, calibrated on {n} measured trials"
+            if estimated(ctx.space, ESTIMATE_ABOVE)
+            else f"{n} measured trials"
+        )
+    )
     sens_d = ctx.stage(
         "sensitivity",
         lambda: {
             g: {str(w): v for w, v in d.items()}
             for g, d in sensitivity(
-                ctx.model, ctx.space, ctx.scores, ctx.inputs, calibration, ctx.settings.round_to, MEASURED
+                ctx.model,
+                ctx.space,
+                ctx.scores,
+                ctx.inputs,
+                calibration,
+                ctx.settings.round_to,
+                MEASURED,
+                ESTIMATE_ABOVE,
             ).items()
         },
-        key=ctx.cache_key | {"measured_widths": MEASURED},
+        key=ctx.cache_key | {"measured_widths": MEASURED, "estimate_above": ESTIMATE_ABOVE},
     )
     return {g: {int(w): v for w, v in d.items()} for g, d in sens_d.items()}
