@@ -9,7 +9,7 @@ default epochs are the same epoch repeated). Stage seconds come from the run's r
 latency table, search, int8 steps). Rows:
 
   resnet20       the shipped CIFAR-10 ResNet-20 (32 px), --data cifar10_small.npz (labelled)
-  mobilenetv2    edgeprune's MobileNetV2 (random weights, 32 px), same data
+  mobilenetv2    edgeprune's MobileNetV2 (random weights saved as a state dict, 32 px), same data
   resnet50       timm's resnet50 by name at 224 px, no data (what `--arch timm:resnet50` alone runs)
   yolov8n_320    ultralytics' YOLOv8n by name at 320 px, --data a folder of 64 images (label-free)
   yolov8n_640    the same at 640 px, its training size
@@ -74,6 +74,18 @@ def yolo_images(folder: Path, n: int = 64) -> Path:
     return folder
 
 
+def mobilenetv2(path: Path) -> Path:
+    """A random-weight CIFAR MobileNetV2 state dict (the cost does not depend on the weights)."""
+    if not path.exists():
+        import torch
+
+        from edgeprune import models
+
+        torch.manual_seed(0)
+        torch.save(models.create("mobilenetv2", num_classes=10).state_dict(), path)
+    return path
+
+
 def bert_base(folder: Path) -> Path:
     """A BERT-base-shaped classifier folder with random weights (3 labels)."""
     if not folder.exists():
@@ -90,7 +102,7 @@ def rows(work: Path) -> dict[str, list[str]]:
     shipped = str(REPO / "edgeprune" / "assets" / "resnet20_cifar10.pt")
     return {
         "resnet20": [shipped, "--arch", "resnet20", *data],
-        "mobilenetv2": ["--arch", "mobilenetv2", *data],
+        "mobilenetv2": [str(work / "mobilenetv2.pt"), "--arch", "mobilenetv2", *data],
         "resnet50": ["--arch", "timm:resnet50"],
         **{
             f"yolov8n_{size}": [
@@ -105,7 +117,7 @@ def rows(work: Path) -> dict[str, list[str]]:
             ]
             for size in (320, 640)
         },
-        "bert_base": [str(work / "bert_base")],
+        "bert_base": [str(work / "models" / "bert_base")],
     }
 
 
@@ -149,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
     yolo_images(a.work / "images")
-    bert_base(a.work / "bert_base")
+    mobilenetv2(a.work / "mobilenetv2.pt")
+    bert_base(a.work / "models" / "bert_base")
     result: dict[str, Any] = header("scaling") | {
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
         "targets": {"search_s": SEARCH_TARGET_S, "sensitivity_share": SENSITIVITY_SHARE},
