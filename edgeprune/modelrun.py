@@ -75,6 +75,11 @@ def call(model: nn.Module, x: torch.Tensor | Sequence[torch.Tensor]) -> Any:
     return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
+def arguments(x: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """One batch of inputs (a tensor, or a tuple of them) as the tuple of the forward's arguments."""
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+
+
 def batch_len(x: torch.Tensor | Sequence[torch.Tensor]) -> int:
     """The number of samples in a batch of inputs (one tensor or a tuple of them)."""
     return len(x[0]) if isinstance(x, (tuple, list)) else len(x)

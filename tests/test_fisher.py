@@ -46,7 +46,7 @@ def test_estimates_order_the_groups_as_the_measurements_do() -> None:
     model, space, scores, calib = _setup(Lanes())
     widths = {g.id: sensitivity.candidate_widths(g, 4) for g in space.groups}
     removed = {g.id: {w: sensitivity._removed_units(g, scores, w) for w in widths[g.id]} for g in space.groups}
-    est = _fisher.estimates(model, space, scores, X, calib, widths, removed)
+    est = _fisher.estimates(model, space, X, calib, widths, removed)
     measured = sensitivity.sensitivity(model, space, scores, X, calib, round_to=4, estimate_above=None)
     by_estimate = sorted(est, key=lambda g: est[g][4])
     assert by_estimate == sorted(measured, key=lambda g: measured[g][4]) == [f"lanes.{i}" for i in range(6)]

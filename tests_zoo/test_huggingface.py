@@ -85,16 +85,20 @@ def _tokenizer(folder: Path) -> None:
     vocab.unlink()
 
 
-def _encoder(folder: Path, family: str, layers: int, mlp: int, positions: int = 128) -> None:
-    """A small random-weight `{family}ForSequenceClassification` (hidden 128, 4 heads, 3 labels) saved."""
+def _encoder(folder: Path, family: str, layers: int, mlp: int, positions: int = 128, **config: Any) -> None:
+    """A small random-weight `{family}ForSequenceClassification` (hidden 128, 4 heads, 3 labels) saved;
+    `config` adds or overrides fields of its config."""
     cfg = getattr(transformers, f"{family}Config")(
-        vocab_size=1000,
-        hidden_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=mlp,
-        num_labels=3,
-        max_position_embeddings=positions,
+        **{
+            "vocab_size": 1000,
+            "hidden_size": 128,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 4,
+            "intermediate_size": mlp,
+            "num_labels": 3,
+            "max_position_embeddings": positions,
+        }
+        | config
     )
     getattr(transformers, f"{family}ForSequenceClassification")(cfg).save_pretrained(str(folder))
 
@@ -404,14 +408,11 @@ def bert4(folder: Path) -> None:
 def deberta2(folder: Path) -> None:
     """A DeBERTa-v3-like config (relative attention, p2c/c2p, shared keys): its layers take a
     required mask and return (hidden states, attention weights), which its encoder unpacks."""
-    cfg = transformers.DebertaV2Config(
-        vocab_size=1000,
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=512,
-        num_labels=3,
-        max_position_embeddings=128,
+    _encoder(
+        folder,
+        "DebertaV2",
+        layers=2,
+        mlp=512,
         relative_attention=True,
         pos_att_type=["p2c", "c2p"],
         position_biased_input=False,
@@ -420,7 +421,6 @@ def deberta2(folder: Path) -> None:
         share_att_key=True,
         type_vocab_size=0,
     )
-    transformers.DebertaV2ForSequenceClassification(cfg).save_pretrained(str(folder))
 
 
 @pytest.mark.parametrize("build", [roberta, bert4, deberta2], ids=["roberta-3", "bert-4", "deberta-v2-2"])

@@ -169,7 +169,7 @@ def block_scores(
 ) -> dict[str, float]:
     """Mean squared change of the outputs when each block alone is bypassed (higher = keep).
     `calibration`: a batch of inputs, one tensor or a tuple of them (token ids and a mask)."""
-    inputs = calibration if isinstance(calibration, tuple) else (calibration,)
+    inputs = modelrun.arguments(calibration)
     ref = [t.float() for t in modelrun.run(model, inputs)]
     out = {}
     for b in blocks:

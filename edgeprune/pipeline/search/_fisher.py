@@ -33,7 +33,7 @@ from torch import nn
 
 from edgeprune import modelrun
 from edgeprune.pipeline.learned import gating
-from edgeprune.pipeline.prune.space import PruningSpace, Scores
+from edgeprune.pipeline.prune.space import PruningSpace
 
 #: images per backward pass (per-image masks: memory grows with the batch)
 CHUNK = 8
@@ -44,7 +44,6 @@ PROBES = 2
 def estimates(
     model: nn.Module,
     space: PruningSpace,
-    scores: Scores,
     example_inputs: Sequence[torch.Tensor],
     images: torch.Tensor | tuple[torch.Tensor, ...],
     widths: dict[str, list[int]],

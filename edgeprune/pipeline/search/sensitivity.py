@@ -121,7 +121,7 @@ def drop(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> 
     return total
 
 
-def scorer(model: nn.Module, calibration: torch.Tensor) -> Callable[[nn.Module], float]:
+def scorer(model: nn.Module, calibration: torch.Tensor | tuple[torch.Tensor, ...]) -> Callable[[nn.Module], float]:
     """A trial model's drop from `model`: half of `calibration` re-estimates the trial's BatchNorm
     statistics, the other half is scored."""
     half = modelrun.batch_len(calibration) // 2
@@ -168,7 +168,7 @@ def sensitivity(
     chosen: set[str] = set()
     if estimated(space, estimate_above):
         removed = {g.id: {w: _removed_units(g, scores, w) for w in widths[g.id]} for g in space.groups}
-        estimates = _fisher.estimates(model, space, scores, example_inputs, calibration, widths, removed)
+        estimates = _fisher.estimates(model, space, example_inputs, calibration, widths, removed)
         chosen = _spread(estimates, CALIBRATION_GROUPS)
     drops: dict[str, dict[int, float]] = {
         g.id: {
@@ -240,11 +240,14 @@ def interpolated(group: Group, scores: Scores, widths: list[int], drops: dict[in
     return {w: drops[w] if w in drops else float(np.interp(removed(w), xs, ys)) for w in widths}
 
 
-def block_sensitivity(model: nn.Module, found: Sequence[str], calibration: torch.Tensor) -> dict[str, float]:
+def block_sensitivity(
+    model: nn.Module, found: Sequence[str], calibration: torch.Tensor | tuple[torch.Tensor, ...]
+) -> dict[str, float]:
     """Each removable residual block's drop when it alone is bypassed, on the same scale as the
     groups' (BN re-estimated, KL on the held-out half), so depth and width trade in one currency."""
     score = scorer(model, calibration)
-    return {name: score(blocks.bypass(copy.deepcopy(model), [name], (calibration,))) for name in found}
+    inputs = modelrun.arguments(calibration)
+    return {name: score(blocks.bypass(copy.deepcopy(model), [name], inputs)) for name in found}
 
 
 def monotone(drops: dict[int, float]) -> dict[int, float]:
@@ -265,7 +268,7 @@ def of_run(ctx: SearchContext) -> Sensitivity:
     ctx.log(
         f"  sensitivity of {len(ctx.space.groups)} groups: "
         + (
-            f"estimated by {_fisher.PROBES} backward passes per image, calibrated on {n} measured trials"
+            f"estimated by {_fisher.PROBES} backward passes per image, calibrated on at most {n} measured trials"
             if estimated(ctx.space, ESTIMATE_ABOVE)
             else f"{n} measured trials"
         )
