@@ -179,12 +179,19 @@ def model_entry(
 
 
 def run_compress(
-    args: list[str], out: Path, log_path: Path, env: dict[str, str] | None = None, accept: tuple[int, ...] = (0,)
+    args: list[str],
+    out: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    accept: tuple[int, ...] = (0,),
+    noisy_retries: int = 0,
 ) -> dict[str, Any]:
     """`compress ARGS --out OUT` in a subprocess of this interpreter, its output appended to
     `log_path`; the report it wrote (a finished run with a report.json is not repeated: compress
-    resumes an unfinished one from OUT/work itself). A run that exits with a code not in `accept`
-    raises, naming its log (1, a missed budget, still writes its report)."""
+    resumes an unfinished one from OUT/work itself). A run that stops "too noisy to decide" (exit 2)
+    is resumed up to `noisy_retries` times: the same command goes on from the stage it stopped at.
+    A run that exits with a code not in `accept` raises, naming its log (1, a missed budget, still
+    writes its report). OUT/wall_seconds.txt gets the wall seconds of all its tries."""
     import json
     import os
     import time
@@ -192,15 +199,51 @@ def run_compress(
     report = out / "report.json"
     if not report.exists():
         t0 = time.perf_counter()
-        with open(log_path, "a") as log:
-            rc = subprocess.run(
-                [sys.executable, "-m", "edgeprune.cli", *args, "--out", str(out)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-            ).returncode
+        for _ in range(noisy_retries + 1):
+            with open(log_path, "a") as log:
+                rc = subprocess.run(
+                    [sys.executable, "-m", "edgeprune.cli", *args, "--out", str(out)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                ).returncode
+            if rc != 2 or "too noisy" not in log_path.read_text()[-2000:]:
+                break
         if rc not in accept:
             raise SystemExit(f"compress exited {rc}; see {log_path}")
         (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     return json.loads(report.read_text())
+
+
+class Steps:
+    """A benchmark's resumable steps: each step's result as JSON in `work/steps/` with the settings
+    it ran under; a re-run with the same settings reuses it, other settings redo it."""
+
+    def __init__(self, work: Path, log: Any = print) -> None:
+        self.dir = work / "steps"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+
+    def run(self, name: str, config: dict[str, Any], fn: Any) -> dict[str, Any]:
+        """`fn()`'s result (a JSON-able dict, given its wall seconds as `step_seconds`), or the one
+        stored for `name` under the same `config`."""
+        import json
+        import time
+
+        from edgeprune import atomic
+
+        path = self.dir / f"{name}.json"
+        try:
+            done = json.loads(path.read_text())
+            if done.get("config") == config:
+                self.log(f"{name}: cached ({path})")
+                return dict(done["result"])
+        except (OSError, ValueError):
+            pass
+        self.log(f"{name}: running")
+        t0 = time.perf_counter()
+        result = fn()
+        result.setdefault("step_seconds", round(time.perf_counter() - t0, 1))
+        atomic.write_json(path, {"config": config, "result": result})
+        return dict(result)

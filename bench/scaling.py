@@ -5,8 +5,9 @@ Each row is `compress MODEL --budget 50%` with the **default flags** (ort-cpu, 1
 search, `--precision auto`, `--depth auto`) as its user would run it, plus `--epochs 1` where the row
 has data, so that the recovery stage is one epoch (its time per epoch is the row's figure; the
 default epochs are the same epoch repeated). Stage seconds come from the run's report.json
-(`timings_s`); "search" below is everything before recovery (space, baseline, scores, sensitivity,
-latency table, search, int8 steps). Rows:
+(`timings_s`); "search" below is everything before recovery (space, baseline, scores, the int8
+probes, the searches with the sensitivity map and latency table they run inside them, accuracy),
+each second counted once (`timings_within` names the stages run inside another). Rows:
 
   resnet20       the shipped CIFAR-10 ResNet-20 (32 px), --data cifar10_small.npz (labelled)
   mobilenetv2    edgeprune's MobileNetV2 (random weights saved as a state dict, 32 px), same data
@@ -17,7 +18,8 @@ latency table, search, int8 steps). Rows:
                  weights) at 128 tokens, no data
   *_fp32         a row with data again with `--precision fp32`, for `auto`'s cost beside it
 
-The images of the YOLO folder are CIFAR-10 test images saved as PNG (resized by the door).
+The images of the YOLO folder are CIFAR-10 test images saved as PNG (resized by the door). Each
+row starts with an empty latency-table cache of its own (a user's first run on a host).
 Every row's output stays in --work, so a re-run skips the rows already done (compress resumes an
 unfinished one); delete a row's folder to redo it.
 
@@ -41,19 +43,11 @@ from edgeprune import atomic  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "scaling.json"
 CIFAR_SMALL = REPO.parent / "shared" / "data" / "cifar10" / "cifar10_small.npz"
-#: the stages that come before recovery (the "search" of the issue's targets)
-BEFORE_RECOVERY = (
-    "space",
-    "baseline",
-    "scores",
-    "sensitivity",
-    "latency_table",
-    "search",
-    "int8_of_fp32_plan",
-    "int8_sensitivity",
-    "search_int8",
-    "block_sensitivity",
-)
+#: the stages from recovery on: everything else is what the issue calls the search
+AFTER_SEARCH = ("recover", "final", "runtime_accuracy")
+#: stages a search runs inside its own (their seconds are in the search's too), for reports written
+#: before report.json said so itself (`timings_within`): the "before" rows
+SEARCH_INSIDE = ("sensitivity", "latency_table", "latency_calibration", "block_sensitivity", "blocks")
 #: the targets of issue 38 for the search (seconds) and the sensitivity's share of it
 SEARCH_TARGET_S = 300.0
 SENSITIVITY_SHARE = 0.25
@@ -129,11 +123,23 @@ def with_fp32(all_rows: dict[str, list[str]]) -> dict[str, list[str]]:
     }
 
 
+def inside_another(name: str, report: dict[str, Any]) -> bool:
+    """Whether stage `name` ran inside another one (report.json's `timings_within`, or for an older
+    report the search's own stages by name: `int8_` and `depth_` prefix the second searches')."""
+    within = report.get("timings_within")
+    if within is not None:
+        return name in within
+    base = name.removeprefix("depth_").removeprefix("int8_")
+    return name.startswith("depth_") or base in SEARCH_INSIDE
+
+
 def row_result(args: list[str], report: dict[str, Any], wall: float) -> dict[str, Any]:
+    """A row: the run's figures and its stage seconds; "search_s" sums the stages before recovery
+    that ran at the top level (a stage inside another is counted there)."""
     t = report.get("timings_s", {})
-    before = {k: v for k, v in t.items() if k in BEFORE_RECOVERY or k.startswith("depth_")}
+    before = {k: v for k, v in t.items() if k not in AFTER_SEARCH and not inside_another(k, report)}
     search_s = round(sum(before.values()), 1)
-    sens = sum(v for k, v in before.items() if "sensitivity" in k)
+    sens = sum(v for k, v in t.items() if "sensitivity" in k and k not in AFTER_SEARCH)
     return {
         "args": args,
         "input": report["model"]["input_shape"],
@@ -174,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.rows and name not in a.rows:
             continue
         out = a.work / name
-        report = run_compress([*args, "--budget", "50%"], out, a.work / f"{name}.log", accept=(0, 1))
+        report = run_compress(
+            [*args, "--budget", "50%"],
+            out,
+            a.work / f"{name}.log",
+            env={"EDGEPRUNE_CACHE_DIR": str(a.work / f"{name}.cache")},
+            accept=(0, 1),
+        )
         wall = float((out / "wall_seconds.txt").read_text())  # written by the run, kept for a resumed re-run
         result["rows"][name] = row_result(args, report, wall)
         print(name, json.dumps({k: v for k, v in result["rows"][name].items() if k != "timings_s"}), flush=True)

@@ -24,8 +24,14 @@ images each, pasted at random positions and sizes (32-80 px, overlap limited), b
 square, class = its CIFAR class; train objects from CIFAR's training split, val objects from its
 test split, all seeded. edgeprune's `--data` gets a flat folder of the training images alone.
 
-`compress` runs with `--precision fp32` (pruning only, no int8), so the comparison is about pruning
-and recovery, on ONNX Runtime CPU, 1 thread (the default runtime); training runs on the CPU.
+First, the default command a user runs (issue 37): `compress best.pt --budget 50% --data unlabelled/
+--epochs N --batch-size 16 --metric ultralytics:data.yaml`, every other flag its default
+(`--precision auto`): the precision it chose and why, and mAP50-95 inside the run (ultralytics'
+validator on the val split: baseline, pruned and recovered in PyTorch float32, the published
+model.onnx on the runtime), with the check that the published model is within 1 point of the float32
+recovered one or float32 was published (`--only-default` stops there). The rows after it run
+`compress` with `--precision fp32` (pruning only, no int8), so their comparison is about pruning and
+recovery, on ONNX Runtime CPU, 1 thread (the default runtime); training runs on the CPU.
 
 Every step is cached in `--work` (default /tmp/yolo_bench), so a re-run resumes after the last
 finished step (delete a step's `steps/<name>.json` to redo it):
@@ -39,10 +45,8 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,8 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.common import header  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import Steps, header  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "yolo_distill.json"
@@ -63,35 +68,11 @@ DEFAULT_CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "cifar10.npz"
 COMMON = {"device": "cpu", "workers": 0, "plots": False}
 TRAIN = {**COMMON, "amp": False, "seed": 0, "deterministic": True, "exist_ok": True, "verbose": False}
 TARGET_POINTS = 2.0  # label-free within this many mAP50-95 points of the teacher
+PUBLISHED_POINTS = 1.0  # the default command's published model.onnx within this many of its float32 recovered model
 
 
 def log(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
-
-
-class Steps:
-    """Each step's result as JSON in `work/steps/`, with the settings it ran under: a re-run with the
-    same settings reuses it, other settings redo it."""
-
-    def __init__(self, work: Path) -> None:
-        self.dir = work / "steps"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def run(self, name: str, config: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        path = self.dir / f"{name}.json"
-        try:
-            done = json.loads(path.read_text())
-            if done.get("config") == config:
-                log(f"{name}: cached ({path})")
-                return done["result"]
-        except (OSError, ValueError):
-            pass
-        log(f"{name}: running")
-        t0 = time.perf_counter()
-        result = fn()
-        result.setdefault("step_seconds", round(time.perf_counter() - t0, 1))
-        atomic.write_json(path, {"config": config, "result": result})
-        return result
 
 
 # ---- 1. the dataset -------------------------------------------------------------------------------------------------
@@ -261,43 +242,21 @@ def validate(ckpt: Path | str, data: str, imgsz: int, batch: int, project: Path,
 
 
 def run_compress(best: str, unlabelled: str, out: Path, budget: str, epochs: int, extra: list[str]) -> dict[str, Any]:
-    """The CLI, as a user runs it, in a subprocess of this Python; its log kept beside --out."""
-    exe = Path(sys.executable).with_name("compress")
-    cmd = [
-        str(exe) if exe.is_file() else sys.executable,
-        *([] if exe.is_file() else ["-m", "edgeprune.cli"]),
-        best,
-        "--budget",
-        budget,
-        "--data",
-        unlabelled,
-        "--epochs",
-        str(epochs),
-        "--out",
-        str(out),
-        "--precision",
-        "fp32",
-        *extra,
-    ]
-    log("  " + " ".join(cmd))
-    t0 = time.perf_counter()
-    for attempt in range(3):  # exit 2 "too noisy to decide" on a busy machine: the same command resumes at that stage
-        with open(out.parent / f"{out.name}.log", "a" if attempt else "w") as fh:
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, check=False).returncode
-        if rc != 2 or "too noisy" not in (out.parent / f"{out.name}.log").read_text()[-2000:]:
-            break
-        log(f"  compress: exit 2, too noisy to decide; resuming (try {attempt + 2} of 3)")
-    seconds = time.perf_counter() - t0
-    if rc not in (0, 1) or not (out / "report.json").is_file():  # 1: the budget missed, every output still written
-        tail = (out.parent / f"{out.name}.log").read_text()[-3000:]
-        raise RuntimeError(f"compress exited {rc}:\n{tail}")
+    """The CLI, as a user runs it, in a subprocess of this Python (bench/common.run_compress: a run
+    stopped "too noisy to decide" on a busy machine is resumed, twice at most); its log kept beside
+    --out. `extra` holds every flag past the budget, data and epochs (`--precision fp32` for the
+    rows about pruning and recovery alone)."""
+    args = [best, "--budget", budget, "--data", unlabelled, "--epochs", str(epochs), *extra]
+    log("  compress " + " ".join([*args, "--out", str(out)]))
+    common.run_compress(args, out, out.parent / f"{out.name}.log", accept=(0, 1), noisy_retries=2)
     report = json.loads((out / "report.json").read_text())
+    seconds = float((out / "wall_seconds.txt").read_text())
     base, final = report["baseline"], report["final"]
     recovery = report.get("recovery") or {}
     timings = report.get("timings_s") or {}
     return {
-        "command": " ".join(["compress", *cmd[1 if exe.is_file() else 3 :]]),
-        "exit_code": rc,
+        "command": " ".join(["compress", *args, "--out", str(out)]),
+        "exit_code": 0 if report["budget"]["met"] else 1,
         "wall_seconds": round(seconds, 1),
         "budget": report["budget"]["describe"],
         "met": report["budget"]["met"],
@@ -328,6 +287,29 @@ def run_compress(best: str, unlabelled: str, out: Path, budget: str, epochs: int
         "timings_s": timings,
         "recovery_seconds": recovery.get("seconds", timings.get("recovery")),
         "native": report.get("native"),
+        "precision": report.get("precision"),
+        "runtime_accuracy": report.get("runtime_accuracy"),
+    }
+
+
+def default_flags_row(comp: dict[str, Any]) -> dict[str, Any]:
+    """What the default command published, from its own report: the precision `auto` chose and why,
+    mAP50-95 by ultralytics' validator inside the run (baseline, pruned, recovered in PyTorch float32,
+    and the published model.onnx on the runtime), and issue 37's check: the published model within
+    `PUBLISHED_POINTS` of the float32 recovered one, or float32 published with the reason."""
+    acc, ra, prec = comp.get("accuracy") or {}, comp.get("runtime_accuracy"), comp.get("precision") or {}
+    recovered = acc.get("recovered")
+    published = ra["runtime"] if ra else recovered  # float32 published: the recovered model is what ships
+    gap = None if recovered is None or published is None else round(100 * (recovered - published), 2)
+    return {
+        "precision": prec.get("chosen"),
+        "why": prec.get("why"),
+        "map50_95_in_run": {k: acc.get(k) for k in ("baseline", "pruned", "recovered")},
+        "published_on_runtime": ra,
+        "published_below_float32_recovered_points": gap,
+        "check": f"the published model.onnx within {PUBLISHED_POINTS:g} point(s) of the float32 recovered model's "
+        "mAP50-95, or float32 published with the reason",
+        "met": prec.get("chosen") == "fp32" or (gap is not None and gap <= PUBLISHED_POINTS),
     }
 
 
@@ -512,10 +494,15 @@ def main(argv: list[str] | None = None) -> int:
         "dense_output), same batch and epochs",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--only-default",
+        action="store_true",
+        help="stop after the default command's row (auto precision, mAP inside the run)",
+    )
     a = p.parse_args(argv)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(a.work / "ultralytics_config"))  # no writes to the user's settings
     work = a.work.resolve()
-    steps = Steps(work)
+    steps = Steps(work, log)
     runs = work / "runs"
     size, vb = a.canvas, 32
 
@@ -590,8 +577,32 @@ def main(argv: list[str] | None = None) -> int:
     log(f"teacher mAP50-95 {rows['teacher']['map50_95']:.4f}  mAP50 {rows['teacher']['map50']:.4f}")
     save()
 
+    default_out = work / "compressed_default"
+    d_cfg = {
+        "teacher": t_cfg,
+        "budget": a.budget,
+        "epochs": a.recover_epochs,
+        "extra": ["--batch-size", "16", "--metric", f"ultralytics:{yaml}"],
+        "code": code_fingerprint(),
+    }
+
+    def default_step() -> dict[str, Any]:
+        shutil.rmtree(default_out, ignore_errors=True)
+        return run_compress(best, ds["unlabelled"], default_out, a.budget, a.recover_epochs, d_cfg["extra"])
+
+    default = steps.run("compress_default", d_cfg, default_step)
+    result["default_flags"] = {"compress": default, **default_flags_row(default)}
+    log(
+        f"default flags: {default['precision'] and default['precision'].get('chosen')}, met {default['met']}, "
+        f"mAP50-95 in the run {result['default_flags']['map50_95_in_run']}, published on the runtime "
+        f"{(default['runtime_accuracy'] or {}).get('runtime')}"
+    )
+    save()
+    if a.only_default:
+        return 0
+
     out = work / "compressed"
-    extra = a.compress_args.split()
+    extra = ["--precision", "fp32", *a.compress_args.split()]
     c_cfg = {
         "teacher": t_cfg,
         "budget": a.budget,

@@ -85,6 +85,19 @@ def test_a_ratio_at_the_budget_stays_undecided_at_the_cap() -> None:
     assert d.low < 0.5 < d.high
 
 
+def test_a_search_candidate_at_the_budget_is_given_up_before_the_cap() -> None:
+    """Forty rounds could not decide it either: undecided after two batches, not four."""
+    d, _, _ = decide(Scripted(sigma=0.05), 0.5, [], 0.5, reference=1.0, warmup=1, chunk=5, give_up=0.05)
+    assert d.verdict == UNDECIDED and d.rounds == 2 * decision.ROUNDS < decision.MAX_ROUNDS
+
+
+def test_giving_up_keeps_a_candidate_that_more_rounds_would_decide() -> None:
+    """A ratio 3 % under the line, its two-batch interval straddling it: more rounds narrow it under."""
+    rt = Scripted(sigma=0.05, seed=9)
+    d, _, _ = decide(rt, 0.485, [], 0.5, reference=1.0, warmup=1, chunk=3, give_up=0.05)
+    assert d.verdict == UNDER and d.rounds > 2 * decision.ROUNDS
+
+
 def test_a_close_ratio_takes_more_rounds_than_a_clear_one() -> None:
     clear, _, _ = decide(Scripted(sigma=0.03), 0.40, [], 0.5, reference=1.0, warmup=1, chunk=3)
     close, _, _ = decide(Scripted(sigma=0.03), 0.49, [], 0.5, reference=1.0, warmup=1, chunk=3)
@@ -240,14 +253,16 @@ def test_candidates_are_judged_against_the_budget_less_the_drift_allowance() -> 
         def prepare(self, model: Any, tag: str) -> Any:
             return "m"
 
-        def decide(self, m: Any, threshold: float, reference: Any, relative: bool, statistic: str) -> Any:
-            seen["threshold"], seen["relative"] = threshold, relative
+        def decide(
+            self, m: Any, threshold: float, reference: Any, relative: bool, statistic: str, give_up: float | None
+        ) -> Any:
+            seen["threshold"], seen["relative"], seen["give_up"] = threshold, relative, give_up
             d = decision.Decision(UNDER, 0.49, 0.48, 0.495, threshold, 20, 0, 0.0, 0.0, relative)
             return d, m, reference
 
     budget = parse_budget("50%").resolve(10.0)
     ev = LatencyObjective(budget, Recorder(), lambda: "baseline").evaluate(torch.nn.Identity(), "c")  # type: ignore[arg-type]
-    assert seen == {"threshold": pytest.approx(0.5 * (1 - LatencyObjective.drift)), "relative": True}
+    assert seen == {"threshold": pytest.approx(0.5 * (1 - LatencyObjective.drift)), "relative": True, "give_up": 0.05}
     assert ev.within and ev.value == pytest.approx(4.9) and ev.ratio == pytest.approx(0.49)
 
 
@@ -260,7 +275,9 @@ def test_a_confirmation_is_timed_against_a_baseline_loaded_afresh() -> None:
         def prepare(self, model: Any, tag: str) -> Any:
             return tag
 
-        def decide(self, m: Any, threshold: float, reference: Any, relative: bool, statistic: str) -> Any:
+        def decide(
+            self, m: Any, threshold: float, reference: Any, relative: bool, statistic: str, give_up: float | None
+        ) -> Any:
             references.append(reference)
             return decision.Decision(UNDER, 0.49, 0.48, 0.495, threshold, 20, 0, 0.0, 0.0, relative), m, reference
 

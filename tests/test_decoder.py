@@ -4,13 +4,15 @@ its loop."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.budget import parse_budget
 from edgeprune.pipeline.decoder import search
-from edgeprune.pipeline.decoder.shape import Shape
+from edgeprune.pipeline.decoder.shape import Shape, shape_of
 
 OLD = Shape(layers=4, kv_heads=2, q_per_kv=4, intermediate=384)
 TRAFFIC = search.Traffic(hidden=128, head_dim=32, context=64)
@@ -107,3 +109,27 @@ def test_no_candidate_under_leaves_no_shape_and_a_line_naming_the_way() -> None:
     err = search.no_shape(result, OLD, 1.0, 0.5, "off")
     assert "no shape met the budget in 3 tries" in str(err) and "--depth auto" in str(err)
     assert "narrowest shape" in str(search.no_shape(result, OLD, 1.0, 2.0, "auto"))
+
+
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [
+        ("intermediate_size", "gives intermediate_size per layer"),
+        ("num_key_value_heads", "do not split into 3 key/value groups"),
+    ],
+)
+def test_a_config_with_per_layer_widths_or_uneven_groups_is_refused(field: str, says: str) -> None:
+    """One width per kind for all layers is what every runtime loads (a per-layer list is refused),
+    and query heads split whole into key/value groups."""
+    config = {
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "intermediate_size": 384,
+        "hidden_size": 128,
+    }
+    config[field] = [384, 256, 384, 256] if field == "intermediate_size" else 3
+    with pytest.raises(EdgepruneError, match=says):
+        shape_of(SimpleNamespace(**config), "LlamaForCausalLM")
+    ok = SimpleNamespace(**(config | {field: 384 if field == "intermediate_size" else 2}))
+    assert shape_of(ok, "LlamaForCausalLM") == (Shape(4, 2, 4, 384), 16)

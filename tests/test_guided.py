@@ -16,7 +16,7 @@ from edgeprune.models import create
 from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.methods import get_method
 from edgeprune.pipeline.prune.apply import apply
-from edgeprune.pipeline.prune.select import plan_at_level
+from edgeprune.pipeline.prune.select import plan_at_level, widths_key
 from edgeprune.pipeline.prune.space import discover
 from edgeprune.pipeline.search import _guides, guided, latency_table
 from edgeprune.pipeline.search.cost_model import CostModel
@@ -530,3 +530,33 @@ def test_on_a_busy_machine_the_window_moves_down_by_the_busy_margin(resnet20: nn
     assert budget * (top - 0.03) <= result.evaluation.value <= budget * top, result.stop_reason
     assert result.stop_reason.startswith("within tolerance (at most 8% under budget, lowered by the busy margin)")
     assert sum(s.scalar != "confirm" for s in result.steps) <= 6
+
+
+def test_earlier_readings_start_the_bracket_and_are_never_the_result(resnet20: nn.Module) -> None:
+    """An int8-like target (fixed costs: the unpruned model reads 0.53 of the float32 baseline
+    against a 0.5 budget): started from the float32 baseline's reading, the first candidate is aimed
+    at half the FLOPs; started from int8 of the unpruned model and of a float32 plan, the search
+    lands in the window in fewer candidates, and the plan read before is not what it returns."""
+    baseline = OverheadLatency(Budget("latency", 1.0)).latency(resnet20)
+    full = OverheadLatency(Budget("latency", 1.0), overhead_ms=0.0, ms_per_mflop=1.0).latency(resnet20)
+    # 0.2 of the baseline fixed, the rest in proportion to FLOPs: 0.53 of it unpruned
+    ms_per_mflop = 0.33 * baseline / full
+
+    def target() -> OverheadLatency:
+        return OverheadLatency(Budget("latency", 0.5 * baseline), 0.2 * baseline, ms_per_mflop)
+
+    cold_obj, warm_obj = target(), target()
+    guide = level_guide(resnet20, cold_obj)
+    cold = guided.Guided(resnet20, X, guide, cold_obj, round_to=16, tol=0.05).run(baseline)
+    fp32_plan = guide.levels.plan(0.6)
+    probe = OverheadLatency(Budget("latency", 1.0), 0.2 * baseline, ms_per_mflop)
+    prior = [
+        (guide.levels.plan(0.0), probe.latency(resnet20), False),
+        (fp32_plan, probe.latency(apply(copy.deepcopy(resnet20), fp32_plan, X)), True),
+    ]
+    assert prior[0][1] == pytest.approx(0.53 * baseline) and prior[1][1] < 0.5 * baseline
+    warm = guided.Guided(resnet20, X, guide, warm_obj, round_to=16, tol=0.05, prior=prior).run(baseline)
+    budget = 0.5 * baseline
+    assert budget * 0.95 <= warm.evaluation.value <= budget, warm.stop_reason
+    assert cold.evaluation.value <= budget and warm_obj.calls < cold_obj.calls, (warm_obj.calls, cold_obj.calls)
+    assert widths_key(warm.plan) != widths_key(fp32_plan)

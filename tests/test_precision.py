@@ -129,14 +129,18 @@ def _policy(
     searches: dict[str, float | str],
     unavailable: str | None = None,
     calls: list[str] | None = None,
+    priors: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Policy:
     """A run whose float32 baseline is 1.0 and budget 0.5: int8 of the unpruned model measures
     `probe_value`; the search at a precision keeps the FLOPs fraction given, or fails with the text;
-    int8 of the float32 plan measures `searches["int8_of"]`, else probe_value x the FLOPs it keeps."""
+    int8 of the float32 plan measures `searches["int8_of"]`, else probe_value x the FLOPs it keeps;
+    `priors` records the earlier readings each search was started from."""
+    priors = {} if priors is None else priors
     calls = [] if calls is None else calls
 
-    def search(precision: str) -> dict[str, Any]:
+    def search(precision: str, prior: list[dict[str, Any]]) -> dict[str, Any]:
         calls.append(precision)
+        priors[precision] = prior
         outcome = searches[precision]
         if isinstance(outcome, str):
             raise EdgepruneError(outcome)
@@ -189,8 +193,15 @@ def test_precision_policy(
 ) -> None:
     seen: list[str] = []
     lines: list[str] = []
-    choice = choose(_policy(mode, probe_value, searches, calls=seen), lines.append)
+    priors: dict[str, list[dict[str, Any]]] = {}
+    choice = choose(_policy(mode, probe_value, searches, calls=seen, priors=priors), lines.append)
     assert (choice["precision"], choice["search"]["plan"]["kept"], seen) == (chosen, kept, calls)
+    assert priors.get("fp32", []) == []  # float32 has no reading of its own before its search
+    if "int8" in calls:  # int8 starts from its unpruned reading (over) and, under auto, the float32 plan's (under)
+        unpruned = {"plan": {"kept": 1.0}, "value": probe_value, "within": False}
+        fp32_plan = [r for r in priors["int8"] if r["plan"] != {"kept": 1.0}]
+        assert priors["int8"][0] == unpruned and len(fp32_plan) == ("int8_of" in calls)
+        assert all(r["within"] and r["plan"] == {"kept": searches["fp32"]} for r in fp32_plan)
     assert lines[-1] == f"  precision: {chosen} ({choice['why']})"
     if "int8_of" in calls:  # the log says why int8 was searched too, or the choice why it was not
         said = " ".join(lines)

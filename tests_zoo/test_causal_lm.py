@@ -198,6 +198,78 @@ def test_bad_decoder_input_is_one_line(tmp_path: Path, args: tuple[str, ...], sa
     assert not (tmp_path / "out" / "report.json").exists()
 
 
+def with_tokenizer(folder: Path, vocab: int = DIMS["vocab_size"]) -> Path:
+    """A byte-level BPE of `vocab` tokens trained by `tokenizers` on this file's own source, saved
+    into `folder` (what a user's folder holds, and what ONNX Runtime GenAI's builder loads)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    tok.train([__file__], trainer)
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def test_ort_genai_meets_half_its_time_per_token_and_publishes_its_build(tmp_path: Path) -> None:
+    """`--runtime ort-genai`: every shape built by GenAI's builder, timed on its generator; the
+    published build's greedy continuation is transformers' own, and the folders load."""
+    og = pytest.importorskip("onnxruntime_genai")
+    # a vocabulary no MLP width can equal: GenAI 0.18's builder built a model whose MLP width was its
+    # vocabulary size (512 here) into a graph that differs from PyTorch by 1.3 (the build check said so)
+    folder = decoder_folder(tmp_path, "llama", hidden_size=256, intermediate_size=1024, vocab_size=1000)
+    with_tokenizer(folder, vocab=1000)
+    out = tmp_path / "out"
+    rc, stdout, err = run_cli(folder, "--budget", "50%", "--runtime", "ort-genai", "--out", out)
+    assert rc == 0, err + stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["budget"]["met"] and rep["runtime"]["runtime"] == "ort-genai"
+    assert rep["budget"]["context"] == 510  # two positions short of 512: the chosen token and the timed one
+    assert rep["runtime"]["precision"] == "fp32"
+    b, f = rep["baseline"], rep["final"]
+    assert f["decode_ms"]["median"] < b["decode_ms"]["median"] and f["weight_bytes"] < b["weight_bytes"]
+    check = rep["verification"]
+    assert check["genai_same_tokens"] and check["genai_tokens"] == check["generate_tokens"]
+    assert "GenAI's fp32 build" in rep["outputs"]["genai_model"] and rep["precision"]["timed_as"] == "fp32"
+    built = og.Model(str(out / "genai_model"))  # the published build loads and generates without edgeprune
+    params = og.GeneratorParams(built)
+    params.set_search_options(max_length=8, do_sample=False)
+    gen = og.Generator(built, params)
+    gen.append_tokens(np.array([1, 2, 3], dtype=np.int32))
+    gen.generate_next_token()
+    assert len(gen.get_sequence(0)) == 4
+    user = loads_without_edgeprune(out / "hf_model", folder)
+    assert user["params"] < user["original"] and user["generated"] == 6
+    assert (out / "model.onnx").is_file() and (out / "prefill.onnx").is_file()
+
+
+def test_ort_genai_without_a_tokenizer_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime_genai")
+    folder = decoder_folder(tmp_path, "llama")
+    rc, _, err = run_cli(folder, "--budget", "50%", "--runtime", "ort-genai", "--out", tmp_path / "out")
+    assert "GenAI's builder loads the model's tokenizer" in one_line_error(rc, err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_with_per_layer_widths_is_refused(tmp_path: Path) -> None:
+    """Uniform widths are what every runtime loads; a config that already varies them is not cut
+    (transformers 5 itself refuses a list for Llama's `intermediate_size`: the line names the field;
+    families whose configs allow lists meet `shape.shape_of`'s refusal)."""
+    folder = decoder_folder(tmp_path, "llama")
+    config = json.loads((folder / "config.json").read_text())
+    widths = [384, 256, 384, 256]
+    (folder / "config.json").write_text(json.dumps(config | {"intermediate_size": widths}))
+    rc, _, err = run_cli(folder, "--budget", "50%", "--out", tmp_path / "out")
+    line = one_line_error(rc, err)
+    assert "intermediate_size" in line and str(folder / "config.json") in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_budget_the_narrowest_shape_cannot_reach_is_refused(tmp_path: Path) -> None:
     folder = decoder_folder(tmp_path, "qwen2")
     rc, _, err = run_cli(folder, "--budget", "0.001ms/token", "--out", tmp_path / "out")

@@ -207,9 +207,10 @@ def run(argv: list[str]) -> int:
     native = result.report.get("native")
     own = f"; in {native['ecosystem']}'s own format: {native['path']} ({native.get('load', '')})" if native else ""
     summary_table(result.report)
+    listed = result.report.get("outputs")  # a decoder's report lists its own
     files = (
-        "model.onnx (the decode step), prefill.onnx, plan.json, report.json, report.md"
-        if result.report.get("kind") == "decoder"
+        ", ".join([*(f"{name} ({what})" for name, what in listed.items()), "report.json", "report.md"])
+        if listed
         else "model.onnx, model.pt, state_dict.pt, plan.json, report.json, report.md, widths.svg"
     )
     Console().print(f"outputs in {Path(a.out).resolve()}: {files}{own}", markup=False)

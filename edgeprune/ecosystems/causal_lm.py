@@ -93,8 +93,8 @@ class CausalLmEcosystem(Ecosystem):
                 "--input-shape does not apply to a language model: its cost is per token at --context N "
                 "(and --prompt-tokens P for the time to the first token); drop it"
             )
+        shape, head_dim = shape_of(config, architecture)  # before loading: per-layer widths would fail inside it
         model = load_pretrained(getattr(transformers, architecture), path, architecture)
-        shape, head_dim = shape_of(model.config, architecture)
         layout = Layout.of(model, architecture)
         config_of: Any = model.config
         vocab = int(config_of.vocab_size)
@@ -132,9 +132,7 @@ class CausalLmEcosystem(Ecosystem):
     def save(self, pruned: nn.Module, loaded: LoadedModel, plan: Any, dest: Path) -> dict[str, Any]:
         native = loaded.native
         old, new = Shape.from_dict(native["shape"]), Shape.from_dict(plan["shape"])
-        dest.mkdir(parents=True)
-        pruned.save_pretrained(str(dest), safe_serialization=True)  # type: ignore[operator]
-        copied = copy_kept(Path(native["folder"]), dest, KEPT)
+        copied = self.write_folder(pruned, dest, Path(native["folder"]))
         return {
             "format": "Hugging Face save_pretrained folder",
             "load": f"transformers.AutoModelForCausalLM.from_pretrained('{self.output}')",
@@ -142,6 +140,15 @@ class CausalLmEcosystem(Ecosystem):
             "removed_layers": [i for i in range(old.layers) if i not in plan["keep"]["layers"]],
             "copied": copied,
         }
+
+    @staticmethod
+    def write_folder(model: nn.Module, dest: Path, source: Path) -> list[str]:
+        """`model` as a `save_pretrained` folder at `dest` with the tokenizer and generation config
+        of the folder it came from (`source`); returns the files copied. Also how a cut model is
+        handed to a builder that reads folders (pipeline/decoder/genai.py)."""
+        dest.mkdir(parents=True)
+        model.save_pretrained(str(dest), safe_serialization=True)  # type: ignore[operator]
+        return copy_kept(source, dest, KEPT)
 
 
 def _max_positions(config: Any) -> int:

@@ -16,6 +16,7 @@ import torch
 from edgeprune import modelrun
 from edgeprune.ecosystems.base import Ecosystem, ecosystem
 from edgeprune.errors import EdgepruneError
+from edgeprune.exporters import exporter_formats
 from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline import precision as precision_mod
 from edgeprune.pipeline.budget import Budget, parse_budget
@@ -50,6 +51,11 @@ class Checked:
     def of(cls, loaded: LoadedModel, settings: Settings, out_dir: str | Path, ctx: distributed.DistContext) -> Checked:
         budget = parse_budget(settings.budget)
         runtime = get_runtime(settings.runtime, threads=settings.threads)
+        if runtime.artifact_format != "onnx" and runtime.artifact_format not in exporter_formats():
+            raise EdgepruneError(
+                f"--runtime {settings.runtime} runs {runtime.artifact_format} models, which edgeprune makes of decoder "
+                "language models only (a *ForCausalLM folder); use an ONNX runtime such as ort-cpu"
+            )
         ok, why = runtime.available()
         if not ok:
             raise EdgepruneError(f"runtime {settings.runtime} cannot run here: {why}")

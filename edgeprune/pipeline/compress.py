@@ -359,6 +359,7 @@ class Pipeline(SearchSteps):
             plan=self.plan,
             left_whole=self.space_d["skipped"] + [dataclasses.asdict(d) for d in self.dropped],
             timings=self.stage.timings,
+            timings_within=self.stage.within,
             accuracy=self.accuracy,
             runtime_accuracy=self.runtime_acc,
             data=c.data.describe() if c.data is not None else None,

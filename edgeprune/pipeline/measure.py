@@ -19,7 +19,7 @@ from torch import nn
 from edgeprune import modelrun
 from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter, get_exporter
-from edgeprune.exporters.base import Artifact
+from edgeprune.exporters.base import Artifact, Exporter
 from edgeprune.pipeline.decision import MIN_CHUNK, ROUNDS, Decision, decide
 from edgeprune.runtime_bench import LatencyStats, Runtime
 from edgeprune.runtime_bench.base import interleave
@@ -77,13 +77,14 @@ class TargetMeasurer:
         self.warmup = warmup
         self.repeats = repeats
         self.exporter = exporter or OnnxExporter()
-        # a runtime that does not load ONNX (eager PyTorch, ExecuTorch) gets its own file too; the
-        # verified ONNX stays what reports describe and what compress publishes
-        self.native = (
-            None
-            if runtime.artifact_format == "onnx"
-            else get_exporter(runtime.artifact_format, **runtime.exporter_options())
-        )
+        self.native = self.native_exporter()
+
+    def native_exporter(self) -> Exporter | None:
+        """The exporter of the runtime's own file: a runtime that does not load ONNX (eager PyTorch,
+        ExecuTorch) gets its own file too; the verified ONNX stays what reports describe and what
+        compress publishes. None: the ONNX file is what the runtime loads."""
+        rt = self.runtime
+        return None if rt.artifact_format == "onnx" else get_exporter(rt.artifact_format, **rt.exporter_options())
 
     def export(self, model: nn.Module, path: Path) -> tuple[Artifact, float]:
         """Export and verify against PyTorch; a mismatch over tolerance raises."""
@@ -158,9 +159,11 @@ class TargetMeasurer:
         reference: Measurement | None = None,
         relative: bool = True,
         statistic: str = "median",
+        give_up: float | None = None,
     ) -> tuple[Decision, Measurement, Measurement | None]:
         """Over or under `threshold`, timed in rounds interleaved with `reference` until a confidence
-        interval decides (decision.py); each measurement comes back with its pooled runs."""
+        interval decides (decision.py; `give_up` as there); each measurement comes back with its
+        pooled runs."""
         d, stats, ref_stats = decide(
             self.runtime,
             candidate.session,
@@ -171,6 +174,7 @@ class TargetMeasurer:
             statistic,
             self.warmup,
             chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)),
+            give_up=give_up,
         )
         ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
         return d, dataclasses.replace(candidate, stats=stats), ref

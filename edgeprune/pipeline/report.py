@@ -31,6 +31,7 @@ def assemble(
     plan: Plan,
     left_whole: list[dict[str, Any]],
     timings: dict[str, float],
+    timings_within: dict[str, str],
     accuracy: dict[str, Any] | None = None,
     runtime_accuracy: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
@@ -89,6 +90,7 @@ def assemble(
         "removed_blocks": list(plan.removed_blocks),
         "left_whole": left_whole,
         "timings_s": timings,
+        "timings_within": timings_within,  # a stage timed inside another -> that one (its seconds counted there too)
         "environment": environment.describe(),
     }
 

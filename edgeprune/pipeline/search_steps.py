@@ -90,7 +90,11 @@ class SearchSteps:
         return apply(copy.deepcopy(self.model), plan, self.inputs)
 
     def _search_with(
-        self, target: TargetMeasurer, stage_at: Callable[..., dict[str, Any]], log_at: Progress
+        self,
+        target: TargetMeasurer,
+        stage_at: Callable[..., dict[str, Any]],
+        log_at: Progress,
+        prior: list[dict[str, Any]],
     ) -> dict[str, Any]:
         """The budget search with `target` measuring the candidates (float32 or int8). Under --depth
         auto, channels first; where they cannot reach the budget (the narrowest plan over it, or no
@@ -103,10 +107,10 @@ class SearchSteps:
             plan = plan_at_level(self.space, self.scores, 0.0, s.round_to, s.method)
             return {"plan": plan.to_dict(), "steps": [], "stop_reason": "baseline already within budget"}
         if s.depth in ("on", "only"):
-            return self._searched(target, stage_at, log_at, s, self.block_scores)
+            return self._searched(target, stage_at, log_at, s, self.block_scores, prior)
         if s.depth == "off" or self.space.groups:  # channels alone first
             try:
-                result = self._searched(target, stage_at, log_at, dataclasses.replace(s, depth="off"), {})
+                result = self._searched(target, stage_at, log_at, dataclasses.replace(s, depth="off"), {}, prior)
             except TooNoisy:
                 raise
             except EdgepruneError as err:
@@ -134,7 +138,7 @@ class SearchSteps:
 
         try:
             result = self._searched(
-                target, depth_stage, log_at, dataclasses.replace(s, depth="on"), self._scored_blocks()
+                target, depth_stage, log_at, dataclasses.replace(s, depth="on"), self._scored_blocks(), prior
             )
         except TooNoisy:
             raise
@@ -164,8 +168,10 @@ class SearchSteps:
         log_at: Progress,
         s: Settings,
         block_scores: dict[str, float],
+        prior: list[dict[str, Any]],
     ) -> dict[str, Any]:
-        """One search over widths (and the blocks in `block_scores`, under `s.depth`)."""
+        """One search over widths (and the blocks in `block_scores`, under `s.depth`), started from
+        the `prior` readings at its precision (precision.reading)."""
         if not self.space.groups and not block_scores:
             raise EdgepruneError(space_mod.nothing_prunable(self.space))
         cache_key = {
@@ -192,18 +198,19 @@ class SearchSteps:
             stage_at,
             log_at,
             cache_key,
+            [(Plan.from_dict(r["plan"]), float(r["value"]), bool(r["within"])) for r in prior],
         )
         return SEARCHES.create(self.search_name).run(ctx) | {"strategy": self.search_name}
 
-    def _search_at(self, precision: str) -> dict[str, Any]:
+    def _search_at(self, precision: str, prior: list[dict[str, Any]]) -> dict[str, Any]:
         if precision == "fp32":
-            return self.stage("search", lambda: self._search_with(self.measurer, self.stage, self.log))
+            return self.stage("search", lambda: self._search_with(self.measurer, self.stage, self.log, prior))
         int8 = self.int8
         assert int8 is not None
         return self.stage(
             "search_int8",
             lambda: self._search_with(
-                int8, self.stage.prefixed("int8_"), lambda line: self.log(f"  int8 {line.lstrip()}")
+                int8, self.stage.prefixed("int8_"), lambda line: self.log(f"  int8 {line.lstrip()}"), prior
             ),
         )
 

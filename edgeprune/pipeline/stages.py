@@ -21,6 +21,10 @@ class Stages:
     def __init__(self, run: RunDir, ctx: distributed.DistContext, log: Progress) -> None:
         self.run, self.ctx, self.log = run, ctx, log
         self.timings: dict[str, float] = {}
+        #: a stage run inside another (the sensitivity map inside the search) -> that stage: its
+        #: seconds are part of the other's too, so a sum of the run's time counts only stages without one
+        self.within: dict[str, str] = {}
+        self._running: list[str] = []
 
     def __call__(
         self,
@@ -34,11 +38,17 @@ class Stages:
         (RunDir.kept), under `kept_as` when given (another stage's name that computes the same)."""
         t0 = time.perf_counter()
         self.log(f"[{name}] ...")
+        if self._running:
+            self.within[name] = self._running[-1]
+        self._running.append(name)
         store = (lambda: self.run.stage(name, fn)) if key is None else (lambda: self.run.kept(kept_as or name, key, fn))
-        if everywhere or not self.ctx.active:
-            result, resumed = store()
-        else:
-            result, resumed = distributed.rank0_then_broadcast(self.ctx, store)
+        try:
+            if everywhere or not self.ctx.active:
+                result, resumed = store()
+            else:
+                result, resumed = distributed.rank0_then_broadcast(self.ctx, store)
+        finally:
+            self._running.pop()
         self.timings[name] = round(time.perf_counter() - t0, 3)
         where = self.run.path(name + ".json") if key is None else self.run.out / "cache"
         self.log(f"[{name}] {'resumed from ' + str(where) if resumed else 'done'} ({self.timings[name]:.1f}s)")

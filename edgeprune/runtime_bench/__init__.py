@@ -8,6 +8,7 @@ from edgeprune.runtime_bench import (  # noqa: F401  (registration)
     openvino_cpu,
     ort_cpu,
     ort_cuda,
+    ort_genai,
     ort_mobile,
     remote,
     tensorrt,

@@ -20,22 +20,20 @@ from torch import nn
 
 from edgeprune import atomic, ecosystems, modelrun
 from edgeprune.errors import EdgepruneError
-from edgeprune.exporters import OnnxExporter
 from edgeprune.pipeline import distributed, rundir
 from edgeprune.pipeline.budget import Budget, parse_budget
 from edgeprune.pipeline.decision import MIN_CHUNK, ROUNDS, UNDER, decide
-from edgeprune.pipeline.decoder import importance, recover, search, verify
+from edgeprune.pipeline.decoder import genai as _genai  # noqa: F401 - registers the ort-genai step target
+from edgeprune.pipeline.decoder import importance, recover, search
 from edgeprune.pipeline.decoder import report as report_mod
 from edgeprune.pipeline.decoder.cut import cut, expressible
 from edgeprune.pipeline.decoder.shape import Layout, Shape
 from edgeprune.pipeline.decoder.step import (
     DecodeStep,
-    Prefill,
     kv_bytes,
-    step_inputs,
-    step_io,
     weight_bytes,
 )
+from edgeprune.pipeline.decoder.target import StepTarget, target_class
 from edgeprune.pipeline.decoder.tokens import Tokens, load_tokens
 from edgeprune.pipeline.loading import LoadedModel
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer, check_time_bound
@@ -89,6 +87,7 @@ class _Checked:
     runtime: Runtime
     context: int
     tokens: Tokens | None
+    target: type[StepTarget]  # how the decode step is measured on the runtime (target.py)
 
     @classmethod
     def of(cls, loaded: LoadedModel, s: Settings, out_dir: str | Path) -> _Checked:
@@ -109,24 +108,20 @@ class _Checked:
         ok, why = runtime.available()
         if not ok:
             raise EdgepruneError(f"runtime {s.runtime} cannot run here: {why}")
-        if runtime.artifact_format != "onnx":
-            raise EdgepruneError(
-                f"--runtime {s.runtime}: a language model's decode step is measured as ONNX with its cache as inputs; "
-                "use an ONNX runtime such as ort-cpu"
-            )
+        target = target_class(runtime, Path(loaded.native["folder"]))
         most = loaded.native["max_positions"]
-        if s.context is not None and s.context + 1 > most:
+        if s.context is not None and s.context + target.spare_positions > most:
             raise EdgepruneError(
                 f"--context {s.context}: {loaded.native['architecture']} holds at most {most} positions "
-                f"(max_position_embeddings); use --context {most - 1} or less"
+                f"(max_position_embeddings); use --context {most - target.spare_positions} or less"
             )
         if s.prompt_tokens > most:
             raise EdgepruneError(f"--prompt-tokens {s.prompt_tokens}: the model holds at most {most} positions")
-        context = s.context or min(DEFAULT_CONTEXT, most - 1)
+        context = s.context or min(DEFAULT_CONTEXT, most - target.spare_positions)
         rundir.check_out(out_dir, [p for p in (loaded.source, s.data) if p is not None])
         folder = Path(loaded.native["folder"])
         tokens = load_tokens(s.data, folder, loaded.native["vocab"]) if s.data is not None else None
-        return cls(budget, runtime, context, tokens)
+        return cls(budget, runtime, context, tokens, target)
 
 
 class DecoderRun:
@@ -150,6 +145,18 @@ class DecoderRun:
         self.old = Shape.from_dict(n["shape"])
         self.head_dim, self.vocab = int(n["head_dim"]), int(n["vocab"])
         self.budget = c.budget
+        door = ecosystems.ecosystem(loaded.ecosystem)  # the decoder door: ecosystems/causal_lm.py
+        self.target = c.target(
+            c.runtime,
+            run.work,
+            s.warmup,
+            s.repeats,
+            self.head_dim,
+            self.vocab,
+            c.context,
+            Path(n["folder"]),
+            functools.partial(door.write_folder, source=Path(n["folder"])),  # type: ignore[union-attr]
+        )
         self.accuracy: dict[str, Any] | None = None
         self.recovery_d: dict[str, Any] | None = None
         gen = torch.Generator().manual_seed(1)
@@ -164,17 +171,7 @@ class DecoderRun:
 
     # measuring -----------------------------------------------------------------------------------
     def _step_measurer(self, shape: Shape) -> TargetMeasurer:
-        inputs = step_inputs(shape, self.head_dim, self.vocab, self.c.context)
-        return TargetMeasurer(
-            self.c.runtime, inputs, self.run.work, self.s.warmup, self.s.repeats, OnnxExporter(io=step_io(shape.layers))
-        )
-
-    def _prefill_ms(self, model: nn.Module, layers: int, tag: str) -> dict[str, Any]:
-        ids = torch.randint(0, self.vocab, (1, self.s.prompt_tokens), generator=torch.Generator().manual_seed(2))
-        m = TargetMeasurer(self.c.runtime, (ids,), self.run.work, self.s.warmup, max(10, self.s.repeats // 5))
-        timed = m.measure(Prefill(model, layers).eval(), tag)
-        assert timed.stats is not None
-        return timed.stats.to_dict()
+        return self.target.measurer(shape)
 
     def _described(self, model: nn.Module, shape: Shape, tag: str) -> dict[str, Any]:
         m = self._step_measurer(shape)
@@ -188,7 +185,7 @@ class DecoderRun:
         assert timed.stats is not None
         return {
             "decode_ms": timed.stats.to_dict(with_runs=True),
-            "prefill_ms": self._prefill_ms(model, shape.layers, tag + "_prefill"),
+            "prefill_ms": self.target.prefill(model, shape.layers, self.s.prompt_tokens, tag + "_prefill", timed),
             "max_abs_diff": timed.max_abs_diff,
             "weight_bytes": weight_bytes(model),
             "kv_bytes": kv_bytes(shape, self.head_dim, self.c.context),
@@ -204,7 +201,8 @@ class DecoderRun:
         return self.budget.value * (1 - drift), False
 
     def _decided(self, model: nn.Module, shape: Shape, tag: str, drift: float) -> tuple[Measurement, dict[str, Any]]:
-        """`model` timed interleaved with the baseline's step until the decision rule says under or over."""
+        """`model` timed interleaved with the baseline's step until the decision rule says under or over
+        (a search candidate given up once more rounds could not decide it: decision.py)."""
         m = self._step_measurer(shape)
         candidate = m.prepare(DecodeStep(model, shape.layers).eval(), tag)
         base = self._step_measurer(self.old)
@@ -221,6 +219,7 @@ class DecoderRun:
             self.s.warmup,
             chunk=max(MIN_CHUNK, -(-self.s.repeats // ROUNDS)),
             reference_inputs=base.inputs_np,
+            give_up=self.s.tol if tag == "candidate" else None,
         )
         decision = d.to_dict() | {"describe": d.describe()}
         assert ref is not None
@@ -388,7 +387,7 @@ class DecoderRun:
                 if d["verdict"] == UNDER:
                     break
             prompt = self.held[:1, :16]
-            checked = verify.chained(self.pruned, self.shape.layers, self.c.runtime, m.session, prompt)
+            checked = self.target.verify(self.pruned, self.shape.layers, m, prompt)
             described = self._figures(self.pruned, self.shape, m, "model")
             return {"final": described, "decisions": decisions, "verification": checked}
 
@@ -449,6 +448,12 @@ class DecoderRun:
             native=native,
             data=self.c.tokens.describe() if self.c.tokens is not None else None,
             timings=self.stage.timings,
+            outputs={
+                "model.onnx": "the decode step",
+                "prefill.onnx": "the prompt's pass",
+                "plan.json": "the shape and what each layer keeps",
+            }
+            | {name: self.target.describe(name) for name in self.target.outputs()},
         )
         files = {"model.onnx": self.run.path("model.onnx"), "plan.json": self.run.path("plan.json")}
         rep["outputs_sha256"] = {name: file_sha256(path) for name, path in files.items()}
@@ -456,11 +461,8 @@ class DecoderRun:
         atomic.write_json(self.run.path("report.json"), rep)
         self.run.publish(
             files
-            | {
-                "prefill.onnx": self.run.path("model_prefill.onnx"),
-                door.output: dest,
-                "report.md": self.run.path("report.md"),
-                "report.json": self.run.path("report.json"),
-            }
+            | {"prefill.onnx": self.run.path("model_prefill.onnx"), door.output: dest}
+            | self.target.outputs()
+            | {"report.md": self.run.path("report.md"), "report.json": self.run.path("report.json")}  # last
         )
         return CompressResult(self.pruned, plan, rep, self.run.out)

@@ -191,3 +191,18 @@ def plan_of(space: PruningSpace, scores: Scores, counts: Counts, removed: Sequen
             keep += [seg[j] for j in order[:n]]
         groups[g.id] = GroupKeep(g.kind, g.size, tuple(sorted(keep)))
     return Plan(groups, meta=dict(meta), removed_blocks=tuple(removed))
+
+
+def no_finer(fill: list[FillStep], hi: int) -> str:
+    """Why no plan lies between the closest candidates under and over the budget, the fill's
+    bracket ending at sequence index `hi` (guided.py)."""
+    if hi <= len(fill):
+        g = fill[hi - 1]
+        return (
+            f"no finer plan: the closest candidates under and over the budget differ by one width step "
+            f"({g.group} to {sum(g.counts)} units), which crosses it"
+        )
+    return (
+        "no finer plan: no single width step from the closest candidate under the budget stays predicted under the "
+        "closest one over it (widths at their rounding steps)"
+    )

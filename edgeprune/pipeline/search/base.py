@@ -93,6 +93,9 @@ class SearchContext:
     log: Callable[[str], None]
     #: what budget-free results (sensitivity) depend on, so other budgets in the same --out reuse them
     cache_key: dict[str, Any]
+    #: plans this search's objective decided before it ran (Plan, value, within): a search may start
+    #: its bracket from them (the int8 search from int8 of the unpruned model and of the float32 plan)
+    prior: list[tuple[Plan, float, bool]] = dataclasses.field(default_factory=list)
 
     def on_step(self, step: Step) -> None:
         self.log(step_line(step, self.budget, self.settings.max_candidates))

@@ -49,7 +49,13 @@ machine, quiet (bench/noise_floor.py), and the search stops on readings.
    the rest of the search (a ResNet-56 plan read 0.242 of the baseline, then 0.276 against a 0.25
    budget; the allowance went to 13.9 % on that one reading, and the search landed at 0.206 and
    lost 12 points of top-1 against the same search that read no burst).
-5. **Nothing returned unconfirmed.** A search that ends without a candidate in the window (no
+5. **Earlier readings start the bracket.** Plans the objective decided before the search
+   (`SearchContext.prior`: the int8 search gets int8 of the unpruned model and of the float32
+   search's plan) are the bracket's first ends, in place of the float32 baseline, so the first
+   candidate is aimed by two readings at the search's own precision. They are not candidates: a
+   plan under the budget among them is never the result (int8 of the float32 plan keeps no more
+   FLOPs than float32, and a tie goes to float32).
+6. **Nothing returned unconfirmed.** A search that ends without a candidate in the window (no
    finer plan, or the candidate limit) returns its best candidate under the budget only once that
    has been confirmed too; one that does not hold gives way to the next (a ResNet-20 plan decided
    at 0.65 against a 0.70 budget on a loaded machine, never decided again, read 0.72 in a re-check).
@@ -87,6 +93,7 @@ from edgeprune.pipeline.search._guides import (
     SensitivityGuide,
     counts_of,
     fill_sequence,
+    no_finer,
     plan_of,
 )
 from edgeprune.pipeline.search.base import (
@@ -145,16 +152,13 @@ class Guided:
         on_step: Callable[[Step], None] = lambda step: None,
         meta: dict[str, Any] | None = None,
         log: Callable[[str], None] = lambda line: None,
+        prior: Sequence[tuple[Plan, float, bool]] = (),
     ) -> None:
         self.model, self.example_inputs, self.guide, self.objective = model, tuple(example_inputs), guide, objective
-        self.round_to, self.tol, self.max_candidates, self.on_step, self.log = (
-            round_to,
-            tol,
-            max_candidates,
-            on_step,
-            log,
-        )
+        self.round_to, self.tol, self.max_candidates = round_to, tol, max_candidates
+        self.on_step, self.log = on_step, log
         self.meta = dict(meta or {})
+        self.prior = list(prior)
         self.steps: list[Step] = []
         # the bracket: the closest candidates measured over (or not decided under) the budget and
         # decided within it; on the fill sequence, the neighbours of the gap left
@@ -203,9 +207,17 @@ class Guided:
 
     def run(self, baseline_value: float) -> SearchResult:
         full_plan = self.guide.propose(self.guide.cost.total)[1]
-        self.over = _Measured(full_plan, Point(0.0, self.guide.cost.total, baseline_value), Evaluation(baseline_value))
+        over = _Measured(full_plan, Point(0.0, self.guide.cost.total, baseline_value), Evaluation(baseline_value))
         narrowest = widths_key(self.guide.propose(0.0)[1])
         seen = {widths_key(full_plan)}
+        for plan, value, within in self.prior:  # readings of this objective from before the search (docstring, 5)
+            m = _Measured(plan, Point(0.0, self.guide.cost.flops(plan), value), Evaluation(value))
+            seen.add(widths_key(plan))
+            if within and (self.under is None or value > self.under.point.value):
+                self.under = m
+            elif not within and (m.point.flops < over.point.flops or widths_key(plan) == widths_key(full_plan)):
+                over = m
+        self.over = over
         fill: list[FillStep] | None = None
         # the fill's bracket: sequence indices of the plans under (0: its start) and over (len + 1: the plan over)
         lo = hi = 0
@@ -228,7 +240,7 @@ class Guided:
                 k = min(range(lo + 1, hi), key=lambda i: abs(sequence[i - 1].flops - target), default=None)
                 if k is None:
                     if self._best_holds():
-                        stop = self._no_finer(fill, hi)
+                        stop = no_finer(fill, hi)
                         break
                     fill = None  # the plan under did not hold: bracketed anew below it
                     continue
@@ -305,7 +317,7 @@ class Guided:
 
     def _best_holds(self) -> bool:
         """Whether the search may stop on its best candidate under the budget: it was confirmed (or
-        there is none, or nothing drifts), or it is now, and holds (module docstring, 5). One that
+        there is none, or nothing drifts), or it is now, and holds (module docstring, 6). One that
         does not hold goes to the over side of the bracket, the next best becomes the plan under."""
         best = self.best
         if best is None or self.objective.drift <= 0 or widths_key(best.plan) in self._confirmed:
@@ -419,19 +431,6 @@ class Guided:
             self.meta | {"fill_steps": k, "fill_from": self._start.meta},
         )
 
-    def _no_finer(self, fill: list[FillStep], hi: int) -> str:
-        """Why no plan lies between the closest candidates under and over the budget."""
-        if hi <= len(fill):
-            g = fill[hi - 1]
-            return (
-                f"no finer plan: the closest candidates under and over the budget differ by one width step "
-                f"({g.group} to {sum(g.counts)} units), which crosses it"
-            )
-        return (
-            "no finer plan: no single width step from the closest candidate under the budget stays predicted under the "
-            "closest one over it (widths at their rounding steps)"
-        )
-
 
 @SEARCHES.register
 class GuidedSearch(Search):
@@ -472,6 +471,9 @@ class GuidedSearch(Search):
                 )
             )
             why = "one global level" + ("" if ctx.data is not None else " (no --data to measure sensitivity on)")
+        if ctx.prior:
+            read = ", ".join(f"{value / ctx.baseline_value:.3f}" for _, value, _ in ctx.prior)
+            why += f", from {len(ctx.prior)} earlier reading{'s' * (len(ctx.prior) > 1)} ({read} of the baseline)"
         ctx.log(f"  guided search along {why}")
         meta = {
             "search": "guided",
@@ -481,7 +483,17 @@ class GuidedSearch(Search):
             "round_to": s.round_to,
         }
         result = Guided(
-            ctx.model, ctx.inputs, guide, ctx.objective, s.round_to, s.tol, s.max_candidates, ctx.on_step, meta, ctx.log
+            ctx.model,
+            ctx.inputs,
+            guide,
+            ctx.objective,
+            s.round_to,
+            s.tol,
+            s.max_candidates,
+            ctx.on_step,
+            meta,
+            ctx.log,
+            ctx.prior,
         ).run(ctx.baseline_value)
         result.plan.meta.update(meta)
         return result.to_dict() | {"guide": guide.scalar, "cost": cost.name, "drift_allowance": ctx.objective.drift}

@@ -122,7 +122,9 @@ class LatencyObjective(Objective):
         m = self.measurer.prepare(model, tag)
         relative = self.baseline is not None
         threshold = (self.budget.baseline_fraction if relative else self.budget.value) * (1.0 - self.drift)
-        d, m, ref = self.measurer.decide(m, threshold, self.baseline, relative, self.budget.statistic)
+        d, m, ref = self.measurer.decide(
+            m, threshold, self.baseline, relative, self.budget.statistic, give_up=self.resolution
+        )
         if d.verdict == UNDECIDED and d.resolution > self.resolution:
             self._wide.append(tag)
             if len(self._wide) >= self.WIDE_IN_A_ROW:
