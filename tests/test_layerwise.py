@@ -259,6 +259,10 @@ class FakeRuntime:
     def run(self, session, inputs):
         return self.ort.run(session[0], inputs)
 
+    def warm(self, session, inputs, n):
+        for _ in range(n):
+            self.run(session, inputs)
+
     def measure(self, session, inputs, warmup=10, repeats=50):
         from edgeprune.runtime_bench.base import LatencyStats
 

@@ -200,8 +200,7 @@ def decide(
     sessions = [candidate] if reference is None else [reference, candidate]
     feeds = [inputs] if reference is None else [reference_inputs or inputs, inputs]
     for session, feed in zip(sessions, feeds):  # warm every session before the first timed round
-        for _ in range(warmup):
-            runtime.run(session, feed)
+        runtime.warm(session, feed, warmup)
     figures: list[float] = []
     pooled: list[LatencyStats | None] = [None] * len(sessions)
     cpu_rounds, other_s, wall_s, cpus = 0, 0.0, 0.0, 0

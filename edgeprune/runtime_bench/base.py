@@ -172,8 +172,7 @@ def interleave(
     """
     chunk = max(1, -(-repeats // rounds))
     for session, x in zip(sessions, inputs):  # warm every session before the first timed round
-        for _ in range(warmup):
-            runtime.run(session, x)
+        runtime.warm(session, x, warmup)
     pooled: list[LatencyStats | None] = [None] * len(sessions)
     for _ in range(rounds):
         for i, (session, x) in enumerate(zip(sessions, inputs)):
@@ -246,6 +245,13 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def run(self, session: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One inference; returns the outputs as NumPy arrays (used to verify against PyTorch)."""
+
+    def warm(self, session: Any, inputs: Sequence[np.ndarray], n: int) -> None:
+        """`n` untimed runs of what `measure` times, before rounds of it (decision.py, `interleave`):
+        `run` here; a runtime whose timed call is not `run` warms what it times instead (GenAI times
+        a generated token, where `run` appends a whole prompt)."""
+        for _ in range(n):
+            self.run(session, inputs)
 
     def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
         """Latency of one inference: `warmup` untimed runs, then `repeats` timed ones."""

@@ -145,11 +145,24 @@ class OrtGenaiRuntime(Runtime):
             gen.generate_next_token()
         return [int(t) for t in gen.get_sequence(0)[len(prompt) :]]
 
+    def warm(self, session: GenaiSession, inputs: Sequence[np.ndarray], n: int) -> None:
+        """`n` generated tokens untimed: what `measure` times, not the prompt `run` appends."""
+        self._generate(session, inputs, n, timed=False)
+
     def measure(
         self, session: GenaiSession, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50
     ) -> LatencyStats:
         """`warmup` then `repeats` generated tokens at the context of the prompt `inputs[0]`,
         rewound to it every `SPAN` tokens (module docstring); a rewind is not timed."""
+        self.warm(session, inputs, warmup)
+        stats = self._generate(session, inputs, repeats, timed=True)
+        assert stats is not None  # repeats >= 1
+        return dataclasses.replace(stats, warmup=warmup)
+
+    def _generate(
+        self, session: GenaiSession, inputs: Sequence[np.ndarray], n: int, timed: bool
+    ) -> LatencyStats | None:
+        """`n` tokens generated after the prompt `inputs[0]` on the session's generator, timed or not."""
         prompt = tuple(int(t) for t in np.asarray(inputs[0]).reshape(-1))
         span = min(SPAN, session.context_length - len(prompt) - 1)  # near the model's end: fewer per rewind
         if span < 1:
@@ -160,31 +173,23 @@ class OrtGenaiRuntime(Runtime):
         if session.generator is None or session.prompt != prompt:
             session.generator, session.prompt = self._generator(session, prompt, span + 1), prompt
         gen = session.generator
-        done = span  # tokens timed since the last rewind: rewound before the first
-
-        def steps(n: int, timed: bool) -> LatencyStats | None:
-            nonlocal done
-            pooled: LatencyStats | None = None
-            while n > 0:
-                if done >= span:  # back to the prompt, its logits computed; the token they choose is
-                    gen.rewind_to(len(prompt) - 1)  # selected untimed, so each timed call runs the model on
-                    gen.append_tokens(np.asarray(prompt[-1:], dtype=np.int32))  # the token before it, at a
-                    gen.generate_next_token()  # cache of len(prompt) tokens and up
-                    done = 0
-                k = min(n, span - done)
-                if timed:
-                    chunk = time_calls(gen.generate_next_token, 0, k)
-                    pooled = chunk if pooled is None else pooled.merged(chunk)
-                else:
-                    for _ in range(k):
-                        gen.generate_next_token()
-                done, n = done + k, n - k
-            return pooled
-
-        steps(warmup, timed=False)
-        stats = steps(repeats, timed=True)
-        assert stats is not None  # repeats >= 1
-        return dataclasses.replace(stats, warmup=warmup)
+        done = span  # tokens generated since the last rewind: rewound before the first
+        pooled: LatencyStats | None = None
+        while n > 0:
+            if done >= span:  # back to the prompt, its logits computed; the token they choose is
+                gen.rewind_to(len(prompt) - 1)  # selected untimed, so each timed call runs the model on
+                gen.append_tokens(np.asarray(prompt[-1:], dtype=np.int32))  # the token before it, at a
+                gen.generate_next_token()  # cache of len(prompt) tokens and up
+                done = 0
+            k = min(n, span - done)
+            if timed:
+                chunk = time_calls(gen.generate_next_token, 0, k)
+                pooled = chunk if pooled is None else pooled.merged(chunk)
+            else:
+                for _ in range(k):
+                    gen.generate_next_token()
+            done, n = done + k, n - k
+        return pooled
 
     def prefill(self, session: GenaiSession, prompt: Sequence[int], warmup: int, repeats: int) -> LatencyStats:
         """The time to the first token: a fresh generator (its cache allocated) and `prompt` appended."""

@@ -36,7 +36,7 @@ from edgeprune.pipeline.decoder.step import (
 from edgeprune.pipeline.decoder.target import StepTarget, target_class
 from edgeprune.pipeline.decoder.tokens import Tokens, load_tokens
 from edgeprune.pipeline.loading import LoadedModel
-from edgeprune.pipeline.measure import Measurement, TargetMeasurer, check_time_bound
+from edgeprune.pipeline.measure import Measurement, check_time_bound
 from edgeprune.pipeline.publish import CompressResult, file_sha256
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
@@ -170,11 +170,8 @@ class DecoderRun:
         )  # scores read the training split, the KL the held-out one
 
     # measuring -----------------------------------------------------------------------------------
-    def _step_measurer(self, shape: Shape) -> TargetMeasurer:
-        return self.target.measurer(shape)
-
     def _described(self, model: nn.Module, shape: Shape, tag: str) -> dict[str, Any]:
-        m = self._step_measurer(shape)
+        m = self.target.measurer(shape)
         prepared = m.prepare(DecodeStep(model, shape.layers).eval(), tag)
         check_time_bound(self.c.runtime, prepared.session, m.inputs_np, self.s.warmup, self.s.repeats)
         return self._figures(model, shape, m.time(prepared), tag)
@@ -203,9 +200,9 @@ class DecoderRun:
     def _decided(self, model: nn.Module, shape: Shape, tag: str, drift: float) -> tuple[Measurement, dict[str, Any]]:
         """`model` timed interleaved with the baseline's step until the decision rule says under or over
         (a search candidate given up once more rounds could not decide it: decision.py)."""
-        m = self._step_measurer(shape)
+        m = self.target.measurer(shape)
         candidate = m.prepare(DecodeStep(model, shape.layers).eval(), tag)
-        base = self._step_measurer(self.old)
+        base = self.target.measurer(self.old)
         reference = base.load("baseline")
         threshold, relative = self._threshold(drift)
         d, stats, ref = decide(
@@ -272,10 +269,10 @@ class DecoderRun:
                 return {"shape": self.old.to_dict(), "tried": [], "why": "baseline already within budget"}
             measured = [(self.old, float(self.baseline_d["decode_ms"]["median"]))]
             narrow = search.narrowest(self.old, self.s.round_to)
-            base = self._step_measurer(self.old)
+            base = self.target.measurer(self.old)
             reference = base.load("baseline")
             for i, shape in enumerate(search.probes(self.old, self.s.round_to, self._allowed)[1:]):
-                m = self._step_measurer(shape)
+                m = self.target.measurer(shape)
                 probe = m.prepare(DecodeStep(self._cut(shape), shape.layers).eval(), f"probe_{i}")
                 ref, timed = interleave(
                     self.c.runtime,
