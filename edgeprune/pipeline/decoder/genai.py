@@ -28,7 +28,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters import OnnxExporter
 from edgeprune.pipeline.decoder import verify
 from edgeprune.pipeline.decoder.shape import Shape
-from edgeprune.pipeline.decoder.step import DecodeStep, Prefill
+from edgeprune.pipeline.decoder.step import DecodeStep, Prefill, step_inputs, step_io
 from edgeprune.pipeline.decoder.target import StepTarget, register
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer, check_outputs
 from edgeprune.runtime_bench import Runtime, get_runtime
@@ -61,9 +61,11 @@ def checked(runtime: OrtGenaiRuntime, got: list[np.ndarray], want: torch.Tensor)
 class GenaiMeasurer(TargetMeasurer):
     """Decode steps of one shape, timed as GenAI's build of their model (module docstring)."""
 
-    def __init__(self, base: TargetMeasurer, target: GenaiTarget) -> None:
-        """`base`: the ONNX target's measurer of the same shape (its step inputs and exporter)."""
-        super().__init__(base.runtime, base.example_inputs, base.work_dir, base.warmup, base.repeats, base.exporter)
+    def __init__(self, target: GenaiTarget, shape: Shape) -> None:
+        inputs = step_inputs(shape, target.head_dim, target.vocab, target.context)
+        super().__init__(
+            target.runtime, inputs, target.work, target.warmup, target.repeats, OnnxExporter(io=step_io(shape.layers))
+        )
         self.builder = target.genai
         self.write = target.write
         self.inputs_np = [target.prompt(target.context).numpy()]  # the runtime's feed: the prompt the cache holds
@@ -116,7 +118,7 @@ class GenaiTarget(StepTarget):
         )
 
     def measurer(self, shape: Shape) -> TargetMeasurer:
-        return GenaiMeasurer(super().measurer(shape), self)
+        return GenaiMeasurer(self, shape)
 
     def prefill(self, model: nn.Module, layers: int, prompt_tokens: int, tag: str, step: Measurement) -> dict[str, Any]:
         """The prompt appended on `step`'s build; its ONNX prefill exported and checked beside it
