@@ -4,6 +4,7 @@ flattened, shared by pruning (probes, checks), export (verification) and loading
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
@@ -122,3 +123,44 @@ def first_output(out: Any) -> torch.Tensor:
 
 def output_shapes(outputs: Sequence[torch.Tensor]) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in outputs]
+
+
+#: hooks libraries attach as local functions, which pickle cannot save: torch's weight_norm renames
+#: its old-style keys on loading; transformers 5 captures outputs (hidden states, attentions) with
+#: forward hooks it installs at the first forward and installs again when its flag says none are
+UNPICKLABLE_HOOKS = ("weight_norm.<locals>.", "install_output_capuring_hook.<locals>.")
+
+
+def picklable(model: nn.Module) -> nn.Module:
+    """`model`, or where `torch.save(model)` would fail on it a copy that computes the same
+    function and saves: parametrized weights (weight_norm: Wav2Vec2's positional convolution)
+    folded into plain ones (torch pickles a parametrized module only through its state dict), and
+    the library hooks of `UNPICKLABLE_HOOKS` left out (transformers re-installs its own)."""
+    from torch.nn.utils import parametrize
+
+    def hooks(module: nn.Module) -> list[tuple[dict[Any, Any], Any]]:
+        return [
+            (table, key)
+            for table in (module._forward_hooks, module._load_state_dict_pre_hooks)
+            for key, hook in table.items()
+            if getattr(getattr(hook, "hook", hook), "__qualname__", "").startswith(UNPICKLABLE_HOOKS)
+        ]
+
+    if not any(parametrize.is_parametrized(m) or hooks(m) for m in model.modules()):
+        return model
+    plain = copy.deepcopy(model)
+    for module in list(plain.modules()):
+        if parametrize.is_parametrized(module):
+            # folded by hand: torch's remove_parametrizations deletes the property from the module's
+            # parametrized class, which the copy shares with `model`, and would break the original
+            names = list(cast(nn.ModuleDict, module.parametrizations))
+            values = {name: getattr(module, name).detach().clone() for name in names}
+            module.__class__ = module.__class__.__bases__[0]
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value))
+        for table, key in hooks(module):
+            del table[key]
+        if getattr(module, "_output_capturing_hooks_installed", False):
+            module._output_capturing_hooks_installed = False  # type: ignore[assignment]
+    return plain

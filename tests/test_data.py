@@ -366,3 +366,13 @@ def test_error_function_returning_no_pair() -> None:
     with pytest.raises(EdgepruneError) as err:
         load_data("tests.test_data:not_a_pair")
     assert_one_line(err, "(train_loader, val_loader)")
+
+
+def test_a_folder_for_a_model_that_takes_no_image_names_its_inputs_and_the_npz_way(tmp_path: Path) -> None:
+    """An audio model's waveform (1 x samples) given a folder: one line naming the input and how to key an .npz."""
+    from edgeprune.pipeline.data.sources import ModelInputs
+
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    model = ModelInputs((torch.randn(1, 8000),), ("input_values",))
+    with pytest.raises(EdgepruneError, match=r"not one image \(input_values 1x8000\); pass an \.npz .*input_values="):
+        load_data(str(tmp_path), model=model)

@@ -216,3 +216,20 @@ def test_dynamo_files_load_in_onnx_runtime(tmp_path, monkeypatch):
     art = OnnxExporter(opset=17).export(model, [x], tmp_path / "m.onnx")
     assert OnnxExporter().check(art, model, [x]) < 1e-5
     assert art.meta["exporter"] == "dynamo" and art.meta["opset"] >= 18
+
+
+def test_a_weight_normed_model_is_saved_whole_and_the_original_still_runs(tmp_path):
+    """torch pickles a parametrized module only through its state dict (Wav2Vec2's positional
+    convolution is weight-normed): the torch exporter saves a copy with the weight folded, which
+    computes the same, and the model it was given keeps its parametrization and still runs."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = nn.Sequential(weight_norm(nn.Conv1d(2, 4, 3)), nn.ReLU()).eval()
+    x = torch.randn(1, 2, 16)
+    exporter = get_exporter("torch")
+    artifact = exporter.export(model, (x,), tmp_path / "m.pt")
+    assert exporter.verify(artifact, model, (x,)) == 0.0
+    reloaded = torch.load(artifact.path, weights_only=False)
+    assert not parametrize.is_parametrized(reloaded[0]) and parametrize.is_parametrized(model[0])
+    assert torch.equal(model(x), reloaded(x))

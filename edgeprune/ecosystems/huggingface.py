@@ -1,9 +1,8 @@
 """Hugging Face `save_pretrained()` folders in, a `save_pretrained()` folder out.
 
 In: a folder holding config.json and its weights (model.safetensors). The class its config names
-(`config.architectures[0]`) is loaded with eager attention in float32; text models run on token ids
-and an attention mask of ones (batch 1, 128 tokens unless --input-shape says BATCHxTOKENS), vision
-models on an image of the size their image processor (preprocessor_config.json) or config gives.
+(`config.architectures[0]`) is loaded with eager attention in float32 and run on example inputs of
+its kind (_hf_inputs.py: token ids, images or audio, chosen by what its forward takes first).
 
 Out: the pruned model as a folder `from_pretrained` loads without edgeprune. transformers 5 keeps one
 MLP width per config (`intermediate_size`; DistilBERT's `hidden_dim`) and derives the head size from
@@ -20,8 +19,6 @@ of depth-pruned checkpoints such as Minitron's).
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +26,12 @@ import torch
 from torch import nn
 
 from edgeprune import modelrun
+from edgeprune.ecosystems._hf_inputs import example_inputs
 from edgeprune.ecosystems._transformers import architecture_of, copy_kept, load_pretrained, read_config
-from edgeprune.ecosystems.base import Constraint, Ecosystem, Preprocess, TiedSet, register
-from edgeprune.errors import EdgepruneError, first_line
+from edgeprune.ecosystems.base import Constraint, Ecosystem, TiedSet, register
+from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.decoder.cut import drop_layers
-from edgeprune.pipeline.loaded import LoadedModel, check_allocatable, from_module
+from edgeprune.pipeline.loaded import LoadedModel, from_module
 from edgeprune.pipeline.prune import blocks as blocks_mod
 
 if TYPE_CHECKING:
@@ -43,9 +41,6 @@ if TYPE_CHECKING:
 WIDTH_ATTRS = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff")
 #: config attributes that hold the MLP width as a ratio of each layer's hidden size (int(ratio * dim))
 RATIO_ATTRS = ("mlp_ratio",)
-#: tokens per example when --input-shape does not say (capped by the model's max_position_embeddings)
-DEFAULT_TOKENS = 128
-PREPROCESS_SOURCE = "Hugging Face image processor (preprocessor_config.json)"
 
 
 @register
@@ -87,11 +82,11 @@ class HuggingFaceEcosystem(Ecosystem):
                 f"--num-classes {num_classes} but {path / 'config.json'} has num_labels {config.num_labels}; "
                 "drop --num-classes: the folder's config decides"
             )
-        inputs, names, preprocess = _example_inputs(model, config, path, input_shape, architecture)
+        given = example_inputs(model, config, path, input_shape, architecture)
         # arch None: plan.json names no architecture to rebuild, so edgeprune.load(out) reads model.pt (hf_model is the
         # library's own way back); the class is in the report (native, and model.source's config.json)
         classes = config.num_labels if architecture.endswith("Classification") else None
-        loaded = from_module(model, example_inputs=inputs, arch=None, num_classes=classes, source=str(path))
+        loaded = from_module(model, example_inputs=given.tensors, arch=None, num_classes=classes, source=str(path))
         pairs = _mlp_shapes(loaded.model, config, width_attr)
         mlps = mlp_roots(loaded.model, loaded.example_inputs, pairs)
         roots = tuple(name for mlp in mlps for name in mlp)
@@ -129,8 +124,9 @@ class HuggingFaceEcosystem(Ecosystem):
             loaded,
             ecosystem=self.name,
             native=native,
-            input_names=names,
-            preprocess=preprocess,
+            input_names=given.names,
+            inputs_about=given.what,
+            preprocess=given.preprocess,
             constraint=Constraint(why=why, sets=(TiedSet(roots, width_attr),), blocks=blocks),
         )
 
@@ -332,104 +328,6 @@ def mlp_roots(model: nn.Module, inputs: tuple[torch.Tensor, ...], pairs: set[tup
         else:
             run, opened = ([name], shape) if shape in pairs else ([], None)
     return mlps
-
-
-def _example_inputs(
-    model: nn.Module, config: Any, path: Path, shape: tuple[int, ...] | None, architecture: str
-) -> tuple[tuple[torch.Tensor, ...], tuple[str, ...], Preprocess | None]:
-    """Example inputs in the forward's order, their names, and the image preprocessing if any."""
-    params = [
-        p
-        for p in inspect.signature(model.forward).parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    first = params[0].name if params else ""
-    gen = torch.Generator().manual_seed(0)
-    if first == "input_ids":
-        most = getattr(config, "max_position_embeddings", None)
-        if shape is None:
-            shape = (1, min(DEFAULT_TOKENS, most) if isinstance(most, int) else DEFAULT_TOKENS)
-        elif len(shape) == 1:
-            shape = (1, *shape)
-        if len(shape) != 2:
-            raise EdgepruneError(
-                f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes token ids, BATCHxTOKENS, e.g. 1x128"
-            )
-        if isinstance(most, int) and shape[1] > most:
-            raise EdgepruneError(
-                f"--input-shape {'x'.join(map(str, shape))}: {architecture} takes at most {most} tokens "
-                "(max_position_embeddings); pass fewer, e.g. 1x128"
-            )
-        check_allocatable(shape)
-        ids = torch.randint(0, config.vocab_size, shape, generator=gen)
-        if len(params) > 1 and params[1].name == "attention_mask":
-            return (ids, torch.ones(shape, dtype=torch.long)), ("input_ids", "attention_mask"), None
-        return (ids,), ("input_ids",), None
-    if first == "pixel_values":
-        preprocess = _preprocess(path, config)
-        channels = getattr(config, "num_channels", 3)
-        if shape is None:
-            size = preprocess.size if preprocess is not None else _pair(getattr(config, "image_size", None))
-            if size is None:
-                raise EdgepruneError(
-                    f"{architecture}: the image size is unknown (no image_size in config.json, no "
-                    "preprocessor_config.json); pass --input-shape, e.g. 1x3x224x224"
-                )
-            shape = (1, channels, *size)
-        if len(shape) != 4:
-            raise EdgepruneError(
-                f"--input-shape {'x'.join(map(str, shape))}: {architecture} "
-                f"takes images, NxCxHxW, e.g. 1x{channels}x224x224"
-            )
-        check_allocatable(shape)
-        return (torch.randn(*shape, generator=gen),), ("pixel_values",), preprocess
-    raise EdgepruneError(
-        f"{architecture}'s forward takes {first or 'nothing'} first; edgeprune's Hugging Face door runs "
-        "models that take input_ids (text) or pixel_values (images)"
-    )
-
-
-def _preprocess(path: Path, config: Any) -> Preprocess | None:
-    """The image processor's size, crop and normalisation (preprocessor_config.json), where it has them."""
-    file = path / "preprocessor_config.json"
-    if not file.is_file():
-        return None
-    try:
-        pp = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
-        raise EdgepruneError(f"cannot read {file} ({first_line(err)}); fix or remove it") from None
-    mean, std = pp.get("image_mean"), pp.get("image_std")
-    if not (isinstance(mean, list) and isinstance(std, list)):
-        return None
-    resize = pp.get("size")
-    crop = _pair(pp.get("crop_size")) if pp.get("do_center_crop") else None
-    size = crop or _pair(resize) or _pair(getattr(config, "image_size", None))
-    if size is None:
-        return None
-    shortest = resize.get("shortest_edge") if isinstance(resize, dict) else None
-    crop_pct = pp.get("crop_pct") or (min(size) / shortest if crop and isinstance(shortest, int) else 1.0)
-    normalise = pp.get("do_normalize", True)
-    return Preprocess(
-        size=size,
-        mean=tuple(map(float, mean)) if normalise else None,
-        std=tuple(map(float, std)) if normalise else None,
-        source=PREPROCESS_SOURCE,
-        crop_pct=float(crop_pct),
-    )
-
-
-def _pair(size: Any) -> tuple[int, int] | None:
-    """(H, W) from an image processor's or config's size: an int, [H, W], {height, width} or {shortest_edge}."""
-    if isinstance(size, int):
-        return (size, size)
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) for s in size):
-        return (size[0], size[1])
-    if isinstance(size, dict):
-        if isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
-            return (size["height"], size["width"])
-        if isinstance(size.get("shortest_edge"), int):
-            return (size["shortest_edge"], size["shortest_edge"])
-    return None
 
 
 def _in_features(model: nn.Module, name: str) -> int:

@@ -25,7 +25,7 @@ class TorchModuleExporter(Exporter):
 
     def export(self, model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], out_path: Path) -> Artifact:
         with atomic_path(out_path) as tmp:
-            torch.save(model, tmp)
+            torch.save(modelrun.picklable(model), tmp)
         return Artifact(Path(out_path), self.format, {"exporter": "torch.save", "torch": torch.__version__})
 
     def verify(self, artifact: Artifact, model: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> float:

@@ -287,10 +287,19 @@ class Pipeline(SearchSteps):
         # the door's format first: its `save` may bring the module's own metadata in step with the cut
         # (a Hugging Face model's config), which model.pt then keeps too
         self.native_d = publish_mod.native(self.loaded, self.pruned, self.plan, self.run, self.log)
-        torch.save(self.pruned, self.run.path("model.pt"))
+        torch.save(modelrun.picklable(self.pruned), self.run.path("model.pt"))
         torch.save(self.pruned.state_dict(), self.run.path("state_dict.pt"))
         self.final_d = self.stage(
-            "final", lambda: final_mod.judge(self.pruned, self.measurer, self.target, self.inputs, self.budget, s.tol)
+            "final",
+            lambda: final_mod.judge(
+                self.pruned,
+                self.measurer,
+                self.target,
+                self.inputs,
+                self.budget,
+                s.tol,
+                self.baseline_d["latency_ms"]["median"],
+            ),
         )
         if data is not None and (
             self.target is self.int8 or c.runtime.reduced_precision or s.max_accuracy_drop is not None
@@ -341,6 +350,7 @@ class Pipeline(SearchSteps):
                 "swapped": list(loaded.swapped),
                 "ecosystem": loaded.ecosystem,
                 "input_names": list(loaded.input_names),
+                "inputs": loaded.inputs_about,
                 "preprocess": loaded.preprocess.to_dict() if loaded.preprocess else None,
                 "constraint": constraint.to_dict() | {"reach": self.space_d.get("constraint_reach")}
                 if constraint

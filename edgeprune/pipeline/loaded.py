@@ -97,6 +97,8 @@ class LoadedModel:
     native: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the forward's argument names, parallel to example_inputs (what --data arrays are keyed by)
     input_names: tuple[str, ...] = ()
+    #: what the example inputs are, in words, where the door says (token ids, images, audio)
+    inputs_about: str | None = None
     #: the model's own image preprocessing, where its ecosystem records one
     preprocess: Preprocess | None = None
     #: what the output format can express (ecosystems/base.py), imposed on the plan

@@ -78,6 +78,8 @@ class TargetMeasurer:
         self.repeats = repeats
         self.exporter = exporter or OnnxExporter()
         self.native = self.native_exporter()
+        #: the lowest median any decision timed the reference at: the machine's fast state (final.py)
+        self.fastest_reference: float | None = None
 
     def native_exporter(self) -> Exporter | None:
         """The exporter of the runtime's own file: a runtime that does not load ONNX (eager PyTorch,
@@ -177,6 +179,9 @@ class TargetMeasurer:
             give_up=give_up,
         )
         ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
+        if ref_stats is not None:
+            fastest = self.fastest_reference
+            self.fastest_reference = ref_stats.median if fastest is None else min(fastest, ref_stats.median)
         return d, dataclasses.replace(candidate, stats=stats), ref
 
     def interleaved(self, measurements: Sequence[Measurement], rounds: int = 10) -> list[LatencyStats]:

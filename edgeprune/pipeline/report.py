@@ -57,6 +57,7 @@ def assemble(
             "met": met,
             "decision": final.get("decision"),
             "earlier_decisions": final.get("earlier_decisions") or [],
+            "fastest_baseline_ms": final.get("fastest_baseline_ms"),
         },
         "baseline": final["baseline"] | {k: baseline[k] for k in ("flops", "params", "onnx_bytes", "onnx_params")},
         "final": final["final"],
@@ -352,7 +353,13 @@ def _decision_text(rep: dict[str, Any]) -> str:
         return ""
     what = "ratio to the baseline" if d["relative"] else "median latency"
     earlier = rep["budget"].get("earlier_decisions") or []
-    said = "; ".join(f"{e['estimate']:.4g} between {e['low']:.4g} and {e['high']:.4g}, {e['verdict']}" for e in earlier)
+    said = "; ".join(
+        f"{e['estimate']:.4g} between {e['low']:.4g} and {e['high']:.4g}, {e['verdict']}"
+        + (f" (baseline {e['baseline_ms']:.3g} ms)" if e.get("baseline_ms") else "")
+        for e in earlier
+    )
+    fastest = rep["budget"].get("fastest_baseline_ms")
+    said += f"; the fastest the run timed the baseline: {fastest:.3g} ms" if earlier and fastest else ""
     again = (
         f" (timed {len(earlier) + 1} times, both sessions loaded afresh each time: "
         f"the earlier final timings said {said}, against the search's decision)"

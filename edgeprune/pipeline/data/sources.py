@@ -241,19 +241,21 @@ def _flat_folder(root: Path, model: ModelInputs | None, seed: int) -> tuple[Imag
     """Unlabelled images under `root`, resized and centre-cropped to the model's input, split."""
     from PIL import Image
 
+    size = model.image_size if model is not None else None
+    if model is None or size is None:  # an audio or text model given a folder: an .npz keyed by input name
+        takes = [f"{n} {'x'.join(map(str, x.shape))}" for n, x in zip(model.names, model.example)] if model else []
+        raise EdgepruneError(
+            f"--data {root}: a folder is read as images, and the model's input is not one image "
+            f"({' and '.join(takes) or 'unknown'}); pass an .npz of its inputs keyed by their names, e.g. "
+            "np.savez('calib.npz', input_values=waveforms)"
+        )
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise EdgepruneError(
             f"--data {root} holds no images (.png, .jpg, .jpeg, .bmp, .webp); pass a folder of images, "
             "or one with train/<class>/ and val/<class>/"
         )
-    size = model.image_size if model is not None else None
-    if size is None:
-        raise EdgepruneError(
-            f"--data {root} is a folder of images and the model's input is not one image; "
-            "pass an .npz of the model's inputs keyed by their names"
-        )
-    crop_pct = model.preprocess.crop_pct if model is not None and model.preprocess is not None else 1.0
+    crop_pct = model.preprocess.crop_pct if model.preprocess is not None else 1.0
     images = []
     for f in files:
         try:
