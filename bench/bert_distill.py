@@ -25,9 +25,10 @@ feature it had learnt (too slow for a teacher trained in minutes on a shared CPU
 Stages, each cached in --work (default /tmp/bert_distill), so a re-run resumes after the last one:
 data.npz -> bert/ (teacher, save_pretrained, recipe in bert/train.json; a checkpoint every 100
 steps) -> ids.npz (train inputs, no labels) -> compressed/ (`compress` in a subprocess, resuming
-itself; recovery at distillation's default learning rate unless --recovery-lr) ->
-compressed_eval.json -> finetune.json (--finetune) -> compressed_lr<LR>/ and its eval for each
---also-lr LR (another run of compress, recovering at that learning rate).
+itself; recovery at distillation's default learning rate unless --recovery-lr) -> its evaluation
+-> the labelled fine-tune (--finetune) -> compressed_lr<LR>/ and its evaluation for each --also-lr
+LR (another run of compress, recovering at that learning rate). The evaluations and the fine-tune
+are bench/common `Steps` (steps/<name>.json), redone when the run they stand on is another.
 
     .venv-zoo/bin/python bench/bert_distill.py [--work /tmp/bert_distill] [--finetune] [--also-lr 0.001]
 
@@ -44,7 +45,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,7 +60,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import git_info, header  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import header  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 from edgeprune.pipeline.recovery import get_recovery  # noqa: E402
 
@@ -310,64 +311,29 @@ def write_ids(work: Path, d: dict[str, np.ndarray]) -> Path:
 
 def run_compress(
     work: Path, name: str, ids: Path, a: argparse.Namespace, lr: float | None, log: Callable[[str], None]
-) -> tuple[list[str], float]:
-    """`compress` in a subprocess (the zoo python running this script) into <work>/<name>; it resumes
-    itself from its work/ folder, and a finished run (report.json) is not repeated. `lr` None: the
-    recovery's default learning rate."""
-    out = work / name
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeprune.cli",
-        str(work / "bert"),
-        "--budget",
-        a.budget,
-        "--data",
-        str(ids),
-        "--epochs",
-        str(a.epochs),
-        "--out",
-        str(out),
-        "--precision",
-        "fp32",
-        "--input-shape",
-        f"1x{MAX_LEN}",
-    ]
+) -> tuple[list[str], common.CompressRun]:
+    """`compress` into <work>/<name> (bench/common.run_compress: a subprocess of the zoo python
+    running this script; a finished run is not repeated, an unfinished one resumes), its training
+    stages at --nice and its timing at the script's own niceness. `lr` None: the recovery's default
+    learning rate."""
+    args = [str(work / "bert"), "--budget", a.budget, "--data", str(ids), "--epochs", str(a.epochs)]
+    args += ["--precision", "fp32", "--input-shape", f"1x{MAX_LEN}"]
     if a.max_candidates != 8:
-        cmd += ["--max-candidates", str(a.max_candidates)]
+        args += ["--max-candidates", str(a.max_candidates)]
     if lr is not None:
-        cmd += ["--lr", str(lr)]
-    timing = work / f"{name}_seconds.json"
-    if (out / "report.json").exists():
-        return cmd, json.loads(timing.read_text())["seconds"] if timing.exists() else float("nan")
-    log("$ " + " ".join(cmd))
-    t0 = time.perf_counter()
-    with open(work / f"{name}.log", "a") as logf:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            stage = line.strip()
-            if stage in ("[accuracy] ...", "[recover] ..."):  # training and its evaluation: nice'd
-                set_nice(proc.pid, a.nice, log)
-            elif stage == "[recover] done" or stage.startswith("[recover] done ") or stage == "[final] ...":
-                set_nice(proc.pid, BASE_NICE, log)
-            logf.write(line)
-            logf.flush()
-            if not any(noise in line for noise in NOISE):
-                log("  | " + line.rstrip())
-        rc = proc.wait()
-    seconds = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"compress exited {rc}; see {work / f'{name}.log'}")
-    atomic.write_json(timing, {"seconds": round(seconds, 1), "git": git_info()})
-    return cmd, seconds
+        args += ["--lr", str(lr)]
+    log("$ compress " + " ".join(args))
+
+    def on_line(line: str, pid: int) -> None:
+        stage = line.strip()
+        if stage in ("[accuracy] ...", "[recover] ..."):  # training and its evaluation: nice'd
+            set_nice(pid, a.nice, log)
+        elif stage == "[recover] done" or stage.startswith("[recover] done ") or stage == "[final] ...":
+            set_nice(pid, BASE_NICE, log)
+        if not any(noise in line for noise in NOISE):
+            log("  | " + line.rstrip())
+
+    return args, common.run_compress(args, work / name, work / f"{name}.log", on_line=on_line)
 
 
 #: what the runs of 2026-12-06 showed (the JSON carries them; bench/README tells the story)
@@ -488,12 +454,9 @@ def test_row(model: Any, d: dict[str, np.ndarray], ref: np.ndarray | None) -> tu
 
 def evaluate(work: Path, name: str, d: dict[str, np.ndarray], log: Callable[[str], None]) -> dict[str, Any]:
     """Task accuracy and agreement with the teacher on the labelled test split of the teacher, the
-    pruned model before recovery and the recovered save_pretrained folder; cached in <name>_eval.json."""
+    pruned model before recovery and the recovered save_pretrained folder."""
     import transformers
 
-    path = work / f"{name}_eval.json"
-    if path.exists():
-        return json.loads(path.read_text())
     report = json.loads((work / name / "report.json").read_text())
     folder = work / name / (report.get("native") or {}).get("path", "hf_model")
     t0 = time.perf_counter()
@@ -508,9 +471,7 @@ def evaluate(work: Path, name: str, d: dict[str, np.ndarray], log: Callable[[str
         log(f"{name} {label}: test accuracy {acc:.4f}, agreement with the teacher {agree:.4f}")
     check = onnx_check(recovered, work / name / "model.onnx", d)
     log(f"{name}: hf folder vs model.onnx max |diff| {check['max_abs_diff']:.2e} over {check['samples']} test inputs")
-    result = {"folder": str(folder), "rows": rows, "onnx_check": check, "seconds": round(time.perf_counter() - t0, 1)}
-    atomic.write_json(path, result)
-    return result
+    return {"folder": str(folder), "rows": rows, "onnx_check": check, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def finetune(
@@ -528,9 +489,6 @@ def finetune(
     from edgeprune.pipeline.recovery import TrainConfig, top1
     from edgeprune.pipeline.recovery.distill import GRAD_CLIP
 
-    path = work / "finetune.json"
-    if path.exists():
-        return json.loads(path.read_text())
     labelled = work / "ids_labelled.npz"
     if not labelled.exists():
         with atomic.atomic_path(labelled) as tmp, open(tmp, "wb") as f:
@@ -552,11 +510,10 @@ def finetune(
         "config": {**dataclasses.asdict(config), "batch_size": batch_size, "optimizer": "SGD nesterov, momentum 0.9"},
         "history": result.history,
         "train_seconds": round(seconds, 1),
-        "measured_at": git_info(),
+        "measured_at": common.git_info(),
         "val_top1": result.final_metric,
         **row,
     }
-    atomic.write_json(path, row)
     log(f"labelled fine-tune: test accuracy {row['test_accuracy']:.4f} after {seconds:.0f}s")
     return row
 
@@ -599,22 +556,22 @@ def compress_entry(
     a: argparse.Namespace,
     lr: float | None,
     d: dict[str, np.ndarray],
+    steps: common.Steps,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """One `compress` run and, unless --until compress, its test-split evaluation."""
-    cmd, seconds = run_compress(work, name, ids, a, lr, log)
-    report = json.loads((work / name / "report.json").read_text())
-    timing = work / f"{name}_seconds.json"
-    measured_at = json.loads(timing.read_text()).get("git") if timing.exists() else None
+    """One `compress` run and, unless --until compress, its test-split evaluation (a step redone
+    when the run is another)."""
+    args, run = run_compress(work, name, ids, a, lr, log)
     entry = {
-        "command": "compress " + " ".join(cmd[3:]).replace(str(work), "<work>"),
-        "wall_seconds": round(seconds, 1),
+        "command": "compress " + " ".join([*args, "--out", str(work / name)]).replace(str(work), "<work>"),
+        "wall_seconds": round(run.seconds, 1),
         "recovery_lr": lr if lr is not None else "the recovery's default",
-        "measured_at": measured_at,
-        **summarise(report),
+        "measured_at": run.measured_at,
+        **summarise(run.report),
     }
     if a.until != "compress":
-        entry["eval"] = evaluate(work, name, d, log)
+        ran = {"command": entry["command"], "measured_at": run.measured_at}
+        entry["eval"] = steps.run(f"{name}_eval", ran, lambda: evaluate(work, name, d, log))
     return entry
 
 
@@ -698,18 +655,21 @@ def main(argv: list[str] | None = None) -> int:
     if a.until == "teacher":
         return 0
     ids = write_ids(a.work, d)
-    result["compress"] = compress_entry(a.work, "compressed", ids, a, a.recovery_lr, d, log)
+    steps = common.Steps(a.work, log)
+    result["compress"] = compress_entry(a.work, "compressed", ids, a, a.recovery_lr, d, steps, log)
     atomic.write_json(a.out, result)
     if a.until in ("compress", "eval"):
         return 0
     if a.finetune:
         set_nice(0, a.nice, log)
-        result["finetune"] = finetune(a.work, d, a.epochs, a.recovery_lr or get_recovery("distill").default_lr, log)
+        lr = a.recovery_lr or get_recovery("distill").default_lr
+        ran = {"epochs": a.epochs, "lr": lr, "compressed": result["compress"]["measured_at"]}
+        result["finetune"] = steps.run("finetune", ran, lambda: finetune(a.work, d, a.epochs, lr, log))
         set_nice(0, BASE_NICE, log)
         atomic.write_json(a.out, result)
     for lr in a.also_lr:
         name = f"compressed_lr{lr:g}"
-        result.setdefault("compress_other_lr", {})[f"{lr:g}"] = compress_entry(a.work, name, ids, a, lr, d, log)
+        result.setdefault("compress_other_lr", {})[f"{lr:g}"] = compress_entry(a.work, name, ids, a, lr, d, steps, log)
         atomic.write_json(a.out, result)
     atomic.write_json(a.out, result)
     return 0

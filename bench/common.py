@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,6 @@ def earlier_result(out: Path, result: dict[str, Any], same: tuple[str, ...] = ()
     """The result file already at `out` and the commit it was measured at, when it reads and was
     measured with the same settings as `result` (its `same` keys); None otherwise. What lets a
     benchmark re-run part of its rows without throwing away the rest."""
-    import json
 
     try:
         earlier = json.loads(out.read_text())
@@ -178,6 +182,63 @@ def model_entry(
     return base, measurer, entry
 
 
+@dataclasses.dataclass
+class CompressRun:
+    """One `compress` run: its exit code (None: finished before, its report reused), the wall
+    seconds of all its tries and the code they ran (OUT/wall_seconds.json, kept for a re-run that
+    reuses it), and its report (None when it stopped before writing one)."""
+
+    rc: int | None
+    seconds: float
+    measured_at: dict[str, Any] | None
+    report: dict[str, Any] | None
+
+
+def compress_run(
+    args: list[str],
+    out: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    noisy_retries: int = 0,
+    on_line: Callable[[str, int], None] | None = None,
+) -> CompressRun:
+    """`compress ARGS --out OUT` in a subprocess of this interpreter (cwd: this checkout), as a user
+    runs it, its output appended to `log_path` and each line given to `on_line(line, pid)` (to echo
+    it, or renice the process by stage); a finished run (OUT/report.json) is not repeated: compress
+    resumes an unfinished one from OUT/work itself. A run that stops "too noisy to decide" (exit 2)
+    is resumed up to `noisy_retries` times: the same command goes on from the stage it stopped at."""
+    report = out / "report.json"
+    timing = out / "wall_seconds.json"
+    if report.exists():
+        done = json.loads(timing.read_text()) if timing.exists() else {}
+        return CompressRun(None, done.get("seconds", float("nan")), done.get("git"), json.loads(report.read_text()))
+    t0 = time.perf_counter()
+    rc = 0
+    for _ in range(noisy_retries + 1):
+        with open(log_path, "a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edgeprune.cli", *args, "--out", str(out)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=REPO,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            )
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if on_line is not None:
+                    on_line(line, proc.pid)
+            rc = proc.wait()
+        if rc != 2 or "too noisy" not in log_path.read_text()[-2000:]:
+            break
+    seconds, git = round(time.perf_counter() - t0, 1), git_info()
+    if out.is_dir():
+        timing.write_text(json.dumps({"seconds": seconds, "git": git}) + "\n")
+    return CompressRun(rc, seconds, git, json.loads(report.read_text()) if report.exists() else None)
+
+
 def run_compress(
     args: list[str],
     out: Path,
@@ -185,35 +246,14 @@ def run_compress(
     env: dict[str, str] | None = None,
     accept: tuple[int, ...] = (0,),
     noisy_retries: int = 0,
-) -> dict[str, Any]:
-    """`compress ARGS --out OUT` in a subprocess of this interpreter, its output appended to
-    `log_path`; the report it wrote (a finished run with a report.json is not repeated: compress
-    resumes an unfinished one from OUT/work itself). A run that stops "too noisy to decide" (exit 2)
-    is resumed up to `noisy_retries` times: the same command goes on from the stage it stopped at.
-    A run that exits with a code not in `accept` raises, naming its log (1, a missed budget, still
-    writes its report). OUT/wall_seconds.txt gets the wall seconds of all its tries."""
-    import json
-    import os
-    import time
-
-    report = out / "report.json"
-    if not report.exists():
-        t0 = time.perf_counter()
-        for _ in range(noisy_retries + 1):
-            with open(log_path, "a") as log:
-                rc = subprocess.run(
-                    [sys.executable, "-m", "edgeprune.cli", *args, "--out", str(out)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO,
-                    env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-                ).returncode
-            if rc != 2 or "too noisy" not in log_path.read_text()[-2000:]:
-                break
-        if rc not in accept:
-            raise SystemExit(f"compress exited {rc}; see {log_path}")
-        (out / "wall_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
-    return json.loads(report.read_text())
+    on_line: Callable[[str, int], None] | None = None,
+) -> CompressRun:
+    """`compress_run`, its report there: a run that exits with a code not in `accept` raises, naming
+    its log (1, a missed budget, still writes its report)."""
+    run = compress_run(args, out, log_path, env, noisy_retries, on_line)
+    if (run.rc is not None and run.rc not in accept) or run.report is None:
+        raise SystemExit(f"compress exited {run.rc}; see {log_path}")
+    return run
 
 
 class Steps:
@@ -228,9 +268,6 @@ class Steps:
     def run(self, name: str, config: dict[str, Any], fn: Any) -> dict[str, Any]:
         """`fn()`'s result (a JSON-able dict, given its wall seconds as `step_seconds`), or the one
         stored for `name` under the same `config`."""
-        import json
-        import time
-
         from edgeprune import atomic
 
         path = self.dir / f"{name}.json"

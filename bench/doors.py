@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import header  # noqa: E402
+from bench.common import compress_run, header  # noqa: E402
 from edgeprune import atomic  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "doors.json"
@@ -197,27 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in rows:
         argv_in, check = doors[name]()
         out = work / f"out_{name}"
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edgeprune.cli",
-                *argv_in,
-                "--budget",
-                a.budget,
-                "--precision",
-                "fp32",
-                "--out",
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        seconds = round(time.perf_counter() - t0, 1)
-        row: dict[str, Any] = {"exit": proc.returncode, "seconds": seconds}
-        if (out / "report.json").exists():
-            rep = json.loads((out / "report.json").read_text())
+        log = work / f"out_{name}.log"
+        run = compress_run([*argv_in, "--budget", a.budget, "--precision", "fp32"], out, log)
+        row: dict[str, Any] = {"exit": run.rc, "seconds": run.seconds}
+        if (rep := run.report) is not None:
             row.update(
                 met=rep["budget"]["met"],
                 latency_ratio=round(1 / rep["speedup"], 4),
@@ -235,9 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as err:  # noqa: BLE001 - a row records what loading the output gave
                 row["output"] = {"error": f"{type(err).__name__}: {err}"}
         else:
-            row["error"] = [line for line in proc.stderr.splitlines() if line.startswith("error")][-1:] or proc.stderr[
-                -300:
-            ]
+            text = log.read_text()
+            row["error"] = [line for line in text.splitlines() if line.startswith("error")][-1:] or text[-300:]
         result["rows"][f"{name}@{a.budget}"] = row
         print(
             name,

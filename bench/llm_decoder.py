@@ -217,7 +217,7 @@ def main() -> None:
     train_txt = str(WORK / "llm_text" / "train.txt")
     args = [str(teacher_dir), "--budget", "50%", "--data", train_txt]
     t0 = time.time()
-    rep = run_compress(args, out, WORK / "llm_out.log")
+    rep = run_compress(args, out, WORK / "llm_out.log").report
     plan = rep["plan"]
     before = cut(
         teacher,

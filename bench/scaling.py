@@ -180,15 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.rows and name not in a.rows:
             continue
         out = a.work / name
-        report = run_compress(
-            [*args, "--budget", "50%"],
-            out,
-            a.work / f"{name}.log",
-            env={"EDGEPRUNE_CACHE_DIR": str(a.work / f"{name}.cache")},
-            accept=(0, 1),
-        )
-        wall = float((out / "wall_seconds.txt").read_text())  # written by the run, kept for a resumed re-run
-        result["rows"][name] = row_result(args, report, wall)
+        env = {"EDGEPRUNE_CACHE_DIR": str(a.work / f"{name}.cache")}
+        run = run_compress([*args, "--budget", "50%"], out, a.work / f"{name}.log", env=env, accept=(0, 1))
+        result["rows"][name] = row_result(args, run.report, run.seconds)
         print(name, json.dumps({k: v for k, v in result["rows"][name].items() if k != "timings_s"}), flush=True)
         result["auto_over_fp32"] = {
             base: round(result["rows"][base]["search_s"] / row["search_s"], 2)

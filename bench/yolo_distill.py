@@ -42,7 +42,6 @@ finished step (delete a step's `steps/<name>.json` to redo it):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -248,9 +247,8 @@ def run_compress(best: str, unlabelled: str, out: Path, budget: str, epochs: int
     rows about pruning and recovery alone)."""
     args = [best, "--budget", budget, "--data", unlabelled, "--epochs", str(epochs), *extra]
     log("  compress " + " ".join([*args, "--out", str(out)]))
-    common.run_compress(args, out, out.parent / f"{out.name}.log", accept=(0, 1), noisy_retries=2)
-    report = json.loads((out / "report.json").read_text())
-    seconds = float((out / "wall_seconds.txt").read_text())
+    run = common.run_compress(args, out, out.parent / f"{out.name}.log", accept=(0, 1), noisy_retries=2)
+    report, seconds = run.report, run.seconds
     base, final = report["baseline"], report["final"]
     recovery = report.get("recovery") or {}
     timings = report.get("timings_s") or {}
