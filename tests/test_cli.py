@@ -392,8 +392,8 @@ def test_api_compress(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 32, 32)
     result = edgeprune.compress(model, "60%", x, out_dir=tmp_path / "out", warmup=3, repeats=20)
     assert result.met is True, result.report["search"]
-    assert result.speedup > 1
-    assert result.final_ms / result.baseline_ms <= 0.60
+    assert result.speedup > 1 and result.final_ms < result.baseline_ms
+    assert 1 / result.speedup <= 0.60  # the verdict's ratio: the median of the rounds' (the pooled medians' may differ)
     assert (tmp_path / "out" / "report.json").is_file()
     with torch.no_grad():
         assert result.model(x).shape == model(x).shape

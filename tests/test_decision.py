@@ -98,6 +98,32 @@ def test_giving_up_keeps_a_candidate_that_more_rounds_would_decide() -> None:
     assert d.verdict == UNDER and d.rounds > 2 * decision.ROUNDS
 
 
+class Alternating(Scripted):
+    """This host's two speed states, switching every few measurements: in the slow one every run
+    takes `extra` ms more, the reference's too, which raises a small model's ratio."""
+
+    def __init__(self, extra: float, every: int = 6) -> None:
+        super().__init__(sigma=0.01, seed=3)
+        self.extra, self.every, self.measured = extra, every, 0
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        self.measured += 1
+        slow = ((self.measured - 1) // self.every) % 2 == 1  # whole rounds (two measurements) in each state
+        return super().measure(session + (self.extra if slow else 0.0), inputs, warmup, repeats)
+
+
+def test_rounds_in_the_hosts_slow_state_are_left_out_given_the_fast_reference() -> None:
+    """A 0.47 plan reads 0.47 in the fast state and 0.56 in the slow one (0.2 ms added to 0.47 and
+    1.0 ms): mixed, the rounds straddle a 0.5 budget; judged on the fast rounds, it is under."""
+    mixed, _, _ = decide(Alternating(0.2), 0.47, [], 0.5, reference=1.0, warmup=1, chunk=5)
+    assert mixed.verdict == UNDECIDED and mixed.slow_rounds == 0 and mixed.low < 0.5 < mixed.high
+    d, _, _ = decide(Alternating(0.2), 0.47, [], 0.5, reference=1.0, warmup=1, chunk=5, fast_reference=1.0)
+    assert d.verdict == UNDER and abs(d.estimate - 0.47) < 0.01
+    assert 0 < d.slow_rounds < d.rounds and "in the slow state left out" in d.describe()
+    steady, _, _ = decide(Scripted(sigma=0.01), 0.47, [], 0.5, reference=1.0, warmup=1, chunk=5, fast_reference=1.0)
+    assert steady.slow_rounds == 0 and steady.rounds == decision.ROUNDS  # one state: nothing changes
+
+
 def test_a_close_ratio_takes_more_rounds_than_a_clear_one() -> None:
     clear, _, _ = decide(Scripted(sigma=0.03), 0.40, [], 0.5, reference=1.0, warmup=1, chunk=3)
     close, _, _ = decide(Scripted(sigma=0.03), 0.49, [], 0.5, reference=1.0, warmup=1, chunk=3)
@@ -395,6 +421,35 @@ def test_a_final_verdict_in_the_hosts_slow_state_is_timed_again_until_the_fast_o
     runtime = HostStateRuntime(slow=3, base_ms=model_ms)
     final, _ = _final_of(tmp_path / "unknown", runtime)  # only slow-state baselines seen: no state to wait for
     assert runtime.model_loads == 2 and final["decision"]["verdict"] == OVER
+
+
+class MixedStateRuntime(TransientRuntime):
+    """The two states alternating every three rounds, whatever is loaded: in the slow one every
+    inference takes a fixed extra time (`extra_ms`)."""
+
+    name = "test-mixed-state"
+
+    def __init__(self, extra_ms: float) -> None:
+        super().__init__(slow=0)
+        self.extra_ms, self.measured = extra_ms, 0
+
+    def measure(self, session: Any, inputs: Sequence[np.ndarray], warmup: int = 10, repeats: int = 50) -> LatencyStats:
+        self.measured += 1
+        extra = self.extra_ms if ((self.measured - 1) // 6) % 2 else 0.0
+        return Scripted.measure(
+            self, sum(p.numel() for p in session.parameters()) / 1e4 + extra, inputs, warmup, repeats
+        )
+
+
+def test_a_final_verdict_mixing_the_hosts_states_is_timed_again_on_its_fast_rounds(tmp_path: Path) -> None:
+    """Rounds alternating between the states straddle the budget (the demo's "too noisy" final): the
+    second timing leaves out the slow rounds and decides under, at the plan's own ratio."""
+    model_ms = sum(p.numel() for p in tiny_resnet().parameters()) / 1e4
+    final, ratio = _final_of(tmp_path, MixedStateRuntime(0.6 * model_ms), baseline_ms=model_ms)
+    first = final["earlier_decisions"][0]
+    assert first["verdict"] != UNDER and first["slow_rounds"] == 0
+    assert final["decision"]["verdict"] == UNDER and final["decision"]["slow_rounds"] > 0
+    assert final["decision"]["estimate"] == pytest.approx(ratio, rel=0.02)
 
 
 def test_a_precise_final_verdict_over_the_budget_is_a_miss_after_two_timings(tmp_path: Path) -> None:

@@ -37,6 +37,17 @@ so all use one rule:
   only spreads it (beside other users' jobs one 224x224 MobileNetV2 plan read 0.333 with 16 of 20
   rounds waiting, and 0.347 on the next, quiet, decision; a ResNet-20's wall-clock ratio read 1.8 %
   low beside a CPU hog). The decision records how busy it was; the report says so.
+- **Host states** (`fast_reference`: the fastest median the run timed the baseline at; given to a
+  final verdict timed again against the search's, final.py). This host switches, for seconds to
+  minutes, into a state in which every inference takes a fixed extra time, the reference's too
+  (ResNet-20: 0.66 -> 0.87 ms): interleaving cannot cancel an addition, and a small model's ratio
+  moves with it (a demo plan 0.47 -> 0.56, in 2-second passes alternating between the states; one
+  final timing mixing them read 0.52 in [0.46, 0.54] after 40 rounds and stopped the demo "too
+  noisy"). A round whose reference ran over `STATE_SHIFT` slower than that fastest is left out once
+  `ROUNDS` rounds in the fast state are in (up to `2 x MAX_ROUNDS` rounds in all); with fewer, every
+  round counts, as before. The decision says how many rounds it left out. Under noise without
+  states the rule keeps the rounds whose reference ran fast, which biases a ratio up (toward
+  "over": never a wrong "under"), so the search does not use it.
 """
 
 from __future__ import annotations
@@ -70,6 +81,9 @@ WAITED = 0.25
 GIVE_UP_SLACK = 0.6
 #: the fewest runs of each model per round: the median of fewer is at the mercy of one preemption
 MIN_CHUNK = 8
+#: a round whose reference ran this much slower than the fastest the run has timed it was timed in
+#: the host's slow state (module docstring, "Host states")
+STATE_SHIFT = 0.15
 
 UNDER, OVER, UNDECIDED = "under", "over", "undecided"
 
@@ -93,6 +107,7 @@ class Decision:
     other_cpu_s: float  # CPU seconds other processes used during the rounds
     relative: bool
     margin: float = 0.0  # how far under the threshold "under" needed the interval to end (busy: BUSY_MARGIN)
+    slow_rounds: int = 0  # rounds left out: timed in the host's slow state (`fast_reference`)
 
     @property
     def resolution(self) -> float:
@@ -107,7 +122,8 @@ class Decision:
         unit = "" if self.relative else " ms"
         return (
             f"{self.estimate:.4g}{unit} in [{self.low:.4g}, {self.high:.4g}] ({CONFIDENCE:.0%}, {self.rounds} "
-            f"interleaved rounds{f', {self.cpu_rounds} on CPU time' if self.cpu_rounds else ''})"
+            f"interleaved rounds{f', {self.cpu_rounds} on CPU time' if self.cpu_rounds else ''}"
+            f"{f', {self.slow_rounds} in the slow state left out' if self.slow_rounds else ''})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +131,7 @@ class Decision:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def too_noisy(d: Decision, what: str) -> TooNoisy:
@@ -189,20 +205,27 @@ def decide(
     max_rounds: int = MAX_ROUNDS,
     reference_inputs: Sequence[np.ndarray] | None = None,
     give_up: float | None = None,
+    fast_reference: float | None = None,
 ) -> tuple[Decision, LatencyStats, LatencyStats | None]:
     """Time the loaded `candidate` session (and `reference`, alternating) in rounds of `chunk` runs
     each until the interval of the median round figure lies on one side of `threshold` (module
-    docstring). Returns the decision and each session's pooled runs. `relative`: a round's figure
-    is the candidate's statistic over the reference's, else the candidate's own (ms).
+    docstring). Returns the decision and each session's pooled runs (of the rounds judged).
+    `relative`: a round's figure is the candidate's statistic over the reference's, else the
+    candidate's own (ms).
     `reference_inputs`: the reference's own inputs where they differ (a decoder's cache has as
     many heads as the model it feeds). `give_up`: stop "undecided" once more rounds could not
-    decide, for an interval at most this wide (relative half-width; module docstring)."""
+    decide, for an interval at most this wide (relative half-width; module docstring).
+    `fast_reference`: the fastest median the run has timed the reference at (ms); rounds in the
+    host's slow state are left out once `ROUNDS` fast ones are in (module docstring)."""
     sessions = [candidate] if reference is None else [reference, candidate]
     feeds = [inputs] if reference is None else [reference_inputs or inputs, inputs]
     for session, feed in zip(sessions, feeds):  # warm every session before the first timed round
         runtime.warm(session, feed, warmup)
-    figures: list[float] = []
+    figures: list[float] = []  # every round's
+    fast: list[float] = []  # the rounds' in the host's fast state (with `fast_reference`)
+    slow_above = None if fast_reference is None or reference is None else fast_reference * (1 + STATE_SHIFT)
     pooled: list[LatencyStats | None] = [None] * len(sessions)
+    pooled_fast: list[LatencyStats | None] = [None] * len(sessions)  # the fast rounds' runs
     cpu_rounds, other_s, wall_s, cpus = 0, 0.0, 0.0, 0
     needed, margin = ROUNDS, 0.0
     while True:
@@ -213,9 +236,14 @@ def decide(
             cpu_rounds += on_cpu
             cand = _figure(chunks[len(sessions) - 1], statistic, on_cpu)
             figures.append(cand / _figure(chunks[0], statistic, on_cpu) if relative and reference is not None else cand)
+            in_fast = slow_above is not None and _figure(chunks[0], "median", on_cpu) <= slow_above
+            if in_fast:
+                fast.append(figures[-1])
             for i, c in chunks.items():
-                prev = pooled[i]
+                prev, prev_fast = pooled[i], pooled_fast[i]
                 pooled[i] = c if prev is None else prev.merged(c)
+                if in_fast:
+                    pooled_fast[i] = c if prev_fast is None else prev_fast.merged(c)
                 other_s += c.other_cpu_s
                 wall_s += c.window_s or sum(c.runs_ms) / 1e3
                 cpus = cpus or c.cpus
@@ -224,18 +252,19 @@ def decide(
             needed = 2 * ROUNDS  # a busy machine: re-measure before any verdict
         if cpu_rounds >= WAITED * len(figures):
             margin = BUSY_MARGIN  # contended: clear the threshold by the margin
-        estimate, low, high = median_interval(figures)
+        used = fast if len(fast) >= ROUNDS else figures
+        estimate, low, high = median_interval(used)
         verdict = UNDER if high < threshold * (1.0 - margin) else OVER if low > threshold else UNDECIDED
-        if (verdict != UNDECIDED and len(figures) >= needed) or len(figures) >= max_rounds:
+        if (verdict != UNDECIDED and len(used) >= needed) or len(used) >= max_rounds or len(figures) >= 2 * max_rounds:
             break
         if (
             give_up is not None
-            and len(figures) >= 2 * ROUNDS
+            and len(used) >= 2 * ROUNDS
             and (high - low) / (2 * estimate) <= give_up
-            and _hopeless(estimate, low, high, threshold, margin, len(figures), max_rounds)
+            and _hopeless(estimate, low, high, threshold, margin, len(used), max_rounds)
         ):
             break
-    stats = [dataclasses.replace(s, warmup=warmup) for s in pooled if s is not None]
+    stats = [dataclasses.replace(s, warmup=warmup) for s in (pooled_fast if used is fast else pooled) if s is not None]
     decision = Decision(
         verdict,
         estimate,
@@ -248,5 +277,6 @@ def decide(
         other_s,
         relative and reference is not None,
         margin,
+        len(figures) - len(used),
     )
     return decision, stats[-1], (stats[0] if reference is not None else None)

@@ -16,7 +16,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.exporters.onnx import onnx_param_count
 from edgeprune.pipeline.budget import Budget
 from edgeprune.pipeline.counting import count
-from edgeprune.pipeline.decision import UNDECIDED, UNDER, Decision, too_noisy
+from edgeprune.pipeline.decision import STATE_SHIFT, UNDECIDED, UNDER, Decision, too_noisy
 from edgeprune.pipeline.measure import Measurement, TargetMeasurer
 from edgeprune.pipeline.rundir import RunDir
 from edgeprune.pipeline.settings import Settings
@@ -62,10 +62,9 @@ def summary(model: torch.nn.Module, m: Measurement, inputs: tuple[torch.Tensor, 
 #: the most times the final verdict times the model: a verdict against the search's is timed again
 #: while its interval is wider than the window the search landed in
 FINAL_TIMINGS = 3
-#: a verdict against the search's whose baseline ran this much slower than the fastest the run has
-#: timed it was measured in another state of the host, and is timed again after `STATE_PAUSE_S`,
+#: a verdict against the search's whose baseline ran `STATE_SHIFT` slower than the fastest the run
+#: has timed it was measured in another state of the host, and is timed again after `STATE_PAUSE_S`,
 #: up to `STATE_TIMINGS` times in all
-STATE_SHIFT = 0.15
 STATE_PAUSE_S = 3.0
 STATE_TIMINGS = 8
 
@@ -98,23 +97,27 @@ def judge(
     This host also has speed states that interleaving does not cancel: for seconds to minutes every
     inference takes about 0.2 ms longer (a ResNet-20 baseline 0.66 -> 0.87 ms), which moves a small
     model's ratio (a demo plan 0.47 -> 0.56, in 2-second passes alternating between the two). The
-    search's decisions land in either; a final verdict against the search's with the baseline over
-    `STATE_SHIFT` slower than the fastest the run timed it (`baseline_ms`, the measurer's
-    `fastest_reference`) is timed again after a pause, up to `STATE_TIMINGS` times: the verdict
-    stands in the fast state where the host returns to it, and the report keeps every reading."""
+    search's decisions land in either. A final verdict against the search's is timed again on the
+    rounds in the fast state (decision.py, "Host states": the fastest the run timed the baseline is
+    `baseline_ms` or the measurer's `fastest_reference`), and one timed wholly in the slow state (its
+    baseline over `STATE_SHIFT` slower) is timed again after a pause, up to `STATE_TIMINGS` times:
+    the verdict stands in the fast state where the host returns to it, and the report keeps every
+    reading. Only there: under noise without states, leaving out the rounds whose reference ran
+    slow keeps those whose reference ran fast, which biases a ratio up (the search's decisions so
+    filtered on a noisy test runtime read "over" what was at the budget)."""
     fraction = budget.fraction
     relative = fraction is not None
     threshold = float(fraction) if fraction is not None else (budget.value if budget.is_latency else math.inf)
     final = target.prepare(pruned, "model")
 
-    def decided(m: Measurement) -> tuple[Decision, Measurement, Measurement | None]:
-        return measurer.decide(m, threshold, measurer.load("baseline"), relative, budget.statistic)
+    known = [ms for ms in (baseline_ms, measurer.fastest_reference) if ms is not None]
+    fastest = min(known) if known else math.inf
+
+    def decided(m: Measurement, fast: float | None = None) -> tuple[Decision, Measurement, Measurement | None]:
+        return measurer.decide(m, threshold, measurer.load("baseline"), relative, budget.statistic, fast_reference=fast)
 
     def vague(d: Decision) -> bool:
         return d.resolution > tol or (d.verdict == UNDECIDED and d.margin > 0)
-
-    known = [ms for ms in (baseline_ms, measurer.fastest_reference) if ms is not None]
-    fastest = min(known) if known else math.inf
 
     def slow(base: Measurement | None) -> bool:
         return base is not None and base.stats is not None and base.stats.median > fastest * (1 + STATE_SHIFT)
@@ -131,7 +134,8 @@ def judge(
     earlier: list[tuple[Decision, float | None]] = []
     while again(decision, base, len(earlier) + 1):  # against the search: again, the export's session loaded afresh
         earlier.append((decision, base.stats.median if base is not None and base.stats is not None else None))
-        decision, timed, base = decided(dataclasses.replace(final, session=target.load("model").session, stats=None))
+        fresh = dataclasses.replace(final, session=target.load("model").session, stats=None)
+        decision, timed, base = decided(fresh, min(known, default=None))
     assert base is not None and base.stats is not None and timed.stats is not None
     if budget.is_latency and decision.verdict != UNDER and vague(decision):
         raise too_noisy(decision, "the final model")

@@ -78,7 +78,8 @@ class TargetMeasurer:
         self.repeats = repeats
         self.exporter = exporter or OnnxExporter()
         self.native = self.native_exporter()
-        #: the lowest median any decision timed the reference at: the machine's fast state (final.py)
+        #: the lowest median any decision timed the reference (the baseline) at: the host's fast
+        #: state, in which a final verdict against the search's is judged (final.py)
         self.fastest_reference: float | None = None
 
     def native_exporter(self) -> Exporter | None:
@@ -162,10 +163,11 @@ class TargetMeasurer:
         relative: bool = True,
         statistic: str = "median",
         give_up: float | None = None,
+        fast_reference: float | None = None,
     ) -> tuple[Decision, Measurement, Measurement | None]:
         """Over or under `threshold`, timed in rounds interleaved with `reference` until a confidence
-        interval decides (decision.py; `give_up` as there); each measurement comes back with its
-        pooled runs."""
+        interval decides (decision.py; `give_up` and `fast_reference` as there); each measurement
+        comes back with its pooled runs."""
         d, stats, ref_stats = decide(
             self.runtime,
             candidate.session,
@@ -177,6 +179,7 @@ class TargetMeasurer:
             self.warmup,
             chunk=max(MIN_CHUNK, -(-self.repeats // ROUNDS)),
             give_up=give_up,
+            fast_reference=fast_reference,
         )
         ref = None if reference is None or ref_stats is None else dataclasses.replace(reference, stats=ref_stats)
         if ref_stats is not None:

@@ -368,7 +368,8 @@ def _decision_text(rep: dict[str, Any]) -> str:
     )
     return (
         f"; {what} {d['estimate']:.4g}, between {d['low']:.4g} and {d['high']:.4g} "
-        f"(95%, {d['rounds']} rounds interleaved with the baseline): "
+        f"(95%, {d['rounds']} rounds interleaved with the baseline"
+        f"{f', {slow} in the slow state of the host left out' if (slow := d.get('slow_rounds')) else ''}): "
         f"{d['verdict']} the budget's {d['threshold']:.4g}{again}"
     )
 
