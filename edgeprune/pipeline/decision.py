@@ -47,7 +47,7 @@ so all use one rule:
   `ROUNDS` rounds in the fast state are in (up to `2 x MAX_ROUNDS` rounds in all); with fewer, every
   round counts, as before. The decision says how many rounds it left out. Under noise without
   states the rule keeps the rounds whose reference ran fast, which biases a ratio up (toward
-  "over": never a wrong "under"), so the search does not use it.
+  "over", away from a wrong "under"), so the search does not use it.
 """
 
 from __future__ import annotations
