@@ -1,4 +1,6 @@
-"""What every benchmark result file carries: the code it ran, the machine, the versions."""
+"""What the benchmarks share: what every result file carries (the code it ran, the machine, the
+versions), the one way to run `compress` as a user does and read its report, resumable steps, and
+the rows of the in-process CIFAR benchmarks."""
 
 from __future__ import annotations
 
