@@ -110,8 +110,7 @@ def judge(
     threshold = float(fraction) if fraction is not None else (budget.value if budget.is_latency else math.inf)
     final = target.prepare(pruned, "model")
 
-    known = [ms for ms in (baseline_ms, measurer.fastest_reference) if ms is not None]
-    fastest = min(known) if known else math.inf
+    fastest = min((ms for ms in (baseline_ms, measurer.fastest_reference) if ms is not None), default=None)
 
     def decided(m: Measurement, fast: float | None = None) -> tuple[Decision, Measurement, Measurement | None]:
         return measurer.decide(m, threshold, measurer.load("baseline"), relative, budget.statistic, fast_reference=fast)
@@ -120,7 +119,8 @@ def judge(
         return d.resolution > tol or (d.verdict == UNDECIDED and d.margin > 0)
 
     def slow(base: Measurement | None) -> bool:
-        return base is not None and base.stats is not None and base.stats.median > fastest * (1 + STATE_SHIFT)
+        stats = base.stats if base is not None else None
+        return fastest is not None and stats is not None and stats.median > fastest * (1 + STATE_SHIFT)
 
     def again(d: Decision, base: Measurement | None, n: int) -> bool:
         if not budget.is_latency or d.verdict == UNDER:
@@ -135,7 +135,7 @@ def judge(
     while again(decision, base, len(earlier) + 1):  # against the search: again, the export's session loaded afresh
         earlier.append((decision, base.stats.median if base is not None and base.stats is not None else None))
         fresh = dataclasses.replace(final, session=target.load("model").session, stats=None)
-        decision, timed, base = decided(fresh, min(known, default=None))
+        decision, timed, base = decided(fresh, fastest)
     assert base is not None and base.stats is not None and timed.stats is not None
     if budget.is_latency and decision.verdict != UNDER and vague(decision):
         raise too_noisy(decision, "the final model")
@@ -147,7 +147,7 @@ def judge(
         # verdicts against the search's (every candidate returned was decided under), each timed once more,
         # with the baseline's median in it (a slow one: the host's other state)
         "earlier_decisions": [d.to_dict() | {"baseline_ms": ms} for d, ms in earlier],
-        "fastest_baseline_ms": fastest if known else None,
+        "fastest_baseline_ms": fastest,
     }
 
 
