@@ -294,11 +294,14 @@ def default_flags_row(comp: dict[str, Any]) -> dict[str, Any]:
     """What the default command published, from its own report: the precision `auto` chose and why,
     mAP50-95 by ultralytics' validator inside the run (baseline, pruned, recovered in PyTorch float32,
     and the published model.onnx on the runtime), and issue 37's check: the published model within
-    `PUBLISHED_POINTS` of the float32 recovered one, or float32 published with the reason."""
+    `PUBLISHED_POINTS` of the float32 recovered one, or float32 published with the reason; and the
+    label-free target: the recovered model within `TARGET_POINTS` of the teacher (the run's baseline,
+    by the same validator in the same run)."""
     acc, ra, prec = comp.get("accuracy") or {}, comp.get("runtime_accuracy"), comp.get("precision") or {}
-    recovered = acc.get("recovered")
+    baseline, recovered = acc.get("baseline"), acc.get("recovered")
     published = ra["runtime"] if ra else recovered  # float32 published: the recovered model is what ships
     gap = None if recovered is None or published is None else round(100 * (recovered - published), 2)
+    under = None if baseline is None or recovered is None else round(100 * (baseline - recovered), 2)
     return {
         "precision": prec.get("chosen"),
         "why": prec.get("why"),
@@ -308,6 +311,10 @@ def default_flags_row(comp: dict[str, Any]) -> dict[str, Any]:
         "check": f"the published model.onnx within {PUBLISHED_POINTS:g} point(s) of the float32 recovered model's "
         "mAP50-95, or float32 published with the reason",
         "met": prec.get("chosen") == "fp32" or (gap is not None and gap <= PUBLISHED_POINTS),
+        "label_free_under_teacher_points": under,
+        "label_free_check": f"the float32 recovered model within {TARGET_POINTS:g} points of the teacher's mAP50-95 "
+        "(the run's baseline)",
+        "label_free_met": under is not None and under <= TARGET_POINTS,
     }
 
 
@@ -593,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     log(
         f"default flags: {default['precision'] and default['precision'].get('chosen')}, met {default['met']}, "
         f"mAP50-95 in the run {result['default_flags']['map50_95_in_run']}, published on the runtime "
-        f"{(default['runtime_accuracy'] or {}).get('runtime')}"
+        f"{(default['runtime_accuracy'] or {}).get('runtime')}, label-free "
+        f"{result['default_flags']['label_free_under_teacher_points']} points under the teacher"
     )
     save()
     if a.only_default:

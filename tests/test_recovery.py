@@ -722,7 +722,7 @@ def test_keep_best_keeps_the_best_epoch_and_survives_a_resume(npz: Path, tmp_pat
     assert resumed.kept["metric"] == max([*everything, top1(small_cnn(), data.val)])
 
 
-def test_attention_models_recover_with_adamw_and_cnns_with_sgd() -> None:
+def test_attention_models_and_scale_free_losses_recover_with_adamw_and_cnns_with_sgd() -> None:
     from edgeprune.pipeline.recovery import optimizer_for
 
     encoder = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), nn.LayerNorm(8))
@@ -732,6 +732,10 @@ def test_attention_models_recover_with_adamw_and_cnns_with_sgd() -> None:
     assert optimizer_for(encoder, distill, 0.003).lr == 0.003  # --lr sets the rate, not the optimiser
     c = optimizer_for(tiny_resnet(), distill, None)
     assert c.optimizer == "sgd" and c.lr == distill.default_lr
+    # a CNN whose recovery loss is scale-free (a detector distilled without labels) trains with AdamW too
+    d = optimizer_for(tiny_resnet(), distill, None, scale_free=True)
+    assert d.optimizer == "adamw" and d.lr == pytest.approx(3e-3) and "without labels" in d.why
+    assert optimizer_for(encoder, distill, None, scale_free=True).lr == pytest.approx(1e-4)
     # a CNN with layer norms somewhere (ConvNeXt-style heads beside batch norm) stays on SGD
     mixed = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LayerNorm(4 * 30 * 30))
     assert optimizer_for(mixed, distill, None).optimizer == "sgd"

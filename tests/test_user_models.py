@@ -274,6 +274,37 @@ def test_split_npz_without_labels_is_unlabelled(tmp_path: Path) -> None:
     assert y is None and x.shape == (4, 3, 32, 32) and not data.labelled and data.num_classes is None
 
 
+class _Dense(nn.Module):
+    """A detector-like output: (batch, 4 box + 2 score channels, positions), scores in [0, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, stride=4, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(2)
+        return torch.cat([y[:, :4], y[:, 4:].sigmoid()], 1)
+
+
+def test_label_free_distillation_of_dense_outputs_steps_with_adamw(tmp_path: Path) -> None:
+    """The optimiser follows the loss: a detector's outputs distilled without labels get the scale-free
+    dense term (AdamW), a classifier's logits the KL (SGD), and labels the task loss (SGD)."""
+    from edgeprune.pipeline.recovery import optimizer_for
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "free.npz", x_train=images, x_test=images[:4])
+    np.savez(tmp_path / "lab.npz", x_train=images, y_train=np.arange(12) % 10, x_test=images[:4], y_test=np.arange(4))
+    free = load_data(str(tmp_path / "free.npz"), batch_size=4, model=ModelInputs((X,)))
+    labelled = load_data(str(tmp_path / "lab.npz"), batch_size=4, model=ModelInputs((X,)))
+    distill = get_recovery("distill")
+    assert distill.scale_free_loss(_Dense(), free)
+    assert not distill.scale_free_loss(tiny_resnet(), free) and not distill.scale_free_loss(_Dense(), labelled)
+    assert not get_recovery("finetune").scale_free_loss(_Dense(), free)
+    choice = optimizer_for(_Dense(), distill, None, distill.scale_free_loss(_Dense(), free))
+    assert choice.optimizer == "adamw" and choice.lr == pytest.approx(3e-3)
+
+
 def test_uint8_images_under_x_are_prepared_as_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "x.npz", x=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8))

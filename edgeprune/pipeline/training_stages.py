@@ -66,7 +66,7 @@ def recovered(
     The weights kept are the best epoch's on the held-out metric, the pruned ones included (trainer.py:
     a recovery that makes the model worse is not published), with an optimiser chosen for the
     architecture (`optimizer_for`)."""
-    choice = optimizer_for(pruned, recovery, s.lr)
+    choice = optimizer_for(pruned, recovery, s.lr, recovery.scale_free_loss(teacher, data))
     config = TrainConfig.budget(
         s.epochs,
         s.steps,

@@ -178,6 +178,12 @@ class FeatureTaps:
             h.remove()
 
 
+def _first(data: DataBundle) -> Any:
+    """Two inputs of the first training batch (one tensor, or a tuple of a model's inputs)."""
+    batch = next(iter(data.train))[0]
+    return tuple(t[:2] for t in batch) if isinstance(batch, (tuple, list)) else batch[:2]
+
+
 def _keeper(store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:
     def hook(module: nn.Module, args: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor):
@@ -222,6 +228,15 @@ class Distill(Recovery):
         self.alpha = alpha
         self.feature_weight = feature_weight
 
+    def scale_free_loss(self, teacher: nn.Module, data: DataBundle) -> bool:
+        """Without labels, any floating output that is not class logits gets `dense_output`, whose
+        terms are normalised by the teacher's spread."""
+        if data.labelled:
+            return False
+        with torch.no_grad(), modelrun.eval_mode(teacher):
+            out = modelrun.call(teacher, _first(data))
+        return any(t.is_floating_point() and not is_class_logits(n, t) for n, t in modelrun.named_outputs(out))
+
     def fit(
         self,
         student: nn.Module,
@@ -233,9 +248,7 @@ class Distill(Recovery):
         log: Callable[[str], None] = print,
     ) -> TrainResult:
         teacher.eval()
-        batch = next(iter(data.train))[0]
-        first = tuple(t[:2] for t in batch) if isinstance(batch, (tuple, list)) else batch[:2]
-        taps = FeatureTaps(student, teacher, first) if not data.labelled and self.feature_weight > 0 else None
+        taps = FeatureTaps(student, teacher, _first(data)) if not data.labelled and self.feature_weight > 0 else None
         if taps is not None:
             log(f"  distilling the outputs and {len(taps.names)} intermediate layers kept at full width")
 
