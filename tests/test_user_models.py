@@ -303,6 +303,20 @@ def test_label_free_distillation_of_dense_outputs_steps_with_adamw(tmp_path: Pat
     assert not get_recovery("finetune").scale_free_loss(_Dense(), free)
     choice = optimizer_for(_Dense(), distill, None, distill.scale_free_loss(_Dense(), free))
     assert choice.optimizer == "adamw" and choice.lr == pytest.approx(3e-3)
+    # and a detector imitates no feature maps (mostly background); a classifier still does
+    for model, want in ((_Dense(), "outputs alone"), (tiny_resnet(), "intermediate layers")):
+        lines: list[str] = []
+        student = copy.deepcopy(model)
+        distill.fit(
+            student,
+            model,
+            free,
+            TrainConfig(steps=1, lr=1e-3, optimizer="adamw"),
+            Fidelity(model, (X,)),
+            None,
+            lines.append,
+        )
+        assert any(want in line for line in lines), lines
 
 
 def test_uint8_images_under_x_are_prepared_as_images(tmp_path: Path) -> None:
