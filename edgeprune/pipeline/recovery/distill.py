@@ -6,21 +6,20 @@ With labels and class logits, as Hinton, Vinyals & Dean (2015) and the TAS paper
 The T^2 factor keeps the soft-target gradients on the scale of the hard-label ones.
 
 Without labels (the default recovery then: what users hold at deployment is unlabelled inputs) the
-teacher is the only target, as in Minitron's logit + hidden-state distillation and the feature
-imitation used for detectors: every floating output tensor of the teacher (tensors, nested
-tuples/lists/dicts, Hugging Face ModelOutputs, ultralytics' (predictions, feature maps)) gets a
-term — T^2 KL over the last dimension where it is class logits (evaluate.is_class_logits);
-otherwise binary cross-entropy on its probability channels (a detector's class scores) and, on
-the rest, a squared error normalised by each channel's variance (boxes in pixels and probabilities
-weigh alike), weighted by the teacher's confidence at each position (`dense_output`) —
-averaged, plus the same squared error at up to `FEATURE_TAPS` intermediate layers whose output
-the pruning left the same shape in both models (block outputs on the kept residual width; a cut
-layer's narrower output cannot be compared), weighted by `feature_weight`. Not for a detector
-(outputs that are not class logits): a whole feature map imitated alike at every position is
-mostly background, as the detection-distillation work that imitates only near objects observed
-(Wang et al. 2019, Yang et al. 2022's FGD); on bench/yolo_distill.py's two plans, 30 epochs with
-AdamW, mAP50-95 (mean of the last five epochs) 0.277 -> 0.282 at 0.54 of the FLOPs and 0.275 -> 0.297
-at 0.30 without the taps (teacher 0.307).
+teacher is the only target, as in Minitron's logit + hidden-state distillation: every floating
+output tensor of the teacher (tensors, nested tuples/lists/dicts, Hugging Face ModelOutputs,
+ultralytics' (predictions, feature maps)) gets a term — T^2 KL over the last dimension where it is
+class logits (evaluate.is_class_logits); otherwise binary cross-entropy on its probability channels
+(a detector's class scores) and, on the rest, a squared error normalised by each channel's variance
+(boxes in pixels and probabilities weigh alike), weighted by the teacher's confidence at each
+position (`dense_output`) — averaged, plus the same squared error at up to `FEATURE_TAPS`
+intermediate layers whose output the pruning left the same shape in both models (block outputs on
+the kept residual width; a cut layer's narrower output cannot be compared), weighted by
+`feature_weight`. Not for a detector (outputs that are not class logits): a whole feature map
+imitated alike at every position is mostly background, as the detection-distillation work that
+imitates only near objects observed (Wang et al. 2019, Yang et al. 2022's FGD); on
+bench/yolo_distill.py's two plans, 30 epochs with AdamW, mAP50-95 (mean of the last five epochs)
+0.277 -> 0.282 at 0.54 of the FLOPs and 0.275 -> 0.297 at 0.30 without the taps (teacher 0.307).
 
 The student trains with only its batch-norm layers in training mode (the rest, dropout included, in
 eval mode, as the teacher): a layer that returns something else while training (a YOLO head
