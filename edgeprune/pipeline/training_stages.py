@@ -65,7 +65,7 @@ def recovered(
     """Train the pruned model in place (every rank under torchrun); its weights persist in the run dir.
     The weights kept are the best epoch's on the held-out metric, the pruned ones included (trainer.py:
     a recovery that makes the model worse is not published), with an optimiser chosen for the
-    architecture (`optimizer_for`)."""
+    architecture and the recovery's loss (`optimizer_for`)."""
     choice = optimizer_for(pruned, recovery, s.lr, recovery.scale_free_loss(teacher, data))
     config = TrainConfig.budget(
         s.epochs,

@@ -53,9 +53,9 @@ ADAMW_WEIGHT_DECAY = 0.01
 #: normalised by the teacher's own spread, its gradients small (global norm 0.13-0.19 on a pruned
 #: YOLOv8n), and SGD's step, unlike AdamW's, scales with them. On bench/yolo_distill.py's plan, 10
 #: epochs (teacher mAP50-95 0.304): SGD at 0.01 0.159, 0.1 0.229, 0.3 0.247; AdamW at 1e-3 0.227, 3e-3
-#: 0.246, 1e-2 0.237; 30 epochs: SGD 0.01 0.195, AdamW 3e-3 0.277. Not for class logits, whose
-#: T^2-scaled KL has a task loss's scale: the demo's pruned ResNet-20 distilled without labels, 20
-#: epochs, top-1 0.860 with SGD at 0.01 and 0.834 with AdamW at 3e-3
+#: 0.246, 1e-2 0.237; 30 epochs: AdamW 3e-3 0.277 (SGD 0.01: 0.195 in a compress run). Not for class
+#: logits, whose T^2-scaled KL has a task loss's scale: the demo's pruned ResNet-20 distilled without
+#: labels, 20 epochs, top-1 0.860 with SGD at 0.01 and 0.834 with AdamW at 3e-3
 SCALE_FREE_LR = 3e-3
 
 

@@ -45,7 +45,7 @@ class TrainConfig:
     #: the gradients' global norm is clipped to this (None: not clipped); label-free distillation's
     #: per-channel terms weigh a near-constant channel heavily, and its first steps can spike
     grad_clip: float | None = None
-    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) | "adamw" (`optimizer_for`: attention models, no labels)
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) | "adamw" (`optimizer_for`: attention, no-label detectors)
     #: evaluate the starting weights too and end on the best epoch's weights (epoch 0: the starting ones)
     keep_best: bool = False
     #: with `keep_best`, the epochs in a row worse than the starting weights after which training stops
